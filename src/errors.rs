@@ -1,0 +1,205 @@
+//! LiteLLM's OpenAI-style error envelope, and the catalogue of refusals Tollgate sends.
+//!
+//! Every refusal is `{"error":{"message","type","param","code"}}` with `code` the status as a
+//! string (litellm-compat.md §0.1). Messages are LiteLLM's, word for word, so scripts that match
+//! on them keep working.
+
+use serde::Serialize;
+
+/// A refusal: status, LiteLLM error type and message, optional `param`, extra headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub error_type: String,
+    pub message: String,
+    pub param: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: EnvelopeBody<'a>,
+}
+
+#[derive(Serialize)]
+struct EnvelopeBody<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    error_type: &'a str,
+    param: Option<&'a str>,
+    code: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, error_type: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error_type: error_type.to_string(),
+            message: message.into(),
+            param: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// The JSON body LiteLLM sends for this error.
+    pub fn body(&self) -> Vec<u8> {
+        let envelope = Envelope {
+            error: EnvelopeBody {
+                message: &self.message,
+                error_type: &self.error_type,
+                param: self.param.as_deref(),
+                code: self.status.to_string(),
+            },
+        };
+        // Serializing plain strings cannot fail; fall back to a fixed body rather than panic.
+        serde_json::to_vec(&envelope).unwrap_or_else(|_| {
+            br#"{"error":{"message":"internal error","type":"internal_server_error","param":null,"code":"500"}}"#.to_vec()
+        })
+    }
+
+    // ---- authentication (litellm-compat.md §5.1) ----
+
+    pub fn no_api_key() -> Self {
+        Self::new(
+            401,
+            "auth_error",
+            "Authentication Error, No api key passed in.",
+        )
+    }
+
+    pub fn malformed_authorization() -> Self {
+        Self::new(
+            401,
+            "auth_error",
+            "Authentication Error, Malformed API Key passed in. Ensure Key has `Bearer ` prefix.",
+        )
+    }
+
+    /// A credential that is neither the master key nor an `sk-` virtual key.
+    pub fn not_a_virtual_key(raw: &str) -> Self {
+        Self::new(
+            401,
+            "auth_error",
+            format!(
+                "Authentication Error, LiteLLM Virtual Key expected. Received={}, expected to start with 'sk-'.",
+                crate::key_format::mask_for_error(raw)
+            ),
+        )
+    }
+
+    pub fn invalid_api_key() -> Self {
+        Self::new(
+            401,
+            "token_not_found_in_db",
+            "Authentication Error, Invalid API key provided.",
+        )
+        .with_param("key")
+    }
+
+    pub fn key_blocked() -> Self {
+        Self::new(
+            401,
+            "auth_error",
+            "Authentication Error, Key is blocked. Update via `/key/unblock` if you're an admin.",
+        )
+    }
+
+    pub fn expired_key(key_last4_param: &str, expiry: &str, now: &str) -> Self {
+        Self::new(
+            401,
+            "expired_key",
+            format!(
+                "Authentication Error - Expired Key. Key Expiry time {expiry} and current time {now}"
+            ),
+        )
+        .with_param(key_last4_param)
+    }
+
+    // ---- model access (§6) ----
+
+    /// `scope` is `key`, `team` or `user`: the list that refused.
+    pub fn model_access_denied(scope: &str, model: &str) -> Self {
+        Self::new(
+            403,
+            &format!("{scope}_model_access_denied"),
+            format!(
+                "The requested model '{model}' is not available for this API key, or the model name is invalid. Check the models available to you and try again."
+            ),
+        )
+        .with_param("model")
+    }
+
+    pub fn unknown_model(route: &str, model: &str) -> Self {
+        Self::new(
+            400,
+            "invalid_request_error",
+            format!(
+                "{route}: Invalid model name passed in model={model}. Call `/v1/models` to view available models for your key."
+            ),
+        )
+    }
+
+    // ---- request body ----
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "invalid_request_error", message)
+    }
+
+    pub fn body_too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            413,
+            "invalid_request_error",
+            format!("Request body is too large. The limit is {limit_bytes} bytes."),
+        )
+    }
+
+    // ---- Tollgate's own conditions ----
+
+    pub fn service_unavailable(message: impl Into<String>) -> Self {
+        Self::new(503, "internal_server_error", message)
+    }
+
+    pub fn not_found_route() -> Self {
+        Self::new(404, "not_found_error", "Not Found")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_has_string_code_and_null_param() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&ApiError::no_api_key().body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {
+                "message": "Authentication Error, No api key passed in.",
+                "type": "auth_error", "param": null, "code": "401"}})
+        );
+    }
+
+    #[test]
+    fn model_denial_names_scope_and_param() {
+        let e = ApiError::model_access_denied("team", "gpt-4o");
+        assert_eq!(e.status, 403);
+        assert_eq!(e.error_type, "team_model_access_denied");
+        assert_eq!(e.param.as_deref(), Some("model"));
+        assert!(e
+            .message
+            .starts_with("The requested model 'gpt-4o' is not available"));
+    }
+
+    #[test]
+    fn unknown_model_message_matches_litellm() {
+        let e = ApiError::unknown_model("/chat/completions", "nope");
+        assert_eq!(e.status, 400);
+        assert_eq!(e.message, "/chat/completions: Invalid model name passed in model=nope. Call `/v1/models` to view available models for your key.");
+    }
+}

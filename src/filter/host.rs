@@ -1,0 +1,143 @@
+//! Thin wrappers over `proxy_wasm::hostcalls` that turn every host error into a logged no-op
+//! or an `Option`, so no host failure can panic the VM.
+
+use crate::errors::ApiError;
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use std::time::{Duration, UNIX_EPOCH};
+
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+pub fn plugin_configuration() -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+}
+
+pub fn now_micros() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn request_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_request_header(name: &str, value: Option<&str>) {
+    if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: cannot set header {name}: {e:?}"),
+        );
+    }
+}
+
+pub fn request_body(size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub fn replace_request_body(current_size: usize, body: &[u8]) {
+    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, current_size, body) {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: cannot replace request body: {e:?}"),
+        );
+    }
+}
+
+pub fn resume_request() {
+    if let Err(e) = hostcalls::resume_http_request() {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: cannot resume request: {e:?}"),
+        );
+    }
+}
+
+pub fn send_json(status: u16, body: &[u8]) {
+    send_response(status, &[], body);
+}
+
+pub fn send_error(error: &ApiError) {
+    let extra: Vec<(&str, &str)> = error
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    send_response(error.status, &extra, &error.body());
+}
+
+fn send_response(status: u16, extra: &[(&str, &str)], body: &[u8]) {
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    headers.extend_from_slice(extra);
+    if let Err(e) = hostcalls::send_http_response(u32::from(status), headers, Some(body)) {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: cannot send local response: {e:?}"),
+        );
+    }
+}
+
+/// A GET to the sidecar cluster; the token identifies the answer in `on_http_call_response`.
+pub fn dispatch_get(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    authorization: &str,
+    timeout: Duration,
+) -> Result<u32, ()> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            ("authorization", authorization),
+        ],
+        None,
+        vec![],
+        timeout,
+    )
+    .map_err(|e| {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: dispatch to {cluster} failed: {e:?}"),
+        )
+    })
+}
+
+pub fn call_response_status() -> Option<u16> {
+    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse().ok())
+}
+
+pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
+}
+
+pub fn shared_get(key: &str) -> Option<Vec<u8>> {
+    hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+}
+
+pub fn shared_set(key: &str, value: &[u8]) {
+    if let Err(e) = hostcalls::set_shared_data(key, Some(value), None) {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: shared data write failed: {e:?}"),
+        );
+    }
+}

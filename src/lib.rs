@@ -1,0 +1,22 @@
+//! Tollgate: LiteLLM-compatible virtual keys, budgets and limits inside Envoy.
+//!
+//! The modules at this level are the pure core: plain functions over plain data, no host calls,
+//! shared by the proxy-wasm filter (`filter`, wasm32 only) and the sidecar (`sidecar`, host only).
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod admission;
+pub mod credential;
+pub mod duration;
+pub mod errors;
+pub mod key_format;
+pub mod model_access;
+pub mod plugin_config;
+pub mod records;
+pub mod request_body;
+pub mod routes;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod sidecar;

@@ -1,0 +1,4 @@
+//! The `tollgate` sidecar binary.
+fn main() -> std::process::ExitCode {
+    tollgate::sidecar::main()
+}

@@ -1,0 +1,120 @@
+//! Model access lists, with LiteLLM's semantics (litellm-compat.md §6).
+//!
+//! A list allows a model when it is empty or holds `*` / `all-proxy-models`, names the model,
+//! names an access group one of the model's deployments belongs to, or holds a wildcard that
+//! matches the requested name (or `provider/name`).
+
+/// Special entries that allow everything.
+const ALLOW_ALL: [&str; 2] = ["*", "all-proxy-models"];
+
+/// Facts about the requested model that list matching needs.
+pub struct ModelFacts<'a> {
+    /// The name the client asked for.
+    pub requested: &'a str,
+    /// Access groups of every deployment serving that name.
+    pub access_groups: &'a [String],
+    /// Provider of the model (`openai` for `openai/gpt-4o`), for `provider/*` wildcards.
+    pub provider: Option<&'a str>,
+}
+
+/// Whether `list` allows the model. `team_models` resolves `all-team-models` in a key's list
+/// (`None` = the key has no team: no restriction).
+pub fn list_allows(list: &[String], facts: &ModelFacts<'_>) -> bool {
+    if list.is_empty() || list.iter().any(|m| ALLOW_ALL.contains(&m.as_str())) {
+        return true;
+    }
+    if list.iter().any(|m| facts.access_groups.contains(m)) {
+        return true;
+    }
+    let provider_name = facts.provider.map(|p| format!("{p}/{}", facts.requested));
+    list.iter()
+        .filter(|m| !facts.access_groups.contains(m))
+        .any(|entry| {
+            if entry == facts.requested {
+                return true;
+            }
+            if entry.contains('*') {
+                return wildcard_match(entry, facts.requested)
+                    || provider_name
+                        .as_deref()
+                        .is_some_and(|pn| wildcard_match(entry, pn));
+            }
+            false
+        })
+}
+
+/// `*` matches any run of characters (LiteLLM turns the entry into `^entry.replace('*','.*')$`).
+pub fn wildcard_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return false;
+    };
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn facts<'a>(requested: &'a str, groups: &'a [String]) -> ModelFacts<'a> {
+        ModelFacts {
+            requested,
+            access_groups: groups,
+            provider: Some("openai"),
+        }
+    }
+
+    #[test]
+    fn empty_star_and_all_proxy_models_allow_all() {
+        let g = s(&[]);
+        assert!(list_allows(&s(&[]), &facts("x", &g)));
+        assert!(list_allows(&s(&["*"]), &facts("x", &g)));
+        assert!(list_allows(&s(&["all-proxy-models"]), &facts("x", &g)));
+    }
+
+    #[test]
+    fn exact_and_group() {
+        let g = s(&["beta"]);
+        assert!(list_allows(&s(&["gpt-a"]), &facts("gpt-a", &g)));
+        assert!(!list_allows(&s(&["gpt-b"]), &facts("gpt-a", &g)));
+        assert!(list_allows(&s(&["beta"]), &facts("gpt-a", &g)));
+        assert!(!list_allows(&s(&["alpha"]), &facts("gpt-a", &g)));
+    }
+
+    #[test]
+    fn wildcards_on_name_and_provider() {
+        let g = s(&[]);
+        assert!(list_allows(&s(&["gpt-*"]), &facts("gpt-4o", &g)));
+        assert!(list_allows(&s(&["openai/*"]), &facts("gpt-4o", &g)));
+        assert!(!list_allows(&s(&["anthropic/*"]), &facts("gpt-4o", &g)));
+        assert!(!list_allows(&s(&["claude*"]), &facts("gpt-4o", &g)));
+    }
+
+    #[test]
+    fn wildcard_matcher() {
+        assert!(wildcard_match("a*c", "abc"));
+        assert!(wildcard_match("a*c", "ac"));
+        assert!(!wildcard_match("a*c", "a"));
+        assert!(wildcard_match("*", ""));
+        assert!(wildcard_match("a*b*c", "axxbyyc"));
+        assert!(!wildcard_match("a*b*c", "axxc"));
+        assert!(!wildcard_match("ab*ba", "aba"));
+    }
+}

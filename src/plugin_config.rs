@@ -1,0 +1,89 @@
+//! The plugin configuration: produced by the sidecar from LiteLLM's `config.yaml`, consumed by
+//! the filter. One schema for both sides, so they cannot drift.
+
+use serde::{Deserialize, Serialize};
+
+/// Schema version; bumped when a change is not backward compatible.
+pub const PLUGIN_CONFIG_VERSION: u32 = 1;
+
+/// Request header the filter sets to choose the upstream cluster; Envoy's routes match on it.
+pub const CLUSTER_HEADER: &str = "x-tollgate-cluster";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PluginConfig {
+    pub version: u32,
+    /// `sha256(master_key)`; the filter compares hashes, never holds the raw key.
+    pub master_key_hash: Option<String>,
+    /// Envoy cluster of the sidecar, for key lookups (`dispatch_http_call`).
+    pub sidecar_cluster: String,
+    /// `:authority` sent to the sidecar.
+    pub sidecar_authority: String,
+    /// Bearer the sidecar's internal endpoints require (derived from the master key).
+    pub internal_token: String,
+    /// Timeout of a sidecar lookup, milliseconds.
+    pub sidecar_timeout_ms: u64,
+    /// How long an unknown key is remembered as unknown, seconds.
+    pub negative_cache_seconds: u64,
+    /// `general_settings.litellm_key_header_name`.
+    pub key_header_name: Option<String>,
+    /// Largest request body the filter reads, bytes (Envoy's buffer limit should match).
+    pub max_request_body_bytes: usize,
+    /// One entry per `model_list` item.
+    pub deployments: Vec<Deployment>,
+}
+
+/// One `model_list` entry, resolved to what the filter needs to route it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Deployment {
+    /// Public name clients send as `model`.
+    pub model_name: String,
+    /// `model_info.id`, or a stable id derived from the entry.
+    pub id: String,
+    /// Provider from `litellm_params.model` (`openai` in `openai/gpt-4o`).
+    pub provider: String,
+    /// Model name the provider expects (`gpt-4o`).
+    pub backend_model: String,
+    /// Envoy cluster that reaches `api_base`.
+    pub cluster: String,
+    /// `:authority` for the provider (host, with port when not the scheme's default).
+    pub authority: String,
+    /// Path of `api_base` (`/v1`), joined with the route.
+    pub base_path: String,
+    /// The provider key put in `Authorization` instead of the caller's virtual key.
+    pub api_key: Option<String>,
+    pub access_groups: Vec<String>,
+    pub pricing: Pricing,
+}
+
+/// USD per token; `None` when the config does not say.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Pricing {
+    pub input_cost_per_token: Option<f64>,
+    pub output_cost_per_token: Option<f64>,
+    pub cache_read_input_token_cost: Option<f64>,
+    pub max_output_tokens: Option<u64>,
+}
+
+impl PluginConfig {
+    /// Deployments serving a public model name.
+    pub fn deployments_for(&self, model: &str) -> Vec<&Deployment> {
+        self.deployments
+            .iter()
+            .filter(|d| d.model_name == model)
+            .collect()
+    }
+
+    /// Distinct public model names, in config order.
+    pub fn model_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for d in &self.deployments {
+            if !names.contains(&d.model_name.as_str()) {
+                names.push(&d.model_name);
+            }
+        }
+        names
+    }
+}

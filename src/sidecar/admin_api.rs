@@ -1,0 +1,703 @@
+//! LiteLLM's admin API (litellm-compat.md §5), served by the sidecar behind Envoy, plus the
+//! internal endpoint the filter uses to look keys up.
+
+use super::store::{KeyRow, Store, UserRow};
+use crate::credential::extract_credential;
+use crate::duration::{
+    add_duration, format_iso8601_utc, parse_duration, parse_iso8601_utc, validate_budget_duration,
+};
+use crate::errors::ApiError;
+use crate::key_format::{abbreviate, hash_key, is_token_hash, validate_custom_key};
+use crate::records::{KeyLookup, KeyRecord};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Settings from config.yaml that the admin API needs.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    pub master_key: String,
+    pub internal_token: String,
+    pub key_header_name: Option<String>,
+    pub max_internal_user_budget: Option<f64>,
+    pub internal_user_budget_duration: Option<String>,
+    /// Largest admin request body accepted, bytes.
+    pub max_body_bytes: usize,
+}
+
+pub struct AdminState {
+    pub store: Store,
+    pub settings: AdminSettings,
+}
+
+type Shared = Arc<AdminState>;
+
+/// An error as LiteLLM's management endpoints render it.
+struct AdminError(ApiError);
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            [("content-type", "application/json")],
+            self.0.body(),
+        )
+            .into_response()
+    }
+}
+
+impl From<anyhow::Error> for AdminError {
+    fn from(e: anyhow::Error) -> Self {
+        AdminError(ApiError::new(
+            500,
+            "internal_server_error",
+            format!("Internal Server Error, {e}"),
+        ))
+    }
+}
+
+type AdminResult = Result<Response, AdminError>;
+
+/// Python's `repr` of a str, as LiteLLM's messages embed it.
+fn py_repr(s: &str) -> String {
+    if s.contains('\'') && !s.contains('"') {
+        format!("\"{s}\"")
+    } else {
+        format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// `HTTPException(400, detail={"error": msg})` as LiteLLM renders it: the message is the
+/// Python repr of the detail dict (litellm-compat.md §5.3).
+fn bad_request(msg: &str) -> AdminError {
+    AdminError(ApiError::new(
+        400,
+        "invalid_request_error",
+        format!("{{'error': {}}}", py_repr(msg)),
+    ))
+}
+
+fn not_found(msg: &str) -> AdminError {
+    AdminError(ApiError::new(404, "not_found_error", msg))
+}
+
+/// Who is calling the admin API.
+enum Principal {
+    Admin,
+    Key(KeyRow),
+}
+
+fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Principal, AdminError> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let raw =
+        extract_credential(get, state.settings.key_header_name.as_deref()).map_err(AdminError)?;
+    let master = state.settings.master_key.as_bytes();
+    if !master.is_empty() && bool::from(raw.as_bytes().ct_eq(master)) {
+        return Ok(Principal::Admin);
+    }
+    if !raw.starts_with("sk-") {
+        return Err(AdminError(ApiError::not_a_virtual_key(&raw)));
+    }
+    match state.store.key(&hash_key(&raw))? {
+        Some(row) => Ok(Principal::Key(row)),
+        None => Err(AdminError(ApiError::invalid_api_key())),
+    }
+}
+
+fn admin_only(state: &AdminState, headers: &HeaderMap, route: &str) -> Result<(), AdminError> {
+    match authenticate(state, headers)? {
+        Principal::Admin => Ok(()),
+        Principal::Key(row) => Err(AdminError(ApiError::new(
+            401,
+            "auth_error",
+            format!(
+                "Authentication Error, Only proxy admin can be used to generate, delete, update info for new keys/users/teams. Route={route}. Your role=internal_user. Your user_id={}",
+                row.user_id.as_deref().map(mask_id).unwrap_or_else(|| "None".into())
+            ),
+        ))),
+    }
+}
+
+fn mask_id(id: &str) -> String {
+    let n = id.chars().count();
+    if n <= 4 {
+        return "*".repeat(n);
+    }
+    let head: String = id.chars().take(2).collect();
+    let tail: String = id.chars().skip(n - 2).collect();
+    format!("{head}{}{tail}", "*".repeat(n - 4))
+}
+
+/// Parses a JSON body; failures answer like FastAPI/pydantic (422 `{"detail":[...]}`).
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
+    let text = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    serde_json::from_slice(text).map_err(|e| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"detail": [{"type": "value_error", "loc": ["body"], "msg": e.to_string(), "input": null}]})),
+        )
+            .into_response()
+    })
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn new_raw_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!(
+        "sk-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+fn check_budget(field: &str, v: Option<f64>) -> Result<(), AdminError> {
+    match v {
+        Some(b) if b.is_nan() || b < 0.0 => Err(bad_request(&format!(
+            "{field} must be a non-negative finite number"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn check_budget_duration(v: &Option<String>) -> Result<Option<String>, AdminError> {
+    match v {
+        None => Ok(None),
+        Some(d) => {
+            let parsed = validate_budget_duration(d).map_err(|m| bad_request(&m))?;
+            let _ = parsed;
+            Ok(Some(d.clone()))
+        }
+    }
+}
+
+/// `expires` for a key `duration`: exact, not aligned (§5.2).
+fn expiry(duration: &Option<String>, now: i64) -> Result<Option<String>, AdminError> {
+    match duration.as_deref() {
+        None | Some("-1") => Ok(None),
+        Some(d) => {
+            let parsed = parse_duration(d)
+                .map_err(|e| bad_request(&format!("Invalid duration '{d}': {e}")))?;
+            let end = add_duration(now / 1_000_000, parsed);
+            Ok(Some(format_iso8601_utc(
+                end.saturating_mul(1_000_000) + now % 1_000_000,
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct GenerateKeyRequest {
+    key: Option<String>,
+    key_alias: Option<String>,
+    duration: Option<String>,
+    models: Vec<String>,
+    max_budget: Option<f64>,
+    soft_budget: Option<f64>,
+    budget_duration: Option<String>,
+    tpm_limit: Option<u64>,
+    rpm_limit: Option<u64>,
+    max_parallel_requests: Option<u64>,
+    model_rpm_limit: Option<Value>,
+    model_tpm_limit: Option<Value>,
+    model_max_budget: Option<Value>,
+    metadata: Option<Map<String, Value>>,
+    user_id: Option<String>,
+    team_id: Option<String>,
+    aliases: Option<Value>,
+    config: Option<Value>,
+    permissions: Option<Value>,
+    blocked: Option<bool>,
+    allowed_routes: Vec<String>,
+    key_type: Option<String>,
+    budget_id: Option<String>,
+    tags: Option<Vec<String>>,
+    organization_id: Option<String>,
+    spend: Option<f64>,
+}
+
+/// Builds and stores a key row; returns the raw key with the row.
+fn create_key(state: &AdminState, req: GenerateKeyRequest) -> Result<(String, KeyRow), AdminError> {
+    check_budget("max_budget", req.max_budget)?;
+    check_budget("soft_budget", req.soft_budget)?;
+    let budget_duration = check_budget_duration(&req.budget_duration)?;
+    let raw = match &req.key {
+        Some(custom) => {
+            validate_custom_key(custom).map_err(|m| bad_request(&m))?;
+            custom.clone()
+        }
+        None => new_raw_key()?,
+    };
+    let token = hash_key(&raw);
+    if state.store.key(&token)?.is_some() {
+        return Err(bad_request(
+            "Unique key constraint violated: this key already exists.",
+        ));
+    }
+    if let Some(alias) = &req.key_alias {
+        if state.store.key_alias_taken(alias)? {
+            return Err(bad_request(&format!(
+                "Key with alias '{alias}' already exists."
+            )));
+        }
+    }
+    let now = now_micros();
+    let mut metadata = req.metadata.unwrap_or_default();
+    // LiteLLM keeps these management fields inside metadata.
+    if let Some(v) = req.model_rpm_limit {
+        metadata.insert("model_rpm_limit".into(), v);
+    }
+    if let Some(v) = req.model_tpm_limit {
+        metadata.insert("model_tpm_limit".into(), v);
+    }
+    let created = format_iso8601_utc(now);
+    let row = KeyRow {
+        token: token.clone(),
+        key_name: abbreviate(&raw),
+        key_alias: req.key_alias,
+        user_id: req.user_id,
+        team_id: req.team_id,
+        models: req.models,
+        max_budget: req.max_budget,
+        soft_budget: req.soft_budget,
+        budget_reset_at: None,
+        budget_duration,
+        tpm_limit: req.tpm_limit,
+        rpm_limit: req.rpm_limit,
+        max_parallel_requests: req.max_parallel_requests,
+        metadata: Value::Object(metadata),
+        aliases: req.aliases.unwrap_or_else(|| json!({})),
+        config: req.config.unwrap_or_else(|| json!({})),
+        permissions: req.permissions.unwrap_or_else(|| json!({})),
+        model_max_budget: req.model_max_budget.unwrap_or_else(|| json!({})),
+        model_spend: json!({}),
+        allowed_routes: req.allowed_routes,
+        tags: req.tags,
+        key_type: Some(req.key_type.unwrap_or_else(|| "default".into())),
+        budget_id: req.budget_id,
+        organization_id: req.organization_id,
+        blocked: req.blocked,
+        expires: expiry(&req.duration, now)?,
+        spend: req.spend.unwrap_or(0.0),
+        created_at: created.clone(),
+        updated_at: created,
+        created_by: None,
+        updated_by: None,
+    };
+    Ok((raw, row))
+}
+
+fn key_response(raw: &str, row: &KeyRow) -> Value {
+    let mut v = serde_json::to_value(row).unwrap_or_else(|_| json!({}));
+    if let Value::Object(o) = &mut v {
+        o.insert("key".into(), json!(raw));
+        o.insert("token_id".into(), json!(row.token));
+        o.insert("litellm_budget_table".into(), Value::Null);
+    }
+    v
+}
+
+async fn key_generate(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    admin_only(&state, &headers, "/key/generate")?;
+    let req: GenerateKeyRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(resp) => return Ok(resp),
+    };
+    let (raw, row) = create_key(&state, req)?;
+    state.store.insert_key(&row)?;
+    Ok(Json(key_response(&raw, &row)).into_response())
+}
+
+fn key_status(row: &KeyRow, now: i64) -> &'static str {
+    match row.expires.as_deref().and_then(parse_iso8601_utc) {
+        Some(exp) if exp < now => "expired",
+        _ => "active",
+    }
+}
+
+async fn key_info(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    let (asked, row) = match (q.get("key"), &principal) {
+        (Some(k), _) => {
+            let token = if is_token_hash(k) {
+                k.clone()
+            } else {
+                hash_key(k)
+            };
+            (k.clone(), state.store.key(&token)?)
+        }
+        (None, Principal::Key(own)) => (own.token.clone(), Some(own.clone())),
+        (None, Principal::Admin) => {
+            return Err(bad_request(
+                "Please pass the key to look up: /key/info?key=<key>",
+            ))
+        }
+    };
+    let Some(row) = row else {
+        return Err(not_found("Key not found in database"));
+    };
+    if let Principal::Key(own) = &principal {
+        let same_user = own.user_id.is_some() && own.user_id == row.user_id;
+        if own.token != row.token && !same_user {
+            return Err(AdminError(ApiError::new(403, "auth_error", "You are not allowed to access this key's info. Your user_id does not own this key.")));
+        }
+    }
+    let mut info = serde_json::to_value(&row).unwrap_or_else(|_| json!({}));
+    if let Value::Object(o) = &mut info {
+        o.remove("token");
+        o.insert("status".into(), json!(key_status(&row, now_micros())));
+    }
+    Ok(Json(json!({"key": asked, "info": info})).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct NewUserRequest {
+    user_id: Option<String>,
+    user_email: Option<String>,
+    user_alias: Option<String>,
+    user_role: Option<String>,
+    teams: Vec<String>,
+    models: Vec<String>,
+    max_budget: Option<f64>,
+    budget_duration: Option<String>,
+    tpm_limit: Option<u64>,
+    rpm_limit: Option<u64>,
+    max_parallel_requests: Option<u64>,
+    metadata: Option<Map<String, Value>>,
+    model_max_budget: Option<Value>,
+    auto_create_key: Option<bool>,
+    key_alias: Option<String>,
+    duration: Option<String>,
+    spend: Option<f64>,
+}
+
+const USER_ROLES: [&str; 4] = [
+    "proxy_admin",
+    "proxy_admin_viewer",
+    "internal_user",
+    "internal_user_viewer",
+];
+
+async fn user_new(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    admin_only(&state, &headers, "/user/new")?;
+    let req: NewUserRequest = match parse_body(&body) {
+        Ok(r) => r,
+        Err(resp) => return Ok(resp),
+    };
+    let role = req
+        .user_role
+        .clone()
+        .unwrap_or_else(|| "internal_user".into());
+    if !USER_ROLES.contains(&role.as_str()) {
+        return Err(bad_request(&format!(
+            "Invalid user_role '{role}'. Must be one of {USER_ROLES:?}"
+        )));
+    }
+    let is_internal = role == "internal_user";
+    let max_budget = req.max_budget.or(if is_internal {
+        state.settings.max_internal_user_budget
+    } else {
+        None
+    });
+    let budget_duration = req.budget_duration.clone().or(if is_internal {
+        state.settings.internal_user_budget_duration.clone()
+    } else {
+        None
+    });
+    check_budget("max_budget", max_budget)?;
+    let budget_duration = check_budget_duration(&budget_duration)?;
+    let user_id = req
+        .user_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    if state.store.user(&user_id)?.is_some() {
+        return Err(bad_request(&format!(
+            "User with id={user_id} already exists."
+        )));
+    }
+    if let Some(email) = &req.user_email {
+        if state.store.user_email_taken(email)? {
+            return Err(bad_request(&format!(
+                "User with email={email} already exists."
+            )));
+        }
+    }
+    let now = format_iso8601_utc(now_micros());
+    let user = UserRow {
+        user_id: user_id.clone(),
+        user_email: req.user_email.clone(),
+        user_alias: req.user_alias.clone(),
+        user_role: Some(role.clone()),
+        teams: req.teams.clone(),
+        models: req.models.clone(),
+        max_budget,
+        budget_duration,
+        budget_reset_at: None,
+        tpm_limit: req.tpm_limit,
+        rpm_limit: req.rpm_limit,
+        max_parallel_requests: req.max_parallel_requests,
+        metadata: Value::Object(req.metadata.clone().unwrap_or_default()),
+        model_max_budget: req.model_max_budget.clone().unwrap_or_else(|| json!({})),
+        model_spend: json!({}),
+        spend: req.spend.unwrap_or(0.0),
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    let key = if req.auto_create_key.unwrap_or(true) {
+        // The auto-created key copies the user's models and limits, not its budget (§5.3).
+        Some(create_key(
+            &state,
+            GenerateKeyRequest {
+                key_alias: req.key_alias.clone(),
+                duration: req.duration.clone(),
+                models: req.models.clone(),
+                tpm_limit: req.tpm_limit,
+                rpm_limit: req.rpm_limit,
+                max_parallel_requests: req.max_parallel_requests,
+                user_id: Some(user_id.clone()),
+                ..Default::default()
+            },
+        )?)
+    } else {
+        None
+    };
+    state
+        .store
+        .insert_user_with_key(&user, key.as_ref().map(|(_, row)| row))?;
+    let mut resp = serde_json::to_value(&user).unwrap_or_else(|_| json!({}));
+    if let Value::Object(o) = &mut resp {
+        match &key {
+            Some((raw, row)) => {
+                o.insert("key".into(), json!(raw));
+                o.insert("token".into(), json!(row.token));
+                o.insert("key_name".into(), json!(row.key_name));
+                o.insert("key_alias".into(), json!(row.key_alias));
+                o.insert("expires".into(), json!(row.expires));
+            }
+            None => {
+                o.insert("key".into(), Value::Null);
+                o.insert("expires".into(), Value::Null);
+            }
+        }
+    }
+    Ok(Json(resp).into_response())
+}
+
+async fn user_info(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    let user_id = match (&principal, q.get("user_id")) {
+        (Principal::Admin, Some(id)) => id.clone(),
+        (Principal::Admin, None) => {
+            return Err(bad_request(
+                "Please pass the user to look up: /user/info?user_id=<id>",
+            ))
+        }
+        (Principal::Key(own), asked) => {
+            let Some(own_id) = own.user_id.clone() else {
+                return Err(AdminError(ApiError::new(
+                    403,
+                    "auth_error",
+                    "This key belongs to no user.",
+                )));
+            };
+            if asked.is_some_and(|a| *a != own_id) {
+                return Err(AdminError(ApiError::new(
+                    403,
+                    "auth_error",
+                    "You are not allowed to view other users' info.",
+                )));
+            }
+            own_id
+        }
+    };
+    let Some(user) = state.store.user(&user_id)? else {
+        return Err(not_found(&format!("User {user_id} not found")));
+    };
+    let keys: Vec<Value> = state
+        .store
+        .keys_of_user(&user_id)?
+        .iter()
+        .map(|k| serde_json::to_value(k).unwrap_or_else(|_| json!({})))
+        .collect();
+    Ok(
+        Json(json!({"user_id": user_id, "user_info": user, "keys": keys, "teams": []}))
+            .into_response(),
+    )
+}
+
+async fn liveliness() -> Response {
+    Json(json!("I'm alive!")).into_response()
+}
+
+async fn readiness(State(state): State<Shared>) -> Response {
+    let db = if state.store.ping().is_ok() {
+        "connected"
+    } else {
+        "disconnected"
+    };
+    let status = if db == "connected" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({
+            "status": if db == "connected" { "healthy" } else { "unhealthy" },
+            "db": db,
+            "cache": null,
+            "litellm_version": concat!("tollgate-", env!("CARGO_PKG_VERSION")),
+            "success_callbacks": [],
+        })),
+    )
+        .into_response()
+}
+
+/// The filter's key lookup: what it needs to decide, for one key hash.
+async fn internal_key(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+) -> AdminResult {
+    let expected = format!("Bearer {}", state.settings.internal_token);
+    let given = headers
+        .get("authorization")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if !bool::from(given.ct_eq(expected.as_bytes())) {
+        return Err(AdminError(ApiError::new(
+            401,
+            "auth_error",
+            "internal endpoint",
+        )));
+    }
+    let Some(row) = state.store.key(&hash)? else {
+        return Ok(Json(KeyLookup::NotFound).into_response());
+    };
+    let user = match &row.user_id {
+        Some(id) => state.store.user(id)?,
+        None => None,
+    };
+    let record = KeyRecord {
+        token: row.token.clone(),
+        key_name: row.key_name.clone(),
+        key_alias: row.key_alias.clone(),
+        models: row.models.clone(),
+        user_id: row.user_id.clone(),
+        team_id: row.team_id.clone(),
+        user_models: user.map(|u| u.models).unwrap_or_default(),
+        expires_at_micros: row.expires.as_deref().and_then(parse_iso8601_utc),
+        blocked: row.blocked.unwrap_or(false),
+        max_budget: row.max_budget,
+        spend: row.spend,
+        rpm_limit: row.rpm_limit,
+        tpm_limit: row.tpm_limit,
+        max_parallel_requests: row.max_parallel_requests,
+    };
+    Ok(Json(KeyLookup::Found { key: record }).into_response())
+}
+
+/// LLM routes reach the sidecar only when the filter is not running in Envoy.
+async fn llm_without_filter() -> Response {
+    let e = ApiError::service_unavailable("Tollgate's Envoy filter is not active on this route; LLM calls are not served by the sidecar.");
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [("content-type", "application/json")],
+        e.body(),
+    )
+        .into_response()
+}
+
+async fn fallback(uri: Uri) -> Response {
+    if crate::routes::classify(uri.path()).is_some() {
+        return llm_without_filter().await;
+    }
+    (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))).into_response()
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    let limit = state.settings.max_body_bytes.max(1024);
+    Router::new()
+        .route("/key/generate", post(key_generate))
+        .route("/key/info", get(key_info))
+        .route("/user/new", post(user_new))
+        .route("/user/info", get(user_info))
+        .route("/health/liveliness", get(liveliness))
+        .route("/health/liveness", get(liveliness))
+        .route("/health/readiness", get(readiness))
+        .route("/tollgate/internal/v1/keys/{hash}", get(internal_key))
+        .fallback(fallback)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_repr_quotes_like_python() {
+        assert_eq!(py_repr("abc"), "'abc'");
+        assert_eq!(py_repr("it's"), "\"it's\"");
+        assert_eq!(bad_request("x").0.message, "{'error': 'x'}");
+    }
+
+    #[test]
+    fn generated_keys_have_litellm_shape() {
+        let k = new_raw_key().unwrap();
+        assert_eq!(k.len(), 25);
+        assert!(k.starts_with("sk-"));
+        assert!(k[3..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_ne!(k, new_raw_key().unwrap());
+    }
+
+    #[test]
+    fn masks_user_ids() {
+        assert_eq!(mask_id("abcdef"), "ab**ef");
+        assert_eq!(mask_id("abc"), "***");
+    }
+}

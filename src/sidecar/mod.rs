@@ -1,0 +1,284 @@
+//! The `tollgate` sidecar (host only): loads config.yaml, renders what Envoy and Istio need,
+//! serves the admin API and keeps the durable record; `up` also supervises Envoy.
+
+pub mod admin_api;
+pub mod fake_llm;
+pub mod litellm_config;
+pub mod render;
+pub mod store;
+mod up;
+
+use anyhow::{anyhow, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "LiteLLM-compatible keys, budgets and limits inside Envoy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Envoy,
+    Istio,
+    Plugin,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sidecar plus a supervised Envoy: LLM and admin API on one port.
+    Up {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value_t = 4000)]
+        port: u16,
+        /// Address Envoy listens on.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: String,
+        /// Envoy worker threads.
+        #[arg(long, default_value_t = 2)]
+        concurrency: u16,
+        /// Where the SQLite store and rendered files live.
+        #[arg(long, default_value = ".tollgate")]
+        data_dir: PathBuf,
+        /// The filter module (default: the one built next to this binary).
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// Envoy's log level.
+        #[arg(long, default_value = "warning")]
+        envoy_log_level: String,
+    },
+    /// The sidecar alone (admin API and store), e.g. next to an Istio gateway.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 4001)]
+        port: u16,
+        #[arg(long, default_value = ".tollgate")]
+        data_dir: PathBuf,
+    },
+    /// Print what would be deployed: Envoy bootstrap, Istio manifests or plugin config.
+    Render {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, value_enum)]
+        format: Format,
+        #[arg(long, default_value_t = 4000)]
+        port: u16,
+        #[arg(long, default_value_t = 4001)]
+        sidecar_port: u16,
+        #[arg(long, default_value = "127.0.0.1")]
+        sidecar_host: String,
+        #[arg(long, default_value_t = 9901)]
+        envoy_admin_port: u16,
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// Istio: the module's URL (oci://… or https://…).
+        #[arg(long, default_value = "oci://ghcr.io/your-org/tollgate:0.1.0")]
+        wasm_url: String,
+    },
+    /// An OpenAI-compatible fake upstream for offline runs and tests.
+    FakeLlm {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Refuse requests whose bearer is not this key.
+        #[arg(long)]
+        require_api_key: Option<String>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tollgate: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Config loaded and checked as LiteLLM does at boot (master key rules included).
+pub struct Prepared {
+    pub config: litellm_config::LiteLlmConfig,
+    pub master_key: String,
+}
+
+const WEAK_MASTER_KEYS: [&str; 3] = ["sk-1234", "sk-12345", "1234"];
+
+pub fn prepare(path: &Path) -> Result<Prepared> {
+    let loaded = litellm_config::load(path)?;
+    for w in &loaded.warnings {
+        eprintln!("tollgate: warning: {w}");
+    }
+    let config = loaded.config;
+    let master_key = config
+        .general_settings
+        .master_key
+        .clone()
+        .unwrap_or_default();
+    let permit = config
+        .general_settings
+        .dangerously_permit_weak_or_unset_master_key
+        .unwrap_or(false);
+    if master_key.trim().is_empty() && !permit {
+        return Err(anyhow!(
+            "{}: no master key. Set general_settings.master_key (e.g. `master_key: os.environ/LITELLM_MASTER_KEY`) or the LITELLM_MASTER_KEY environment variable",
+            path.display()
+        ));
+    }
+    if WEAK_MASTER_KEYS.contains(&master_key.as_str())
+        || (!master_key.is_empty() && master_key.len() < 8)
+    {
+        eprintln!("tollgate: WARNING: the master key is weak (`{}`); anyone who guesses it controls every key and budget. Use a long random value outside local testing.", crate::key_format::abbreviate(&master_key));
+    }
+    Ok(Prepared { config, master_key })
+}
+
+pub fn admin_state(prepared: &Prepared, data_dir: &Path) -> Result<Arc<admin_api::AdminState>> {
+    let store = store::Store::open(&data_dir.join("tollgate.db"))?;
+    let ls = &prepared.config.litellm_settings;
+    Ok(Arc::new(admin_api::AdminState {
+        store,
+        settings: admin_api::AdminSettings {
+            master_key: prepared.master_key.clone(),
+            internal_token: render::internal_token(&prepared.master_key),
+            key_header_name: prepared
+                .config
+                .general_settings
+                .litellm_key_header_name
+                .clone(),
+            max_internal_user_budget: ls.max_internal_user_budget,
+            internal_user_budget_duration: ls.internal_user_budget_duration.clone(),
+            max_body_bytes: 1024 * 1024,
+        },
+    }))
+}
+
+/// The filter module: `--wasm`, else `TOLLGATE_WASM`, else the build next to this binary.
+pub fn default_wasm_path(explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(p) = explicit.or_else(|| std::env::var_os("TOLLGATE_WASM").map(PathBuf::from)) {
+        return p;
+    }
+    let beside_binary = std::env::current_exe().ok().and_then(|exe| {
+        // target/<profile>/tollgate → target/wasm32-wasip1/release/tollgate.wasm
+        let target = exe.parent()?.parent()?;
+        Some(target.join("wasm32-wasip1/release/tollgate.wasm"))
+    });
+    match beside_binary {
+        Some(p) if p.exists() => p,
+        _ => PathBuf::from("target/wasm32-wasip1/release/tollgate.wasm"),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Up {
+            config,
+            port,
+            host,
+            concurrency,
+            data_dir,
+            wasm,
+            envoy_log_level,
+        } => {
+            up::up(up::UpOptions {
+                config,
+                port,
+                host,
+                concurrency,
+                data_dir,
+                wasm: default_wasm_path(wasm),
+                envoy_log_level,
+            })
+            .await
+        }
+        Command::Serve {
+            config,
+            host,
+            port,
+            data_dir,
+        } => {
+            let prepared = prepare(&config)?;
+            let state = admin_state(&prepared, &data_dir)?;
+            let listener = tokio::net::TcpListener::bind((host.as_str(), port))
+                .await
+                .with_context(|| format!("cannot listen on {host}:{port}"))?;
+            println!("tollgate sidecar listening on http://{host}:{port}");
+            axum::serve(listener, admin_api::router(state))
+                .with_graceful_shutdown(up::shutdown_signal())
+                .await?;
+            Ok(())
+        }
+        Command::Render {
+            config,
+            format,
+            port,
+            sidecar_port,
+            sidecar_host,
+            envoy_admin_port,
+            wasm,
+            wasm_url,
+        } => {
+            let prepared = prepare(&config)?;
+            let opts = render::RenderOptions {
+                listen_port: port,
+                sidecar_port,
+                sidecar_host,
+                envoy_admin_port,
+                wasm_path: default_wasm_path(wasm).display().to_string(),
+                wasm_url,
+                ..Default::default()
+            };
+            let rendered = render::plugin_config(&prepared.config, &opts)?;
+            let text = match format {
+                Format::Envoy => {
+                    serde_yaml_ng::to_string(&render::envoy_bootstrap(&rendered, &opts)?)?
+                }
+                Format::Istio => render::istio_manifests(&rendered, &opts)?,
+                Format::Plugin => serde_json::to_string_pretty(&rendered.plugin)?,
+            };
+            println!("{text}");
+            Ok(())
+        }
+        Command::FakeLlm {
+            host,
+            port,
+            delay_ms,
+            require_api_key,
+        } => {
+            fake_llm::run(fake_llm::FakeLlmOptions {
+                host,
+                port,
+                delay_ms,
+                require_api_key,
+            })
+            .await
+        }
+    }
+}

@@ -1,0 +1,465 @@
+//! Turns a loaded LiteLLM config into what gets deployed: the plugin configuration, an Envoy
+//! bootstrap (for `envoy -c` / `func-e run -c`) and Istio manifests.
+
+use super::litellm_config::{LiteLlmConfig, ModelEntry};
+use crate::key_format::hash_key;
+use crate::plugin_config::{Deployment, PluginConfig, Pricing, PLUGIN_CONFIG_VERSION};
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Name of the Envoy cluster that reaches the sidecar.
+pub const SIDECAR_CLUSTER: &str = "tollgate_sidecar";
+/// Default request body limit (LLM prompts can be large; Envoy's buffer limit matches it).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// Where an upstream lives, parsed from `api_base`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub cluster: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub base_path: String,
+}
+
+impl Upstream {
+    pub fn authority(&self) -> String {
+        if (self.tls && self.port == 443) || (!self.tls && self.port == 80) {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Default `api_base` of OpenAI-compatible providers LiteLLM knows by prefix.
+fn default_api_base(provider: &str) -> Option<&'static str> {
+    Some(match provider {
+        "openai" | "text-completion-openai" => "https://api.openai.com/v1",
+        "groq" => "https://api.groq.com/openai/v1",
+        "mistral" => "https://api.mistral.ai/v1",
+        "deepseek" => "https://api.deepseek.com/v1",
+        "together_ai" => "https://api.together.xyz/v1",
+        "fireworks_ai" => "https://api.fireworks.ai/inference/v1",
+        "perplexity" => "https://api.perplexity.ai",
+        "xai" => "https://api.x.ai/v1",
+        "openrouter" => "https://openrouter.ai/api/v1",
+        _ => return None,
+    })
+}
+
+/// `openai/gpt-4o` → (`openai`, `gpt-4o`); a bare name is OpenAI's.
+pub fn split_provider(model: &str) -> (String, String) {
+    match model.split_once('/') {
+        Some((p, m)) => (p.to_string(), m.to_string()),
+        None => ("openai".to_string(), model.to_string()),
+    }
+}
+
+/// Parses `http(s)://host[:port][/path]`.
+pub fn parse_api_base(api_base: &str) -> Result<Upstream> {
+    let (tls, rest) = if let Some(r) = api_base.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = api_base.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(anyhow!(
+            "api_base `{api_base}` must start with http:// or https://"
+        ));
+    };
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
+            h.to_string(),
+            p.parse::<u16>()
+                .map_err(|_| anyhow!("api_base `{api_base}` has an invalid port"))?,
+        ),
+        _ => (hostport.to_string(), if tls { 443 } else { 80 }),
+    };
+    if host.is_empty() {
+        return Err(anyhow!("api_base `{api_base}` has no host"));
+    }
+    let sanitized: String = format!("{host}_{port}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    Ok(Upstream {
+        cluster: format!("tollgate_upstream_{sanitized}"),
+        tls,
+        host,
+        port,
+        base_path: path.trim_end_matches('/').to_string(),
+    })
+}
+
+fn deployment_id(index: usize, entry: &ModelEntry) -> String {
+    if let Some(id) = &entry.model_info.id {
+        return id.clone();
+    }
+    let seed = format!(
+        "{index}|{}|{}|{}",
+        entry.model_name,
+        entry.litellm_params.model,
+        entry.litellm_params.api_base.as_deref().unwrap_or("")
+    );
+    hex::encode(Sha256::digest(seed.as_bytes()))
+}
+
+/// What the filter needs, plus the upstreams Envoy needs clusters for.
+pub struct Rendered {
+    pub plugin: PluginConfig,
+    pub upstreams: Vec<Upstream>,
+}
+
+/// Options that do not come from config.yaml.
+#[derive(Debug, Clone)]
+pub struct RenderOptions {
+    pub listen_address: String,
+    pub listen_port: u16,
+    pub sidecar_host: String,
+    pub sidecar_port: u16,
+    pub envoy_admin_port: u16,
+    pub wasm_path: String,
+    /// Istio only: where the gateway pulls the module from.
+    pub wasm_url: String,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        RenderOptions {
+            listen_address: "0.0.0.0".into(),
+            listen_port: 4000,
+            sidecar_host: "127.0.0.1".into(),
+            sidecar_port: 4001,
+            envoy_admin_port: 9901,
+            wasm_path: "target/wasm32-wasip1/release/tollgate.wasm".into(),
+            wasm_url: "oci://ghcr.io/your-org/tollgate:0.1.0".into(),
+        }
+    }
+}
+
+/// The internal bearer between filter and sidecar, derived from the master key.
+pub fn internal_token(master_key: &str) -> String {
+    hash_key(&format!("tollgate-internal:{master_key}"))
+}
+
+pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Rendered> {
+    let mut deployments = Vec::new();
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    for (i, entry) in config.model_list.iter().enumerate() {
+        let p = &entry.litellm_params;
+        let (provider, backend_model) = split_provider(&p.model);
+        let api_base = match (&p.api_base, default_api_base(&provider)) {
+            (Some(b), _) => b.clone(),
+            (None, Some(d)) => d.to_string(),
+            (None, None) => {
+                return Err(anyhow!(
+                    "model_list[{i}] ({}): provider `{provider}` needs litellm_params.api_base (Tollgate forwards to OpenAI-compatible APIs)",
+                    entry.model_name
+                ))
+            }
+        };
+        let upstream = parse_api_base(&api_base)
+            .map_err(|e| anyhow!("model_list[{i}] ({}): {e}", entry.model_name))?;
+        let info = &entry.model_info;
+        deployments.push(Deployment {
+            model_name: entry.model_name.clone(),
+            id: deployment_id(i, entry),
+            provider,
+            backend_model,
+            cluster: upstream.cluster.clone(),
+            authority: upstream.authority(),
+            base_path: upstream.base_path.clone(),
+            api_key: p.api_key.clone().filter(|k| !k.is_empty()),
+            access_groups: info.access_groups.clone(),
+            pricing: Pricing {
+                input_cost_per_token: p.input_cost_per_token.or(info.input_cost_per_token),
+                output_cost_per_token: p.output_cost_per_token.or(info.output_cost_per_token),
+                cache_read_input_token_cost: p
+                    .cache_read_input_token_cost
+                    .or(info.cache_read_input_token_cost),
+                max_output_tokens: info.max_output_tokens.or(info.max_tokens),
+            },
+        });
+        if !upstreams.iter().any(|u| u.cluster == upstream.cluster) {
+            upstreams.push(upstream);
+        }
+    }
+    let master = config
+        .general_settings
+        .master_key
+        .clone()
+        .unwrap_or_default();
+    let plugin = PluginConfig {
+        version: PLUGIN_CONFIG_VERSION,
+        master_key_hash: (!master.is_empty()).then(|| hash_key(&master)),
+        sidecar_cluster: SIDECAR_CLUSTER.to_string(),
+        sidecar_authority: format!("{}:{}", opts.sidecar_host, opts.sidecar_port),
+        internal_token: internal_token(&master),
+        sidecar_timeout_ms: 2000,
+        negative_cache_seconds: 2,
+        key_header_name: config.general_settings.litellm_key_header_name.clone(),
+        max_request_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        deployments,
+    };
+    Ok(Rendered { plugin, upstreams })
+}
+
+fn socket(address: &str, port: u16) -> Value {
+    json!({"socket_address": {"address": address, "port_value": port}})
+}
+
+fn is_ip(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+}
+
+fn upstream_cluster(u: &Upstream) -> Value {
+    let mut cluster = json!({
+        "name": u.cluster,
+        "type": if is_ip(&u.host) { "STATIC" } else { "LOGICAL_DNS" },
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "10s",
+        "load_assignment": {
+            "cluster_name": u.cluster,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(&u.host, u.port)}}]}]
+        }
+    });
+    if u.tls {
+        cluster["transport_socket"] = json!({
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": u.host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}
+                    }
+                }
+            }
+        });
+    }
+    cluster
+}
+
+/// The Wasm HTTP filter entry, shared by the Envoy bootstrap and documentation.
+pub fn wasm_filter(plugin: &PluginConfig, wasm_path: &str) -> Result<Value> {
+    Ok(json!({
+        "name": "tollgate",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "tollgate",
+                "root_id": "tollgate",
+                "vm_config": {
+                    "vm_id": "tollgate",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm_path}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": serde_json::to_string(plugin)?
+                },
+                // Without it a paused request never gets its body callback (DESIGN.md).
+                "allow_on_headers_stop_iteration": true,
+                "fail_open": false
+            }
+        }
+    }))
+}
+
+/// Envoy routes: filter-chosen upstreams by header, internal paths hidden, the rest (admin
+/// API, health) to the sidecar.
+fn routes(upstreams: &[Upstream]) -> Value {
+    let mut routes = vec![json!({
+        "match": {"prefix": "/tollgate/internal"},
+        "direct_response": {"status": 404, "body": {"inline_string": "{\"detail\":\"Not Found\"}"}}
+    })];
+    for u in upstreams {
+        routes.push(json!({
+            "match": {"prefix": "/", "headers": [{
+                "name": crate::plugin_config::CLUSTER_HEADER,
+                "string_match": {"exact": u.cluster}
+            }]},
+            "route": {"cluster": u.cluster, "timeout": "600s", "auto_host_rewrite": false}
+        }));
+    }
+    routes.push(json!({
+        "match": {"prefix": "/"},
+        "route": {"cluster": SIDECAR_CLUSTER, "timeout": "60s"}
+    }));
+    Value::Array(routes)
+}
+
+/// The Envoy bootstrap, as JSON (valid YAML too).
+pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Value> {
+    let mut clusters = vec![json!({
+        "name": SIDECAR_CLUSTER,
+        "type": if is_ip(&opts.sidecar_host) { "STATIC" } else { "LOGICAL_DNS" },
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": SIDECAR_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(&opts.sidecar_host, opts.sidecar_port)}}]}]
+        }
+    })];
+    clusters.extend(rendered.upstreams.iter().map(upstream_cluster));
+    Ok(json!({
+        "admin": {"address": socket("127.0.0.1", opts.envoy_admin_port)},
+        "static_resources": {
+            "listeners": [{
+                "name": "tollgate",
+                "address": socket(&opts.listen_address, opts.listen_port),
+                "per_connection_buffer_limit_bytes": rendered.plugin.max_request_body_bytes + 64 * 1024,
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "tollgate",
+                        "codec_type": "AUTO",
+                        "route_config": {
+                            "name": "tollgate",
+                            "virtual_hosts": [{"name": "tollgate", "domains": ["*"], "routes": routes(&rendered.upstreams)}]
+                        },
+                        "http_filters": [
+                            wasm_filter(&rendered.plugin, &opts.wasm_path)?,
+                            {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                        ]
+                    }
+                }]}]
+            }],
+            "clusters": clusters
+        }
+    }))
+}
+
+/// Istio manifests: the WasmPlugin, the EnvoyFilter patch Istio needs for
+/// `allow_on_headers_stop_iteration`, and ServiceEntries for the providers.
+pub fn istio_manifests(rendered: &Rendered, opts: &RenderOptions) -> Result<String> {
+    let mut plugin = rendered.plugin.clone();
+    // Istio names outbound clusters `outbound|PORT||HOST`.
+    for d in &mut plugin.deployments {
+        if let Some(u) = rendered.upstreams.iter().find(|u| u.cluster == d.cluster) {
+            d.cluster = format!("outbound|{}||{}", u.port, u.host);
+        }
+    }
+    plugin.sidecar_cluster = format!(
+        "outbound|{}||tollgate.tollgate-system.svc.cluster.local",
+        opts.sidecar_port
+    );
+    plugin.sidecar_authority = format!(
+        "tollgate.tollgate-system.svc.cluster.local:{}",
+        opts.sidecar_port
+    );
+    let mut docs = vec![
+        json!({
+            "apiVersion": "extensions.istio.io/v1alpha1",
+            "kind": "WasmPlugin",
+            "metadata": {"name": "tollgate", "namespace": "istio-system"},
+            "spec": {
+                "selector": {"matchLabels": {"istio": "ingressgateway"}},
+                "url": opts.wasm_url,
+                "phase": "AUTHN",
+                "failStrategy": "FAIL_CLOSE",
+                "vmConfig": {"env": []},
+                "pluginConfig": serde_json::to_value(&plugin)?
+            }
+        }),
+        json!({
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": {"name": "tollgate-allow-body-pause", "namespace": "istio-system"},
+            "spec": {
+                "workloadSelector": {"labels": {"istio": "ingressgateway"}},
+                "configPatches": [{
+                    "applyTo": "EXTENSION_CONFIG",
+                    "match": {"context": "GATEWAY"},
+                    "patch": {"operation": "MERGE", "value": {
+                        "name": "istio-system.tollgate",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                            "config": {"allow_on_headers_stop_iteration": true}
+                        }
+                    }}
+                }]
+            }
+        }),
+    ];
+    for u in &rendered.upstreams {
+        docs.push(json!({
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "ServiceEntry",
+            "metadata": {"name": u.cluster.replace('_', "-"), "namespace": "istio-system"},
+            "spec": {
+                "hosts": [u.host],
+                "location": "MESH_EXTERNAL",
+                "resolution": "DNS",
+                "ports": [{"number": u.port, "name": if u.tls { "https" } else { "http" }, "protocol": if u.tls { "TLS" } else { "HTTP" }}]
+            }
+        }));
+    }
+    let mut out = String::new();
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml_ng::to_string(&doc)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sidecar::litellm_config::parse;
+
+    #[test]
+    fn api_base_parsing() {
+        let u = parse_api_base("https://api.openai.com/v1").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.base_path.as_str()),
+            (true, "api.openai.com", 443, "/v1")
+        );
+        assert_eq!(u.authority(), "api.openai.com");
+        let u = parse_api_base("http://127.0.0.1:8080/v1/").unwrap();
+        assert_eq!(
+            (u.port, u.base_path.as_str(), u.authority()),
+            (8080, "/v1", "127.0.0.1:8080".to_string())
+        );
+        assert!(parse_api_base("ftp://x").is_err());
+        assert!(parse_api_base("http://h:notaport/").is_err());
+    }
+
+    #[test]
+    fn renders_deployments_and_pricing_precedence() {
+        let loaded = parse(
+            "model_list:\n  - model_name: m\n    litellm_params: {model: openai/real, api_base: 'http://127.0.0.1:9/v1', input_cost_per_token: 2}\n    model_info: {input_cost_per_token: 1, output_cost_per_token: 3, access_groups: [g]}\ngeneral_settings: {master_key: sk-master-key-0001}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&loaded.config, &RenderOptions::default()).unwrap();
+        let d = &r.plugin.deployments[0];
+        assert_eq!(d.backend_model, "real");
+        assert_eq!(d.pricing.input_cost_per_token, Some(2.0));
+        assert_eq!(d.pricing.output_cost_per_token, Some(3.0));
+        assert_eq!(d.access_groups, vec!["g"]);
+        assert_eq!(
+            r.plugin.master_key_hash.as_deref(),
+            Some(hash_key("sk-master-key-0001").as_str())
+        );
+        let boot = envoy_bootstrap(&r, &RenderOptions::default()).unwrap();
+        let text = boot.to_string();
+        assert!(text.contains("allow_on_headers_stop_iteration"));
+        assert!(text.contains(&d.cluster));
+    }
+
+    #[test]
+    fn unknown_provider_without_base_is_refused() {
+        let loaded =
+            parse("model_list:\n  - model_name: m\n    litellm_params: {model: bedrock/x}\n")
+                .unwrap();
+        let err = plugin_config(&loaded.config, &RenderOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_base"), "{err}");
+    }
+}

