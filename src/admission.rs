@@ -14,7 +14,7 @@ use crate::routes::{upstream_path, LlmRoute};
 pub enum Caller {
     Master,
     VirtualKey {
-        record: KeyRecord,
+        record: Box<KeyRecord>,
         /// Last four characters of the raw key, for `expired_key`'s `param`.
         raw_last4: String,
     },
@@ -160,11 +160,11 @@ mod tests {
 
     fn key(models: &[&str]) -> Caller {
         Caller::VirtualKey {
-            record: KeyRecord {
+            record: Box::new(KeyRecord {
                 token: "t".into(),
                 models: models.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
-            },
+            }),
             raw_last4: "abcd".into(),
         }
     }
@@ -238,7 +238,7 @@ mod tests {
             ..Default::default()
         };
         let caller = |record: &KeyRecord| Caller::VirtualKey {
-            record: record.clone(),
+            record: Box::new(record.clone()),
             raw_last4: "abcd".into(),
         };
         let e = admit(
@@ -299,7 +299,7 @@ mod tests {
             admit(
                 &cfg,
                 &Caller::VirtualKey {
-                    record: record.clone(),
+                    record: Box::new(record.clone()),
                     raw_last4: "wxyz".into(),
                 },
                 LlmRoute::ChatCompletions,

@@ -31,6 +31,6 @@ pub struct KeyRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum KeyLookup {
-    Found { key: KeyRecord },
+    Found { key: Box<KeyRecord> },
     NotFound,
 }

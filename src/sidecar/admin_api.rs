@@ -94,7 +94,7 @@ fn not_found(msg: &str) -> AdminError {
 /// Who is calling the admin API.
 enum Principal {
     Admin,
-    Key(KeyRow),
+    Key(Box<KeyRow>),
 }
 
 fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Principal, AdminError> {
@@ -114,7 +114,7 @@ fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Principal, Ad
         return Err(AdminError(ApiError::not_a_virtual_key(&raw)));
     }
     match state.store.key(&hash_key(&raw))? {
-        Some(row) => Ok(Principal::Key(row)),
+        Some(row) => Ok(Principal::Key(Box::new(row))),
         None => Err(AdminError(ApiError::invalid_api_key())),
     }
 }
@@ -144,7 +144,7 @@ fn mask_id(id: &str) -> String {
 }
 
 /// Parses a JSON body; failures answer like FastAPI/pydantic (422 `{"detail":[...]}`).
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
+fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> {
     let text = if body.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
     } else {
@@ -156,6 +156,7 @@ fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> 
             Json(json!({"detail": [{"type": "value_error", "loc": ["body"], "msg": e.to_string(), "input": null}]})),
         )
             .into_response()
+            .into()
     })
 }
 
@@ -330,7 +331,7 @@ async fn key_generate(
     admin_only(&state, &headers, "/key/generate")?;
     let req: GenerateKeyRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(resp) => return Ok(resp),
+        Err(resp) => return Ok(*resp),
     };
     let (raw, row) = create_key(&state, req)?;
     state.store.insert_key(&row)?;
@@ -359,7 +360,7 @@ async fn key_info(
             };
             (k.clone(), state.store.key(&token)?)
         }
-        (None, Principal::Key(own)) => (own.token.clone(), Some(own.clone())),
+        (None, Principal::Key(own)) => (own.token.clone(), Some(own.as_ref().clone())),
         (None, Principal::Admin) => {
             return Err(bad_request(
                 "Please pass the key to look up: /key/info?key=<key>",
@@ -420,7 +421,7 @@ async fn user_new(
     admin_only(&state, &headers, "/user/new")?;
     let req: NewUserRequest = match parse_body(&body) {
         Ok(r) => r,
-        Err(resp) => return Ok(resp),
+        Err(resp) => return Ok(*resp),
     };
     let role = req
         .user_role
@@ -636,7 +637,10 @@ async fn internal_key(
         tpm_limit: row.tpm_limit,
         max_parallel_requests: row.max_parallel_requests,
     };
-    Ok(Json(KeyLookup::Found { key: record }).into_response())
+    Ok(Json(KeyLookup::Found {
+        key: Box::new(record),
+    })
+    .into_response())
 }
 
 /// LLM routes reach the sidecar only when the filter is not running in Envoy.

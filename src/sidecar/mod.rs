@@ -55,6 +55,9 @@ enum Command {
         /// Envoy's log level.
         #[arg(long, default_value = "warning")]
         envoy_log_level: String,
+        /// Stop when standard input closes (lets a test harness never leak a running stack).
+        #[arg(long)]
+        exit_on_stdin_eof: bool,
     },
     /// The sidecar alone (admin API and store), e.g. next to an Istio gateway.
     Serve {
@@ -98,6 +101,9 @@ enum Command {
         /// Refuse requests whose bearer is not this key.
         #[arg(long)]
         require_api_key: Option<String>,
+        /// Stop when standard input closes.
+        #[arg(long)]
+        exit_on_stdin_eof: bool,
     },
 }
 
@@ -206,8 +212,10 @@ async fn run(cli: Cli) -> Result<()> {
             data_dir,
             wasm,
             envoy_log_level,
+            exit_on_stdin_eof,
         } => {
             up::up(up::UpOptions {
+                exit_on_stdin_eof,
                 config,
                 port,
                 host,
@@ -271,14 +279,18 @@ async fn run(cli: Cli) -> Result<()> {
             port,
             delay_ms,
             require_api_key,
+            exit_on_stdin_eof,
         } => {
-            fake_llm::run(fake_llm::FakeLlmOptions {
+            let serve = fake_llm::run(fake_llm::FakeLlmOptions {
                 host,
                 port,
                 delay_ms,
                 require_api_key,
-            })
-            .await
+            });
+            tokio::select! {
+                r = serve => r,
+                _ = up::stop_requested(exit_on_stdin_eof) => Ok(()),
+            }
         }
     }
 }

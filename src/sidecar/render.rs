@@ -110,6 +110,7 @@ fn deployment_id(index: usize, entry: &ModelEntry) -> String {
 }
 
 /// What the filter needs, plus the upstreams Envoy needs clusters for.
+#[derive(Debug)]
 pub struct Rendered {
     pub plugin: PluginConfig,
     pub upstreams: Vec<Upstream>,

@@ -16,6 +16,25 @@ pub struct UpOptions {
     pub data_dir: PathBuf,
     pub wasm: PathBuf,
     pub envoy_log_level: String,
+    pub exit_on_stdin_eof: bool,
+}
+
+/// Resolves on SIGINT/SIGTERM, or when standard input reaches end of file if asked to.
+pub async fn stop_requested(watch_stdin: bool) {
+    let stdin_closed = async {
+        if !watch_stdin {
+            return std::future::pending::<()>().await;
+        }
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 64];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! { _ = shutdown_signal() => {}, _ = stdin_closed => {} }
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -207,7 +226,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             server_abort.abort();
             Err(anyhow!("Envoy exited ({}). Last log lines ({}):\n{}", status.map(|s| s.to_string()).unwrap_or_default(), log_path.display(), log_tail(&log_path, 30)))
         }
-        _ = shutdown_signal() => {
+        _ = stop_requested(opts.exit_on_stdin_eof) => {
             let _ = envoy.kill().await;
             server_abort.abort();
             eprintln!("tollgate: stopped");
