@@ -4,6 +4,7 @@
 #   ./build.sh run [CONFIG]    build, start the fake upstream, then `tollgate up --config CONFIG`
 #   ./build.sh test            build, then unit tests and the integration tests against real Envoy
 #   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md)
+#   ./build.sh examples        regenerate envoy/tollgate.envoy.yaml and envoy/istio.yaml
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -65,13 +66,27 @@ test_all() {
   TOLLGATE_BIN="$BIN" TOLLGATE_WASM="$WASM" cargo test --release --test '*' -- --test-threads=2
 }
 
+# The committed examples in envoy/ are rendered from envoy/config.yaml; `./build.sh examples`
+# regenerates them and `./build.sh test` fails if they are stale.
+render_examples() {
+  local out="$1"
+  local header="# Rendered from envoy/config.yaml by ./build.sh examples (tollgate render); do not edit."
+  { echo "$header"; echo "# Run from the project root: tollgate serve --config envoy/config.yaml --port 4001 & envoy -c envoy/tollgate.envoy.yaml"
+    LITELLM_MASTER_KEY=sk-1234 "$BIN" render --config envoy/config.yaml --format envoy \
+      --wasm target/wasm32-wasip1/release/tollgate.wasm --sidecar-port 4001 2>/dev/null; } > "$out/tollgate.envoy.yaml"
+  { echo "$header"; echo "# kubectl apply -f envoy/istio.yaml (after publishing tollgate.wasm and deploying the sidecar)"
+    LITELLM_MASTER_KEY=sk-1234 "$BIN" render --config envoy/config.yaml --format istio --sidecar-port 4001 2>/dev/null; } > "$out/istio.yaml"
+}
+
 validate_envoy_configs() {
   local tmp; tmp=$(mktemp -d)
-  LITELLM_MASTER_KEY=sk-validate-0123456789 "$BIN" render --config envoy/config.yaml --format envoy --wasm "$WASM" > "$tmp/rendered.yaml"
+  render_examples "$tmp"
+  for f in tollgate.envoy.yaml istio.yaml; do
+    cmp -s "$tmp/$f" "envoy/$f" || die "envoy/$f is stale: run ./build.sh examples and commit it"
+  done
+  LITELLM_MASTER_KEY=sk-validate-0123456789 "$BIN" render --config envoy/config.yaml --format envoy --wasm "$WASM" > "$tmp/rendered.yaml" 2>/dev/null
   for f in "$tmp/rendered.yaml" envoy/*.envoy.yaml; do
-    [ -f "$f" ] || continue
-    sed "s#@WASM@#$WASM#g" "$f" > "$tmp/check.yaml"
-    "$ENVOY_BIN" --mode validate -c "$tmp/check.yaml" --log-level error >/dev/null \
+    "$ENVOY_BIN" --mode validate -c "$f" --log-level error >/dev/null \
       || die "envoy --mode validate failed for $f"
     echo "valid: $f"
   done
@@ -82,6 +97,7 @@ case "${1:-build}" in
   build) build ;;
   run) shift; run "$@" ;;
   test) test_all ;;
+  examples) build; render_examples envoy ;;
   bench) build; [ -x bench/run.sh ] || die "bench/run.sh not found"; bench/run.sh ;;
-  *) die "usage: ./build.sh [build|run [CONFIG]|test|bench]" ;;
+  *) die "usage: ./build.sh [build|run [CONFIG]|test|bench|examples]" ;;
 esac
