@@ -5,6 +5,7 @@ use crate::duration::format_python_utc;
 use crate::errors::ApiError;
 use crate::model_access::{list_allows, ModelFacts};
 use crate::plugin_config::{Deployment, PluginConfig};
+use crate::rate_limits::{estimate_tokens, output_floor, Descriptor};
 use crate::records::KeyRecord;
 use crate::request_body::{self, LlmRequest};
 use crate::routes::{upstream_path, LlmRoute};
@@ -101,6 +102,93 @@ fn check_key(
         return Err(ApiError::model_access_denied("user", facts.requested));
     }
     Ok(())
+}
+
+/// The rate-limit scopes a request counts against, in LiteLLM's order (§4.1): the key, its
+/// user, then the key's per-model limit (its own, else the deployments' smallest default).
+pub fn descriptors(config: &PluginConfig, caller: &Caller, model: &str) -> Vec<Descriptor> {
+    let Caller::VirtualKey { record, .. } = caller else {
+        return Vec::new();
+    };
+    let mut out = vec![Descriptor {
+        kind: "api_key",
+        value: record.token.clone(),
+        rpm: record.rpm_limit,
+        tpm: record.tpm_limit,
+        max_parallel: record.max_parallel_requests,
+    }];
+    if let Some(user) = &record.user_id {
+        out.push(Descriptor {
+            kind: "user",
+            value: user.clone(),
+            rpm: record.user_rpm_limit,
+            tpm: record.user_tpm_limit,
+            max_parallel: None,
+        });
+    }
+    let deployments = config.deployments_for(model);
+    let default_rpm = deployments
+        .iter()
+        .filter_map(|d| d.default_api_key_rpm_limit)
+        .min();
+    let default_tpm = deployments
+        .iter()
+        .filter_map(|d| d.default_api_key_tpm_limit)
+        .min();
+    let rpm = record.model_rpm_limit.get(model).copied().or(default_rpm);
+    let tpm = record.model_tpm_limit.get(model).copied().or(default_tpm);
+    if rpm.is_some() || tpm.is_some() {
+        out.push(Descriptor {
+            kind: "model_per_key",
+            value: format!("{}:{model}", record.token),
+            rpm,
+            tpm,
+            max_parallel: None,
+        });
+    }
+    out.retain(|d| d.rpm.is_some() || d.tpm.is_some() || d.max_parallel.is_some());
+    out
+}
+
+/// What the rate limiter needs for one admitted request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitPlan {
+    pub descriptors: Vec<Descriptor>,
+    /// The tpm reservation (LiteLLM's estimate).
+    pub token_estimate: u64,
+    /// `max_tokens` to write upstream when a small tpm limit applies and the client set no cap
+    /// (LiteLLM's implicit output cap, §4.2).
+    pub implicit_max_tokens: Option<u64>,
+}
+
+pub fn limit_plan(
+    config: &PluginConfig,
+    caller: &Caller,
+    request: &LlmRequest,
+    route: LlmRoute,
+) -> LimitPlan {
+    let descriptors = descriptors(config, caller, &request.model);
+    let min_tpm = descriptors.iter().filter_map(|d| d.tpm).min();
+    let implicit_max_tokens = match (route, request.max_tokens, min_tpm) {
+        (LlmRoute::Embeddings, _, _) | (_, Some(_), _) | (_, _, None) => None,
+        (_, None, Some(l)) if l < 4096 => Some(output_floor(Some(l))),
+        _ => None,
+    };
+    let token_estimate = if route == LlmRoute::Embeddings {
+        estimate_tokens(request.prompt_chars(), Some(0), 1, min_tpm)
+    } else {
+        estimate_tokens(
+            request.prompt_chars(),
+            request.max_tokens.or(implicit_max_tokens),
+            request.n(),
+            min_tpm,
+        )
+    };
+    LimitPlan {
+        descriptors,
+        token_estimate,
+        implicit_max_tokens,
+    }
 }
 
 /// Models a caller may use, for `/v1/models`.

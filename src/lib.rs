@@ -11,9 +11,12 @@ pub mod errors;
 pub mod key_format;
 pub mod model_access;
 pub mod plugin_config;
+pub mod rate_limits;
 pub mod records;
 pub mod request_body;
 pub mod routes;
+pub mod shared_store;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

@@ -31,6 +31,10 @@ pub struct PluginConfig {
     pub max_request_body_bytes: usize,
     /// One entry per `model_list` item.
     pub deployments: Vec<Deployment>,
+    /// Length of rpm/tpm windows, seconds (`LITELLM_RATE_LIMIT_WINDOW_SIZE`, default 60).
+    pub rate_limit_window_seconds: u64,
+    /// `general_settings.token_rate_limit_type`.
+    pub token_rate_limit_type: crate::rate_limits::TokenCountType,
 }
 
 /// One `model_list` entry, resolved to what the filter needs to route it.
@@ -55,6 +59,9 @@ pub struct Deployment {
     pub api_key: Option<String>,
     pub access_groups: Vec<String>,
     pub pricing: Pricing,
+    /// Per-key rpm/tpm defaults for this model (`litellm_params.default_api_key_*_limit`).
+    pub default_api_key_rpm_limit: Option<u64>,
+    pub default_api_key_tpm_limit: Option<u64>,
 }
 
 /// USD per token; `None` when the config does not say.

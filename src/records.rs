@@ -2,6 +2,7 @@
 //! Envoy shared data. It carries the key's own settings and those of its user (and, later, team).
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -25,6 +26,12 @@ pub struct KeyRecord {
     pub rpm_limit: Option<u64>,
     pub tpm_limit: Option<u64>,
     pub max_parallel_requests: Option<u64>,
+    /// Per-model limits of this key (`metadata.model_rpm_limit` / `model_tpm_limit`).
+    pub model_rpm_limit: BTreeMap<String, u64>,
+    pub model_tpm_limit: BTreeMap<String, u64>,
+    /// The user's own limits, shared by all the user's keys.
+    pub user_rpm_limit: Option<u64>,
+    pub user_tpm_limit: Option<u64>,
 }
 
 /// The sidecar's answer to a key lookup: the record, or that no such key exists.

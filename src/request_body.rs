@@ -80,14 +80,86 @@ fn bad_field(field: &str) -> ApiError {
     .with_param(field)
 }
 
+/// Characters of prompt text, for token estimates: message contents (strings or `text` parts),
+/// `prompt` and embedding `input` (strings or lists of strings).
+fn text_chars(v: &Value) -> u64 {
+    match v {
+        Value::String(s) => s.chars().count() as u64,
+        Value::Array(items) => items.iter().map(text_chars).sum(),
+        Value::Object(o) => o.get("text").map(text_chars).unwrap_or(0),
+        _ => 0,
+    }
+}
+
 impl LlmRequest {
+    pub fn prompt_chars(&self) -> u64 {
+        let messages = self
+            .object
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| m.get("content"))
+                    .map(text_chars)
+                    .sum()
+            })
+            .unwrap_or(0);
+        messages
+            + self.object.get("prompt").map(text_chars).unwrap_or(0)
+            + self.object.get("input").map(text_chars).unwrap_or(0)
+    }
+
+    /// `n` (completions per request), at least 1.
+    pub fn n(&self) -> u64 {
+        self.object
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1)
+    }
+
     /// The body to send upstream, with the provider's model name in place of the public one.
     pub fn upstream_body(&self, backend_model: &str) -> Vec<u8> {
+        self.upstream_body_with(backend_model, None, false)
+    }
+
+    /// Whether the client itself asked for the streamed usage chunk.
+    pub fn client_wants_stream_usage(&self) -> bool {
+        self.object
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// The upstream body: backend model name, an optional `max_tokens`, and
+    /// `stream_options.include_usage: true` when `add_stream_usage` (so spend and tokens can be
+    /// settled from a stream).
+    pub fn upstream_body_with(
+        &self,
+        backend_model: &str,
+        max_tokens: Option<u64>,
+        add_stream_usage: bool,
+    ) -> Vec<u8> {
         let mut object = self.object.clone();
         object.insert(
             "model".to_string(),
             Value::String(backend_model.to_string()),
         );
+        if let Some(m) = max_tokens {
+            object.insert("max_tokens".to_string(), Value::from(m));
+        }
+        if add_stream_usage {
+            let options = object
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !options.is_object() {
+                *options = Value::Object(Map::new());
+            }
+            if let Value::Object(o) = options {
+                o.insert("include_usage".to_string(), Value::Bool(true));
+            }
+        }
         serde_json::to_vec(&object).unwrap_or_default()
     }
 }
@@ -125,6 +197,26 @@ mod tests {
             assert_eq!(e.status, 400, "{body:?}");
             assert!(e.message.contains(needle), "{} lacks {needle}", e.message);
         }
+    }
+
+    #[test]
+    fn adds_stream_usage_and_cap() {
+        let r = parse(br#"{"model":"m","stream":true,"stream_options":{"x":1}}"#).unwrap();
+        assert!(!r.client_wants_stream_usage());
+        let out: Value = serde_json::from_slice(&r.upstream_body_with("b", Some(7), true)).unwrap();
+        assert_eq!(
+            out["stream_options"],
+            serde_json::json!({"x": 1, "include_usage": true})
+        );
+        assert_eq!(out["max_tokens"], 7);
+    }
+
+    #[test]
+    fn counts_prompt_text() {
+        let r = parse(br#"{"model":"m","messages":[{"role":"user","content":"abcd"},{"role":"user","content":[{"type":"text","text":"ef"},{"type":"image_url"}]}]}"#).unwrap();
+        assert_eq!(r.prompt_chars(), 6);
+        let r = parse(br#"{"model":"m","input":["ab","cd"],"n":3}"#).unwrap();
+        assert_eq!((r.prompt_chars(), r.n()), (4, 3));
     }
 
     #[test]

@@ -141,3 +141,61 @@ pub fn shared_set(key: &str, value: &[u8]) {
         );
     }
 }
+
+/// Envoy shared data as a `VersionedStore` (process-wide, all workers of one `vm_id`).
+pub struct SharedData;
+
+impl crate::shared_store::VersionedStore for SharedData {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(v), cas)) => Some((v, cas.unwrap_or(0))),
+            Ok((None, Some(cas))) => Some((Vec::new(), cas)),
+            _ => None,
+        }
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), crate::shared_store::StoreError> {
+        use crate::shared_store::StoreError;
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(proxy_wasm::types::Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(_) => Err(StoreError::Failed),
+        }
+    }
+}
+
+pub fn response_header(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}
+
+pub fn set_response_header(name: &str, value: Option<&str>) {
+    if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: cannot set response header {name}: {e:?}"),
+        );
+    }
+}
+
+pub fn response_body(size: usize) -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
+pub fn replace_response_body(current_size: usize, body: &[u8]) {
+    if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, current_size, body) {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: cannot replace response body: {e:?}"),
+        );
+    }
+}

@@ -9,8 +9,10 @@ use crate::credential::extract_credential;
 use crate::errors::ApiError;
 use crate::key_format::{self, constant_time_eq, hash_key};
 use crate::plugin_config::PluginConfig;
+use crate::rate_limits::{self, Ticket};
 use crate::records::KeyLookup;
 use crate::routes::{self, LlmRoute};
+use crate::usage::{BodyKind, UsageReader};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use std::cell::Cell;
@@ -76,6 +78,7 @@ impl RootContext for TollgateRoot {
             body_complete: false,
             body_size: 0,
             lookup: None,
+            call: None,
         }))
     }
 
@@ -111,6 +114,19 @@ struct TollgateHttp {
     body_complete: bool,
     body_size: usize,
     lookup: Option<PendingLookup>,
+    /// Set once an LLM call is admitted: what to settle when it ends.
+    call: Option<AdmittedCall>,
+}
+
+/// An admitted LLM call, followed to its end.
+struct AdmittedCall {
+    ticket: Ticket,
+    token_estimate: u64,
+    prompt_chars: u64,
+    /// The client did not ask for the streamed usage chunk; Tollgate did, and hides it.
+    strip_usage_chunk: bool,
+    upstream_status: Option<u16>,
+    usage: Option<UsageReader>,
 }
 
 impl TollgateHttp {
@@ -191,8 +207,48 @@ impl TollgateHttp {
                 let pick = self.pick.get();
                 self.pick.set(pick.wrapping_add(1));
                 let now = host::now_micros();
-                match admission::admit(&self.config, &caller, route, &path, &body, now, pick) {
-                    Ok(admitted) => {
+                let admitted =
+                    match admission::admit(&self.config, &caller, route, &path, &body, now, pick) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            self.refuse(&e);
+                            return false;
+                        }
+                    };
+                let plan = admission::limit_plan(&self.config, &caller, &admitted.request, route);
+                let window = i64::try_from(self.config.rate_limit_window_seconds.max(1))
+                    .unwrap_or(60)
+                    .saturating_mul(1_000_000);
+                let ticket = match rate_limits::admit(
+                    &host::SharedData,
+                    &plan.descriptors,
+                    plan.token_estimate,
+                    now,
+                    window,
+                ) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.refuse(&e);
+                        return false;
+                    }
+                };
+                let stream = admitted.request.stream && route != LlmRoute::Embeddings;
+                let add_stream_usage = stream && !admitted.request.client_wants_stream_usage();
+                let upstream_body = admitted.request.upstream_body_with(
+                    &admitted.deployment.backend_model,
+                    plan.implicit_max_tokens,
+                    add_stream_usage,
+                );
+                self.call = Some(AdmittedCall {
+                    ticket,
+                    token_estimate: plan.token_estimate,
+                    prompt_chars: admitted.request.prompt_chars(),
+                    strip_usage_chunk: add_stream_usage,
+                    upstream_status: None,
+                    usage: None,
+                });
+                {
+                    {
                         let d = admitted.deployment;
                         for name in CREDENTIAL_HEADERS {
                             host::set_request_header(name, None);
@@ -207,12 +263,8 @@ impl TollgateHttp {
                         host::set_request_header(":path", Some(&admitted.path));
                         host::set_request_header(":authority", Some(&d.authority));
                         host::set_request_header("accept-encoding", None);
-                        host::replace_request_body(self.body_size, &admitted.body);
+                        host::replace_request_body(self.body_size, &upstream_body);
                         true
-                    }
-                    Err(e) => {
-                        self.refuse(&e);
-                        false
                     }
                 }
             }
@@ -275,6 +327,58 @@ impl Context for TollgateHttp {
 }
 
 impl HttpContext for TollgateHttp {
+    fn on_http_response_headers(
+        &mut self,
+        _num_headers: usize,
+        _end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        use proxy_wasm::types::Action;
+        let Some(call) = self.call.as_mut() else {
+            return Action::Continue;
+        };
+        let status = host::response_header(":status").and_then(|s| s.parse::<u16>().ok());
+        call.upstream_status = status;
+        // Limit headers go on streamed responses too (LiteLLM omits them there).
+        if status.is_some_and(|s| (200..300).contains(&s)) {
+            for (name, value) in rate_limits::success_headers(&call.ticket.statuses) {
+                host::set_response_header(&name, Some(&value));
+            }
+        }
+        let kind = BodyKind::from_content_type(host::response_header("content-type").as_deref());
+        let strip = call.strip_usage_chunk && kind == BodyKind::EventStream;
+        if strip {
+            host::set_response_header("content-length", None);
+        }
+        call.usage = Some(UsageReader::new(kind, strip, MAX_USAGE_BUFFER));
+        Action::Continue
+    }
+
+    fn on_http_response_body(
+        &mut self,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> proxy_wasm::types::Action {
+        use proxy_wasm::types::Action;
+        let Some(reader) = self.call.as_mut().and_then(|c| c.usage.as_mut()) else {
+            return Action::Continue;
+        };
+        let chunk = host::response_body(body_size);
+        let mut out = reader.feed(&chunk);
+        if end_of_stream {
+            out.extend_from_slice(&reader.finish());
+        }
+        if out != chunk {
+            host::replace_response_body(body_size, &out);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(call) = self.call.take() else { return };
+        let tokens = self.settled_tokens(&call);
+        rate_limits::release(&host::SharedData, &call.ticket, tokens, host::now_micros());
+    }
+
     fn on_http_request_headers(
         &mut self,
         _num_headers: usize,
@@ -344,6 +448,39 @@ impl HttpContext for TollgateHttp {
         } else {
             Action::Pause
         }
+    }
+}
+
+/// Largest non-streamed response body read for usage, bytes.
+const MAX_USAGE_BUFFER: usize = 4 * 1024 * 1024;
+
+impl TollgateHttp {
+    /// Tokens to settle tpm with: the real usage, else an estimate from what was seen; `None`
+    /// when the upstream failed (the reservation is refunded).
+    fn settled_tokens(&self, call: &AdmittedCall) -> Option<u64> {
+        let status = call.upstream_status?;
+        if !(200..300).contains(&status) {
+            return None;
+        }
+        let reader = call.usage.as_ref()?;
+        Some(match reader.usage() {
+            Some(u) => rate_limits::counted_tokens(
+                self.config.token_rate_limit_type,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+                u.cached_tokens,
+            ),
+            None => {
+                let prompt = (call.prompt_chars / 4).max(1);
+                let completion = reader.streamed_text_chars() / 4;
+                if completion == 0 {
+                    call.token_estimate
+                } else {
+                    prompt + completion
+                }
+            }
+        })
     }
 }
 

@@ -621,14 +621,29 @@ async fn internal_key(
         Some(id) => state.store.user(id)?,
         None => None,
     };
+    let model_limits = |field: &str| -> std::collections::BTreeMap<String, u64> {
+        row.metadata
+            .get(field)
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_u64().map(|n| (k.clone(), n)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let record = KeyRecord {
+        model_rpm_limit: model_limits("model_rpm_limit"),
+        model_tpm_limit: model_limits("model_tpm_limit"),
+        user_rpm_limit: user.as_ref().and_then(|u| u.rpm_limit),
+        user_tpm_limit: user.as_ref().and_then(|u| u.tpm_limit),
         token: row.token.clone(),
         key_name: row.key_name.clone(),
         key_alias: row.key_alias.clone(),
         models: row.models.clone(),
         user_id: row.user_id.clone(),
         team_id: row.team_id.clone(),
-        user_models: user.map(|u| u.models).unwrap_or_default(),
+        user_models: user.as_ref().map(|u| u.models.clone()).unwrap_or_default(),
         expires_at_micros: row.expires.as_deref().and_then(parse_iso8601_utc),
         blocked: row.blocked.unwrap_or(false),
         max_budget: row.max_budget,

@@ -109,6 +109,9 @@ pub struct GeneralSettings {
     pub fail_closed_budget_enforcement: Option<bool>,
     pub fail_closed_rate_limit_enforcement: Option<bool>,
     pub store_model_in_db: Option<bool>,
+    /// Tollgate's own: rpm/tpm window length in seconds (LiteLLM only reads the
+    /// `LITELLM_RATE_LIMIT_WINDOW_SIZE` environment variable, which wins when set).
+    pub rate_limit_window_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

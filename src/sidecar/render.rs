@@ -4,6 +4,7 @@
 use super::litellm_config::{LiteLlmConfig, ModelEntry};
 use crate::key_format::hash_key;
 use crate::plugin_config::{Deployment, PluginConfig, Pricing, PLUGIN_CONFIG_VERSION};
+use crate::rate_limits::TokenCountType;
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -143,6 +144,17 @@ impl Default for RenderOptions {
     }
 }
 
+/// rpm/tpm window: LiteLLM's `LITELLM_RATE_LIMIT_WINDOW_SIZE` environment variable, else
+/// `general_settings.rate_limit_window_size` (Tollgate's key), else 60 s.
+pub fn rate_limit_window_seconds(config: &LiteLlmConfig) -> u64 {
+    std::env::var("LITELLM_RATE_LIMIT_WINDOW_SIZE")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .or(config.general_settings.rate_limit_window_size)
+        .filter(|w| *w > 0)
+        .unwrap_or(60)
+}
+
 /// The internal bearer between filter and sidecar, derived from the master key.
 pub fn internal_token(master_key: &str) -> String {
     hash_key(&format!("tollgate-internal:{master_key}"))
@@ -177,6 +189,8 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             base_path: upstream.base_path.clone(),
             api_key: p.api_key.clone().filter(|k| !k.is_empty()),
             access_groups: info.access_groups.clone(),
+            default_api_key_rpm_limit: p.default_api_key_rpm_limit,
+            default_api_key_tpm_limit: p.default_api_key_tpm_limit,
             pricing: Pricing {
                 input_cost_per_token: p.input_cost_per_token.or(info.input_cost_per_token),
                 output_cost_per_token: p.output_cost_per_token.or(info.output_cost_per_token),
@@ -206,6 +220,12 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
         key_header_name: config.general_settings.litellm_key_header_name.clone(),
         max_request_body_bytes: DEFAULT_MAX_BODY_BYTES,
         deployments,
+        rate_limit_window_seconds: rate_limit_window_seconds(config),
+        token_rate_limit_type: match config.general_settings.token_rate_limit_type.as_deref() {
+            Some("input") => TokenCountType::Input,
+            Some("output") => TokenCountType::Output,
+            _ => TokenCountType::Total,
+        },
     };
     Ok(Rendered { plugin, upstreams })
 }
