@@ -10,7 +10,7 @@ const KEY_PREFIX: &str = "tollgate:v1:key:";
 const NEGATIVE_PREFIX: &str = "tollgate:v1:unknown:";
 
 pub enum Cached {
-    Known(KeyRecord),
+    Known(Box<KeyRecord>),
     /// Recently confirmed not to exist.
     Unknown,
     /// Not cached either way: ask the sidecar.
@@ -24,7 +24,7 @@ fn negative_slot(hash: &str) -> String {
 pub fn get(hash: &str, now_micros: i64) -> Cached {
     if let Some(bytes) = host::shared_get(&format!("{KEY_PREFIX}{hash}")) {
         if let Ok(record) = serde_json::from_slice::<KeyRecord>(&bytes) {
-            return Cached::Known(record);
+            return Cached::Known(Box::new(record));
         }
     }
     if let Some(bytes) = host::shared_get(&negative_slot(hash)) {

@@ -156,10 +156,7 @@ impl TollgateHttp {
         let now = host::now_micros();
         match key_cache::get(&hash, now) {
             key_cache::Cached::Known(record) => {
-                self.caller = Some(Caller::VirtualKey {
-                    record: Box::new(record),
-                    raw_last4,
-                });
+                self.caller = Some(Caller::VirtualKey { record, raw_last4 });
                 Ok(true)
             }
             key_cache::Cached::Unknown => Err(ApiError::invalid_api_key()),
