@@ -35,6 +35,44 @@ pub struct PluginConfig {
     pub rate_limit_window_seconds: u64,
     /// `general_settings.token_rate_limit_type`.
     pub token_rate_limit_type: crate::rate_limits::TokenCountType,
+    pub budgets: BudgetSettings,
+}
+
+/// Budget settings from `litellm_settings` / `general_settings`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BudgetSettings {
+    /// `litellm_settings.max_budget`: proxy-wide, USD (`None`: no proxy budget).
+    pub proxy_max_budget: Option<f64>,
+    pub proxy_budget_duration: Option<String>,
+    /// `litellm_settings.budget_exceeded_status_code` (422).
+    pub exceeded_status_code: u16,
+    /// `litellm_settings.timezone` as a fixed UTC offset, seconds.
+    pub utc_offset_seconds: i32,
+    /// `litellm_settings.budget_reset_time`, seconds after midnight.
+    pub reset_time_of_day_seconds: u32,
+    /// `general_settings.disable_budget_reservation`.
+    pub disable_reservation: bool,
+    /// Output tokens assumed for a reservation when the request sets no `max_tokens`
+    /// (LiteLLM's `DEFAULT_MAX_OUTPUT_TOKENS_FALLBACK`, capped by the model's `max_output_tokens`).
+    pub default_output_tokens: u64,
+    /// `litellm_settings.max_end_user_budget_id`'s budget, applied to customers without their own.
+    pub default_end_user_budget: Option<crate::records::BudgetState>,
+}
+
+impl Default for BudgetSettings {
+    fn default() -> Self {
+        BudgetSettings {
+            proxy_max_budget: None,
+            proxy_budget_duration: None,
+            exceeded_status_code: 422,
+            utc_offset_seconds: 0,
+            reset_time_of_day_seconds: 0,
+            disable_reservation: false,
+            default_output_tokens: 16384,
+            default_end_user_budget: None,
+        }
+    }
 }
 
 /// One `model_list` entry, resolved to what the filter needs to route it.

@@ -32,7 +32,80 @@ pub struct KeyRecord {
     /// The user's own limits, shared by all the user's keys.
     pub user_rpm_limit: Option<u64>,
     pub user_tpm_limit: Option<u64>,
+    /// Key budget: `budget_duration` and the aligned end of the current period (unix µs).
+    pub budget_duration: Option<String>,
+    pub budget_reset_at_micros: Option<i64>,
+    /// Spend in nano-dollars as the sidecar has it (seeds the shared-data counter).
+    pub spend_nanos: i64,
+    /// `model_max_budget` entries: model (or access group / glob) → budget.
+    pub model_max_budget: BTreeMap<String, ModelBudget>,
+    /// The user's budget, for personal keys.
+    pub user_budget: Option<BudgetState>,
+    /// The proxy-wide budget's state when this record was served (seeds the counter).
+    pub proxy_budget: Option<BudgetState>,
 }
+
+/// A budget as the sidecar last knew it: limit, period and spend so far.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BudgetState {
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    pub budget_reset_at_micros: Option<i64>,
+    pub spend_nanos: i64,
+}
+
+/// One `model_max_budget` entry (LiteLLM: `{"budget_limit"|"max_budget": f, "time_period"|"budget_duration": "1d"}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelBudget {
+    pub max_budget: f64,
+    pub budget_duration: String,
+}
+
+/// One settled LLM call, sent from the filter to the sidecar in batches. `request_id` makes
+/// applying it idempotent: a retried batch never counts twice.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpendEvent {
+    /// Envoy's `x-request-id`: unique per request.
+    pub request_id: String,
+    /// Key token (sha256); `None` for the master key.
+    pub api_key: Option<String>,
+    pub key_alias: Option<String>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    /// Customer / end user, as identified from the request.
+    pub end_user: Option<String>,
+    /// Public model name.
+    pub model: String,
+    /// Deployment id (`model_info.id`).
+    pub model_id: String,
+    /// Cost in nano-dollars (10⁻⁹ USD): integer, so totals never drift.
+    pub spend_nanos: i64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub cached_tokens: u64,
+    /// No usage came back: tokens and cost are Tollgate's estimate.
+    pub estimated: bool,
+    /// `success` or `failure` (upstream error, client abort).
+    pub status: String,
+    /// `acompletion`, `atext_completion`, `aembedding`.
+    pub call_type: String,
+    pub start_time_micros: i64,
+    pub end_time_micros: i64,
+}
+
+/// A batch of spend events (`POST /tollgate/internal/v1/spend`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpendBatch {
+    pub events: Vec<SpendEvent>,
+}
+
+/// Nano-dollars per USD.
+pub const NANOS_PER_USD: i64 = 1_000_000_000;
 
 /// The sidecar's answer to a key lookup: the record, or that no such key exists.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -651,6 +651,7 @@ async fn internal_key(
         rpm_limit: row.rpm_limit,
         tpm_limit: row.tpm_limit,
         max_parallel_requests: row.max_parallel_requests,
+        ..Default::default()
     };
     Ok(Json(KeyLookup::Found {
         key: Box::new(record),

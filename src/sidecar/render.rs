@@ -3,7 +3,9 @@
 
 use super::litellm_config::{LiteLlmConfig, ModelEntry};
 use crate::key_format::hash_key;
-use crate::plugin_config::{Deployment, PluginConfig, Pricing, PLUGIN_CONFIG_VERSION};
+use crate::plugin_config::{
+    BudgetSettings, Deployment, PluginConfig, Pricing, PLUGIN_CONFIG_VERSION,
+};
 use crate::rate_limits::TokenCountType;
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
@@ -155,6 +157,31 @@ pub fn rate_limit_window_seconds(config: &LiteLlmConfig) -> u64 {
         .unwrap_or(60)
 }
 
+/// Budget settings as the filter needs them. Named time zones other than UTC and fixed-offset
+/// zones are not supported yet: they fall back to UTC with a warning at load.
+pub fn budget_settings(config: &LiteLlmConfig) -> BudgetSettings {
+    let ls = &config.litellm_settings;
+    let gs = &config.general_settings;
+    BudgetSettings {
+        // LiteLLM: `max_budget` 0.0 means "disabled"; Tollgate: an explicit 0 means $0.
+        proxy_max_budget: ls.max_budget,
+        proxy_budget_duration: ls.budget_duration.clone(),
+        exceeded_status_code: ls.budget_exceeded_status_code.unwrap_or(422),
+        utc_offset_seconds: ls
+            .timezone
+            .as_deref()
+            .and_then(crate::duration::parse_utc_offset)
+            .unwrap_or(0),
+        reset_time_of_day_seconds: ls
+            .budget_reset_time
+            .as_deref()
+            .and_then(crate::duration::parse_time_of_day)
+            .unwrap_or(0),
+        disable_reservation: gs.disable_budget_reservation.unwrap_or(false),
+        ..Default::default()
+    }
+}
+
 /// The internal bearer between filter and sidecar, derived from the master key.
 pub fn internal_token(master_key: &str) -> String {
     hash_key(&format!("tollgate-internal:{master_key}"))
@@ -226,6 +253,7 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             Some("output") => TokenCountType::Output,
             _ => TokenCountType::Total,
         },
+        budgets: budget_settings(config),
     };
     Ok(Rendered { plugin, upstreams })
 }
