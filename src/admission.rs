@@ -1,12 +1,13 @@
 //! The admission decision for an LLM request: who is calling, may they use this model, and
 //! where does the request go. Pure: the filter feeds it bytes and applies the answer.
 
+use crate::budgets::{Level, Scope};
 use crate::duration::format_python_utc;
 use crate::errors::ApiError;
 use crate::model_access::{list_allows, ModelFacts};
-use crate::plugin_config::{Deployment, PluginConfig};
+use crate::plugin_config::{Deployment, PluginConfig, Pricing};
 use crate::rate_limits::{estimate_tokens, output_floor, Descriptor};
-use crate::records::KeyRecord;
+use crate::records::{BudgetState, KeyRecord, ModelBudget};
 use crate::request_body::{self, LlmRequest};
 use crate::routes::{upstream_path, LlmRoute};
 
@@ -148,6 +149,138 @@ pub fn descriptors(config: &PluginConfig, caller: &Caller, model: &str) -> Vec<D
     }
     out.retain(|d| d.rpm.is_some() || d.tpm.is_some() || d.max_parallel.is_some());
     out
+}
+
+/// The budgets a request touches, in LiteLLM's check order (§2.2): the key, the key's budget
+/// for this model, the user (personal keys), the end user, the proxy. A free model (both prices
+/// explicitly 0) touches none.
+pub fn budget_scopes(
+    config: &PluginConfig,
+    caller: &Caller,
+    model: &str,
+    pricing: &Pricing,
+    end_user: Option<&str>,
+) -> Vec<Scope> {
+    if crate::cost::is_free(pricing) {
+        return Vec::new();
+    }
+    let mut scopes = Vec::new();
+    if let Caller::VirtualKey { record, .. } = caller {
+        let alias = record.key_alias.clone();
+        scopes.push(Scope {
+            level: Level::Key {
+                alias: alias.clone().unwrap_or_else(|| "key".into()),
+                key_name: record.key_name.clone(),
+            },
+            id: record.token.clone(),
+            max_budget_usd: record.max_budget,
+            duration: record.budget_duration.clone(),
+            seed_spend_nanos: record.spend_nanos,
+            seed_reset_at_micros: record.budget_reset_at_micros,
+        });
+        let groups: Vec<String> = config
+            .deployments_for(model)
+            .iter()
+            .flat_map(|d| d.access_groups.iter().cloned())
+            .collect();
+        if let Some((entry, budget)) = model_budget_entry(&record.model_max_budget, model, &groups)
+        {
+            scopes.push(Scope {
+                level: Level::KeyModel {
+                    token: record.token.clone(),
+                    alias: alias.unwrap_or_else(|| "None".into()),
+                    model: model.to_string(),
+                },
+                id: format!("{}:{entry}", record.token),
+                max_budget_usd: Some(budget.max_budget),
+                duration: Some(budget.budget_duration.clone()),
+                seed_spend_nanos: 0,
+                seed_reset_at_micros: None,
+            });
+        }
+        if let (Some(user_id), Some(user)) = (&record.user_id, &record.user_budget) {
+            // LiteLLM charges the user for team keys too, but enforces its budget on personal keys.
+            scopes.push(Scope {
+                level: Level::User,
+                id: user_id.clone(),
+                max_budget_usd: if record.team_id.is_none() {
+                    user.max_budget
+                } else {
+                    None
+                },
+                duration: user.budget_duration.clone(),
+                seed_spend_nanos: user.spend_nanos,
+                seed_reset_at_micros: user.budget_reset_at_micros,
+            });
+        }
+    }
+    if let (Some(id), Some(budget)) = (end_user, &config.budgets.default_end_user_budget) {
+        scopes.push(Scope {
+            level: Level::EndUser,
+            id: id.to_string(),
+            max_budget_usd: budget.max_budget,
+            duration: budget.budget_duration.clone(),
+            seed_spend_nanos: 0,
+            seed_reset_at_micros: None,
+        });
+    }
+    if let Some(max) = config.budgets.proxy_max_budget {
+        let seed = match caller {
+            Caller::VirtualKey { record, .. } => record.proxy_budget.clone().unwrap_or_default(),
+            Caller::Master => BudgetState::default(),
+        };
+        scopes.push(Scope {
+            level: Level::Proxy,
+            id: "litellm-proxy-budget".into(),
+            max_budget_usd: Some(max),
+            duration: config.budgets.proxy_budget_duration.clone(),
+            seed_spend_nanos: seed.spend_nanos,
+            seed_reset_at_micros: seed.budget_reset_at_micros,
+        });
+    }
+    scopes
+}
+
+/// Which `model_max_budget` entry governs a model (LiteLLM's `resolve_model_budget`): the exact
+/// name, else an access group serving it, else the most specific matching glob.
+pub fn model_budget_entry<'a>(
+    entries: &'a std::collections::BTreeMap<String, ModelBudget>,
+    model: &str,
+    groups: &[String],
+) -> Option<(&'a str, &'a ModelBudget)> {
+    if let Some((k, v)) = entries.get_key_value(model) {
+        return Some((k, v));
+    }
+    if let Some((k, v)) = entries.iter().find(|(k, _)| groups.contains(k)) {
+        return Some((k, v));
+    }
+    entries
+        .iter()
+        .filter(|(k, _)| k.contains('*') && crate::model_access::wildcard_match(k, model))
+        .max_by_key(|(k, _)| k.chars().filter(|c| *c != '*').count())
+        .map(|(k, v)| (k.as_str(), v))
+}
+
+/// The end user (customer) of a request, as LiteLLM identifies it (§2.5): the
+/// `x-litellm-customer-id` / `x-litellm-end-user-id` header, else body `user`,
+/// `litellm_metadata.user`, `metadata.user_id`, `safety_identifier`. Numbers are stringified,
+/// strings trimmed; other types are ignored.
+pub fn end_user_id(header: Option<&str>, request: &LlmRequest) -> Option<String> {
+    if let Some(h) = header.map(str::trim).filter(|h| !h.is_empty()) {
+        return Some(h.to_string());
+    }
+    let o = &request.object;
+    let candidates = [
+        o.get("user"),
+        o.get("litellm_metadata").and_then(|m| m.get("user")),
+        o.get("metadata").and_then(|m| m.get("user_id")),
+        o.get("safety_identifier"),
+    ];
+    candidates.into_iter().flatten().find_map(|v| match v {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 /// What the rate limiter needs for one admitted request.
@@ -407,6 +540,84 @@ mod tests {
             .contains("Key Expiry time 1970-01-01 00:00:01+00:00"));
         record.blocked = true;
         assert_eq!(call(&record, BODY).unwrap_err(), ApiError::key_blocked());
+    }
+
+    #[test]
+    fn end_user_identification_order() {
+        let r = request_body::parse(br#"{"model":"m","user":" u1 ","metadata":{"user_id":"u2"}}"#)
+            .unwrap();
+        assert_eq!(end_user_id(Some("h"), &r).as_deref(), Some("h"));
+        assert_eq!(end_user_id(None, &r).as_deref(), Some("u1"));
+        let r = request_body::parse(br#"{"model":"m","user":{"x":1},"metadata":{"user_id":7}}"#)
+            .unwrap();
+        assert_eq!(end_user_id(None, &r).as_deref(), Some("7"));
+        let r = request_body::parse(br#"{"model":"m"}"#).unwrap();
+        assert_eq!(end_user_id(Some("  "), &r), None);
+    }
+
+    #[test]
+    fn model_budget_resolution() {
+        let mb = |n: f64| ModelBudget {
+            max_budget: n,
+            budget_duration: "1d".into(),
+        };
+        let entries: std::collections::BTreeMap<String, ModelBudget> = [
+            ("gpt-4o".to_string(), mb(1.0)),
+            ("beta".to_string(), mb(2.0)),
+            ("gpt-*".to_string(), mb(3.0)),
+            ("gpt-4*".to_string(), mb(4.0)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            model_budget_entry(&entries, "gpt-4o", &[]).unwrap().0,
+            "gpt-4o"
+        );
+        assert_eq!(
+            model_budget_entry(&entries, "x", &["beta".into()])
+                .unwrap()
+                .0,
+            "beta"
+        );
+        assert_eq!(
+            model_budget_entry(&entries, "gpt-4-turbo", &[]).unwrap().0,
+            "gpt-4*"
+        );
+        assert_eq!(
+            model_budget_entry(&entries, "gpt-3.5", &[]).unwrap().0,
+            "gpt-*"
+        );
+        assert!(model_budget_entry(&entries, "claude", &[]).is_none());
+    }
+
+    #[test]
+    fn budget_scopes_in_order_and_free_models_skip() {
+        let mut cfg = config();
+        cfg.budgets.proxy_max_budget = Some(5.0);
+        let record = KeyRecord {
+            token: "t".into(),
+            key_name: "sk-...abcd".into(),
+            max_budget: Some(1.0),
+            user_id: Some("u".into()),
+            user_budget: Some(BudgetState {
+                max_budget: Some(2.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let caller = Caller::VirtualKey {
+            record: Box::new(record),
+            raw_last4: "abcd".into(),
+        };
+        let scopes = budget_scopes(&cfg, &caller, "gpt-a", &Pricing::default(), None);
+        let levels: Vec<_> = scopes.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(levels, vec!["t", "u", "litellm-proxy-budget"]);
+        let free = Pricing {
+            input_cost_per_token: Some(0.0),
+            output_cost_per_token: Some(0.0),
+            ..Default::default()
+        };
+        assert!(budget_scopes(&cfg, &caller, "gpt-a", &free, None).is_empty());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admission;
+pub mod budgets;
+pub mod cost;
 pub mod credential;
 pub mod duration;
 pub mod errors;

@@ -199,3 +199,70 @@ pub fn replace_response_body(current_size: usize, body: &[u8]) {
         );
     }
 }
+
+pub fn register_queue(name: &str) -> Option<u32> {
+    hostcalls::register_shared_queue(name)
+        .map_err(|e| {
+            log(
+                LogLevel::Error,
+                &format!("tollgate: cannot register queue {name}: {e:?}"),
+            )
+        })
+        .ok()
+}
+
+pub fn enqueue(queue: u32, value: &[u8]) -> bool {
+    match hostcalls::enqueue_shared_queue(queue, Some(value)) {
+        Ok(()) => true,
+        Err(e) => {
+            log(
+                LogLevel::Error,
+                &format!("tollgate: cannot enqueue a spend event: {e:?}"),
+            );
+            false
+        }
+    }
+}
+
+pub fn dequeue(queue: u32) -> Option<Vec<u8>> {
+    hostcalls::dequeue_shared_queue(queue).ok().flatten()
+}
+
+pub fn set_tick_period(period: Duration) {
+    if let Err(e) = hostcalls::set_tick_period(period) {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: cannot set tick period: {e:?}"),
+        );
+    }
+}
+
+/// A POST of JSON to the sidecar cluster.
+pub fn dispatch_post(
+    cluster: &str,
+    authority: &str,
+    path: &str,
+    authorization: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<u32, ()> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", authority),
+            ("authorization", authorization),
+            ("content-type", "application/json"),
+        ],
+        Some(body),
+        vec![],
+        timeout,
+    )
+    .map_err(|e| {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: dispatch to {cluster} failed: {e:?}"),
+        )
+    })
+}

@@ -1,14 +1,18 @@
 //! LiteLLM's admin API (litellm-compat.md §5), served by the sidecar behind Envoy, plus the
-//! internal endpoint the filter uses to look keys up.
+//! internal endpoints the filter uses: key lookup, spend batches and the proxy budget.
 
-use super::store::{KeyRow, Store, UserRow};
+use super::store::{
+    nanos_to_usd, usd_to_nanos, KeyFilter, KeyRow, ResetClock, SpendLogQuery, Store, UserRow,
+};
 use crate::credential::extract_credential;
 use crate::duration::{
-    add_duration, format_iso8601_utc, parse_duration, parse_iso8601_utc, validate_budget_duration,
+    add_duration, format_iso8601_utc, parse_duration, parse_iso8601_utc,
+    validate_budget_duration_at,
 };
 use crate::errors::ApiError;
 use crate::key_format::{abbreviate, hash_key, is_token_hash, validate_custom_key};
-use crate::records::{KeyLookup, KeyRecord};
+use crate::plugin_config::BudgetSettings;
+use crate::records::{KeyLookup, KeyRecord, ModelBudget, SpendBatch, SpendEvent};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +21,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -31,7 +35,21 @@ pub struct AdminSettings {
     pub internal_user_budget_duration: Option<String>,
     /// Largest admin request body accepted, bytes.
     pub max_body_bytes: usize,
+    /// Largest spend batch the filter may post, bytes.
+    pub max_spend_batch_bytes: usize,
+    /// Proxy budget, timezone and reset time of day (`render::budget_settings`).
+    pub budgets: BudgetSettings,
 }
+
+impl AdminSettings {
+    /// How budget periods align.
+    pub fn reset_clock(&self) -> ResetClock {
+        ResetClock::from_budget_settings(&self.budgets)
+    }
+}
+
+/// Default for [`AdminSettings::max_spend_batch_bytes`].
+pub const MAX_SPEND_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct AdminState {
     pub store: Store,
@@ -185,15 +203,44 @@ fn check_budget(field: &str, v: Option<f64>) -> Result<(), AdminError> {
     }
 }
 
-fn check_budget_duration(v: &Option<String>) -> Result<Option<String>, AdminError> {
+/// Validates a `budget_duration` (§3.1) and computes its first `budget_reset_at` (§3.2).
+fn check_budget_duration(
+    settings: &AdminSettings,
+    v: &Option<String>,
+    now_micros: i64,
+) -> Result<(Option<String>, Option<String>), AdminError> {
     match v {
-        None => Ok(None),
+        None => Ok((None, None)),
         Some(d) => {
-            let parsed = validate_budget_duration(d).map_err(|m| bad_request(&m))?;
-            let _ = parsed;
-            Ok(Some(d.clone()))
+            let b = &settings.budgets;
+            validate_budget_duration_at(
+                d,
+                now_micros.div_euclid(1_000_000),
+                b.utc_offset_seconds,
+                b.reset_time_of_day_seconds,
+            )
+            .map_err(|m| bad_request(&m))?;
+            let reset_at = settings.reset_clock().next_reset_iso(d, now_micros);
+            Ok((Some(d.clone()), Some(reset_at)))
         }
     }
+}
+
+/// A stored row as the API shows it: `spend_nanos` is Tollgate's own field.
+fn row_json<T: serde::Serialize>(row: &T) -> Value {
+    let mut v = serde_json::to_value(row).unwrap_or_else(|_| json!({}));
+    if let Value::Object(o) = &mut v {
+        o.remove("spend_nanos");
+    }
+    v
+}
+
+/// A non-negative finite USD amount as nano-dollars.
+fn spend_nanos_of(spend: Option<f64>) -> i64 {
+    spend
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(usd_to_nanos)
+        .unwrap_or(0)
 }
 
 /// `expires` for a key `duration`: exact, not aligned (§5.2).
@@ -246,7 +293,10 @@ struct GenerateKeyRequest {
 fn create_key(state: &AdminState, req: GenerateKeyRequest) -> Result<(String, KeyRow), AdminError> {
     check_budget("max_budget", req.max_budget)?;
     check_budget("soft_budget", req.soft_budget)?;
-    let budget_duration = check_budget_duration(&req.budget_duration)?;
+    check_budget("spend", req.spend)?;
+    let now = now_micros();
+    let (budget_duration, budget_reset_at) =
+        check_budget_duration(&state.settings, &req.budget_duration, now)?;
     let raw = match &req.key {
         Some(custom) => {
             validate_custom_key(custom).map_err(|m| bad_request(&m))?;
@@ -267,7 +317,6 @@ fn create_key(state: &AdminState, req: GenerateKeyRequest) -> Result<(String, Ke
             )));
         }
     }
-    let now = now_micros();
     let mut metadata = req.metadata.unwrap_or_default();
     // LiteLLM keeps these management fields inside metadata.
     if let Some(v) = req.model_rpm_limit {
@@ -286,7 +335,7 @@ fn create_key(state: &AdminState, req: GenerateKeyRequest) -> Result<(String, Ke
         models: req.models,
         max_budget: req.max_budget,
         soft_budget: req.soft_budget,
-        budget_reset_at: None,
+        budget_reset_at,
         budget_duration,
         tpm_limit: req.tpm_limit,
         rpm_limit: req.rpm_limit,
@@ -304,7 +353,8 @@ fn create_key(state: &AdminState, req: GenerateKeyRequest) -> Result<(String, Ke
         organization_id: req.organization_id,
         blocked: req.blocked,
         expires: expiry(&req.duration, now)?,
-        spend: req.spend.unwrap_or(0.0),
+        spend: nanos_to_usd(spend_nanos_of(req.spend)),
+        spend_nanos: spend_nanos_of(req.spend),
         created_at: created.clone(),
         updated_at: created,
         created_by: None,
@@ -314,7 +364,7 @@ fn create_key(state: &AdminState, req: GenerateKeyRequest) -> Result<(String, Ke
 }
 
 fn key_response(raw: &str, row: &KeyRow) -> Value {
-    let mut v = serde_json::to_value(row).unwrap_or_else(|_| json!({}));
+    let mut v = row_json(row);
     if let Value::Object(o) = &mut v {
         o.insert("key".into(), json!(raw));
         o.insert("token_id".into(), json!(row.token));
@@ -351,6 +401,7 @@ async fn key_info(
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
     let principal = authenticate(&state, &headers)?;
+    let now = now_micros();
     let (asked, row) = match (q.get("key"), &principal) {
         (Some(k), _) => {
             let token = if is_token_hash(k) {
@@ -358,9 +409,9 @@ async fn key_info(
             } else {
                 hash_key(k)
             };
-            (k.clone(), state.store.key(&token)?)
+            (k.clone(), state.store.key_at(&token, now)?)
         }
-        (None, Principal::Key(own)) => (own.token.clone(), Some(own.as_ref().clone())),
+        (None, Principal::Key(own)) => (own.token.clone(), state.store.key_at(&own.token, now)?),
         (None, Principal::Admin) => {
             return Err(bad_request(
                 "Please pass the key to look up: /key/info?key=<key>",
@@ -376,10 +427,10 @@ async fn key_info(
             return Err(AdminError(ApiError::new(403, "auth_error", "You are not allowed to access this key's info. Your user_id does not own this key.")));
         }
     }
-    let mut info = serde_json::to_value(&row).unwrap_or_else(|_| json!({}));
+    let mut info = row_json(&row);
     if let Value::Object(o) = &mut info {
         o.remove("token");
-        o.insert("status".into(), json!(key_status(&row, now_micros())));
+        o.insert("status".into(), json!(key_status(&row, now)));
     }
     Ok(Json(json!({"key": asked, "info": info})).into_response())
 }
@@ -444,7 +495,10 @@ async fn user_new(
         None
     });
     check_budget("max_budget", max_budget)?;
-    let budget_duration = check_budget_duration(&budget_duration)?;
+    check_budget("spend", req.spend)?;
+    let now_us = now_micros();
+    let (budget_duration, budget_reset_at) =
+        check_budget_duration(&state.settings, &budget_duration, now_us)?;
     let user_id = req
         .user_id
         .clone()
@@ -461,7 +515,7 @@ async fn user_new(
             )));
         }
     }
-    let now = format_iso8601_utc(now_micros());
+    let now = format_iso8601_utc(now_us);
     let user = UserRow {
         user_id: user_id.clone(),
         user_email: req.user_email.clone(),
@@ -471,14 +525,15 @@ async fn user_new(
         models: req.models.clone(),
         max_budget,
         budget_duration,
-        budget_reset_at: None,
+        budget_reset_at,
         tpm_limit: req.tpm_limit,
         rpm_limit: req.rpm_limit,
         max_parallel_requests: req.max_parallel_requests,
         metadata: Value::Object(req.metadata.clone().unwrap_or_default()),
         model_max_budget: req.model_max_budget.clone().unwrap_or_else(|| json!({})),
         model_spend: json!({}),
-        spend: req.spend.unwrap_or(0.0),
+        spend: nanos_to_usd(spend_nanos_of(req.spend)),
+        spend_nanos: spend_nanos_of(req.spend),
         created_at: now.clone(),
         updated_at: now,
     };
@@ -503,7 +558,7 @@ async fn user_new(
     state
         .store
         .insert_user_with_key(&user, key.as_ref().map(|(_, row)| row))?;
-    let mut resp = serde_json::to_value(&user).unwrap_or_else(|_| json!({}));
+    let mut resp = row_json(&user);
     if let Value::Object(o) = &mut resp {
         match &key {
             Some((raw, row)) => {
@@ -553,17 +608,18 @@ async fn user_info(
             own_id
         }
     };
-    let Some(user) = state.store.user(&user_id)? else {
+    let now = now_micros();
+    let Some(user) = state.store.user_at(&user_id, now)? else {
         return Err(not_found(&format!("User {user_id} not found")));
     };
     let keys: Vec<Value> = state
         .store
-        .keys_of_user(&user_id)?
+        .keys_of_user_at(&user_id, now)?
         .iter()
-        .map(|k| serde_json::to_value(k).unwrap_or_else(|_| json!({})))
+        .map(row_json)
         .collect();
     Ok(
-        Json(json!({"user_id": user_id, "user_info": user, "keys": keys, "teams": []}))
+        Json(json!({"user_id": user_id, "user_info": row_json(&user), "keys": keys, "teams": []}))
             .into_response(),
     )
 }

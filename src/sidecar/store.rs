@@ -1,12 +1,27 @@
-//! The durable record: keys and users in SQLite (WAL, one transaction per change).
+//! The durable record: keys, users, end users, the proxy budget and spend logs in SQLite (WAL,
+//! one transaction per change).
 //!
 //! Each entity is a JSON document (its LiteLLM fields) plus the columns it is looked up by, so
 //! new LiteLLM fields need no migration.
+//!
+//! Money: spend is integer nano-dollars ([`NANOS_PER_USD`]). In the key, user and end-user
+//! documents `spend_nanos` is authoritative and LiteLLM's `spend` (float USD, what the API shows)
+//! is derived from it on every write; `spend_logs.spend_nanos` and `proxy_budget.spend_nanos` are
+//! INTEGER columns. A document written before `spend_nanos` existed (`spend_nanos` 0, `spend` not)
+//! takes its nanos from `spend` when loaded.
+//!
+//! Budget resets are lazy (DESIGN.md): whenever a budgeted entity is read for an answer or
+//! charged, a `budget_reset_at` that has passed zeroes its spend and moves `budget_reset_at` to
+//! the next aligned time ([`ResetClock`]), and that is persisted.
 
+use crate::duration::{format_iso8601_utc, next_reset_at_str, parse_iso8601_utc};
+use crate::plugin_config::BudgetSettings;
+use crate::records::{BudgetState, SpendBatch, SpendEvent, NANOS_PER_USD};
 use anyhow::{Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -23,6 +38,7 @@ pub struct KeyRow {
     pub max_budget: Option<f64>,
     pub soft_budget: Option<f64>,
     pub budget_duration: Option<String>,
+    /// ISO 8601 UTC: the aligned end of the current budget period.
     pub budget_reset_at: Option<String>,
     pub tpm_limit: Option<u64>,
     pub rpm_limit: Option<u64>,
@@ -32,6 +48,7 @@ pub struct KeyRow {
     pub config: Value,
     pub permissions: Value,
     pub model_max_budget: Value,
+    /// `{"<model>": spend USD}`, charged per spend event.
     pub model_spend: Value,
     pub allowed_routes: Vec<String>,
     pub tags: Option<Vec<String>>,
@@ -41,7 +58,10 @@ pub struct KeyRow {
     pub blocked: Option<bool>,
     /// ISO 8601 UTC; `None` = never expires.
     pub expires: Option<String>,
+    /// USD, derived from `spend_nanos` (use [`KeyRow::set_spend_nanos`] to change it).
     pub spend: f64,
+    /// Authoritative spend, nano-dollars.
+    pub spend_nanos: i64,
     pub created_at: String,
     pub updated_at: String,
     pub created_by: Option<String>,
@@ -60,6 +80,7 @@ pub struct UserRow {
     pub models: Vec<String>,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<String>,
+    /// ISO 8601 UTC.
     pub budget_reset_at: Option<String>,
     pub tpm_limit: Option<u64>,
     pub rpm_limit: Option<u64>,
@@ -67,13 +88,307 @@ pub struct UserRow {
     pub metadata: Value,
     pub model_max_budget: Value,
     pub model_spend: Value,
+    /// USD, derived from `spend_nanos` (use [`UserRow::set_spend_nanos`] to change it).
     pub spend: f64,
+    /// Authoritative spend, nano-dollars.
+    pub spend_nanos: i64,
     pub created_at: String,
     pub updated_at: String,
 }
 
+/// An end user / customer (`LiteLLM_EndUserTable`). LiteLLM keeps the budget in a linked
+/// `LiteLLM_BudgetTable` row (`litellm_budget_table` in responses); here its fields are inline.
+/// Rows are created by `/customer/new` or, with `blocked: false` and no budget, by the first
+/// spend event naming the end user.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EndUserRow {
+    pub user_id: String,
+    pub alias: Option<String>,
+    /// USD, derived from `spend_nanos`.
+    pub spend: f64,
+    /// Authoritative spend, nano-dollars.
+    pub spend_nanos: i64,
+    pub allowed_model_region: Option<String>,
+    pub default_model: Option<String>,
+    pub budget_id: Option<String>,
+    pub blocked: bool,
+    pub models: Vec<String>,
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    /// ISO 8601 UTC.
+    pub budget_reset_at: Option<String>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// LiteLLM's `litellm-proxy-budget` user row: the proxy-wide budget's spend and period. The
+/// limit itself (`litellm_settings.max_budget`) comes from the config, not from here.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyBudgetRow {
+    pub spend_nanos: i64,
+    pub budget_duration: Option<String>,
+    pub budget_reset_at_micros: Option<i64>,
+}
+
+impl ProxyBudgetRow {
+    pub fn spend_usd(&self) -> f64 {
+        nanos_to_usd(self.spend_nanos)
+    }
+
+    /// As the filter wants it, with the limit from the config.
+    pub fn state(&self, max_budget: Option<f64>) -> BudgetState {
+        BudgetState {
+            max_budget,
+            budget_duration: self.budget_duration.clone(),
+            budget_reset_at_micros: self.budget_reset_at_micros,
+            spend_nanos: self.spend_nanos,
+        }
+    }
+}
+
+/// LiteLLM's user id for the proxy-wide budget row.
+pub const PROXY_BUDGET_ID: &str = "litellm-proxy-budget";
+
+/// USD → nano-dollars, rounded; NaN → 0, out of range saturates.
+pub fn usd_to_nanos(usd: f64) -> i64 {
+    // `as` saturates and maps NaN to 0.
+    (usd * NANOS_PER_USD as f64).round() as i64
+}
+
+/// Nano-dollars → USD. Exact enough to round-trip through [`usd_to_nanos`] below ~$4.5M.
+pub fn nanos_to_usd(nanos: i64) -> f64 {
+    nanos as f64 / NANOS_PER_USD as f64
+}
+
+/// Timezone and time of day that budget periods align to (`litellm_settings.timezone`,
+/// `budget_reset_time`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResetClock {
+    pub utc_offset_seconds: i32,
+    pub reset_time_of_day_seconds: u32,
+}
+
+impl ResetClock {
+    pub fn from_budget_settings(b: &BudgetSettings) -> Self {
+        ResetClock {
+            utc_offset_seconds: b.utc_offset_seconds,
+            reset_time_of_day_seconds: b.reset_time_of_day_seconds,
+        }
+    }
+
+    /// LiteLLM's `budget_reset_at` for `duration` computed at `now`, unix microseconds.
+    pub fn next_reset_micros(&self, duration: &str, now_micros: i64) -> i64 {
+        next_reset_at_str(
+            duration,
+            now_micros.div_euclid(1_000_000),
+            self.utc_offset_seconds,
+            self.reset_time_of_day_seconds,
+        )
+        .saturating_mul(1_000_000)
+    }
+
+    /// The same, as the ISO 8601 string the rows keep.
+    pub fn next_reset_iso(&self, duration: &str, now_micros: i64) -> String {
+        format_iso8601_utc(self.next_reset_micros(duration, now_micros))
+    }
+
+    /// What a lazy reset does to a budget with `duration` whose period ends at `reset_at`.
+    fn due(&self, duration: Option<&str>, reset_at: Option<i64>, now_micros: i64) -> ResetAction {
+        let Some(duration) = duration.filter(|d| !d.is_empty()) else {
+            return ResetAction::Keep;
+        };
+        match reset_at {
+            // A duration without a period end (a row from before resets existed): start one.
+            None => ResetAction::Schedule(self.next_reset_micros(duration, now_micros)),
+            Some(at) if at <= now_micros => {
+                ResetAction::Reset(self.next_reset_micros(duration, now_micros))
+            }
+            Some(_) => ResetAction::Keep,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResetAction {
+    Keep,
+    /// Set `budget_reset_at`, keep spend.
+    Schedule(i64),
+    /// Spend to 0, new `budget_reset_at`.
+    Reset(i64),
+}
+
+/// A stored entity with a spend and, maybe, a budget period.
+trait Budgeted {
+    fn parts(&mut self) -> (&mut i64, &mut f64, Option<&str>, &mut Option<String>);
+
+    /// Makes `spend_nanos` authoritative and `spend` its USD value (a legacy document with only
+    /// `spend` gets its nanos from it).
+    fn sync_spend(&mut self) {
+        let (nanos, usd, _, _) = self.parts();
+        if *nanos == 0 && *usd != 0.0 && usd.is_finite() {
+            *nanos = usd_to_nanos(*usd);
+        }
+        *usd = nanos_to_usd(*nanos);
+    }
+
+    fn add_spend(&mut self, delta_nanos: i64) {
+        let (nanos, usd, _, _) = self.parts();
+        *nanos = nanos.saturating_add(delta_nanos);
+        *usd = nanos_to_usd(*nanos);
+    }
+
+    /// Applies a due reset; true when the row changed.
+    fn lazy_reset(&mut self, clock: &ResetClock, now_micros: i64) -> bool {
+        let (nanos, usd, duration, reset_at) = self.parts();
+        let at = reset_at.as_deref().and_then(parse_iso8601_utc);
+        match clock.due(duration, at, now_micros) {
+            ResetAction::Keep => false,
+            ResetAction::Schedule(next) => {
+                *reset_at = Some(format_iso8601_utc(next));
+                true
+            }
+            ResetAction::Reset(next) => {
+                *nanos = 0;
+                *usd = 0.0;
+                *reset_at = Some(format_iso8601_utc(next));
+                true
+            }
+        }
+    }
+}
+
+impl Budgeted for KeyRow {
+    fn parts(&mut self) -> (&mut i64, &mut f64, Option<&str>, &mut Option<String>) {
+        (
+            &mut self.spend_nanos,
+            &mut self.spend,
+            self.budget_duration.as_deref(),
+            &mut self.budget_reset_at,
+        )
+    }
+}
+
+impl Budgeted for UserRow {
+    fn parts(&mut self) -> (&mut i64, &mut f64, Option<&str>, &mut Option<String>) {
+        (
+            &mut self.spend_nanos,
+            &mut self.spend,
+            self.budget_duration.as_deref(),
+            &mut self.budget_reset_at,
+        )
+    }
+}
+
+impl Budgeted for EndUserRow {
+    fn parts(&mut self) -> (&mut i64, &mut f64, Option<&str>, &mut Option<String>) {
+        (
+            &mut self.spend_nanos,
+            &mut self.spend,
+            self.budget_duration.as_deref(),
+            &mut self.budget_reset_at,
+        )
+    }
+}
+
+impl KeyRow {
+    /// Sets the spend (nanos and the derived USD).
+    pub fn set_spend_nanos(&mut self, nanos: i64) {
+        self.spend_nanos = nanos;
+        self.spend = nanos_to_usd(nanos);
+    }
+
+    /// `budget_reset_at` as unix microseconds.
+    pub fn budget_reset_at_micros(&self) -> Option<i64> {
+        self.budget_reset_at.as_deref().and_then(parse_iso8601_utc)
+    }
+}
+
+impl UserRow {
+    pub fn set_spend_nanos(&mut self, nanos: i64) {
+        self.spend_nanos = nanos;
+        self.spend = nanos_to_usd(nanos);
+    }
+
+    pub fn budget_reset_at_micros(&self) -> Option<i64> {
+        self.budget_reset_at.as_deref().and_then(parse_iso8601_utc)
+    }
+
+    /// The user's budget as the filter wants it.
+    pub fn budget_state(&self) -> BudgetState {
+        BudgetState {
+            max_budget: self.max_budget,
+            budget_duration: self.budget_duration.clone(),
+            budget_reset_at_micros: self.budget_reset_at_micros(),
+            spend_nanos: self.spend_nanos,
+        }
+    }
+}
+
+impl EndUserRow {
+    pub fn set_spend_nanos(&mut self, nanos: i64) {
+        self.spend_nanos = nanos;
+        self.spend = nanos_to_usd(nanos);
+    }
+}
+
+/// Adds `delta` nano-dollars to `model_spend[model]` (a JSON object of USD floats).
+fn add_model_spend(model_spend: &mut Value, model: &str, delta: i64) {
+    if !model_spend.is_object() {
+        *model_spend = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(m) = model_spend {
+        let before = m
+            .get(model)
+            .and_then(Value::as_f64)
+            .map(usd_to_nanos)
+            .unwrap_or(0);
+        m.insert(
+            model.to_string(),
+            Value::from(nanos_to_usd(before.saturating_add(delta))),
+        );
+    }
+}
+
+/// Which key a spend-log query is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KeyFilter {
+    #[default]
+    Any,
+    /// Calls made with this key token (sha256).
+    Token(String),
+    /// Calls made with the master key (no token).
+    Master,
+}
+
+/// Filters for [`Store::spend_logs`]; all given filters must match.
+#[derive(Debug, Clone, Default)]
+pub struct SpendLogQuery {
+    pub api_key: KeyFilter,
+    pub user_id: Option<String>,
+    pub request_id: Option<String>,
+    /// `start_time >= start_micros`.
+    pub start_micros: Option<i64>,
+    /// `start_time < end_micros` (exclusive).
+    pub end_micros: Option<i64>,
+    pub limit: Option<u64>,
+}
+
+/// What [`Store::apply_spend_batch`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendApplied {
+    /// Events recorded and charged.
+    pub applied: u64,
+    /// Events already recorded (same `request_id`): ignored.
+    pub duplicates: u64,
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
+    clock: ResetClock,
 }
 
 const SCHEMA: &str = "
@@ -93,6 +408,39 @@ CREATE TABLE IF NOT EXISTS users (
     doc TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS users_email ON users(user_email);
+CREATE TABLE IF NOT EXISTS end_users (
+    user_id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS proxy_budget (
+    id TEXT PRIMARY KEY,
+    spend_nanos INTEGER NOT NULL DEFAULT 0,
+    budget_duration TEXT,
+    budget_reset_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS spend_logs (
+    request_id TEXT PRIMARY KEY,
+    api_key TEXT,
+    user_id TEXT,
+    team_id TEXT,
+    end_user TEXT,
+    model TEXT NOT NULL,
+    model_id TEXT NOT NULL,
+    spend_nanos INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    call_type TEXT NOT NULL,
+    start_time INTEGER NOT NULL,
+    end_time INTEGER NOT NULL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spend_logs_key ON spend_logs(api_key, start_time);
+CREATE INDEX IF NOT EXISTS spend_logs_user ON spend_logs(user_id, start_time);
+CREATE INDEX IF NOT EXISTS spend_logs_start ON spend_logs(start_time);
 ";
 
 fn to_doc<T: Serialize>(row: &T) -> Result<String> {
@@ -103,8 +451,136 @@ fn from_doc<T: for<'de> Deserialize<'de>>(doc: &str) -> Result<T> {
     Ok(serde_json::from_str(doc)?)
 }
 
+fn load_budgeted<T: for<'de> Deserialize<'de> + Budgeted>(doc: &str) -> Result<T> {
+    let mut row: T = from_doc(doc)?;
+    row.sync_spend();
+    Ok(row)
+}
+
+fn sql_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn sql_u64_back(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn get_key(conn: &Connection, token: &str) -> Result<Option<KeyRow>> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM keys WHERE token = ?1")?
+        .query_row([token], |r| r.get(0))
+        .optional()?;
+    doc.map(|d| load_budgeted(&d)).transpose()
+}
+
+fn put_key_doc(conn: &Connection, row: &KeyRow) -> Result<()> {
+    conn.prepare_cached("UPDATE keys SET doc = ?2 WHERE token = ?1")?
+        .execute(params![row.token, to_doc(row)?])?;
+    Ok(())
+}
+
+fn get_user(conn: &Connection, user_id: &str) -> Result<Option<UserRow>> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM users WHERE user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))
+        .optional()?;
+    doc.map(|d| load_budgeted(&d)).transpose()
+}
+
+fn put_user_doc(conn: &Connection, row: &UserRow) -> Result<()> {
+    conn.prepare_cached("UPDATE users SET doc = ?2 WHERE user_id = ?1")?
+        .execute(params![row.user_id, to_doc(row)?])?;
+    Ok(())
+}
+
+fn get_end_user(conn: &Connection, user_id: &str) -> Result<Option<EndUserRow>> {
+    let doc: Option<String> = conn
+        .prepare_cached("SELECT doc FROM end_users WHERE user_id = ?1")?
+        .query_row([user_id], |r| r.get(0))
+        .optional()?;
+    doc.map(|d| load_budgeted(&d)).transpose()
+}
+
+fn put_end_user(conn: &Connection, row: &EndUserRow) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO end_users (user_id, doc) VALUES (?1, ?2)
+         ON CONFLICT(user_id) DO UPDATE SET doc = excluded.doc",
+    )?
+    .execute(params![row.user_id, to_doc(row)?])?;
+    Ok(())
+}
+
+fn get_proxy(conn: &Connection) -> Result<ProxyBudgetRow> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT spend_nanos, budget_duration, budget_reset_at FROM proxy_budget WHERE id = ?1",
+        )?
+        .query_row([PROXY_BUDGET_ID], |r| {
+            Ok(ProxyBudgetRow {
+                spend_nanos: r.get(0)?,
+                budget_duration: r.get(1)?,
+                budget_reset_at_micros: r.get(2)?,
+            })
+        })
+        .optional()?
+        .unwrap_or_default())
+}
+
+fn put_proxy(conn: &Connection, row: &ProxyBudgetRow) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO proxy_budget (id, spend_nanos, budget_duration, budget_reset_at)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(id) DO UPDATE SET spend_nanos = excluded.spend_nanos,
+             budget_duration = excluded.budget_duration,
+             budget_reset_at = excluded.budget_reset_at",
+    )?
+    .execute(params![
+        PROXY_BUDGET_ID,
+        row.spend_nanos,
+        row.budget_duration,
+        row.budget_reset_at_micros
+    ])?;
+    Ok(())
+}
+
+/// Lazy reset of the proxy row; true when it changed.
+fn proxy_lazy_reset(row: &mut ProxyBudgetRow, clock: &ResetClock, now_micros: i64) -> bool {
+    match clock.due(
+        row.budget_duration.as_deref(),
+        row.budget_reset_at_micros,
+        now_micros,
+    ) {
+        ResetAction::Keep => false,
+        ResetAction::Schedule(next) => {
+            row.budget_reset_at_micros = Some(next);
+            true
+        }
+        ResetAction::Reset(next) => {
+            row.spend_nanos = 0;
+            row.budget_reset_at_micros = Some(next);
+            true
+        }
+    }
+}
+
+/// `request_id` of an event, made up (deterministically, so a retry still dedupes) when empty.
+fn event_request_id(e: &SpendEvent) -> String {
+    if !e.request_id.is_empty() {
+        return e.request_id.clone();
+    }
+    let doc = serde_json::to_string(e).unwrap_or_default();
+    format!("tollgate-{}", crate::key_format::hash_key(&doc))
+}
+
+#[derive(Default)]
+struct KeyCharge {
+    nanos: i64,
+    models: BTreeMap<String, i64>,
+}
+
 impl Store {
-    /// Opens (creating if needed) the SQLite file at `path`; `:memory:` for tests.
+    /// Opens (creating if needed) the SQLite file at `path`; `:memory:` for tests. Budgets align
+    /// to UTC midnight until [`Store::with_reset_clock`] says otherwise.
     pub fn open(path: &Path) -> Result<Store> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
@@ -118,9 +594,21 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(Store {
             conn: Mutex::new(conn),
+            clock: ResetClock::default(),
         })
+    }
+
+    /// The timezone and time of day budget periods align to.
+    pub fn with_reset_clock(mut self, clock: ResetClock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    pub fn reset_clock(&self) -> ResetClock {
+        self.clock
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -135,21 +623,32 @@ impl Store {
     }
 
     pub fn insert_key(&self, row: &KeyRow) -> Result<()> {
+        let mut row = row.clone();
+        row.sync_spend();
         self.conn().execute(
             "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![row.token, row.user_id, row.team_id, row.key_alias, to_doc(row)?],
+            params![row.token, row.user_id, row.team_id, row.key_alias, to_doc(&row)?],
         )?;
         Ok(())
     }
 
+    /// The stored key, as it is (no reset applied): for authentication.
     pub fn key(&self, token: &str) -> Result<Option<KeyRow>> {
-        let doc: Option<String> = self
-            .conn()
-            .query_row("SELECT doc FROM keys WHERE token = ?1", [token], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        doc.map(|d| from_doc(&d)).transpose()
+        get_key(&self.conn(), token)
+    }
+
+    /// The key as of `now`: a budget period that has ended is reset (and that is persisted).
+    pub fn key_at(&self, token: &str, now_micros: i64) -> Result<Option<KeyRow>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(mut row) = get_key(&tx, token)? else {
+            return Ok(None);
+        };
+        if row.lazy_reset(&self.clock, now_micros) {
+            put_key_doc(&tx, &row)?;
+            tx.commit()?;
+        }
+        Ok(Some(row))
     }
 
     pub fn keys_of_user(&self, user_id: &str) -> Result<Vec<KeyRow>> {
@@ -158,7 +657,34 @@ impl Store {
         let docs = stmt
             .query_map([user_id], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
-        docs.iter().map(|d| from_doc(d)).collect()
+        docs.iter().map(|d| load_budgeted(d)).collect()
+    }
+
+    /// [`Store::keys_of_user`] with due resets applied and persisted.
+    pub fn keys_of_user_at(&self, user_id: &str, now_micros: i64) -> Result<Vec<KeyRow>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let docs = {
+            let mut stmt = tx.prepare("SELECT doc FROM keys WHERE user_id = ?1 ORDER BY rowid")?;
+            let docs = stmt
+                .query_map([user_id], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            docs
+        };
+        let mut rows = Vec::with_capacity(docs.len());
+        let mut changed = false;
+        for d in &docs {
+            let mut row: KeyRow = load_budgeted(d)?;
+            if row.lazy_reset(&self.clock, now_micros) {
+                put_key_doc(&tx, &row)?;
+                changed = true;
+            }
+            rows.push(row);
+        }
+        if changed {
+            tx.commit()?;
+        }
+        Ok(rows)
     }
 
     pub fn key_alias_taken(&self, alias: &str) -> Result<bool> {
@@ -173,30 +699,43 @@ impl Store {
 
     /// Inserts a user and, optionally, its first key, in one transaction.
     pub fn insert_user_with_key(&self, user: &UserRow, key: Option<&KeyRow>) -> Result<()> {
+        let mut user = user.clone();
+        user.sync_spend();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO users (user_id, user_email, doc) VALUES (?1, ?2, ?3)",
-            params![user.user_id, user.user_email, to_doc(user)?],
+            params![user.user_id, user.user_email, to_doc(&user)?],
         )?;
         if let Some(row) = key {
+            let mut row = row.clone();
+            row.sync_spend();
             tx.execute(
                 "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![row.token, row.user_id, row.team_id, row.key_alias, to_doc(row)?],
+                params![row.token, row.user_id, row.team_id, row.key_alias, to_doc(&row)?],
             )?;
         }
         tx.commit()?;
         Ok(())
     }
 
+    /// The stored user, as it is (no reset applied).
     pub fn user(&self, user_id: &str) -> Result<Option<UserRow>> {
-        let doc: Option<String> = self
-            .conn()
-            .query_row("SELECT doc FROM users WHERE user_id = ?1", [user_id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        doc.map(|d| from_doc(&d)).transpose()
+        get_user(&self.conn(), user_id)
+    }
+
+    /// The user as of `now`, with a due reset applied and persisted.
+    pub fn user_at(&self, user_id: &str, now_micros: i64) -> Result<Option<UserRow>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(mut row) = get_user(&tx, user_id)? else {
+            return Ok(None);
+        };
+        if row.lazy_reset(&self.clock, now_micros) {
+            put_user_doc(&tx, &row)?;
+            tx.commit()?;
+        }
+        Ok(Some(row))
     }
 
     pub fn user_email_taken(&self, email: &str) -> Result<bool> {
@@ -207,6 +746,248 @@ impl Store {
             })
             .optional()?
             .is_some())
+    }
+
+    /// The end user as of `now`, with a due reset applied and persisted.
+    pub fn end_user_at(&self, user_id: &str, now_micros: i64) -> Result<Option<EndUserRow>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some(mut row) = get_end_user(&tx, user_id)? else {
+            return Ok(None);
+        };
+        if row.lazy_reset(&self.clock, now_micros) {
+            put_end_user(&tx, &row)?;
+            tx.commit()?;
+        }
+        Ok(Some(row))
+    }
+
+    /// Creates or replaces an end user (`/customer/new`, `/customer/update`).
+    pub fn put_end_user(&self, row: &EndUserRow) -> Result<()> {
+        let mut row = row.clone();
+        row.sync_spend();
+        put_end_user(&self.conn(), &row)
+    }
+
+    /// Sets the proxy budget's period from the config (at startup), keeping its spend. A changed
+    /// (or first) duration starts a new aligned period end; no duration means no resets.
+    pub fn configure_proxy_budget(
+        &self,
+        budget_duration: Option<&str>,
+        now_micros: i64,
+    ) -> Result<ProxyBudgetRow> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut row = get_proxy(&tx)?;
+        let duration = budget_duration
+            .filter(|d| !d.is_empty())
+            .map(str::to_string);
+        if row.budget_duration != duration {
+            row.budget_reset_at_micros = duration
+                .as_deref()
+                .map(|d| self.clock.next_reset_micros(d, now_micros));
+            row.budget_duration = duration;
+        }
+        proxy_lazy_reset(&mut row, &self.clock, now_micros);
+        put_proxy(&tx, &row)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// The proxy budget row as of `now` (a due reset applied and persisted).
+    pub fn proxy_budget_at(&self, now_micros: i64) -> Result<ProxyBudgetRow> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut row = get_proxy(&tx)?;
+        if proxy_lazy_reset(&mut row, &self.clock, now_micros) {
+            put_proxy(&tx, &row)?;
+            tx.commit()?;
+        }
+        Ok(row)
+    }
+
+    /// Records a batch of settled calls and charges them, in one transaction.
+    ///
+    /// Each event is inserted into `spend_logs` unless its `request_id` is already there
+    /// (then it is a duplicate and charges nothing, so a retried batch is harmless). Each new
+    /// event charges: its key (`spend` and `model_spend[model]`), its user if the user row
+    /// exists (team keys included, as LiteLLM does), its end user (created with
+    /// `blocked: false` if unknown) and the proxy budget. Each charged entity first gets its
+    /// lazy reset at `now`.
+    pub fn apply_spend_batch(&self, batch: &SpendBatch, now_micros: i64) -> Result<SpendApplied> {
+        let mut out = SpendApplied::default();
+        let mut keys: HashMap<&str, KeyCharge> = HashMap::new();
+        let mut users: HashMap<&str, i64> = HashMap::new();
+        let mut end_users: HashMap<&str, i64> = HashMap::new();
+        let mut proxy: i64 = 0;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO spend_logs (request_id, api_key, user_id, team_id, end_user,
+                    model, model_id, spend_nanos, prompt_tokens, completion_tokens, total_tokens,
+                    cached_tokens, estimated, status, call_type, start_time, end_time, doc)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                    ?17, ?18)",
+            )?;
+            for e in &batch.events {
+                let request_id = event_request_id(e);
+                // A cost is never negative; a bad one must not credit anyone.
+                let nanos = e.spend_nanos.max(0);
+                let mut stored = e.clone();
+                stored.request_id.clone_from(&request_id);
+                stored.spend_nanos = nanos;
+                let inserted = insert.execute(params![
+                    request_id,
+                    e.api_key,
+                    e.user_id,
+                    e.team_id,
+                    e.end_user,
+                    e.model,
+                    e.model_id,
+                    nanos,
+                    sql_u64(e.prompt_tokens),
+                    sql_u64(e.completion_tokens),
+                    sql_u64(e.total_tokens),
+                    sql_u64(e.cached_tokens),
+                    e.estimated,
+                    e.status,
+                    e.call_type,
+                    e.start_time_micros,
+                    e.end_time_micros,
+                    to_doc(&stored)?,
+                ])?;
+                if inserted == 0 {
+                    out.duplicates += 1;
+                    continue;
+                }
+                out.applied += 1;
+                proxy = proxy.saturating_add(nanos);
+                if let Some(k) = e.api_key.as_deref().filter(|k| !k.is_empty()) {
+                    let c = keys.entry(k).or_default();
+                    c.nanos = c.nanos.saturating_add(nanos);
+                    let m = c.models.entry(e.model.clone()).or_default();
+                    *m = m.saturating_add(nanos);
+                }
+                if let Some(u) = e.user_id.as_deref().filter(|u| !u.is_empty()) {
+                    let v = users.entry(u).or_default();
+                    *v = v.saturating_add(nanos);
+                }
+                if let Some(u) = e.end_user.as_deref().filter(|u| !u.is_empty()) {
+                    let v = end_users.entry(u).or_default();
+                    *v = v.saturating_add(nanos);
+                }
+            }
+        }
+        if out.applied > 0 {
+            let now_iso = format_iso8601_utc(now_micros);
+            for (token, charge) in &keys {
+                // A key deleted since the call: its log row stays, nothing to charge.
+                let Some(mut row) = get_key(&tx, token)? else {
+                    continue;
+                };
+                row.lazy_reset(&self.clock, now_micros);
+                row.add_spend(charge.nanos);
+                for (model, n) in &charge.models {
+                    add_model_spend(&mut row.model_spend, model, *n);
+                }
+                put_key_doc(&tx, &row)?;
+            }
+            for (user_id, nanos) in &users {
+                let Some(mut row) = get_user(&tx, user_id)? else {
+                    continue;
+                };
+                row.lazy_reset(&self.clock, now_micros);
+                row.add_spend(*nanos);
+                put_user_doc(&tx, &row)?;
+            }
+            for (user_id, nanos) in &end_users {
+                let mut row = match get_end_user(&tx, user_id)? {
+                    Some(row) => row,
+                    None => EndUserRow {
+                        user_id: (*user_id).to_string(),
+                        blocked: false,
+                        created_at: now_iso.clone(),
+                        updated_at: now_iso.clone(),
+                        ..Default::default()
+                    },
+                };
+                row.lazy_reset(&self.clock, now_micros);
+                row.add_spend(*nanos);
+                put_end_user(&tx, &row)?;
+            }
+            let mut row = get_proxy(&tx)?;
+            proxy_lazy_reset(&mut row, &self.clock, now_micros);
+            row.spend_nanos = row.spend_nanos.saturating_add(proxy);
+            put_proxy(&tx, &row)?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Spend-log rows matching `q`, newest first (by start time).
+    pub fn spend_logs(&self, q: &SpendLogQuery) -> Result<Vec<SpendEvent>> {
+        use rusqlite::types::Value as Sql;
+        let mut sql = String::from(
+            "SELECT doc, request_id, spend_nanos, prompt_tokens, completion_tokens, total_tokens
+             FROM spend_logs WHERE 1 = 1",
+        );
+        let mut args: Vec<Sql> = Vec::new();
+        match &q.api_key {
+            KeyFilter::Any => {}
+            KeyFilter::Token(t) => {
+                args.push(Sql::Text(t.clone()));
+                sql.push_str(&format!(" AND api_key = ?{}", args.len()));
+            }
+            KeyFilter::Master => sql.push_str(" AND api_key IS NULL"),
+        }
+        if let Some(u) = &q.user_id {
+            args.push(Sql::Text(u.clone()));
+            sql.push_str(&format!(" AND user_id = ?{}", args.len()));
+        }
+        if let Some(r) = &q.request_id {
+            args.push(Sql::Text(r.clone()));
+            sql.push_str(&format!(" AND request_id = ?{}", args.len()));
+        }
+        if let Some(s) = q.start_micros {
+            args.push(Sql::Integer(s));
+            sql.push_str(&format!(" AND start_time >= ?{}", args.len()));
+        }
+        if let Some(e) = q.end_micros {
+            args.push(Sql::Integer(e));
+            sql.push_str(&format!(" AND start_time < ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY start_time DESC, rowid DESC");
+        if let Some(l) = q.limit {
+            args.push(Sql::Integer(sql_u64(l)));
+            sql.push_str(&format!(" LIMIT ?{}", args.len()));
+        }
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt
+            .query_map(params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(doc, request_id, nanos, p, c, t)| {
+                let mut e: SpendEvent = from_doc(&doc)?;
+                // The columns are what was charged.
+                e.request_id = request_id;
+                e.spend_nanos = nanos;
+                e.prompt_tokens = sql_u64_back(p);
+                e.completion_tokens = sql_u64_back(c);
+                e.total_tokens = sql_u64_back(t);
+                Ok(e)
+            })
+            .collect()
     }
 }
 
@@ -249,6 +1030,343 @@ mod tests {
         assert!(store.key_alias_taken("alias").unwrap());
         assert!(store.user_email_taken("a@b.c").unwrap());
         assert!(store.key("nope").unwrap().is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+
+    fn mem() -> Store {
+        Store::open(Path::new(":memory:")).unwrap()
+    }
+
+    fn ev(id: &str, key: Option<&str>, user: Option<&str>, nanos: i64) -> SpendEvent {
+        SpendEvent {
+            request_id: id.into(),
+            api_key: key.map(str::to_string),
+            user_id: user.map(str::to_string),
+            model: "gpt-4o".into(),
+            model_id: "d1".into(),
+            spend_nanos: nanos,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            total_tokens: 15,
+            status: "success".into(),
+            call_type: "acompletion".into(),
+            start_time_micros: T0,
+            end_time_micros: T0 + 1000,
+            ..Default::default()
+        }
+    }
+
+    fn seed(store: &Store) {
+        store
+            .insert_user_with_key(
+                &UserRow {
+                    user_id: "u1".into(),
+                    ..Default::default()
+                },
+                Some(&KeyRow {
+                    token: "k1".into(),
+                    user_id: Some("u1".into()),
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+        store
+            .insert_key(&KeyRow {
+                token: "k2".into(),
+                user_id: Some("u1".into()),
+                team_id: Some("t1".into()),
+                ..Default::default()
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn spend_batch_is_idempotent_and_charges_every_level() {
+        let store = mem();
+        seed(&store);
+        let mut e3 = ev("r3", None, None, 7);
+        e3.end_user = Some("cust".into());
+        let mut e4 = ev("r4", Some("k1"), Some("u1"), 1_000_000_000);
+        e4.model = "gpt-4o-mini".into();
+        e4.end_user = Some("cust".into());
+        let batch = SpendBatch {
+            events: vec![
+                ev("r1", Some("k1"), Some("u1"), 100),
+                ev("r2", Some("k2"), Some("u1"), 20),
+                e3,
+                e4,
+                // The same request twice in one batch counts once.
+                ev("r1", Some("k1"), Some("u1"), 100),
+                // Unknown key and user: logged and counted for the proxy only.
+                ev("r5", Some("gone"), Some("nobody"), 3),
+            ],
+        };
+        let first = store.apply_spend_batch(&batch, T0).unwrap();
+        assert_eq!(
+            first,
+            SpendApplied {
+                applied: 5,
+                duplicates: 1
+            }
+        );
+        let check = |store: &Store| {
+            let k1 = store.key("k1").unwrap().unwrap();
+            assert_eq!(k1.spend_nanos, 1_000_000_100);
+            assert_eq!(k1.spend, 1.0000001);
+            assert_eq!(k1.model_spend["gpt-4o"].as_f64(), Some(1e-7));
+            assert_eq!(k1.model_spend["gpt-4o-mini"].as_f64(), Some(1.0));
+            assert_eq!(store.key("k2").unwrap().unwrap().spend_nanos, 20);
+            // The user pays for its team key too.
+            assert_eq!(
+                store.user("u1").unwrap().unwrap().spend_nanos,
+                1_000_000_120
+            );
+            let cust = store.end_user_at("cust", T0).unwrap().unwrap();
+            assert_eq!(cust.spend_nanos, 1_000_000_007);
+            assert!(!cust.blocked);
+            assert_eq!(
+                store.proxy_budget_at(T0).unwrap().spend_nanos,
+                1_000_000_130
+            );
+            assert!(store.user("nobody").unwrap().is_none());
+            assert_eq!(
+                store.spend_logs(&SpendLogQuery::default()).unwrap().len(),
+                5
+            );
+        };
+        check(&store);
+        let again = store.apply_spend_batch(&batch, T0 + 5).unwrap();
+        assert_eq!(
+            again,
+            SpendApplied {
+                applied: 0,
+                duplicates: 6
+            }
+        );
+        check(&store);
+    }
+
+    #[test]
+    fn lazy_reset_zeroes_spend_after_the_period() {
+        let store = mem();
+        store
+            .insert_user_with_key(
+                &UserRow {
+                    user_id: "u1".into(),
+                    budget_duration: Some("1s".into()),
+                    budget_reset_at: Some(format_iso8601_utc(T0 + 1_000_000)),
+                    ..Default::default()
+                },
+                Some(&KeyRow {
+                    token: "k1".into(),
+                    user_id: Some("u1".into()),
+                    budget_duration: Some("1s".into()),
+                    budget_reset_at: Some(format_iso8601_utc(T0 + 1_000_000)),
+                    ..Default::default()
+                }),
+            )
+            .unwrap();
+        store.configure_proxy_budget(Some("1s"), T0).unwrap();
+        let batch = |id: &str| SpendBatch {
+            events: vec![ev(id, Some("k1"), Some("u1"), 500)],
+        };
+        store.apply_spend_batch(&batch("a"), T0 + 100).unwrap();
+        store.apply_spend_batch(&batch("b"), T0 + 200).unwrap();
+        assert_eq!(
+            store.key_at("k1", T0 + 300).unwrap().unwrap().spend_nanos,
+            1000
+        );
+        assert_eq!(store.proxy_budget_at(T0 + 300).unwrap().spend_nanos, 1000);
+        // The period ended at T0+1s: a charge after it starts from 0.
+        store
+            .apply_spend_batch(&batch("c"), T0 + 1_000_000)
+            .unwrap();
+        let k = store.key("k1").unwrap().unwrap();
+        assert_eq!(k.spend_nanos, 500);
+        assert_eq!(k.budget_reset_at_micros(), Some(T0 + 2_000_000));
+        assert_eq!(store.user("u1").unwrap().unwrap().spend_nanos, 500);
+        let p = store.proxy_budget_at(T0 + 1_500_000).unwrap();
+        assert_eq!(
+            (p.spend_nanos, p.budget_reset_at_micros),
+            (500, Some(T0 + 2_000_000))
+        );
+        // A read after the next period end reports 0 with no event, and persists it.
+        let k = store.key_at("k1", T0 + 2_500_000).unwrap().unwrap();
+        assert_eq!(k.spend_nanos, 0);
+        assert_eq!(k.spend, 0.0);
+        assert_eq!(k.budget_reset_at_micros(), Some(T0 + 3_000_000));
+        assert_eq!(store.key("k1").unwrap().unwrap().spend_nanos, 0);
+        let u = store.user_at("u1", T0 + 2_500_000).unwrap().unwrap();
+        assert_eq!(u.spend_nanos, 0);
+        assert_eq!(
+            store.keys_of_user_at("u1", T0 + 2_500_000).unwrap()[0].spend,
+            0.0
+        );
+        assert_eq!(
+            store.proxy_budget_at(T0 + 2_500_000).unwrap().spend_nanos,
+            0
+        );
+        // Model spend is history, not a budget: it is not reset.
+        assert_eq!(k.model_spend["gpt-4o"].as_f64(), Some(1.5e-6));
+    }
+
+    #[test]
+    fn proxy_budget_configuration_keeps_spend() {
+        let store = mem();
+        let p = store.configure_proxy_budget(None, T0).unwrap();
+        assert_eq!(p, ProxyBudgetRow::default());
+        store
+            .apply_spend_batch(
+                &SpendBatch {
+                    events: vec![ev("x", None, None, 42)],
+                },
+                T0,
+            )
+            .unwrap();
+        // 2026-01-01 is a Thursday: `7d` resets next Monday.
+        let p = store.configure_proxy_budget(Some("7d"), T0 + 10).unwrap();
+        assert_eq!(p.spend_nanos, 42);
+        assert_eq!(p.budget_reset_at_micros, Some(T0 + 4 * 86_400_000_000));
+        // Same duration again (a restart): the period end stays.
+        let again = store
+            .configure_proxy_budget(Some("7d"), T0 + 3_600_000_000)
+            .unwrap();
+        assert_eq!(again, p);
+        assert_eq!(p.state(Some(5.0)).spend_nanos, 42);
+    }
+
+    #[test]
+    fn legacy_float_spend_is_taken_over() {
+        let store = mem();
+        store
+            .insert_key(&KeyRow {
+                token: "k".into(),
+                spend: 2.5,
+                ..Default::default()
+            })
+            .unwrap();
+        let k = store.key("k").unwrap().unwrap();
+        assert_eq!((k.spend_nanos, k.spend), (2_500_000_000, 2.5));
+    }
+
+    #[test]
+    fn spend_logs_filter_and_order() {
+        let store = mem();
+        let mut events = Vec::new();
+        for i in 0..5i64 {
+            let mut e = ev(
+                &format!("r{i}"),
+                Some(if i % 2 == 0 { "ka" } else { "kb" }),
+                None,
+                i,
+            );
+            e.start_time_micros = T0 + i * 86_400_000_000;
+            e.user_id = Some(format!("u{}", i % 3));
+            events.push(e);
+        }
+        events.push(ev("m", None, None, 1));
+        store.apply_spend_batch(&SpendBatch { events }, T0).unwrap();
+        let ids = |q: SpendLogQuery| -> Vec<String> {
+            store
+                .spend_logs(&q)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.request_id)
+                .collect()
+        };
+        assert_eq!(
+            ids(SpendLogQuery {
+                api_key: KeyFilter::Token("ka".into()),
+                ..Default::default()
+            }),
+            ["r4", "r2", "r0"]
+        );
+        assert_eq!(
+            ids(SpendLogQuery {
+                api_key: KeyFilter::Master,
+                ..Default::default()
+            }),
+            ["m"]
+        );
+        assert_eq!(
+            ids(SpendLogQuery {
+                start_micros: Some(T0 + 86_400_000_000),
+                end_micros: Some(T0 + 3 * 86_400_000_000),
+                ..Default::default()
+            }),
+            ["r2", "r1"]
+        );
+        assert_eq!(
+            ids(SpendLogQuery {
+                user_id: Some("u1".into()),
+                api_key: KeyFilter::Token("kb".into()),
+                ..Default::default()
+            }),
+            ["r1"]
+        );
+        assert_eq!(
+            ids(SpendLogQuery {
+                request_id: Some("r3".into()),
+                ..Default::default()
+            }),
+            ["r3"]
+        );
+        let r3 = &store
+            .spend_logs(&SpendLogQuery {
+                request_id: Some("r3".into()),
+                ..Default::default()
+            })
+            .unwrap()[0];
+        assert_eq!(
+            (r3.spend_nanos, r3.total_tokens, r3.model_id.as_str()),
+            (3, 15, "d1")
+        );
+    }
+
+    #[test]
+    fn empty_request_ids_still_dedupe() {
+        let store = mem();
+        let b = SpendBatch {
+            events: vec![ev("", None, None, 5)],
+        };
+        assert_eq!(store.apply_spend_batch(&b, T0).unwrap().applied, 1);
+        assert_eq!(store.apply_spend_batch(&b, T0).unwrap().duplicates, 1);
+        assert_eq!(store.proxy_budget_at(T0).unwrap().spend_nanos, 5);
+    }
+
+    #[test]
+    fn thousand_event_batch_is_fast() {
+        let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+        let path = dir.join("bench.db");
+        let _ = std::fs::remove_file(&path);
+        let store = Store::open(&path).unwrap();
+        seed(&store);
+        let events: Vec<SpendEvent> = (0..1000)
+            .map(|i| {
+                let mut e = ev(
+                    &format!("req-{i}"),
+                    Some(if i % 2 == 0 { "k1" } else { "k2" }),
+                    Some("u1"),
+                    1_000,
+                );
+                e.end_user = Some(format!("cust-{}", i % 10));
+                e
+            })
+            .collect();
+        let batch = SpendBatch { events };
+        let started = std::time::Instant::now();
+        let r = store.apply_spend_batch(&batch, T0).unwrap();
+        let first = started.elapsed();
+        let started = std::time::Instant::now();
+        let again = store.apply_spend_batch(&batch, T0).unwrap();
+        let second = started.elapsed();
+        println!("1000-event spend batch (file-backed, WAL, synchronous=FULL): {first:?} applied, {second:?} as duplicates");
+        assert_eq!(r.applied, 1000);
+        assert_eq!(again.duplicates, 1000);
+        assert_eq!(store.user("u1").unwrap().unwrap().spend_nanos, 1_000_000);
+        assert_eq!(store.key("k1").unwrap().unwrap().spend_nanos, 500_000);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,0 +1,174 @@
+//! Cost of a call from its usage and the deployment's prices (litellm-compat.md §7.1), in
+//! integer nano-dollars so that running totals never drift.
+
+use crate::plugin_config::Pricing;
+use crate::records::NANOS_PER_USD;
+use crate::usage::Usage;
+
+/// LiteLLM's "free model" rule: both prices explicitly 0 → every budget check is skipped.
+pub fn is_free(pricing: &Pricing) -> bool {
+    pricing.input_cost_per_token == Some(0.0) && pricing.output_cost_per_token == Some(0.0)
+}
+
+/// Whether the model has a token price at all (reservations need one).
+pub fn is_priced(pricing: &Pricing) -> bool {
+    pricing.input_cost_per_token.is_some() || pricing.output_cost_per_token.is_some()
+}
+
+fn usd_to_nanos(usd: f64) -> i64 {
+    if !usd.is_finite() || usd <= 0.0 {
+        return 0;
+    }
+    let nanos = (usd * NANOS_PER_USD as f64).round();
+    if nanos >= i64::MAX as f64 {
+        i64::MAX
+    } else {
+        nanos as i64
+    }
+}
+
+/// `generic_cost_per_token`: cached prompt tokens at the cache-read rate (input rate when
+/// absent), the rest of the prompt at the input rate, completion (reasoning included) at the
+/// output rate.
+pub fn cost_nanos(pricing: &Pricing, usage: &Usage) -> i64 {
+    let input = pricing.input_cost_per_token.unwrap_or(0.0);
+    let output = pricing.output_cost_per_token.unwrap_or(0.0);
+    let cache_read = pricing.cache_read_input_token_cost.unwrap_or(input);
+    let cached = usage.cached_tokens.min(usage.prompt_tokens);
+    let text_in = usage.prompt_tokens - cached;
+    let usd = text_in as f64 * input
+        + cached as f64 * cache_read
+        + usage.completion_tokens as f64 * output;
+    usd_to_nanos(usd)
+}
+
+/// The most a call can cost: the prompt estimate at the input rate plus its output cap at the
+/// output rate (LiteLLM's reservation estimate, §2.9).
+pub fn max_cost_nanos(pricing: &Pricing, prompt_tokens: u64, output_tokens: u64) -> i64 {
+    let input = pricing.input_cost_per_token.unwrap_or(0.0);
+    let output = pricing.output_cost_per_token.unwrap_or(0.0);
+    usd_to_nanos(prompt_tokens as f64 * input + output_tokens as f64 * output)
+}
+
+pub fn nanos_to_usd(nanos: i64) -> f64 {
+    nanos as f64 / NANOS_PER_USD as f64
+}
+
+pub fn usd_to_budget_nanos(usd: f64) -> i64 {
+    if usd.is_nan() || usd <= 0.0 {
+        0
+    } else if usd.is_infinite() || usd * NANOS_PER_USD as f64 >= i64::MAX as f64 {
+        i64::MAX
+    } else {
+        (usd * NANOS_PER_USD as f64).round() as i64
+    }
+}
+
+/// Python's `str(float)`: `0.0`, `0.02`, `1e-05`, `1.5e+16` (LiteLLM's header and message format).
+pub fn py_float(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "inf".into() } else { "-inf".into() };
+    }
+    if v == 0.0 {
+        return if v.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
+    }
+    let exp = v.abs().log10().floor() as i32;
+    if (-4..16).contains(&exp) {
+        let s = format!("{v}");
+        if s.contains('.') {
+            s
+        } else {
+            format!("{s}.0")
+        }
+    } else {
+        // Shortest round-trip digits in scientific form, Python style (`1e-05`, `1.5e+16`).
+        let s = format!("{v:e}");
+        match s.split_once('e') {
+            Some((mantissa, e)) => {
+                let n: i32 = e.parse().unwrap_or(0);
+                let sign = if n < 0 { '-' } else { '+' };
+                format!("{mantissa}e{sign}{:02}", n.abs())
+            }
+            None => s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(i: f64, o: f64) -> Pricing {
+        Pricing {
+            input_cost_per_token: Some(i),
+            output_cost_per_token: Some(o),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cost_matches_litellm_examples() {
+        let u = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            total_tokens: 15,
+            ..Default::default()
+        };
+        assert_eq!(cost_nanos(&p(0.001, 0.002), &u), 20_000_000); // $0.02
+        let u = Usage {
+            prompt_tokens: 100,
+            completion_tokens: 50,
+            ..Default::default()
+        };
+        assert_eq!(cost_nanos(&p(1e-6, 2e-6), &u), 200_000); // $0.0002, no float drift
+    }
+
+    #[test]
+    fn cached_tokens_at_cache_rate() {
+        let mut pricing = p(1e-6, 0.0);
+        pricing.cache_read_input_token_cost = Some(1e-7);
+        let u = Usage {
+            prompt_tokens: 100,
+            cached_tokens: 40,
+            ..Default::default()
+        };
+        assert_eq!(cost_nanos(&pricing, &u), 60_000 + 4_000);
+        pricing.cache_read_input_token_cost = None;
+        assert_eq!(cost_nanos(&pricing, &u), 100_000);
+    }
+
+    #[test]
+    fn free_and_priced() {
+        assert!(is_free(&p(0.0, 0.0)));
+        assert!(!is_free(&Pricing::default()));
+        assert!(!is_priced(&Pricing::default()));
+        assert!(is_priced(&p(0.0, 1.0)));
+    }
+
+    #[test]
+    fn python_float_strings() {
+        assert_eq!(py_float(0.0), "0.0");
+        assert_eq!(py_float(0.02), "0.02");
+        assert_eq!(py_float(1.0), "1.0");
+        assert_eq!(py_float(10.5), "10.5");
+        assert_eq!(py_float(0.00001), "1e-05");
+        assert_eq!(py_float(0.0001), "0.0001");
+        assert_eq!(py_float(0.00019999999999999998), "0.00019999999999999998");
+        assert_eq!(py_float(1.5e16), "1.5e+16");
+        assert_eq!(py_float(2.5e-7), "2.5e-07");
+    }
+
+    #[test]
+    fn budget_conversion_saturates() {
+        assert_eq!(usd_to_budget_nanos(f64::INFINITY), i64::MAX);
+        assert_eq!(usd_to_budget_nanos(-1.0), 0);
+        assert_eq!(usd_to_budget_nanos(0.5), 500_000_000);
+    }
+}

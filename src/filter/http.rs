@@ -1,0 +1,595 @@
+//! One HTTP request through the filter: identify the caller (headers), decide once the body is
+//! complete (model access, budgets, limits, routing), then follow the response to settle spend,
+//! tokens and slots when it ends (also on upstream error and client abort).
+
+use super::host;
+use super::key_cache;
+use super::root::Shared;
+use crate::admission::{self, Caller};
+use crate::budgets::{self, BudgetTicket, Calendar};
+use crate::cost::{self, py_float};
+use crate::credential::extract_credential;
+use crate::errors::ApiError;
+use crate::key_format::{self, constant_time_eq, hash_key};
+use crate::plugin_config::{Pricing, CLUSTER_HEADER};
+use crate::rate_limits::{self, Ticket};
+use crate::records::{KeyLookup, SpendEvent};
+use crate::routes::{self, LlmRoute};
+use crate::usage::{BodyKind, Usage, UsageReader};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Headers that may carry the caller's credential; none of them may reach the provider.
+const CREDENTIAL_HEADERS: [&str; 6] = [
+    "x-litellm-api-key",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+    "authorization",
+];
+
+/// Largest non-streamed response body read for usage (and held for cost headers), bytes.
+const MAX_USAGE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// What the request is, once its headers are read.
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    /// Not ours (admin API, health): passed through untouched.
+    Idle,
+    /// An LLM call waiting for its caller and/or body.
+    Llm(LlmRoute),
+    /// `GET /v1/models`, answered by the filter.
+    ModelList,
+    /// A response was sent locally; nothing more to do.
+    Done,
+}
+
+struct PendingLookup {
+    token: u32,
+    hash: String,
+    raw_last4: String,
+}
+
+/// An admitted LLM call, followed to its end.
+struct AdmittedCall {
+    limits: Ticket,
+    budget: BudgetTicket,
+    pricing: Pricing,
+    prompt_chars: u64,
+    /// The client did not ask for the streamed usage chunk; Tollgate did, and hides it.
+    strip_usage_chunk: bool,
+    upstream_status: Option<u16>,
+    usage: Option<UsageReader>,
+    /// Response headers were paused to add the cost once the JSON body is read.
+    holding_headers: bool,
+    event: SpendEvent,
+}
+
+pub struct TollgateHttp {
+    shared: Rc<Shared>,
+    state: State,
+    caller: Option<Caller>,
+    body_complete: bool,
+    body_size: usize,
+    lookup: Option<PendingLookup>,
+    call: Option<AdmittedCall>,
+    started_micros: i64,
+}
+
+impl TollgateHttp {
+    pub fn new(shared: Rc<Shared>) -> Self {
+        TollgateHttp {
+            shared,
+            state: State::Idle,
+            caller: None,
+            body_complete: false,
+            body_size: 0,
+            lookup: None,
+            call: None,
+            started_micros: 0,
+        }
+    }
+
+    fn refuse(&mut self, error: &ApiError) {
+        self.state = State::Done;
+        host::send_error(error);
+    }
+
+    fn calendar(&self) -> Calendar {
+        Calendar {
+            utc_offset_seconds: self.shared.config.budgets.utc_offset_seconds,
+            reset_time_of_day_seconds: self.shared.config.budgets.reset_time_of_day_seconds,
+        }
+    }
+
+    /// Establishes the caller from the headers: `Ok(true)` when known now, `Ok(false)` when a
+    /// sidecar lookup is under way.
+    fn identify(&mut self) -> Result<bool, ApiError> {
+        let config = &self.shared.config;
+        let raw = extract_credential(host::request_header, config.key_header_name.as_deref())?;
+        let hash = hash_key(&raw);
+        if let Some(master) = &config.master_key_hash {
+            if constant_time_eq(master.as_bytes(), hash.as_bytes()) {
+                self.caller = Some(Caller::Master);
+                return Ok(true);
+            }
+        }
+        if !raw.starts_with(key_format::KEY_PREFIX) {
+            return Err(ApiError::not_a_virtual_key(&raw));
+        }
+        let raw_last4: String = {
+            let chars: Vec<char> = raw.chars().collect();
+            chars[chars.len().saturating_sub(4)..].iter().collect()
+        };
+        match key_cache::get(&hash, host::now_micros()) {
+            key_cache::Cached::Known(record) => {
+                self.caller = Some(Caller::VirtualKey { record, raw_last4 });
+                Ok(true)
+            }
+            key_cache::Cached::Unknown => Err(ApiError::invalid_api_key()),
+            key_cache::Cached::Missing => {
+                let token = host::dispatch_get(
+                    &config.sidecar_cluster,
+                    &config.sidecar_authority,
+                    &format!("/tollgate/internal/v1/keys/{hash}"),
+                    &format!("Bearer {}", config.internal_token),
+                    Duration::from_millis(config.sidecar_timeout_ms.max(100)),
+                )
+                .map_err(|()| {
+                    ApiError::service_unavailable(
+                        "Tollgate could not verify this key: the key service is unreachable.",
+                    )
+                })?;
+                self.lookup = Some(PendingLookup {
+                    token,
+                    hash,
+                    raw_last4,
+                });
+                Ok(false)
+            }
+        }
+    }
+
+    /// Runs once the caller is known and the whole body is buffered. Returns whether the
+    /// request should continue upstream.
+    fn decide(&mut self) -> bool {
+        let Some(caller) = self.caller.clone() else {
+            return false;
+        };
+        match self.state {
+            State::ModelList => {
+                let models = admission::visible_models(&self.shared.config, &caller);
+                host::send_json(200, &model_list_body(&models));
+                self.state = State::Done;
+                false
+            }
+            State::Llm(route) => match self.admit(&caller, route) {
+                Ok(()) => true,
+                Err(e) => {
+                    self.refuse(&e);
+                    false
+                }
+            },
+            State::Idle | State::Done => true,
+        }
+    }
+
+    /// Model access, budgets, then limits (LiteLLM's order); on success the request is rewritten
+    /// for its deployment and followed to its end.
+    fn admit(&mut self, caller: &Caller, route: LlmRoute) -> Result<(), ApiError> {
+        let shared = Rc::clone(&self.shared);
+        let config = &shared.config;
+        let body = host::request_body(self.body_size);
+        let path = host::request_header(":path").unwrap_or_default();
+        let pick = shared.pick.get();
+        shared.pick.set(pick.wrapping_add(1));
+        let now = host::now_micros();
+        let admitted = admission::admit(config, caller, route, &path, &body, now, pick)?;
+        let request = &admitted.request;
+        let deployment = admitted.deployment;
+
+        let end_user = admission::end_user_id(
+            host::request_header("x-litellm-customer-id")
+                .or_else(|| host::request_header("x-litellm-end-user-id"))
+                .as_deref(),
+            request,
+        );
+        let scopes = admission::budget_scopes(
+            config,
+            caller,
+            &request.model,
+            &deployment.pricing,
+            end_user.as_deref(),
+        );
+        let plan = admission::limit_plan(config, caller, request, route);
+        let prompt_estimate = (request.prompt_chars() / 4).max(1);
+        let output_cap = match route {
+            LlmRoute::Embeddings => 0,
+            _ => request
+                .max_tokens
+                .or(plan.implicit_max_tokens)
+                .unwrap_or_else(|| {
+                    let model_cap = deployment.pricing.max_output_tokens.unwrap_or(u64::MAX);
+                    config.budgets.default_output_tokens.min(model_cap)
+                }),
+        };
+        let reservation =
+            if config.budgets.disable_reservation || !cost::is_priced(&deployment.pricing) {
+                0
+            } else {
+                cost::max_cost_nanos(
+                    &deployment.pricing,
+                    prompt_estimate,
+                    output_cap.saturating_mul(request.n()),
+                )
+            };
+        let budget = budgets::admit(
+            &host::SharedData,
+            &scopes,
+            reservation,
+            now,
+            self.calendar(),
+            config.budgets.exceeded_status_code,
+        )?;
+        let window = i64::try_from(config.rate_limit_window_seconds.max(1))
+            .unwrap_or(60)
+            .saturating_mul(1_000_000);
+        let limits = match rate_limits::admit(
+            &host::SharedData,
+            &plan.descriptors,
+            plan.token_estimate,
+            now,
+            window,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                budgets::settle(&host::SharedData, &budget, None, now, self.calendar());
+                return Err(e);
+            }
+        };
+
+        let stream = request.stream && route != LlmRoute::Embeddings;
+        let add_stream_usage = stream && !request.client_wants_stream_usage();
+        let upstream_body = request.upstream_body_with(
+            &deployment.backend_model,
+            plan.implicit_max_tokens,
+            add_stream_usage,
+        );
+        for name in CREDENTIAL_HEADERS {
+            host::set_request_header(name, None);
+        }
+        if let Some(key) = &deployment.api_key {
+            host::set_request_header("authorization", Some(&format!("Bearer {key}")));
+        }
+        host::set_request_header(CLUSTER_HEADER, Some(&deployment.cluster));
+        host::set_request_header(":path", Some(&admitted.path));
+        host::set_request_header(":authority", Some(&deployment.authority));
+        host::set_request_header("accept-encoding", None);
+        host::replace_request_body(self.body_size, &upstream_body);
+
+        let (api_key, key_alias, user_id, team_id) = match caller {
+            Caller::VirtualKey { record, .. } => (
+                Some(record.token.clone()),
+                record.key_alias.clone(),
+                record.user_id.clone(),
+                record.team_id.clone(),
+            ),
+            Caller::Master => (None, None, None, None),
+        };
+        self.call = Some(AdmittedCall {
+            limits,
+            budget,
+            pricing: deployment.pricing.clone(),
+            prompt_chars: request.prompt_chars(),
+            strip_usage_chunk: add_stream_usage,
+            upstream_status: None,
+            usage: None,
+            holding_headers: false,
+            event: SpendEvent {
+                request_id: host::request_header("x-request-id").unwrap_or_default(),
+                api_key,
+                key_alias,
+                user_id,
+                team_id,
+                end_user,
+                model: request.model.clone(),
+                model_id: deployment.id.clone(),
+                call_type: match route {
+                    LlmRoute::ChatCompletions => "acompletion",
+                    LlmRoute::Completions => "atext_completion",
+                    LlmRoute::Embeddings => "aembedding",
+                }
+                .to_string(),
+                start_time_micros: self.started_micros,
+                ..Default::default()
+            },
+        });
+        Ok(())
+    }
+}
+
+/// Usage of a finished call: what the provider reported, else an estimate from the prompt and
+/// the streamed text (flagged as estimated). `None` when the upstream failed.
+fn final_usage(call: &AdmittedCall) -> Option<(Usage, bool)> {
+    let status = call.upstream_status?;
+    if !(200..300).contains(&status) {
+        return None;
+    }
+    let reader = call.usage.as_ref()?;
+    if let Some(u) = reader.usage() {
+        return Some((u, false));
+    }
+    let prompt = (call.prompt_chars / 4).max(1);
+    let completion = reader.streamed_text_chars() / 4;
+    let usage = Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        ..Default::default()
+    };
+    Some((usage, true))
+}
+
+impl Context for TollgateHttp {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(lookup) = self.lookup.take() else {
+            return;
+        };
+        if lookup.token != token {
+            self.lookup = Some(lookup);
+            return;
+        }
+        let status = host::call_response_status();
+        let parsed = if status == Some(200) {
+            host::call_response_body(body_size)
+                .and_then(|b| serde_json::from_slice::<KeyLookup>(&b).ok())
+        } else {
+            None
+        };
+        match parsed {
+            Some(KeyLookup::Found { key }) => {
+                key_cache::put(&lookup.hash, &key);
+                self.caller = Some(Caller::VirtualKey {
+                    record: key,
+                    raw_last4: lookup.raw_last4,
+                });
+            }
+            Some(KeyLookup::NotFound) => {
+                key_cache::put_unknown(
+                    &lookup.hash,
+                    host::now_micros(),
+                    self.shared.config.negative_cache_seconds,
+                );
+                self.refuse(&ApiError::invalid_api_key());
+                return;
+            }
+            None => {
+                host::log(
+                    LogLevel::Warn,
+                    &format!("tollgate: key lookup failed (status {status:?})"),
+                );
+                self.refuse(&ApiError::service_unavailable(
+                    "Tollgate could not verify this key: the key service did not answer.",
+                ));
+                return;
+            }
+        }
+        if self.body_complete && self.decide() {
+            host::resume_request();
+        }
+    }
+}
+
+impl HttpContext for TollgateHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        // Only the filter may choose an upstream cluster.
+        host::set_request_header(CLUSTER_HEADER, None);
+        let path = host::request_header(":path").unwrap_or_default();
+        self.state = if let Some(route) = routes::classify(&path) {
+            State::Llm(route)
+        } else if routes::is_model_list(&path)
+            && host::request_header(":method").as_deref() == Some("GET")
+        {
+            State::ModelList
+        } else {
+            return Action::Continue;
+        };
+        self.started_micros = host::now_micros();
+        // The body may be rewritten, so its length will change.
+        host::set_request_header("content-length", None);
+        self.body_complete = end_of_stream;
+        match self.identify() {
+            Err(e) => {
+                self.refuse(&e);
+                Action::Pause
+            }
+            Ok(false) => Action::Pause,
+            Ok(true) => {
+                if end_of_stream && self.decide() {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.state {
+            State::Idle => return Action::Continue,
+            State::Done => return Action::Pause,
+            State::Llm(_) | State::ModelList => {}
+        }
+        self.body_size = body_size;
+        let limit = self.shared.config.max_request_body_bytes;
+        if body_size > limit {
+            self.refuse(&ApiError::body_too_large(limit));
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.body_complete = true;
+        if self.caller.is_none() {
+            // The key lookup is still under way; its callback decides.
+            return Action::Pause;
+        }
+        if self.decide() {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(call) = self.call.as_mut() else {
+            return Action::Continue;
+        };
+        let status = host::response_header(":status").and_then(|s| s.parse::<u16>().ok());
+        call.upstream_status = status;
+        let ok = status.is_some_and(|s| (200..300).contains(&s));
+        if ok {
+            // Limit headers go on streamed responses too (LiteLLM omits them there).
+            for (name, value) in rate_limits::success_headers(&call.limits.statuses) {
+                host::set_response_header(&name, Some(&value));
+            }
+            if let Some(max) = call.budget.key_max_budget {
+                host::set_response_header("x-litellm-key-max-budget", Some(&py_float(max)));
+            }
+            if let Some(spend) = call.budget.key_spend_nanos {
+                host::set_response_header(
+                    "x-litellm-key-spend",
+                    Some(&py_float(cost::nanos_to_usd(spend))),
+                );
+                if let Some(max) = call.budget.key_max_budget {
+                    let left = (max - cost::nanos_to_usd(spend)).max(0.0);
+                    host::set_response_header(
+                        "x-litellm-key-remaining-budget",
+                        Some(&py_float(left)),
+                    );
+                }
+            }
+        }
+        let kind = BodyKind::from_content_type(host::response_header("content-type").as_deref());
+        let strip = call.strip_usage_chunk && kind == BodyKind::EventStream;
+        if strip {
+            host::set_response_header("content-length", None);
+        }
+        call.usage = Some(UsageReader::new(kind, strip, MAX_USAGE_BUFFER));
+        // A non-streamed JSON answer of known, modest size is held so its cost can go in a header;
+        // a stream is never held back.
+        let small = host::response_header("content-length")
+            .and_then(|l| l.parse::<usize>().ok())
+            .is_some_and(|l| l <= MAX_USAGE_BUFFER);
+        if ok && kind == BodyKind::Json && small && !end_of_stream {
+            call.holding_headers = true;
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(call) = self.call.as_mut() else {
+            return Action::Continue;
+        };
+        if call.holding_headers {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let body = host::response_body(body_size);
+            if let Some(reader) = call.usage.as_mut() {
+                reader.feed(&body);
+                reader.finish();
+            }
+            if let Some((usage, _)) = final_usage(call) {
+                let cost = cost::cost_nanos(&call.pricing, &usage);
+                if cost::is_priced(&call.pricing) {
+                    host::set_response_header(
+                        "x-litellm-response-cost",
+                        Some(&py_float(cost::nanos_to_usd(cost))),
+                    );
+                }
+                if let Some(spend) = call.budget.key_spend_nanos {
+                    let after = cost::nanos_to_usd(spend.saturating_add(cost));
+                    host::set_response_header("x-litellm-key-spend", Some(&py_float(after)));
+                    if let Some(max) = call.budget.key_max_budget {
+                        host::set_response_header(
+                            "x-litellm-key-remaining-budget",
+                            Some(&py_float((max - after).max(0.0))),
+                        );
+                    }
+                }
+            }
+            return Action::Continue;
+        }
+        let Some(reader) = call.usage.as_mut() else {
+            return Action::Continue;
+        };
+        let chunk = host::response_body(body_size);
+        let mut out = reader.feed(&chunk);
+        if end_of_stream {
+            out.extend_from_slice(&reader.finish());
+        }
+        if out != chunk {
+            host::replace_response_body(body_size, &out);
+        }
+        Action::Continue
+    }
+
+    /// The end of every admitted call, also after an upstream error or a client abort.
+    fn on_log(&mut self) {
+        let Some(mut call) = self.call.take() else {
+            return;
+        };
+        let now = host::now_micros();
+        let usage = final_usage(&call);
+        let tokens = usage.map(|(u, _)| {
+            rate_limits::counted_tokens(
+                self.shared.config.token_rate_limit_type,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+                u.cached_tokens,
+            )
+        });
+        rate_limits::release(&host::SharedData, &call.limits, tokens, now);
+        let cost = usage.map(|(u, _)| cost::cost_nanos(&call.pricing, &u));
+        budgets::settle(&host::SharedData, &call.budget, cost, now, self.calendar());
+
+        let event = &mut call.event;
+        if let Some((u, estimated)) = usage {
+            event.prompt_tokens = u.prompt_tokens;
+            event.completion_tokens = u.completion_tokens;
+            event.total_tokens = u.total_tokens.max(u.prompt_tokens + u.completion_tokens);
+            event.cached_tokens = u.cached_tokens;
+            event.estimated = estimated;
+            event.status = "success".into();
+        } else {
+            event.status = "failure".into();
+        }
+        event.spend_nanos = cost.unwrap_or(0);
+        event.end_time_micros = now;
+        if let Some(queue) = self.shared.spend_queue {
+            if let Ok(bytes) = serde_json::to_vec(event) {
+                host::enqueue(queue, &bytes);
+            }
+        }
+    }
+}
+
+fn model_list_body(models: &[&str]) -> Vec<u8> {
+    let data: Vec<serde_json::Value> = models
+        .iter()
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 1677610602, "owned_by": "openai"}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default()
+}

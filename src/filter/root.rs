@@ -1,0 +1,147 @@
+//! The root context (one per worker): plugin configuration, and the spend-event flusher. Every
+//! worker ticks and drains the shared queue, so events go out even if one worker is idle; an
+//! event is dequeued once, and a failed batch is put back.
+
+use super::host;
+use super::http::TollgateHttp;
+use crate::plugin_config::PluginConfig;
+use crate::records::{SpendBatch, SpendEvent};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Name of the shared queue of spend events.
+pub const SPEND_QUEUE: &str = "tollgate_spend_v1";
+/// Most events sent in one batch.
+const MAX_BATCH: usize = 500;
+const FLUSH_PERIOD: Duration = Duration::from_secs(1);
+
+/// What every HTTP context of a worker shares.
+pub struct Shared {
+    pub config: Rc<PluginConfig>,
+    /// Spreads requests over the deployments of one model name.
+    pub pick: Cell<usize>,
+    pub spend_queue: Option<u32>,
+}
+
+#[derive(Default)]
+pub struct TollgateRoot {
+    shared: Option<Rc<Shared>>,
+    /// The batch being sent, kept until the sidecar acknowledges it.
+    in_flight: Option<(u32, Vec<Vec<u8>>)>,
+}
+
+impl TollgateRoot {
+    fn flush(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        let Some(queue) = shared.spend_queue else {
+            return;
+        };
+        if self.in_flight.is_some() {
+            return;
+        }
+        let mut raw = Vec::new();
+        while raw.len() < MAX_BATCH {
+            match host::dequeue(queue) {
+                Some(item) => raw.push(item),
+                None => break,
+            }
+        }
+        if raw.is_empty() {
+            return;
+        }
+        let events: Vec<SpendEvent> = raw
+            .iter()
+            .filter_map(|b| serde_json::from_slice(b).ok())
+            .collect();
+        let Ok(body) = serde_json::to_vec(&SpendBatch { events }) else {
+            return;
+        };
+        let config = &shared.config;
+        match host::dispatch_post(
+            &config.sidecar_cluster,
+            &config.sidecar_authority,
+            "/tollgate/internal/v1/spend",
+            &format!("Bearer {}", config.internal_token),
+            &body,
+            Duration::from_millis(config.sidecar_timeout_ms.max(1000)),
+        ) {
+            Ok(token) => self.in_flight = Some((token, raw)),
+            Err(()) => requeue(queue, &raw),
+        }
+    }
+}
+
+fn requeue(queue: u32, raw: &[Vec<u8>]) {
+    for item in raw {
+        host::enqueue(queue, item);
+    }
+}
+
+impl Context for TollgateRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let Some((expected, raw)) = self.in_flight.take() else {
+            return;
+        };
+        if expected != token {
+            self.in_flight = Some((expected, raw));
+            return;
+        }
+        if host::call_response_status() != Some(200) {
+            host::log(
+                LogLevel::Warn,
+                "tollgate: the sidecar did not take a spend batch; retrying",
+            );
+            if let Some(queue) = self.shared.as_ref().and_then(|s| s.spend_queue) {
+                requeue(queue, &raw);
+            }
+        }
+    }
+}
+
+impl RootContext for TollgateRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(raw) = host::plugin_configuration() else {
+            host::log(LogLevel::Error, "tollgate: no plugin configuration");
+            return false;
+        };
+        let config = match serde_json::from_slice::<PluginConfig>(&raw) {
+            Ok(c) => c,
+            Err(e) => {
+                host::log(
+                    LogLevel::Error,
+                    &format!("tollgate: invalid plugin configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        self.shared = Some(Rc::new(Shared {
+            config: Rc::new(config),
+            pick: Cell::new(0),
+            spend_queue: host::register_queue(SPEND_QUEUE),
+        }));
+        host::set_tick_period(FLUSH_PERIOD);
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.flush();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let shared = self.shared.clone()?;
+        Some(Box::new(TollgateHttp::new(shared)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
