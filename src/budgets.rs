@@ -461,10 +461,10 @@ mod tests {
             seed_spend_nanos: 0,
             seed_reset_at_micros: None,
         };
-        let t = admit(&s, &[scope.clone()], CENT, 5_000_000, CAL, 422).unwrap();
+        let t = admit(&s, std::slice::from_ref(&scope), CENT, 5_000_000, CAL, 422).unwrap();
         settle(&s, &t, Some(CENT), 5_000_001, CAL);
         assert_eq!(read(&s, &scope).unwrap().reset_at, 35_000_000);
-        let e = admit(&s, &[scope.clone()], CENT, 6_000_000, CAL, 422).unwrap_err();
+        let e = admit(&s, std::slice::from_ref(&scope), CENT, 6_000_000, CAL, 422).unwrap_err();
         assert_eq!(
             e.message,
             "LiteLLM Virtual Key: tok, key_alias: None, exceeded budget for model=m"

@@ -15,7 +15,10 @@ use std::time::Duration;
 /// Name of the shared queue of spend events.
 pub const SPEND_QUEUE: &str = "tollgate_spend_v1";
 /// Most events sent in one batch.
-const MAX_BATCH: usize = 500;
+const MAX_BATCH: usize = 1000;
+/// Most batches one worker has in flight; the queue is drained up to this each tick, so the
+/// flush keeps up with `MAX_BATCH * MAX_IN_FLIGHT` events per second per worker.
+const MAX_IN_FLIGHT: usize = 16;
 const FLUSH_PERIOD: Duration = Duration::from_secs(1);
 
 /// What every HTTP context of a worker shares.
@@ -29,8 +32,8 @@ pub struct Shared {
 #[derive(Default)]
 pub struct TollgateRoot {
     shared: Option<Rc<Shared>>,
-    /// The batch being sent, kept until the sidecar acknowledges it.
-    in_flight: Option<(u32, Vec<Vec<u8>>)>,
+    /// Batches being sent, by call token, kept until the sidecar acknowledges them.
+    in_flight: Vec<(u32, Vec<Vec<u8>>)>,
 }
 
 impl TollgateRoot {
@@ -39,25 +42,34 @@ impl TollgateRoot {
         let Some(queue) = shared.spend_queue else {
             return;
         };
-        if self.in_flight.is_some() {
-            return;
-        }
-        let mut raw = Vec::new();
-        while raw.len() < MAX_BATCH {
-            match host::dequeue(queue) {
-                Some(item) => raw.push(item),
-                None => break,
+        while self.in_flight.len() < MAX_IN_FLIGHT {
+            let mut raw = Vec::new();
+            while raw.len() < MAX_BATCH {
+                match host::dequeue(queue) {
+                    Some(item) => raw.push(item),
+                    None => break,
+                }
+            }
+            if raw.is_empty() {
+                return;
+            }
+            if !self.send(queue, raw) {
+                return;
             }
         }
-        if raw.is_empty() {
-            return;
-        }
+    }
+
+    /// Sends one batch; on failure it goes back on the queue. Returns whether it was sent.
+    fn send(&mut self, queue: u32, raw: Vec<Vec<u8>>) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
         let events: Vec<SpendEvent> = raw
             .iter()
             .filter_map(|b| serde_json::from_slice(b).ok())
             .collect();
         let Ok(body) = serde_json::to_vec(&SpendBatch { events }) else {
-            return;
+            return false;
         };
         let config = &shared.config;
         match host::dispatch_post(
@@ -68,8 +80,14 @@ impl TollgateRoot {
             &body,
             Duration::from_millis(config.sidecar_timeout_ms.max(1000)),
         ) {
-            Ok(token) => self.in_flight = Some((token, raw)),
-            Err(()) => requeue(queue, &raw),
+            Ok(token) => {
+                self.in_flight.push((token, raw));
+                true
+            }
+            Err(()) => {
+                requeue(queue, &raw);
+                false
+            }
         }
     }
 }
@@ -88,13 +106,10 @@ impl Context for TollgateRoot {
         _body: usize,
         _trailers: usize,
     ) {
-        let Some((expected, raw)) = self.in_flight.take() else {
+        let Some(i) = self.in_flight.iter().position(|(t, _)| *t == token) else {
             return;
         };
-        if expected != token {
-            self.in_flight = Some((expected, raw));
-            return;
-        }
+        let (_, raw) = self.in_flight.swap_remove(i);
         if host::call_response_status() != Some(200) {
             host::log(
                 LogLevel::Warn,

@@ -59,6 +59,7 @@ pub struct AdminState {
 type Shared = Arc<AdminState>;
 
 /// An error as LiteLLM's management endpoints render it.
+#[derive(Debug)]
 struct AdminError(ApiError);
 
 impl IntoResponse for AdminError {
@@ -235,10 +236,11 @@ fn row_json<T: serde::Serialize>(row: &T) -> Value {
     v
 }
 
-/// A non-negative finite USD amount as nano-dollars.
+/// A `spend` given at creation as nano-dollars (LiteLLM stores it unchecked; a non-finite value
+/// is taken as 0).
 fn spend_nanos_of(spend: Option<f64>) -> i64 {
     spend
-        .filter(|s| s.is_finite() && *s >= 0.0)
+        .filter(|s| s.is_finite())
         .map(usd_to_nanos)
         .unwrap_or(0)
 }
@@ -293,7 +295,6 @@ struct GenerateKeyRequest {
 fn create_key(state: &AdminState, req: GenerateKeyRequest) -> Result<(String, KeyRow), AdminError> {
     check_budget("max_budget", req.max_budget)?;
     check_budget("soft_budget", req.soft_budget)?;
-    check_budget("spend", req.spend)?;
     let now = now_micros();
     let (budget_duration, budget_reset_at) =
         check_budget_duration(&state.settings, &req.budget_duration, now)?;
@@ -495,7 +496,6 @@ async fn user_new(
         None
     });
     check_budget("max_budget", max_budget)?;
-    check_budget("spend", req.spend)?;
     let now_us = now_micros();
     let (budget_duration, budget_reset_at) =
         check_budget_duration(&state.settings, &budget_duration, now_us)?;
@@ -652,32 +652,79 @@ async fn readiness(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-/// The filter's key lookup: what it needs to decide, for one key hash.
-async fn internal_key(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Path(hash): Path<String>,
-) -> AdminResult {
+/// Only the filter (which holds the internal token) may call the internal endpoints.
+fn internal_only(state: &AdminState, headers: &HeaderMap) -> Result<(), AdminError> {
     let expected = format!("Bearer {}", state.settings.internal_token);
     let given = headers
         .get("authorization")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !bool::from(given.ct_eq(expected.as_bytes())) {
+    if state.settings.internal_token.is_empty() || !bool::from(given.ct_eq(expected.as_bytes())) {
         return Err(AdminError(ApiError::new(
             401,
             "auth_error",
             "internal endpoint",
         )));
     }
-    let Some(row) = state.store.key(&hash)? else {
+    Ok(())
+}
+
+/// A key's `model_max_budget` as the filter enforces it (§2.4): entries
+/// `{"max_budget"|"budget_limit": f, "budget_duration"|"time_period": "1d"}`; an entry without a
+/// duration (or a limit) is unusable and skipped, as in LiteLLM. A JSON-encoded string is read too.
+fn model_budgets(v: &Value) -> BTreeMap<String, ModelBudget> {
+    let decoded;
+    let v = match v {
+        Value::String(s) => {
+            decoded = serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+            &decoded
+        }
+        _ => v,
+    };
+    let Some(entries) = v.as_object() else {
+        return BTreeMap::new();
+    };
+    let field = |e: &Value, a: &str, b: &str| -> Option<Value> {
+        e.get(a)
+            .filter(|x| !x.is_null())
+            .or_else(|| e.get(b).filter(|x| !x.is_null()))
+            .cloned()
+    };
+    entries
+        .iter()
+        .filter_map(|(model, e)| {
+            let max_budget = field(e, "max_budget", "budget_limit")?.as_f64()?;
+            let duration = field(e, "budget_duration", "time_period")?;
+            let duration = duration.as_str().filter(|d| !d.is_empty())?;
+            Some((
+                model.clone(),
+                ModelBudget {
+                    max_budget,
+                    budget_duration: duration.to_string(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The filter's key lookup: what it needs to decide, for one key hash. Budget periods that have
+/// ended are reset first (and that is persisted), so the spends seed fresh counters.
+async fn internal_key(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let now = now_micros();
+    let Some(row) = state.store.key_at(&hash, now)? else {
         return Ok(Json(KeyLookup::NotFound).into_response());
     };
     let user = match &row.user_id {
-        Some(id) => state.store.user(id)?,
+        Some(id) => state.store.user_at(id, now)?,
         None => None,
     };
-    let model_limits = |field: &str| -> std::collections::BTreeMap<String, u64> {
+    let proxy = state.store.proxy_budget_at(now)?;
+    let model_limits = |field: &str| -> BTreeMap<String, u64> {
         row.metadata
             .get(field)
             .and_then(Value::as_object)
@@ -703,15 +750,157 @@ async fn internal_key(
         expires_at_micros: row.expires.as_deref().and_then(parse_iso8601_utc),
         blocked: row.blocked.unwrap_or(false),
         max_budget: row.max_budget,
-        spend: row.spend,
+        spend: nanos_to_usd(row.spend_nanos),
         rpm_limit: row.rpm_limit,
         tpm_limit: row.tpm_limit,
         max_parallel_requests: row.max_parallel_requests,
-        ..Default::default()
+        budget_duration: row.budget_duration.clone(),
+        budget_reset_at_micros: row.budget_reset_at_micros(),
+        spend_nanos: row.spend_nanos,
+        model_max_budget: model_budgets(&row.model_max_budget),
+        user_budget: user.as_ref().map(UserRow::budget_state),
+        proxy_budget: Some(proxy.state(state.settings.budgets.proxy_max_budget)),
     };
     Ok(Json(KeyLookup::Found {
         key: Box::new(record),
     })
+    .into_response())
+}
+
+/// `POST /tollgate/internal/v1/spend`: the filter's settled calls. Idempotent per `request_id`.
+async fn internal_spend(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let batch: SpendBatch = serde_json::from_slice(&body)
+        .map_err(|e| AdminError(ApiError::bad_request(format!("Invalid spend batch: {e}"))))?;
+    let shared = Arc::clone(&state);
+    let applied =
+        tokio::task::spawn_blocking(move || shared.store.apply_spend_batch(&batch, now_micros()))
+            .await
+            .map_err(|e| anyhow::anyhow!("spend batch task failed: {e}"))??;
+    Ok(Json(applied).into_response())
+}
+
+/// `GET /tollgate/internal/v1/proxy`: the proxy budget's state (the filter seeds its counter).
+async fn internal_proxy(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let proxy = state.store.proxy_budget_at(now_micros())?;
+    Ok(Json(proxy.state(state.settings.budgets.proxy_max_budget)).into_response())
+}
+
+/// `start_date` / `end_date` of `/spend/logs`: `YYYY-MM-DD` (UTC days, the end day included)
+/// or a full ISO 8601 time (the end instant included). Returns unix microseconds, the end
+/// exclusive.
+fn spend_log_bound(field: &str, s: &str, end: bool) -> Result<i64, AdminError> {
+    let micros = parse_iso8601_utc(s).ok_or_else(|| {
+        bad_request(&format!(
+            "Invalid {field} '{s}'. Use YYYY-MM-DD (e.g. 2026-01-31)."
+        ))
+    })?;
+    Ok(match (end, s.trim().len() == 10) {
+        (false, _) => micros,
+        (true, true) => micros.saturating_add(86_400_000_000),
+        (true, false) => micros.saturating_add(1),
+    })
+}
+
+/// One `LiteLLM_SpendLogs` row as `/spend/logs` returns it.
+fn spend_log_json(e: &SpendEvent, master_hash: &str) -> Value {
+    let api_key = e.api_key.clone().unwrap_or_else(|| master_hash.to_string());
+    json!({
+        "request_id": e.request_id,
+        "call_type": e.call_type,
+        "api_key": api_key,
+        "spend": nanos_to_usd(e.spend_nanos),
+        "total_tokens": e.total_tokens,
+        "prompt_tokens": e.prompt_tokens,
+        "completion_tokens": e.completion_tokens,
+        "startTime": format_iso8601_utc(e.start_time_micros),
+        "endTime": format_iso8601_utc(e.end_time_micros),
+        "completionStartTime": format_iso8601_utc(e.end_time_micros),
+        "model": e.model,
+        "model_id": e.model_id,
+        "model_group": e.model,
+        "user": e.user_id.clone().unwrap_or_default(),
+        "end_user": e.end_user.clone().unwrap_or_default(),
+        "team_id": e.team_id,
+        "status": e.status,
+        "cache_hit": "False",
+        "request_tags": [],
+        "metadata": {
+            "estimated": e.estimated,
+            "cached_tokens": e.cached_tokens,
+            "user_api_key": api_key,
+            "user_api_key_alias": e.key_alias,
+            "user_api_key_user_id": e.user_id,
+            "user_api_key_team_id": e.team_id,
+            "user_api_key_end_user_id": e.end_user,
+        },
+    })
+}
+
+/// `GET /spend/logs?api_key=&user_id=&request_id=&start_date=&end_date=`: spend-log rows,
+/// newest first; the given filters all apply. A virtual key sees only its user's rows (or, with
+/// no user, its own).
+async fn spend_logs(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    let param = |name: &str| q.get(name).filter(|v| !v.is_empty()).cloned();
+    let master_hash = hash_key(&state.settings.master_key);
+    let mut query = SpendLogQuery {
+        user_id: param("user_id"),
+        request_id: param("request_id"),
+        ..Default::default()
+    };
+    if let Some(k) = param("api_key") {
+        let token = if is_token_hash(&k) { k } else { hash_key(&k) };
+        query.api_key = if !state.settings.master_key.is_empty() && token == master_hash {
+            KeyFilter::Master
+        } else {
+            KeyFilter::Token(token)
+        };
+    }
+    if let Some(s) = param("start_date") {
+        query.start_micros = Some(spend_log_bound("start_date", &s, false)?);
+    }
+    if let Some(s) = param("end_date") {
+        query.end_micros = Some(spend_log_bound("end_date", &s, true)?);
+    }
+    if let Some(l) = param("limit") {
+        query.limit = Some(
+            l.parse()
+                .map_err(|_| bad_request(&format!("Invalid limit '{l}'")))?,
+        );
+    }
+    if let Principal::Key(own) = &principal {
+        match &own.user_id {
+            Some(u) => query.user_id = Some(u.clone()),
+            None => query.api_key = KeyFilter::Token(own.token.clone()),
+        }
+    }
+    let rows: Vec<Value> = state
+        .store
+        .spend_logs(&query)?
+        .iter()
+        .map(|e| spend_log_json(e, &master_hash))
+        .collect();
+    Ok(Json(rows).into_response())
+}
+
+/// `GET /global/spend`: the proxy budget's spend and limit.
+async fn global_spend(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
+    admin_only(&state, &headers, "/global/spend")?;
+    let proxy = state.store.proxy_budget_at(now_micros())?;
+    Ok(Json(json!({
+        "spend": proxy.spend_usd(),
+        "max_budget": state.settings.budgets.proxy_max_budget.unwrap_or(0.0),
+    }))
     .into_response())
 }
 
@@ -735,6 +924,7 @@ async fn fallback(uri: Uri) -> Response {
 
 pub fn router(state: Arc<AdminState>) -> Router {
     let limit = state.settings.max_body_bytes.max(1024);
+    let spend_limit = state.settings.max_spend_batch_bytes.max(limit);
     Router::new()
         .route("/key/generate", post(key_generate))
         .route("/key/info", get(key_info))
@@ -743,7 +933,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/health/liveliness", get(liveliness))
         .route("/health/liveness", get(liveliness))
         .route("/health/readiness", get(readiness))
+        .route("/spend/logs", get(spend_logs))
+        .route("/global/spend", get(global_spend))
         .route("/tollgate/internal/v1/keys/{hash}", get(internal_key))
+        .route(
+            "/tollgate/internal/v1/spend",
+            post(internal_spend).layer(axum::extract::DefaultBodyLimit::max(spend_limit)),
+        )
+        .route("/tollgate/internal/v1/proxy", get(internal_proxy))
         .fallback(fallback)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -775,5 +972,322 @@ mod tests {
     fn masks_user_ids() {
         assert_eq!(mask_id("abcdef"), "ab**ef");
         assert_eq!(mask_id("abc"), "***");
+    }
+
+    #[test]
+    fn model_max_budget_entries_need_a_duration() {
+        let v = json!({
+            "gpt-4o": {"max_budget": 1.5, "budget_duration": "1d"},
+            "gpt-4o-mini": {"budget_limit": 0.5, "time_period": "1h"},
+            "no-period": {"max_budget": 2.0},
+            "no-limit": {"budget_duration": "1d"},
+            "nulls": {"max_budget": null, "budget_limit": 3.0, "budget_duration": null, "time_period": "7d"},
+        });
+        let m = model_budgets(&v);
+        assert_eq!(
+            m.keys().collect::<Vec<_>>(),
+            ["gpt-4o", "gpt-4o-mini", "nulls"]
+        );
+        assert_eq!(m["gpt-4o-mini"].max_budget, 0.5);
+        assert_eq!(m["gpt-4o-mini"].budget_duration, "1h");
+        assert_eq!(m["nulls"].budget_duration, "7d");
+        assert_eq!(model_budgets(&json!(v.to_string())), m);
+        assert!(model_budgets(&json!([])).is_empty());
+    }
+
+    #[test]
+    fn spend_log_dates_include_the_end_day() {
+        let start = spend_log_bound("start_date", "2026-01-02", false).unwrap();
+        let end = spend_log_bound("end_date", "2026-01-02", true).unwrap();
+        assert_eq!(end - start, 86_400_000_000);
+        assert!(spend_log_bound("end_date", "01/02/2026", true).is_err());
+    }
+
+    const MASTER: &str = "sk-master-test-key";
+
+    /// The admin API on an ephemeral port, with an in-memory store.
+    struct Api {
+        base: String,
+        internal: String,
+        _rt: tokio::runtime::Runtime,
+    }
+
+    impl Api {
+        fn start(budgets: BudgetSettings) -> Api {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let store = Store::open(std::path::Path::new(":memory:"))
+                .unwrap()
+                .with_reset_clock(ResetClock::from_budget_settings(&budgets));
+            store
+                .configure_proxy_budget(budgets.proxy_budget_duration.as_deref(), now_micros())
+                .unwrap();
+            let internal = crate::sidecar::render::internal_token(MASTER);
+            let state = Arc::new(AdminState {
+                store,
+                settings: AdminSettings {
+                    master_key: MASTER.into(),
+                    internal_token: internal.clone(),
+                    max_body_bytes: 1024 * 1024,
+                    max_spend_batch_bytes: MAX_SPEND_BATCH_BYTES,
+                    budgets,
+                    ..Default::default()
+                },
+            });
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let addr = listener.local_addr().unwrap();
+            rt.spawn(async move { axum::serve(listener, router(state)).await });
+            Api {
+                base: format!("http://{addr}"),
+                internal: format!("Bearer {internal}"),
+                _rt: rt,
+            }
+        }
+
+        fn call(&self, method: &str, path: &str, auth: &str, body: Option<String>) -> (u16, Value) {
+            let req = ureq::request(method, &format!("{}{path}", self.base))
+                .set("authorization", auth)
+                .set("content-type", "application/json");
+            let resp = match body {
+                Some(b) => req.send_string(&b),
+                None => req.call(),
+            };
+            let resp = match resp {
+                Ok(r) => r,
+                Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => panic!("{method} {path}: {e}"),
+            };
+            let status = resp.status();
+            let text = resp.into_string().unwrap();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        }
+
+        fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+            let (status, v) = self.call(
+                method,
+                path,
+                &format!("Bearer {MASTER}"),
+                body.map(|b| b.to_string()),
+            );
+            assert_eq!(status, 200, "{method} {path}: {v}");
+            v
+        }
+
+        fn spend(&self, events: Vec<SpendEvent>) -> (u16, Value) {
+            let body = serde_json::to_string(&SpendBatch { events }).unwrap();
+            self.call(
+                "POST",
+                "/tollgate/internal/v1/spend",
+                &self.internal,
+                Some(body),
+            )
+        }
+
+        fn lookup(&self, token: &str) -> KeyRecord {
+            let (status, v) = self.call(
+                "GET",
+                &format!("/tollgate/internal/v1/keys/{token}"),
+                &self.internal,
+                None,
+            );
+            assert_eq!(status, 200, "{v}");
+            match serde_json::from_value(v).unwrap() {
+                KeyLookup::Found { key } => *key,
+                KeyLookup::NotFound => panic!("key {token} not found"),
+            }
+        }
+    }
+
+    fn event(id: &str, token: &str, user: &str, nanos: i64) -> SpendEvent {
+        let now = now_micros();
+        SpendEvent {
+            request_id: id.into(),
+            api_key: Some(token.into()),
+            key_alias: Some("alias-1".into()),
+            user_id: Some(user.into()),
+            end_user: Some("customer-1".into()),
+            model: "gpt-4o-mini".into(),
+            model_id: "dep-1".into(),
+            spend_nanos: nanos,
+            prompt_tokens: 12,
+            completion_tokens: 8,
+            total_tokens: 20,
+            estimated: true,
+            status: "success".into(),
+            call_type: "acompletion".into(),
+            start_time_micros: now - 2_000,
+            end_time_micros: now,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn spend_flows_from_batch_to_litellm_endpoints() {
+        let api = Api::start(BudgetSettings {
+            proxy_max_budget: Some(100.0),
+            proxy_budget_duration: Some("30d".into()),
+            ..Default::default()
+        });
+        let user = api.admin(
+            "POST",
+            "/user/new",
+            Some(json!({"user_id": "alice", "max_budget": 10.0, "budget_duration": "1d"})),
+        );
+        assert!(user["budget_reset_at"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00Z"));
+        assert!(user.get("spend_nanos").is_none());
+        let raw = user["key"].as_str().unwrap().to_string();
+        let token = hash_key(&raw);
+        let key = api.admin(
+            "POST",
+            "/key/generate",
+            Some(json!({
+                "user_id": "alice", "max_budget": 5.0, "budget_duration": "1h",
+                "model_max_budget": {"gpt-4o": {"budget_limit": 1.0, "time_period": "1d"}, "x": {"max_budget": 1.0}},
+            })),
+        );
+        let token2 = key["token"].as_str().unwrap().to_string();
+        assert!(key["budget_reset_at"]
+            .as_str()
+            .unwrap()
+            .ends_with(":00:00Z"));
+
+        // Internal endpoints want the internal token.
+        let (status, _) = api.call(
+            "POST",
+            "/tollgate/internal/v1/spend",
+            &format!("Bearer {MASTER}"),
+            Some("{}".into()),
+        );
+        assert_eq!(status, 401);
+        let (status, v) = api.spend(vec![]);
+        assert_eq!((status, &v), (200, &json!({"applied": 0, "duplicates": 0})));
+        let (status, v) = api.call(
+            "POST",
+            "/tollgate/internal/v1/spend",
+            &api.internal,
+            Some("{not json".into()),
+        );
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+
+        let batch = vec![
+            event("req-1", &token, "alice", 250_000_000),
+            event("req-2", &token2, "alice", 1_000_000_000),
+        ];
+        let (status, v) = api.spend(batch.clone());
+        assert_eq!((status, &v), (200, &json!({"applied": 2, "duplicates": 0})));
+        let (_, v) = api.spend(batch);
+        assert_eq!(v, json!({"applied": 0, "duplicates": 2}));
+
+        let info = api.admin("GET", &format!("/key/info?key={raw}"), None);
+        assert_eq!(info["info"]["spend"], 0.25);
+        assert!(info["info"].get("spend_nanos").is_none());
+        let info = api.admin("GET", "/user/info?user_id=alice", None);
+        assert_eq!(info["user_info"]["spend"], 1.25);
+        assert_eq!(info["keys"].as_array().unwrap().len(), 2);
+        let global = api.admin("GET", "/global/spend", None);
+        assert_eq!(global, json!({"spend": 1.25, "max_budget": 100.0}));
+
+        let logs = api.admin("GET", &format!("/spend/logs?api_key={raw}"), None);
+        let logs = logs.as_array().unwrap();
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0]["request_id"], "req-1");
+        assert_eq!(logs[0]["api_key"], json!(token));
+        assert_eq!(logs[0]["spend"], 0.25);
+        assert_eq!(logs[0]["user"], "alice");
+        assert_eq!(logs[0]["end_user"], "customer-1");
+        assert_eq!(logs[0]["total_tokens"], 20);
+        assert_eq!(logs[0]["metadata"]["estimated"], true);
+        assert_eq!(logs[0]["metadata"]["user_api_key_alias"], "alias-1");
+        assert!(logs[0]["startTime"].as_str().unwrap().ends_with('Z'));
+        let today = &logs[0]["startTime"].as_str().unwrap()[..10];
+        let all = api.admin(
+            "GET",
+            &format!("/spend/logs?user_id=alice&start_date={today}&end_date={today}"),
+            None,
+        );
+        assert_eq!(all.as_array().unwrap().len(), 2);
+        let none = api.admin(
+            "GET",
+            "/spend/logs?start_date=2000-01-01&end_date=2000-01-02",
+            None,
+        );
+        assert_eq!(none, json!([]));
+        // A virtual key sees only its user's logs; /global/spend is admin only.
+        let (status, mine) = api.call(
+            "GET",
+            "/spend/logs?user_id=bob",
+            &format!("Bearer {raw}"),
+            None,
+        );
+        assert_eq!(status, 200);
+        assert_eq!(mine.as_array().unwrap().len(), 2);
+        let (status, _) = api.call("GET", "/global/spend", &format!("Bearer {raw}"), None);
+        assert_eq!(status, 401);
+
+        let rec = api.lookup(&token2);
+        assert_eq!(rec.spend_nanos, 1_000_000_000);
+        assert_eq!(rec.spend, 1.0);
+        assert_eq!(rec.budget_duration.as_deref(), Some("1h"));
+        assert!(rec.budget_reset_at_micros.unwrap() > now_micros());
+        assert_eq!(rec.model_max_budget.len(), 1);
+        assert_eq!(rec.model_max_budget["gpt-4o"].budget_duration, "1d");
+        let ub = rec.user_budget.unwrap();
+        assert_eq!((ub.max_budget, ub.spend_nanos), (Some(10.0), 1_250_000_000));
+        assert_eq!(ub.budget_duration.as_deref(), Some("1d"));
+        let pb = rec.proxy_budget.unwrap();
+        assert_eq!(
+            (pb.max_budget, pb.spend_nanos),
+            (Some(100.0), 1_250_000_000)
+        );
+        assert!(pb.budget_reset_at_micros.is_some());
+        let (status, proxy) = api.call("GET", "/tollgate/internal/v1/proxy", &api.internal, None);
+        assert_eq!(status, 200);
+        let proxy: crate::records::BudgetState = serde_json::from_value(proxy).unwrap();
+        assert_eq!(proxy, pb);
+    }
+
+    #[test]
+    fn spend_batches_may_exceed_the_admin_body_limit() {
+        let api = Api::start(BudgetSettings::default());
+        let events: Vec<SpendEvent> = (0..5000)
+            .map(|i| event(&format!("big-{i:05}-{}", "x".repeat(200)), "t", "u", 1))
+            .collect();
+        let body = serde_json::to_string(&SpendBatch { events }).unwrap();
+        assert!(body.len() > 1024 * 1024 && body.len() < MAX_SPEND_BATCH_BYTES);
+        let (status, v) = api.call(
+            "POST",
+            "/tollgate/internal/v1/spend",
+            &api.internal,
+            Some(body),
+        );
+        assert_eq!(
+            (status, &v),
+            (200, &json!({"applied": 5000, "duplicates": 0}))
+        );
+        let global = api.admin("GET", "/global/spend", None);
+        assert_eq!(global, json!({"spend": 5e-6, "max_budget": 0.0}));
+        let too_big = format!(
+            "{{\"events\": [], \"pad\": \"{}\"}}",
+            "x".repeat(MAX_SPEND_BATCH_BYTES)
+        );
+        let (status, _) = api.call(
+            "POST",
+            "/tollgate/internal/v1/spend",
+            &api.internal,
+            Some(too_big),
+        );
+        assert_eq!(status, 413);
     }
 }

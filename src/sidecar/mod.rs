@@ -28,6 +28,8 @@ struct Cli {
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Envoy,
+    /// The same Envoy without Tollgate, proxying to the first model's upstream (for benchmarks).
+    EnvoyBare,
     Istio,
     Plugin,
 }
@@ -167,7 +169,15 @@ pub fn prepare(path: &Path) -> Result<Prepared> {
 }
 
 pub fn admin_state(prepared: &Prepared, data_dir: &Path) -> Result<Arc<admin_api::AdminState>> {
-    let store = store::Store::open(&data_dir.join("tollgate.db"))?;
+    let budgets = render::budget_settings(&prepared.config);
+    let store = store::Store::open(&data_dir.join("tollgate.db"))?
+        .with_reset_clock(store::ResetClock::from_budget_settings(&budgets));
+    // LiteLLM upserts its `litellm-proxy-budget` row at startup with the configured period.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    store.configure_proxy_budget(budgets.proxy_budget_duration.as_deref(), now)?;
     let ls = &prepared.config.litellm_settings;
     Ok(Arc::new(admin_api::AdminState {
         store,
@@ -182,6 +192,8 @@ pub fn admin_state(prepared: &Prepared, data_dir: &Path) -> Result<Arc<admin_api
             max_internal_user_budget: ls.max_internal_user_budget,
             internal_user_budget_duration: ls.internal_user_budget_duration.clone(),
             max_body_bytes: 1024 * 1024,
+            max_spend_batch_bytes: admin_api::MAX_SPEND_BATCH_BYTES,
+            budgets,
         },
     }))
 }
@@ -267,6 +279,9 @@ async fn run(cli: Cli) -> Result<()> {
             let text = match format {
                 Format::Envoy => {
                     serde_yaml_ng::to_string(&render::envoy_bootstrap(&rendered, &opts)?)?
+                }
+                Format::EnvoyBare => {
+                    serde_yaml_ng::to_string(&render::envoy_bare_bootstrap(&rendered, &opts)?)?
                 }
                 Format::Istio => render::istio_manifests(&rendered, &opts)?,
                 Format::Plugin => serde_json::to_string_pretty(&rendered.plugin)?,

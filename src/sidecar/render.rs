@@ -384,6 +384,23 @@ pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Valu
     }))
 }
 
+/// The same Envoy without Tollgate: every request goes to the first deployment's upstream
+/// unchanged. The ceiling benchmarks compare against.
+pub fn envoy_bare_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Value> {
+    let mut boot = envoy_bootstrap(rendered, opts)?;
+    let first = rendered
+        .upstreams
+        .first()
+        .map(|u| u.cluster.clone())
+        .ok_or_else(|| anyhow!("the config has no model_list entry to proxy to"))?;
+    let hcm = &mut boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
+    hcm["http_filters"] = json!([{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]);
+    hcm["route_config"]["virtual_hosts"][0]["routes"] =
+        json!([{"match": {"prefix": "/"}, "route": {"cluster": first, "timeout": "600s"}}]);
+    Ok(boot)
+}
+
 /// Istio manifests: the WasmPlugin, the EnvoyFilter patch Istio needs for
 /// `allow_on_headers_stop_iteration`, and ServiceEntries for the providers.
 pub fn istio_manifests(rendered: &Rendered, opts: &RenderOptions) -> Result<String> {

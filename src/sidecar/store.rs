@@ -572,6 +572,15 @@ fn event_request_id(e: &SpendEvent) -> String {
     format!("tollgate-{}", crate::key_format::hash_key(&doc))
 }
 
+/// What a spend-log row keeps beyond its columns (LiteLLM's `metadata`-like extras). New
+/// [`SpendEvent`] fields go here, so they need no migration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+struct SpendLogDoc {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_alias: Option<String>,
+}
+
 #[derive(Default)]
 struct KeyCharge {
     nanos: i64,
@@ -834,9 +843,9 @@ impl Store {
                 let request_id = event_request_id(e);
                 // A cost is never negative; a bad one must not credit anyone.
                 let nanos = e.spend_nanos.max(0);
-                let mut stored = e.clone();
-                stored.request_id.clone_from(&request_id);
-                stored.spend_nanos = nanos;
+                let doc = SpendLogDoc {
+                    key_alias: e.key_alias.clone(),
+                };
                 let inserted = insert.execute(params![
                     request_id,
                     e.api_key,
@@ -855,7 +864,7 @@ impl Store {
                     e.call_type,
                     e.start_time_micros,
                     e.end_time_micros,
-                    to_doc(&stored)?,
+                    to_doc(&doc)?,
                 ])?;
                 if inserted == 0 {
                     out.duplicates += 1;
@@ -929,7 +938,9 @@ impl Store {
     pub fn spend_logs(&self, q: &SpendLogQuery) -> Result<Vec<SpendEvent>> {
         use rusqlite::types::Value as Sql;
         let mut sql = String::from(
-            "SELECT doc, request_id, spend_nanos, prompt_tokens, completion_tokens, total_tokens
+            "SELECT request_id, api_key, user_id, team_id, end_user, model, model_id,
+                spend_nanos, prompt_tokens, completion_tokens, total_tokens, cached_tokens,
+                estimated, status, call_type, start_time, end_time, doc
              FROM spend_logs WHERE 1 = 1",
         );
         let mut args: Vec<Sql> = Vec::new();
@@ -966,28 +977,31 @@ impl Store {
         let mut stmt = conn.prepare(&sql)?;
         let rows = stmt
             .query_map(params_from_iter(args), |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
+                let doc: SpendLogDoc =
+                    serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default();
+                Ok(SpendEvent {
+                    request_id: r.get(0)?,
+                    api_key: r.get(1)?,
+                    key_alias: doc.key_alias,
+                    user_id: r.get(2)?,
+                    team_id: r.get(3)?,
+                    end_user: r.get(4)?,
+                    model: r.get(5)?,
+                    model_id: r.get(6)?,
+                    spend_nanos: r.get(7)?,
+                    prompt_tokens: sql_u64_back(r.get(8)?),
+                    completion_tokens: sql_u64_back(r.get(9)?),
+                    total_tokens: sql_u64_back(r.get(10)?),
+                    cached_tokens: sql_u64_back(r.get(11)?),
+                    estimated: r.get(12)?,
+                    status: r.get(13)?,
+                    call_type: r.get(14)?,
+                    start_time_micros: r.get(15)?,
+                    end_time_micros: r.get(16)?,
+                })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        rows.into_iter()
-            .map(|(doc, request_id, nanos, p, c, t)| {
-                let mut e: SpendEvent = from_doc(&doc)?;
-                // The columns are what was charged.
-                e.request_id = request_id;
-                e.spend_nanos = nanos;
-                e.prompt_tokens = sql_u64_back(p);
-                e.completion_tokens = sql_u64_back(c);
-                e.total_tokens = sql_u64_back(t);
-                Ok(e)
-            })
-            .collect()
+        Ok(rows)
     }
 }
 
