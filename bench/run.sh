@@ -2,7 +2,7 @@
 # Tollgate benchmark: bare Envoy vs Envoy with tollgate.wasm (every check on), same machine,
 # same load generator, alternating rounds. Run through `./build.sh bench`.
 #
-# Pinning: Envoy (1 worker) on CPU 0; wrk and the fake upstream on CPU 1. Both setups get the
+# Pinning: Envoy (1 worker) on CPU 0; wrk, the fake upstream and the sidecar on CPU 1. Both setups get the
 # same pinning, so the throughput ratio is the cost of the filter on one Envoy worker.
 # Knobs: BENCH_SECONDS (per run, default 10), BENCH_ROUNDS (default 2), BENCH_CONNECTIONS (32).
 set -euo pipefail
@@ -55,6 +55,9 @@ wait_http "http://127.0.0.1:$BARE_PORT/v1/models"
 for _ in $(seq 1 100); do grep -q "is ready" "$WORK/up.log" && break; sleep 0.1; done
 grep -q "is ready" "$WORK/up.log" || { cat "$WORK/up.log"; exit 1; }
 TG_ENVOY_PID=$(pgrep -P "$UP_PID" envoy | head -1)
+# Only Envoy shares CPU 0 with nothing; the sidecar (off the request path) joins wrk on CPU 1.
+taskset -a -p -c 1 "$UP_PID" >/dev/null
+taskset -a -p -c 0 "$TG_ENVOY_PID" >/dev/null
 
 # A key with every check on: budget, rpm, tpm, max parallel; requests carry an end user.
 KEY=$(curl -s "http://127.0.0.1:$TG_PORT/key/generate" -H "Authorization: Bearer $LITELLM_MASTER_KEY" \

@@ -16,7 +16,7 @@ use crate::routes::{upstream_path, LlmRoute};
 pub enum Caller {
     Master,
     VirtualKey {
-        record: Box<KeyRecord>,
+        record: std::rc::Rc<KeyRecord>,
         /// Last four characters of the raw key, for `expired_key`'s `param`.
         raw_last4: String,
     },
@@ -56,7 +56,7 @@ pub fn admit<'a>(
     let facts = ModelFacts {
         requested: &request.model,
         access_groups: &groups,
-        provider: candidates.first().map(|d| d.provider.as_str()),
+        provider: crate::model_access::provider_of_requested(&request.model),
     };
 
     if let Caller::VirtualKey { record, raw_last4 } = caller {
@@ -340,10 +340,7 @@ pub fn visible_models<'a>(config: &'a PluginConfig, caller: &Caller) -> Vec<&'a 
                 let facts = ModelFacts {
                     requested: name,
                     access_groups: &groups,
-                    provider: config
-                        .deployments_for(name)
-                        .first()
-                        .map(|d| d.provider.as_str()),
+                    provider: crate::model_access::provider_of_requested(name),
                 };
                 list_allows(&record.models, &facts)
                     && (record.team_id.is_some() || list_allows(&record.user_models, &facts))
@@ -381,7 +378,7 @@ mod tests {
 
     fn key(models: &[&str]) -> Caller {
         Caller::VirtualKey {
-            record: Box::new(KeyRecord {
+            record: std::rc::Rc::new(KeyRecord {
                 token: "t".into(),
                 models: models.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
@@ -459,7 +456,7 @@ mod tests {
             ..Default::default()
         };
         let caller = |record: &KeyRecord| Caller::VirtualKey {
-            record: Box::new(record.clone()),
+            record: std::rc::Rc::new(record.clone()),
             raw_last4: "abcd".into(),
         };
         let e = admit(
@@ -520,7 +517,7 @@ mod tests {
             admit(
                 &cfg,
                 &Caller::VirtualKey {
-                    record: Box::new(record.clone()),
+                    record: std::rc::Rc::new(record.clone()),
                     raw_last4: "wxyz".into(),
                 },
                 LlmRoute::ChatCompletions,
@@ -606,7 +603,7 @@ mod tests {
             ..Default::default()
         };
         let caller = Caller::VirtualKey {
-            record: Box::new(record),
+            record: std::rc::Rc::new(record),
             raw_last4: "abcd".into(),
         };
         let scopes = budget_scopes(&cfg, &caller, "gpt-a", &Pricing::default(), None);

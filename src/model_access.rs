@@ -17,6 +17,33 @@ pub struct ModelFacts<'a> {
     pub provider: Option<&'a str>,
 }
 
+/// The provider LiteLLM's `get_llm_provider` finds for a requested name: the prefix of
+/// `provider/model`, or `openai` for OpenAI's own model families. `None` for names it cannot
+/// place, which then never match `provider/*` wildcards (litellm-compat.md §6).
+pub fn provider_of_requested(name: &str) -> Option<&str> {
+    if let Some((provider, rest)) = name.split_once('/') {
+        return (!provider.is_empty() && !rest.is_empty()).then_some(provider);
+    }
+    const OPENAI_FAMILIES: [&str; 12] = [
+        "gpt-",
+        "o1",
+        "o3",
+        "o4",
+        "chatgpt-",
+        "text-embedding-",
+        "davinci",
+        "babbage",
+        "dall-e",
+        "whisper",
+        "tts-",
+        "omni-moderation",
+    ];
+    OPENAI_FAMILIES
+        .iter()
+        .any(|f| name.starts_with(f))
+        .then_some("openai")
+}
+
 /// Whether `list` allows the model. `team_models` resolves `all-team-models` in a key's list
 /// (`None` = the key has no team: no restriction).
 pub fn list_allows(list: &[String], facts: &ModelFacts<'_>) -> bool {
@@ -105,6 +132,17 @@ mod tests {
         assert!(list_allows(&s(&["openai/*"]), &facts("gpt-4o", &g)));
         assert!(!list_allows(&s(&["anthropic/*"]), &facts("gpt-4o", &g)));
         assert!(!list_allows(&s(&["claude*"]), &facts("gpt-4o", &g)));
+    }
+
+    #[test]
+    fn provider_comes_from_the_requested_name() {
+        assert_eq!(provider_of_requested("gpt-4o"), Some("openai"));
+        assert_eq!(
+            provider_of_requested("anthropic/claude-3"),
+            Some("anthropic")
+        );
+        assert_eq!(provider_of_requested("public-chat"), None);
+        assert_eq!(provider_of_requested("/x"), None);
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl TollgateHttp {
             let chars: Vec<char> = raw.chars().collect();
             chars[chars.len().saturating_sub(4)..].iter().collect()
         };
-        match key_cache::get(&hash, host::now_micros()) {
+        match key_cache::get(&self.shared.decoded, &hash, host::now_micros()) {
             key_cache::Cached::Known(record) => {
                 self.caller = Some(Caller::VirtualKey { record, raw_last4 });
                 Ok(true)
@@ -261,6 +261,9 @@ impl TollgateHttp {
         for name in CREDENTIAL_HEADERS {
             host::set_request_header(name, None);
         }
+        if let Some(custom) = &config.key_header_name {
+            host::set_request_header(&custom.to_ascii_lowercase(), None);
+        }
         if let Some(key) = &deployment.api_key {
             host::set_request_header("authorization", Some(&format!("Bearer {key}")));
         }
@@ -359,7 +362,7 @@ impl Context for TollgateHttp {
             Some(KeyLookup::Found { key }) => {
                 key_cache::put(&lookup.hash, &key);
                 self.caller = Some(Caller::VirtualKey {
-                    record: key,
+                    record: Rc::new(*key),
                     raw_last4: lookup.raw_last4,
                 });
             }

@@ -3,6 +3,21 @@
 
 use super::host;
 use crate::records::KeyRecord;
+use crate::shared_store::VersionedStore;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Decoded records of this worker, by hash, with the shared-data version they were decoded
+/// from: a record is decoded again only when its shared-data entry changed.
+#[derive(Default)]
+pub struct Decoded {
+    records: RefCell<HashMap<String, (u32, Rc<KeyRecord>)>>,
+}
+
+/// Most decoded records a worker keeps; past it the map starts afresh (records stay in
+/// shared data, so this only costs a decode).
+const MAX_DECODED: usize = 100_000;
 
 const KEY_PREFIX: &str = "tollgate:v1:key:";
 /// The negative cache is a fixed set of slots (first 3 hex digits of the hash), so random
@@ -10,7 +25,7 @@ const KEY_PREFIX: &str = "tollgate:v1:key:";
 const NEGATIVE_PREFIX: &str = "tollgate:v1:unknown:";
 
 pub enum Cached {
-    Known(Box<KeyRecord>),
+    Known(Rc<KeyRecord>),
     /// Recently confirmed not to exist.
     Unknown,
     /// Not cached either way: ask the sidecar.
@@ -21,10 +36,21 @@ fn negative_slot(hash: &str) -> String {
     format!("{NEGATIVE_PREFIX}{}", hash.get(..3).unwrap_or(hash))
 }
 
-pub fn get(hash: &str, now_micros: i64) -> Cached {
-    if let Some(bytes) = host::shared_get(&format!("{KEY_PREFIX}{hash}")) {
+pub fn get(decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
+    if let Some((bytes, version)) = host::SharedData.get(&format!("{KEY_PREFIX}{hash}")) {
+        if let Some((v, record)) = decoded.records.borrow().get(hash) {
+            if *v == version {
+                return Cached::Known(Rc::clone(record));
+            }
+        }
         if let Ok(record) = serde_json::from_slice::<KeyRecord>(&bytes) {
-            return Cached::Known(Box::new(record));
+            let record = Rc::new(record);
+            let mut map = decoded.records.borrow_mut();
+            if map.len() >= MAX_DECODED {
+                map.clear();
+            }
+            map.insert(hash.to_string(), (version, Rc::clone(&record)));
+            return Cached::Known(record);
         }
     }
     if let Some(bytes) = host::shared_get(&negative_slot(hash)) {

@@ -27,6 +27,8 @@ pub struct Shared {
     /// Spreads requests over the deployments of one model name.
     pub pick: Cell<usize>,
     pub spend_queue: Option<u32>,
+    /// Key records this worker has decoded.
+    pub decoded: super::key_cache::Decoded,
 }
 
 #[derive(Default)]
@@ -142,6 +144,7 @@ impl RootContext for TollgateRoot {
             config: Rc::new(config),
             pick: Cell::new(0),
             spend_queue: host::register_queue(SPEND_QUEUE),
+            decoded: Default::default(),
         }));
         host::set_tick_period(FLUSH_PERIOD);
         true

@@ -333,7 +333,9 @@ fn routes(upstreams: &[Upstream]) -> Value {
                 "name": crate::plugin_config::CLUSTER_HEADER,
                 "string_match": {"exact": u.cluster}
             }]},
-            "route": {"cluster": u.cluster, "timeout": "600s", "auto_host_rewrite": false}
+            "route": {"cluster": u.cluster, "timeout": "600s", "auto_host_rewrite": false},
+            // The routing header is Tollgate's; the provider never sees it.
+            "request_headers_to_remove": [crate::plugin_config::CLUSTER_HEADER]
         }));
     }
     routes.push(json!({

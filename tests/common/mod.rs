@@ -1,0 +1,770 @@
+//! Integration-test harness: a real `tollgate up` (sidecar + supervised Envoy running the built
+//! `tollgate.wasm`) in front of one `tollgate fake-llm`, on free ports, with a private data dir.
+//!
+//! Artifacts come from the environment that `./build.sh test` sets:
+//! * `TOLLGATE_BIN`  (else the binary Cargo built for this test run),
+//! * `TOLLGATE_WASM` (else `target/wasm32-wasip1/release/tollgate.wasm`),
+//! * `ENVOY_BIN`     (else `.venv/bin/envoy`, else `envoy` on `PATH`).
+//!
+//! A missing artifact FAILS the test with a message saying how to build it; nothing is skipped.
+//!
+//! Children are started with a piped stdin and `--exit-on-stdin-eof`, so dropping the stdin (in
+//! `Drop`, or when the test process dies) stops them, and `tollgate up` then kills its Envoy.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Master key written into the default config.
+pub const MASTER_KEY: &str = "sk-tollgate-it-master-7f3a9c1e";
+/// The key the fake upstream requires (`--require-api-key`); a wrong one answers 401 there.
+pub const PROVIDER_KEY: &str = "sk-provider-secret-5d2b8e4f";
+
+/// How long `tollgate up` may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A config with several deployments on the fake upstream. Placeholders: `@FAKE_PORT@`,
+/// `@PROVIDER_KEY@`, `@MASTER_KEY@` (see [`render_template`]).
+pub const DEFAULT_CONFIG: &str = r#"
+model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini-backend
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+    model_info:
+      access_groups: ["premium"]
+  - model_name: text-embedding-3-small
+    litellm_params:
+      model: openai/text-embedding-3-small
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+  - model_name: gpt-3.5-turbo-instruct
+    litellm_params:
+      model: openai/gpt-3.5-turbo-instruct
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+  - model_name: llama-3-70b
+    litellm_params:
+      model: groq/llama-3-70b-versatile
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+  - model_name: public-chat
+    litellm_params:
+      model: openai/backend-chat-v2
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+  - model_name: root-base-chat
+    litellm_params:
+      model: openai/root-backend
+      api_base: http://127.0.0.1:@FAKE_PORT@/
+      api_key: @PROVIDER_KEY@
+general_settings:
+  master_key: @MASTER_KEY@
+"#;
+
+/// Every model name in [`DEFAULT_CONFIG`], in config order.
+pub const DEFAULT_MODELS: [&str; 7] = [
+    "gpt-4o-mini",
+    "gpt-4o",
+    "text-embedding-3-small",
+    "gpt-3.5-turbo-instruct",
+    "llama-3-70b",
+    "public-chat",
+    "root-base-chat",
+];
+
+pub fn render_template(template: &str, fake_port: u16) -> String {
+    template
+        .replace("@FAKE_PORT@", &fake_port.to_string())
+        .replace("@PROVIDER_KEY@", PROVIDER_KEY)
+        .replace("@MASTER_KEY@", MASTER_KEY)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Artifacts
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `tollgate` binary: `TOLLGATE_BIN`, else the one Cargo built for this test run.
+pub fn tollgate_bin() -> PathBuf {
+    let path = std::env::var_os("TOLLGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tollgate")));
+    assert!(
+        path.is_file(),
+        "the tollgate binary {} does not exist: run `./build.sh build` (or set TOLLGATE_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// The filter module: `TOLLGATE_WASM`, else the release build in `target/`.
+pub fn tollgate_wasm() -> PathBuf {
+    let path = std::env::var_os("TOLLGATE_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("target/wasm32-wasip1/release/tollgate.wasm"));
+    assert!(
+        path.is_file(),
+        "the filter module {} does not exist: run `./build.sh build` \
+         (cargo build --release --lib --target wasm32-wasip1) or set TOLLGATE_WASM",
+        path.display()
+    );
+    path
+}
+
+/// Envoy: `ENVOY_BIN`, else the project's `.venv`, else `envoy` on `PATH`.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "ENVOY_BIN={} does not exist: run `./build.sh build` (it installs Envoy into .venv)",
+            p.display()
+        );
+        return p;
+    }
+    let venv = manifest_dir().join(".venv/bin/envoy");
+    if venv.is_file() {
+        return venv;
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&paths) {
+            let candidate = dir.join("envoy");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "Envoy not found (no ENVOY_BIN, no {}, no envoy on PATH): run `./build.sh build`, which \
+         installs it; these integration tests need a real Envoy",
+        venv.display()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch directories
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh, unique directory under the system temp dir. Removed on drop (kept if the test
+/// panicked, for the logs).
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "tollgate-it-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for inspection", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/// A child that stops when its stdin closes. Drop closes stdin, waits, then kills.
+pub struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        cmd.stdin(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let stdin = child.stdin.take();
+        Proc {
+            name: name.to_string(),
+            child,
+            stdin,
+        }
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Closes stdin (asks for a clean stop) and waits up to `grace`, then kills.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{} did not stop within {grace:?}; killing it", self.name);
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+/// Forwards each stdout line of `child` to a channel (the thread ends at EOF).
+fn line_channel(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Nobody listens any more; keep draining so the child never blocks.
+                    continue;
+                }
+            }
+        });
+    }
+    rx
+}
+
+fn read_file(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Runs a command to completion (stdin held open), failing the test if it takes longer than
+/// `timeout`. Returns (status, stdout, stderr).
+pub fn run_to_exit(
+    name: &str,
+    cmd: &mut Command,
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
+    let scratch = TempDir::new("run");
+    let out_path = scratch.path().join("stdout");
+    let err_path = scratch.path().join("stderr");
+    let out = std::fs::File::create(&out_path).expect("create stdout file");
+    let err = std::fs::File::create(&err_path).expect("create stderr file");
+    cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+    let mut proc = Proc::spawn(name, cmd);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = proc.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            proc.stop(Duration::from_secs(10));
+            panic!(
+                "{name} did not exit within {timeout:?} (it hangs).\nstdout:\n{}\nstderr:\n{}",
+                read_file(&out_path),
+                read_file(&err_path)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, read_file(&out_path), read_file(&err_path))
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP
+
+/// A response of any status.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    /// Lowercase names; repeated headers appear once per value.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "response body is not JSON ({e}); status {}, body: {}",
+                self.status, self.body
+            )
+        })
+    }
+
+    /// Asserts the status, with the body in the failure message.
+    pub fn assert_status(&self, status: u16) -> &Resp {
+        assert_eq!(
+            self.status, status,
+            "expected HTTP {status}, got {}; body: {}",
+            self.status, self.body
+        );
+        self
+    }
+
+    /// Asserts LiteLLM's error envelope (`{"error":{"message","type","param","code"}}` with
+    /// `code` the status as a string) and returns the inner `error` object.
+    pub fn assert_error(&self, status: u16, error_type: &str) -> Value {
+        self.assert_status(status);
+        let v = self.json();
+        let err = v
+            .get("error")
+            .unwrap_or_else(|| panic!("no `error` object in {}", self.body))
+            .clone();
+        assert_eq!(
+            err.get("type").and_then(Value::as_str),
+            Some(error_type),
+            "error.type; body: {}",
+            self.body
+        );
+        assert_eq!(
+            err.get("code"),
+            Some(&Value::String(status.to_string())),
+            "error.code must be the status as a string; body: {}",
+            self.body
+        );
+        assert!(
+            err.get("message").is_some_and(Value::is_string),
+            "error.message must be a string; body: {}",
+            self.body
+        );
+        assert!(
+            err.get("param").is_some(),
+            "error.param must be present (null when unset); body: {}",
+            self.body
+        );
+        err
+    }
+
+    /// [`Resp::assert_error`] plus the exact message.
+    pub fn assert_error_message(&self, status: u16, error_type: &str, message: &str) -> Value {
+        let err = self.assert_error(status, error_type);
+        assert_eq!(
+            err["message"].as_str(),
+            Some(message),
+            "error.message; body: {}",
+            self.body
+        );
+        err
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .redirects(0)
+        .build()
+}
+
+/// One request; any status comes back as a [`Resp`], transport errors fail the test.
+pub fn send(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Resp {
+    let mut req = agent.request(method, url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let result = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(ureq::Error::Transport(t)) => panic!("{method} {url}: transport error: {t}"),
+    };
+    let status = response.status();
+    let mut headers = Vec::new();
+    for name in response.headers_names() {
+        for value in response.all(&name) {
+            headers.push((name.to_ascii_lowercase(), value.to_string()));
+        }
+    }
+    let body = response
+        .into_string()
+        .unwrap_or_else(|e| panic!("{method} {url}: cannot read the body: {e}"));
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stack
+
+/// How to start a [`Stack`].
+#[derive(Default)]
+pub struct StackOptions {
+    /// Config template (placeholders as in [`DEFAULT_CONFIG`]).
+    pub config: String,
+    /// Reuse this data dir (e.g. to restart on the same store); default: a fresh one.
+    pub data_dir: Option<PathBuf>,
+    /// Extra environment for `tollgate up` (LITELLM_MASTER_KEY is removed unless set here).
+    pub env: Vec<(String, String)>,
+}
+
+/// fake-llm + `tollgate up` (sidecar and Envoy with the filter), stopped on drop.
+pub struct Stack {
+    /// Envoy's listener: LLM routes and admin API.
+    pub port: u16,
+    /// The fake upstream, reachable directly.
+    pub fake_port: u16,
+    pub data_dir: PathBuf,
+    pub agent: ureq::Agent,
+    // Field order is drop order: `tollgate up` (and its Envoy) first, then the fake, then dirs.
+    up: Proc,
+    fake: Proc,
+    scratch: TempDir,
+    own_data: Option<TempDir>,
+}
+
+impl Stack {
+    /// A stack on `config_template` with a fresh data dir.
+    pub fn start(config_template: &str) -> Stack {
+        Stack::start_with(StackOptions {
+            config: config_template.to_string(),
+            ..Default::default()
+        })
+    }
+
+    /// The default config.
+    pub fn default_config() -> Stack {
+        Stack::start(DEFAULT_CONFIG)
+    }
+
+    /// A stack on an existing data dir (its SQLite store survives between stacks).
+    pub fn start_with_data_dir(config_template: &str, data_dir: &Path) -> Stack {
+        Stack::start_with(StackOptions {
+            config: config_template.to_string(),
+            data_dir: Some(data_dir.to_path_buf()),
+            ..Default::default()
+        })
+    }
+
+    pub fn start_with(opts: StackOptions) -> Stack {
+        let bin = tollgate_bin();
+        let wasm = tollgate_wasm();
+        let envoy = envoy_bin();
+        let scratch = TempDir::new("stack");
+
+        // The fake upstream, on a port it picks itself (no race): read it from its first line.
+        let fake_err = scratch.path().join("fake-llm.stderr");
+        let mut fake_cmd = Command::new(&bin);
+        fake_cmd
+            .args(["fake-llm", "--host", "127.0.0.1", "--port", "0"])
+            .args(["--require-api-key", PROVIDER_KEY, "--exit-on-stdin-eof"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(&fake_err).expect("create fake-llm stderr file"),
+            ));
+        let mut fake = Proc::spawn("tollgate fake-llm", &mut fake_cmd);
+        let fake_lines = line_channel(&mut fake.child);
+        let fake_port = wait_for_line(
+            &mut fake,
+            &fake_lines,
+            "fake-llm listening on http://",
+            Duration::from_secs(15),
+            &fake_err,
+        )
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .expect("fake-llm printed no port");
+
+        let config_path = scratch.path().join("config.yaml");
+        std::fs::write(&config_path, render_template(&opts.config, fake_port))
+            .expect("write config.yaml");
+
+        let (own_data, data_dir) = match &opts.data_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let d = TempDir::new("data");
+                let p = d.path().to_path_buf();
+                (Some(d), p)
+            }
+        };
+
+        // Envoy binds the port itself; if another process took it meanwhile, try another.
+        let mut attempt = 0;
+        let (up, port) = loop {
+            attempt += 1;
+            let port = free_port();
+            let up_err = scratch.path().join(format!("up-{attempt}.stderr"));
+            let mut cmd = Command::new(&bin);
+            cmd.arg("up")
+                .arg("--config")
+                .arg(&config_path)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .arg("--wasm")
+                .arg(&wasm)
+                .args(["--concurrency", "2", "--exit-on-stdin-eof"])
+                .env("ENVOY_BIN", &envoy)
+                .env_remove("LITELLM_MASTER_KEY")
+                .env_remove("TOLLGATE_WASM")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(
+                    std::fs::File::create(&up_err).expect("create up stderr file"),
+                ));
+            for (k, v) in &opts.env {
+                cmd.env(k, v);
+            }
+            let mut up = Proc::spawn("tollgate up", &mut cmd);
+            let lines = line_channel(&mut up.child);
+            match wait_for_line_result(&mut up, &lines, "tollgate is ready on", READY_TIMEOUT) {
+                Ok(_) => break (up, port),
+                Err(why) => {
+                    drop(up);
+                    let stderr = read_file(&up_err);
+                    if attempt < 3 && stderr.contains("Address already in use") {
+                        continue;
+                    }
+                    panic!(
+                        "`tollgate up` did not become ready: {why}\n--- its stderr ---\n{stderr}\n--- end ---"
+                    );
+                }
+            }
+        };
+
+        let stack = Stack {
+            port,
+            fake_port,
+            data_dir,
+            agent: agent(),
+            up,
+            fake,
+            scratch,
+            own_data,
+        };
+        // Prove the answers come from Envoy (not some other process on the port).
+        let live = stack.get("/health/liveliness", None);
+        live.assert_status(200);
+        assert_eq!(
+            live.header("server"),
+            Some("envoy"),
+            "health answer did not come through Envoy: {live:?}"
+        );
+        stack
+    }
+
+    /// Stops everything now (same as dropping).
+    pub fn stop(self) {}
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Any method, any headers, optional body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Resp {
+        send(&self.agent, method, &self.url(path), headers, body)
+    }
+
+    /// POST with a JSON content type and, if given, `Authorization: Bearer <auth>`.
+    pub fn post(&self, path: &str, auth: Option<&str>, body: &str) -> Resp {
+        let bearer = auth.map(|a| format!("Bearer {a}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b.as_str()));
+        }
+        self.request("POST", path, &headers, Some(body))
+    }
+
+    /// GET with `Authorization: Bearer <auth>` if given.
+    pub fn get(&self, path: &str, auth: Option<&str>) -> Resp {
+        let bearer = auth.map(|a| format!("Bearer {a}"));
+        let mut headers = Vec::new();
+        if let Some(b) = &bearer {
+            headers.push(("authorization", b.as_str()));
+        }
+        self.request("GET", path, &headers, None)
+    }
+
+    /// POST as the master key.
+    pub fn admin_post(&self, path: &str, body: &Value) -> Resp {
+        self.post(path, Some(MASTER_KEY), &body.to_string())
+    }
+
+    /// `/key/generate` as the master key; asserts 200. Returns (raw key, response).
+    pub fn generate_key(&self, body: Value) -> (String, Value) {
+        let resp = self.admin_post("/key/generate", &body);
+        resp.assert_status(200);
+        let v = resp.json();
+        let key = v["key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no `key` in /key/generate answer: {v}"))
+            .to_string();
+        (key, v)
+    }
+
+    /// `POST /v1/chat/completions` for `model` with a one-message prompt.
+    pub fn chat(&self, auth: Option<&str>, model: &str) -> Resp {
+        self.post("/v1/chat/completions", auth, &chat_body(model))
+    }
+
+    /// Requests the fake upstream received, oldest first.
+    pub fn fake_requests(&self) -> Vec<Value> {
+        let url = format!("http://127.0.0.1:{}/fake/requests", self.fake_port);
+        let resp = send(&self.agent, "GET", &url, &[], None);
+        resp.assert_status(200);
+        match resp.json() {
+            Value::Array(items) => items,
+            other => panic!("/fake/requests is not an array: {other}"),
+        }
+    }
+
+    pub fn clear_fake_requests(&self) {
+        let url = format!("http://127.0.0.1:{}/fake/requests", self.fake_port);
+        send(&self.agent, "DELETE", &url, &[], None).assert_status(204);
+    }
+
+    /// The sidecar's and Envoy's logs so far (for failure messages).
+    pub fn logs(&self) -> String {
+        format!(
+            "--- envoy.log ---\n{}\n--- fake-llm stderr ---\n{}",
+            read_file(&self.data_dir.join("envoy.log")),
+            read_file(&self.scratch.path().join("fake-llm.stderr"))
+        )
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Stop `tollgate up` first: closing its stdin makes it kill Envoy.
+        self.up.stop(Duration::from_secs(15));
+        self.fake.stop(Duration::from_secs(5));
+    }
+}
+
+/// `{"model": model, "messages": [{"role":"user","content":"hello there"}]}`.
+pub fn chat_body(model: &str) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hello there"}]
+    })
+    .to_string()
+}
+
+fn wait_for_line_result(
+    proc: &mut Proc,
+    lines: &mpsc::Receiver<String>,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = String::new();
+    loop {
+        match lines.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                if line.starts_with(prefix) {
+                    return Ok(line);
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // stdout closed: the process is exiting; collect its status below.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if let Some(status) = proc.try_wait() {
+            // Drain what it printed before exiting.
+            while let Ok(line) = lines.try_recv() {
+                if line.starts_with(prefix) {
+                    return Ok(line);
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            return Err(format!(
+                "{} exited ({status}) before printing `{prefix}`; stdout:\n{seen}",
+                proc.name
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} printed no `{prefix}` line within {timeout:?}; stdout:\n{seen}",
+                proc.name
+            ));
+        }
+    }
+}
+
+fn wait_for_line(
+    proc: &mut Proc,
+    lines: &mpsc::Receiver<String>,
+    prefix: &str,
+    timeout: Duration,
+    stderr_path: &Path,
+) -> String {
+    wait_for_line_result(proc, lines, prefix, timeout).unwrap_or_else(|why| {
+        panic!(
+            "{why}\n--- its stderr ---\n{}\n--- end ---",
+            read_file(stderr_path)
+        )
+    })
+}
+
+/// `sha256(s)` as lowercase hex, computed here (not with the crate's own helper).
+pub fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
