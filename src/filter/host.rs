@@ -24,12 +24,6 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-}
-
 pub fn set_request_header(name: &str, value: Option<&str>) {
     if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
         log(
@@ -169,12 +163,6 @@ impl crate::shared_store::VersionedStore for SharedData {
     }
 }
 
-pub fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
-}
-
 pub fn set_response_header(name: &str, value: Option<&str>) {
     if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
         log(
@@ -265,4 +253,14 @@ pub fn dispatch_post(
             &format!("tollgate: dispatch to {cluster} failed: {e:?}"),
         )
     })
+}
+
+/// All request headers in one host call (names are lowercase in Envoy).
+pub fn request_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+}
+
+/// All response headers in one host call.
+pub fn response_headers() -> Vec<(String, String)> {
+    hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
 }

@@ -68,8 +68,26 @@ struct AdmittedCall {
     event: SpendEvent,
 }
 
+/// A header map, read once with a single host call.
+#[derive(Default)]
+struct HeaderSnapshot(Vec<(String, String)>);
+
+impl HeaderSnapshot {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+}
+
 pub struct TollgateHttp {
     shared: Rc<Shared>,
+    headers: HeaderSnapshot,
     state: State,
     caller: Option<Caller>,
     body_complete: bool,
@@ -83,6 +101,7 @@ impl TollgateHttp {
     pub fn new(shared: Rc<Shared>) -> Self {
         TollgateHttp {
             shared,
+            headers: HeaderSnapshot::default(),
             state: State::Idle,
             caller: None,
             body_complete: false,
@@ -109,7 +128,10 @@ impl TollgateHttp {
     /// sidecar lookup is under way.
     fn identify(&mut self) -> Result<bool, ApiError> {
         let config = &self.shared.config;
-        let raw = extract_credential(host::request_header, config.key_header_name.as_deref())?;
+        let raw = extract_credential(
+            |name| self.headers.get(name),
+            config.key_header_name.as_deref(),
+        )?;
         let hash = hash_key(&raw);
         if let Some(master) = &config.master_key_hash {
             if constant_time_eq(master.as_bytes(), hash.as_bytes()) {
@@ -183,7 +205,7 @@ impl TollgateHttp {
         let shared = Rc::clone(&self.shared);
         let config = &shared.config;
         let body = host::request_body(self.body_size);
-        let path = host::request_header(":path").unwrap_or_default();
+        let path = self.headers.get(":path").unwrap_or_default();
         let pick = shared.pick.get();
         shared.pick.set(pick.wrapping_add(1));
         let now = host::now_micros();
@@ -192,8 +214,9 @@ impl TollgateHttp {
         let deployment = admitted.deployment;
 
         let end_user = admission::end_user_id(
-            host::request_header("x-litellm-customer-id")
-                .or_else(|| host::request_header("x-litellm-end-user-id"))
+            self.headers
+                .get("x-litellm-customer-id")
+                .or_else(|| self.headers.get("x-litellm-end-user-id"))
                 .as_deref(),
             request,
         );
@@ -258,19 +281,30 @@ impl TollgateHttp {
             plan.implicit_max_tokens,
             add_stream_usage,
         );
-        for name in CREDENTIAL_HEADERS {
-            host::set_request_header(name, None);
+        // No credential of the caller reaches the provider (only headers present are touched:
+        // every host call costs).
+        let custom = config
+            .key_header_name
+            .as_deref()
+            .map(str::to_ascii_lowercase);
+        for name in CREDENTIAL_HEADERS.iter().copied().chain(custom.as_deref()) {
+            if name != "authorization" && self.headers.has(name) {
+                host::set_request_header(name, None);
+            }
         }
-        if let Some(custom) = &config.key_header_name {
-            host::set_request_header(&custom.to_ascii_lowercase(), None);
-        }
-        if let Some(key) = &deployment.api_key {
-            host::set_request_header("authorization", Some(&format!("Bearer {key}")));
+        match &deployment.api_key {
+            Some(key) => host::set_request_header("authorization", Some(&format!("Bearer {key}"))),
+            None if self.headers.has("authorization") => {
+                host::set_request_header("authorization", None)
+            }
+            None => {}
         }
         host::set_request_header(CLUSTER_HEADER, Some(&deployment.cluster));
         host::set_request_header(":path", Some(&admitted.path));
         host::set_request_header(":authority", Some(&deployment.authority));
-        host::set_request_header("accept-encoding", None);
+        if self.headers.has("accept-encoding") {
+            host::set_request_header("accept-encoding", None);
+        }
         host::replace_request_body(self.body_size, &upstream_body);
 
         let (api_key, key_alias, user_id, team_id) = match caller {
@@ -292,7 +326,7 @@ impl TollgateHttp {
             usage: None,
             holding_headers: false,
             event: SpendEvent {
-                request_id: host::request_header("x-request-id").unwrap_or_default(),
+                request_id: self.headers.get("x-request-id").unwrap_or_default(),
                 api_key,
                 key_alias,
                 user_id,
@@ -394,21 +428,27 @@ impl Context for TollgateHttp {
 
 impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.headers = HeaderSnapshot(host::request_headers());
         // Only the filter may choose an upstream cluster.
-        host::set_request_header(CLUSTER_HEADER, None);
-        let path = host::request_header(":path").unwrap_or_default();
+        if self.headers.has(CLUSTER_HEADER) {
+            host::set_request_header(CLUSTER_HEADER, None);
+        }
+        let path = self.headers.get(":path").unwrap_or_default();
         self.state = if let Some(route) = routes::classify(&path) {
             State::Llm(route)
         } else if routes::is_model_list(&path)
-            && host::request_header(":method").as_deref() == Some("GET")
+            && self.headers.get(":method").as_deref() == Some("GET")
         {
             State::ModelList
         } else {
+            self.headers = HeaderSnapshot::default();
             return Action::Continue;
         };
         self.started_micros = host::now_micros();
         // The body may be rewritten, so its length will change.
-        host::set_request_header("content-length", None);
+        if self.headers.has("content-length") {
+            host::set_request_header("content-length", None);
+        }
         self.body_complete = end_of_stream;
         match self.identify() {
             Err(e) => {
@@ -457,7 +497,8 @@ impl HttpContext for TollgateHttp {
         let Some(call) = self.call.as_mut() else {
             return Action::Continue;
         };
-        let status = host::response_header(":status").and_then(|s| s.parse::<u16>().ok());
+        let response = HeaderSnapshot(host::response_headers());
+        let status = response.get(":status").and_then(|s| s.parse::<u16>().ok());
         call.upstream_status = status;
         let ok = status.is_some_and(|s| (200..300).contains(&s));
         if ok {
@@ -482,15 +523,16 @@ impl HttpContext for TollgateHttp {
                 }
             }
         }
-        let kind = BodyKind::from_content_type(host::response_header("content-type").as_deref());
+        let kind = BodyKind::from_content_type(response.get("content-type").as_deref());
         let strip = call.strip_usage_chunk && kind == BodyKind::EventStream;
-        if strip {
+        if strip && response.has("content-length") {
             host::set_response_header("content-length", None);
         }
         call.usage = Some(UsageReader::new(kind, strip, MAX_USAGE_BUFFER));
         // A non-streamed JSON answer of known, modest size is held so its cost can go in a header;
         // a stream is never held back.
-        let small = host::response_header("content-length")
+        let small = response
+            .get("content-length")
             .and_then(|l| l.parse::<usize>().ok())
             .is_some_and(|l| l <= MAX_USAGE_BUFFER);
         if ok && kind == BodyKind::Json && small && !end_of_stream {
