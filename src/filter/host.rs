@@ -264,3 +264,9 @@ pub fn request_headers() -> Vec<(String, String)> {
 pub fn response_headers() -> Vec<(String, String)> {
     hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
 }
+
+pub fn response_header_value(name: &str) -> Option<String> {
+    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+        .ok()
+        .flatten()
+}

@@ -31,6 +31,9 @@ const CREDENTIAL_HEADERS: [&str; 6] = [
     "authorization",
 ];
 
+/// Response header by which the sidecar lists what an admin change made stale.
+pub const INVALIDATE_HEADER: &str = "x-tollgate-invalidate";
+
 /// Largest non-streamed response body read for usage (and held for cost headers), bytes.
 const MAX_USAGE_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -394,7 +397,7 @@ impl Context for TollgateHttp {
         };
         match parsed {
             Some(KeyLookup::Found { key }) => {
-                key_cache::put(&lookup.hash, &key);
+                key_cache::put(&self.shared.decoded, &lookup.hash, &key);
                 self.caller = Some(Caller::VirtualKey {
                     record: Rc::new(*key),
                     raw_last4: lookup.raw_last4,
@@ -494,6 +497,15 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.state == State::Idle {
+            // An admin change passing through: drop what it made stale before the admin sees
+            // the answer, so the very next request is decided on the new state.
+            if let Some(entries) = host::response_header_value(INVALIDATE_HEADER) {
+                key_cache::invalidate(&self.shared.decoded, &entries, host::now_micros());
+                host::set_response_header(INVALIDATE_HEADER, None);
+            }
+            return Action::Continue;
+        }
         let Some(call) = self.call.as_mut() else {
             return Action::Continue;
         };

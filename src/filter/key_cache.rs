@@ -1,28 +1,35 @@
-//! Key records cached in Envoy shared data (process-wide, all workers), plus a bounded
-//! negative cache of keys the sidecar said do not exist.
+//! Key records cached in Envoy shared data (process-wide, all workers), a bounded negative
+//! cache of keys the sidecar said do not exist, and invalidation.
+//!
+//! A record is stored as `<epoch>\n<json>`. Invalidating one key overwrites its entry with an
+//! empty tombstone; invalidating everything (`*`) bumps the shared epoch, so older records are
+//! fetched again. Shared data cannot delete, so tombstones stay until the key is used again.
 
 use super::host;
 use crate::records::KeyRecord;
-use crate::shared_store::VersionedStore;
-use std::cell::RefCell;
+use crate::shared_store::{update, Decision, VersionedStore};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-
-/// Decoded records of this worker, by hash, with the shared-data version they were decoded
-/// from: a record is decoded again only when its shared-data entry changed.
-#[derive(Default)]
-pub struct Decoded {
-    records: RefCell<HashMap<String, (u32, Rc<KeyRecord>)>>,
-}
-
-/// Most decoded records a worker keeps; past it the map starts afresh (records stay in
-/// shared data, so this only costs a decode).
-const MAX_DECODED: usize = 100_000;
 
 const KEY_PREFIX: &str = "tollgate:v1:key:";
 /// The negative cache is a fixed set of slots (first 3 hex digits of the hash), so random
 /// unknown keys cannot grow shared data without bound.
 const NEGATIVE_PREFIX: &str = "tollgate:v1:unknown:";
+const EPOCH_KEY: &str = "tollgate:v1:key-epoch";
+const CUSTOMER_PREFIX: &str = "tollgate:v1:customer:";
+
+/// Most decoded records a worker keeps; past it the map starts afresh (records stay in
+/// shared data, so this only costs a decode).
+const MAX_DECODED: usize = 100_000;
+
+/// This worker's view: decoded records by hash with the shared-data version they came from,
+/// and the epoch last seen.
+#[derive(Default)]
+pub struct Decoded {
+    records: RefCell<HashMap<String, (u32, Rc<KeyRecord>)>>,
+    epoch: Cell<u64>,
+}
 
 pub enum Cached {
     Known(Rc<KeyRecord>),
@@ -36,6 +43,12 @@ fn negative_slot(hash: &str) -> String {
     format!("{NEGATIVE_PREFIX}{}", hash.get(..3).unwrap_or(hash))
 }
 
+fn split_epoch(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    let epoch = std::str::from_utf8(bytes.get(..nl)?).ok()?.parse().ok()?;
+    Some((epoch, bytes.get(nl + 1..)?))
+}
+
 pub fn get(decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
     if let Some((bytes, version)) = host::SharedData.get(&format!("{KEY_PREFIX}{hash}")) {
         if let Some((v, record)) = decoded.records.borrow().get(hash) {
@@ -43,15 +56,21 @@ pub fn get(decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
                 return Cached::Known(Rc::clone(record));
             }
         }
-        if let Ok(record) = serde_json::from_slice::<KeyRecord>(&bytes) {
-            let record = Rc::new(record);
-            let mut map = decoded.records.borrow_mut();
-            if map.len() >= MAX_DECODED {
-                map.clear();
+        if let Some((epoch, json)) = split_epoch(&bytes) {
+            if epoch >= decoded.epoch.get() {
+                if let Ok(record) = serde_json::from_slice::<KeyRecord>(json) {
+                    let record = Rc::new(record);
+                    let mut map = decoded.records.borrow_mut();
+                    if map.len() >= MAX_DECODED {
+                        map.clear();
+                    }
+                    map.insert(hash.to_string(), (version, Rc::clone(&record)));
+                    return Cached::Known(record);
+                }
             }
-            map.insert(hash.to_string(), (version, Rc::clone(&record)));
-            return Cached::Known(record);
         }
+        // A tombstone or a record from before the last invalidation: ask again.
+        return Cached::Missing;
     }
     if let Some(bytes) = host::shared_get(&negative_slot(hash)) {
         if let Some((stored, until)) = std::str::from_utf8(&bytes)
@@ -66,9 +85,11 @@ pub fn get(decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
     Cached::Missing
 }
 
-pub fn put(hash: &str, record: &KeyRecord) {
-    if let Ok(bytes) = serde_json::to_vec(record) {
-        host::shared_set(&format!("{KEY_PREFIX}{hash}"), &bytes);
+pub fn put(decoded: &Decoded, hash: &str, record: &KeyRecord) {
+    if let Ok(json) = serde_json::to_vec(record) {
+        let mut value = format!("{}\n", decoded.epoch.get()).into_bytes();
+        value.extend_from_slice(&json);
+        host::shared_set(&format!("{KEY_PREFIX}{hash}"), &value);
     }
 }
 
@@ -79,4 +100,42 @@ pub fn put_unknown(hash: &str, now_micros: i64, seconds: u64) {
             .saturating_mul(1_000_000),
     );
     host::shared_set(&negative_slot(hash), format!("{hash} {until}").as_bytes());
+}
+
+/// Reads the shared epoch (on each tick), so this worker stops using records from before an
+/// invalidation of everything made by another worker.
+pub fn refresh_epoch(decoded: &Decoded) {
+    let epoch = host::SharedData
+        .get(EPOCH_KEY)
+        .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if epoch != decoded.epoch.get() {
+        decoded.epoch.set(epoch);
+        decoded.records.borrow_mut().clear();
+    }
+}
+
+/// Applies an invalidation list from the sidecar: key hashes, `customer:<id>` entries, or `*`.
+pub fn invalidate(decoded: &Decoded, entries: &str, now_micros: i64) {
+    for entry in entries.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if entry == "*" {
+            let bumped = update(&host::SharedData, EPOCH_KEY, now_micros, |v| {
+                let n = v
+                    .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    .saturating_add(1);
+                Decision::Write(n.to_string().into_bytes(), n)
+            });
+            if let Ok(n) = bumped {
+                decoded.epoch.set(n);
+            }
+            decoded.records.borrow_mut().clear();
+        } else if let Some(id) = entry.strip_prefix("customer:") {
+            host::shared_set(&format!("{CUSTOMER_PREFIX}{id}"), b"");
+        } else if crate::key_format::is_token_hash(entry) {
+            host::shared_set(&format!("{KEY_PREFIX}{entry}"), b"");
+            host::shared_set(&negative_slot(entry), b"");
+            decoded.records.borrow_mut().remove(entry);
+        }
+    }
 }

@@ -4,7 +4,9 @@
 
 use super::host;
 use super::http::TollgateHttp;
+use super::key_cache;
 use crate::plugin_config::PluginConfig;
+use crate::shared_store::{update, Decision, VersionedStore};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use std::cell::Cell;
@@ -35,9 +37,70 @@ pub struct TollgateRoot {
     shared: Option<Rc<Shared>>,
     /// Batches being sent, by call token, kept until the sidecar acknowledges them.
     in_flight: Vec<(u32, Vec<Vec<u8>>)>,
+    /// The change-log poll under way, if any.
+    changes_poll: Option<u32>,
+}
+
+/// The change-log position this Envoy has applied (shared by all workers).
+const CHANGES_SEQ_KEY: &str = "tollgate:v1:changes-seq";
+
+#[derive(serde::Deserialize)]
+struct Changes {
+    seq: u64,
+    #[serde(default)]
+    entries: Vec<String>,
 }
 
 impl TollgateRoot {
+    /// Asks the sidecar what changed since the last position this Envoy applied, so changes
+    /// made through another Envoy (or directly on the sidecar) take effect here too.
+    fn poll_changes(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        if self.changes_poll.is_some() {
+            return;
+        }
+        let since = host::SharedData
+            .get(CHANGES_SEQ_KEY)
+            .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        let config = &shared.config;
+        if let Ok(token) = host::dispatch_get(
+            &config.sidecar_cluster,
+            &config.sidecar_authority,
+            &format!("/tollgate/internal/v1/changes?since={since}"),
+            &format!("Bearer {}", config.internal_token),
+            Duration::from_millis(config.sidecar_timeout_ms.max(1000)),
+        ) {
+            self.changes_poll = Some(token);
+        }
+    }
+
+    fn apply_changes(&mut self, body_size: usize) {
+        let Some(shared) = &self.shared else { return };
+        if host::call_response_status() != Some(200) {
+            return;
+        }
+        let Some(changes) = host::call_response_body(body_size)
+            .and_then(|b| serde_json::from_slice::<Changes>(&b).ok())
+        else {
+            return;
+        };
+        let now = host::now_micros();
+        if !changes.entries.is_empty() {
+            key_cache::invalidate(&shared.decoded, &changes.entries.join(","), now);
+        }
+        let _ = update(&host::SharedData, CHANGES_SEQ_KEY, now, |v| {
+            let current = v
+                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            if changes.seq > current {
+                Decision::Write(changes.seq.to_string().into_bytes(), ())
+            } else {
+                Decision::Keep(())
+            }
+        });
+    }
+
     fn flush(&mut self) {
         let Some(shared) = &self.shared else { return };
         let Some(queue) = shared.spend_queue else {
@@ -108,9 +171,14 @@ impl Context for TollgateRoot {
         &mut self,
         token: u32,
         _headers: usize,
-        _body: usize,
+        body_size: usize,
         _trailers: usize,
     ) {
+        if self.changes_poll == Some(token) {
+            self.changes_poll = None;
+            self.apply_changes(body_size);
+            return;
+        }
         let Some(i) = self.in_flight.iter().position(|(t, _)| *t == token) else {
             return;
         };
@@ -154,6 +222,10 @@ impl RootContext for TollgateRoot {
     }
 
     fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            key_cache::refresh_epoch(&shared.decoded);
+        }
+        self.poll_changes();
         self.flush();
     }
 
