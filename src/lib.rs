@@ -16,6 +16,7 @@ pub mod plugin_config;
 pub mod rate_limits;
 pub mod records;
 pub mod request_body;
+pub mod response_headers;
 pub mod routes;
 pub mod shared_store;
 pub mod usage;

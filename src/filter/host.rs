@@ -270,3 +270,17 @@ pub fn response_header_value(name: &str) -> Option<String> {
         .ok()
         .flatten()
 }
+
+/// Replaces the whole response header map in one host call.
+pub fn set_response_headers(headers: &[(String, String)]) {
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    if let Err(e) = hostcalls::set_map(MapType::HttpResponseHeaders, pairs) {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: cannot set response headers: {e:?}"),
+        );
+    }
+}

@@ -7,13 +7,14 @@ use super::key_cache;
 use super::root::Shared;
 use crate::admission::{self, Caller};
 use crate::budgets::{self, BudgetTicket, Calendar};
-use crate::cost::{self, py_float};
+use crate::cost;
 use crate::credential::extract_credential;
 use crate::errors::ApiError;
 use crate::key_format::{self, constant_time_eq, hash_key};
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
 use crate::records::{KeyLookup, SpendEvent};
+use crate::response_headers::{merge, success_headers};
 use crate::routes::{self, LlmRoute};
 use crate::usage::{BodyKind, Usage, UsageReader};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -68,6 +69,8 @@ struct AdmittedCall {
     usage: Option<UsageReader>,
     /// Response headers were paused to add the cost once the JSON body is read.
     holding_headers: bool,
+    /// The held response's headers, written back with Tollgate's added.
+    response_headers: Vec<(String, String)>,
     event: SpendEvent,
 }
 
@@ -328,6 +331,7 @@ impl TollgateHttp {
             upstream_status: None,
             usage: None,
             holding_headers: false,
+            response_headers: Vec::new(),
             event: SpendEvent {
                 request_id: self.headers.get("x-request-id").unwrap_or_default(),
                 api_key,
@@ -513,33 +517,8 @@ impl HttpContext for TollgateHttp {
         let status = response.get(":status").and_then(|s| s.parse::<u16>().ok());
         call.upstream_status = status;
         let ok = status.is_some_and(|s| (200..300).contains(&s));
-        if ok {
-            // Limit headers go on streamed responses too (LiteLLM omits them there).
-            for (name, value) in rate_limits::success_headers(&call.limits.statuses) {
-                host::set_response_header(&name, Some(&value));
-            }
-            if let Some(max) = call.budget.key_max_budget {
-                host::set_response_header("x-litellm-key-max-budget", Some(&py_float(max)));
-            }
-            if let Some(spend) = call.budget.key_spend_nanos {
-                host::set_response_header(
-                    "x-litellm-key-spend",
-                    Some(&py_float(cost::nanos_to_usd(spend))),
-                );
-                if let Some(max) = call.budget.key_max_budget {
-                    let left = (max - cost::nanos_to_usd(spend)).max(0.0);
-                    host::set_response_header(
-                        "x-litellm-key-remaining-budget",
-                        Some(&py_float(left)),
-                    );
-                }
-            }
-        }
         let kind = BodyKind::from_content_type(response.get("content-type").as_deref());
         let strip = call.strip_usage_chunk && kind == BodyKind::EventStream;
-        if strip && response.has("content-length") {
-            host::set_response_header("content-length", None);
-        }
         call.usage = Some(UsageReader::new(kind, strip, MAX_USAGE_BUFFER));
         // A non-streamed JSON answer of known, modest size is held so its cost can go in a header;
         // a stream is never held back.
@@ -549,7 +528,24 @@ impl HttpContext for TollgateHttp {
             .is_some_and(|l| l <= MAX_USAGE_BUFFER);
         if ok && kind == BodyKind::Json && small && !end_of_stream {
             call.holding_headers = true;
+            call.response_headers = response.0;
             return Action::Pause;
+        }
+        // Limit and budget headers go on streamed responses too (LiteLLM omits them there).
+        let added = if ok {
+            success_headers(
+                &call.limits.statuses,
+                call.budget.key_spend_nanos,
+                call.budget.key_max_budget,
+                None,
+                cost::is_priced(&call.pricing),
+            )
+        } else {
+            Vec::new()
+        };
+        let removed: &[&str] = if strip { &["content-length"] } else { &[] };
+        if !added.is_empty() || (strip && response.has("content-length")) {
+            host::set_response_headers(&merge(&response.0, &added, removed));
         }
         Action::Continue
     }
@@ -567,24 +563,16 @@ impl HttpContext for TollgateHttp {
                 reader.feed(&body);
                 reader.finish();
             }
-            if let Some((usage, _)) = final_usage(call) {
-                let cost = cost::cost_nanos(&call.pricing, &usage);
-                if cost::is_priced(&call.pricing) {
-                    host::set_response_header(
-                        "x-litellm-response-cost",
-                        Some(&py_float(cost::nanos_to_usd(cost))),
-                    );
-                }
-                if let Some(spend) = call.budget.key_spend_nanos {
-                    let after = cost::nanos_to_usd(spend.saturating_add(cost));
-                    host::set_response_header("x-litellm-key-spend", Some(&py_float(after)));
-                    if let Some(max) = call.budget.key_max_budget {
-                        host::set_response_header(
-                            "x-litellm-key-remaining-budget",
-                            Some(&py_float((max - after).max(0.0))),
-                        );
-                    }
-                }
+            let response_cost = final_usage(call).map(|(u, _)| cost::cost_nanos(&call.pricing, &u));
+            let added = success_headers(
+                &call.limits.statuses,
+                call.budget.key_spend_nanos,
+                call.budget.key_max_budget,
+                response_cost,
+                cost::is_priced(&call.pricing),
+            );
+            if !added.is_empty() {
+                host::set_response_headers(&merge(&call.response_headers, &added, &[]));
             }
             return Action::Continue;
         }

@@ -1,0 +1,108 @@
+//! The headers Tollgate adds to a successful LLM response (litellm-compat.md §4.4, §7.2).
+
+use crate::cost::{nanos_to_usd, py_float};
+use crate::rate_limits::{success_headers as limit_headers, LimitStatus};
+
+/// Rate-limit headers, then the key's budget headers. `response_cost_nanos` is known for
+/// non-streamed answers (and then counted in `x-litellm-key-spend`); `priced` says whether the
+/// model has prices (LiteLLM omits the cost header otherwise).
+pub fn success_headers(
+    limits: &[LimitStatus],
+    key_spend_nanos: Option<i64>,
+    key_max_budget: Option<f64>,
+    response_cost_nanos: Option<i64>,
+    priced: bool,
+) -> Vec<(String, String)> {
+    let mut out = limit_headers(limits);
+    if let (Some(cost), true) = (response_cost_nanos, priced) {
+        out.push((
+            "x-litellm-response-cost".into(),
+            py_float(nanos_to_usd(cost)),
+        ));
+    }
+    if let Some(max) = key_max_budget {
+        out.push(("x-litellm-key-max-budget".into(), py_float(max)));
+    }
+    if let Some(spend) = key_spend_nanos {
+        let spend = nanos_to_usd(spend.saturating_add(response_cost_nanos.unwrap_or(0)));
+        out.push(("x-litellm-key-spend".into(), py_float(spend)));
+        if let Some(max) = key_max_budget {
+            out.push((
+                "x-litellm-key-remaining-budget".into(),
+                py_float((max - spend).max(0.0)),
+            ));
+        }
+    }
+    out
+}
+
+/// `existing` with `added` applied (same names replaced) and `removed` names dropped, for
+/// writing a whole header map back in one host call.
+pub fn merge(
+    existing: &[(String, String)],
+    added: &[(String, String)],
+    removed: &[&str],
+) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = existing
+        .iter()
+        .filter(|(k, _)| !removed.contains(&k.as_str()) && !added.iter().any(|(a, _)| a == k))
+        .cloned()
+        .collect();
+    out.extend(added.iter().cloned());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limits::LimitType;
+
+    #[test]
+    fn budget_and_cost_headers() {
+        let h = success_headers(&[], Some(10_000_000), Some(0.1), Some(20_000_000), true);
+        assert_eq!(
+            h,
+            vec![
+                ("x-litellm-response-cost".to_string(), "0.02".to_string()),
+                ("x-litellm-key-max-budget".to_string(), "0.1".to_string()),
+                ("x-litellm-key-spend".to_string(), "0.03".to_string()),
+                (
+                    "x-litellm-key-remaining-budget".to_string(),
+                    "0.07".to_string()
+                ),
+            ]
+        );
+        let h = success_headers(&[], None, None, Some(5), false);
+        assert!(h.is_empty(), "unpriced: no cost header");
+    }
+
+    #[test]
+    fn limits_come_first() {
+        let s = LimitStatus {
+            kind: "api_key",
+            limit_type: LimitType::Requests,
+            limit: 2,
+            remaining: 1,
+        };
+        let h = success_headers(&[s], None, None, None, true);
+        assert_eq!(h[0].0, "x-ratelimit-api_key-remaining-requests");
+    }
+
+    #[test]
+    fn merge_replaces_and_removes() {
+        let existing = vec![
+            (":status".to_string(), "200".to_string()),
+            ("content-length".to_string(), "5".to_string()),
+            ("x-a".to_string(), "old".to_string()),
+        ];
+        let added = vec![("x-a".to_string(), "new".to_string())];
+        let m = merge(&existing, &added, &["content-length"]);
+        assert_eq!(
+            m,
+            vec![
+                (":status".to_string(), "200".to_string()),
+                ("x-a".to_string(), "new".to_string())
+            ]
+        );
+    }
+}
