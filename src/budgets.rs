@@ -28,6 +28,13 @@ pub enum Level {
         model: String,
     },
     User,
+    /// A team (`scope.id` is the team id).
+    Team,
+    /// A user's budget inside a team.
+    TeamMember {
+        user: String,
+        team: String,
+    },
     EndUser,
     Proxy,
 }
@@ -38,6 +45,8 @@ impl Level {
             Level::Key { .. } => "key",
             Level::KeyModel { .. } => "key_model",
             Level::User => "user",
+            Level::Team => "team",
+            Level::TeamMember { .. } => "team_member",
             Level::EndUser => "end_user",
             Level::Proxy => "proxy",
         }
@@ -180,6 +189,13 @@ fn exceeded(scope: &Scope, current_nanos: i64, max: f64, status: u16) -> ApiErro
         Level::User => format!(
             "ExceededBudget: User={} over budget. Spend={x}, Budget={y}",
             scope.id
+        ),
+        Level::Team => format!(
+            "Budget has been exceeded! Team={} Current cost: {x}, Max budget: {y}",
+            scope.id
+        ),
+        Level::TeamMember { user, team } => format!(
+            "Budget has been exceeded! User={user} in Team={team} Current cost: {x}, Max budget: {y}"
         ),
         Level::EndUser => format!(
             "ExceededBudget: End User={} over budget. Spend={x}, Budget={y}",
