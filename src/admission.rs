@@ -7,7 +7,7 @@ use crate::errors::ApiError;
 use crate::model_access::{list_allows, ModelFacts};
 use crate::plugin_config::{Deployment, PluginConfig, Pricing};
 use crate::rate_limits::{estimate_tokens, output_floor, Descriptor};
-use crate::records::{BudgetState, KeyRecord, ModelBudget};
+use crate::records::{BudgetState, CustomerLookup, CustomerRecord, KeyRecord, ModelBudget};
 use crate::request_body::{self, LlmRequest};
 use crate::routes::{upstream_path, LlmRoute};
 
@@ -33,7 +33,9 @@ pub struct Admitted<'a> {
 
 /// Decides an LLM request once its body is complete. `pick` spreads load over the deployments
 /// of one model name (any counter will do). Checks run in LiteLLM's order (litellm-compat.md §8):
-/// blocked, key model access, expiry, user model access, then routing.
+/// blocked, key model access (`all-team-models` resolved), expiry, team blocked, team model
+/// access, user model access (personal keys), then routing. The customer's checks need its
+/// record: [`check_customer`].
 pub fn admit<'a>(
     config: &'a PluginConfig,
     caller: &Caller,
@@ -87,7 +89,7 @@ fn check_key(
     if record.blocked {
         return Err(ApiError::key_blocked());
     }
-    if !list_allows(&record.models, facts) {
+    if !list_allows(key_models(record), facts) {
         return Err(ApiError::model_access_denied("key", facts.requested));
     }
     if let Some(expires) = record.expires_at_micros {
@@ -99,17 +101,145 @@ fn check_key(
             ));
         }
     }
+    check_team(record, facts)?;
     if record.team_id.is_none() && !list_allows(&record.user_models, facts) {
         return Err(ApiError::model_access_denied("user", facts.requested));
     }
     Ok(())
 }
 
+/// The model list a key's requests are checked against: its own `models`, where
+/// `all-team-models` means its team's models (no team: no restriction) (§6).
+pub fn key_models(record: &KeyRecord) -> &[String] {
+    if record.models.iter().any(|m| m == ALL_TEAM_MODELS) {
+        return match record.team_id {
+            Some(_) => &record.team_models,
+            None => &[],
+        };
+    }
+    &record.models
+}
+
+/// `all-team-models` in a key's `models`.
+pub const ALL_TEAM_MODELS: &str = "all-team-models";
+
+/// LiteLLM's refusal of a blocked team's keys (§8).
+pub fn team_blocked(team_id: &str) -> ApiError {
+    ApiError::new(
+        401,
+        "auth_error",
+        format!(
+            "Authentication Error, Team={team_id} is blocked. Update via `/team/unblock` if you're an admin."
+        ),
+    )
+}
+
+/// The team checks of a team key, after the key's own (§2.2 step 5, §8): the team is not
+/// blocked (401), and its `models` allow the model (403 `team_model_access_denied`).
+pub fn check_team(record: &KeyRecord, facts: &ModelFacts<'_>) -> Result<(), ApiError> {
+    let Some(team_id) = &record.team_id else {
+        return Ok(());
+    };
+    if record.team_blocked {
+        return Err(team_blocked(team_id));
+    }
+    if !list_allows(&record.team_models, facts) {
+        return Err(ApiError::model_access_denied("team", facts.requested));
+    }
+    Ok(())
+}
+
+/// Tollgate's refusal of a blocked customer (LiteLLM stores `blocked` but only its enterprise
+/// `blocked_user_list` hook enforces it; Tollgate always does).
+pub fn customer_blocked(end_user_id: &str) -> ApiError {
+    ApiError::new(
+        401,
+        "auth_error",
+        format!(
+            "Authentication Error, End User={end_user_id} is blocked. Update via `/customer/unblock` if you're an admin."
+        ),
+    )
+}
+
+/// LiteLLM's refusal of a model outside a customer's `models` (§6).
+pub fn customer_model_access_denied(model: &str) -> ApiError {
+    ApiError::new(
+        403,
+        "customer_model_access_denied",
+        format!(
+            "The requested model '{model}' is not in the allowed models for this customer. Check the models this customer can use and try again."
+        ),
+    )
+    .with_param("model")
+}
+
+/// Access groups of every deployment serving `model`.
+fn groups_of(config: &PluginConfig, model: &str) -> Vec<String> {
+    let mut groups: Vec<String> = Vec::new();
+    for d in config.deployments_for(model) {
+        for g in &d.access_groups {
+            if !groups.contains(g) {
+                groups.push(g.clone());
+            }
+        }
+    }
+    groups
+}
+
+/// The customer checks for a request naming an end user, after [`admit`] (the key's, team's
+/// and user's checks): a blocked customer is refused (401), then a non-empty `models` list
+/// must allow the model (403 `customer_model_access_denied`).
+pub fn check_customer(
+    config: &PluginConfig,
+    customer: &CustomerRecord,
+    model: &str,
+) -> Result<(), ApiError> {
+    if customer.blocked {
+        return Err(customer_blocked(&customer.user_id));
+    }
+    if customer.models.is_empty() {
+        return Ok(());
+    }
+    let groups = groups_of(config, model);
+    let facts = ModelFacts {
+        requested: model,
+        access_groups: &groups,
+        provider: crate::model_access::provider_of_requested(model),
+    };
+    if !list_allows(&customer.models, &facts) {
+        return Err(customer_model_access_denied(model));
+    }
+    Ok(())
+}
+
 /// The rate-limit scopes a request counts against, in LiteLLM's order (§4.1): the key, its
-/// user, then the key's per-model limit (its own, else the deployments' smallest default).
+/// user, its team, its team membership, then the key's per-model limit (its own, else the
+/// team's, else the deployments' smallest default) and the team's per-model limit. The
+/// customer's limits need its record: see [`descriptors_for`].
 pub fn descriptors(config: &PluginConfig, caller: &Caller, model: &str) -> Vec<Descriptor> {
+    descriptors_for(config, caller, model, None)
+}
+
+/// [`descriptors`] with the request's customer (end user), whose `end_user` limits come after
+/// the team membership's (§4.1): `api_key`, `user`, `team`, `team_member`, `end_user`,
+/// `model_per_key`, `model_per_team`. Scopes without any limit are left out.
+pub fn descriptors_for(
+    config: &PluginConfig,
+    caller: &Caller,
+    model: &str,
+    customer: Option<&CustomerRecord>,
+) -> Vec<Descriptor> {
+    let end_user = customer.map(|c| Descriptor {
+        kind: "end_user",
+        value: c.user_id.clone(),
+        rpm: c.rpm_limit,
+        tpm: c.tpm_limit,
+        max_parallel: None,
+    });
     let Caller::VirtualKey { record, .. } = caller else {
-        return Vec::new();
+        let mut out: Vec<Descriptor> = end_user.into_iter().collect();
+        out.retain(|d| d.rpm.is_some() || d.tpm.is_some());
+        return out;
     };
     let mut out = vec![Descriptor {
         kind: "api_key",
@@ -127,6 +257,25 @@ pub fn descriptors(config: &PluginConfig, caller: &Caller, model: &str) -> Vec<D
             max_parallel: None,
         });
     }
+    if let Some(team) = &record.team_id {
+        out.push(Descriptor {
+            kind: "team",
+            value: team.clone(),
+            rpm: record.team_rpm_limit,
+            tpm: record.team_tpm_limit,
+            max_parallel: None,
+        });
+        if let Some(user) = &record.user_id {
+            out.push(Descriptor {
+                kind: "team_member",
+                value: format!("{team}:{user}"),
+                rpm: record.team_member_rpm_limit,
+                tpm: record.team_member_tpm_limit,
+                max_parallel: None,
+            });
+        }
+    }
+    out.extend(end_user);
     let deployments = config.deployments_for(model);
     let default_rpm = deployments
         .iter()
@@ -136,8 +285,12 @@ pub fn descriptors(config: &PluginConfig, caller: &Caller, model: &str) -> Vec<D
         .iter()
         .filter_map(|d| d.default_api_key_tpm_limit)
         .min();
-    let rpm = record.model_rpm_limit.get(model).copied().or(default_rpm);
-    let tpm = record.model_tpm_limit.get(model).copied().or(default_tpm);
+    let team_rpm = record.team_model_rpm_limit.get(model).copied();
+    let team_tpm = record.team_model_tpm_limit.get(model).copied();
+    let own_rpm = record.model_rpm_limit.get(model).copied();
+    let own_tpm = record.model_tpm_limit.get(model).copied();
+    let rpm = own_rpm.or(team_rpm).or(default_rpm);
+    let tpm = own_tpm.or(team_tpm).or(default_tpm);
     if rpm.is_some() || tpm.is_some() {
         out.push(Descriptor {
             kind: "model_per_key",
@@ -147,12 +300,27 @@ pub fn descriptors(config: &PluginConfig, caller: &Caller, model: &str) -> Vec<D
             max_parallel: None,
         });
     }
+    if let Some(team) = &record.team_id {
+        // The team's per-model limit, unless the key has its own for this model.
+        let rpm = team_rpm.filter(|_| own_rpm.is_none());
+        let tpm = team_tpm.filter(|_| own_tpm.is_none());
+        if rpm.is_some() || tpm.is_some() {
+            out.push(Descriptor {
+                kind: "model_per_team",
+                value: format!("{team}:{model}"),
+                rpm,
+                tpm,
+                max_parallel: None,
+            });
+        }
+    }
     out.retain(|d| d.rpm.is_some() || d.tpm.is_some() || d.max_parallel.is_some());
     out
 }
 
 /// The budgets a request touches, in LiteLLM's check order (§2.2): the key, the key's budget
-/// for this model, the user (personal keys), the end user, the proxy. A free model (both prices
+/// for this model, the team member and the team, the user (personal keys), the end user, the
+/// proxy. A free model (both prices
 /// explicitly 0) touches none.
 pub fn budget_scopes(
     config: &PluginConfig,
@@ -198,6 +366,7 @@ pub fn budget_scopes(
                 seed_reset_at_micros: None,
             });
         }
+        scopes.extend(team_budget_scopes(record));
         if let (Some(user_id), Some(user)) = (&record.user_id, &record.user_budget) {
             // LiteLLM charges the user for team keys too, but enforces its budget on personal keys.
             scopes.push(Scope {
@@ -261,6 +430,91 @@ pub fn model_budget_entry<'a>(
         .map(|(k, v)| (k.as_str(), v))
 }
 
+/// The team budgets a team key's requests touch, in LiteLLM's order: the key's user as a
+/// member of the team (`max_budget_in_team`, else the team's `team_member_budget`), then the
+/// team's own `max_budget`.
+pub fn team_budget_scopes(record: &KeyRecord) -> Vec<Scope> {
+    let Some(team_id) = &record.team_id else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let (Some(user_id), Some(b)) = (&record.user_id, &record.team_member_budget) {
+        out.push(Scope {
+            level: Level::TeamMember {
+                user: user_id.clone(),
+                team: team_id.clone(),
+            },
+            id: format!("{team_id}:{user_id}"),
+            max_budget_usd: b.max_budget,
+            duration: b.budget_duration.clone(),
+            seed_spend_nanos: b.spend_nanos,
+            seed_reset_at_micros: b.budget_reset_at_micros,
+        });
+    }
+    if let Some(b) = &record.team_budget {
+        out.push(Scope {
+            level: Level::Team,
+            id: team_id.clone(),
+            max_budget_usd: b.max_budget,
+            duration: b.budget_duration.clone(),
+            seed_spend_nanos: b.spend_nanos,
+            seed_reset_at_micros: b.budget_reset_at_micros,
+        });
+    }
+    out
+}
+
+/// The customer's budget scope from the sidecar's answer (§2.3): its own budget (or the
+/// proxy's default, already resolved by the sidecar) with its spend; for an unknown customer,
+/// `max_end_user_budget_id`'s budget from zero. `None` when no budget applies.
+pub fn customer_budget_scope(end_user_id: &str, lookup: &CustomerLookup) -> Option<Scope> {
+    let (budget, seed) = match lookup {
+        CustomerLookup::Found { customer } => {
+            let b = customer.budget.as_ref()?;
+            (b, (b.spend_nanos, b.budget_reset_at_micros))
+        }
+        CustomerLookup::NotFound { default_budget } => (default_budget.as_ref()?, (0, None)),
+    };
+    Some(Scope {
+        level: Level::EndUser,
+        id: end_user_id.to_string(),
+        max_budget_usd: budget.max_budget,
+        duration: budget.budget_duration.clone(),
+        seed_spend_nanos: seed.0,
+        seed_reset_at_micros: seed.1,
+    })
+}
+
+/// [`budget_scopes`] with the customer's budget from the sidecar's answer in LiteLLM's place
+/// (after the user's, before the proxy's), replacing the config's default customer budget.
+/// Free models touch no budget.
+pub fn budget_scopes_with_customer(
+    config: &PluginConfig,
+    caller: &Caller,
+    model: &str,
+    pricing: &Pricing,
+    customer: Option<(&str, &CustomerLookup)>,
+) -> Vec<Scope> {
+    let mut scopes = budget_scopes(config, caller, model, pricing, customer.map(|c| c.0));
+    if crate::cost::is_free(pricing) {
+        return scopes;
+    }
+    let Some(scope) = customer.and_then(|(id, lookup)| customer_budget_scope(id, lookup)) else {
+        scopes.retain(|s| customer.is_none() || s.level != Level::EndUser);
+        return scopes;
+    };
+    if let Some(slot) = scopes.iter_mut().find(|s| s.level == Level::EndUser) {
+        *slot = scope;
+        return scopes;
+    }
+    let at = scopes
+        .iter()
+        .position(|s| s.level == Level::Proxy)
+        .unwrap_or(scopes.len());
+    scopes.insert(at, scope);
+    scopes
+}
+
 /// The end user (customer) of a request, as LiteLLM identifies it (§2.5): the
 /// `x-litellm-customer-id` / `x-litellm-end-user-id` header, else body `user`,
 /// `litellm_metadata.user`, `metadata.user_id`, `safety_identifier`. Numbers are stringified,
@@ -300,7 +554,18 @@ pub fn limit_plan(
     request: &LlmRequest,
     route: LlmRoute,
 ) -> LimitPlan {
-    let descriptors = descriptors(config, caller, &request.model);
+    limit_plan_for(config, caller, request, route, None)
+}
+
+/// [`limit_plan`] with the request's customer (its `end_user` limits, §4.1).
+pub fn limit_plan_for(
+    config: &PluginConfig,
+    caller: &Caller,
+    request: &LlmRequest,
+    route: LlmRoute,
+    customer: Option<&CustomerRecord>,
+) -> LimitPlan {
+    let descriptors = descriptors_for(config, caller, &request.model, customer);
     let min_tpm = descriptors.iter().filter_map(|d| d.tpm).min();
     let implicit_max_tokens = match (route, request.max_tokens, min_tpm) {
         (LlmRoute::Embeddings, _, _) | (_, Some(_), _) | (_, _, None) => None,
@@ -342,8 +607,11 @@ pub fn visible_models<'a>(config: &'a PluginConfig, caller: &Caller) -> Vec<&'a 
                     access_groups: &groups,
                     provider: crate::model_access::provider_of_requested(name),
                 };
-                list_allows(&record.models, &facts)
-                    && (record.team_id.is_some() || list_allows(&record.user_models, &facts))
+                list_allows(key_models(record), &facts)
+                    && match record.team_id {
+                        Some(_) => list_allows(&record.team_models, &facts),
+                        None => list_allows(&record.user_models, &facts),
+                    }
             }
         })
         .collect()
@@ -625,5 +893,325 @@ mod tests {
             vec!["gpt-a", "gpt-b"]
         );
         assert_eq!(visible_models(&cfg, &key(&["beta"])), vec!["gpt-a"]);
+    }
+    fn team_key(team: &str) -> KeyRecord {
+        KeyRecord {
+            token: "tok".into(),
+            key_name: "sk-...abcd".into(),
+            user_id: Some("u".into()),
+            team_id: Some(team.into()),
+            ..Default::default()
+        }
+    }
+
+    fn as_caller(record: &KeyRecord) -> Caller {
+        Caller::VirtualKey {
+            record: std::rc::Rc::new(record.clone()),
+            raw_last4: "abcd".into(),
+        }
+    }
+
+    #[test]
+    fn blocked_team_is_401_after_the_key_checks() {
+        let cfg = config();
+        let mut record = team_key("t1");
+        record.team_blocked = true;
+        let call = |record: &KeyRecord| {
+            admit(
+                &cfg,
+                &as_caller(record),
+                LlmRoute::ChatCompletions,
+                "/",
+                BODY,
+                0,
+                0,
+            )
+        };
+        let e = call(&record).unwrap_err();
+        assert_eq!((e.status, e.error_type.as_str()), (401, "auth_error"));
+        assert_eq!(
+            e.message,
+            "Authentication Error, Team=t1 is blocked. Update via `/team/unblock` if you're an admin."
+        );
+        // The key's own checks come first.
+        record.models = vec!["gpt-b".into()];
+        assert_eq!(
+            call(&record).unwrap_err().error_type,
+            "key_model_access_denied"
+        );
+        record.models.clear();
+        record.blocked = true;
+        assert_eq!(call(&record).unwrap_err(), ApiError::key_blocked());
+        // A key without team ignores the flag.
+        let mut personal = record.clone();
+        personal.blocked = false;
+        personal.team_id = None;
+        assert!(call(&personal).is_ok());
+    }
+
+    #[test]
+    fn team_models_restrict_team_keys() {
+        let cfg = config();
+        let mut record = team_key("t1");
+        record.team_models = vec!["gpt-b".into()];
+        let call = |record: &KeyRecord, body: &[u8]| {
+            admit(
+                &cfg,
+                &as_caller(record),
+                LlmRoute::ChatCompletions,
+                "/",
+                body,
+                0,
+                0,
+            )
+        };
+        let e = call(&record, BODY).unwrap_err();
+        assert_eq!(
+            (e.status, e.error_type.as_str()),
+            (403, "team_model_access_denied")
+        );
+        assert_eq!(e.param.as_deref(), Some("model"));
+        assert!(call(&record, br#"{"model":"gpt-b"}"#).is_ok());
+        // User models do not apply to team keys.
+        record.user_models = vec!["nothing".into()];
+        assert!(call(&record, br#"{"model":"gpt-b"}"#).is_ok());
+        // Access groups work in team lists too.
+        record.team_models = vec!["beta".into()];
+        assert!(call(&record, BODY).is_ok());
+    }
+
+    #[test]
+    fn all_team_models_resolves_to_the_team_list() {
+        let cfg = config();
+        let mut record = team_key("t1");
+        record.models = vec!["all-team-models".into()];
+        record.team_models = vec!["gpt-b".into()];
+        assert_eq!(key_models(&record), ["gpt-b".to_string()]);
+        let e = admit(
+            &cfg,
+            &as_caller(&record),
+            LlmRoute::ChatCompletions,
+            "/",
+            BODY,
+            0,
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(e.error_type, "key_model_access_denied");
+        // No team: no restriction.
+        record.team_id = None;
+        assert!(key_models(&record).is_empty());
+        assert!(admit(
+            &cfg,
+            &as_caller(&record),
+            LlmRoute::ChatCompletions,
+            "/",
+            BODY,
+            0,
+            0
+        )
+        .is_ok());
+        // The team allows everything: so does the key.
+        record.team_id = Some("t1".into());
+        record.team_models.clear();
+        assert!(admit(
+            &cfg,
+            &as_caller(&record),
+            LlmRoute::ChatCompletions,
+            "/",
+            BODY,
+            0,
+            0
+        )
+        .is_ok());
+        assert_eq!(
+            visible_models(&cfg, &as_caller(&record)),
+            vec!["gpt-a", "gpt-b"]
+        );
+        record.team_models = vec!["gpt-b".into()];
+        assert_eq!(visible_models(&cfg, &as_caller(&record)), vec!["gpt-b"]);
+    }
+
+    #[test]
+    fn customer_checks() {
+        let cfg = config();
+        let mut c = CustomerRecord {
+            user_id: "cust".into(),
+            ..Default::default()
+        };
+        assert!(check_customer(&cfg, &c, "gpt-a").is_ok());
+        c.models = vec!["beta".into()];
+        assert!(check_customer(&cfg, &c, "gpt-a").is_ok());
+        let e = check_customer(&cfg, &c, "gpt-b").unwrap_err();
+        assert_eq!(
+            (e.status, e.error_type.as_str()),
+            (403, "customer_model_access_denied")
+        );
+        assert_eq!(e.message, "The requested model 'gpt-b' is not in the allowed models for this customer. Check the models this customer can use and try again.");
+        assert_eq!(e.param.as_deref(), Some("model"));
+        c.blocked = true;
+        let e = check_customer(&cfg, &c, "gpt-a").unwrap_err();
+        assert_eq!((e.status, e.error_type.as_str()), (401, "auth_error"));
+        assert!(e.message.contains("End User=cust is blocked"));
+    }
+
+    #[test]
+    fn descriptors_follow_litellm_order() {
+        let mut cfg = config();
+        cfg.deployments[0].default_api_key_rpm_limit = Some(99);
+        let mut record = team_key("t1");
+        record.rpm_limit = Some(1);
+        record.user_rpm_limit = Some(2);
+        record.team_rpm_limit = Some(3);
+        record.team_member_tpm_limit = Some(4);
+        record.team_model_rpm_limit = [("gpt-a".to_string(), 5)].into_iter().collect();
+        let customer = CustomerRecord {
+            user_id: "cust".into(),
+            rpm_limit: Some(6),
+            ..Default::default()
+        };
+        let d = descriptors_for(&cfg, &as_caller(&record), "gpt-a", Some(&customer));
+        let got: Vec<(&str, &str, Option<u64>, Option<u64>)> = d
+            .iter()
+            .map(|d| (d.kind, d.value.as_str(), d.rpm, d.tpm))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("api_key", "tok", Some(1), None),
+                ("user", "u", Some(2), None),
+                ("team", "t1", Some(3), None),
+                ("team_member", "t1:u", None, Some(4)),
+                ("end_user", "cust", Some(6), None),
+                // No own per-model limit: the team's, before the deployments' default.
+                ("model_per_key", "tok:gpt-a", Some(5), None),
+                ("model_per_team", "t1:gpt-a", Some(5), None),
+            ]
+        );
+        // The key's own per-model limit wins, and the team's per-model scope steps aside.
+        record.model_rpm_limit = [("gpt-a".to_string(), 7)].into_iter().collect();
+        let d = descriptors_for(&cfg, &as_caller(&record), "gpt-a", None);
+        let kinds: Vec<_> = d.iter().map(|d| (d.kind, d.rpm)).collect();
+        assert!(kinds.contains(&("model_per_key", Some(7))));
+        assert!(!kinds
+            .iter()
+            .any(|k| k.0 == "model_per_team" || k.0 == "end_user"));
+        // The master key counts only against the customer.
+        let d = descriptors_for(&cfg, &Caller::Master, "gpt-a", Some(&customer));
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].kind, "end_user");
+        assert!(descriptors(&cfg, &Caller::Master, "gpt-a").is_empty());
+    }
+
+    #[test]
+    fn team_budget_scopes_member_first() {
+        let mut record = team_key("t1");
+        assert!(team_budget_scopes(&record).is_empty());
+        record.team_budget = Some(BudgetState {
+            max_budget: Some(10.0),
+            budget_duration: Some("30d".into()),
+            budget_reset_at_micros: Some(5),
+            spend_nanos: 7,
+        });
+        record.team_member_budget = Some(BudgetState {
+            max_budget: Some(1.0),
+            spend_nanos: 3,
+            ..Default::default()
+        });
+        let scopes = team_budget_scopes(&record);
+        assert_eq!(scopes.len(), 2);
+        assert_eq!(scopes[0].id, "t1:u");
+        assert_eq!(scopes[0].seed_spend_nanos, 3);
+        assert_eq!(
+            (&scopes[1].level, scopes[1].id.as_str()),
+            (&Level::Team, "t1")
+        );
+        assert_eq!(scopes[1].duration.as_deref(), Some("30d"));
+        record.team_id = None;
+        assert!(team_budget_scopes(&record).is_empty());
+    }
+
+    #[test]
+    fn customer_budget_scope_from_the_lookup() {
+        let mut cfg = config();
+        cfg.budgets.default_end_user_budget = Some(BudgetState {
+            max_budget: Some(9.0),
+            ..Default::default()
+        });
+        cfg.budgets.proxy_max_budget = Some(100.0);
+        let found = CustomerLookup::Found {
+            customer: Box::new(CustomerRecord {
+                user_id: "c".into(),
+                budget: Some(BudgetState {
+                    max_budget: Some(2.0),
+                    budget_duration: Some("1d".into()),
+                    budget_reset_at_micros: Some(11),
+                    spend_nanos: 5,
+                }),
+                ..Default::default()
+            }),
+        };
+        let s = customer_budget_scope("c", &found).unwrap();
+        assert_eq!(
+            (s.level.clone(), s.max_budget_usd, s.seed_spend_nanos),
+            (Level::EndUser, Some(2.0), 5)
+        );
+        let default = CustomerLookup::NotFound {
+            default_budget: Some(BudgetState {
+                max_budget: Some(1.0),
+                spend_nanos: 99,
+                ..Default::default()
+            }),
+        };
+        let s = customer_budget_scope("new", &default).unwrap();
+        assert_eq!((s.max_budget_usd, s.seed_spend_nanos), (Some(1.0), 0));
+        assert!(customer_budget_scope(
+            "x",
+            &CustomerLookup::NotFound {
+                default_budget: None
+            }
+        )
+        .is_none());
+
+        let scopes = budget_scopes_with_customer(
+            &cfg,
+            &Caller::Master,
+            "gpt-a",
+            &Pricing::default(),
+            Some(("c", &found)),
+        );
+        let levels: Vec<_> = scopes
+            .iter()
+            .map(|s| (s.level.clone(), s.max_budget_usd))
+            .collect();
+        assert_eq!(
+            levels,
+            vec![(Level::EndUser, Some(2.0)), (Level::Proxy, Some(100.0))]
+        );
+        // The sidecar says no budget applies: the config's default goes too.
+        let none = CustomerLookup::NotFound {
+            default_budget: None,
+        };
+        let scopes = budget_scopes_with_customer(
+            &cfg,
+            &Caller::Master,
+            "gpt-a",
+            &Pricing::default(),
+            Some(("c", &none)),
+        );
+        assert_eq!(scopes.len(), 1);
+        let free = Pricing {
+            input_cost_per_token: Some(0.0),
+            output_cost_per_token: Some(0.0),
+            ..Default::default()
+        };
+        assert!(budget_scopes_with_customer(
+            &cfg,
+            &Caller::Master,
+            "gpt-a",
+            &free,
+            Some(("c", &found))
+        )
+        .is_empty());
     }
 }

@@ -43,6 +43,23 @@ pub struct KeyRecord {
     pub user_budget: Option<BudgetState>,
     /// The proxy-wide budget's state when this record was served (seeds the counter).
     pub proxy_budget: Option<BudgetState>,
+    /// The team's `models` (empty = all); only meaningful when `team_id` is set. A key whose
+    /// `models` contain `all-team-models` is limited to these.
+    pub team_models: Vec<String>,
+    /// The team is blocked (`/team/block`): every key of the team is refused (401).
+    pub team_blocked: bool,
+    /// The team's own budget: `max_budget`, period and spend.
+    pub team_budget: Option<BudgetState>,
+    pub team_rpm_limit: Option<u64>,
+    pub team_tpm_limit: Option<u64>,
+    /// The team's per-model limits (`metadata.model_rpm_limit` / `model_tpm_limit`).
+    pub team_model_rpm_limit: BTreeMap<String, u64>,
+    pub team_model_tpm_limit: BTreeMap<String, u64>,
+    /// The key's user as a member of the key's team: its membership budget (its own
+    /// `max_budget_in_team`, else the team's `team_member_budget`), with the membership's spend.
+    pub team_member_budget: Option<BudgetState>,
+    pub team_member_rpm_limit: Option<u64>,
+    pub team_member_tpm_limit: Option<u64>,
 }
 
 /// A budget as the sidecar last knew it: limit, period and spend so far.
@@ -114,3 +131,46 @@ pub enum KeyLookup {
     Found { key: Box<KeyRecord> },
     NotFound,
 }
+
+/// What the filter knows about a customer (end user): the `end_users` row with its budget
+/// (its own, or its linked `budget_id` row).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CustomerRecord {
+    pub user_id: String,
+    /// `/customer/block`: Tollgate refuses the customer's requests (401); LiteLLM only stores it.
+    pub blocked: bool,
+    /// The customer's `models` (empty = all).
+    pub models: Vec<String>,
+    pub budget: Option<BudgetState>,
+    pub rpm_limit: Option<u64>,
+    pub tpm_limit: Option<u64>,
+}
+
+/// The sidecar's answer to a customer lookup (`GET /tollgate/internal/v1/customers/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum CustomerLookup {
+    Found {
+        customer: Box<CustomerRecord>,
+    },
+    /// No such customer yet: `default_budget` is `litellm_settings.max_end_user_budget_id`'s
+    /// budget (with zero spend), which applies to customers without their own.
+    NotFound {
+        #[serde(default)]
+        default_budget: Option<BudgetState>,
+    },
+}
+
+/// The sidecar's change log (`GET /tollgate/internal/v1/changes?since=<seq>`): entries are key
+/// token hashes, `customer:<id>`, or `*` (everything).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Changes {
+    /// The latest sequence number the answer covers; ask with `since=<seq>` next time.
+    pub seq: i64,
+    pub entries: Vec<String>,
+}
+
+/// Response header of mutating admin calls: comma-separated entries as in [`Changes`].
+pub const INVALIDATE_HEADER: &str = "x-tollgate-invalidate";

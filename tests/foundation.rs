@@ -1052,12 +1052,16 @@ fn model_list_shows_only_what_the_key_may_use() {
 // Admin API (§5.3)
 
 #[test]
-fn key_generate_is_admin_only() {
+fn admin_routes_are_admin_only_and_users_make_their_own_keys() {
     let s = Stack::default_config();
     s.post("/key/generate", None, "{}")
         .assert_error_message(401, "auth_error", NO_KEY);
     let (key, _) = s.generate_key(json!({"user_id": "some-user"}));
-    for route in ["/key/generate", "/user/new"] {
+    // An internal user may create keys for itself (litellm-compat.md §5.1), owned by itself.
+    let own = s.post("/key/generate", Some(&key), "{}");
+    own.assert_status(200);
+    assert_eq!(own.json()["user_id"], "some-user", "{}", own.body);
+    for route in ["/user/new", "/team/new", "/customer/new", "/budget/new"] {
         let err = s
             .post(route, Some(&key), "{}")
             .assert_error(401, "auth_error");

@@ -13,7 +13,7 @@ use crate::errors::ApiError;
 use crate::key_format::{self, constant_time_eq, hash_key};
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
-use crate::records::{KeyLookup, SpendEvent};
+use crate::records::{CustomerLookup, KeyLookup, SpendEvent};
 use crate::response_headers::{merge, success_headers};
 use crate::routes::{self, LlmRoute};
 use crate::usage::{BodyKind, Usage, UsageReader};
@@ -99,6 +99,8 @@ pub struct TollgateHttp {
     body_complete: bool,
     body_size: usize,
     lookup: Option<PendingLookup>,
+    /// A customer lookup under way: call token and customer id.
+    customer_lookup: Option<(u32, String)>,
     call: Option<AdmittedCall>,
     started_micros: i64,
 }
@@ -113,6 +115,7 @@ impl TollgateHttp {
             body_complete: false,
             body_size: 0,
             lookup: None,
+            customer_lookup: None,
             call: None,
             started_micros: 0,
         }
@@ -195,7 +198,7 @@ impl TollgateHttp {
                 false
             }
             State::Llm(route) => match self.admit(&caller, route) {
-                Ok(()) => true,
+                Ok(forward) => forward,
                 Err(e) => {
                     self.refuse(&e);
                     false
@@ -207,7 +210,8 @@ impl TollgateHttp {
 
     /// Model access, budgets, then limits (LiteLLM's order); on success the request is rewritten
     /// for its deployment and followed to its end.
-    fn admit(&mut self, caller: &Caller, route: LlmRoute) -> Result<(), ApiError> {
+    /// `Ok(false)`: waiting for the sidecar's answer about the request's customer.
+    fn admit(&mut self, caller: &Caller, route: LlmRoute) -> Result<bool, ApiError> {
         let shared = Rc::clone(&self.shared);
         let config = &shared.config;
         let body = host::request_body(self.body_size);
@@ -226,14 +230,43 @@ impl TollgateHttp {
                 .as_deref(),
             request,
         );
-        let scopes = admission::budget_scopes(
+        let customer = match &end_user {
+            None => None,
+            Some(id) => match key_cache::get_customer(&shared.decoded, id) {
+                Some(lookup) => Some(lookup),
+                None => {
+                    let token = host::dispatch_get(
+                        &config.sidecar_cluster,
+                        &config.sidecar_authority,
+                        &format!("/tollgate/internal/v1/customers/{}", url_encode(id)),
+                        &format!("Bearer {}", config.internal_token),
+                        Duration::from_millis(config.sidecar_timeout_ms.max(100)),
+                    )
+                    .map_err(|()| {
+                        ApiError::service_unavailable(
+                            "Tollgate could not look up this customer: the key service is unreachable.",
+                        )
+                    })?;
+                    self.customer_lookup = Some((token, id.clone()));
+                    return Ok(false);
+                }
+            },
+        };
+        let customer_record = match &customer {
+            Some(CustomerLookup::Found { customer }) => {
+                admission::check_customer(config, customer, &request.model)?;
+                Some(customer.as_ref())
+            }
+            _ => None,
+        };
+        let scopes = admission::budget_scopes_with_customer(
             config,
             caller,
             &request.model,
             &deployment.pricing,
-            end_user.as_deref(),
+            end_user.as_deref().zip(customer.as_ref()),
         );
-        let plan = admission::limit_plan(config, caller, request, route);
+        let plan = admission::limit_plan_for(config, caller, request, route, customer_record);
         let prompt_estimate = (request.prompt_chars() / 4).max(1);
         let output_cap = match route {
             LlmRoute::Embeddings => 0,
@@ -351,8 +384,42 @@ impl TollgateHttp {
                 ..Default::default()
             },
         });
-        Ok(())
+        Ok(true)
     }
+}
+
+impl TollgateHttp {
+    fn on_customer_lookup(&mut self, id: &str, body_size: usize) {
+        let parsed = if host::call_response_status() == Some(200) {
+            host::call_response_body(body_size)
+                .and_then(|b| serde_json::from_slice::<CustomerLookup>(&b).ok())
+        } else {
+            None
+        };
+        let Some(lookup) = parsed else {
+            self.refuse(&ApiError::service_unavailable(
+                "Tollgate could not look up this customer: the key service did not answer.",
+            ));
+            return;
+        };
+        key_cache::put_customer(&self.shared.decoded, id, &lookup);
+        if self.decide() {
+            host::resume_request();
+        }
+    }
+}
+
+/// Percent-encodes a customer id for a URL path segment.
+fn url_encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Usage of a finished call: what the provider reported, else an estimate from the prompt and
@@ -385,6 +452,13 @@ impl Context for TollgateHttp {
         body_size: usize,
         _trailers: usize,
     ) {
+        if let Some((expected, id)) = self.customer_lookup.take() {
+            if expected == token {
+                self.on_customer_lookup(&id, body_size);
+                return;
+            }
+            self.customer_lookup = Some((expected, id));
+        }
         let Some(lookup) = self.lookup.take() else {
             return;
         };

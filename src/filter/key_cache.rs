@@ -139,3 +139,21 @@ pub fn invalidate(decoded: &Decoded, entries: &str, now_micros: i64) {
         }
     }
 }
+
+/// A customer's record as cached (`None`: not cached, or invalidated: ask the sidecar).
+pub fn get_customer(decoded: &Decoded, id: &str) -> Option<crate::records::CustomerLookup> {
+    let (bytes, _) = host::SharedData.get(&format!("{CUSTOMER_PREFIX}{id}"))?;
+    let (epoch, json) = split_epoch(&bytes)?;
+    if epoch < decoded.epoch.get() {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
+}
+
+pub fn put_customer(decoded: &Decoded, id: &str, lookup: &crate::records::CustomerLookup) {
+    if let Ok(json) = serde_json::to_vec(lookup) {
+        let mut value = format!("{}\n", decoded.epoch.get()).into_bytes();
+        value.extend_from_slice(&json);
+        host::shared_set(&format!("{CUSTOMER_PREFIX}{id}"), &value);
+    }
+}

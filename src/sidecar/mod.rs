@@ -170,15 +170,25 @@ pub fn prepare(path: &Path) -> Result<Prepared> {
 
 pub fn admin_state(prepared: &Prepared, data_dir: &Path) -> Result<Arc<admin_api::AdminState>> {
     let budgets = render::budget_settings(&prepared.config);
+    let ls = &prepared.config.litellm_settings;
     let store = store::Store::open(&data_dir.join("tollgate.db"))?
-        .with_reset_clock(store::ResetClock::from_budget_settings(&budgets));
+        .with_reset_clock(store::ResetClock::from_budget_settings(&budgets))
+        .with_default_end_user_budget(ls.max_end_user_budget_id.clone());
     // LiteLLM upserts its `litellm-proxy-budget` row at startup with the configured period.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0);
     store.configure_proxy_budget(budgets.proxy_budget_duration.as_deref(), now)?;
-    let ls = &prepared.config.litellm_settings;
+    // The model list for `/model/info` (a config that cannot be rendered has none here; `up`
+    // and `render` report why).
+    let plugin = match render::plugin_config(&prepared.config, &render::RenderOptions::default()) {
+        Ok(r) => r.plugin,
+        Err(e) => {
+            eprintln!("tollgate: warning: /model/info lists no models: {e:#}");
+            Default::default()
+        }
+    };
     Ok(Arc::new(admin_api::AdminState {
         store,
         settings: admin_api::AdminSettings {
@@ -194,6 +204,7 @@ pub fn admin_state(prepared: &Prepared, data_dir: &Path) -> Result<Arc<admin_api
             max_body_bytes: 1024 * 1024,
             max_spend_batch_bytes: admin_api::MAX_SPEND_BATCH_BYTES,
             budgets,
+            plugin,
         },
     }))
 }

@@ -25,6 +25,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
+mod budgets;
+pub mod changes;
+mod teams;
+mod tx;
+
+pub use budgets::BudgetRow;
+pub use changes::ChangesSince;
+pub use teams::{Member, MembershipRow, TeamRow};
+pub use tx::{Committed, KeyQuery, Tx};
+
 /// A virtual key as stored (LiteLLM's `LiteLLM_VerificationToken`, minus nothing we know of).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -389,6 +399,8 @@ pub struct SpendApplied {
 pub struct Store {
     conn: Mutex<Connection>,
     clock: ResetClock,
+    /// `litellm_settings.max_end_user_budget_id`: the budget row of customers without their own.
+    default_end_user_budget: Option<String>,
 }
 
 const SCHEMA: &str = "
@@ -603,11 +615,21 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(budgets::SCHEMA)?;
+        conn.execute_batch(teams::SCHEMA)?;
+        conn.execute_batch(changes::SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Store {
             conn: Mutex::new(conn),
             clock: ResetClock::default(),
+            default_end_user_budget: None,
         })
+    }
+
+    /// The budget row (`litellm_settings.max_end_user_budget_id`) of customers without their own.
+    pub fn with_default_end_user_budget(mut self, budget_id: Option<String>) -> Store {
+        self.default_end_user_budget = budget_id.filter(|b| !b.is_empty());
+        self
     }
 
     /// The timezone and time of day budget periods align to.
@@ -757,18 +779,13 @@ impl Store {
             .is_some())
     }
 
-    /// The end user as of `now`, with a due reset applied and persisted.
+    /// The end user as of `now`, with a due reset applied and persisted (its period follows the
+    /// budget that applies to it).
     pub fn end_user_at(&self, user_id: &str, now_micros: i64) -> Result<Option<EndUserRow>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let Some(mut row) = get_end_user(&tx, user_id)? else {
-            return Ok(None);
-        };
-        if row.lazy_reset(&self.clock, now_micros) {
-            put_end_user(&tx, &row)?;
-            tx.commit()?;
-        }
-        Ok(Some(row))
+        Ok(self
+            .transact(now_micros, |tx| tx.end_user(user_id))?
+            .value
+            .map(|(row, _)| row))
     }
 
     /// Creates or replaces an end user (`/customer/new`, `/customer/update`).
@@ -828,9 +845,12 @@ impl Store {
         let mut keys: HashMap<&str, KeyCharge> = HashMap::new();
         let mut users: HashMap<&str, i64> = HashMap::new();
         let mut end_users: HashMap<&str, i64> = HashMap::new();
+        let mut teams: HashMap<&str, i64> = HashMap::new();
+        let mut members: HashMap<(&str, &str), i64> = HashMap::new();
         let mut proxy: i64 = 0;
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let t = Tx::new(conn.transaction()?, self, now_micros);
+        let tx = &t.tx;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO spend_logs (request_id, api_key, user_id, team_id, end_user,
@@ -886,13 +906,21 @@ impl Store {
                     let v = end_users.entry(u).or_default();
                     *v = v.saturating_add(nanos);
                 }
+                if let Some(team) = e.team_id.as_deref().filter(|t| !t.is_empty()) {
+                    let v = teams.entry(team).or_default();
+                    *v = v.saturating_add(nanos);
+                    if let Some(u) = e.user_id.as_deref().filter(|u| !u.is_empty()) {
+                        let v = members.entry((team, u)).or_default();
+                        *v = v.saturating_add(nanos);
+                    }
+                }
             }
         }
         if out.applied > 0 {
             let now_iso = format_iso8601_utc(now_micros);
             for (token, charge) in &keys {
                 // A key deleted since the call: its log row stays, nothing to charge.
-                let Some(mut row) = get_key(&tx, token)? else {
+                let Some(mut row) = get_key(tx, token)? else {
                     continue;
                 };
                 row.lazy_reset(&self.clock, now_micros);
@@ -900,18 +928,18 @@ impl Store {
                 for (model, n) in &charge.models {
                     add_model_spend(&mut row.model_spend, model, *n);
                 }
-                put_key_doc(&tx, &row)?;
+                put_key_doc(tx, &row)?;
             }
             for (user_id, nanos) in &users {
-                let Some(mut row) = get_user(&tx, user_id)? else {
+                let Some(mut row) = get_user(tx, user_id)? else {
                     continue;
                 };
                 row.lazy_reset(&self.clock, now_micros);
                 row.add_spend(*nanos);
-                put_user_doc(&tx, &row)?;
+                put_user_doc(tx, &row)?;
             }
             for (user_id, nanos) in &end_users {
-                let mut row = match get_end_user(&tx, user_id)? {
+                let mut row = match get_end_user(tx, user_id)? {
                     Some(row) => row,
                     None => EndUserRow {
                         user_id: (*user_id).to_string(),
@@ -921,16 +949,34 @@ impl Store {
                         ..Default::default()
                     },
                 };
+                let budget = t.end_user_budget(&row)?;
+                tx::follow_period(&mut row, budget.as_ref());
                 row.lazy_reset(&self.clock, now_micros);
                 row.add_spend(*nanos);
-                put_end_user(&tx, &row)?;
+                put_end_user(tx, &row)?;
             }
-            let mut row = get_proxy(&tx)?;
+            for (team_id, nanos) in &teams {
+                // A team deleted since the call: nothing to charge.
+                let Some(mut row) = t.team(team_id)? else {
+                    continue;
+                };
+                row.add_spend(*nanos);
+                t.save_team(&row)?;
+            }
+            for ((team_id, user_id), nanos) in &members {
+                // Only members have a team spend (LiteLLM charges the membership row).
+                let Some((mut row, _)) = t.membership(team_id, user_id)? else {
+                    continue;
+                };
+                row.add_spend(*nanos);
+                t.save_membership(&row)?;
+            }
+            let mut row = get_proxy(tx)?;
             proxy_lazy_reset(&mut row, &self.clock, now_micros);
             row.spend_nanos = row.spend_nanos.saturating_add(proxy);
-            put_proxy(&tx, &row)?;
+            put_proxy(tx, &row)?;
         }
-        tx.commit()?;
+        t.commit()?;
         Ok(out)
     }
 

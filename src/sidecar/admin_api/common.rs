@@ -1,0 +1,419 @@
+//! What every admin endpoint shares: LiteLLM's error rendering, request-body parsing (with
+//! "absent" and "null" kept apart for updates), field validation and the response with its
+//! `x-tollgate-invalidate` header.
+
+use super::AdminSettings;
+use crate::duration::{
+    add_duration, format_iso8601_utc, parse_duration, validate_budget_duration_at,
+};
+use crate::errors::ApiError;
+use crate::records::INVALIDATE_HEADER;
+use crate::sidecar::store::{nanos_to_usd, usd_to_nanos, Committed, Tx};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// Most entries an `x-tollgate-invalidate` header lists; more are sent as `*`.
+pub const MAX_INVALIDATE_ENTRIES: usize = 256;
+
+/// An error as LiteLLM's management endpoints render it: the OpenAI-style envelope, or
+/// FastAPI's `{"detail": ...}` (body validation).
+#[derive(Debug)]
+pub enum AdminError {
+    Api(ApiError),
+    Detail(StatusCode, Value),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        match self {
+            AdminError::Api(e) => {
+                let status =
+                    StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                (status, [("content-type", "application/json")], e.body()).into_response()
+            }
+            AdminError::Detail(status, detail) => {
+                (status, Json(json!({ "detail": detail }))).into_response()
+            }
+        }
+    }
+}
+
+impl From<anyhow::Error> for AdminError {
+    fn from(e: anyhow::Error) -> Self {
+        AdminError::Api(ApiError::new(
+            500,
+            "internal_server_error",
+            format!("Internal Server Error, {e}"),
+        ))
+    }
+}
+
+impl From<ApiError> for AdminError {
+    fn from(e: ApiError) -> Self {
+        AdminError::Api(e)
+    }
+}
+
+pub type AdminResult = Result<Response, AdminError>;
+
+/// Python's `repr` of a str, as LiteLLM's messages embed it.
+pub fn py_repr(s: &str) -> String {
+    if s.contains('\'') && !s.contains('"') {
+        format!("\"{s}\"")
+    } else {
+        format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+}
+
+/// `HTTPException(400, detail={"error": msg})` as LiteLLM renders it: the message is the
+/// Python repr of the detail dict (litellm-compat.md §5.3).
+pub fn bad_request(msg: &str) -> AdminError {
+    detail_error(400, msg)
+}
+
+/// `HTTPException(status, detail={"error": msg})` rendered by `handle_exception_on_proxy`.
+pub fn detail_error(status: u16, msg: &str) -> AdminError {
+    let error_type = match status {
+        401 | 403 => "auth_error",
+        404 => "not_found_error",
+        _ => "invalid_request_error",
+    };
+    AdminError::Api(ApiError::new(
+        status,
+        error_type,
+        format!("{{'error': {}}}", py_repr(msg)),
+    ))
+}
+
+/// A plain 404 (`ProxyException` with type `not_found_error`).
+pub fn not_found(msg: &str) -> AdminError {
+    AdminError::Api(ApiError::new(404, "not_found_error", msg))
+}
+
+/// A 403 for a caller who may use the route but not on this object.
+pub fn forbidden(msg: &str) -> AdminError {
+    AdminError::Api(ApiError::new(403, "auth_error", msg))
+}
+
+/// A FastAPI/pydantic validation failure: 422 `{"detail":[{...}]}`.
+pub fn validation_error(loc: &[&str], msg: &str) -> AdminError {
+    AdminError::Detail(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!([{"type": "value_error", "loc": loc, "msg": msg, "input": null}]),
+    )
+}
+
+fn body_text(body: &[u8]) -> &[u8] {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    }
+}
+
+/// A field that may be sent as `null` and then takes its default (pydantic's
+/// `Optional[list] = []`): `#[serde(deserialize_with = "null_default")]`.
+pub fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Parses a JSON body into a request type; failures answer like FastAPI (422).
+pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminError> {
+    serde_json::from_slice(body_text(body)).map_err(|e| validation_error(&["body"], &e.to_string()))
+}
+
+/// A JSON object body whose fields are read one by one: an update distinguishes a field that
+/// is absent (unchanged) from one that is `null` (cleared).
+pub struct Fields(pub Map<String, Value>);
+
+impl Fields {
+    pub fn parse(body: &[u8]) -> Result<Fields, AdminError> {
+        match serde_json::from_slice::<Value>(body_text(body)) {
+            Ok(Value::Object(m)) => Ok(Fields(m)),
+            Ok(_) => Err(validation_error(
+                &["body"],
+                "Input should be a valid dictionary",
+            )),
+            Err(e) => Err(validation_error(&["body"], &e.to_string())),
+        }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// The raw value: `None` absent, `Some(Null)` null.
+    pub fn raw(&self, name: &str) -> Option<&Value> {
+        self.0.get(name)
+    }
+
+    fn typed<T: for<'de> Deserialize<'de>>(
+        &self,
+        name: &str,
+    ) -> Result<Option<Option<T>>, AdminError> {
+        match self.0.get(name) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(v) => serde_json::from_value::<T>(v.clone())
+                .map(|t| Some(Some(t)))
+                .map_err(|e| validation_error(&["body", name], &e.to_string())),
+        }
+    }
+
+    /// `None`: absent; `Some(None)`: null; `Some(Some(s))`: a string.
+    pub fn string(&self, name: &str) -> Result<Option<Option<String>>, AdminError> {
+        self.typed(name)
+    }
+
+    pub fn float(&self, name: &str) -> Result<Option<Option<f64>>, AdminError> {
+        self.typed(name)
+    }
+
+    pub fn uint(&self, name: &str) -> Result<Option<Option<u64>>, AdminError> {
+        self.typed(name)
+    }
+
+    pub fn boolean(&self, name: &str) -> Result<Option<Option<bool>>, AdminError> {
+        self.typed(name)
+    }
+
+    pub fn strings(&self, name: &str) -> Result<Option<Option<Vec<String>>>, AdminError> {
+        self.typed(name)
+    }
+
+    /// A JSON value (object, list, ...): `Some(Null)` for null.
+    pub fn value(&self, name: &str) -> Option<Value> {
+        self.0.get(name).cloned()
+    }
+
+    /// A required non-empty string.
+    pub fn required_string(&self, name: &str) -> Result<String, AdminError> {
+        match self.string(name)? {
+            Some(Some(s)) if !s.is_empty() => Ok(s),
+            _ => Err(validation_error(&["body", name], "Field required")),
+        }
+    }
+
+    /// A list of strings, also accepted as a single string.
+    pub fn string_list(&self, name: &str) -> Result<Option<Vec<String>>, AdminError> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(vec![s.clone()])),
+            Some(v) => serde_json::from_value::<Vec<String>>(v.clone())
+                .map(Some)
+                .map_err(|e| validation_error(&["body", name], &e.to_string())),
+        }
+    }
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+pub fn new_uuid() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// `max_budget` / `soft_budget` / ... must be non-negative and not NaN (§2.3).
+pub fn check_budget(field: &str, v: Option<f64>) -> Result<(), AdminError> {
+    match v {
+        Some(b) if b.is_nan() || b < 0.0 => Err(bad_request(&format!(
+            "{field} must be a non-negative finite number"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Validates a `budget_duration` (§3.1) and computes its first `budget_reset_at` (§3.2).
+pub fn check_budget_duration(
+    settings: &AdminSettings,
+    v: &Option<String>,
+    now_micros: i64,
+) -> Result<(Option<String>, Option<String>), AdminError> {
+    match v {
+        None => Ok((None, None)),
+        Some(d) => {
+            let b = &settings.budgets;
+            validate_budget_duration_at(
+                d,
+                now_micros.div_euclid(1_000_000),
+                b.utc_offset_seconds,
+                b.reset_time_of_day_seconds,
+            )
+            .map_err(|m| bad_request(&m))?;
+            let reset_at = settings.reset_clock().next_reset_iso(d, now_micros);
+            Ok((Some(d.clone()), Some(reset_at)))
+        }
+    }
+}
+
+/// `expires` for a key `duration`: exact, not aligned (§5.2). `None` / `"-1"`: never.
+pub fn expiry(duration: Option<&str>, now: i64) -> Result<Option<String>, AdminError> {
+    match duration {
+        None | Some("-1") => Ok(None),
+        Some(d) => {
+            let parsed = parse_duration(d)
+                .map_err(|e| bad_request(&format!("Invalid duration '{d}': {e}")))?;
+            let end = add_duration(now / 1_000_000, parsed);
+            Ok(Some(format_iso8601_utc(
+                end.saturating_mul(1_000_000) + now % 1_000_000,
+            )))
+        }
+    }
+}
+
+/// A stored row as the API shows it: `spend_nanos` is Tollgate's own field.
+pub fn row_json<T: serde::Serialize>(row: &T) -> Value {
+    let mut v = serde_json::to_value(row).unwrap_or_else(|_| json!({}));
+    if let Value::Object(o) = &mut v {
+        o.remove("spend_nanos");
+    }
+    v
+}
+
+/// A `spend` given by a caller, as nano-dollars (a non-finite value is taken as 0).
+pub fn spend_nanos_of(spend: Option<f64>) -> i64 {
+    spend
+        .filter(|s| s.is_finite())
+        .map(usd_to_nanos)
+        .unwrap_or(0)
+}
+
+/// USD from nano-dollars (re-exported for the endpoint modules).
+pub fn usd(nanos: i64) -> f64 {
+    nanos_to_usd(nanos)
+}
+
+/// `{"field": {"model": n}}` entries of a metadata object as a map of limits.
+pub fn model_limits(metadata: &Value, field: &str) -> std::collections::BTreeMap<String, u64> {
+    metadata
+        .get(field)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| {
+                    v.as_u64()
+                        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                        .map(|n| (k.clone(), n))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sets or removes `metadata[field]`.
+pub fn set_metadata(metadata: &mut Value, field: &str, v: Option<Value>) {
+    if !metadata.is_object() {
+        *metadata = Value::Object(Map::new());
+    }
+    if let Value::Object(m) = metadata {
+        match v {
+            Some(Value::Null) | None => {
+                m.remove(field);
+            }
+            Some(v) => {
+                m.insert(field.to_string(), v);
+            }
+        }
+    }
+}
+
+/// The value of `x-tollgate-invalidate` for these entries: comma-separated, or `*` when there
+/// are more than [`MAX_INVALIDATE_ENTRIES`] (or one of them is `*`). `None` when empty.
+pub fn invalidate_header(entries: &[String]) -> Option<String> {
+    if entries.is_empty() {
+        return None;
+    }
+    if entries.len() > MAX_INVALIDATE_ENTRIES || entries.iter().any(|e| e == "*") {
+        return Some("*".into());
+    }
+    Some(entries.join(","))
+}
+
+/// A JSON answer to a change, with the entries it made stale in `x-tollgate-invalidate`.
+pub fn changed(body: Value, entries: &[String]) -> Response {
+    let mut resp = Json(body).into_response();
+    if let Some(v) = invalidate_header(entries).and_then(|v| HeaderValue::from_str(&v).ok()) {
+        resp.headers_mut().insert(INVALIDATE_HEADER, v);
+    }
+    resp
+}
+
+/// Runs `f` in one store transaction at the current time (see `Store::transact`).
+pub fn transact<T>(
+    state: &super::AdminState,
+    f: impl FnOnce(&mut Tx<'_>) -> Result<T, AdminError>,
+) -> Result<Committed<T>, AdminError> {
+    state.store.transact(now_micros(), f)
+}
+
+/// A JSON answer.
+pub fn ok(body: Value) -> Response {
+    Json(body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_repr_quotes_like_python() {
+        assert_eq!(py_repr("abc"), "'abc'");
+        assert_eq!(py_repr("it's"), "\"it's\"");
+        match bad_request("x") {
+            AdminError::Api(e) => assert_eq!(e.message, "{'error': 'x'}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fields_keep_absent_and_null_apart() {
+        let f = Fields::parse(br#"{"a": null, "b": "x", "n": 3, "l": "one"}"#).unwrap();
+        assert_eq!(f.string("a").unwrap(), Some(None));
+        assert_eq!(f.string("b").unwrap(), Some(Some("x".into())));
+        assert_eq!(f.string("zz").unwrap(), None);
+        assert_eq!(f.uint("n").unwrap(), Some(Some(3)));
+        assert!(f.uint("b").is_err());
+        assert_eq!(f.string_list("l").unwrap(), Some(vec!["one".to_string()]));
+        assert!(Fields::parse(b"[]").is_err());
+        assert!(Fields::parse(b"  ").unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn null_takes_the_default() {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct R {
+            #[serde(deserialize_with = "null_default")]
+            models: Vec<String>,
+        }
+        let r: R = parse_body(br#"{"models": null}"#).unwrap();
+        assert!(r.models.is_empty());
+        let r: R = parse_body(br#"{"models": ["a"]}"#).unwrap();
+        assert_eq!(r.models, vec!["a"]);
+        assert!(parse_body::<R>(br#"{"models": 3}"#).is_err());
+    }
+
+    #[test]
+    fn invalidate_header_caps_at_256() {
+        assert_eq!(invalidate_header(&[]), None);
+        let two = vec!["a".to_string(), "customer:b".to_string()];
+        assert_eq!(invalidate_header(&two).as_deref(), Some("a,customer:b"));
+        let many: Vec<String> = (0..257).map(|i| i.to_string()).collect();
+        assert_eq!(invalidate_header(&many).as_deref(), Some("*"));
+        assert_eq!(
+            invalidate_header(&many[..256]).unwrap().split(',').count(),
+            256
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The filter's endpoints (`/tollgate/internal/v1/*`, internal bearer only): key and customer
+//! lookups, the change log, spend batches and the proxy budget.
+
+use super::auth::internal_only;
+use super::common::{model_limits, now_micros, transact, AdminError, AdminResult};
+use super::{AdminState, Shared};
+use crate::duration::parse_iso8601_utc;
+use crate::errors::ApiError;
+use crate::records::{
+    BudgetState, Changes, CustomerLookup, CustomerRecord, KeyLookup, KeyRecord, ModelBudget,
+    SpendBatch,
+};
+use crate::sidecar::store::{nanos_to_usd, BudgetRow, EndUserRow, KeyRow, Tx, UserRow};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// A key's `model_max_budget` as the filter enforces it (§2.4): entries
+/// `{"max_budget"|"budget_limit": f, "budget_duration"|"time_period": "1d"}`; an entry without a
+/// duration (or a limit) is unusable and skipped, as in LiteLLM. A JSON-encoded string is read too.
+pub fn model_budgets(v: &Value) -> BTreeMap<String, ModelBudget> {
+    let decoded;
+    let v = match v {
+        Value::String(s) => {
+            decoded = serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+            &decoded
+        }
+        _ => v,
+    };
+    let Some(entries) = v.as_object() else {
+        return BTreeMap::new();
+    };
+    let field = |e: &Value, a: &str, b: &str| -> Option<Value> {
+        e.get(a)
+            .filter(|x| !x.is_null())
+            .or_else(|| e.get(b).filter(|x| !x.is_null()))
+            .cloned()
+    };
+    entries
+        .iter()
+        .filter_map(|(model, e)| {
+            let max_budget = field(e, "max_budget", "budget_limit")?.as_f64()?;
+            let duration = field(e, "budget_duration", "time_period")?;
+            let duration = duration.as_str().filter(|d| !d.is_empty())?;
+            Some((
+                model.clone(),
+                ModelBudget {
+                    max_budget,
+                    budget_duration: duration.to_string(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A budget row's limit and period with an entity's spend and period end.
+fn budget_state(
+    budget: Option<&BudgetRow>,
+    spend_nanos: i64,
+    reset_at: Option<&str>,
+) -> Option<BudgetState> {
+    budget.map(|b| BudgetState {
+        max_budget: b.max_budget,
+        budget_duration: b.budget_duration.clone(),
+        budget_reset_at_micros: reset_at.and_then(parse_iso8601_utc),
+        spend_nanos,
+    })
+}
+
+/// Everything the filter needs to decide for one key: the key (with its `budget_id` row's
+/// limits where its own are unset), its user, its team, its membership in the team, and the
+/// proxy budget. Budget periods that have ended are reset first.
+pub fn key_record(tx: &Tx<'_>, row: &KeyRow, state: &AdminState) -> anyhow::Result<KeyRecord> {
+    let user: Option<UserRow> = match &row.user_id {
+        Some(id) => tx.user(id)?,
+        None => None,
+    };
+    let linked = match &row.budget_id {
+        Some(id) => tx.budget(id)?,
+        None => None,
+    };
+    let linked = linked.as_ref();
+    let proxy = tx.proxy_budget()?;
+    let mut record = KeyRecord {
+        model_rpm_limit: model_limits(&row.metadata, "model_rpm_limit"),
+        model_tpm_limit: model_limits(&row.metadata, "model_tpm_limit"),
+        user_rpm_limit: user.as_ref().and_then(|u| u.rpm_limit),
+        user_tpm_limit: user.as_ref().and_then(|u| u.tpm_limit),
+        token: row.token.clone(),
+        key_name: row.key_name.clone(),
+        key_alias: row.key_alias.clone(),
+        models: row.models.clone(),
+        user_id: row.user_id.clone(),
+        team_id: row.team_id.clone(),
+        user_models: user.as_ref().map(|u| u.models.clone()).unwrap_or_default(),
+        expires_at_micros: row.expires.as_deref().and_then(parse_iso8601_utc),
+        blocked: row.blocked.unwrap_or(false),
+        max_budget: row.max_budget.or(linked.and_then(|b| b.max_budget)),
+        spend: nanos_to_usd(row.spend_nanos),
+        rpm_limit: row.rpm_limit.or(linked.and_then(|b| b.rpm_limit)),
+        tpm_limit: row.tpm_limit.or(linked.and_then(|b| b.tpm_limit)),
+        max_parallel_requests: row
+            .max_parallel_requests
+            .or(linked.and_then(|b| b.max_parallel_requests)),
+        budget_duration: row
+            .budget_duration
+            .clone()
+            .or(linked.and_then(|b| b.budget_duration.clone())),
+        budget_reset_at_micros: row.budget_reset_at_micros(),
+        spend_nanos: row.spend_nanos,
+        model_max_budget: model_budgets(&row.model_max_budget),
+        user_budget: user.as_ref().map(UserRow::budget_state),
+        proxy_budget: Some(proxy.state(state.settings.budgets.proxy_max_budget)),
+        ..Default::default()
+    };
+    if let Some(team_id) = &row.team_id {
+        if let Some(team) = tx.team(team_id)? {
+            record.team_models = team.models.clone();
+            record.team_blocked = team.blocked;
+            record.team_budget = Some(BudgetState {
+                max_budget: team.max_budget,
+                budget_duration: team.budget_duration.clone(),
+                budget_reset_at_micros: team.budget_reset_at.as_deref().and_then(parse_iso8601_utc),
+                spend_nanos: team.spend_nanos,
+            });
+            record.team_rpm_limit = team.rpm_limit;
+            record.team_tpm_limit = team.tpm_limit;
+            record.team_model_rpm_limit = model_limits(&team.metadata, "model_rpm_limit");
+            record.team_model_tpm_limit = model_limits(&team.metadata, "model_tpm_limit");
+            if let Some(user_id) = &row.user_id {
+                if let Some((m, budget)) = tx.membership(team_id, user_id)? {
+                    record.team_member_budget =
+                        budget_state(budget.as_ref(), m.spend_nanos, m.budget_reset_at.as_deref());
+                    record.team_member_rpm_limit = budget.as_ref().and_then(|b| b.rpm_limit);
+                    record.team_member_tpm_limit = budget.as_ref().and_then(|b| b.tpm_limit);
+                }
+            }
+        }
+    }
+    Ok(record)
+}
+
+/// The filter's view of a customer: its budget (own, else the proxy's default).
+pub fn customer_record(row: &EndUserRow, budget: Option<&BudgetRow>) -> CustomerRecord {
+    CustomerRecord {
+        user_id: row.user_id.clone(),
+        blocked: row.blocked,
+        models: row.models.clone(),
+        budget: budget_state(budget, row.spend_nanos, row.budget_reset_at.as_deref()),
+        rpm_limit: budget.and_then(|b| b.rpm_limit),
+        tpm_limit: budget.and_then(|b| b.tpm_limit),
+    }
+}
+
+/// `GET /tollgate/internal/v1/keys/{hash}` → [`KeyLookup`].
+pub async fn internal_key(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let done = transact(&state, |tx| {
+        let Some(row) = tx.key(&hash)? else {
+            return Ok(KeyLookup::NotFound);
+        };
+        Ok(KeyLookup::Found {
+            key: Box::new(key_record(tx, &row, &state)?),
+        })
+    })?;
+    Ok(Json(done.value).into_response())
+}
+
+/// `GET /tollgate/internal/v1/customers/{id}` → [`CustomerLookup`].
+pub async fn internal_customer(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let done = transact(&state, |tx| {
+        Ok(match tx.end_user(&id)? {
+            Some((row, budget)) => CustomerLookup::Found {
+                customer: Box::new(customer_record(&row, budget.as_ref())),
+            },
+            None => CustomerLookup::NotFound {
+                default_budget: budget_state(tx.default_end_user_budget()?.as_ref(), 0, None),
+            },
+        })
+    })?;
+    Ok(Json(done.value).into_response())
+}
+
+/// `GET /tollgate/internal/v1/changes?since=<seq>` → [`Changes`]: the entries recorded after
+/// `since` (key hashes, `customer:<id>`, or `*`). Without `since`: the latest seq only.
+pub async fn internal_changes(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let since =
+        match q.get("since").filter(|s| !s.is_empty()) {
+            None => None,
+            Some(s) => Some(s.parse::<i64>().map_err(|_| {
+                AdminError::Api(ApiError::bad_request(format!("Invalid since '{s}'")))
+            })?),
+        };
+    let c = state.store.changes_since(since)?;
+    Ok(Json(Changes {
+        seq: c.seq,
+        entries: c.entries,
+    })
+    .into_response())
+}
+
+/// `POST /tollgate/internal/v1/spend`: the filter's settled calls. Idempotent per `request_id`.
+pub async fn internal_spend(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let batch: SpendBatch = serde_json::from_slice(&body)
+        .map_err(|e| AdminError::Api(ApiError::bad_request(format!("Invalid spend batch: {e}"))))?;
+    let shared = Arc::clone(&state);
+    let applied =
+        tokio::task::spawn_blocking(move || shared.store.apply_spend_batch(&batch, now_micros()))
+            .await
+            .map_err(|e| anyhow::anyhow!("spend batch task failed: {e}"))??;
+    Ok(Json(applied).into_response())
+}
+
+/// `GET /tollgate/internal/v1/proxy`: the proxy budget's state (the filter seeds its counter).
+pub async fn internal_proxy(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let proxy = state.store.proxy_budget_at(now_micros())?;
+    Ok(Json(proxy.state(state.settings.budgets.proxy_max_budget)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn model_max_budget_entries_need_a_duration() {
+        let v = json!({
+            "gpt-4o": {"max_budget": 1.5, "budget_duration": "1d"},
+            "gpt-4o-mini": {"budget_limit": 0.5, "time_period": "1h"},
+            "no-period": {"max_budget": 2.0},
+            "no-limit": {"budget_duration": "1d"},
+            "nulls": {"max_budget": null, "budget_limit": 3.0, "budget_duration": null, "time_period": "7d"},
+        });
+        let m = model_budgets(&v);
+        assert_eq!(
+            m.keys().collect::<Vec<_>>(),
+            ["gpt-4o", "gpt-4o-mini", "nulls"]
+        );
+        assert_eq!(m["gpt-4o-mini"].max_budget, 0.5);
+        assert_eq!(m["gpt-4o-mini"].budget_duration, "1h");
+        assert_eq!(m["nulls"].budget_duration, "7d");
+        assert_eq!(model_budgets(&json!(v.to_string())), m);
+        assert!(model_budgets(&json!([])).is_empty());
+    }
+}

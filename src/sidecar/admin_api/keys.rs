@@ -1,0 +1,745 @@
+//! `/key/*`: virtual keys (litellm-compat.md §5.2, §5.3). Admins manage every key; an internal
+//! user manages its own keys and those of teams it administers, and creates keys for itself
+//! or for teams it belongs to.
+
+use super::auth::{authenticate, require_writer, Principal};
+use super::common::{
+    bad_request, changed, check_budget, check_budget_duration, detail_error, expiry, forbidden,
+    not_found, now_micros, ok, parse_body, row_json, set_metadata, spend_nanos_of, transact, usd,
+    validation_error, AdminError, AdminResult, Fields,
+};
+use super::{AdminState, Shared};
+use crate::duration::{format_iso8601_utc, parse_iso8601_utc};
+use crate::key_format::{abbreviate, hash_key, is_token_hash, validate_custom_key};
+use crate::sidecar::store::{KeyQuery, KeyRow, Tx};
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+/// `sha256` of a raw key; a stored token (64 hex) is taken as it is.
+pub fn token_of(key: &str) -> String {
+    if is_token_hash(key) {
+        key.to_string()
+    } else {
+        hash_key(key)
+    }
+}
+
+pub fn new_raw_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!(
+        "sk-{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct GenerateKeyRequest {
+    pub key: Option<String>,
+    pub key_alias: Option<String>,
+    pub duration: Option<String>,
+    #[serde(deserialize_with = "super::common::null_default")]
+    pub models: Vec<String>,
+    pub max_budget: Option<f64>,
+    pub soft_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
+    pub max_parallel_requests: Option<u64>,
+    pub model_rpm_limit: Option<Value>,
+    pub model_tpm_limit: Option<Value>,
+    pub model_max_budget: Option<Value>,
+    pub metadata: Option<Map<String, Value>>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub aliases: Option<Value>,
+    pub config: Option<Value>,
+    pub permissions: Option<Value>,
+    pub blocked: Option<bool>,
+    #[serde(deserialize_with = "super::common::null_default")]
+    pub allowed_routes: Vec<String>,
+    pub key_type: Option<String>,
+    pub budget_id: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub organization_id: Option<String>,
+    pub spend: Option<f64>,
+}
+
+/// LiteLLM's message when a key names a team that does not exist.
+fn no_such_team(team_id: &str) -> AdminError {
+    bad_request(&format!(
+        "Team doesn't exist in db. Team={team_id}. Create team via `/team/new` call."
+    ))
+}
+
+fn no_such_budget(budget_id: &str) -> AdminError {
+    bad_request(&format!("Budget doesn't exist in db. Budget={budget_id}."))
+}
+
+/// Builds a key row (not stored yet); returns the raw key with it.
+pub fn build_key(
+    state: &AdminState,
+    tx: &Tx<'_>,
+    req: GenerateKeyRequest,
+) -> Result<(String, KeyRow), AdminError> {
+    check_budget("max_budget", req.max_budget)?;
+    check_budget("soft_budget", req.soft_budget)?;
+    let now = tx.now();
+    let (budget_duration, budget_reset_at) =
+        check_budget_duration(&state.settings, &req.budget_duration, now)?;
+    let raw = match &req.key {
+        Some(custom) => {
+            validate_custom_key(custom).map_err(|m| bad_request(&m))?;
+            custom.clone()
+        }
+        None => new_raw_key()?,
+    };
+    let token = hash_key(&raw);
+    if tx.key(&token)?.is_some() {
+        return Err(bad_request(
+            "Unique key constraint violated: this key already exists.",
+        ));
+    }
+    if let Some(alias) = &req.key_alias {
+        if tx.key_alias_taken(alias, &token)? {
+            return Err(bad_request(&format!(
+                "Key with alias '{alias}' already exists."
+            )));
+        }
+    }
+    if let Some(team) = &req.team_id {
+        if tx.team(team)?.is_none() {
+            return Err(no_such_team(team));
+        }
+    }
+    if let Some(b) = &req.budget_id {
+        if tx.budget(b)?.is_none() {
+            return Err(no_such_budget(b));
+        }
+    }
+    let mut metadata = req.metadata.unwrap_or_default();
+    // LiteLLM keeps these management fields inside metadata.
+    if let Some(v) = req.model_rpm_limit {
+        metadata.insert("model_rpm_limit".into(), v);
+    }
+    if let Some(v) = req.model_tpm_limit {
+        metadata.insert("model_tpm_limit".into(), v);
+    }
+    let created = format_iso8601_utc(now);
+    let spend_nanos = spend_nanos_of(req.spend);
+    let row = KeyRow {
+        token,
+        key_name: abbreviate(&raw),
+        key_alias: req.key_alias,
+        user_id: req.user_id,
+        team_id: req.team_id,
+        models: req.models,
+        max_budget: req.max_budget,
+        soft_budget: req.soft_budget,
+        budget_reset_at,
+        budget_duration,
+        tpm_limit: req.tpm_limit,
+        rpm_limit: req.rpm_limit,
+        max_parallel_requests: req.max_parallel_requests,
+        metadata: Value::Object(metadata),
+        aliases: req.aliases.unwrap_or_else(|| json!({})),
+        config: req.config.unwrap_or_else(|| json!({})),
+        permissions: req.permissions.unwrap_or_else(|| json!({})),
+        model_max_budget: req.model_max_budget.unwrap_or_else(|| json!({})),
+        model_spend: json!({}),
+        allowed_routes: req.allowed_routes,
+        tags: req.tags,
+        key_type: Some(req.key_type.unwrap_or_else(|| "default".into())),
+        budget_id: req.budget_id,
+        organization_id: req.organization_id,
+        blocked: req.blocked,
+        expires: expiry(req.duration.as_deref(), now)?,
+        spend: usd(spend_nanos),
+        spend_nanos,
+        created_at: created.clone(),
+        updated_at: created,
+        created_by: None,
+        updated_by: None,
+    };
+    Ok((raw, row))
+}
+
+/// `/key/generate`'s answer: the row with the raw key.
+pub fn key_response(raw: &str, row: &KeyRow) -> Value {
+    let mut v = row_json(row);
+    if let Value::Object(o) = &mut v {
+        o.insert("key".into(), json!(raw));
+        o.insert("token_id".into(), json!(row.token));
+        o.insert("litellm_budget_table".into(), Value::Null);
+    }
+    v
+}
+
+/// What a non-admin may ask for on `/key/generate`: keys for itself, or for a team it is a
+/// member of, within its own key's budget.
+fn check_generate_rights(
+    principal: &Principal,
+    tx: &Tx<'_>,
+    req: &mut GenerateKeyRequest,
+) -> Result<(), AdminError> {
+    if principal.is_admin() {
+        return Ok(());
+    }
+    let own = principal.user_id().map(str::to_string);
+    match (&req.user_id, &own) {
+        (None, _) => req.user_id = own.clone(),
+        (Some(asked), Some(me)) if asked == me => {}
+        (Some(asked), _) => {
+            return Err(forbidden(&format!(
+                "User can only create keys for themselves. Got user_id={asked}, Your user_id={}",
+                own.as_deref().unwrap_or("None")
+            )))
+        }
+    }
+    if let Some(team_id) = &req.team_id {
+        let Some(team) = tx.team(team_id)? else {
+            return Err(no_such_team(team_id));
+        };
+        if !principal.is_team_member(&team) {
+            return Err(forbidden(&format!(
+                "User={} is not a member of Team={team_id}. Only team members can create keys for the team.",
+                own.as_deref().unwrap_or("None")
+            )));
+        }
+    }
+    let own_budget = principal.key().and_then(|k| k.max_budget);
+    if let (Some(asked), Some(mine)) = (req.max_budget, own_budget) {
+        if asked > mine {
+            return Err(bad_request(&format!(
+                "max_budget ({asked}) cannot exceed the caller's own max_budget ({mine})."
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn key_generate(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_writer(&principal, "/key/generate")?;
+    let mut req: GenerateKeyRequest = parse_body(&body)?;
+    let done = transact(&state, |tx| {
+        check_generate_rights(&principal, tx, &mut req)?;
+        let (raw, row) = build_key(&state, tx, req)?;
+        tx.insert_key(&row)?;
+        // The filter may hold a short "unknown key" answer for this token.
+        tx.invalidate(row.token.clone());
+        Ok(key_response(&raw, &row))
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+/// May the caller change this key: an admin, the key's owner, or an admin of the key's team.
+fn may_manage(principal: &Principal, tx: &Tx<'_>, row: &KeyRow) -> Result<bool, AdminError> {
+    if principal.is_admin() {
+        return Ok(true);
+    }
+    if principal.key().is_some_and(|k| k.token == row.token) {
+        return Ok(true);
+    }
+    if principal.user_id().is_some() && principal.user_id() == row.user_id.as_deref() {
+        return Ok(true);
+    }
+    if let Some(team_id) = &row.team_id {
+        if let Some(team) = tx.team(team_id)? {
+            return Ok(principal.is_team_admin(&team));
+        }
+    }
+    Ok(false)
+}
+
+/// May the caller see this key: as [`may_manage`], or an admin viewer.
+fn may_view(principal: &Principal, tx: &Tx<'_>, row: &KeyRow) -> Result<bool, AdminError> {
+    Ok(principal.is_admin_viewer() || may_manage(principal, tx, row)?)
+}
+
+fn not_yours() -> AdminError {
+    forbidden("You are not allowed to access this key. Only the key's owner, its team's admins and proxy admins may.")
+}
+
+pub fn key_status(row: &KeyRow, now: i64) -> &'static str {
+    match row.expires.as_deref().and_then(parse_iso8601_utc) {
+        Some(exp) if exp < now => "expired",
+        _ => "active",
+    }
+}
+
+pub async fn key_info(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    let asked = match (q.get("key"), &principal) {
+        (Some(k), _) => k.clone(),
+        (None, Principal::Key { key, .. }) => key.token.clone(),
+        (None, Principal::Master) => {
+            return Err(bad_request(
+                "Please pass the key to look up: /key/info?key=<key>",
+            ))
+        }
+    };
+    let now = now_micros();
+    let done = state.store.transact(now, |tx| {
+        let Some(row) = tx.key(&token_of(&asked))? else {
+            return Err(not_found("Key not found in database"));
+        };
+        if !may_view(&principal, tx, &row)? {
+            return Err(forbidden("You are not allowed to access this key's info. Your user_id does not own this key."));
+        }
+        Ok(row)
+    })?;
+    let row = done.value;
+    let mut info = row_json(&row);
+    if let Value::Object(o) = &mut info {
+        o.remove("token");
+        o.insert("status".into(), json!(key_status(&row, now)));
+    }
+    Ok(ok(json!({"key": asked, "info": info})))
+}
+
+/// The key a `/key/update`-like body names: `key` (raw or hash), else `key_alias`.
+fn find_key(tx: &Tx<'_>, f: &Fields) -> Result<KeyRow, AdminError> {
+    if let Some(Some(k)) = f.string("key")? {
+        return tx
+            .key(&token_of(&k))?
+            .ok_or_else(|| not_found("Key not found."));
+    }
+    if let Some(Some(alias)) = f.string("key_alias")? {
+        return tx
+            .key_by_alias(&alias)?
+            .ok_or_else(|| not_found("Key not found."));
+    }
+    Err(validation_error(&["body", "key"], "Field required"))
+}
+
+/// Applies the fields of a `/key/update` (or `/key/regenerate`) body: absent fields stay,
+/// `null` clears.
+fn apply_key_fields(
+    state: &AdminState,
+    tx: &Tx<'_>,
+    principal: &Principal,
+    row: &mut KeyRow,
+    f: &Fields,
+    alias_is_selector: bool,
+) -> Result<(), AdminError> {
+    let now = tx.now();
+    if !alias_is_selector {
+        if let Some(alias) = f.string("key_alias")? {
+            if let Some(a) = &alias {
+                if tx.key_alias_taken(a, &row.token)? {
+                    return Err(bad_request(&format!(
+                        "Key with alias '{a}' already exists."
+                    )));
+                }
+            }
+            row.key_alias = alias;
+        }
+    }
+    if f.has("duration") {
+        row.expires = expiry(f.string("duration")?.flatten().as_deref(), now)?;
+    }
+    if let Some(v) = f.strings("models")? {
+        row.models = v.unwrap_or_default();
+    }
+    if let Some(v) = f.float("max_budget")? {
+        check_budget("max_budget", v)?;
+        if !principal.is_admin() {
+            // A user cannot lift a budget beyond its own key's (its own key's included).
+            let mine = principal.key().and_then(|k| k.max_budget);
+            if let Some(mine) = mine {
+                if v.map_or(true, |asked| asked > mine) {
+                    return Err(bad_request(&format!(
+                        "max_budget ({}) cannot exceed the caller's own max_budget ({mine}).",
+                        v.map_or("None".to_string(), |a| a.to_string())
+                    )));
+                }
+            }
+        }
+        row.max_budget = v;
+    }
+    if let Some(v) = f.float("soft_budget")? {
+        check_budget("soft_budget", v)?;
+        row.soft_budget = v;
+    }
+    if let Some(v) = f.string("budget_duration")? {
+        let (d, at) = check_budget_duration(&state.settings, &v, now)?;
+        row.budget_duration = d;
+        row.budget_reset_at = at;
+    }
+    if let Some(v) = f.uint("tpm_limit")? {
+        row.tpm_limit = v;
+    }
+    if let Some(v) = f.uint("rpm_limit")? {
+        row.rpm_limit = v;
+    }
+    if let Some(v) = f.uint("max_parallel_requests")? {
+        row.max_parallel_requests = v;
+    }
+    if let Some(v) = f.value("metadata") {
+        row.metadata = match v {
+            Value::Null => json!({}),
+            Value::Object(_) => v,
+            _ => {
+                return Err(validation_error(
+                    &["body", "metadata"],
+                    "Input should be a valid dictionary",
+                ))
+            }
+        };
+    }
+    for field in [
+        "model_rpm_limit",
+        "model_tpm_limit",
+        "temp_budget_increase",
+        "temp_budget_expiry",
+    ] {
+        if let Some(v) = f.value(field) {
+            set_metadata(&mut row.metadata, field, Some(v));
+        }
+    }
+    if f.has("temp_budget_increase") != f.has("temp_budget_expiry") {
+        return Err(bad_request(
+            "temp_budget_increase and temp_budget_expiry must be set together.",
+        ));
+    }
+    for (field, slot) in [
+        ("model_max_budget", &mut row.model_max_budget),
+        ("aliases", &mut row.aliases),
+        ("config", &mut row.config),
+        ("permissions", &mut row.permissions),
+    ] {
+        if let Some(v) = f.value(field) {
+            *slot = if v.is_null() { json!({}) } else { v };
+        }
+    }
+    if let Some(v) = f.string("user_id")? {
+        if !principal.is_admin() && v.as_deref() != principal.user_id() {
+            return Err(forbidden(
+                "Only proxy admins can move a key to another user.",
+            ));
+        }
+        row.user_id = v;
+    }
+    if let Some(v) = f.string("team_id")? {
+        if let Some(t) = &v {
+            if tx.team(t)?.is_none() {
+                return Err(no_such_team(t));
+            }
+        }
+        row.team_id = v;
+    }
+    if let Some(v) = f.boolean("blocked")? {
+        row.blocked = v;
+    }
+    if let Some(v) = f.strings("allowed_routes")? {
+        row.allowed_routes = v.unwrap_or_default();
+    }
+    if let Some(v) = f.strings("tags")? {
+        row.tags = v;
+    }
+    if let Some(v) = f.string("key_type")? {
+        row.key_type = v;
+    }
+    if let Some(v) = f.string("budget_id")? {
+        if let Some(b) = &v {
+            if tx.budget(b)?.is_none() {
+                return Err(no_such_budget(b));
+            }
+        }
+        row.budget_id = v;
+    }
+    if let Some(v) = f.string("organization_id")? {
+        row.organization_id = v;
+    }
+    if let Some(Some(spend)) = f.float("spend")? {
+        if !principal.is_admin() {
+            return Err(forbidden("Only proxy admins can set a key's spend."));
+        }
+        row.set_spend_nanos(spend_nanos_of(Some(spend)));
+    }
+    row.updated_at = format_iso8601_utc(now);
+    row.updated_by = principal.user_id().map(str::to_string);
+    Ok(())
+}
+
+/// `POST /key/update`: any field of `/key/generate`; `null` clears; `duration: null | "-1"`
+/// never expires; `budget_duration` starts a new aligned period; `spend` sets the spend.
+pub async fn key_update(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_writer(&principal, "/key/update")?;
+    let f = Fields::parse(&body)?;
+    let done = transact(&state, |tx| {
+        let mut row = find_key(tx, &f)?;
+        if !may_manage(&principal, tx, &row)? {
+            return Err(not_yours());
+        }
+        let by_alias = !f.has("key");
+        apply_key_fields(&state, tx, &principal, &mut row, &f, by_alias)?;
+        tx.save_key(&row)?;
+        tx.invalidate(row.token.clone());
+        let mut v = row_json(&row);
+        if let Value::Object(o) = &mut v {
+            o.remove("token");
+            o.insert(
+                "key".into(),
+                f.raw("key").cloned().unwrap_or_else(|| json!(row.token)),
+            );
+        }
+        Ok(v)
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+/// `POST /key/delete {"keys": [raw|hash]}` or `{"key_aliases": [...]}`: all or nothing.
+pub async fn key_delete(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_writer(&principal, "/key/delete")?;
+    let f = Fields::parse(&body)?;
+    let keys = f.string_list("keys")?;
+    let aliases = f.string_list("key_aliases")?;
+    let (asked, by_alias) = match (keys, aliases) {
+        (Some(k), _) if !k.is_empty() => (k, false),
+        (_, Some(a)) if !a.is_empty() => (a, true),
+        _ => {
+            return Err(bad_request(
+                "Pass the keys to delete: {\"keys\": [...]} or {\"key_aliases\": [...]}",
+            ))
+        }
+    };
+    let done = transact(&state, |tx| {
+        let mut missing = Vec::new();
+        let mut rows = Vec::new();
+        for a in &asked {
+            let row = if by_alias {
+                tx.key_by_alias(a)?
+            } else {
+                tx.key(&token_of(a))?
+            };
+            match row {
+                Some(r) if may_manage(&principal, tx, &r)? => rows.push(r),
+                Some(_) => return Err(not_yours()),
+                None => missing.push(a.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(detail_error(
+                404,
+                &format!("Failed to delete all keys. Keys not found: {missing:?}"),
+            ));
+        }
+        for r in &rows {
+            tx.delete_key(&r.token)?;
+            tx.invalidate(r.token.clone());
+        }
+        Ok(())
+    })?;
+    Ok(changed(json!({"deleted_keys": asked}), &done.entries))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct KeyListQuery {
+    page: Option<String>,
+    size: Option<String>,
+    user_id: Option<String>,
+    team_id: Option<String>,
+    key_alias: Option<String>,
+    key_hash: Option<String>,
+    return_full_object: Option<String>,
+}
+
+fn query_number(name: &str, v: Option<&str>, default: u64, max: u64) -> Result<u64, AdminError> {
+    let Some(v) = v else { return Ok(default) };
+    match v.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(_) if max == u64::MAX => Err(validation_error(
+            &["query", name],
+            "Input should be greater than or equal to 1",
+        )),
+        Ok(_) => Err(validation_error(
+            &["query", name],
+            &format!("Input should be greater than or equal to 1 and less than or equal to {max}"),
+        )),
+        Err(_) => Err(validation_error(
+            &["query", name],
+            "Input should be a valid integer, unable to parse string as an integer",
+        )),
+    }
+}
+
+pub fn flag(v: Option<&str>) -> bool {
+    matches!(
+        v.map(str::to_ascii_lowercase).as_deref(),
+        Some("true" | "1" | "yes")
+    )
+}
+
+/// `GET /key/list?page=1&size=10&user_id=&team_id=&key_alias=&key_hash=&return_full_object=`:
+/// `{keys: [token | row], total_count, current_page, total_pages}`. Non-admins see their own
+/// user's keys.
+pub async fn key_list(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<KeyListQuery>,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    let page = query_number("page", q.page.as_deref(), 1, u64::MAX)?;
+    let size = query_number("size", q.size.as_deref(), 10, 100)?;
+    let mut query = KeyQuery {
+        user_id: q.user_id.filter(|s| !s.is_empty()),
+        team_id: q.team_id.filter(|s| !s.is_empty()),
+        key_alias: q.key_alias.filter(|s| !s.is_empty()),
+        token: q.key_hash.filter(|s| !s.is_empty()).map(|k| token_of(&k)),
+        offset: (page - 1).saturating_mul(size),
+        limit: size,
+    };
+    if !principal.is_admin_viewer() {
+        match principal.user_id() {
+            Some(u) => query.user_id = Some(u.to_string()),
+            None => query.token = principal.key().map(|k| k.token.clone()),
+        }
+    }
+    let full = flag(q.return_full_object.as_deref());
+    let done = transact(&state, |tx| Ok(tx.keys(&query)?))?;
+    let (rows, total) = done.value;
+    let keys: Vec<Value> = rows
+        .iter()
+        .map(|r| if full { row_json(r) } else { json!(r.token) })
+        .collect();
+    Ok(ok(json!({
+        "keys": keys,
+        "total_count": total,
+        "current_page": page,
+        "total_pages": total.div_ceil(size),
+    })))
+}
+
+async fn set_blocked(
+    state: Shared,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    blocked: bool,
+) -> AdminResult {
+    let route = if blocked {
+        "/key/block"
+    } else {
+        "/key/unblock"
+    };
+    let principal = authenticate(&state, &headers)?;
+    require_writer(&principal, route)?;
+    let f = Fields::parse(&body)?;
+    let key = f.required_string("key")?;
+    let done = transact(&state, |tx| {
+        let Some(mut row) = tx.key(&token_of(&key))? else {
+            return Err(not_found("Key not found."));
+        };
+        if !may_manage(&principal, tx, &row)? {
+            return Err(not_yours());
+        }
+        row.blocked = Some(blocked);
+        row.updated_at = format_iso8601_utc(tx.now());
+        tx.save_key(&row)?;
+        tx.invalidate(row.token.clone());
+        Ok(row_json(&row))
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+/// `POST /key/block {"key": raw|hash}`.
+pub async fn key_block(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    set_blocked(state, headers, body, true).await
+}
+
+/// `POST /key/unblock {"key": raw|hash}`.
+pub async fn key_unblock(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    set_blocked(state, headers, body, false).await
+}
+
+async fn regenerate(state: Shared, headers: HeaderMap, f: Fields, key: String) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_writer(&principal, "/key/regenerate")?;
+    let done = transact(&state, |tx| {
+        let Some(old) = tx.key(&token_of(&key))? else {
+            return Err(not_found("Key not found."));
+        };
+        if !may_manage(&principal, tx, &old)? {
+            return Err(not_yours());
+        }
+        let raw = match f.string("new_key")?.flatten() {
+            Some(custom) => {
+                validate_custom_key(&custom).map_err(|m| bad_request(&m))?;
+                custom
+            }
+            None => new_raw_key()?,
+        };
+        let token = hash_key(&raw);
+        if tx.key(&token)?.is_some() {
+            return Err(bad_request(
+                "Unique key constraint violated: this key already exists.",
+            ));
+        }
+        let mut row = old.clone();
+        apply_key_fields(&state, tx, &principal, &mut row, &f, false)?;
+        row.token = token;
+        row.key_name = abbreviate(&raw);
+        tx.delete_key(&old.token)?;
+        tx.insert_key(&row)?;
+        tx.invalidate(old.token.clone());
+        tx.invalidate(row.token.clone());
+        Ok(key_response(&raw, &row))
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+/// `POST /key/regenerate {"key", "new_key"?, ...fields}`: a new raw key for the same settings
+/// and spend; the old key stops working at once.
+pub async fn key_regenerate(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let f = Fields::parse(&body)?;
+    let key = f.required_string("key")?;
+    regenerate(state, headers, f, key).await
+}
+
+/// `POST /key/{key}/regenerate`.
+pub async fn key_regenerate_path(
+    State(state): State<Shared>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let f = Fields::parse(&body)?;
+    regenerate(state, headers, f, key).await
+}

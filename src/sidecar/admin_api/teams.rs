@@ -1,0 +1,721 @@
+//! `/team/*`: teams, their members and member budgets (litellm-compat.md §2.3, §2.7, §5.3).
+//! Creating, deleting and (un)blocking teams is for admins; a team admin may update its team
+//! and manage its members; members may read it.
+
+use super::auth::{authenticate, require_admin, require_writer, Principal, INTERNAL_USER};
+use super::common::{
+    bad_request, changed, check_budget, check_budget_duration, detail_error, forbidden, new_uuid,
+    ok, parse_body, row_json, set_metadata, spend_nanos_of, transact, validation_error, AdminError,
+    AdminResult, Fields,
+};
+use super::{AdminState, Shared};
+use crate::duration::format_iso8601_utc;
+use crate::sidecar::store::{BudgetRow, Member, MembershipRow, TeamRow, Tx, UserRow};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+const TEAM_ROLES: [&str; 2] = ["admin", "user"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct NewTeamRequest {
+    team_id: Option<String>,
+    team_alias: Option<String>,
+    organization_id: Option<String>,
+    #[serde(deserialize_with = "super::common::null_default")]
+    models: Vec<String>,
+    max_budget: Option<f64>,
+    soft_budget: Option<f64>,
+    budget_duration: Option<String>,
+    tpm_limit: Option<u64>,
+    rpm_limit: Option<u64>,
+    max_parallel_requests: Option<u64>,
+    #[serde(deserialize_with = "super::common::null_default")]
+    members_with_roles: Vec<Member>,
+    metadata: Option<Map<String, Value>>,
+    model_aliases: Option<Value>,
+    model_max_budget: Option<Value>,
+    model_rpm_limit: Option<Value>,
+    model_tpm_limit: Option<Value>,
+    team_member_budget: Option<f64>,
+    team_member_budget_duration: Option<String>,
+    team_member_rpm_limit: Option<u64>,
+    team_member_tpm_limit: Option<u64>,
+    #[serde(deserialize_with = "super::common::null_default")]
+    team_member_permissions: Vec<String>,
+    #[serde(deserialize_with = "super::common::null_default")]
+    blocked: bool,
+}
+
+fn team_not_found(team_id: &str) -> AdminError {
+    detail_error(404, &format!("Team not found, passed team_id={team_id}"))
+}
+
+fn load_team(tx: &Tx<'_>, team_id: &str) -> Result<TeamRow, AdminError> {
+    tx.team(team_id)?.ok_or_else(|| team_not_found(team_id))
+}
+
+/// A team admin (or a proxy admin) may change the team.
+fn require_team_admin(
+    principal: &Principal,
+    team: &TeamRow,
+    route: &str,
+) -> Result<(), AdminError> {
+    if principal.is_admin() || principal.is_team_admin(team) {
+        return Ok(());
+    }
+    Err(forbidden(&format!(
+        "Only proxy admins or admins of team={} can call {route}.",
+        team.team_id
+    )))
+}
+
+/// The team's default member budget: `team_member_budget` (+ duration, rpm, tpm) as a budget
+/// row, created or updated, its id kept in `metadata.team_member_budget_id` (§2.7).
+fn set_member_budget(
+    state: &AdminState,
+    tx: &Tx<'_>,
+    team: &mut TeamRow,
+    max_budget: Option<Option<f64>>,
+    duration: Option<Option<String>>,
+    rpm: Option<Option<u64>>,
+    tpm: Option<Option<u64>>,
+) -> Result<(), AdminError> {
+    if max_budget.is_none() && duration.is_none() && rpm.is_none() && tpm.is_none() {
+        return Ok(());
+    }
+    let now = tx.now();
+    let mut row = match team.member_budget_id() {
+        Some(id) => tx.budget(id)?.unwrap_or_else(|| BudgetRow {
+            budget_id: id.to_string(),
+            ..Default::default()
+        }),
+        None => BudgetRow {
+            budget_id: new_uuid(),
+            created_at: format_iso8601_utc(now),
+            ..Default::default()
+        },
+    };
+    if let Some(v) = max_budget {
+        check_budget("team_member_budget", v)?;
+        row.max_budget = v;
+    }
+    if let Some(v) = duration {
+        let (d, at) = check_budget_duration(&state.settings, &v, now)?;
+        row.budget_duration = d;
+        row.budget_reset_at = at;
+    }
+    if let Some(v) = rpm {
+        row.rpm_limit = v;
+    }
+    if let Some(v) = tpm {
+        row.tpm_limit = v;
+    }
+    row.updated_at = format_iso8601_utc(now);
+    tx.save_budget(&row)?;
+    set_metadata(
+        &mut team.metadata,
+        "team_member_budget_id",
+        Some(json!(row.budget_id)),
+    );
+    Ok(())
+}
+
+/// Adds one member: creates its user row if missing, its membership (with its own budget row
+/// when `max_budget_in_team` or `budget_duration` is given) and records the team on the user.
+fn add_member(
+    state: &AdminState,
+    tx: &mut Tx<'_>,
+    team: &mut TeamRow,
+    member: &Member,
+    budget: (Option<f64>, Option<String>),
+) -> Result<(UserRow, MembershipRow), AdminError> {
+    let role = if member.role.is_empty() {
+        "user"
+    } else {
+        member.role.as_str()
+    };
+    if !TEAM_ROLES.contains(&role) {
+        return Err(validation_error(
+            &["body", "member", "role"],
+            "Input should be 'admin' or 'user'",
+        ));
+    }
+    let now = tx.now();
+    let existing = match (&member.user_id, &member.user_email) {
+        (Some(id), _) => tx.user(id)?,
+        (None, Some(email)) => tx.user_by_email(email)?,
+        (None, None) => {
+            return Err(bad_request("A member needs a user_id or a user_email."));
+        }
+    };
+    let mut user = match existing {
+        Some(u) => u,
+        None => UserRow {
+            user_id: member.user_id.clone().unwrap_or_else(new_uuid),
+            user_email: member.user_email.clone(),
+            user_role: Some(INTERNAL_USER.into()),
+            metadata: json!({}),
+            model_max_budget: json!({}),
+            model_spend: json!({}),
+            created_at: format_iso8601_utc(now),
+            updated_at: format_iso8601_utc(now),
+            ..Default::default()
+        },
+    };
+    if team.member(&user.user_id).is_some() {
+        return Err(bad_request(&format!(
+            "User={} is already a member of team={}.",
+            user.user_id, team.team_id
+        )));
+    }
+    team.members_with_roles.push(Member {
+        role: role.to_string(),
+        user_id: Some(user.user_id.clone()),
+        user_email: user
+            .user_email
+            .clone()
+            .or_else(|| member.user_email.clone()),
+    });
+    if !user.teams.contains(&team.team_id) {
+        user.teams.push(team.team_id.clone());
+    }
+    tx.save_user(&user)?;
+    let mut membership = tx
+        .membership(&team.team_id, &user.user_id)?
+        .map(|(m, _)| m)
+        .unwrap_or_else(|| MembershipRow {
+            team_id: team.team_id.clone(),
+            user_id: user.user_id.clone(),
+            ..Default::default()
+        });
+    let (max_in_team, duration) = budget;
+    if max_in_team.is_some() || duration.is_some() {
+        check_budget("max_budget_in_team", max_in_team)?;
+        let (d, at) = check_budget_duration(&state.settings, &duration, now)?;
+        let row = BudgetRow {
+            budget_id: new_uuid(),
+            max_budget: max_in_team,
+            budget_duration: d,
+            budget_reset_at: at,
+            created_at: format_iso8601_utc(now),
+            updated_at: format_iso8601_utc(now),
+            ..Default::default()
+        };
+        tx.save_budget(&row)?;
+        membership.budget_id = Some(row.budget_id);
+    }
+    tx.save_membership(&membership)?;
+    let tokens = tx.tokens_of_member(&team.team_id, &user.user_id)?;
+    tx.invalidate_all(tokens);
+    Ok((user, membership))
+}
+
+fn membership_json(m: &MembershipRow, budget: Option<&BudgetRow>) -> Value {
+    json!({
+        "team_id": m.team_id,
+        "user_id": m.user_id,
+        "budget_id": m.budget_id,
+        "spend": m.spend,
+        "litellm_budget_table": budget.map(row_json),
+    })
+}
+
+pub async fn team_new(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_admin(&principal, "/team/new")?;
+    let req: NewTeamRequest = parse_body(&body)?;
+    check_budget("max_budget", req.max_budget)?;
+    check_budget("soft_budget", req.soft_budget)?;
+    if let (Some(soft), Some(max)) = (req.soft_budget, req.max_budget) {
+        if soft >= max {
+            return Err(bad_request(&format!(
+                "soft_budget ({soft}) must be strictly lower than max_budget ({max})"
+            )));
+        }
+    }
+    let done = transact(&state, |tx| {
+        let now = tx.now();
+        let team_id = req.team_id.clone().unwrap_or_else(new_uuid);
+        if tx.team(&team_id)?.is_some() {
+            return Err(bad_request(&format!(
+                "Team id = {team_id} already exists. Please use a different team id."
+            )));
+        }
+        let (budget_duration, budget_reset_at) =
+            check_budget_duration(&state.settings, &req.budget_duration, now)?;
+        let mut metadata = Value::Object(req.metadata.clone().unwrap_or_default());
+        set_metadata(
+            &mut metadata,
+            "model_rpm_limit",
+            req.model_rpm_limit.clone(),
+        );
+        set_metadata(
+            &mut metadata,
+            "model_tpm_limit",
+            req.model_tpm_limit.clone(),
+        );
+        let created = format_iso8601_utc(now);
+        let mut team = TeamRow {
+            team_id: team_id.clone(),
+            team_alias: req.team_alias.clone(),
+            organization_id: req.organization_id.clone(),
+            metadata,
+            max_budget: req.max_budget,
+            soft_budget: req.soft_budget,
+            budget_duration,
+            budget_reset_at,
+            models: req.models.clone(),
+            tpm_limit: req.tpm_limit,
+            rpm_limit: req.rpm_limit,
+            max_parallel_requests: req.max_parallel_requests,
+            blocked: req.blocked,
+            model_aliases: req.model_aliases.clone().unwrap_or_else(|| json!({})),
+            model_max_budget: req.model_max_budget.clone().unwrap_or_else(|| json!({})),
+            model_spend: json!({}),
+            team_member_permissions: req.team_member_permissions.clone(),
+            created_at: created.clone(),
+            updated_at: created,
+            ..Default::default()
+        };
+        set_member_budget(
+            &state,
+            tx,
+            &mut team,
+            req.team_member_budget.map(Some),
+            req.team_member_budget_duration.clone().map(Some),
+            req.team_member_rpm_limit.map(Some),
+            req.team_member_tpm_limit.map(Some),
+        )?;
+        for m in &req.members_with_roles {
+            add_member(&state, tx, &mut team, m, (None, None))?;
+        }
+        tx.save_team(&team)?;
+        Ok(row_json(&team))
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+/// `GET /team/info?team_id=`: `{team_id, team_info, keys, team_memberships}`.
+pub async fn team_info(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    let team_id = q
+        .get("team_id")
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .ok_or_else(|| validation_error(&["query", "team_id"], "Field required"))?;
+    let done = transact(&state, |tx| {
+        let team = load_team(tx, &team_id)?;
+        if !principal.is_admin_viewer() && !principal.is_team_member(&team) {
+            return Err(forbidden(&format!(
+                "You are not a member of team={team_id}."
+            )));
+        }
+        let keys: Vec<Value> = tx.keys_of_team(&team_id)?.iter().map(row_json).collect();
+        let memberships: Vec<Value> = tx
+            .memberships_of_team(&team_id)?
+            .iter()
+            .map(|(m, b)| membership_json(m, b.as_ref()))
+            .collect();
+        Ok(json!({
+            "team_id": team_id,
+            "team_info": row_json(&team),
+            "keys": keys,
+            "team_memberships": memberships,
+        }))
+    })?;
+    Ok(ok(done.value))
+}
+
+/// `GET /team/list`: every team for admins, the caller's teams otherwise.
+pub async fn team_list(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    let done = transact(&state, |tx| Ok(tx.teams()?))?;
+    let teams: Vec<Value> = done
+        .value
+        .iter()
+        .filter(|t| principal.is_admin_viewer() || principal.is_team_member(t))
+        .map(row_json)
+        .collect();
+    Ok(ok(Value::Array(teams)))
+}
+
+/// `POST /team/update {"team_id", ...fields}`: `null` clears. Answers
+/// `{"team_id", "data": <row>}` as LiteLLM does.
+pub async fn team_update(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_writer(&principal, "/team/update")?;
+    let f = Fields::parse(&body)?;
+    let team_id = f.required_string("team_id")?;
+    let done = transact(&state, |tx| {
+        let mut team = load_team(tx, &team_id)?;
+        require_team_admin(&principal, &team, "/team/update")?;
+        let now = tx.now();
+        if let Some(v) = f.string("team_alias")? {
+            team.team_alias = v;
+        }
+        if let Some(v) = f.string("organization_id")? {
+            team.organization_id = v;
+        }
+        if let Some(v) = f.strings("models")? {
+            team.models = v.unwrap_or_default();
+        }
+        if let Some(v) = f.float("max_budget")? {
+            check_budget("max_budget", v)?;
+            team.max_budget = v;
+        }
+        if let Some(v) = f.float("soft_budget")? {
+            check_budget("soft_budget", v)?;
+            team.soft_budget = v;
+        }
+        if let Some(v) = f.string("budget_duration")? {
+            let (d, at) = check_budget_duration(&state.settings, &v, now)?;
+            team.budget_duration = d;
+            team.budget_reset_at = at;
+        }
+        if let Some(v) = f.uint("tpm_limit")? {
+            team.tpm_limit = v;
+        }
+        if let Some(v) = f.uint("rpm_limit")? {
+            team.rpm_limit = v;
+        }
+        if let Some(v) = f.uint("max_parallel_requests")? {
+            team.max_parallel_requests = v;
+        }
+        if let Some(v) = f.value("metadata") {
+            // LiteLLM keeps its own fields in metadata: a new metadata keeps them.
+            let keep = team.member_budget_id().map(str::to_string);
+            team.metadata = if v.is_null() { json!({}) } else { v };
+            if let Some(id) = keep {
+                set_metadata(&mut team.metadata, "team_member_budget_id", Some(json!(id)));
+            }
+        }
+        for field in ["model_rpm_limit", "model_tpm_limit"] {
+            if let Some(v) = f.value(field) {
+                set_metadata(&mut team.metadata, field, Some(v));
+            }
+        }
+        if let Some(v) = f.value("model_aliases") {
+            team.model_aliases = if v.is_null() { json!({}) } else { v };
+        }
+        if let Some(v) = f.value("model_max_budget") {
+            team.model_max_budget = if v.is_null() { json!({}) } else { v };
+        }
+        if let Some(v) = f.boolean("blocked")? {
+            if !principal.is_admin() {
+                return Err(forbidden("Only proxy admins can block or unblock a team."));
+            }
+            team.blocked = v.unwrap_or(false);
+        }
+        if let Some(v) = f.strings("team_member_permissions")? {
+            team.team_member_permissions = v.unwrap_or_default();
+        }
+        if let Some(Some(spend)) = f.float("spend")? {
+            if !principal.is_admin() {
+                return Err(forbidden("Only proxy admins can set a team's spend."));
+            }
+            team.set_spend_nanos(spend_nanos_of(Some(spend)));
+        }
+        set_member_budget(
+            &state,
+            tx,
+            &mut team,
+            f.float("team_member_budget")?,
+            f.string("team_member_budget_duration")?,
+            f.uint("team_member_rpm_limit")?,
+            f.uint("team_member_tpm_limit")?,
+        )?;
+        team.updated_at = format_iso8601_utc(now);
+        tx.save_team(&team)?;
+        let tokens = tx.tokens_of_team(&team_id)?;
+        tx.invalidate_all(tokens);
+        Ok(json!({"team_id": team_id, "data": row_json(&team)}))
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+/// `POST /team/delete {"team_ids": [...]}`: the teams, their memberships and their keys.
+pub async fn team_delete(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_admin(&principal, "/team/delete")?;
+    let f = Fields::parse(&body)?;
+    let ids = f
+        .string_list("team_ids")?
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| validation_error(&["body", "team_ids"], "Field required"))?;
+    let done = transact(&state, |tx| {
+        for id in &ids {
+            load_team(tx, id)?;
+        }
+        for id in &ids {
+            let team = load_team(tx, id)?;
+            let tokens = tx.tokens_of_team(id)?;
+            for t in &tokens {
+                tx.delete_key(t)?;
+            }
+            tx.invalidate_all(tokens);
+            for m in &team.members_with_roles {
+                if let Some(u) = &m.user_id {
+                    if let Some(mut user) = tx.user(u)? {
+                        user.teams.retain(|t| t != id);
+                        tx.save_user(&user)?;
+                    }
+                }
+            }
+            tx.delete_team(id)?;
+        }
+        Ok(())
+    })?;
+    Ok(changed(json!({"deleted_teams": ids}), &done.entries))
+}
+
+fn members_of(f: &Fields) -> Result<Vec<Member>, AdminError> {
+    match f.raw("member") {
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|m| {
+                serde_json::from_value::<Member>(m.clone())
+                    .map_err(|e| validation_error(&["body", "member"], &e.to_string()))
+            })
+            .collect(),
+        Some(m @ Value::Object(_)) => serde_json::from_value::<Member>(m.clone())
+            .map(|m| vec![m])
+            .map_err(|e| validation_error(&["body", "member"], &e.to_string())),
+        _ => Err(validation_error(&["body", "member"], "Field required")),
+    }
+}
+
+/// `POST /team/member_add {"team_id", "member": {...} | [...], "max_budget_in_team",
+/// "budget_duration"}`: the team with `updated_users` and `updated_team_memberships`.
+pub async fn team_member_add(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_writer(&principal, "/team/member_add")?;
+    let f = Fields::parse(&body)?;
+    let team_id = f.required_string("team_id")?;
+    let members = members_of(&f)?;
+    let budget = (
+        f.float("max_budget_in_team")?.flatten(),
+        f.string("budget_duration")?.flatten(),
+    );
+    let done = transact(&state, |tx| {
+        let mut team = load_team(tx, &team_id)?;
+        require_team_admin(&principal, &team, "/team/member_add")?;
+        let mut users = Vec::new();
+        let mut memberships = Vec::new();
+        for m in &members {
+            let (user, membership) = add_member(&state, tx, &mut team, m, budget.clone())?;
+            let b = tx.membership_budget(&membership, Some(&team))?;
+            users.push(row_json(&user));
+            memberships.push(membership_json(&membership, b.as_ref()));
+        }
+        team.updated_at = format_iso8601_utc(tx.now());
+        tx.save_team(&team)?;
+        let mut v = row_json(&team);
+        if let Value::Object(o) = &mut v {
+            o.insert("updated_users".into(), Value::Array(users));
+            o.insert("updated_team_memberships".into(), Value::Array(memberships));
+        }
+        Ok(v)
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+/// The member a body names: `user_id`, else `user_email`.
+fn member_user_id(tx: &Tx<'_>, f: &Fields, team: &TeamRow) -> Result<String, AdminError> {
+    let id = match (
+        f.string("user_id")?.flatten(),
+        f.string("user_email")?.flatten(),
+    ) {
+        (Some(id), _) => Some(id),
+        (None, Some(email)) => team
+            .members_with_roles
+            .iter()
+            .find(|m| m.user_email.as_deref() == Some(email.as_str()))
+            .and_then(|m| m.user_id.clone())
+            .or(tx.user_by_email(&email)?.map(|u| u.user_id)),
+        (None, None) => {
+            return Err(validation_error(&["body", "user_id"], "Field required"));
+        }
+    };
+    match id {
+        Some(id) if team.member(&id).is_some() => Ok(id),
+        _ => Err(bad_request(&format!(
+            "User is not a member of team={}.",
+            team.team_id
+        ))),
+    }
+}
+
+/// `POST /team/member_delete {"team_id", "user_id" | "user_email"}`.
+pub async fn team_member_delete(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_writer(&principal, "/team/member_delete")?;
+    let f = Fields::parse(&body)?;
+    let team_id = f.required_string("team_id")?;
+    let done = transact(&state, |tx| {
+        let mut team = load_team(tx, &team_id)?;
+        require_team_admin(&principal, &team, "/team/member_delete")?;
+        let user_id = member_user_id(tx, &f, &team)?;
+        team.members_with_roles
+            .retain(|m| m.user_id.as_deref() != Some(user_id.as_str()));
+        team.updated_at = format_iso8601_utc(tx.now());
+        tx.save_team(&team)?;
+        tx.delete_membership(&team_id, &user_id)?;
+        if let Some(mut user) = tx.user(&user_id)? {
+            user.teams.retain(|t| t != &team_id);
+            tx.save_user(&user)?;
+        }
+        let tokens = tx.tokens_of_member(&team_id, &user_id)?;
+        tx.invalidate_all(tokens);
+        Ok(row_json(&team))
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+/// `POST /team/member_update {"team_id", "user_id" | "user_email", "role"?,
+/// "max_budget_in_team"?, "budget_duration"?}`.
+pub async fn team_member_update(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    let principal = authenticate(&state, &headers)?;
+    require_writer(&principal, "/team/member_update")?;
+    let f = Fields::parse(&body)?;
+    let team_id = f.required_string("team_id")?;
+    let done = transact(&state, |tx| {
+        let mut team = load_team(tx, &team_id)?;
+        require_team_admin(&principal, &team, "/team/member_update")?;
+        let user_id = member_user_id(tx, &f, &team)?;
+        let now = tx.now();
+        if let Some(Some(role)) = f.string("role")? {
+            if !TEAM_ROLES.contains(&role.as_str()) {
+                return Err(validation_error(
+                    &["body", "role"],
+                    "Input should be 'admin' or 'user'",
+                ));
+            }
+            for m in &mut team.members_with_roles {
+                if m.user_id.as_deref() == Some(user_id.as_str()) {
+                    m.role = role.clone();
+                }
+            }
+            tx.save_team(&team)?;
+        }
+        let max = f.float("max_budget_in_team")?;
+        let duration = f.string("budget_duration")?;
+        let (mut membership, _) = tx.membership(&team_id, &user_id)?.unwrap_or_else(|| {
+            (
+                MembershipRow {
+                    team_id: team_id.clone(),
+                    user_id: user_id.clone(),
+                    ..Default::default()
+                },
+                None,
+            )
+        });
+        if max.is_some() || duration.is_some() {
+            let mut row = match membership.budget_id.as_deref() {
+                Some(id) => tx.budget(id)?.unwrap_or_else(|| BudgetRow {
+                    budget_id: id.to_string(),
+                    ..Default::default()
+                }),
+                None => BudgetRow {
+                    budget_id: new_uuid(),
+                    created_at: format_iso8601_utc(now),
+                    ..Default::default()
+                },
+            };
+            if let Some(v) = max {
+                check_budget("max_budget_in_team", v)?;
+                row.max_budget = v;
+            }
+            if let Some(v) = duration {
+                let (d, at) = check_budget_duration(&state.settings, &v, now)?;
+                row.budget_duration = d;
+                row.budget_reset_at = at;
+            }
+            row.updated_at = format_iso8601_utc(now);
+            tx.save_budget(&row)?;
+            membership.budget_id = Some(row.budget_id);
+        }
+        tx.save_membership(&membership)?;
+        let budget = tx.membership_budget(&membership, Some(&team))?;
+        let tokens = tx.tokens_of_member(&team_id, &user_id)?;
+        tx.invalidate_all(tokens);
+        Ok(membership_json(&membership, budget.as_ref()))
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+async fn set_blocked(
+    state: Shared,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    blocked: bool,
+) -> AdminResult {
+    let route = if blocked {
+        "/team/block"
+    } else {
+        "/team/unblock"
+    };
+    let principal = authenticate(&state, &headers)?;
+    require_admin(&principal, route)?;
+    let f = Fields::parse(&body)?;
+    let team_id = f.required_string("team_id")?;
+    let done = transact(&state, |tx| {
+        let mut team = load_team(tx, &team_id)?;
+        team.blocked = blocked;
+        team.updated_at = format_iso8601_utc(tx.now());
+        tx.save_team(&team)?;
+        let tokens = tx.tokens_of_team(&team_id)?;
+        tx.invalidate_all(tokens);
+        Ok(row_json(&team))
+    })?;
+    Ok(changed(done.value, &done.entries))
+}
+
+/// `POST /team/block {"team_id"}`: every key of the team is refused (401) until unblocked.
+pub async fn team_block(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    set_blocked(state, headers, body, true).await
+}
+
+/// `POST /team/unblock {"team_id"}`.
+pub async fn team_unblock(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    set_blocked(state, headers, body, false).await
+}

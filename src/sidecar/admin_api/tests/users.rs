@@ -1,0 +1,113 @@
+//! `/user/*`.
+
+use super::*;
+
+#[test]
+fn update_delete_and_list_users() {
+    let api = Api::start(BudgetSettings::default());
+    let alice = api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "alice", "user_email": "a@x.io", "max_budget": 10.0})),
+    );
+    let alice_token = alice["token"].as_str().unwrap().to_string();
+    let (_, extra) = api.new_key(json!({"user_id": "alice"}));
+    api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "bob", "user_email": "b@x.io", "auto_create_key": false})),
+    );
+
+    let a = api.master(
+        "POST",
+        "/user/update",
+        Some(json!({"user_id": "alice", "max_budget": null, "models": ["gpt-b"], "rpm_limit": 4, "budget_duration": "1d"})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["user_id"], "alice");
+    assert_eq!(a.body["data"]["max_budget"], Value::Null);
+    assert_eq!(a.body["data"]["rpm_limit"], 4);
+    let mut want = vec![alice_token.clone(), extra.clone()];
+    want.sort();
+    assert_eq!(a.entries(), want);
+    let rec = api.lookup(&alice_token);
+    assert_eq!(rec.user_models, vec!["gpt-b"]);
+    assert_eq!(rec.user_rpm_limit, Some(4));
+    assert_eq!(rec.user_budget.unwrap().max_budget, None);
+    // By email; a taken email is refused; a bad role too.
+    let a = api.master(
+        "POST",
+        "/user/update",
+        Some(json!({"user_email": "b@x.io", "user_alias": "B"})),
+    );
+    assert_eq!(a.body["data"]["user_alias"], "B");
+    let a = api.master(
+        "POST",
+        "/user/update",
+        Some(json!({"user_id": "alice", "user_email": "b@x.io"})),
+    );
+    assert_eq!(a.status, 400);
+    let a = api.master(
+        "POST",
+        "/user/update",
+        Some(json!({"user_id": "alice", "user_role": "god"})),
+    );
+    assert_eq!(a.status, 400);
+    assert_eq!(
+        api.master("POST", "/user/update", Some(json!({"user_id": "zed"})))
+            .status,
+        404
+    );
+
+    let v = api.admin("GET", "/user/list?page=1&page_size=1", None);
+    assert_eq!(
+        (v["total"].clone(), v["total_pages"].clone()),
+        (json!(2), json!(2))
+    );
+    assert_eq!(v["users"][0]["user_id"], "alice");
+    let v = api.admin("GET", "/user/list?role=internal_user", None);
+    assert_eq!(v["total"], 2);
+
+    // Deleting a user deletes its keys.
+    let a = api.master("POST", "/user/delete", Some(json!({"user_ids": ["alice"]})));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body, json!({"deleted_users": ["alice"]}));
+    assert_eq!(a.entries(), want);
+    assert!(matches!(api.lookup_any(&alice_token), KeyLookup::NotFound));
+    assert!(matches!(api.lookup_any(&extra), KeyLookup::NotFound));
+    assert_eq!(
+        api.master("GET", "/user/info?user_id=alice", None).status,
+        404
+    );
+    assert_eq!(
+        api.master("POST", "/user/delete", Some(json!({}))).status,
+        422
+    );
+}
+
+#[test]
+fn users_see_only_themselves() {
+    let api = Api::start(BudgetSettings::default());
+    let alice = api.admin("POST", "/user/new", Some(json!({"user_id": "alice"})));
+    api.admin("POST", "/user/new", Some(json!({"user_id": "bob"})));
+    let key = alice["key"].as_str().unwrap();
+    let a = api.with_key(key, "GET", "/user/info", None);
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["user_id"], "alice");
+    assert_eq!(
+        api.with_key(key, "GET", "/user/info?user_id=bob", None)
+            .status,
+        403
+    );
+    assert_eq!(api.with_key(key, "GET", "/user/list", None).status, 401);
+    assert_eq!(
+        api.with_key(
+            key,
+            "POST",
+            "/user/delete",
+            Some(json!({"user_ids": ["bob"]}))
+        )
+        .status,
+        401
+    );
+}

@@ -1,0 +1,156 @@
+//! The change log: which cached decisions in the filter a committed change made stale. Entries
+//! are key token hashes, `customer:<id>`, or `*` (everything). The filter polls
+//! [`Store::changes_since`] and tombstones what it lists, so a change reaches every Envoy even
+//! when the admin call went through another one.
+
+use super::Store;
+use anyhow::Result;
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    entry TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+";
+
+/// Everything is stale (too many entries, or the log no longer reaches back far enough).
+pub const ALL: &str = "*";
+/// Most entries one change records individually; more become one `*`.
+pub const MAX_ENTRIES_PER_CHANGE: usize = 10_000;
+/// Most entries one answer of [`Store::changes_since`] lists; more become one `*`.
+pub const MAX_ENTRIES_PER_ANSWER: i64 = 10_000;
+/// Entries kept; older ones are pruned (a poll from before them gets `*`).
+pub const KEEP_ENTRIES: i64 = 100_000;
+
+/// Appends one change's entries (deduplicated, in order) to the log, in the caller's
+/// transaction, and prunes the oldest beyond [`KEEP_ENTRIES`].
+pub(super) fn record(conn: &Connection, entries: &[String], now_micros: i64) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let all = [ALL.to_string()];
+    let entries = if entries.len() > MAX_ENTRIES_PER_CHANGE || entries.iter().any(|e| e == ALL) {
+        &all[..]
+    } else {
+        entries
+    };
+    let mut insert = conn.prepare_cached("INSERT INTO changes (entry, at) VALUES (?1, ?2)")?;
+    let mut last = 0;
+    for e in entries {
+        insert.execute(params![e, now_micros])?;
+        last = conn.last_insert_rowid();
+    }
+    if last % 1000 < entries.len() as i64 {
+        conn.execute(
+            "DELETE FROM changes WHERE seq <= ?1",
+            [last.saturating_sub(KEEP_ENTRIES)],
+        )?;
+    }
+    Ok(())
+}
+
+/// What changed after `since`: the latest sequence number and the entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangesSince {
+    pub seq: i64,
+    pub entries: Vec<String>,
+}
+
+impl Store {
+    /// The entries recorded after `since` (deduplicated, oldest first), or `*` when there are
+    /// more than [`MAX_ENTRIES_PER_ANSWER`], when some were already pruned, or when `since` is
+    /// ahead of the log (a store that was replaced). Without `since`: only the latest seq.
+    pub fn changes_since(&self, since: Option<i64>) -> Result<ChangesSince> {
+        let conn = self.conn();
+        let latest: i64 = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let all = |seq| ChangesSince {
+            seq,
+            entries: vec![ALL.to_string()],
+        };
+        let Some(since) = since else {
+            return Ok(ChangesSince {
+                seq: latest,
+                entries: Vec::new(),
+            });
+        };
+        if since == latest {
+            return Ok(ChangesSince {
+                seq: latest,
+                entries: Vec::new(),
+            });
+        }
+        if since > latest || since < 0 {
+            return Ok(all(latest));
+        }
+        let oldest: Option<i64> =
+            conn.query_row("SELECT MIN(seq) FROM changes", [], |r| r.get(0))?;
+        match oldest {
+            Some(o) if o <= since.saturating_add(1) => {}
+            _ => return Ok(all(latest)),
+        }
+        let count: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM changes WHERE seq > ?1",
+            [since],
+            |r| r.get(0),
+        )?;
+        if count > MAX_ENTRIES_PER_ANSWER {
+            return Ok(all(latest));
+        }
+        let mut stmt = conn.prepare("SELECT entry FROM changes WHERE seq > ?1 ORDER BY seq")?;
+        let rows = stmt
+            .query_map([since], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut entries: Vec<String> = Vec::with_capacity(rows.len());
+        let mut seen = std::collections::HashSet::new();
+        for e in rows {
+            if e == ALL {
+                return Ok(all(latest));
+            }
+            if seen.insert(e.clone()) {
+                entries.push(e);
+            }
+        }
+        Ok(ChangesSince {
+            seq: latest,
+            entries,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_from_before_the_pruned_entries_gets_star() {
+        let store = Store::open(std::path::Path::new(":memory:")).unwrap();
+        let entries: Vec<String> = (1..=5).map(|i| format!("k{i}")).collect();
+        {
+            let conn = store.conn();
+            record(&conn, &entries, 0).unwrap();
+            conn.execute("DELETE FROM changes WHERE seq <= 2", [])
+                .unwrap();
+        }
+        assert_eq!(store.changes_since(Some(1)).unwrap().entries, vec![ALL]);
+        assert_eq!(
+            store.changes_since(Some(2)).unwrap().entries,
+            vec!["k3", "k4", "k5"]
+        );
+        assert_eq!(store.changes_since(None).unwrap().seq, 5);
+        // Duplicates are listed once.
+        record(&store.conn(), &["k3".to_string()], 0).unwrap();
+        assert_eq!(
+            store.changes_since(Some(2)).unwrap().entries,
+            vec!["k3", "k4", "k5"]
+        );
+    }
+}
