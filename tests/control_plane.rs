@@ -141,3 +141,67 @@ fn customer_budget_row_and_block_apply() {
     chat_as(&stack, &key, "gpt-4o", Some("cust-x")).assert_status(200);
     let _ = MASTER_KEY;
 }
+
+#[test]
+fn team_customer_and_model_per_team_rate_limits() {
+    let stack = Stack::default_config();
+    stack
+        .admin_post(
+            "/team/new",
+            &json!({"team_id": "t-rl", "rpm_limit": 2, "model_rpm_limit": {"gpt-4o": 1}}),
+        )
+        .assert_status(200);
+    let (k1, _) = stack.generate_key(json!({"team_id": "t-rl"}));
+    let (k2, _) = stack.generate_key(json!({"team_id": "t-rl"}));
+    // model_per_team: one gpt-4o call for the whole team
+    let ok = chat_as(&stack, &k1, "gpt-4o", None);
+    ok.assert_status(200);
+    assert_eq!(
+        ok.header("x-ratelimit-team-remaining-requests"),
+        Some("1"),
+        "{:?}",
+        ok.headers
+    );
+    let refused = chat_as(&stack, &k2, "gpt-4o", None);
+    let err = refused.assert_error(429, "throttling_error");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rate limit exceeded for model_per_team: t-rl:gpt-4o."),
+        "{err}"
+    );
+    // team rpm 2, shared by both keys: the refused call above counted too (LiteLLM counts them)
+    let err = chat_as(&stack, &k1, "gpt-4o-mini", None).assert_error(429, "throttling_error");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rate limit exceeded for team: t-rl."),
+        "{err}"
+    );
+
+    stack
+        .admin_post("/customer/new", &json!({"user_id": "c-rl", "rpm_limit": 1}))
+        .assert_status(200);
+    let (k3, _) = stack.generate_key(json!({}));
+    let ok = chat_as(&stack, &k3, "gpt-4o-mini", Some("c-rl"));
+    ok.assert_status(200);
+    assert_eq!(
+        ok.header("x-ratelimit-end_user-limit-requests"),
+        Some("1"),
+        "{:?}",
+        ok.headers
+    );
+    let refused = chat_as(&stack, &k3, "gpt-4o-mini", Some("c-rl"));
+    let err = refused.assert_error(429, "throttling_error");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rate limit exceeded for end_user: c-rl."),
+        "{err}"
+    );
+    assert_eq!(refused.header("rate_limit_type"), Some("requests"));
+    chat_as(&stack, &k3, "gpt-4o-mini", Some("c-other")).assert_status(200);
+}
