@@ -1,6 +1,6 @@
 //! The headers Tollgate adds to a successful LLM response (litellm-compat.md §4.4, §7.2).
 
-use crate::cost::{nanos_to_usd, py_float};
+use crate::cost::{nanos_to_usd, py_float, usd_to_budget_nanos};
 use crate::rate_limits::{success_headers as limit_headers, LimitStatus};
 
 /// Rate-limit headers, then the key's budget headers. `response_cost_nanos` is known for
@@ -24,12 +24,14 @@ pub fn success_headers(
         out.push(("x-litellm-key-max-budget".into(), py_float(max)));
     }
     if let Some(spend) = key_spend_nanos {
-        let spend = nanos_to_usd(spend.saturating_add(response_cost_nanos.unwrap_or(0)));
-        out.push(("x-litellm-key-spend".into(), py_float(spend)));
+        // Money stays in integer nano-dollars until it is printed: no float leftovers.
+        let spend = spend.saturating_add(response_cost_nanos.unwrap_or(0));
+        out.push(("x-litellm-key-spend".into(), py_float(nanos_to_usd(spend))));
         if let Some(max) = key_max_budget {
+            let left = usd_to_budget_nanos(max).saturating_sub(spend).max(0);
             out.push((
                 "x-litellm-key-remaining-budget".into(),
-                py_float((max - spend).max(0.0)),
+                py_float(nanos_to_usd(left)),
             ));
         }
     }
@@ -72,6 +74,9 @@ mod tests {
                 ),
             ]
         );
+        // 0.1 - 0.04 in floats is 0.060000000000000005; in nano-dollars it is 0.06.
+        let h = success_headers(&[], Some(20_000_000), Some(0.1), Some(20_000_000), true);
+        assert_eq!(h[3].1, "0.06");
         let h = success_headers(&[], None, None, Some(5), false);
         assert!(h.is_empty(), "unpriced: no cost header");
     }

@@ -768,3 +768,163 @@ pub fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(s.as_bytes()))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Polling, spend and concurrency helpers (budgets and rate-limit suites)
+
+/// Calls `f` every 50 ms until it returns `Ok`, failing the test after `timeout` with `what`
+/// and the last `Err` (a description of what was seen).
+pub fn poll_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(last) => {
+                if Instant::now() > deadline {
+                    panic!("{what}: not reached within {timeout:?}; last seen: {last}");
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Stack {
+    /// `POST` with a JSON content type, `Authorization: Bearer <auth>` and extra headers, on a
+    /// fresh connection of its own (safe to call from many threads at once).
+    pub fn post_with(&self, path: &str, auth: &str, extra: &[(&str, &str)], body: &str) -> Resp {
+        let bearer = format!("Bearer {auth}");
+        let mut headers = vec![
+            ("content-type", "application/json"),
+            ("authorization", bearer.as_str()),
+        ];
+        headers.extend_from_slice(extra);
+        send(&agent(), "POST", &self.url(path), &headers, Some(body))
+    }
+
+    /// `GET /key/info?key=<key>` as the master key; the `info` object.
+    pub fn key_info(&self, key: &str) -> Value {
+        let resp = self.get(&format!("/key/info?key={key}"), Some(MASTER_KEY));
+        resp.assert_status(200);
+        resp.json()["info"].clone()
+    }
+
+    /// `GET /spend/logs?api_key=<key>` as the master key: the rows.
+    pub fn spend_logs(&self, key: &str) -> Vec<Value> {
+        let resp = self.get(&format!("/spend/logs?api_key={key}"), Some(MASTER_KEY));
+        resp.assert_status(200);
+        match resp.json() {
+            Value::Array(rows) => rows,
+            other => panic!("/spend/logs is not an array: {other}"),
+        }
+    }
+
+    /// Waits until the sidecar has `count` spend-log rows for `key` (the filter flushes every
+    /// second) and returns them.
+    pub fn wait_spend_logs(&self, key: &str, count: usize) -> Vec<Value> {
+        poll_until(
+            &format!("{count} spend-log rows for the key"),
+            Duration::from_secs(10),
+            || {
+                let rows = self.spend_logs(key);
+                if rows.len() == count {
+                    Ok(rows)
+                } else {
+                    let brief: Vec<String> = rows
+                        .iter()
+                        .map(|r| format!("{} {} {}", r["model"], r["status"], r["spend"]))
+                        .collect();
+                    Err(format!("{} rows: {brief:?}", rows.len()))
+                }
+            },
+        )
+    }
+
+    /// Waits until `/key/info` reports exactly `spend` for `key`.
+    pub fn wait_key_spend(&self, key: &str, spend: f64) -> Value {
+        poll_until(
+            &format!("/key/info spend == {spend}"),
+            Duration::from_secs(10),
+            || {
+                let info = self.key_info(key);
+                if info["spend"].as_f64() == Some(spend) {
+                    Ok(info)
+                } else {
+                    Err(info["spend"].to_string())
+                }
+            },
+        )
+    }
+
+    /// Sends `body` to `path` over a raw HTTP/1.1 connection, waits up to `hold` for an answer
+    /// that it does not expect to come (the upstream is slow), then closes the socket: a client
+    /// abort mid-request. Returns the bytes that did arrive (normally none).
+    pub fn abort_request(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+        hold: Duration,
+    ) -> Vec<u8> {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to Envoy");
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+            self.port,
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .expect("write request head");
+        stream
+            .write_all(body.as_bytes())
+            .expect("write request body");
+        stream
+            .set_read_timeout(Some(hold))
+            .expect("set read timeout");
+        let mut got = vec![0u8; 4096];
+        let n = stream.read(&mut got).unwrap_or(0);
+        got.truncate(n);
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        drop(stream);
+        got
+    }
+}
+
+/// Runs `f(i)` for `i in 0..n` on `n` threads at once (released together by a barrier) and
+/// returns the answers in order of `i`.
+pub fn run_concurrently<F>(n: usize, f: F) -> Vec<Resp>
+where
+    F: Fn(usize) -> Resp + Sync,
+{
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let f = &f;
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    f(i)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread panicked"))
+            .collect()
+    })
+}
+
+/// Seconds since the Unix epoch, as a float, from the system clock (the one Envoy reads).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
