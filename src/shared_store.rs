@@ -85,12 +85,24 @@ fn create<S: VersionedStore, T>(
     result
 }
 
+/// Creates the lease entry if it does not exist. Must run before any concurrent `update`: the
+/// filter calls it from `on_configure`, which Envoy runs on the main thread's VM before it
+/// clones the workers' VMs. (Created lazily under traffic, two workers could both write "free"
+/// and both believe they hold the lease.)
+pub fn ensure_lease<S: VersionedStore>(store: &S) -> Result<(), StoreError> {
+    if store.get(CREATE_LEASE_KEY).is_none() {
+        store.set(CREATE_LEASE_KEY, b"free", None)?;
+    }
+    Ok(())
+}
+
 fn acquire_lease<S: VersionedStore>(store: &S, now_micros: i64) -> Result<u32, StoreError> {
     let held = format!("held {now_micros}");
     for _ in 0..MAX_ATTEMPTS * 4 {
         match store.get(CREATE_LEASE_KEY) {
             None => {
-                // Only ever created once per process; a blind write of "free" loses nothing.
+                // Only where `ensure_lease` did not run first (host tests): nothing else can
+                // hold a lease that does not exist yet on a single thread.
                 store.set(CREATE_LEASE_KEY, b"free", None)?;
             }
             Some((value, cas)) => {

@@ -205,3 +205,50 @@ fn team_customer_and_model_per_team_rate_limits() {
     assert_eq!(refused.header("rate_limit_type"), Some("requests"));
     chat_as(&stack, &k3, "gpt-4o-mini", Some("c-other")).assert_status(200);
 }
+
+#[test]
+fn team_member_rate_limit_applies_per_member() {
+    let stack = Stack::default_config();
+    stack
+        .admin_post(
+            "/user/new",
+            &json!({"user_id": "member-1", "auto_create_key": false}),
+        )
+        .assert_status(200);
+    stack
+        .admin_post(
+            "/user/new",
+            &json!({"user_id": "member-2", "auto_create_key": false}),
+        )
+        .assert_status(200);
+    stack
+        .admin_post(
+            "/team/new",
+            &json!({
+                "team_id": "t-members",
+                "team_member_rpm_limit": 1,
+                "members_with_roles": [{"role": "user", "user_id": "member-1"}, {"role": "user", "user_id": "member-2"}]
+            }),
+        )
+        .assert_status(200);
+    let (k1, _) = stack.generate_key(json!({"team_id": "t-members", "user_id": "member-1"}));
+    let (k2, _) = stack.generate_key(json!({"team_id": "t-members", "user_id": "member-2"}));
+    let ok = chat_as(&stack, &k1, "gpt-4o-mini", None);
+    ok.assert_status(200);
+    assert_eq!(
+        ok.header("x-ratelimit-team_member-limit-requests"),
+        Some("1"),
+        "{:?}",
+        ok.headers
+    );
+    let err = chat_as(&stack, &k1, "gpt-4o-mini", None).assert_error(429, "throttling_error");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rate limit exceeded for team_member: t-members:member-1."),
+        "{err}"
+    );
+    // another member of the same team has a window of its own
+    chat_as(&stack, &k2, "gpt-4o-mini", None).assert_status(200);
+}

@@ -6,7 +6,7 @@ use super::host;
 use super::http::TollgateHttp;
 use super::key_cache;
 use crate::plugin_config::PluginConfig;
-use crate::shared_store::{update, Decision, VersionedStore};
+use crate::shared_store::{self, update, Decision, VersionedStore};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use std::cell::Cell;
@@ -217,6 +217,13 @@ impl RootContext for TollgateRoot {
             spend_queue: host::register_queue(SPEND_QUEUE),
             decoded: Default::default(),
         }));
+        if let Err(e) = shared_store::ensure_lease(&host::SharedData) {
+            host::log(
+                LogLevel::Error,
+                &format!("tollgate: cannot create the counter lease: {e:?}"),
+            );
+            return false;
+        }
         host::set_tick_period(FLUSH_PERIOD);
         true
     }
