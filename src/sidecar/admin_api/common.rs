@@ -131,6 +131,17 @@ pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminE
 
 /// A JSON object body whose fields are read one by one: an update distinguishes a field that
 /// is absent (unchanged) from one that is `null` (cleared).
+/// The budget-period and limit fields `/key/update`, `/team/update` and `/user/update` share,
+/// borrowed from the row being updated (users have no `soft_budget`).
+pub struct PeriodAndLimits<'a> {
+    pub soft_budget: Option<&'a mut Option<f64>>,
+    pub budget_duration: &'a mut Option<String>,
+    pub budget_reset_at: &'a mut Option<String>,
+    pub tpm_limit: &'a mut Option<u64>,
+    pub rpm_limit: &'a mut Option<u64>,
+    pub max_parallel_requests: &'a mut Option<u64>,
+}
+
 pub struct Fields(pub Map<String, Value>);
 
 impl Fields {
@@ -182,6 +193,38 @@ impl Fields {
 
     pub fn boolean(&self, name: &str) -> Result<Option<Option<bool>>, AdminError> {
         self.typed(name)
+    }
+
+    /// Applies the shared budget-period and limit fields present in the body (null clears):
+    /// `soft_budget`, `budget_duration` (which recomputes `budget_reset_at`), `tpm_limit`,
+    /// `rpm_limit`, `max_parallel_requests`.
+    pub fn apply_period_and_limits(
+        &self,
+        settings: &AdminSettings,
+        now_micros: i64,
+        to: PeriodAndLimits<'_>,
+    ) -> Result<(), AdminError> {
+        if let Some(soft) = to.soft_budget {
+            if let Some(v) = self.float("soft_budget")? {
+                check_budget("soft_budget", v)?;
+                *soft = v;
+            }
+        }
+        if let Some(v) = self.string("budget_duration")? {
+            let (d, at) = check_budget_duration(settings, &v, now_micros)?;
+            *to.budget_duration = d;
+            *to.budget_reset_at = at;
+        }
+        if let Some(v) = self.uint("tpm_limit")? {
+            *to.tpm_limit = v;
+        }
+        if let Some(v) = self.uint("rpm_limit")? {
+            *to.rpm_limit = v;
+        }
+        if let Some(v) = self.uint("max_parallel_requests")? {
+            *to.max_parallel_requests = v;
+        }
+        Ok(())
     }
 
     pub fn strings(&self, name: &str) -> Result<Option<Option<Vec<String>>>, AdminError> {

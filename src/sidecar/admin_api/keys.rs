@@ -6,7 +6,7 @@ use super::auth::{authenticate, require_writer, Principal};
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, expiry, forbidden,
     not_found, now_micros, ok, parse_body, row_json, set_metadata, spend_nanos_of, transact, usd,
-    validation_error, AdminError, AdminResult, Fields,
+    validation_error, AdminError, AdminResult, Fields, PeriodAndLimits,
 };
 use super::{AdminState, Shared};
 use crate::duration::{format_iso8601_utc, parse_iso8601_utc};
@@ -371,24 +371,18 @@ fn apply_key_fields(
         }
         row.max_budget = v;
     }
-    if let Some(v) = f.float("soft_budget")? {
-        check_budget("soft_budget", v)?;
-        row.soft_budget = v;
-    }
-    if let Some(v) = f.string("budget_duration")? {
-        let (d, at) = check_budget_duration(&state.settings, &v, now)?;
-        row.budget_duration = d;
-        row.budget_reset_at = at;
-    }
-    if let Some(v) = f.uint("tpm_limit")? {
-        row.tpm_limit = v;
-    }
-    if let Some(v) = f.uint("rpm_limit")? {
-        row.rpm_limit = v;
-    }
-    if let Some(v) = f.uint("max_parallel_requests")? {
-        row.max_parallel_requests = v;
-    }
+    f.apply_period_and_limits(
+        &state.settings,
+        now,
+        PeriodAndLimits {
+            soft_budget: Some(&mut row.soft_budget),
+            budget_duration: &mut row.budget_duration,
+            budget_reset_at: &mut row.budget_reset_at,
+            tpm_limit: &mut row.tpm_limit,
+            rpm_limit: &mut row.rpm_limit,
+            max_parallel_requests: &mut row.max_parallel_requests,
+        },
+    )?;
     if let Some(v) = f.value("metadata") {
         row.metadata = match v {
             Value::Null => json!({}),

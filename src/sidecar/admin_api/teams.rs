@@ -6,7 +6,7 @@ use super::auth::{authenticate, require_admin, require_writer, Principal, INTERN
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, forbidden, new_uuid,
     ok, parse_body, row_json, set_metadata, spend_nanos_of, transact, validation_error, AdminError,
-    AdminResult, Fields,
+    AdminResult, Fields, PeriodAndLimits,
 };
 use super::{AdminState, Shared};
 use crate::duration::format_iso8601_utc;
@@ -379,24 +379,18 @@ pub async fn team_update(
             check_budget("max_budget", v)?;
             team.max_budget = v;
         }
-        if let Some(v) = f.float("soft_budget")? {
-            check_budget("soft_budget", v)?;
-            team.soft_budget = v;
-        }
-        if let Some(v) = f.string("budget_duration")? {
-            let (d, at) = check_budget_duration(&state.settings, &v, now)?;
-            team.budget_duration = d;
-            team.budget_reset_at = at;
-        }
-        if let Some(v) = f.uint("tpm_limit")? {
-            team.tpm_limit = v;
-        }
-        if let Some(v) = f.uint("rpm_limit")? {
-            team.rpm_limit = v;
-        }
-        if let Some(v) = f.uint("max_parallel_requests")? {
-            team.max_parallel_requests = v;
-        }
+        f.apply_period_and_limits(
+            &state.settings,
+            now,
+            PeriodAndLimits {
+                soft_budget: Some(&mut team.soft_budget),
+                budget_duration: &mut team.budget_duration,
+                budget_reset_at: &mut team.budget_reset_at,
+                tpm_limit: &mut team.tpm_limit,
+                rpm_limit: &mut team.rpm_limit,
+                max_parallel_requests: &mut team.max_parallel_requests,
+            },
+        )?;
         if let Some(v) = f.value("metadata") {
             // LiteLLM keeps its own fields in metadata: a new metadata keeps them.
             let keep = team.member_budget_id().map(str::to_string);

@@ -7,7 +7,7 @@ use super::auth::{
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, forbidden, not_found, now_micros,
     ok, parse_body, row_json, spend_nanos_of, transact, usd, validation_error, AdminError,
-    AdminResult, Fields,
+    AdminResult, Fields, PeriodAndLimits,
 };
 use super::keys::{build_key, flag, GenerateKeyRequest};
 use super::Shared;
@@ -264,20 +264,18 @@ pub async fn user_update(
             check_budget("max_budget", v)?;
             user.max_budget = v;
         }
-        if let Some(v) = f.string("budget_duration")? {
-            let (d, at) = check_budget_duration(&state.settings, &v, now)?;
-            user.budget_duration = d;
-            user.budget_reset_at = at;
-        }
-        if let Some(v) = f.uint("tpm_limit")? {
-            user.tpm_limit = v;
-        }
-        if let Some(v) = f.uint("rpm_limit")? {
-            user.rpm_limit = v;
-        }
-        if let Some(v) = f.uint("max_parallel_requests")? {
-            user.max_parallel_requests = v;
-        }
+        f.apply_period_and_limits(
+            &state.settings,
+            now,
+            PeriodAndLimits {
+                soft_budget: None,
+                budget_duration: &mut user.budget_duration,
+                budget_reset_at: &mut user.budget_reset_at,
+                tpm_limit: &mut user.tpm_limit,
+                rpm_limit: &mut user.rpm_limit,
+                max_parallel_requests: &mut user.max_parallel_requests,
+            },
+        )?;
         if let Some(v) = f.value("metadata") {
             user.metadata = if v.is_null() { json!({}) } else { v };
         }
