@@ -98,9 +98,11 @@ impl Window {
         format!("{} {} {}", self.start, self.requests, self.tokens).into_bytes()
     }
 
-    /// The window in force at `now`: a new one if this one has ended.
+    /// The window in force at `now`: a new one if this one has ended. A `now` earlier than the
+    /// window's start (another worker opened it after this request read the clock) counts in
+    /// it; resetting there would hand out a fresh window and admit too many requests.
     fn current(self, now: i64, window: i64) -> Window {
-        if self.start == 0 || now.saturating_sub(self.start) >= window || now < self.start {
+        if self.start == 0 || now.saturating_sub(self.start) >= window {
             Window {
                 start: now,
                 requests: 0,
@@ -432,6 +434,18 @@ mod tests {
         assert_eq!(h["retry-after"], "59");
         assert_eq!(h["rate_limit_type"], "requests");
         assert!(admit(&s, &d, 1, 1_000_000 + W, W).is_ok(), "new window");
+    }
+
+    #[test]
+    fn a_slightly_stale_clock_counts_in_the_current_window() {
+        let s = MemoryStore::default();
+        let d = [key(Some(2), None, None)];
+        admit(&s, &d, 1, 1_000_000, W).unwrap();
+        admit(&s, &d, 1, 999_000, W).unwrap();
+        assert!(
+            admit(&s, &d, 1, 998_000, W).is_err(),
+            "no fresh window for an older clock"
+        );
     }
 
     #[test]
