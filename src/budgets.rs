@@ -8,7 +8,7 @@
 //! Resets are lazy and exact: the first check or charge after `reset_at` starts the new period.
 
 use crate::cost::{nanos_to_usd, py_float};
-use crate::duration::{add_duration, next_reset_at_str, parse_duration};
+use crate::duration::{add_duration, next_reset_at_str, parse_duration, ZoneOffsets, UTC};
 use crate::errors::ApiError;
 use crate::shared_store::{update, Decision, StoreError, VersionedStore};
 
@@ -67,10 +67,19 @@ pub struct Scope {
 }
 
 /// How periods are computed (from the plugin's budget settings).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Calendar {
-    pub utc_offset_seconds: i32,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Calendar<'a> {
+    pub zone: &'a ZoneOffsets,
     pub reset_time_of_day_seconds: u32,
+}
+
+impl Default for Calendar<'_> {
+    fn default() -> Self {
+        Calendar {
+            zone: &UTC,
+            reset_time_of_day_seconds: 0,
+        }
+    }
 }
 
 /// One budget's state.
@@ -121,16 +130,11 @@ pub fn storage_key(scope: &Scope) -> String {
 }
 
 /// The end of the period that starts at `now` (µs), or 0 when there is no period.
-fn period_end(duration: Option<&str>, aligned: bool, now: i64, cal: Calendar) -> i64 {
+fn period_end(duration: Option<&str>, aligned: bool, now: i64, cal: Calendar<'_>) -> i64 {
     let Some(d) = duration else { return 0 };
     let now_secs = now.div_euclid(1_000_000);
     let end = if aligned {
-        next_reset_at_str(
-            d,
-            now_secs,
-            cal.utc_offset_seconds,
-            cal.reset_time_of_day_seconds,
-        )
+        next_reset_at_str(d, now_secs, cal.zone, cal.reset_time_of_day_seconds)
     } else {
         match parse_duration(d) {
             Ok(p) => add_duration(now_secs, p),
@@ -147,7 +151,7 @@ fn current(
     duration: Option<&str>,
     aligned: bool,
     now: i64,
-    cal: Calendar,
+    cal: Calendar<'_>,
 ) -> Counter {
     let mut c = match value {
         Some(v) => Counter::decode(v),
@@ -217,7 +221,7 @@ pub fn admit<S: VersionedStore>(
     scopes: &[Scope],
     estimate_nanos: i64,
     now: i64,
-    cal: Calendar,
+    cal: Calendar<'_>,
     exceeded_status: u16,
 ) -> Result<BudgetTicket, ApiError> {
     let mut ticket = BudgetTicket::default();
@@ -285,7 +289,7 @@ pub fn settle<S: VersionedStore>(
     ticket: &BudgetTicket,
     actual_nanos: Option<i64>,
     now: i64,
-    cal: Calendar,
+    cal: Calendar<'_>,
 ) -> Option<i64> {
     let mut key_spend = None;
     for (i, charge) in ticket.charges.iter().enumerate() {
@@ -322,8 +326,8 @@ mod tests {
     use super::*;
     use crate::shared_store::MemoryStore;
 
-    const CAL: Calendar = Calendar {
-        utc_offset_seconds: 0,
+    const CAL: Calendar<'static> = Calendar {
+        zone: &UTC,
         reset_time_of_day_seconds: 0,
     };
 

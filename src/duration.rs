@@ -21,8 +21,9 @@
 //!   (e.g. `"99999999999999999999h"`) is `InvalidFormat` here; LiteLLM would accept such an
 //!   hour/minute/second value for `budget_duration`. `next_reset_at_str` still aligns it exactly.
 //! * `mo` arithmetic is done in UTC; LiteLLM uses the server's local time (UTC in containers).
-//! * Only fixed UTC offsets are supported for `litellm_settings.timezone` (no tz database in the
-//!   filter); see [`parse_utc_offset`].
+//! * `litellm_settings.timezone` arrives as a [`ZoneOffsets`] table (the sidecar resolves IANA
+//!   names with a bundled tz database, so the filter needs none); wall-clock results map back to
+//!   UTC as CPython's `zoneinfo` does for `fold=0`.
 
 use std::fmt;
 
@@ -474,12 +475,8 @@ fn spec_for_parsed(d: ParsedDuration) -> ResetSpec {
     }
 }
 
-fn to_unix(local: i64, utc_offset_secs: i32) -> i64 {
-    local.saturating_sub(i64::from(utc_offset_secs))
-}
-
 /// Calendar-aligned `budget_reset_at` (§3.2, `get_next_standardized_reset_time`) for a parsed
-/// duration, computed in local time = UTC + `utc_offset_secs`, returned as unix seconds.
+/// duration, computed in the local time of `zone`, returned as unix seconds.
 ///
 /// | duration | next reset |
 /// |---|---|
@@ -503,16 +500,16 @@ fn to_unix(local: i64, utc_offset_secs: i32) -> i64 {
 pub fn next_reset_at(
     d: ParsedDuration,
     now_unix_secs: i64,
-    utc_offset_secs: i32,
+    zone: &ZoneOffsets,
     reset_time_of_day_secs: u32,
 ) -> i64 {
-    let local_now = now_unix_secs.saturating_add(i64::from(utc_offset_secs));
+    let local_now = zone.wall_at_utc(now_unix_secs);
     let local = reset_local(
         Some(spec_for_parsed(d)),
         local_now,
         clamp_tod(reset_time_of_day_secs),
     );
-    to_unix(local, utc_offset_secs)
+    zone.utc_from_wall(local)
 }
 
 /// Exact `get_next_standardized_reset_time(duration, now, tz, reset_time_of_day)` from the
@@ -523,13 +520,13 @@ pub fn next_reset_at(
 pub fn next_reset_at_str(
     duration: &str,
     now_unix_secs: i64,
-    utc_offset_secs: i32,
+    zone: &ZoneOffsets,
     reset_time_of_day_secs: u32,
 ) -> i64 {
-    let local_now = now_unix_secs.saturating_add(i64::from(utc_offset_secs));
+    let local_now = zone.wall_at_utc(now_unix_secs);
     let spec = parse_reset_spec(normalize_duration(duration));
     let local = reset_local(spec, local_now, clamp_tod(reset_time_of_day_secs));
-    to_unix(local, utc_offset_secs)
+    zone.utc_from_wall(local)
 }
 
 fn budget_duration_message(s: &str) -> String {
@@ -548,7 +545,7 @@ fn budget_duration_message(s: &str) -> String {
 pub fn validate_budget_duration_at(
     s: &str,
     now_unix_secs: i64,
-    utc_offset_secs: i32,
+    zone: &ZoneOffsets,
     reset_time_of_day_secs: u32,
 ) -> Result<ParsedDuration, String> {
     let err = || budget_duration_message(s);
@@ -572,7 +569,7 @@ pub fn validate_budget_duration_at(
             return Err(err());
         }
     }
-    let local_now = now_unix_secs.saturating_add(i64::from(utc_offset_secs));
+    let local_now = zone.wall_at_utc(now_unix_secs);
     let local = reset_local(spec, local_now, clamp_tod(reset_time_of_day_secs));
     if !(PY_DATETIME_START..PY_DATETIME_END).contains(&local) {
         // OverflowError in LiteLLM's date arithmetic.
@@ -585,7 +582,7 @@ pub fn validate_budget_duration_at(
 /// midnight. `now` only matters for values whose reset would fall beyond year 9999 (about
 /// 2.9 million days), so the answer is the same as LiteLLM's for every practical input.
 pub fn validate_budget_duration(s: &str) -> Result<ParsedDuration, String> {
-    validate_budget_duration_at(s, VALIDATION_REFERENCE_NOW, 0, 0)
+    validate_budget_duration_at(s, VALIDATION_REFERENCE_NOW, &ZoneOffsets::default(), 0)
 }
 
 /// Parse one 1-2 digit ASCII field with an inclusive maximum (strptime `%H`/`%M`/`%S`).
@@ -640,6 +637,69 @@ fn parse_signed_offset(s: &str) -> Option<i32> {
     let h = parse_field(hh, 23)?;
     let m = parse_field(mm, 59)?;
     i32::try_from(h * 3_600 + m * 60).ok().map(|v| sign * v)
+}
+
+/// A time zone as the filter needs it: UTC offsets over time. `initial` applies before the first
+/// transition; each transition `(unix_secs, offset)` starts a new offset at that instant.
+/// Transitions are sorted by instant. A fixed zone has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct ZoneOffsets {
+    pub initial: i32,
+    pub transitions: Vec<(i64, i32)>,
+}
+
+/// UTC, for defaults.
+pub static UTC: ZoneOffsets = ZoneOffsets {
+    initial: 0,
+    transitions: Vec::new(),
+};
+
+impl ZoneOffsets {
+    pub fn fixed(utc_offset_secs: i32) -> ZoneOffsets {
+        ZoneOffsets {
+            initial: utc_offset_secs,
+            transitions: Vec::new(),
+        }
+    }
+
+    /// The offset in effect at a UTC instant.
+    pub fn offset_at_utc(&self, unix_secs: i64) -> i32 {
+        let passed = self.transitions.partition_point(|(at, _)| *at <= unix_secs);
+        self.offset_after(passed)
+    }
+
+    /// The offset after the first `passed` transitions.
+    fn offset_after(&self, passed: usize) -> i32 {
+        passed
+            .checked_sub(1)
+            .and_then(|i| self.transitions.get(i))
+            .map_or(self.initial, |(_, off)| *off)
+    }
+
+    /// Local wall-clock seconds (`unix + offset`) at a UTC instant.
+    pub fn wall_at_utc(&self, unix_secs: i64) -> i64 {
+        unix_secs.saturating_add(i64::from(self.offset_at_utc(unix_secs)))
+    }
+
+    /// The UTC instant of a local wall-clock time, as `zoneinfo` resolves it with `fold=0`: a
+    /// transition counts as passed once the wall clock reaches it read with the larger of the
+    /// offsets around it. So a time that occurs twice (clocks going back) is its first
+    /// occurrence, and a time that never occurs (clocks going forward) is read with the offset
+    /// from before the jump (02:30 on a spring-forward night in New York is 07:30 UTC).
+    pub fn utc_from_wall(&self, wall_secs: i64) -> i64 {
+        let passed = self.transitions.partition_point(|(at, after)| {
+            let before = self.offset_before(*at);
+            at.saturating_add(i64::from(before.max(*after))) <= wall_secs
+        });
+        wall_secs.saturating_sub(i64::from(self.offset_after(passed)))
+    }
+
+    /// The offset just before the transition at `at`.
+    fn offset_before(&self, at: i64) -> i32 {
+        let earlier = self.transitions.partition_point(|(t, _)| *t < at);
+        self.offset_after(earlier)
+    }
 }
 
 /// Zones that are a fixed offset today (no DST in current tzdata), so they can be honoured
@@ -703,9 +763,9 @@ const UTC_NAMES: &[&str] = &[
     "etc/greenwich",
 ];
 
-/// `litellm_settings.timezone` → fixed offset in seconds east of UTC, or `None` when the zone
-/// needs a tz database (e.g. `"America/New_York"`, `"Europe/London"`): the caller falls back
-/// to UTC and warns.
+/// `litellm_settings.timezone` written as a fixed offset → seconds east of UTC, or `None` when
+/// the zone needs a tz database (e.g. `"America/New_York"`, `"Europe/London"`; the sidecar
+/// resolves those with its bundled one, `sidecar::timezone`).
 ///
 /// Accepted (case-insensitive, surrounding whitespace ignored):
 /// * `""` (LiteLLM: `timezone or "UTC"`), `UTC`, `Etc/UTC`, `GMT`, `Z`, `Zulu`, other UTC aliases;
@@ -872,13 +932,17 @@ mod tests {
         unix_from_civil(y, mo, d, h, mi, s)
     }
 
+    fn z(off: i32) -> ZoneOffsets {
+        ZoneOffsets::fixed(off)
+    }
+
     fn hms(h: u32, m: u32, s: u32) -> u32 {
         h * 3600 + m * 60 + s
     }
 
     /// Reset from the string in UTC with midnight reset time.
     fn r(dur: &str, now: i64) -> i64 {
-        next_reset_at_str(dur, now, 0, 0)
+        next_reset_at_str(dur, now, &z(0), 0)
     }
 
     // ---------------------------------------------------------------- parse_duration
@@ -1070,10 +1134,10 @@ mod tests {
     #[test]
     fn validate_at_year_9999_boundary() {
         let late = u(9999, 12, 31, 12, 0, 0);
-        assert!(validate_budget_duration_at("1h", late, 0, 0).is_ok());
-        assert!(validate_budget_duration_at("1d", late, 0, 0).is_err());
-        assert!(validate_budget_duration_at("1mo", late, 0, 0).is_err());
-        assert!(validate_budget_duration_at("1d", u(9999, 12, 30, 12, 0, 0), 0, 0).is_ok());
+        assert!(validate_budget_duration_at("1h", late, &z(0), 0).is_ok());
+        assert!(validate_budget_duration_at("1d", late, &z(0), 0).is_err());
+        assert!(validate_budget_duration_at("1mo", late, &z(0), 0).is_err());
+        assert!(validate_budget_duration_at("1d", u(9999, 12, 30, 12, 0, 0), &z(0), 0).is_ok());
         // Days from 2026-01-01 to 10000-01-01: 2_912_443.
         assert!(validate_budget_duration("2912442d").is_ok());
         assert!(validate_budget_duration("2912443d").is_err());
@@ -1287,7 +1351,7 @@ mod tests {
         assert_eq!(r("168h", thu()), u(2026, 11, 27, 0, 0, 0));
         // 24h ignores reset_time_of_day.
         assert_eq!(
-            next_reset_at_str("24h", thu(), 0, hms(9, 0, 0)),
+            next_reset_at_str("24h", thu(), &z(0), hms(9, 0, 0)),
             u(2026, 11, 27, 0, 0, 0)
         );
         assert_eq!(r("0h", thu()), thu());
@@ -1312,15 +1376,15 @@ mod tests {
         assert_eq!(r("1d", u(2026, 11, 27, 0, 0, 0)), u(2026, 11, 28, 0, 0, 0));
         let nine = hms(9, 0, 0);
         assert_eq!(
-            next_reset_at_str("1d", thu(), 0, nine),
+            next_reset_at_str("1d", thu(), &z(0), nine),
             u(2026, 11, 27, 9, 0, 0)
         );
         assert_eq!(
-            next_reset_at_str("1d", u(2026, 11, 26, 8, 0, 0), 0, nine),
+            next_reset_at_str("1d", u(2026, 11, 26, 8, 0, 0), &z(0), nine),
             u(2026, 11, 26, 9, 0, 0)
         );
         assert_eq!(
-            next_reset_at_str("1d", u(2026, 11, 26, 9, 0, 0), 0, nine),
+            next_reset_at_str("1d", u(2026, 11, 26, 9, 0, 0), &z(0), nine),
             u(2026, 11, 27, 9, 0, 0)
         );
         // Month and year end.
@@ -1343,16 +1407,16 @@ mod tests {
         let nine = hms(9, 0, 0);
         // Monday before the reset time -> today; after -> next week.
         assert_eq!(
-            next_reset_at_str("7d", u(2026, 11, 30, 8, 0, 0), 0, nine),
+            next_reset_at_str("7d", u(2026, 11, 30, 8, 0, 0), &z(0), nine),
             u(2026, 11, 30, 9, 0, 0)
         );
         assert_eq!(
-            next_reset_at_str("1w", u(2026, 11, 30, 10, 0, 0), 0, nine),
+            next_reset_at_str("1w", u(2026, 11, 30, 10, 0, 0), &z(0), nine),
             u(2026, 12, 7, 9, 0, 0)
         );
         // Sunday at noon with a 09:00 reset -> Monday 09:00.
         assert_eq!(
-            next_reset_at_str("7d", u(2026, 11, 29, 12, 0, 0), 0, nine),
+            next_reset_at_str("7d", u(2026, 11, 29, 12, 0, 0), &z(0), nine),
             u(2026, 11, 30, 9, 0, 0)
         );
         // Across a year end: Thu 2026-12-31 -> Mon 2027-01-04.
@@ -1375,11 +1439,11 @@ mod tests {
         // The 1st before the reset time -> today.
         let six = hms(6, 0, 0);
         assert_eq!(
-            next_reset_at_str("30d", u(2026, 12, 1, 5, 0, 0), 0, six),
+            next_reset_at_str("30d", u(2026, 12, 1, 5, 0, 0), &z(0), six),
             u(2026, 12, 1, 6, 0, 0)
         );
         assert_eq!(
-            next_reset_at_str("1mo", u(2026, 12, 1, 7, 0, 0), 0, six),
+            next_reset_at_str("1mo", u(2026, 12, 1, 7, 0, 0), &z(0), six),
             u(2027, 1, 1, 6, 0, 0)
         );
     }
@@ -1388,7 +1452,7 @@ mod tests {
     fn reset_other_days_and_weeks() {
         assert_eq!(r("2d", thu()), u(2026, 11, 28, 0, 0, 0));
         assert_eq!(
-            next_reset_at_str("2d", thu(), 0, hms(9, 0, 0)),
+            next_reset_at_str("2d", thu(), &z(0), hms(9, 0, 0)),
             u(2026, 11, 28, 9, 0, 0)
         );
         assert_eq!(r("10d", thu()), u(2026, 12, 6, 0, 0, 0));
@@ -1408,7 +1472,7 @@ mod tests {
             "1hr", "30min", "1month", "2month", "1dd", "1H", "abc", "", " 1h", "30",
         ] {
             assert_eq!(
-                next_reset_at_str(s, thu(), 0, hms(9, 0, 0)),
+                next_reset_at_str(s, thu(), &z(0), hms(9, 0, 0)),
                 midnight,
                 "{s:?}"
             );
@@ -1421,39 +1485,42 @@ mod tests {
                           // 20:00Z = 01:30 Fri 27th local. 1d -> local Sat 28th 00:00 = 27th 18:30Z.
         let now = u(2026, 11, 26, 20, 0, 0);
         assert_eq!(
-            next_reset_at_str("1d", now, ist, 0),
+            next_reset_at_str("1d", now, &z(ist), 0),
             u(2026, 11, 27, 18, 30, 0)
         );
         assert_eq!(
-            next_reset_at(Seconds(86_400), now, ist, 0),
+            next_reset_at(Seconds(86_400), now, &z(ist), 0),
             u(2026, 11, 27, 18, 30, 0)
         );
         // 7d -> local Mon 30th 00:00 = 29th 18:30Z.
         assert_eq!(
-            next_reset_at_str("7d", now, ist, 0),
+            next_reset_at_str("7d", now, &z(ist), 0),
             u(2026, 11, 29, 18, 30, 0)
         );
         // 1h: local 20:34:05 -> 21:00 local = 15:30Z.
         assert_eq!(
-            next_reset_at_str("1h", thu(), ist, 0),
+            next_reset_at_str("1h", thu(), &z(ist), 0),
             u(2026, 11, 26, 15, 30, 0)
         );
         // -08:00: 2026-12-01T03:00Z is still Nov 30 19:00 locally -> Dec 1 00:00 local = 08:00Z.
         let pst = -28_800;
         let now = u(2026, 12, 1, 3, 0, 0);
         assert_eq!(
-            next_reset_at_str("1mo", now, pst, 0),
+            next_reset_at_str("1mo", now, &z(pst), 0),
             u(2026, 12, 1, 8, 0, 0)
         );
         assert_eq!(
-            next_reset_at(Months(1), now, pst, 0),
+            next_reset_at(Months(1), now, &z(pst), 0),
             u(2026, 12, 1, 8, 0, 0)
         );
         // In UTC the same instant already passed Dec 1 00:00.
-        assert_eq!(next_reset_at_str("1mo", now, 0, 0), u(2027, 1, 1, 0, 0, 0));
+        assert_eq!(
+            next_reset_at_str("1mo", now, &z(0), 0),
+            u(2027, 1, 1, 0, 0, 0)
+        );
         // Weekday is the local one: Mon 2026-11-30 02:00Z is Sun 18:00 in -08:00.
         assert_eq!(
-            next_reset_at_str("7d", u(2026, 11, 30, 2, 0, 0), pst, 0),
+            next_reset_at_str("7d", u(2026, 11, 30, 2, 0, 0), &z(pst), 0),
             u(2026, 11, 30, 8, 0, 0)
         );
     }
@@ -1461,29 +1528,38 @@ mod tests {
     #[test]
     fn next_reset_at_parsed_maps_units() {
         let nine = hms(9, 0, 0);
-        assert_eq!(next_reset_at(Seconds(30), thu(), 0, 0), r("30s", thu()));
-        assert_eq!(next_reset_at(Seconds(300), thu(), 0, 0), r("5m", thu()));
-        assert_eq!(next_reset_at(Seconds(3_600), thu(), 0, 0), r("1h", thu()));
-        assert_eq!(next_reset_at(Seconds(7_200), thu(), 0, 0), r("2h", thu()));
+        assert_eq!(next_reset_at(Seconds(30), thu(), &z(0), 0), r("30s", thu()));
+        assert_eq!(next_reset_at(Seconds(300), thu(), &z(0), 0), r("5m", thu()));
         assert_eq!(
-            next_reset_at(Seconds(86_400), thu(), 0, nine),
-            next_reset_at_str("1d", thu(), 0, nine)
+            next_reset_at(Seconds(3_600), thu(), &z(0), 0),
+            r("1h", thu())
         );
-        assert_eq!(next_reset_at(Seconds(604_800), thu(), 0, 0), r("7d", thu()));
         assert_eq!(
-            next_reset_at(Seconds(1_209_600), thu(), 0, 0),
+            next_reset_at(Seconds(7_200), thu(), &z(0), 0),
+            r("2h", thu())
+        );
+        assert_eq!(
+            next_reset_at(Seconds(86_400), thu(), &z(0), nine),
+            next_reset_at_str("1d", thu(), &z(0), nine)
+        );
+        assert_eq!(
+            next_reset_at(Seconds(604_800), thu(), &z(0), 0),
+            r("7d", thu())
+        );
+        assert_eq!(
+            next_reset_at(Seconds(1_209_600), thu(), &z(0), 0),
             r("14d", thu())
         );
         assert_eq!(
-            next_reset_at(Seconds(2_592_000), thu(), 0, 0),
+            next_reset_at(Seconds(2_592_000), thu(), &z(0), 0),
             r("30d", thu())
         );
-        assert_eq!(next_reset_at(Months(1), thu(), 0, 0), r("1mo", thu()));
-        assert_eq!(next_reset_at(Seconds(90), thu(), 0, 0), r("90s", thu()));
-        assert_eq!(next_reset_at(Seconds(0), thu(), 0, 0), thu());
+        assert_eq!(next_reset_at(Months(1), thu(), &z(0), 0), r("1mo", thu()));
+        assert_eq!(next_reset_at(Seconds(90), thu(), &z(0), 0), r("90s", thu()));
+        assert_eq!(next_reset_at(Seconds(0), thu(), &z(0), 0), thu());
         // Months other than 1 align like 1mo (LiteLLM raises).
         assert_eq!(
-            next_reset_at(Months(2), thu(), 0, 0),
+            next_reset_at(Months(2), thu(), &z(0), 0),
             u(2026, 12, 1, 0, 0, 0)
         );
     }
@@ -1505,11 +1581,11 @@ mod tests {
                         Months(1),
                         Months(u32::MAX),
                     ] {
-                        let _ = next_reset_at(d, now, off, tod);
+                        let _ = next_reset_at(d, now, &z(off), tod);
                     }
                     for s in ["1mo", "7d", "99999999999999999999d", "5h", "45s", "7m", "x"] {
-                        let _ = next_reset_at_str(s, now, off, tod);
-                        let _ = validate_budget_duration_at(s, now, off, tod);
+                        let _ = next_reset_at_str(s, now, &z(off), tod);
+                        let _ = validate_budget_duration_at(s, now, &z(off), tod);
                     }
                 }
             }
@@ -1522,7 +1598,7 @@ mod tests {
     #[test]
     fn reset_time_of_day_is_clamped() {
         assert_eq!(
-            next_reset_at_str("1d", thu(), 0, 200_000),
+            next_reset_at_str("1d", thu(), &z(0), 200_000),
             u(2026, 11, 26, 23, 59, 59)
         );
     }

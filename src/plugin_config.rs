@@ -47,8 +47,8 @@ pub struct BudgetSettings {
     pub proxy_budget_duration: Option<String>,
     /// `litellm_settings.budget_exceeded_status_code` (422).
     pub exceeded_status_code: u16,
-    /// `litellm_settings.timezone` as a fixed UTC offset, seconds.
-    pub utc_offset_seconds: i32,
+    /// `litellm_settings.timezone` as UTC offsets over time (resolved by the sidecar).
+    pub timezone: crate::duration::ZoneOffsets,
     /// `litellm_settings.budget_reset_time`, seconds after midnight.
     pub reset_time_of_day_seconds: u32,
     /// `general_settings.disable_budget_reservation`.
@@ -66,7 +66,7 @@ impl Default for BudgetSettings {
             proxy_max_budget: None,
             proxy_budget_duration: None,
             exceeded_status_code: 422,
-            utc_offset_seconds: 0,
+            timezone: crate::duration::ZoneOffsets::default(),
             reset_time_of_day_seconds: 0,
             disable_reservation: false,
             default_output_tokens: 16384,

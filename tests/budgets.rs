@@ -862,3 +862,39 @@ fn client_abort_releases_the_budget_reservation() {
     s.wait_spend_logs(&key, 3);
     assert_eq!(s.key_info(&key)["spend"].as_f64(), Some(0.02));
 }
+
+/// `litellm_settings.timezone` as an IANA zone with DST: a daily budget resets at the next
+/// local midnight in New York, whichever offset (EST or EDT) is in force then. The expected
+/// instant is computed independently with jiff's tz database.
+#[test]
+fn daily_budget_resets_at_new_york_midnight() {
+    let s = stack("litellm_settings:\n  timezone: America/New_York\n");
+    let (key, generated) = s.generate_key(json!({"max_budget": 1.0, "budget_duration": "1d"}));
+    let ny = jiff::tz::TimeZone::get("America/New_York").expect("tzdb has New York");
+    let now = jiff::Timestamp::now().to_zoned(ny.clone());
+    let midnight = now
+        .date()
+        .tomorrow()
+        .expect("tomorrow exists")
+        .to_zoned(ny)
+        .expect("midnight exists in New York")
+        .timestamp();
+    let expected = midnight.strftime("%Y-%m-%dT%H:%M:%S").to_string();
+    let reset_at = generated["budget_reset_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no budget_reset_at in {generated}"));
+    assert!(
+        reset_at.starts_with(&expected),
+        "budget_reset_at {reset_at}, expected New York midnight {expected}Z"
+    );
+    assert!(s.key_info(&key)["budget_reset_at"]
+        .as_str()
+        .is_some_and(|r| r.starts_with(&expected)));
+    // The filter gets the zone's transitions, not a single offset.
+    let config = s.data_dir.join("envoy.yaml");
+    let text = std::fs::read_to_string(&config).expect("rendered bootstrap");
+    assert!(
+        text.contains("\"transitions\":[["),
+        "the plugin configuration carries New York's DST transitions"
+    );
+}

@@ -126,9 +126,9 @@ impl TollgateHttp {
         host::send_error(error);
     }
 
-    fn calendar(&self) -> Calendar {
+    fn calendar(&self) -> Calendar<'_> {
         Calendar {
-            utc_offset_seconds: self.shared.config.budgets.utc_offset_seconds,
+            zone: &self.shared.config.budgets.timezone,
             reset_time_of_day_seconds: self.shared.config.budgets.reset_time_of_day_seconds,
         }
     }

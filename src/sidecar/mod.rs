@@ -6,6 +6,7 @@ pub mod fake_llm;
 pub mod litellm_config;
 pub mod render;
 pub mod store;
+pub mod timezone;
 mod up;
 
 use anyhow::{anyhow, Context, Result};
@@ -145,6 +146,14 @@ pub fn prepare(path: &Path) -> Result<Prepared> {
         eprintln!("tollgate: warning: {w}");
     }
     let config = loaded.config;
+    if let Some(Err(why)) = config
+        .litellm_settings
+        .timezone
+        .as_deref()
+        .map(timezone::resolve)
+    {
+        eprintln!("tollgate: warning: litellm_settings.timezone: {why}; budget resets align to UTC (as LiteLLM does)");
+    }
     let master_key = config
         .general_settings
         .master_key

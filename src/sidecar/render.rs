@@ -157,8 +157,8 @@ pub fn rate_limit_window_seconds(config: &LiteLlmConfig) -> u64 {
         .unwrap_or(60)
 }
 
-/// Budget settings as the filter needs them. Named time zones other than UTC and fixed-offset
-/// zones are not supported yet: they fall back to UTC with a warning at load.
+/// Budget settings as the filter needs them. An unknown time zone falls back to UTC (as in
+/// LiteLLM); [`super::prepare`] warns about it.
 pub fn budget_settings(config: &LiteLlmConfig) -> BudgetSettings {
     let ls = &config.litellm_settings;
     let gs = &config.general_settings;
@@ -167,11 +167,11 @@ pub fn budget_settings(config: &LiteLlmConfig) -> BudgetSettings {
         proxy_max_budget: ls.max_budget,
         proxy_budget_duration: ls.budget_duration.clone(),
         exceeded_status_code: ls.budget_exceeded_status_code.unwrap_or(422),
-        utc_offset_seconds: ls
+        timezone: ls
             .timezone
             .as_deref()
-            .and_then(crate::duration::parse_utc_offset)
-            .unwrap_or(0),
+            .and_then(|name| super::timezone::resolve(name).ok())
+            .unwrap_or_default(),
         reset_time_of_day_seconds: ls
             .budget_reset_time
             .as_deref()

@@ -176,16 +176,16 @@ pub fn nanos_to_usd(nanos: i64) -> f64 {
 
 /// Timezone and time of day that budget periods align to (`litellm_settings.timezone`,
 /// `budget_reset_time`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResetClock {
-    pub utc_offset_seconds: i32,
+    pub timezone: std::sync::Arc<crate::duration::ZoneOffsets>,
     pub reset_time_of_day_seconds: u32,
 }
 
 impl ResetClock {
     pub fn from_budget_settings(b: &BudgetSettings) -> Self {
         ResetClock {
-            utc_offset_seconds: b.utc_offset_seconds,
+            timezone: std::sync::Arc::new(b.timezone.clone()),
             reset_time_of_day_seconds: b.reset_time_of_day_seconds,
         }
     }
@@ -195,7 +195,7 @@ impl ResetClock {
         next_reset_at_str(
             duration,
             now_micros.div_euclid(1_000_000),
-            self.utc_offset_seconds,
+            &self.timezone,
             self.reset_time_of_day_seconds,
         )
         .saturating_mul(1_000_000)
@@ -639,7 +639,7 @@ impl Store {
     }
 
     pub fn reset_clock(&self) -> ResetClock {
-        self.clock
+        self.clock.clone()
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {

@@ -290,7 +290,7 @@ pub fn check_budget_duration(
             validate_budget_duration_at(
                 d,
                 now_micros.div_euclid(1_000_000),
-                b.utc_offset_seconds,
+                &b.timezone,
                 b.reset_time_of_day_seconds,
             )
             .map_err(|m| bad_request(&m))?;

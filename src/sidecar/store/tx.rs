@@ -41,7 +41,7 @@ impl<'c> Tx<'c> {
     pub(super) fn new(tx: rusqlite::Transaction<'c>, store: &Store, now_micros: i64) -> Tx<'c> {
         Tx {
             tx,
-            clock: store.clock,
+            clock: store.clock.clone(),
             default_end_user_budget: store.default_end_user_budget.clone(),
             now: now_micros,
             entries: Vec::new(),
