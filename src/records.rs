@@ -128,7 +128,13 @@ pub const NANOS_PER_USD: i64 = 1_000_000_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum KeyLookup {
-    Found { key: Box<KeyRecord> },
+    Found {
+        key: Box<KeyRecord>,
+        /// The change-log position the record reflects: a later poll listing this key for a
+        /// change at or before it need not drop it.
+        #[serde(default)]
+        seq: i64,
+    },
     NotFound,
 }
 
@@ -174,3 +180,42 @@ pub struct Changes {
 
 /// Response header of mutating admin calls: comma-separated entries as in [`Changes`].
 pub const INVALIDATE_HEADER: &str = "x-tollgate-invalidate";
+
+/// How the filter stores a cached record in shared data: `<epoch> <seq>\n<json>`, where
+/// `epoch` is the invalidate-everything generation it was stored under and `seq` the change-log
+/// position it reflects (`KeyLookup::Found::seq`).
+pub fn cached_record_header(epoch: u64, seq: i64) -> String {
+    format!("{epoch} {seq}\n")
+}
+
+/// Splits a cached record into (epoch, seq, json). Records written before `seq` existed
+/// (`<epoch>\n<json>`) read as seq 0. `None` for a tombstone or anything malformed.
+pub fn split_cached_record(bytes: &[u8]) -> Option<(u64, i64, &[u8])> {
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    let head = std::str::from_utf8(bytes.get(..nl)?).ok()?;
+    let (epoch, seq) = match head.split_once(' ') {
+        Some((e, s)) => (e.parse().ok()?, s.parse().ok()?),
+        None => (head.parse().ok()?, 0),
+    };
+    Some((epoch, seq, bytes.get(nl + 1..)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_record_header_round_trips() {
+        let mut stored = cached_record_header(3, 42).into_bytes();
+        stored.extend_from_slice(b"{\"a\":1}");
+        assert_eq!(
+            split_cached_record(&stored),
+            Some((3, 42, &b"{\"a\":1}"[..]))
+        );
+        assert_eq!(split_cached_record(b"7\n{}"), Some((7, 0, &b"{}"[..])));
+        assert_eq!(split_cached_record(b""), None);
+        assert_eq!(split_cached_record(b"x 1\n{}"), None);
+        assert_eq!(split_cached_record(b"1 y\n{}"), None);
+        assert_eq!(split_cached_record(b"1 2"), None);
+    }
+}

@@ -474,8 +474,8 @@ impl Context for TollgateHttp {
             None
         };
         match parsed {
-            Some(KeyLookup::Found { key }) => {
-                key_cache::put(&self.shared.decoded, &lookup.hash, &key);
+            Some(KeyLookup::Found { key, seq }) => {
+                key_cache::put(&self.shared.decoded, &lookup.hash, &key, seq);
                 self.caller = Some(Caller::VirtualKey {
                     record: Rc::new(*key),
                     raw_last4: lookup.raw_last4,
@@ -579,7 +579,7 @@ impl HttpContext for TollgateHttp {
             // An admin change passing through: drop what it made stale before the admin sees
             // the answer, so the very next request is decided on the new state.
             if let Some(entries) = host::response_header_value(INVALIDATE_HEADER) {
-                key_cache::invalidate(&self.shared.decoded, &entries, host::now_micros());
+                key_cache::invalidate(&self.shared.decoded, &entries, host::now_micros(), None);
                 host::set_response_header(INVALIDATE_HEADER, None);
             }
             return Action::Continue;

@@ -1,12 +1,15 @@
 //! Key records cached in Envoy shared data (process-wide, all workers), a bounded negative
 //! cache of keys the sidecar said do not exist, and invalidation.
 //!
-//! A record is stored as `<epoch>\n<json>`. Invalidating one key overwrites its entry with an
-//! empty tombstone; invalidating everything (`*`) bumps the shared epoch, so older records are
-//! fetched again. Shared data cannot delete, so tombstones stay until the key is used again.
+//! A record is stored as `<epoch> <seq>\n<json>` (`records::split_cached_record`). Invalidating
+//! one key overwrites its entry with an empty tombstone, unless the change-log poll lists a
+//! change the record already reflects (its `seq` is at or past the poll's): then there is
+//! nothing to refetch, and nothing to lose if the sidecar is down. Invalidating everything (`*`)
+//! bumps the shared epoch, so older records are fetched again. Shared data cannot delete, so
+//! tombstones stay until the key is used again.
 
 use super::host;
-use crate::records::KeyRecord;
+use crate::records::{cached_record_header, split_cached_record, KeyRecord};
 use crate::shared_store::{update, Decision, VersionedStore};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -44,9 +47,7 @@ fn negative_slot(hash: &str) -> String {
 }
 
 fn split_epoch(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let nl = bytes.iter().position(|b| *b == b'\n')?;
-    let epoch = std::str::from_utf8(bytes.get(..nl)?).ok()?.parse().ok()?;
-    Some((epoch, bytes.get(nl + 1..)?))
+    split_cached_record(bytes).map(|(epoch, _, json)| (epoch, json))
 }
 
 pub fn get(decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
@@ -85,9 +86,9 @@ pub fn get(decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
     Cached::Missing
 }
 
-pub fn put(decoded: &Decoded, hash: &str, record: &KeyRecord) {
+pub fn put(decoded: &Decoded, hash: &str, record: &KeyRecord, seq: i64) {
     if let Ok(json) = serde_json::to_vec(record) {
-        let mut value = format!("{}\n", decoded.epoch.get()).into_bytes();
+        let mut value = cached_record_header(decoded.epoch.get(), seq).into_bytes();
         value.extend_from_slice(&json);
         host::shared_set(&format!("{KEY_PREFIX}{hash}"), &value);
     }
@@ -116,7 +117,9 @@ pub fn refresh_epoch(decoded: &Decoded) {
 }
 
 /// Applies an invalidation list from the sidecar: key hashes, `customer:<id>` entries, or `*`.
-pub fn invalidate(decoded: &Decoded, entries: &str, now_micros: i64) {
+/// `upto`: the change-log position the list reaches (from the poll); a key record that already
+/// reflects it stays. `None` (an admin answer passing through): drop every listed key.
+pub fn invalidate(decoded: &Decoded, entries: &str, now_micros: i64, upto: Option<i64>) {
     for entry in entries.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         if entry == "*" {
             let bumped = update(&host::SharedData, EPOCH_KEY, now_micros, |v| {
@@ -133,7 +136,13 @@ pub fn invalidate(decoded: &Decoded, entries: &str, now_micros: i64) {
         } else if let Some(id) = entry.strip_prefix("customer:") {
             host::shared_set(&format!("{CUSTOMER_PREFIX}{id}"), b"");
         } else if crate::key_format::is_token_hash(entry) {
-            host::shared_set(&format!("{KEY_PREFIX}{entry}"), b"");
+            let slot = format!("{KEY_PREFIX}{entry}");
+            if let (Some(upto), Some((bytes, _))) = (upto, host::SharedData.get(&slot)) {
+                if split_cached_record(&bytes).is_some_and(|(_, seq, _)| seq >= upto) {
+                    continue;
+                }
+            }
+            host::shared_set(&slot, b"");
             host::shared_set(&negative_slot(entry), b"");
             decoded.records.borrow_mut().remove(entry);
         }
@@ -152,7 +161,7 @@ pub fn get_customer(decoded: &Decoded, id: &str) -> Option<crate::records::Custo
 
 pub fn put_customer(decoded: &Decoded, id: &str, lookup: &crate::records::CustomerLookup) {
     if let Ok(json) = serde_json::to_vec(lookup) {
-        let mut value = format!("{}\n", decoded.epoch.get()).into_bytes();
+        let mut value = cached_record_header(decoded.epoch.get(), 0).into_bytes();
         value.extend_from_slice(&json);
         host::shared_set(&format!("{CUSTOMER_PREFIX}{id}"), &value);
     }

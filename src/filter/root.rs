@@ -87,7 +87,12 @@ impl TollgateRoot {
         };
         let now = host::now_micros();
         if !changes.entries.is_empty() {
-            key_cache::invalidate(&shared.decoded, &changes.entries.join(","), now);
+            key_cache::invalidate(
+                &shared.decoded,
+                &changes.entries.join(","),
+                now,
+                i64::try_from(changes.seq).ok(),
+            );
         }
         let _ = update(&host::SharedData, CHANGES_SEQ_KEY, now, |v| {
             let current = v
@@ -167,6 +172,18 @@ fn requeue(queue: u32, raw: &[Vec<u8>]) {
 }
 
 impl Context for TollgateRoot {
+    /// This configuration is going away (a reload replaced it, or Envoy is stopping): batches
+    /// whose answer has not come back go back on the queue, which outlives this root context,
+    /// for the next configuration to send. The sidecar ignores events it already has.
+    fn on_done(&mut self) -> bool {
+        if let Some(queue) = self.shared.as_ref().and_then(|s| s.spend_queue) {
+            for (_, raw) in self.in_flight.drain(..) {
+                requeue(queue, &raw);
+            }
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,

@@ -47,6 +47,8 @@ pub struct AdminSettings {
     pub budgets: BudgetSettings,
     /// The rendered plugin configuration: the model list for `/model/info` and model checks.
     pub plugin: PluginConfig,
+    /// `litellm_settings.max_end_user_budget_id`.
+    pub default_end_user_budget_id: Option<String>,
 }
 
 impl AdminSettings {
@@ -61,14 +63,41 @@ pub const MAX_SPEND_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct AdminState {
     pub store: Store,
-    pub settings: AdminSettings,
+    /// From config.yaml; a reload replaces them (handlers take a snapshot per call).
+    settings: std::sync::RwLock<Arc<AdminSettings>>,
+}
+
+impl AdminState {
+    pub fn new(store: Store, settings: AdminSettings) -> AdminState {
+        AdminState {
+            store,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
+        }
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> Arc<AdminSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A reloaded config.yaml: its settings apply from the next call on.
+    pub fn replace_settings(&self, settings: AdminSettings) {
+        self.store.reconfigure(
+            settings.reset_clock(),
+            settings.default_end_user_budget_id.clone(),
+        );
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+    }
 }
 
 type Shared = Arc<AdminState>;
 
 pub fn router(state: Arc<AdminState>) -> Router {
-    let limit = state.settings.max_body_bytes.max(1024);
-    let spend_limit = state.settings.max_spend_batch_bytes.max(limit);
+    let limit = state.settings().max_body_bytes.max(1024);
+    let spend_limit = state.settings().max_spend_batch_bytes.max(limit);
     let mut r = Router::new()
         .route("/key/generate", post(keys::key_generate))
         .route("/key/info", get(keys::key_info))

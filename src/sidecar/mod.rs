@@ -4,6 +4,7 @@
 pub mod admin_api;
 pub mod fake_llm;
 pub mod litellm_config;
+pub mod reload;
 pub mod render;
 pub mod store;
 pub mod timezone;
@@ -62,7 +63,7 @@ enum Command {
         #[arg(long)]
         exit_on_stdin_eof: bool,
     },
-    /// The sidecar alone (admin API and store), e.g. next to an Istio gateway.
+    /// The sidecar alone (admin API and store), e.g. next to an Istio gateway or your own Envoy.
     Serve {
         #[arg(long)]
         config: PathBuf,
@@ -72,6 +73,17 @@ enum Command {
         port: u16,
         #[arg(long, default_value = ".tollgate")]
         data_dir: PathBuf,
+        /// Keep the filter configuration and upstream clusters in this directory for an Envoy
+        /// started from `tollgate render --format envoy --xds-dir` with the same directory, and
+        /// rewrite them when config.yaml changes.
+        #[arg(long)]
+        xds_dir: Option<PathBuf>,
+        /// The filter module named in the files of --xds-dir.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// Stop when standard input closes.
+        #[arg(long)]
+        exit_on_stdin_eof: bool,
     },
     /// Print what would be deployed: Envoy bootstrap, Istio manifests or plugin config.
     Render {
@@ -92,6 +104,11 @@ enum Command {
         /// Istio: the module's URL (oci://… or https://…).
         #[arg(long, default_value = "oci://ghcr.io/your-org/tollgate:0.1.0")]
         wasm_url: String,
+        /// Envoy: take the filter configuration and upstream clusters from the files that
+        /// `tollgate serve --xds-dir` keeps in this directory (config.yaml edits then apply
+        /// without a restart). Default: everything inline.
+        #[arg(long)]
+        xds_dir: Option<PathBuf>,
     },
     /// An OpenAI-compatible fake upstream for offline runs and tests.
     FakeLlm {
@@ -178,17 +195,32 @@ pub fn prepare(path: &Path) -> Result<Prepared> {
 }
 
 pub fn admin_state(prepared: &Prepared, data_dir: &Path) -> Result<Arc<admin_api::AdminState>> {
-    let budgets = render::budget_settings(&prepared.config);
-    let ls = &prepared.config.litellm_settings;
+    let settings = admin_settings(prepared);
     let store = store::Store::open(&data_dir.join("tollgate.db"))?
-        .with_reset_clock(store::ResetClock::from_budget_settings(&budgets))
-        .with_default_end_user_budget(ls.max_end_user_budget_id.clone());
+        .with_reset_clock(settings.reset_clock())
+        .with_default_end_user_budget(settings.default_end_user_budget_id.clone());
     // LiteLLM upserts its `litellm-proxy-budget` row at startup with the configured period.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0);
-    store.configure_proxy_budget(budgets.proxy_budget_duration.as_deref(), now)?;
+    store.configure_proxy_budget(
+        settings.budgets.proxy_budget_duration.as_deref(),
+        now_micros(),
+    )?;
+    Ok(Arc::new(admin_api::AdminState::new(store, settings)))
+}
+
+/// A reloaded config.yaml, applied to the sidecar: settings, reset clock, proxy budget period.
+pub fn apply_to_sidecar(state: &admin_api::AdminState, prepared: &Prepared) -> Result<()> {
+    let settings = admin_settings(prepared);
+    let period = settings.budgets.proxy_budget_duration.clone();
+    state.replace_settings(settings);
+    state
+        .store
+        .configure_proxy_budget(period.as_deref(), now_micros())?;
+    Ok(())
+}
+
+/// What the admin API needs from config.yaml.
+pub fn admin_settings(prepared: &Prepared) -> admin_api::AdminSettings {
+    let ls = &prepared.config.litellm_settings;
     // The model list for `/model/info` (a config that cannot be rendered has none here; `up`
     // and `render` report why).
     let plugin = match render::plugin_config(&prepared.config, &render::RenderOptions::default()) {
@@ -198,24 +230,39 @@ pub fn admin_state(prepared: &Prepared, data_dir: &Path) -> Result<Arc<admin_api
             Default::default()
         }
     };
-    Ok(Arc::new(admin_api::AdminState {
-        store,
-        settings: admin_api::AdminSettings {
-            master_key: prepared.master_key.clone(),
-            internal_token: render::internal_token(&prepared.master_key),
-            key_header_name: prepared
-                .config
-                .general_settings
-                .litellm_key_header_name
-                .clone(),
-            max_internal_user_budget: ls.max_internal_user_budget,
-            internal_user_budget_duration: ls.internal_user_budget_duration.clone(),
-            max_body_bytes: 1024 * 1024,
-            max_spend_batch_bytes: admin_api::MAX_SPEND_BATCH_BYTES,
-            budgets,
-            plugin,
-        },
-    }))
+    admin_api::AdminSettings {
+        master_key: prepared.master_key.clone(),
+        internal_token: render::internal_token(&prepared.master_key),
+        key_header_name: prepared
+            .config
+            .general_settings
+            .litellm_key_header_name
+            .clone(),
+        max_internal_user_budget: ls.max_internal_user_budget,
+        internal_user_budget_duration: ls.internal_user_budget_duration.clone(),
+        max_body_bytes: 1024 * 1024,
+        max_spend_batch_bytes: admin_api::MAX_SPEND_BATCH_BYTES,
+        budgets: render::budget_settings(&prepared.config),
+        plugin,
+        default_end_user_budget_id: ls.max_end_user_budget_id.clone(),
+    }
+}
+
+/// `path` made absolute against the working directory (Envoy resolves relative paths against
+/// its own), as text.
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// Now, unix microseconds.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// The filter module: `--wasm`, else `TOLLGATE_WASM`, else the build next to this binary.
@@ -263,16 +310,51 @@ async fn run(cli: Cli) -> Result<()> {
             host,
             port,
             data_dir,
+            xds_dir,
+            wasm,
+            exit_on_stdin_eof,
         } => {
             let prepared = prepare(&config)?;
             let state = admin_state(&prepared, &data_dir)?;
+            let xds = match xds_dir {
+                Some(dir) => {
+                    let render_opts = render::RenderOptions {
+                        sidecar_host: host.clone(),
+                        sidecar_port: port,
+                        wasm_path: absolute(&default_wasm_path(wasm)),
+                        xds_dir: Some(absolute(&dir)),
+                        ..Default::default()
+                    };
+                    let rendered = render::plugin_config(&prepared.config, &render_opts)?;
+                    let files = reload::XdsFiles {
+                        dir,
+                        render: render_opts,
+                        envoy_admin_port: None,
+                    };
+                    files.write_initial(&rendered)?;
+                    Some((files, rendered.upstreams))
+                }
+                None => None,
+            };
             let listener = tokio::net::TcpListener::bind((host.as_str(), port))
                 .await
                 .with_context(|| format!("cannot listen on {host}:{port}"))?;
+            let (xds, clusters) = xds.map_or((None, Vec::new()), |(f, c)| (Some(f), c));
+            let reloading = tokio::spawn(
+                reload::Reloader {
+                    config_path: config,
+                    state: state.clone(),
+                    xds,
+                    master_key: prepared.master_key.clone(),
+                    clusters,
+                }
+                .run(),
+            );
             println!("tollgate sidecar listening on http://{host}:{port}");
             axum::serve(listener, admin_api::router(state))
-                .with_graceful_shutdown(up::shutdown_signal())
+                .with_graceful_shutdown(up::stop_requested(exit_on_stdin_eof))
                 .await?;
+            reloading.abort();
             Ok(())
         }
         Command::Render {
@@ -284,9 +366,11 @@ async fn run(cli: Cli) -> Result<()> {
             envoy_admin_port,
             wasm,
             wasm_url,
+            xds_dir,
         } => {
             let prepared = prepare(&config)?;
             let opts = render::RenderOptions {
+                xds_dir: xds_dir.as_deref().map(absolute),
                 listen_port: port,
                 sidecar_port,
                 sidecar_host,

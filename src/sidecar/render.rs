@@ -15,6 +15,14 @@ use sha2::{Digest, Sha256};
 pub const SIDECAR_CLUSTER: &str = "tollgate_sidecar";
 /// Default request body limit (LLM prompts can be large; Envoy's buffer limit matches it).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Every upstream cluster's name starts so; the route that obeys the filter's choice only
+/// accepts such names.
+pub const UPSTREAM_CLUSTER_PREFIX: &str = "tollgate_upstream_";
+/// In the xDS directory: the upstream clusters (CDS from the filesystem).
+pub const XDS_CLUSTERS_FILE: &str = "clusters.yaml";
+/// In the xDS directory: the filter's configuration (extension config discovery).
+pub const XDS_FILTER_FILE: &str = "tollgate-filter.yaml";
+const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
 /// Where an upstream lives, parsed from `api_base`.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,7 +99,7 @@ pub fn parse_api_base(api_base: &str) -> Result<Upstream> {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     Ok(Upstream {
-        cluster: format!("tollgate_upstream_{sanitized}"),
+        cluster: format!("{UPSTREAM_CLUSTER_PREFIX}{sanitized}"),
         tls,
         host,
         port,
@@ -130,6 +138,10 @@ pub struct RenderOptions {
     pub wasm_path: String,
     /// Istio only: where the gateway pulls the module from.
     pub wasm_url: String,
+    /// Envoy only: a directory whose files (written by `tollgate up` or `tollgate serve
+    /// --xds-dir`) carry the filter configuration and the upstream clusters, so config.yaml
+    /// edits apply without a restart. `None`: everything inline, static.
+    pub xds_dir: Option<String>,
 }
 
 impl Default for RenderOptions {
@@ -142,6 +154,7 @@ impl Default for RenderOptions {
             envoy_admin_port: 9901,
             wasm_path: "target/wasm32-wasip1/release/tollgate.wasm".into(),
             wasm_url: "oci://ghcr.io/your-org/tollgate:0.1.0".into(),
+            xds_dir: None,
         }
     }
 }
@@ -299,7 +312,7 @@ pub fn wasm_filter(plugin: &PluginConfig, wasm_path: &str) -> Result<Value> {
     Ok(json!({
         "name": "tollgate",
         "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "@type": WASM_TYPE_URL,
             "config": {
                 "name": "tollgate",
                 "root_id": "tollgate",
@@ -320,29 +333,64 @@ pub fn wasm_filter(plugin: &PluginConfig, wasm_path: &str) -> Result<Value> {
     }))
 }
 
-/// Envoy routes: filter-chosen upstreams by header, internal paths hidden, the rest (admin
-/// API, health) to the sidecar.
-fn routes(upstreams: &[Upstream]) -> Value {
-    let mut routes = vec![json!({
-        "match": {"prefix": "/tollgate/internal"},
-        "direct_response": {"status": 404, "body": {"inline_string": "{\"detail\":\"Not Found\"}"}}
-    })];
-    for u in upstreams {
-        routes.push(json!({
+/// Envoy routes: the upstream cluster the filter chose (it names it in a header the client
+/// cannot set: the filter removes it from every request it does not route), internal paths
+/// hidden, the rest (admin API, health) to the sidecar. One route for every upstream, so
+/// clusters added by a reload need no route change.
+fn routes() -> Value {
+    json!([
+        {
+            "match": {"prefix": "/tollgate/internal"},
+            "direct_response": {"status": 404, "body": {"inline_string": "{\"detail\":\"Not Found\"}"}}
+        },
+        {
             "match": {"prefix": "/", "headers": [{
                 "name": crate::plugin_config::CLUSTER_HEADER,
-                "string_match": {"exact": u.cluster}
+                "string_match": {"prefix": UPSTREAM_CLUSTER_PREFIX}
             }]},
-            "route": {"cluster": u.cluster, "timeout": "600s", "auto_host_rewrite": false},
+            "route": {
+                "cluster_header": crate::plugin_config::CLUSTER_HEADER,
+                "timeout": "600s",
+                "auto_host_rewrite": false
+            },
             // The routing header is Tollgate's; the provider never sees it.
             "request_headers_to_remove": [crate::plugin_config::CLUSTER_HEADER]
-        }));
-    }
-    routes.push(json!({
-        "match": {"prefix": "/"},
-        "route": {"cluster": SIDECAR_CLUSTER, "timeout": "60s"}
-    }));
-    Value::Array(routes)
+        },
+        {
+            "match": {"prefix": "/"},
+            "route": {"cluster": SIDECAR_CLUSTER, "timeout": "60s"}
+        }
+    ])
+}
+
+/// The xDS file with the upstream clusters (a `DiscoveryResponse`, as JSON; valid YAML).
+pub fn xds_clusters_file(upstreams: &[Upstream]) -> String {
+    let resources: Vec<Value> = upstreams
+        .iter()
+        .map(|u| {
+            let mut c = upstream_cluster(u);
+            c["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+            c
+        })
+        .collect();
+    json!({"resources": resources}).to_string()
+}
+
+/// The xDS file with the filter's configuration (a `DiscoveryResponse` of one
+/// `TypedExtensionConfig`, as JSON; valid YAML).
+pub fn xds_filter_file(plugin: &PluginConfig, wasm_path: &str) -> Result<String> {
+    let filter = wasm_filter(plugin, wasm_path)?;
+    Ok(json!({"resources": [{
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": "tollgate",
+        "typed_config": filter["typed_config"]
+    }]})
+    .to_string())
+}
+
+fn path_source(dir: &str, file: &str) -> Value {
+    let path = std::path::Path::new(dir).join(file);
+    json!({"resource_api_version": "V3", "path_config_source": {"path": path.display().to_string()}})
 }
 
 /// The Envoy bootstrap, as JSON (valid YAML too).
@@ -356,8 +404,20 @@ pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Valu
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(&opts.sidecar_host, opts.sidecar_port)}}]}]
         }
     })];
-    clusters.extend(rendered.upstreams.iter().map(upstream_cluster));
-    Ok(json!({
+    let tollgate_filter = match &opts.xds_dir {
+        Some(dir) => json!({
+            "name": "tollgate",
+            "config_discovery": {
+                "config_source": path_source(dir, XDS_FILTER_FILE),
+                "type_urls": [WASM_TYPE_URL]
+            }
+        }),
+        None => {
+            clusters.extend(rendered.upstreams.iter().map(upstream_cluster));
+            wasm_filter(&rendered.plugin, &opts.wasm_path)?
+        }
+    };
+    let mut bootstrap = json!({
         "admin": {"address": socket("127.0.0.1", opts.envoy_admin_port)},
         "static_resources": {
             "listeners": [{
@@ -372,10 +432,10 @@ pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Valu
                         "codec_type": "AUTO",
                         "route_config": {
                             "name": "tollgate",
-                            "virtual_hosts": [{"name": "tollgate", "domains": ["*"], "routes": routes(&rendered.upstreams)}]
+                            "virtual_hosts": [{"name": "tollgate", "domains": ["*"], "routes": routes()}]
                         },
                         "http_filters": [
-                            wasm_filter(&rendered.plugin, &opts.wasm_path)?,
+                            tollgate_filter,
                             {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
                         ]
                     }
@@ -383,13 +443,23 @@ pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Valu
             }],
             "clusters": clusters
         }
-    }))
+    });
+    if let Some(dir) = &opts.xds_dir {
+        // Dynamic resources need a node identity.
+        bootstrap["node"] = json!({"id": "tollgate", "cluster": "tollgate"});
+        bootstrap["dynamic_resources"] = json!({"cds_config": path_source(dir, XDS_CLUSTERS_FILE)});
+    }
+    Ok(bootstrap)
 }
 
 /// The same Envoy without Tollgate: every request goes to the first deployment's upstream
 /// unchanged. The ceiling benchmarks compare against.
 pub fn envoy_bare_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Value> {
-    let mut boot = envoy_bootstrap(rendered, opts)?;
+    let static_opts = RenderOptions {
+        xds_dir: None,
+        ..opts.clone()
+    };
+    let mut boot = envoy_bootstrap(rendered, &static_opts)?;
     let first = rendered
         .upstreams
         .first()

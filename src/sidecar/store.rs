@@ -398,6 +398,12 @@ pub struct SpendApplied {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// From config.yaml; a reload replaces them.
+    settings: std::sync::RwLock<StoreSettings>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct StoreSettings {
     clock: ResetClock,
     /// `litellm_settings.max_end_user_budget_id`: the budget row of customers without their own.
     default_end_user_budget: Option<String>,
@@ -621,25 +627,52 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Store {
             conn: Mutex::new(conn),
-            clock: ResetClock::default(),
-            default_end_user_budget: None,
+            settings: Default::default(),
         })
     }
 
     /// The budget row (`litellm_settings.max_end_user_budget_id`) of customers without their own.
-    pub fn with_default_end_user_budget(mut self, budget_id: Option<String>) -> Store {
-        self.default_end_user_budget = budget_id.filter(|b| !b.is_empty());
+    pub fn with_default_end_user_budget(self, budget_id: Option<String>) -> Store {
+        self.settings_mut().default_end_user_budget = budget_id.filter(|b| !b.is_empty());
         self
     }
 
     /// The timezone and time of day budget periods align to.
-    pub fn with_reset_clock(mut self, clock: ResetClock) -> Store {
-        self.clock = clock;
+    pub fn with_reset_clock(self, clock: ResetClock) -> Store {
+        self.settings_mut().clock = clock;
         self
     }
 
+    /// A reloaded config.yaml's settings, in force from the next call on.
+    pub fn reconfigure(&self, clock: ResetClock, default_end_user_budget: Option<String>) {
+        let mut s = self.settings_mut();
+        s.clock = clock;
+        s.default_end_user_budget = default_end_user_budget.filter(|b| !b.is_empty());
+    }
+
+    fn settings_mut(&self) -> std::sync::RwLockWriteGuard<'_, StoreSettings> {
+        // Plain values: a poisoned lock holds nothing half-written that matters.
+        self.settings.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn settings(&self) -> StoreSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn reset_clock(&self) -> ResetClock {
-        self.clock.clone()
+        self.settings().clock
+    }
+
+    pub fn default_end_user_budget_id(&self) -> Option<String> {
+        self.settings().default_end_user_budget
+    }
+
+    /// Records that every cached decision is stale (a reload changed what records carry).
+    pub fn record_change_all(&self, now_micros: i64) -> Result<()> {
+        changes::record(&self.conn(), &[changes::ALL.to_string()], now_micros)
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -675,7 +708,7 @@ impl Store {
         let Some(mut row) = get_key(&tx, token)? else {
             return Ok(None);
         };
-        if row.lazy_reset(&self.clock, now_micros) {
+        if row.lazy_reset(&self.reset_clock(), now_micros) {
             put_key_doc(&tx, &row)?;
             tx.commit()?;
         }
@@ -706,7 +739,7 @@ impl Store {
         let mut changed = false;
         for d in &docs {
             let mut row: KeyRow = load_budgeted(d)?;
-            if row.lazy_reset(&self.clock, now_micros) {
+            if row.lazy_reset(&self.reset_clock(), now_micros) {
                 put_key_doc(&tx, &row)?;
                 changed = true;
             }
@@ -762,7 +795,7 @@ impl Store {
         let Some(mut row) = get_user(&tx, user_id)? else {
             return Ok(None);
         };
-        if row.lazy_reset(&self.clock, now_micros) {
+        if row.lazy_reset(&self.reset_clock(), now_micros) {
             put_user_doc(&tx, &row)?;
             tx.commit()?;
         }
@@ -811,10 +844,10 @@ impl Store {
         if row.budget_duration != duration {
             row.budget_reset_at_micros = duration
                 .as_deref()
-                .map(|d| self.clock.next_reset_micros(d, now_micros));
+                .map(|d| self.reset_clock().next_reset_micros(d, now_micros));
             row.budget_duration = duration;
         }
-        proxy_lazy_reset(&mut row, &self.clock, now_micros);
+        proxy_lazy_reset(&mut row, &self.reset_clock(), now_micros);
         put_proxy(&tx, &row)?;
         tx.commit()?;
         Ok(row)
@@ -825,7 +858,7 @@ impl Store {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut row = get_proxy(&tx)?;
-        if proxy_lazy_reset(&mut row, &self.clock, now_micros) {
+        if proxy_lazy_reset(&mut row, &self.reset_clock(), now_micros) {
             put_proxy(&tx, &row)?;
             tx.commit()?;
         }
@@ -923,7 +956,7 @@ impl Store {
                 let Some(mut row) = get_key(tx, token)? else {
                     continue;
                 };
-                row.lazy_reset(&self.clock, now_micros);
+                row.lazy_reset(&self.reset_clock(), now_micros);
                 row.add_spend(charge.nanos);
                 for (model, n) in &charge.models {
                     add_model_spend(&mut row.model_spend, model, *n);
@@ -934,7 +967,7 @@ impl Store {
                 let Some(mut row) = get_user(tx, user_id)? else {
                     continue;
                 };
-                row.lazy_reset(&self.clock, now_micros);
+                row.lazy_reset(&self.reset_clock(), now_micros);
                 row.add_spend(*nanos);
                 put_user_doc(tx, &row)?;
             }
@@ -951,7 +984,7 @@ impl Store {
                 };
                 let budget = t.end_user_budget(&row)?;
                 tx::follow_period(&mut row, budget.as_ref());
-                row.lazy_reset(&self.clock, now_micros);
+                row.lazy_reset(&self.reset_clock(), now_micros);
                 row.add_spend(*nanos);
                 put_end_user(tx, &row)?;
             }
@@ -972,7 +1005,7 @@ impl Store {
                 t.save_membership(&row)?;
             }
             let mut row = get_proxy(tx)?;
-            proxy_lazy_reset(&mut row, &self.clock, now_micros);
+            proxy_lazy_reset(&mut row, &self.reset_clock(), now_micros);
             row.spend_nanos = row.spend_nanos.saturating_add(proxy);
             put_proxy(tx, &row)?;
         }

@@ -1,6 +1,6 @@
 //! `tollgate up`: the sidecar and a supervised Envoy on one port.
 
-use super::{admin_api, admin_state, prepare, render};
+use super::{admin_api, admin_state, prepare, reload, render};
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -92,17 +92,35 @@ async fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn write_atomic(path: &Path, contents: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// One plain HTTP/1.1 GET to 127.0.0.1 (Envoy's admin port): the body of a 200 answer.
+pub async fn admin_get(port: u16, path: &str) -> Option<String> {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer).await?;
+        Ok::<Vec<u8>, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    if !text.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 /// One plain HTTP/1.1 GET through Envoy; true on a 200.
@@ -138,19 +156,37 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let state = admin_state(&prepared, &opts.data_dir)?;
     let sidecar = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sidecar_port = sidecar.local_addr()?.port();
+    // Envoy takes the filter configuration and upstream clusters from files in here, so a
+    // config.yaml edit reaches it without a restart (see `reload`).
+    let xds_dir = std::fs::canonicalize(&opts.data_dir)?.join("xds");
+    let envoy_admin_port = free_port().await?;
     let render_opts = render::RenderOptions {
         listen_address: opts.host.clone(),
         listen_port: opts.port,
         sidecar_host: "127.0.0.1".into(),
         sidecar_port,
-        envoy_admin_port: free_port().await?,
+        envoy_admin_port,
         wasm_path: std::fs::canonicalize(&opts.wasm)?.display().to_string(),
+        xds_dir: Some(xds_dir.display().to_string()),
         ..Default::default()
     };
     let rendered = render::plugin_config(&prepared.config, &render_opts)?;
+    let xds = reload::XdsFiles {
+        dir: xds_dir,
+        render: render_opts.clone(),
+        envoy_admin_port: Some(envoy_admin_port),
+    };
+    xds.write_initial(&rendered)?;
     let bootstrap = render::envoy_bootstrap(&rendered, &render_opts)?;
     let bootstrap_path = opts.data_dir.join("envoy.yaml");
-    write_atomic(&bootstrap_path, &serde_yaml_ng::to_string(&bootstrap)?)?;
+    reload::write_atomic(&bootstrap_path, &serde_yaml_ng::to_string(&bootstrap)?)?;
+    let reloader = reload::Reloader {
+        config_path: opts.config.clone(),
+        state: state.clone(),
+        xds: Some(xds),
+        master_key: prepared.master_key.clone(),
+        clusters: rendered.upstreams.clone(),
+    };
 
     let mut server =
         tokio::spawn(async move { axum::serve(sidecar, admin_api::router(state)).await });
@@ -194,6 +230,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let reloading = tokio::spawn(reloader.run());
+    let reloading_abort = reloading.abort_handle();
     let host = if opts.host == "0.0.0.0" {
         "localhost"
     } else {
@@ -207,7 +245,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         opts.concurrency
     );
     println!(
-        "  admin API and LLM routes on the same port; master key from {}",
+        "  admin API and LLM routes on the same port; master key from {}; edits to it apply without a restart",
         opts.config.display()
     );
     if let Some(model) = rendered
@@ -227,6 +265,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             Err(anyhow!("Envoy exited ({}). Last log lines ({}):\n{}", status.map(|s| s.to_string()).unwrap_or_default(), log_path.display(), log_tail(&log_path, 30)))
         }
         _ = stop_requested(opts.exit_on_stdin_eof) => {
+            reloading_abort.abort();
             let _ = envoy.kill().await;
             server_abort.abort();
             eprintln!("tollgate: stopped");

@@ -12,6 +12,8 @@
 //! `Drop`, or when the test process dies) stops them, and `tollgate up` then kills its Envoy.
 #![allow(dead_code)]
 
+pub mod split;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -442,6 +444,33 @@ pub fn send(
 // ---------------------------------------------------------------------------------------------
 // The stack
 
+/// The fake upstream, on a port it picks itself (no race: read from its first line).
+fn start_fake(bin: &Path, scratch: &Path) -> (Proc, u16) {
+    let fake_err = scratch.join("fake-llm.stderr");
+    let mut fake_cmd = Command::new(bin);
+    fake_cmd
+        .args(["fake-llm", "--host", "127.0.0.1", "--port", "0"])
+        .args(["--require-api-key", PROVIDER_KEY, "--exit-on-stdin-eof"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(
+            std::fs::File::create(&fake_err).expect("create fake-llm stderr file"),
+        ));
+    let mut fake = Proc::spawn("tollgate fake-llm", &mut fake_cmd);
+    let fake_lines = line_channel(&mut fake.child);
+    let fake_port = wait_for_line(
+        &mut fake,
+        &fake_lines,
+        "fake-llm listening on http://",
+        Duration::from_secs(15),
+        &fake_err,
+    )
+    .rsplit(':')
+    .next()
+    .and_then(|p| p.trim().parse::<u16>().ok())
+    .expect("fake-llm printed no port");
+    (fake, fake_port)
+}
+
 /// How to start a [`Stack`].
 #[derive(Default)]
 pub struct StackOptions {
@@ -462,7 +491,10 @@ pub struct Stack {
     pub data_dir: PathBuf,
     pub agent: ureq::Agent,
     // Field order is drop order: `tollgate up` (and its Envoy) first, then the fake, then dirs.
+    // In a split stack ([`Stack::start_split`]) `up` is Envoy itself and `sidecar` is
+    // `tollgate serve`.
     up: Proc,
+    sidecar: Option<split::Sidecar>,
     fake: Proc,
     scratch: TempDir,
     own_data: Option<TempDir>,
@@ -497,29 +529,7 @@ impl Stack {
         let envoy = envoy_bin();
         let scratch = TempDir::new("stack");
 
-        // The fake upstream, on a port it picks itself (no race): read it from its first line.
-        let fake_err = scratch.path().join("fake-llm.stderr");
-        let mut fake_cmd = Command::new(&bin);
-        fake_cmd
-            .args(["fake-llm", "--host", "127.0.0.1", "--port", "0"])
-            .args(["--require-api-key", PROVIDER_KEY, "--exit-on-stdin-eof"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(&fake_err).expect("create fake-llm stderr file"),
-            ));
-        let mut fake = Proc::spawn("tollgate fake-llm", &mut fake_cmd);
-        let fake_lines = line_channel(&mut fake.child);
-        let fake_port = wait_for_line(
-            &mut fake,
-            &fake_lines,
-            "fake-llm listening on http://",
-            Duration::from_secs(15),
-            &fake_err,
-        )
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim().parse::<u16>().ok())
-        .expect("fake-llm printed no port");
+        let (fake, fake_port) = start_fake(&bin, scratch.path());
 
         let config_path = scratch.path().join("config.yaml");
         std::fs::write(&config_path, render_template(&opts.config, fake_port))
@@ -583,6 +593,7 @@ impl Stack {
             data_dir,
             agent: agent(),
             up,
+            sidecar: None,
             fake,
             scratch,
             own_data,
@@ -686,7 +697,11 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        // Stop `tollgate up` first: closing its stdin makes it kill Envoy.
+        // Stop `tollgate up` first: closing its stdin makes it kill Envoy. Envoy itself (split
+        // stack) does not read stdin: stop it outright.
+        if self.sidecar.is_some() {
+            let _ = self.up.child.kill();
+        }
         self.up.stop(Duration::from_secs(15));
         self.fake.stop(Duration::from_secs(5));
     }

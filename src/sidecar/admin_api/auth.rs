@@ -88,8 +88,9 @@ pub fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Principal
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let raw = extract_credential(get, state.settings.key_header_name.as_deref())?;
-    let master = state.settings.master_key.as_bytes();
+    let settings = state.settings();
+    let raw = extract_credential(get, settings.key_header_name.as_deref())?;
+    let master = settings.master_key.as_bytes();
     if !master.is_empty() && bool::from(raw.as_bytes().ct_eq(master)) {
         return Ok(Principal::Master);
     }
@@ -186,12 +187,12 @@ pub fn admin_only(
 
 /// Only the filter (which holds the internal token) may call the internal endpoints.
 pub fn internal_only(state: &AdminState, headers: &HeaderMap) -> Result<(), AdminError> {
-    let expected = format!("Bearer {}", state.settings.internal_token);
+    let expected = format!("Bearer {}", state.settings().internal_token);
     let given = headers
         .get("authorization")
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if state.settings.internal_token.is_empty() || !bool::from(given.ct_eq(expected.as_bytes())) {
+    if state.settings().internal_token.is_empty() || !bool::from(given.ct_eq(expected.as_bytes())) {
         return Err(AdminError::Api(ApiError::new(
             401,
             "auth_error",

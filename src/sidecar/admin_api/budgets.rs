@@ -52,7 +52,7 @@ fn apply(state: &AdminState, now: i64, row: &mut BudgetRow, f: &Fields) -> Resul
         row.allowed_models = v.unwrap_or_default();
     }
     if let Some(v) = f.string("budget_duration")? {
-        let (d, at) = check_budget_duration(&state.settings, &v, now)?;
+        let (d, at) = check_budget_duration(&state.settings(), &v, now)?;
         row.budget_duration = d;
         row.budget_reset_at = at;
     }

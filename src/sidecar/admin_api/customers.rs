@@ -82,7 +82,7 @@ fn apply_budget_fields(
         any = true;
     }
     if let Some(Some(d)) = f.string("budget_duration")? {
-        let (d, at) = check_budget_duration(&state.settings, &Some(d), now)?;
+        let (d, at) = check_budget_duration(&state.settings(), &Some(d), now)?;
         row.budget_duration = d;
         row.budget_reset_at = at;
         any = true;
@@ -113,7 +113,8 @@ fn apply_budget_fields(
 
 fn check_default_model(state: &AdminState, f: &Fields) -> Result<(), AdminError> {
     if let Some(Some(m)) = f.string("default_model")? {
-        let names = state.settings.plugin.model_names();
+        let settings = state.settings();
+        let names = settings.plugin.model_names();
         if !names.contains(&m.as_str()) {
             return Err(detail_error(
                 422,

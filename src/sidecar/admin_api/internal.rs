@@ -114,7 +114,7 @@ pub fn key_record(tx: &Tx<'_>, row: &KeyRow, state: &AdminState) -> anyhow::Resu
         spend_nanos: row.spend_nanos,
         model_max_budget: model_budgets(&row.model_max_budget),
         user_budget: user.as_ref().map(UserRow::budget_state),
-        proxy_budget: Some(proxy.state(state.settings.budgets.proxy_max_budget)),
+        proxy_budget: Some(proxy.state(state.settings().budgets.proxy_max_budget)),
         ..Default::default()
     };
     if let Some(team_id) = &row.team_id {
@@ -169,6 +169,7 @@ pub async fn internal_key(
         };
         Ok(KeyLookup::Found {
             key: Box::new(key_record(tx, &row, &state)?),
+            seq: tx.change_seq()?,
         })
     })?;
     Ok(Json(done.value).into_response())
@@ -238,7 +239,7 @@ pub async fn internal_spend(
 pub async fn internal_proxy(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
     internal_only(&state, &headers)?;
     let proxy = state.store.proxy_budget_at(now_micros())?;
-    Ok(Json(proxy.state(state.settings.budgets.proxy_max_budget)).into_response())
+    Ok(Json(proxy.state(state.settings().budgets.proxy_max_budget)).into_response())
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ pub fn build_key(
     check_budget("soft_budget", req.soft_budget)?;
     let now = tx.now();
     let (budget_duration, budget_reset_at) =
-        check_budget_duration(&state.settings, &req.budget_duration, now)?;
+        check_budget_duration(&state.settings(), &req.budget_duration, now)?;
     let raw = match &req.key {
         Some(custom) => {
             validate_custom_key(custom).map_err(|m| bad_request(&m))?;
@@ -372,7 +372,7 @@ fn apply_key_fields(
         row.max_budget = v;
     }
     f.apply_period_and_limits(
-        &state.settings,
+        &state.settings(),
         now,
         PeriodAndLimits {
             soft_budget: Some(&mut row.soft_budget),

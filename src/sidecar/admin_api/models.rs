@@ -45,7 +45,8 @@ pub async fn model_info(
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
     let principal = authenticate(&state, &headers)?;
-    let plugin = &state.settings.plugin;
+    let settings = state.settings();
+    let plugin = &settings.plugin;
     let allowed: Option<Vec<String>> = match &principal {
         p if p.is_admin_viewer() => None,
         Principal::Master => None,

@@ -76,7 +76,7 @@ pub async fn spend_logs(
 ) -> AdminResult {
     let principal = authenticate(&state, &headers)?;
     let param = |name: &str| q.get(name).filter(|v| !v.is_empty()).cloned();
-    let master_hash = hash_key(&state.settings.master_key);
+    let master_hash = hash_key(&state.settings().master_key);
     let mut query = SpendLogQuery {
         user_id: param("user_id"),
         request_id: param("request_id"),
@@ -84,7 +84,7 @@ pub async fn spend_logs(
     };
     if let Some(k) = param("api_key") {
         let token = if is_token_hash(&k) { k } else { hash_key(&k) };
-        query.api_key = if !state.settings.master_key.is_empty() && token == master_hash {
+        query.api_key = if !state.settings().master_key.is_empty() && token == master_hash {
             KeyFilter::Master
         } else {
             KeyFilter::Token(token)
@@ -125,7 +125,7 @@ pub async fn global_spend(State(state): State<Shared>, headers: HeaderMap) -> Ad
     let proxy = state.store.proxy_budget_at(now_micros())?;
     Ok(Json(json!({
         "spend": proxy.spend_usd(),
-        "max_budget": state.settings.budgets.proxy_max_budget.unwrap_or(0.0),
+        "max_budget": state.settings().budgets.proxy_max_budget.unwrap_or(0.0),
     }))
     .into_response())
 }

@@ -104,7 +104,7 @@ fn set_member_budget(
         row.max_budget = v;
     }
     if let Some(v) = duration {
-        let (d, at) = check_budget_duration(&state.settings, &v, now)?;
+        let (d, at) = check_budget_duration(&state.settings(), &v, now)?;
         row.budget_duration = d;
         row.budget_reset_at = at;
     }
@@ -195,7 +195,7 @@ fn add_member(
     let (max_in_team, duration) = budget;
     if max_in_team.is_some() || duration.is_some() {
         check_budget("max_budget_in_team", max_in_team)?;
-        let (d, at) = check_budget_duration(&state.settings, &duration, now)?;
+        let (d, at) = check_budget_duration(&state.settings(), &duration, now)?;
         let row = BudgetRow {
             budget_id: new_uuid(),
             max_budget: max_in_team,
@@ -250,7 +250,7 @@ pub async fn team_new(
             )));
         }
         let (budget_duration, budget_reset_at) =
-            check_budget_duration(&state.settings, &req.budget_duration, now)?;
+            check_budget_duration(&state.settings(), &req.budget_duration, now)?;
         let mut metadata = Value::Object(req.metadata.clone().unwrap_or_default());
         set_metadata(
             &mut metadata,
@@ -380,7 +380,7 @@ pub async fn team_update(
             team.max_budget = v;
         }
         f.apply_period_and_limits(
-            &state.settings,
+            &state.settings(),
             now,
             PeriodAndLimits {
                 soft_budget: Some(&mut team.soft_budget),
@@ -652,7 +652,7 @@ pub async fn team_member_update(
                 row.max_budget = v;
             }
             if let Some(v) = duration {
-                let (d, at) = check_budget_duration(&state.settings, &v, now)?;
+                let (d, at) = check_budget_duration(&state.settings(), &v, now)?;
                 row.budget_duration = d;
                 row.budget_reset_at = at;
             }

@@ -67,19 +67,19 @@ pub async fn user_new(
     check_role(&role)?;
     let is_internal = role == INTERNAL_USER;
     let max_budget = req.max_budget.or(if is_internal {
-        state.settings.max_internal_user_budget
+        state.settings().max_internal_user_budget
     } else {
         None
     });
     let budget_duration = req.budget_duration.clone().or(if is_internal {
-        state.settings.internal_user_budget_duration.clone()
+        state.settings().internal_user_budget_duration.clone()
     } else {
         None
     });
     check_budget("max_budget", max_budget)?;
     let now_us = now_micros();
     let (budget_duration, budget_reset_at) =
-        check_budget_duration(&state.settings, &budget_duration, now_us)?;
+        check_budget_duration(&state.settings(), &budget_duration, now_us)?;
     let user_id = req
         .user_id
         .clone()
@@ -265,7 +265,7 @@ pub async fn user_update(
             user.max_budget = v;
         }
         f.apply_period_and_limits(
-            &state.settings,
+            &state.settings(),
             now,
             PeriodAndLimits {
                 soft_budget: None,

@@ -58,20 +58,33 @@ pub struct ChangesSince {
     pub entries: Vec<String>,
 }
 
+/// The last sequence number the change log has handed out (0: none yet).
+pub(super) fn latest_seq(conn: &Connection) -> Result<i64> {
+    Ok(conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
+}
+
+impl super::Tx<'_> {
+    /// The change-log position this transaction reads at: a record read here reflects every
+    /// change up to it.
+    pub fn change_seq(&self) -> Result<i64> {
+        latest_seq(&self.tx)
+    }
+}
+
 impl Store {
     /// The entries recorded after `since` (deduplicated, oldest first), or `*` when there are
     /// more than [`MAX_ENTRIES_PER_ANSWER`], when some were already pruned, or when `since` is
     /// ahead of the log (a store that was replaced). Without `since`: only the latest seq.
     pub fn changes_since(&self, since: Option<i64>) -> Result<ChangesSince> {
         let conn = self.conn();
-        let latest: i64 = conn
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'changes'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
+        let latest = latest_seq(&conn)?;
         let all = |seq| ChangesSince {
             seq,
             entries: vec![ALL.to_string()],

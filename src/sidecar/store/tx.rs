@@ -41,8 +41,8 @@ impl<'c> Tx<'c> {
     pub(super) fn new(tx: rusqlite::Transaction<'c>, store: &Store, now_micros: i64) -> Tx<'c> {
         Tx {
             tx,
-            clock: store.clock.clone(),
-            default_end_user_budget: store.default_end_user_budget.clone(),
+            clock: store.reset_clock(),
+            default_end_user_budget: store.default_end_user_budget_id(),
             now: now_micros,
             entries: Vec::new(),
         }

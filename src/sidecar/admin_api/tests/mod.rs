@@ -86,18 +86,19 @@ impl Api {
             .configure_proxy_budget(budgets.proxy_budget_duration.as_deref(), now_micros())
             .unwrap();
         let internal = crate::sidecar::render::internal_token(MASTER);
-        let state = Arc::new(AdminState {
+        let state = Arc::new(AdminState::new(
             store,
-            settings: AdminSettings {
+            AdminSettings {
                 master_key: MASTER.into(),
                 internal_token: internal.clone(),
                 max_body_bytes: 1024 * 1024,
                 max_spend_batch_bytes: MAX_SPEND_BATCH_BYTES,
                 budgets,
                 plugin: models(),
+                default_end_user_budget_id: default_end_user_budget.map(str::to_string),
                 ..Default::default()
             },
-        });
+        ));
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -188,7 +189,7 @@ impl Api {
 
     pub fn lookup(&self, token: &str) -> KeyRecord {
         match self.lookup_any(token) {
-            KeyLookup::Found { key } => *key,
+            KeyLookup::Found { key, .. } => *key,
             KeyLookup::NotFound => panic!("key {token} not found"),
         }
     }
