@@ -274,6 +274,9 @@ class Bare:
     def all_pids(self):
         return [self.proc.pid]
 
+    def side_pids(self):
+        return []
+
 
 class Tollgate:
     """`tollgate up`: the sidecar plus the Envoy it supervises, with tollgate.wasm."""
@@ -336,6 +339,9 @@ class Tollgate:
     def all_pids(self):
         return [self.envoy_pid(), self.proc.pid]
 
+    def side_pids(self):
+        return [self.proc.pid]
+
 
 class LiteLLM:
     """LiteLLM proxy from PyPI in its own venv, master key only (no database)."""
@@ -373,6 +379,9 @@ class LiteLLM:
     def all_pids(self):
         return tree(self.proc.pid)
 
+    def side_pids(self):
+        return []
+
 
 # ---------------------------------------------------------------- load
 
@@ -405,9 +414,10 @@ def us(v):
     return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
 
 
-def wrk(port, conns, seconds, body_path, auth, cpu_pids=()):
-    """One bounded wrk run; returns rps, p50/p99 (µs), non-2xx, requests, issued, cpu (s)."""
-    cpu0 = cpu_seconds(cpu_pids)
+def wrk(port, conns, seconds, body_path, auth, cpu_pids=(), side_pids=()):
+    """One bounded wrk run; returns rps, p50/p99 (µs), non-2xx, requests, issued, and the CPU
+    seconds used meanwhile by cpu_pids (all) and side_pids (a part of them)."""
+    cpu0, side0 = cpu_seconds(cpu_pids), cpu_seconds(side_pids)
     t0 = time.time()
     r = subprocess.run(
         ["taskset", "-c", LOAD_CPUS, "wrk", f"-t{min(WRK_THREADS, conns)}", f"-c{conns}", f"-d{seconds}s",
@@ -416,7 +426,7 @@ def wrk(port, conns, seconds, body_path, auth, cpu_pids=()):
         capture_output=True, text=True, timeout=seconds + 60,
     )
     wall = time.time() - t0
-    cpu = cpu_seconds(cpu_pids) - cpu0
+    cpu, side = cpu_seconds(cpu_pids) - cpu0, cpu_seconds(side_pids) - side0
     o = r.stdout
     try:
         res = {
@@ -428,6 +438,7 @@ def wrk(port, conns, seconds, body_path, auth, cpu_pids=()):
             "errors": sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", o)),
             "issued": sum(int(x) for x in re.findall(r"^issued (\d+)", o, re.M)),
             "cpu": cpu,
+            "cpu_side": side,
             "wall": wall,
         }
     except AttributeError:
@@ -464,7 +475,7 @@ def main_comparison(fake):
     for rnd in range(1, ROUNDS + 1):
         for s in setups:
             r = runs[s.name]
-            r["tput"].append(wrk(s.port, CONNS, SECONDS, small, s.auth, s.all_pids()))
+            r["tput"].append(wrk(s.port, CONNS, SECONDS, small, s.auth, s.all_pids(), s.side_pids()))
             r["lat"].append(wrk(s.port, 1, SECONDS, small, s.auth))
             r["stream"].append(wrk(s.port, CONNS, SECONDS, stream, s.auth))
             log(f"round {rnd} {s.name}: {r['tput'][-1]['rps']:.0f} rps, p50 {r['lat'][-1]['p50']:.0f} µs, "
@@ -482,22 +493,26 @@ def main_comparison(fake):
         f"the fake upstream and the sidecar on CPU {LOAD_CPUS}.")
     out()
     out("| setup | rps | rps vs bare | rps (stream) | stream vs bare | p50 µs @1 | p99 µs @1 | added p50 µs "
-        "| RSS MB | RSS vs bare | req per CPU-s |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|")
+        "| RSS MB | RSS vs bare | CPU µs/req | of which sidecar |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
     table = {}
     for s in setups:
         r = runs[s.name]
         tput, p50, p99, st = med(r["tput"], "rps"), med(r["lat"], "p50"), med(r["lat"], "p99"), \
             med(r["stream"], "rps")
-        per_cpu = sum(x["requests"] for x in r["tput"]) / max(sum(x["cpu"] for x in r["tput"]), 1e-9)
+        reqs = max(sum(x["requests"] for x in r["tput"]), 1)
+        per_cpu = reqs / max(sum(x["cpu"] for x in r["tput"]), 1e-9)
+        side_us = sum(x["cpu_side"] for x in r["tput"]) / reqs * 1e6
         table[s.name] = {"rps": tput, "p50": p50, "p99": p99, "stream_rps": st, "rss_mb": rss[s.name],
-                         "req_per_cpu_s": per_cpu, "runs": r}
+                         "req_per_cpu_s": per_cpu, "cpu_us_per_req": 1e6 / per_cpu, "sidecar_cpu_us_per_req": side_us,
+                         "runs": r}
         out(f"| {s.name} | {tput:.0f} | {fmt_ratio(tput, b_tput)} | {st:.0f} | {fmt_ratio(st, b_str)} | {p50:.0f} "
             f"| {p99:.0f} | {p50 - b50:+.0f} | {rss[s.name]:.1f} | {rss[s.name] / rss[setups[0].name]:.2f}× "
-            f"| {per_cpu:.0f} |")
+            f"| {1e6 / per_cpu:.0f} | {f'{side_us:.0f}' if s.side_pids() else ''} |")
     out()
-    out("req per CPU-s: requests served in the throughput runs divided by the CPU time the setup's own "
-        "processes used meanwhile (Envoy; Envoy + sidecar for Tollgate; every LiteLLM process).")
+    out("CPU µs/req: CPU time the setup's own processes used during the throughput runs (Envoy; Envoy + "
+        "sidecar for Tollgate; every LiteLLM process) over the requests they served. Unlike rps it does not "
+        "depend on how much of its core a process got on a shared machine.")
     errs = sum(x["non2xx"] + x["errors"] for r in runs.values() for k in r.values() for x in k)
     wasm_kb = os.path.getsize(WASM) / 1024
     out()
@@ -644,9 +659,10 @@ def bodies_scaling(fake):
         path = body_file(f"body-{size}.json", chat_body(size=size))
         row = {"bytes": os.path.getsize(path)}
         for s, tag in ((bare, "bare"), (tg, "tollgate")):
-            t = wrk(s.port, CONNS, SCALING_SECONDS, path, s.auth)
+            t = wrk(s.port, CONNS, SCALING_SECONDS, path, s.auth, s.all_pids())
             lat = wrk(s.port, 1, SCALING_SECONDS, path, s.auth)
             row[tag] = {"rps": t["rps"], "p50": lat["p50"], "p99": lat["p99"],
+                        "cpu_us": t["cpu"] / max(t["requests"], 1) * 1e6,
                         "errors": t["non2xx"] + t["errors"] + lat["non2xx"] + lat["errors"]}
         rows.append(row)
         log(f"{row['bytes']} B: bare {row['bare']['rps']:.0f} rps, tollgate {row['tollgate']['rps']:.0f} rps")
@@ -658,12 +674,13 @@ def bodies_scaling(fake):
         f"1 Envoy worker. The fake upstream reads the whole body too.")
     out()
     out("| body bytes | bare rps @32 | tollgate rps @32 | ratio | bare p50 µs @1 | tollgate p50 µs @1 | added p50 µs "
-        "| errors |")
-    out("|---|---|---|---|---|---|---|---|")
+        "| bare CPU µs/req | tollgate CPU µs/req | errors |")
+    out("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b, t = r["bare"], r["tollgate"]
         out(f"| {r['bytes']:,} | {b['rps']:.0f} | {t['rps']:.0f} | {fmt_ratio(t['rps'], b['rps'])} | {b['p50']:.0f} "
-            f"| {t['p50']:.0f} | {t['p50'] - b['p50']:+.0f} | {b['errors'] + t['errors']} |")
+            f"| {t['p50']:.0f} | {t['p50'] - b['p50']:+.0f} | {b['cpu_us']:.0f} | {t['cpu_us']:.0f} "
+            f"| {b['errors'] + t['errors']} |")
     out()
     RESULTS["bodies"] = rows
 
@@ -677,9 +694,10 @@ def workers_scaling(fake):
         tg.generate_key()
         row = {"workers": w}
         for s, tag in ((bare, "bare"), (tg, "tollgate")):
-            t = wrk(s.port, CONNS, SCALING_SECONDS, small, s.auth)
+            t = wrk(s.port, CONNS, SCALING_SECONDS, small, s.auth, s.all_pids())
             lat = wrk(s.port, 1, SCALING_SECONDS, small, s.auth)
             row[tag] = {"rps": t["rps"], "p50": lat["p50"], "rss_mb": rss_mb(s.envoy_pids()),
+                        "cpu_us": t["cpu"] / max(t["requests"], 1) * 1e6,
                         "errors": t["non2xx"] + t["errors"] + lat["non2xx"] + lat["errors"]}
         rows.append(row)
         log(f"{w} workers: bare {row['bare']['rps']:.0f} rps, tollgate {row['tollgate']['rps']:.0f} rps")
@@ -692,13 +710,14 @@ def workers_scaling(fake):
         f"between threads), not parallel speed-up, which needs more cores than this machine has "
         f"(set BENCH_ENVOY_CPUS / BENCH_LOAD_CPUS on a bigger one).")
     out()
-    out("| workers | bare rps @32 | tollgate rps @32 | ratio | bare p50 µs @1 | tollgate p50 µs @1 | bare RSS MB "
-        "| tollgate RSS MB | errors |")
-    out("|---|---|---|---|---|---|---|---|---|")
+    out("| workers | bare rps @32 | tollgate rps @32 | ratio | bare p50 µs @1 | tollgate p50 µs @1 | bare CPU µs/req "
+        "| tollgate CPU µs/req | bare RSS MB | tollgate RSS MB | errors |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b, t = r["bare"], r["tollgate"]
         out(f"| {r['workers']} | {b['rps']:.0f} | {t['rps']:.0f} | {fmt_ratio(t['rps'], b['rps'])} | {b['p50']:.0f} "
-            f"| {t['p50']:.0f} | {b['rss_mb']:.1f} | {t['rss_mb']:.1f} | {b['errors'] + t['errors']} |")
+            f"| {t['p50']:.0f} | {b['cpu_us']:.0f} | {t['cpu_us']:.0f} | {b['rss_mb']:.1f} | {t['rss_mb']:.1f} "
+            f"| {b['errors'] + t['errors']} |")
     out()
     RESULTS["workers"] = rows
 
