@@ -1,0 +1,817 @@
+#!/usr/bin/env python3
+"""Tollgate benchmarks: bare Envoy vs Envoy + tollgate.wasm (every check on) vs LiteLLM proxy, and
+scaling curves over keys, request-body sizes and Envoy workers. Run by bench/run.sh
+(`./build.sh bench`); BENCHMARKS.md explains the setup and every knob.
+
+Standard library only. Every server runs on 127.0.0.1, in its own process group, and is stopped
+when the script ends; every load run is bounded by wrk's -d.
+"""
+import datetime
+import hashlib
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/release/tollgate")
+WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/tollgate.wasm")
+ENVOY = os.environ.get("ENVOY_BIN") or os.path.join(ROOT, ".venv/bin/envoy")
+LUA = os.path.join(ROOT, "bench/wrk.lua")
+LITELLM_VENV = os.environ.get("BENCH_LITELLM_VENV", os.path.join(ROOT, "bench/.venv-litellm"))
+
+
+def env_int(name, default):
+    return int(os.environ.get(name, default))
+
+
+SECONDS = env_int("BENCH_SECONDS", 10)  # per run of the main comparison
+ROUNDS = env_int("BENCH_ROUNDS", 2)
+CONNS = env_int("BENCH_CONNECTIONS", 32)
+SCALING_SECONDS = env_int("BENCH_SCALING_SECONDS", 5)  # per run of the scaling curves
+ENVOY_CPUS = os.environ.get("BENCH_ENVOY_CPUS", "0")  # Envoy (and LiteLLM) run here
+LOAD_CPUS = os.environ.get("BENCH_LOAD_CPUS", "1")  # wrk, the fake upstream and the sidecar
+WRK_THREADS = env_int("BENCH_WRK_THREADS", 1)
+MAIN = os.environ.get("BENCH_MAIN", "1") == "1"
+LITELLM = os.environ.get("BENCH_LITELLM", "0") == "1"
+SCALING = os.environ.get("BENCH_SCALING", "all")
+KEY_COUNTS = sorted({int(x) for x in os.environ.get("BENCH_KEYS", "1,10000").split(",") if x.strip()})
+BODY_SIZES = [int(x) for x in os.environ.get("BENCH_BODY_SIZES", "1000,100000,1000000").split(",")]
+WORKERS = [int(x) for x in os.environ.get("BENCH_WORKERS", "1,2,4").split(",")]
+OUT = os.environ.get("BENCH_OUT", os.path.join(ROOT, "bench/results.md"))
+OUT_JSON = os.path.splitext(OUT)[0] + ".json"
+MASTER_KEY = "sk-bench-master-0123456789"
+# Limits high enough never to refuse during a run, so every check runs and every request passes.
+KEY_LIMITS = {
+    "max_budget": 1000000,
+    "budget_duration": "30d",
+    "rpm_limit": 1000000000,
+    "tpm_limit": 1000000000000,
+    "max_parallel_requests": 100000,
+}
+
+if SCALING in ("", "none", "0"):
+    SCALING_PARTS = []
+elif SCALING == "all":
+    SCALING_PARTS = ["keys", "bodies", "workers"]
+else:
+    SCALING_PARTS = [p.strip() for p in SCALING.split(",") if p.strip()]
+for p in SCALING_PARTS:
+    if p not in ("keys", "bodies", "workers"):
+        sys.exit(f"bench: BENCH_SCALING: unknown part {p!r} (keys, bodies, workers, all, none)")
+
+WORK = tempfile.mkdtemp(prefix="tollgate-bench-")
+PROCS = []  # Popen objects, each the leader of its own process group
+RESULTS = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+LINES = []
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def out(line=""):
+    print(line, flush=True)
+    LINES.append(line)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def spawn(args, logname, cpus, env=None):
+    f = open(os.path.join(WORK, logname), "ab")
+    p = subprocess.Popen(
+        ["taskset", "-c", cpus] + args,
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    PROCS.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=10)
+    else:
+        # The leader is gone; make sure nothing it started is left in its group.
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if p in PROCS:
+        PROCS.remove(p)
+
+
+def stop_all():
+    for p in list(PROCS):
+        stop(p)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http(method, url, body=None, headers=None, timeout=10):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError, socket.timeout, TimeoutError):
+        return None, b""
+
+
+def wait_until(what, check, timeout=60, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"bench: {what}: the process exited ({proc.returncode}); logs in {WORK}")
+        if check():
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"bench: {what} not ready after {timeout} s; logs in {WORK}")
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def tree(pid):
+    pids = [pid]
+    for c in children(pid):
+        pids += tree(c)
+    return pids
+
+
+def rss_mb(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def pin(pid, cpus):
+    subprocess.run(["taskset", "-a", "-p", "-c", cpus, str(pid)], check=True, stdout=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- the setups
+
+
+def write_config(fake_port):
+    path = os.path.join(WORK, "config.yaml")
+    with open(path, "w") as f:
+        f.write(
+            f"""model_list:
+  - model_name: bench-model
+    litellm_params:
+      model: openai/bench-model
+      api_base: http://127.0.0.1:{fake_port}/v1
+      api_key: sk-bench-provider
+      input_cost_per_token: 0.0000001
+      output_cost_per_token: 0.0000002
+general_settings:
+  master_key: os.environ/LITELLM_MASTER_KEY
+litellm_settings:
+  max_budget: 1000000
+"""
+        )
+    return path
+
+
+class Fake:
+    def __init__(self):
+        self.port = free_port()
+        self.proc = spawn([BIN, "fake-llm", "--port", str(self.port)], "fake.log", LOAD_CPUS)
+        wait_until(
+            "fake upstream",
+            lambda: http("GET", f"http://127.0.0.1:{self.port}/v1/models")[0] == 200,
+            proc=self.proc,
+        )
+        self.config = write_config(self.port)
+
+
+class Bare:
+    """Envoy alone: the same listener and upstream cluster, no filter."""
+
+    name = "bare Envoy"
+
+    def __init__(self, fake, workers=1):
+        self.port = free_port()
+        yaml = subprocess.run(
+            [BIN, "render", "--config", fake.config, "--format", "envoy-bare", "--port", str(self.port),
+             "--envoy-admin-port", str(free_port())],
+            check=True, capture_output=True, text=True, env=dict(os.environ, LITELLM_MASTER_KEY=MASTER_KEY),
+        ).stdout
+        yaml = yaml.replace("address: 0.0.0.0", "address: 127.0.0.1")  # 127.0.0.1 only
+        path = os.path.join(WORK, f"bare-{self.port}.yaml")
+        with open(path, "w") as f:
+            f.write(yaml)
+        self.proc = spawn(
+            [ENVOY, "-c", path, "--concurrency", str(workers), "--disable-hot-restart", "--log-level", "error"],
+            f"bare-{self.port}.log", ENVOY_CPUS,
+        )
+        wait_until("bare Envoy", lambda: http("GET", f"http://127.0.0.1:{self.port}/v1/models")[0] == 200,
+                   proc=self.proc)
+        self.auth = "none"
+
+    def envoy_pids(self):
+        return [self.proc.pid]
+
+    def all_pids(self):
+        return [self.proc.pid]
+
+    def side_pids(self):
+        return []
+
+
+class Tollgate:
+    """`tollgate up`: the sidecar plus the Envoy it supervises, with tollgate.wasm."""
+
+    name = "Envoy + tollgate.wasm"
+
+    def __init__(self, fake, workers=1, data_dir=None):
+        self.port = free_port()
+        self.data_dir = data_dir or os.path.join(WORK, f"data-{self.port}")
+        env = dict(os.environ, LITELLM_MASTER_KEY=MASTER_KEY, ENVOY_BIN=ENVOY)
+        self.proc = spawn(
+            [BIN, "up", "--config", fake.config, "--port", str(self.port), "--host", "127.0.0.1",
+             "--concurrency", str(workers), "--data-dir", self.data_dir, "--wasm", WASM,
+             "--envoy-log-level", "error"],
+            f"up-{self.port}.log", ENVOY_CPUS, env=env,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        wait_until("tollgate up", lambda: self.envoy_pid() is not None, proc=self.proc)
+        # The sidecar (off the request path) joins the load generator; Envoy keeps its CPUs.
+        pin(self.proc.pid, LOAD_CPUS)
+        pin(self.envoy_pid(), ENVOY_CPUS)
+        wait_until("tollgate admin API", lambda: self.admin("GET", "/health/liveliness")[0] == 200,
+                   proc=self.proc)
+
+    def envoy_pid(self):
+        for kid in children(self.proc.pid):
+            try:
+                with open(f"/proc/{kid}/comm") as f:
+                    if "envoy" in f.read():
+                        return kid
+            except OSError:
+                pass
+        return None
+
+    def admin(self, method, path, body=None):
+        return http(method, self.base + path, body, {"Authorization": f"Bearer {MASTER_KEY}"})
+
+    def generate_key(self, raw=None):
+        body = dict(KEY_LIMITS)
+        if raw:
+            body["key"] = raw
+        status, resp = self.admin("POST", "/key/generate", body)
+        if status != 200:
+            raise SystemExit(f"bench: /key/generate answered {status}: {resp[:300]!r}")
+        key = json.loads(resp)["key"]
+        # With file-based ECDS the filter may load a moment after the listener: wait until a
+        # request with the key is served.
+        wait_until(
+            "the filter",
+            lambda: http("POST", self.base + "/v1/chat/completions", SMALL_BODY,
+                         {"Authorization": f"Bearer {key}"})[0] == 200,
+            timeout=30, proc=self.proc,
+        )
+        self.auth = f"key:{key}"
+        return key
+
+    def envoy_pids(self):
+        return [self.envoy_pid()]
+
+    def all_pids(self):
+        return [self.envoy_pid(), self.proc.pid]
+
+    def side_pids(self):
+        return [self.proc.pid]
+
+
+class LiteLLM:
+    """LiteLLM proxy from PyPI in its own venv, master key only (no database)."""
+
+    name = "LiteLLM proxy (master key only)"
+
+    def __init__(self, fake):
+        exe = os.path.join(LITELLM_VENV, "bin/litellm")
+        if not os.path.exists(exe):
+            raise SystemExit(f"bench: {exe} missing (bench/run.sh installs it when BENCH_LITELLM=1)")
+        self.port = free_port()
+        env = dict(os.environ, LITELLM_MASTER_KEY=MASTER_KEY, LITELLM_LOCAL_MODEL_COST_MAP="True",
+                   LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", DISABLE_SCHEMA_UPDATE="True")
+        env.pop("DATABASE_URL", None)
+        self.proc = spawn(
+            [exe, "--config", fake.config, "--host", "127.0.0.1", "--port", str(self.port), "--num_workers", "1"],
+            f"litellm-{self.port}.log", ENVOY_CPUS, env=env,
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        wait_until(
+            "LiteLLM",
+            lambda: http("POST", self.base + "/v1/chat/completions", SMALL_BODY,
+                         {"Authorization": f"Bearer {MASTER_KEY}"}, timeout=30)[0] == 200,
+            timeout=180, proc=self.proc,
+        )
+        self.auth = f"key:{MASTER_KEY}"
+        # Virtual keys need LiteLLM's database (Prisma + its engine binaries): record what it says.
+        status, resp = http("POST", self.base + "/key/generate", {"max_budget": 1000},
+                            {"Authorization": f"Bearer {MASTER_KEY}"})
+        self.key_generate = f"{status}: {resp[:200].decode(errors='replace')}"
+
+    def envoy_pids(self):
+        return tree(self.proc.pid)
+
+    def all_pids(self):
+        return tree(self.proc.pid)
+
+    def side_pids(self):
+        return []
+
+
+# ---------------------------------------------------------------- load
+
+
+def chat_body(stream=False, size=None):
+    msg = "Say something short about benchmarks."
+    body = {"model": "bench-model", "user": "bench-customer", "max_tokens": 16,
+            "messages": [{"role": "user", "content": msg}]}
+    if stream:
+        body["stream"] = True
+    if size is not None:
+        pad = size - len(json.dumps(body, separators=(",", ":")))
+        if pad > 0:
+            body["messages"][0]["content"] = msg + " " + ("lorem ipsum " * (pad // 12 + 1))[: pad - 1]
+    return body
+
+
+SMALL_BODY = chat_body()
+
+
+def body_file(name, body):
+    path = os.path.join(WORK, name)
+    with open(path, "w") as f:
+        f.write(json.dumps(body, separators=(",", ":")))
+    return path
+
+
+def us(v):
+    m = re.match(r"([\d.]+)(us|ms|s)$", v)
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[m.group(2)]
+
+
+def wrk(port, conns, seconds, body_path, auth, cpu_pids=(), side_pids=()):
+    """One bounded wrk run; returns rps, p50/p99 (µs), non-2xx, requests, issued, and the CPU
+    seconds used meanwhile by cpu_pids (all) and side_pids (a part of them)."""
+    cpu0, side0 = cpu_seconds(cpu_pids), cpu_seconds(side_pids)
+    t0 = time.time()
+    r = subprocess.run(
+        ["taskset", "-c", LOAD_CPUS, "wrk", f"-t{min(WRK_THREADS, conns)}", f"-c{conns}", f"-d{seconds}s",
+         "--timeout", "10s", "--latency", "-s", LUA, f"http://127.0.0.1:{port}/v1/chat/completions", "--",
+         body_path, auth],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )
+    wall = time.time() - t0
+    cpu, side = cpu_seconds(cpu_pids) - cpu0, cpu_seconds(side_pids) - side0
+    o = r.stdout
+    try:
+        res = {
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)),
+            "p50": us(re.search(r"\s50%\s+(\S+)", o).group(1)),
+            "p99": us(re.search(r"\s99%\s+(\S+)", o).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", o).group(1)),
+            "non2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", o)) else 0,
+            "errors": sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", o)),
+            "issued": sum(int(x) for x in re.findall(r"^issued (\d+)", o, re.M)),
+            "cpu": cpu,
+            "cpu_side": side,
+            "wall": wall,
+        }
+    except AttributeError:
+        raise SystemExit(f"bench: could not read wrk's output:\n{o}\n{r.stderr}")
+    if res["non2xx"] or res["errors"]:
+        log(f"warning: port {port}: {res['non2xx']} non-2xx responses, {res['errors']} socket errors")
+    return res
+
+
+def med(runs, field):
+    return statistics.median(r[field] for r in runs)
+
+
+def fmt_ratio(a, b):
+    return f"{a / b:.1%}" if b else "n/a"
+
+
+def times(a, b):
+    return f"{a / b:.1f}×" if b else "n/a (the other setup served nothing)"
+
+
+# ---------------------------------------------------------------- parts
+
+
+def main_comparison(fake):
+    log("main comparison: bare Envoy vs Envoy + tollgate.wasm" + (" vs LiteLLM" if LITELLM else ""))
+    small = body_file("small.json", SMALL_BODY)
+    stream = body_file("stream.json", chat_body(stream=True))
+    setups = [Bare(fake), Tollgate(fake)]
+    setups[1].generate_key()
+    if LITELLM:
+        setups.append(LiteLLM(fake))
+    runs = {s.name: {"tput": [], "lat": [], "stream": []} for s in setups}
+    for rnd in range(1, ROUNDS + 1):
+        for s in setups:
+            r = runs[s.name]
+            r["tput"].append(wrk(s.port, CONNS, SECONDS, small, s.auth, s.all_pids(), s.side_pids()))
+            r["lat"].append(wrk(s.port, 1, SECONDS, small, s.auth))
+            r["stream"].append(wrk(s.port, CONNS, SECONDS, stream, s.auth))
+            log(f"round {rnd} {s.name}: {r['tput'][-1]['rps']:.0f} rps, p50 {r['lat'][-1]['p50']:.0f} µs, "
+                f"stream {r['stream'][-1]['rps']:.0f} rps")
+    rss = {s.name: rss_mb(s.envoy_pids()) for s in setups}
+    side_rss = rss_mb([setups[1].proc.pid])
+    bare, tg = runs[setups[0].name], runs[setups[1].name]
+    b_tput, b50, b99, b_str = med(bare["tput"], "rps"), med(bare["lat"], "p50"), med(bare["lat"], "p99"), \
+        med(bare["stream"], "rps")
+
+    out("## Bare Envoy vs Envoy + tollgate.wasm" + (" vs LiteLLM" if LITELLM else ""))
+    out()
+    out(f"Median of {ROUNDS} alternating rounds of {SECONDS} s. Throughput at {CONNS} connections, latency at "
+        f"1 connection. Envoy (1 worker){' and LiteLLM (1 worker)' if LITELLM else ''} on CPU {ENVOY_CPUS}; wrk, "
+        f"the fake upstream and the sidecar on CPU {LOAD_CPUS}.")
+    out()
+    out("| setup | rps | rps vs bare | rps (stream) | stream vs bare | p50 µs @1 | p99 µs @1 | added p50 µs "
+        "| RSS MB | RSS vs bare | CPU µs/req | of which sidecar |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    table = {}
+    for s in setups:
+        r = runs[s.name]
+        tput, p50, p99, st = med(r["tput"], "rps"), med(r["lat"], "p50"), med(r["lat"], "p99"), \
+            med(r["stream"], "rps")
+        reqs = max(sum(x["requests"] for x in r["tput"]), 1)
+        per_cpu = reqs / max(sum(x["cpu"] for x in r["tput"]), 1e-9)
+        side_us = sum(x["cpu_side"] for x in r["tput"]) / reqs * 1e6
+        table[s.name] = {"rps": tput, "p50": p50, "p99": p99, "stream_rps": st, "rss_mb": rss[s.name],
+                         "req_per_cpu_s": per_cpu, "cpu_us_per_req": 1e6 / per_cpu, "sidecar_cpu_us_per_req": side_us,
+                         "runs": r}
+        out(f"| {s.name} | {tput:.0f} | {fmt_ratio(tput, b_tput)} | {st:.0f} | {fmt_ratio(st, b_str)} | {p50:.0f} "
+            f"| {p99:.0f} | {p50 - b50:+.0f} | {rss[s.name]:.1f} | {rss[s.name] / rss[setups[0].name]:.2f}× "
+            f"| {1e6 / per_cpu:.0f} | {f'{side_us:.0f}' if s.side_pids() else ''} |")
+    out()
+    out("CPU µs/req: CPU time the setup's own processes used during the throughput runs (Envoy; Envoy + "
+        "sidecar for Tollgate; every LiteLLM process) over the requests they served. Unlike rps it does not "
+        "depend on how much of its core a process got on a shared machine.")
+    errs = sum(x["non2xx"] + x["errors"] for r in runs.values() for k in r.values() for x in k)
+    wasm_kb = os.path.getsize(WASM) / 1024
+    out()
+    out(f"Sidecar RSS {side_rss:.1f} MB. tollgate.wasm {wasm_kb:.0f} KB. Non-2xx responses and socket errors "
+        f"in all runs: {errs}.")
+    RESULTS["main"] = {"table": table, "sidecar_rss_mb": side_rss, "wasm_kb": wasm_kb, "errors": errs}
+    if LITELLM:
+        ll = table[setups[2].name]
+        t = table[setups[1].name]
+        out()
+        out(f"Tollgate / LiteLLM, each on one core: throughput {times(t['rps'], ll['rps'])}, streamed "
+            f"{times(t['stream_rps'], ll['stream_rps'])}, requests per CPU-second "
+            f"{times(t['req_per_cpu_s'], ll['req_per_cpu_s'])}. "
+            f"LiteLLM runs with its master key only: `/key/generate` without a database answers "
+            f"`{setups[2].key_generate}`.")
+        RESULTS["main"]["litellm_key_generate"] = setups[2].key_generate
+    out()
+    for s in setups:
+        stop(s.proc)
+    return table
+
+
+def seed_keys(data_dir, template_raw, first, last):
+    """Insert keys sk-bench-<first..last> into the sidecar's SQLite store, each a copy of the
+    template key's document (so every field is what /key/generate writes) with its own token."""
+    db = sqlite3.connect(os.path.join(data_dir, "tollgate.db"), timeout=30)
+    user_id, team_id, doc = db.execute("SELECT user_id, team_id, doc FROM keys WHERE token = ?",
+                                       (hashlib.sha256(template_raw.encode()).hexdigest(),)).fetchone()
+    template = json.loads(doc)
+    template["key_alias"] = None
+    chunk = 50000
+    for start in range(first, last + 1, chunk):
+        rows = []
+        for n in range(start, min(start + chunk, last + 1)):
+            raw = f"sk-bench-{n:08d}"
+            token = hashlib.sha256(raw.encode()).hexdigest()
+            template["token"] = token
+            template["key_name"] = "sk-..." + raw[-4:]
+            rows.append((token, user_id, team_id, None, json.dumps(template, separators=(",", ":"))))
+        with db:
+            db.executemany("INSERT OR IGNORE INTO keys (token, user_id, team_id, key_alias, doc) "
+                           "VALUES (?, ?, ?, ?, ?)", rows)
+    db.close()
+
+
+def warm_keys(tg, small, first, last):
+    """Send one request per key first..last through Envoy so the filter fetches and caches each."""
+    done = first - 1
+    t0 = time.time()
+    while done < last:
+        count = last - done
+        r = wrk(tg.port, CONNS, max(2, min(10, count // 2000 + 1)), small, f"rotate:{count}:{done}")
+        if r["non2xx"] or r["errors"]:
+            raise SystemExit(f"bench: warm-up got {r['non2xx']} non-2xx and {r['errors']} errors")
+        done += max(r["issued"] - CONNS, 1)  # the last requests in flight at the stop may not have been served
+    return time.time() - t0
+
+
+def keys_scaling(fake):
+    log(f"keys scaling: {KEY_COUNTS}")
+    small = body_file("small.json", SMALL_BODY)
+    tg = Tollgate(fake)
+    template = "sk-bench-00000000"
+    tg.generate_key(template)
+    base_rss = rss_mb(tg.envoy_pids())
+    seeded = warmed = 0
+    rows = []
+    for n in KEY_COUNTS:
+        t0 = time.time()
+        if n > seeded:
+            seed_keys(tg.data_dir, template, seeded + 1, n)
+            seeded = n
+        seed_s = time.time() - t0
+        warm_s = warm_keys(tg, small, warmed + 1, n) if n > warmed else 0.0
+        warm_rps = (n - warmed) / warm_s if warm_s else 0
+        warmed = n
+        rss_warm = rss_mb(tg.envoy_pids())
+        tput = wrk(tg.port, CONNS, SCALING_SECONDS, small, f"rotate:{n}:0", tg.all_pids())
+        lat = wrk(tg.port, 1, SCALING_SECONDS, small, f"rotate:{n}:0")
+        row = {"keys": n, "seed_s": seed_s, "warm_s": warm_s, "warm_rps": warm_rps, "rps": tput["rps"],
+               "p50": lat["p50"], "p99": lat["p99"], "envoy_rss_mb": rss_mb(tg.envoy_pids()),
+               "rss_after_warm_mb": rss_warm, "sidecar_rss_mb": rss_mb([tg.proc.pid]),
+               "cpu_us_per_req": tput["cpu"] / max(tput["requests"], 1) * 1e6,
+               "errors": tput["non2xx"] + tput["errors"] + lat["non2xx"] + lat["errors"]}
+        rows.append(row)
+        log(f"{n} keys: seeded in {seed_s:.1f} s, warmed in {warm_s:.1f} s, {row['rps']:.0f} rps, "
+            f"p50 {row['p50']:.0f} µs, Envoy RSS {row['envoy_rss_mb']:.1f} MB")
+    # Drift on a busy machine can be larger than the effect: once every key is warm, measure the
+    # rotations again in alternating rounds, so each round sees the same conditions.
+    inter = {n: [] for n in KEY_COUNTS}
+    for _ in range(ROUNDS):
+        for n in KEY_COUNTS:
+            inter[n].append(wrk(tg.port, CONNS, SCALING_SECONDS, small, f"rotate:{n}:0", tg.all_pids()))
+    for row in rows:
+        runs = inter[row["keys"]]
+        row["alt_rps"] = med(runs, "rps")
+        row["alt_cpu_us_per_req"] = statistics.median(r["cpu"] / max(r["requests"], 1) * 1e6 for r in runs)
+        row["errors"] += sum(r["non2xx"] + r["errors"] for r in runs)
+    stop(tg.proc)
+    first = rows[0]
+    out("## Keys known to the filter")
+    out()
+    out(f"One `tollgate up` (1 Envoy worker), keys seeded into its SQLite store (copies of a key made by "
+        f"`/key/generate` with every limit), then warmed: one request per key through Envoy, so the filter "
+        f"has fetched each from the sidecar. Then {SCALING_SECONDS} s runs rotating over all the keys, one "
+        f"key per request (every row uses the same rotating wrk script). Envoy RSS before any bench key: "
+        f"{base_rss:.1f} MB.")
+    out()
+    out("| keys | seed s | warm s (new keys/s) | rps @32 | vs first row | p50 µs @1 | p99 µs @1 "
+        "| CPU µs/req (Envoy + sidecar) | Envoy RSS MB | Envoy RSS growth per 100 000 keys | sidecar RSS MB |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        growth = ((r["envoy_rss_mb"] - first["envoy_rss_mb"]) / (r["keys"] - first["keys"]) * 100000
+                  if r["keys"] > first["keys"] else None)
+        r["rss_growth_mb_per_100k"] = growth
+        warm = f" ({r['warm_rps']:.0f})" if r["warm_rps"] >= 10 else ""
+        out(f"| {r['keys']:,} | {r['seed_s']:.1f} | {r['warm_s']:.1f}{warm} | {r['rps']:.0f} "
+            f"| {fmt_ratio(r['rps'], first['rps'])} | {r['p50']:.0f} | {r['p99']:.0f} | {r['cpu_us_per_req']:.0f} "
+            f"| {r['envoy_rss_mb']:.1f} | {'' if growth is None else f'{growth:.1f} MB'} "
+            f"| {r['sidecar_rss_mb']:.1f} |")
+    out()
+    out(f"Then, with all {KEY_COUNTS[-1]:,} keys warm, the same rotations again in {ROUNDS} alternating rounds "
+        f"(median), which is steadier on a busy machine:")
+    out()
+    out("| rotating over | rps @32 | vs first row | CPU µs/req (Envoy + sidecar) |")
+    out("|---|---|---|---|")
+    for r in rows:
+        out(f"| {r['keys']:,} keys | {r['alt_rps']:.0f} | {fmt_ratio(r['alt_rps'], first['alt_rps'])} "
+            f"| {r['alt_cpu_us_per_req']:.0f} |")
+    out()
+    out("CPU µs/req: CPU time of Envoy and the sidecar together over the requests served in the throughput "
+        "run. Warming is one request per new key, each a cold lookup (the filter asks the sidecar). "
+        "Non-2xx and socket errors: " + str(sum(r["errors"] for r in rows)) + ".")
+    out()
+    RESULTS["keys"] = rows
+
+
+def bodies_scaling(fake):
+    log(f"body sizes: {BODY_SIZES}")
+    bare, tg = Bare(fake), Tollgate(fake)
+    tg.generate_key()
+    rows = []
+    for size in BODY_SIZES:
+        path = body_file(f"body-{size}.json", chat_body(size=size))
+        row = {"bytes": os.path.getsize(path)}
+        for s, tag in ((bare, "bare"), (tg, "tollgate")):
+            t = wrk(s.port, CONNS, SCALING_SECONDS, path, s.auth, s.all_pids())
+            lat = wrk(s.port, 1, SCALING_SECONDS, path, s.auth)
+            row[tag] = {"rps": t["rps"], "p50": lat["p50"], "p99": lat["p99"],
+                        "cpu_us": t["cpu"] / max(t["requests"], 1) * 1e6,
+                        "errors": t["non2xx"] + t["errors"] + lat["non2xx"] + lat["errors"]}
+        rows.append(row)
+        log(f"{row['bytes']} B: bare {row['bare']['rps']:.0f} rps, tollgate {row['tollgate']['rps']:.0f} rps")
+    stop(bare.proc)
+    stop(tg.proc)
+    out("## Request body size")
+    out()
+    out(f"Non-streamed chat completions whose message is padded to the size; {SCALING_SECONDS} s per run, "
+        f"1 Envoy worker. The fake upstream reads the whole body too.")
+    out()
+    out("| body bytes | bare rps @32 | tollgate rps @32 | ratio | bare p50 µs @1 | tollgate p50 µs @1 | added p50 µs "
+        "| bare CPU µs/req | tollgate CPU µs/req | errors |")
+    out("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        b, t = r["bare"], r["tollgate"]
+        out(f"| {r['bytes']:,} | {b['rps']:.0f} | {t['rps']:.0f} | {fmt_ratio(t['rps'], b['rps'])} | {b['p50']:.0f} "
+            f"| {t['p50']:.0f} | {t['p50'] - b['p50']:+.0f} | {b['cpu_us']:.0f} | {t['cpu_us']:.0f} "
+            f"| {b['errors'] + t['errors']} |")
+    out()
+    RESULTS["bodies"] = rows
+
+
+def workers_scaling(fake):
+    log(f"Envoy workers: {WORKERS}")
+    small = body_file("small.json", SMALL_BODY)
+    rows = []
+    for w in WORKERS:
+        bare, tg = Bare(fake, w), Tollgate(fake, w)
+        tg.generate_key()
+        row = {"workers": w}
+        for s, tag in ((bare, "bare"), (tg, "tollgate")):
+            t = wrk(s.port, CONNS, SCALING_SECONDS, small, s.auth, s.all_pids())
+            lat = wrk(s.port, 1, SCALING_SECONDS, small, s.auth)
+            row[tag] = {"rps": t["rps"], "p50": lat["p50"], "rss_mb": rss_mb(s.envoy_pids()),
+                        "cpu_us": t["cpu"] / max(t["requests"], 1) * 1e6,
+                        "errors": t["non2xx"] + t["errors"] + lat["non2xx"] + lat["errors"]}
+        rows.append(row)
+        log(f"{w} workers: bare {row['bare']['rps']:.0f} rps, tollgate {row['tollgate']['rps']:.0f} rps")
+        stop(bare.proc)
+        stop(tg.proc)
+    out("## Envoy workers")
+    out()
+    out(f"Envoy `--concurrency` 1, 2, 4, every worker on CPU(s) {ENVOY_CPUS}; {SCALING_SECONDS} s per run. "
+        f"With Envoy on one core this measures what extra workers cost (more VMs, shared data contended "
+        f"between threads), not parallel speed-up, which needs more cores than this machine has "
+        f"(set BENCH_ENVOY_CPUS / BENCH_LOAD_CPUS on a bigger one).")
+    out()
+    out("| workers | bare rps @32 | tollgate rps @32 | ratio | bare p50 µs @1 | tollgate p50 µs @1 | bare CPU µs/req "
+        "| tollgate CPU µs/req | bare RSS MB | tollgate RSS MB | errors |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        b, t = r["bare"], r["tollgate"]
+        out(f"| {r['workers']} | {b['rps']:.0f} | {t['rps']:.0f} | {fmt_ratio(t['rps'], b['rps'])} | {b['p50']:.0f} "
+            f"| {t['p50']:.0f} | {b['cpu_us']:.0f} | {t['cpu_us']:.0f} | {b['rss_mb']:.1f} | {t['rss_mb']:.1f} "
+            f"| {b['errors'] + t['errors']} |")
+    out()
+    RESULTS["workers"] = rows
+
+
+def targets():
+    out("## Against the targets (issue 6)")
+    out()
+    out("| target | this run |")
+    out("|---|---|")
+    m = RESULTS.get("main")
+    if m:
+        t = m["table"]
+        bare, tg = t["bare Envoy"], t["Envoy + tollgate.wasm"]
+        ratio = tg["rps"] / bare["rps"]
+        out(f"| ≥ 90% of bare Envoy's throughput, every check on | {'met' if ratio >= 0.9 else 'missed'}: "
+            f"{ratio:.1%} (streamed {tg['stream_rps'] / bare['stream_rps']:.1%}) |")
+        added = tg["p50"] - bare["p50"]
+        out(f"| < 100 µs added p50 | {'met' if added < 100 else 'missed'}: {added:+.0f} µs |")
+        ll = t.get("LiteLLM proxy (master key only)")
+        if ll:
+            per_core = tg["rps"] / ll["rps"] if ll["rps"] else float("inf")
+            out(f"| ≥ 200× LiteLLM's throughput per core | {'met' if per_core >= 200 else 'missed'}: "
+                f"{times(tg['rps'], ll['rps'])} (requests per CPU-second "
+                f"{times(tg['req_per_cpu_s'], ll['req_per_cpu_s'])}) |")
+        else:
+            out("| ≥ 200× LiteLLM's throughput per core | not run (BENCH_LITELLM=1) |")
+        out(f"| tollgate.wasm < 1 MB | {'met' if m['wasm_kb'] < 1024 else 'missed'}: {m['wasm_kb']:.0f} KB |")
+        out(f"| sidecar < 50 MB RSS | {'met' if m['sidecar_rss_mb'] < 50 else 'missed'}: "
+            f"{m['sidecar_rss_mb']:.1f} MB |")
+    k = RESULTS.get("keys")
+    if k and len(k) > 1:
+        last = k[-1]
+        out(f"| flat cost from 1 to 1 000 000 keys | {last['keys']:,} keys: {last['alt_rps'] / k[0]['alt_rps']:.1%} of "
+            f"the 1-key throughput, CPU per request {last['alt_cpu_us_per_req'] - k[0]['alt_cpu_us_per_req']:+.0f} µs "
+            f"(alternating rounds); as keys were added {last['rps'] / k[0]['rps']:.1%}, p50 "
+            f"{last['p50'] - k[0]['p50']:+.0f} µs"
+            f"{'' if last['keys'] >= 1000000 else ' (BENCH_KEYS=1,10000,1000000 for the full curve)'} |")
+        out(f"| Envoy memory per 100 000 keys reported | {last['rss_growth_mb_per_100k']:.1f} MB per 100 000 keys "
+            f"(measured up to {last['keys']:,}) |")
+        out(f"| sidecar < 50 MB RSS with {last['keys']:,} keys | "
+            f"{'met' if last['sidecar_rss_mb'] < 50 else 'missed'}: {last['sidecar_rss_mb']:.1f} MB |")
+    out()
+
+
+def main():
+    for tool in ("wrk", "taskset"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            sys.exit(f"bench: {tool} is needed")
+    for f in (BIN, WASM, ENVOY):
+        if not os.path.exists(f):
+            sys.exit(f"bench: {f} missing (./build.sh build)")
+    envoy_version = subprocess.run([ENVOY, "--version"], capture_output=True, text=True).stdout.strip()
+    envoy_version = re.search(r"version: \S+/([\d.]+)", envoy_version)
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        pass
+    started = time.time()
+    out(f"# Tollgate benchmark run")
+    out()
+    out(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Envoy "
+        f"{envoy_version.group(1) if envoy_version else '?'}. Knobs: BENCH_SECONDS={SECONDS} BENCH_ROUNDS={ROUNDS} "
+        f"BENCH_CONNECTIONS={CONNS} BENCH_SCALING={SCALING} BENCH_SCALING_SECONDS={SCALING_SECONDS} "
+        f"BENCH_KEYS={','.join(map(str, KEY_COUNTS))} BENCH_LITELLM={int(LITELLM)} BENCH_ENVOY_CPUS={ENVOY_CPUS} "
+        f"BENCH_LOAD_CPUS={LOAD_CPUS}.")
+    out()
+    fake = Fake()
+    timings = {}
+    parts = ([("main", main_comparison)] if MAIN else []) + [
+        (p, {"keys": keys_scaling, "bodies": bodies_scaling, "workers": workers_scaling}[p]) for p in SCALING_PARTS]
+    for name, fn in parts:
+        t0 = time.time()
+        fn(fake)
+        timings[name] = time.time() - t0
+        log(f"{name} took {timings[name]:.0f} s")
+    targets()
+    out("Time per part: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + f"; total {time.time() - started:.0f} s.")
+    RESULTS["timings_s"] = timings
+    with open(OUT, "w") as f:
+        f.write("\n".join(LINES) + "\n")
+    with open(OUT_JSON, "w") as f:
+        json.dump(RESULTS, f, indent=1)
+    log(f"wrote {OUT} and {OUT_JSON}")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        main()
+    finally:
+        stop_all()
+        if os.environ.get("BENCH_KEEP_WORK") != "1":
+            subprocess.run(["rm", "-rf", WORK])
