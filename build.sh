@@ -99,5 +99,6 @@ case "${1:-build}" in
   test) test_all ;;
   examples) build; render_examples envoy ;;
   bench) build; [ -x bench/run.sh ] || die "bench/run.sh not found"; bench/run.sh ;;
+  fuzz) shift; fuzz/run.sh "$@" ;;
   *) die "usage: ./build.sh [build|run [CONFIG]|test|bench|examples]" ;;
 esac

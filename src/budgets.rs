@@ -239,10 +239,10 @@ pub fn admit<S: VersionedStore>(
             match max {
                 Some(m) if c.spend.saturating_add(c.reserved) >= m => Decision::Keep(Err(c)),
                 Some(m) => {
-                    let left = m - c.spend - c.reserved;
+                    let left = m.saturating_sub(c.spend).saturating_sub(c.reserved);
                     let take = estimate_nanos.clamp(0, left);
                     let next = Counter {
-                        reserved: c.reserved + take,
+                        reserved: c.reserved.saturating_add(take),
                         ..c
                     };
                     Decision::Write(next.encode(), Ok((next, take)))
@@ -346,6 +346,26 @@ mod tests {
     }
 
     const CENT: i64 = 10_000_000;
+
+    /// Found by fuzzing (fuzz/fuzz_targets/counters.rs): a stored counter with a huge negative
+    /// spend made `max - spend - reserved` overflow; wrapped (release), the reservation clamp got
+    /// `min > max` and panicked.
+    #[test]
+    fn stored_counter_extremes_do_not_overflow() {
+        let s = MemoryStore::default();
+        let scopes = [key_scope(Some(1.0), None)];
+        let key = storage_key(&scopes[0]);
+        s.set(&key, format!("0 {} 0", i64::MIN).as_bytes(), None)
+            .unwrap();
+        let t = admit(&s, &scopes, CENT, 1, CAL, 422).unwrap();
+        assert_eq!(t.charges[0].reserved, CENT);
+        s.set(&key, format!("0 0 {}", i64::MAX - 1).as_bytes(), None)
+            .unwrap();
+        assert_eq!(
+            admit(&s, &scopes, CENT, 2, CAL, 422).unwrap_err().status,
+            422
+        );
+    }
 
     #[test]
     fn blocks_at_spend_equal_to_budget() {

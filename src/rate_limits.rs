@@ -137,7 +137,7 @@ fn too_many(
     now: i64,
 ) -> ApiError {
     let reset_at = format_reset_at(reset_micros);
-    let retry_after = (reset_micros.saturating_sub(now) + 999_999) / 1_000_000;
+    let retry_after = reset_micros.saturating_sub(now).saturating_add(999_999) / 1_000_000;
     let mut e = ApiError::new(
         429,
         "throttling_error",
@@ -201,7 +201,7 @@ pub fn admit<S: VersionedStore>(
                     LimitType::Requests,
                     limit,
                     w.requests,
-                    w.start + window_micros,
+                    w.start.saturating_add(window_micros),
                     now,
                 ))
             }
@@ -238,7 +238,7 @@ pub fn admit<S: VersionedStore>(
                     LimitType::MaxParallelRequests,
                     limit,
                     n,
-                    now + 1_000_000,
+                    now.saturating_add(1_000_000),
                     now,
                 ));
             }
@@ -284,7 +284,7 @@ pub fn admit<S: VersionedStore>(
                     LimitType::Tokens,
                     limit,
                     w.tokens,
-                    w.start + window_micros,
+                    w.start.saturating_add(window_micros),
                     now,
                 ));
             }
@@ -417,6 +417,30 @@ mod tests {
             tpm,
             max_parallel: par,
         }
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/counters.rs): reset times computed from a clock or a
+    /// stored window start near `i64::MAX` overflowed (a panic with overflow checks; a reset in
+    /// year -292277 without).
+    #[test]
+    fn extreme_clock_and_stored_window_do_not_overflow() {
+        let reset_at = |e: ApiError| -> String {
+            let h: std::collections::HashMap<_, _> = e.headers.into_iter().collect();
+            assert!(h["retry-after"].parse::<i64>().unwrap() >= 1);
+            h["reset_at"].clone()
+        };
+        let s = MemoryStore::default();
+        let e = admit(&s, &[key(None, None, Some(0))], 1, i64::MAX - 7, W).unwrap_err();
+        assert!(!reset_at(e).starts_with('-'));
+        let d = key(Some(1), Some(1), None);
+        s.set(
+            &window_key(&d),
+            format!("{} 5 5", i64::MAX - 1).as_bytes(),
+            None,
+        )
+        .unwrap();
+        let e = admit(&s, &[d], 1, i64::MAX - 2, W).unwrap_err();
+        assert!(!reset_at(e).starts_with('-'));
     }
 
     #[test]

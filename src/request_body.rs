@@ -219,6 +219,23 @@ mod tests {
         assert_eq!((r.prompt_chars(), r.n()), (4, 3));
     }
 
+    /// Found by fuzzing (fuzz/fuzz_targets/request_body.rs): without serde_json's exact float
+    /// parsing, a long number came out of the rewrite one ulp off what the client sent.
+    #[test]
+    fn rewrite_keeps_numbers_exactly() {
+        let body = br#"{"model":"m","x":44444444444444444444444444444444444444444444444444444444444444445,"t":0.30000000000000004}"#;
+        let r = parse(body).unwrap();
+        let again = parse(&r.upstream_body("b")).unwrap();
+        assert_eq!(again.object["x"], r.object["x"]);
+        // Rust's own parser rounds correctly: the same double as the client's decimal.
+        let exact: f64 = "44444444444444444444444444444444444444444444444444444444444444445"
+            .parse()
+            .unwrap();
+        assert_eq!(r.object["x"].as_f64(), Some(exact));
+        assert_eq!(again.object["x"].as_f64(), Some(exact));
+        assert_eq!(again.object["t"].as_f64(), Some(0.30000000000000004));
+    }
+
     #[test]
     fn rewrites_model_only() {
         let r =

@@ -185,8 +185,56 @@ pub fn parse(text: &str) -> Result<Loaded> {
                 "invalid config: model_list[{i}].litellm_params.model is empty"
             ));
         }
+        let (p, info) = (&m.litellm_params, &m.model_info);
+        for (field, v) in [
+            (
+                "litellm_params.input_cost_per_token",
+                p.input_cost_per_token,
+            ),
+            (
+                "litellm_params.output_cost_per_token",
+                p.output_cost_per_token,
+            ),
+            (
+                "litellm_params.cache_read_input_token_cost",
+                p.cache_read_input_token_cost,
+            ),
+            ("litellm_params.max_budget", p.max_budget),
+            ("model_info.input_cost_per_token", info.input_cost_per_token),
+            (
+                "model_info.output_cost_per_token",
+                info.output_cost_per_token,
+            ),
+            (
+                "model_info.cache_read_input_token_cost",
+                info.cache_read_input_token_cost,
+            ),
+        ] {
+            finite(v, &format!("model_list[{i}].{field}"))?;
+        }
     }
+    let ls = &config.litellm_settings;
+    finite(ls.max_budget, "litellm_settings.max_budget")?;
+    finite(
+        ls.max_end_user_budget,
+        "litellm_settings.max_end_user_budget",
+    )?;
+    finite(
+        ls.max_internal_user_budget,
+        "litellm_settings.max_internal_user_budget",
+    )?;
     Ok(Loaded { config, warnings })
+}
+
+/// Prices and budgets must be finite: YAML's `.inf` / `.nan` would reach the filter as JSON
+/// `null` (no price, no budget), not what the config says.
+fn finite(value: Option<f64>, field: &str) -> Result<()> {
+    match value {
+        Some(v) if !v.is_finite() => Err(anyhow!(
+            "invalid config: {field} must be a finite number, got {v}"
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn apply_environment_variables(config: &LiteLlmConfig) {
@@ -293,6 +341,33 @@ general_settings:
 litellm_settings:
   max_budget: 10
 "#;
+
+    /// Found by fuzzing (fuzz/fuzz_targets/config.rs): `.inf` / `.nan` survived loading but became
+    /// `null` in the plugin config, so the filter saw no budget (or no price).
+    #[test]
+    fn refuses_non_finite_prices_and_budgets() {
+        let e = parse("litellm_settings: {max_budget: .inf, timezone: \"+05:45\"}\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("litellm_settings.max_budget must be a finite number"),
+            "{e}"
+        );
+        let e = parse(
+            "model_list:\n  - {model_name: b, litellm_params: {model: openai/x, api_base: \"http://h:1/v1\", input_cost_per_token: .nan}}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("model_list[0].litellm_params.input_cost_per_token must be a finite"),
+            "{e}"
+        );
+        let e = parse("model_list:\n  - {model_name: b, litellm_params: {model: openai/x}, model_info: {output_cost_per_token: -.inf}}\n").unwrap_err();
+        assert!(
+            e.to_string().contains("model_info.output_cost_per_token"),
+            "{e}"
+        );
+        assert!(parse("litellm_settings: {max_budget: 1.5}\n").is_ok());
+    }
 
     #[test]
     fn parses_resolves_and_warns() {
