@@ -509,7 +509,7 @@ pub fn next_reset_at(
         local_now,
         clamp_tod(reset_time_of_day_secs),
     );
-    zone.utc_from_wall(local)
+    zone.reset_instant(local, now_unix_secs)
 }
 
 /// Exact `get_next_standardized_reset_time(duration, now, tz, reset_time_of_day)` from the
@@ -526,7 +526,7 @@ pub fn next_reset_at_str(
     let local_now = zone.wall_at_utc(now_unix_secs);
     let spec = parse_reset_spec(normalize_duration(duration));
     let local = reset_local(spec, local_now, clamp_tod(reset_time_of_day_secs));
-    zone.utc_from_wall(local)
+    zone.reset_instant(local, now_unix_secs)
 }
 
 fn budget_duration_message(s: &str) -> String {
@@ -688,11 +688,39 @@ impl ZoneOffsets {
     /// occurrence, and a time that never occurs (clocks going forward) is read with the offset
     /// from before the jump (02:30 on a spring-forward night in New York is 07:30 UTC).
     pub fn utc_from_wall(&self, wall_secs: i64) -> i64 {
+        self.utc_from_wall_fold(wall_secs, false)
+    }
+
+    /// `fold=1`: the second occurrence of a repeated time (the smaller offset decides).
+    fn utc_from_wall_fold(&self, wall_secs: i64, fold: bool) -> i64 {
         let passed = self.transitions.partition_point(|(at, after)| {
             let before = self.offset_before(*at);
-            at.saturating_add(i64::from(before.max(*after))) <= wall_secs
+            let decisive = if fold {
+                before.min(*after)
+            } else {
+                before.max(*after)
+            };
+            at.saturating_add(i64::from(decisive)) <= wall_secs
         });
         wall_secs.saturating_sub(i64::from(self.offset_after(passed)))
+    }
+
+    /// A reset at wall time `wall`, computed at `now`: [`Self::utc_from_wall`], except when that
+    /// instant is not after `now` but the wall time's second occurrence is (a reset computed
+    /// during the repeated hour of a fall-back night for a time in that hour). LiteLLM stores
+    /// the past instant there and resets on every check until the hour ends; Tollgate takes
+    /// the occurrence still ahead.
+    fn reset_instant(&self, wall_secs: i64, now_unix_secs: i64) -> i64 {
+        let first = self.utc_from_wall_fold(wall_secs, false);
+        if first > now_unix_secs {
+            return first;
+        }
+        let second = self.utc_from_wall_fold(wall_secs, true);
+        if second > now_unix_secs {
+            second
+        } else {
+            first
+        }
     }
 
     /// The offset just before the transition at `at`.

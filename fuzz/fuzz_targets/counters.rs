@@ -15,6 +15,7 @@ mod common;
 use common::Input;
 use libfuzzer_sys::fuzz_target;
 use tollgate::budgets::{self, Calendar, Level, Scope};
+use tollgate::duration::ZoneOffsets;
 use tollgate::rate_limits::{self, Descriptor};
 use tollgate::shared_store::{MemoryStore, VersionedStore};
 
@@ -77,8 +78,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = store.set(WINDOW_KEY, window_entry, None);
         let _ = store.set(GAUGE_KEY, gauge_entry, None);
     }
+    let zone = ZoneOffsets::fixed((actual % 86_400) as i32);
     let cal = Calendar {
-        utc_offset_seconds: (actual % 86_400) as i32,
+        zone: &zone,
         reset_time_of_day_seconds: (estimate as u64 % 86_400) as u32,
     };
 

@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use tollgate::duration::{
     add_duration, checked_add_duration, civil_from_unix, format_iso8601_utc, format_python_utc,
     next_reset_at, next_reset_at_str, parse_duration, parse_iso8601_utc, parse_time_of_day,
-    parse_utc_offset, unix_from_civil, validate_budget_duration, validate_budget_duration_at,
+    parse_utc_offset, unix_from_civil, ZoneOffsets, validate_budget_duration, validate_budget_duration_at,
     ParsedDuration,
 };
 
@@ -48,6 +48,17 @@ fuzz_target!(|data: &[u8]| {
 
     let now = (raw_now as u64 % NOW_SPAN) as i64;
     let offset = (raw_off % 172_799) as i32 - 86_399;
+    // Half the inputs get a DST-like transition (one hour forward or back) near `now`.
+    let zone = if raw_off % 2 == 0 {
+        ZoneOffsets::fixed(offset)
+    } else {
+        let shift = if raw_off % 4 == 1 { 3_600 } else { -3_600 };
+        let at = now.saturating_add((raw_off % 200_000) as i64 - 100_000);
+        ZoneOffsets {
+            initial: offset,
+            transitions: vec![(at, (offset + shift).clamp(-86_399, 86_399))],
+        }
+    };
     let tod = raw_tod % 90_000;
 
     // parse_duration and exact additions.
@@ -82,7 +93,7 @@ fuzz_target!(|data: &[u8]| {
 
     // Budget-duration validation agrees with parse_duration.
     for v in [
-        validate_budget_duration_at(s, now, offset, tod),
+        validate_budget_duration_at(s, now, &zone, tod),
         validate_budget_duration(s),
     ] {
         if let Ok(p) = v {
@@ -90,15 +101,15 @@ fuzz_target!(|data: &[u8]| {
             assert!(p != ParsedDuration::Seconds(0) && p != ParsedDuration::Months(0));
         }
     }
-    let reset = next_reset_at_str(s, now, offset, tod);
-    if validate_budget_duration_at(s, now, offset, tod).is_ok() {
+    let reset = next_reset_at_str(s, now, &zone, tod);
+    if validate_budget_duration_at(s, now, &zone, tod).is_ok() {
         assert!(
             reset >= now,
             "{s:?} now={now} off={offset} tod={tod} -> {reset}"
         );
     }
     if let Ok(p) = parsed {
-        let r = next_reset_at(p, now, offset, tod);
+        let r = next_reset_at(p, now, &zone, tod);
         if p != ParsedDuration::Seconds(0) && r < PY_END {
             assert!(r >= now, "{p:?} now={now} off={offset} tod={tod} -> {r}");
         }

@@ -129,6 +129,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_inside_the_repeated_hour_is_still_ahead() {
+        let ny = resolve("America/New_York").unwrap();
+        // 2026-11-01 06:15Z is 01:15 EST, the second 01:15 of the night. A daily reset at
+        // 01:30 is the 01:30 still to come (EST, 06:30Z), not the first one (EDT, 05:30Z),
+        // which has passed.
+        let tod = 3600 + 30 * 60;
+        let now = u(2026, 11, 1, 6, 15);
+        assert_eq!(
+            next_reset_at_str("1d", now, &ny, tod),
+            u(2026, 11, 1, 6, 30)
+        );
+        // During the first 01:15 (EDT, 05:15Z) it is the first 01:30 (05:30Z).
+        assert_eq!(
+            next_reset_at_str("1d", u(2026, 11, 1, 5, 15), &ny, tod),
+            u(2026, 11, 1, 5, 30)
+        );
+    }
+
+    #[test]
     fn southern_hemisphere_and_fixed_offsets() {
         let sydney = resolve("Australia/Sydney").unwrap();
         assert_eq!(sydney.offset_at_utc(u(2026, 1, 15, 0, 0)), 11 * 3600);
