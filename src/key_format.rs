@@ -38,6 +38,30 @@ pub fn abbreviate(raw: &str) -> String {
     format!("sk-...{}", last_chars(raw, 4))
 }
 
+/// `haystack` with every occurrence of `secret` replaced by its `sk-...abcd` abbreviation;
+/// `None` when it does not occur (or `secret` is empty).
+pub fn redact_secret(haystack: &[u8], secret: &str) -> Option<Vec<u8>> {
+    let needle = secret.as_bytes();
+    if needle.is_empty() || haystack.len() < needle.len() {
+        return None;
+    }
+    let mask = abbreviate(secret);
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut found = false;
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.extend_from_slice(mask.as_bytes());
+            i += needle.len();
+            found = true;
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    found.then_some(out)
+}
+
 /// `abcd****wxyz` as in LiteLLM's "Virtual Key expected" error; short values are fully masked.
 pub fn mask_for_error(raw: &str) -> String {
     let count = raw.chars().count();
@@ -119,5 +143,14 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn redacts_every_occurrence() {
+        let got = redact_secret(b"key sk-prov-1234 and sk-prov-1234!", "sk-prov-1234").unwrap();
+        assert_eq!(got, b"key sk-...1234 and sk-...1234!");
+        assert_eq!(redact_secret(b"nothing here", "sk-prov-1234"), None);
+        assert_eq!(redact_secret(b"short", "sk-prov-1234"), None);
+        assert_eq!(redact_secret(b"anything", ""), None);
     }
 }

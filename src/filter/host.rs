@@ -111,10 +111,7 @@ pub fn dispatch_get(
 }
 
 pub fn call_response_status() -> Option<u16> {
-    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse().ok())
+    map_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok())
 }
 
 pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
@@ -257,18 +254,43 @@ pub fn dispatch_post(
 
 /// All request headers in one host call (names are lowercase in Envoy).
 pub fn request_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    map(MapType::HttpRequestHeaders)
+}
+
+/// A header map with values read as bytes: the SDK's `get_map` panics (and so kills the VM) on a
+/// value that is not UTF-8, which any client or upstream can send. Such bytes become U+FFFD.
+fn map(map_type: MapType) -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(map_type)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                String::from_utf8(v).unwrap_or_else(|e| lossy(e.as_bytes())),
+            )
+        })
+        .collect()
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One header value, read as bytes (see [`map`]).
+fn map_value(map_type: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(map_type, name)
+        .ok()
+        .flatten()
+        .map(|v| String::from_utf8(v).unwrap_or_else(|e| lossy(e.as_bytes())))
 }
 
 /// All response headers in one host call.
 pub fn response_headers() -> Vec<(String, String)> {
-    hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+    map(MapType::HttpResponseHeaders)
 }
 
 pub fn response_header_value(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
+    map_value(MapType::HttpResponseHeaders, name)
 }
 
 /// Replaces the whole response header map in one host call.

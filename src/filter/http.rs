@@ -10,7 +10,7 @@ use crate::budgets::{self, BudgetTicket, Calendar};
 use crate::cost;
 use crate::credential::extract_credential;
 use crate::errors::ApiError;
-use crate::key_format::{self, constant_time_eq, hash_key};
+use crate::key_format::{self, constant_time_eq, hash_key, redact_secret};
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
 use crate::records::{CustomerLookup, KeyLookup, SpendEvent};
@@ -71,6 +71,10 @@ struct AdmittedCall {
     holding_headers: bool,
     /// The held response's headers, written back with Tollgate's added.
     response_headers: Vec<(String, String)>,
+    /// The provider key sent upstream: never shown to the client.
+    provider_key: Option<String>,
+    /// An error answer is held whole to take the provider key out of it.
+    redact_body: bool,
     event: SpendEvent,
 }
 
@@ -103,6 +107,9 @@ pub struct TollgateHttp {
     customer_lookup: Option<(u32, String)>,
     call: Option<AdmittedCall>,
     started_micros: i64,
+    /// Envoy refused the body itself (over its buffer limit, plain text): the answer is
+    /// rewritten into LiteLLM's envelope.
+    envoy_413: bool,
 }
 
 impl TollgateHttp {
@@ -118,6 +125,7 @@ impl TollgateHttp {
             customer_lookup: None,
             call: None,
             started_micros: 0,
+            envoy_413: false,
         }
     }
 
@@ -365,6 +373,8 @@ impl TollgateHttp {
             usage: None,
             holding_headers: false,
             response_headers: Vec::new(),
+            provider_key: deployment.api_key.clone(),
+            redact_body: false,
             event: SpendEvent {
                 request_id: self.headers.get("x-request-id").unwrap_or_default(),
                 api_key,
@@ -531,6 +541,17 @@ impl HttpContext for TollgateHttp {
             host::set_request_header("content-length", None);
         }
         self.body_complete = end_of_stream;
+        // A body announced as too large is refused before any of it is buffered (Envoy would
+        // otherwise answer its own plain-text 413 once its buffer limit is passed).
+        let limit = self.shared.config.max_request_body_bytes;
+        let announced = self.headers.get("content-length");
+        if announced
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .is_some_and(|l| l > limit as u64)
+        {
+            self.refuse(&ApiError::body_too_large(limit));
+            return Action::Pause;
+        }
         match self.identify() {
             Err(e) => {
                 self.refuse(&e);
@@ -585,15 +606,53 @@ impl HttpContext for TollgateHttp {
             return Action::Continue;
         }
         let Some(call) = self.call.as_mut() else {
+            if host::response_header_value(":status").as_deref() == Some("413")
+                && !host::response_header_value("content-type")
+                    .is_some_and(|t| t.starts_with("application/json"))
+            {
+                self.envoy_413 = true;
+                host::set_response_header("content-type", Some("application/json"));
+                host::set_response_header("content-length", None);
+            }
             return Action::Continue;
         };
         let response = HeaderSnapshot(host::response_headers());
         let status = response.get(":status").and_then(|s| s.parse::<u16>().ok());
         call.upstream_status = status;
         let ok = status.is_some_and(|s| (200..300).contains(&s));
-        let kind = BodyKind::from_content_type(response.get("content-type").as_deref());
+        // An encoded body (gzip despite the dropped accept-encoding) is passed on untouched:
+        // read as one opaque document, never rewritten.
+        let encoded = response
+            .get("content-encoding")
+            .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        let kind = if encoded {
+            BodyKind::Json
+        } else {
+            BodyKind::from_content_type(response.get("content-type").as_deref())
+        };
         let strip = call.strip_usage_chunk && kind == BodyKind::EventStream;
         call.usage = Some(UsageReader::new(kind, strip, MAX_USAGE_BUFFER));
+        if !ok {
+            // A provider may echo the key it was given in its error (body or headers).
+            if let Some(secret) = call.provider_key.as_deref() {
+                let mut cleaned = Vec::with_capacity(response.0.len());
+                for (name, value) in &response.0 {
+                    if name == "content-length" {
+                        continue;
+                    }
+                    let value = match redact_secret(value.as_bytes(), secret) {
+                        Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                        None => value.clone(),
+                    };
+                    cleaned.push((name.clone(), value));
+                }
+                if cleaned != response.0 {
+                    host::set_response_headers(&cleaned);
+                }
+                call.redact_body = !end_of_stream;
+                return Action::Continue;
+            }
+        }
         // A non-streamed JSON answer of known, modest size is held so its cost can go in a header;
         // a stream is never held back.
         let small = response
@@ -625,6 +684,14 @@ impl HttpContext for TollgateHttp {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.envoy_413 {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let limit = self.shared.config.max_request_body_bytes;
+            host::replace_response_body(body_size, &ApiError::body_too_large(limit).body());
+            return Action::Continue;
+        }
         let Some(call) = self.call.as_mut() else {
             return Action::Continue;
         };
@@ -647,6 +714,18 @@ impl HttpContext for TollgateHttp {
             );
             if !added.is_empty() {
                 host::set_response_headers(&merge(&call.response_headers, &added, &[]));
+            }
+            return Action::Continue;
+        }
+        if call.redact_body {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            if let Some(secret) = call.provider_key.as_deref() {
+                let body = host::response_body(body_size);
+                if let Some(clean) = redact_secret(&body, secret) {
+                    host::replace_response_body(body_size, &clean);
+                }
             }
             return Action::Continue;
         }
@@ -688,7 +767,9 @@ impl HttpContext for TollgateHttp {
         if let Some((u, estimated)) = usage {
             event.prompt_tokens = u.prompt_tokens;
             event.completion_tokens = u.completion_tokens;
-            event.total_tokens = u.total_tokens.max(u.prompt_tokens + u.completion_tokens);
+            event.total_tokens = u
+                .total_tokens
+                .max(u.prompt_tokens.saturating_add(u.completion_tokens));
             event.cached_tokens = u.cached_tokens;
             event.estimated = estimated;
             event.status = "success".into();

@@ -177,5 +177,62 @@ pub fn router(state: Arc<AdminState>) -> Router {
     }
     r.fallback(health::fallback)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            (limit, spend_limit),
+            bounded_body,
+        ))
         .with_state(state)
+}
+
+/// Most bytes of an over-limit body read (and dropped) before the 413 is sent.
+const MAX_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Refuses an admin body over the limit with 413 in LiteLLM's envelope. The body is drained
+/// first (up to [`MAX_DRAIN_BYTES`]): answering and closing while the client is still sending
+/// resets the connection, and Envoy would then turn the 413 into a 503.
+async fn bounded_body(
+    axum::extract::State((limit, spend_limit)): axum::extract::State<(usize, usize)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures_core::Stream;
+    let limit = if req.uri().path() == "/tollgate/internal/v1/spend" {
+        spend_limit
+    } else {
+        limit
+    } as u64;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|l| l <= limit) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen: u64 = 0;
+    while let Some(chunk) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await
+    {
+        let Ok(chunk) = chunk else { break };
+        seen = seen.saturating_add(chunk.len() as u64);
+        if seen <= limit {
+            kept.extend_from_slice(&chunk);
+        } else if seen > MAX_DRAIN_BYTES {
+            break;
+        }
+    }
+    if seen > limit {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        return common::AdminError::from(crate::errors::ApiError::body_too_large(limit))
+            .into_response();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(kept),
+    ))
+    .await
 }

@@ -82,6 +82,20 @@
 //!   after the key check, before the body is parsed.
 //! * `x-fake-no-usage: 1` (or `true`/`yes`) — omit `usage` everywhere,
 //!   including the streamed usage chunk and the `"usage": null` fields.
+//! * `x-fake-usage: <JSON>` — replace every `usage` object of the answer
+//!   (the JSON body's, or the streamed usage chunk's) with this JSON value.
+//! * `x-fake-mode: M` — a misbehaving upstream (checked after the key check):
+//!   * `echo-key` — `401` whose error message and `x-fake-echo` header
+//!     repeat the `Authorization` header received (a provider that echoes
+//!     the key);
+//!   * `drop-mid-stream` — a `200` SSE answer that sends two chunks, then
+//!     aborts the connection (no terminating chunk);
+//!   * `stall-mid-stream` — two SSE chunks, then nothing for 10 minutes;
+//!   * `malformed-sse` — a `200` SSE answer of broken events (bad JSON,
+//!     non-UTF-8 bytes, wrong `usage` types, no blank-line ends) and `[DONE]`;
+//!   * `truncated-json` — a `200` `application/json` body cut in the middle;
+//!   * `gzip` — the normal answer, gzip-encoded, with
+//!     `content-encoding: gzip` (whatever `accept-encoding` said).
 //!
 //! # Request recording
 //!
@@ -316,6 +330,23 @@ async fn api(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let no_usage = header_str(&parts.headers, "x-fake-no-usage").is_some_and(|v| {
         v == "1" || v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("yes")
     });
+    let mode = header_str(&parts.headers, "x-fake-mode").unwrap_or_default();
+    match mode {
+        "echo-key" => return echo_key(&parts.headers),
+        "drop-mid-stream" => return broken_stream(false),
+        "stall-mid-stream" => return broken_stream(true),
+        "malformed-sse" => return malformed_sse(),
+        "truncated-json" => {
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"id":"chatcmpl-cut","object":"chat.completion","choices":[{"index":0,"mess"#,
+            )
+                .into_response()
+        }
+        _ => {}
+    }
+    let usage_override = header_str(&parts.headers, "x-fake-usage")
+        .and_then(|v| serde_json::from_str::<Value>(v).ok());
     let path = full_path.strip_prefix("/v1").unwrap_or(full_path);
     let handler: fn(&Shared, &Value, bool) -> Response = match (&parts.method, path) {
         (&Method::GET, "/models") => return models(),
@@ -332,7 +363,27 @@ async fn api(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     };
     match serde_json::from_slice::<Value>(&bytes) {
-        Ok(request @ Value::Object(_)) => handler(&shared, &request, no_usage),
+        Ok(request @ Value::Object(_)) => {
+            let response = handler(&shared, &request, no_usage);
+            if usage_override.is_none() && mode != "gzip" {
+                return response;
+            }
+            let (mut parts, body) = response.into_parts();
+            let Ok(mut body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+                return forced_error(StatusCode::INTERNAL_SERVER_ERROR);
+            };
+            if let Some(usage) = &usage_override {
+                body = Bytes::from(replace_usage(&body, usage));
+            }
+            if mode == "gzip" {
+                body = Bytes::from(gzip_stored(&body));
+                parts
+                    .headers
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(body))
+        }
         _ => openai_error(
             StatusCode::BAD_REQUEST,
             "We could not parse the JSON body of your request. (HINT: This likely means \
@@ -466,6 +517,154 @@ fn include_usage(request: &Value) -> bool {
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         == Some(true)
+}
+
+/// A provider that repeats the credential it was given, in its error body and a header.
+fn echo_key(headers: &HeaderMap) -> Response {
+    let given = header_str(headers, "authorization").unwrap_or_default();
+    let mut response = openai_error(
+        StatusCode::UNAUTHORIZED,
+        format!("Incorrect API key provided: {given}"),
+        "invalid_request_error",
+        Some("invalid_api_key"),
+    );
+    if let Ok(v) = HeaderValue::from_str(given) {
+        response.headers_mut().insert("x-fake-echo", v);
+    }
+    response
+}
+
+/// Items of a streamed body fed from a task (an `Err` aborts the connection).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
+
+impl futures_core::Stream for ChannelBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().0.poll_recv(cx)
+    }
+}
+
+/// Two SSE chunks, then an aborted connection (`stall`: then silence for 10 minutes).
+fn broken_stream(stall: bool) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        for text in ["ok ", "ok "] {
+            let chunk = json!({
+                "id": "chatcmpl-broken", "object": "chat.completion.chunk", "created": 0,
+                "model": "fake-model",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}],
+            });
+            if tx.send(Ok(sse_event(&chunk))).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if stall {
+            // Ends early when the client goes away.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(MAX_DELAY_MS)) => {}
+                _ = tx.closed() => {}
+            }
+        } else {
+            let _ = tx
+                .send(Err(std::io::Error::other("fake-llm: dropped mid-stream")))
+                .await;
+        }
+    });
+    let mut response = Response::new(Body::from_stream(ChannelBody(rx)));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+/// An SSE answer whose events are broken in every way a reader must survive.
+fn malformed_sse() -> Response {
+    let mut body: Vec<u8> = Vec::new();
+    body.extend_from_slice(b"data: {not json\n\n");
+    body.extend_from_slice(b"data: \xff\xfe\xfd garbage\n\n");
+    body.extend_from_slice(b"event: weird\nid: 7\nretry: x\n\n");
+    body.extend_from_slice(
+        b"data: {\"choices\":[{\"delta\":{\"content\":5}}],\"usage\":\"lots\"}\n\n",
+    );
+    body.extend_from_slice(
+        b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":-3,\"completion_tokens\":1.5}}\n\n",
+    );
+    body.extend_from_slice(b"data: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n\n");
+    body.extend_from_slice(b": comment only\n\n");
+    body.extend_from_slice(b"data:{\"choices\":[{\"delta\":{\"content\":\"ok\"}}]}\r\n\r\n");
+    body.extend_from_slice(b"data: [DONE]\n\n");
+    body.extend_from_slice(b"data: {\"after\":\"done\"}");
+    (
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Bytes::from(body),
+    )
+        .into_response()
+}
+
+/// Every `usage` object in a JSON body or in the events of an SSE body replaced by `usage`.
+fn replace_usage(body: &[u8], usage: &Value) -> Vec<u8> {
+    if let Ok(Value::Object(mut object)) = serde_json::from_slice::<Value>(body) {
+        object.insert("usage".into(), usage.clone());
+        return serde_json::to_vec(&object).unwrap_or_default();
+    }
+    let text = String::from_utf8_lossy(body);
+    let mut out = Vec::with_capacity(body.len());
+    for event in text.split_inclusive("\n\n") {
+        let replaced = event
+            .strip_prefix("data: ")
+            .map(|rest| rest.trim_end())
+            .and_then(|data| serde_json::from_str::<Value>(data).ok())
+            .and_then(|mut v| {
+                let has_usage = v.get("usage").is_some_and(Value::is_object);
+                has_usage.then(|| {
+                    v["usage"] = usage.clone();
+                    sse_event(&v)
+                })
+            });
+        match replaced {
+            Some(bytes) => out.extend_from_slice(&bytes),
+            None => out.extend_from_slice(event.as_bytes()),
+        }
+    }
+    out
+}
+
+/// `data` as a gzip member of stored (uncompressed) deflate blocks: valid gzip, no codec needed.
+fn gzip_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    let mut blocks = data.chunks(0xffff).peekable();
+    if blocks.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(block) = blocks.next() {
+        let last = u8::from(blocks.peek().is_none());
+        let len = u16::try_from(block.len()).unwrap_or(u16::MAX);
+        out.push(last);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    let mut crc = 0xffff_ffff_u32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    out.extend_from_slice(&(!crc).to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(data.len() as u64 & 0xffff_ffff)
+            .unwrap_or(0)
+            .to_le_bytes(),
+    );
+    out
 }
 
 fn unix_now() -> u64 {
@@ -1287,5 +1486,114 @@ mod tests {
         assert_eq!(reply.status, 204);
         let list = send(addr, "GET", "/fake/requests", &[], "").await.json();
         assert_eq!(list, json!([]));
+    }
+
+    #[test]
+    fn gzip_stored_is_valid_gzip() {
+        let z = gzip_stored(b"123456789");
+        assert_eq!(&z[..3], &[0x1f, 0x8b, 8]);
+        // One final stored block: 1, LEN=9, NLEN, the data.
+        assert_eq!(&z[10..15], &[1, 9, 0, 0xf6, 0xff]);
+        assert_eq!(&z[15..24], b"123456789");
+        // CRC-32 of "123456789" is 0xCBF43926; ISIZE 9.
+        assert_eq!(&z[24..], &[0x26, 0x39, 0xf4, 0xcb, 9, 0, 0, 0]);
+        assert_eq!(gzip_stored(b"").len(), 10 + 5 + 8);
+    }
+
+    #[tokio::test]
+    async fn misbehaving_modes() {
+        let addr = start(FakeLlmOptions::default()).await;
+        let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let reply = post(
+            addr,
+            "/v1/chat/completions",
+            &[
+                ("x-fake-mode", "echo-key"),
+                ("authorization", "Bearer sk-secret"),
+            ],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.header("x-fake-echo"), Some("Bearer sk-secret"));
+        assert!(reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Bearer sk-secret"));
+
+        let reply = post(
+            addr,
+            "/v1/chat/completions",
+            &[("x-fake-usage", r#"{"prompt_tokens":-1}"#)],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(reply.json()["usage"], json!({"prompt_tokens": -1}));
+        let mut streamed = body.clone();
+        streamed["stream"] = json!(true);
+        streamed["stream_options"] = json!({"include_usage": true});
+        let reply = post(
+            addr,
+            "/v1/chat/completions",
+            &[("x-fake-usage", "7")],
+            streamed.clone(),
+        )
+        .await;
+        let events = reply.events();
+        assert!(
+            events.iter().any(|e| e.ends_with("\"usage\":7}")),
+            "{events:?}"
+        );
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+
+        let reply = post(
+            addr,
+            "/v1/chat/completions",
+            &[("x-fake-mode", "gzip")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(reply.header("content-encoding"), Some("gzip"));
+        assert_eq!(&reply.body()[..2], &[0x1f, 0x8b]);
+
+        let reply = post(
+            addr,
+            "/v1/chat/completions",
+            &[("x-fake-mode", "truncated-json")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(reply.status, 200);
+        assert!(serde_json::from_slice::<Value>(&reply.body()).is_err());
+
+        let reply = post(
+            addr,
+            "/v1/chat/completions",
+            &[("x-fake-mode", "malformed-sse")],
+            body.clone(),
+        )
+        .await;
+        assert_eq!(reply.header("content-type"), Some("text/event-stream"));
+        assert!(find(&reply.body(), b"data: [DONE]").is_some());
+
+        // Two chunks, then the connection ends without the terminating chunk.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let text = body.to_string();
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: fake\r\nx-fake-mode: drop-mid-stream\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+            .await
+            .unwrap();
+        assert!(find(&raw, b"200 OK").is_some());
+        assert!(find(&raw, b"chatcmpl-broken").is_some());
+        assert!(
+            find(&raw, b"\r\n0\r\n\r\n").is_none(),
+            "{}",
+            String::from_utf8_lossy(&raw)
+        );
     }
 }

@@ -480,6 +480,8 @@ pub struct StackOptions {
     pub data_dir: Option<PathBuf>,
     /// Extra environment for `tollgate up` (LITELLM_MASTER_KEY is removed unless set here).
     pub env: Vec<(String, String)>,
+    /// Envoy worker threads (`--concurrency`); default 2.
+    pub concurrency: Option<u16>,
 }
 
 /// fake-llm + `tollgate up` (sidecar and Envoy with the filter), stopped on drop.
@@ -559,7 +561,9 @@ impl Stack {
                 .arg(&data_dir)
                 .arg("--wasm")
                 .arg(&wasm)
-                .args(["--concurrency", "2", "--exit-on-stdin-eof"])
+                .arg("--concurrency")
+                .arg(opts.concurrency.unwrap_or(2).to_string())
+                .arg("--exit-on-stdin-eof")
                 .env("ENVOY_BIN", &envoy)
                 .env_remove("LITELLM_MASTER_KEY")
                 .env_remove("TOLLGATE_WASM")
@@ -683,6 +687,11 @@ impl Stack {
     pub fn clear_fake_requests(&self) {
         let url = format!("http://127.0.0.1:{}/fake/requests", self.fake_port);
         send(&self.agent, "DELETE", &url, &[], None).assert_status(204);
+    }
+
+    /// The stack's scratch dir: config.yaml, the stderr files of fake-llm and `tollgate up`.
+    pub fn scratch_dir(&self) -> &Path {
+        self.scratch.path()
     }
 
     /// The sidecar's and Envoy's logs so far (for failure messages).

@@ -722,6 +722,9 @@ pub async fn key_regenerate(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
+    // Authentication before body validation, as in LiteLLM (FastAPI runs the auth dependency
+    // first): an anonymous caller learns nothing about the body's shape.
+    authenticate(&state, &headers)?;
     let f = Fields::parse(&body)?;
     let key = f.required_string("key")?;
     regenerate(state, headers, f, key).await
@@ -734,6 +737,7 @@ pub async fn key_regenerate_path(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
+    authenticate(&state, &headers)?;
     let f = Fields::parse(&body)?;
     regenerate(state, headers, f, key).await
 }
