@@ -27,7 +27,6 @@ pub enum Caller {
 pub struct Admitted<'a> {
     pub deployment: &'a Deployment,
     pub path: String,
-    pub body: Vec<u8>,
     pub request: LlmRequest,
 }
 
@@ -75,7 +74,6 @@ pub fn admit<'a>(
     Ok(Admitted {
         deployment,
         path: upstream_path(&deployment.base_path, route, client_path),
-        body: request.upstream_body(&deployment.backend_model),
         request,
     })
 }
@@ -672,7 +670,8 @@ mod tests {
         .unwrap();
         assert_eq!(a.deployment.id, "gpt-a-id");
         assert_eq!(a.path, "/v1/chat/completions");
-        let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        let upstream = a.request.upstream_body(&a.deployment.backend_model);
+        let body: serde_json::Value = serde_json::from_slice(&upstream).unwrap();
         assert_eq!(body["model"], "real-a");
     }
 

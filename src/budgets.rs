@@ -236,8 +236,10 @@ pub fn admit<S: VersionedStore>(
         let seed = (scope.seed_spend_nanos, scope.seed_reset_at_micros);
         let outcome = update(store, &key, now, |v| {
             let c = current(v, seed, duration, aligned, now, cal);
-            match max {
-                Some(m) if c.spend.saturating_add(c.reserved) >= m => Decision::Keep(Err(c)),
+            let (next, take) = match max {
+                Some(m) if c.spend.saturating_add(c.reserved) >= m => {
+                    return Decision::Keep(Err(c))
+                }
                 Some(m) => {
                     let left = m.saturating_sub(c.spend).saturating_sub(c.reserved);
                     let take = estimate_nanos.clamp(0, left);
@@ -245,10 +247,11 @@ pub fn admit<S: VersionedStore>(
                         reserved: c.reserved.saturating_add(take),
                         ..c
                     };
-                    Decision::Write(next.encode(), Ok((next, take)))
+                    (next, take)
                 }
-                None => Decision::Write(c.encode(), Ok((c, 0))),
-            }
+                None => (c, 0),
+            };
+            write_if_changed(v, &next, Ok((next, take)))
         });
         match outcome {
             Ok(Ok((c, take))) => {
@@ -305,13 +308,24 @@ pub fn settle<S: VersionedStore>(
             }
             c.reserved = c.reserved.saturating_sub(charge.reserved).max(0);
             c.spend = c.spend.saturating_add(actual_nanos.unwrap_or(0).max(0));
-            Decision::Write(c.encode(), Some(c.spend))
+            write_if_changed(v, &c, Some(c.spend))
         });
         if i == 0 && ticket.key_spend_nanos.is_some() {
             key_spend = result.ok().flatten();
         }
     }
     key_spend
+}
+
+/// Writes `next` only if it differs from what is stored (`stored` is `None` when the entry does
+/// not exist yet: then it is always written). A write that changes nothing is a wasted host call.
+fn write_if_changed<T>(stored: Option<&[u8]>, next: &Counter, result: T) -> Decision<T> {
+    let encoded = next.encode();
+    if stored == Some(encoded.as_slice()) {
+        Decision::Keep(result)
+    } else {
+        Decision::Write(encoded, result)
+    }
 }
 
 /// Reads a budget's counter without changing it (for headers and tests).
@@ -365,6 +379,46 @@ mod tests {
             admit(&s, &scopes, CENT, 2, CAL, 422).unwrap_err().status,
             422
         );
+    }
+
+    /// Counts writes that reach the store.
+    #[derive(Default)]
+    struct CountingWrites {
+        inner: MemoryStore,
+        sets: std::cell::Cell<u32>,
+    }
+
+    impl VersionedStore for CountingWrites {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            self.sets.set(self.sets.get() + 1);
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn unchanged_counters_are_not_written_again() {
+        let s = CountingWrites::default();
+        let tracked = key_scope(None, Some("30d"));
+        let t = admit(&s, &[tracked.clone()], CENT, 1, CAL, 422).unwrap();
+        settle(&s, &t, Some(CENT), 2, CAL);
+        s.sets.set(0);
+        // no limit: admission only reads; a free call settles without a write
+        let t = admit(&s, &[tracked.clone()], CENT, 3, CAL, 422).unwrap();
+        assert_eq!(t.charges[0].reserved, 0);
+        settle(&s, &t, Some(0), 4, CAL);
+        assert_eq!(s.sets.get(), 0);
+        // a charge is written
+        settle(&s, &t, Some(CENT), 5, CAL);
+        assert_eq!(s.sets.get(), 1);
+        assert_eq!(read(&s, &tracked).unwrap().spend, 2 * CENT);
+        // a limited budget (the same entry) writes its reservation and its settlement
+        let limited = [key_scope(Some(1.0), None)];
+        let t = admit(&s, &limited, CENT, 6, CAL, 422).unwrap();
+        settle(&s, &t, Some(CENT), 7, CAL);
+        assert_eq!(s.sets.get(), 1 + 2, "its reservation and its settlement");
     }
 
     #[test]

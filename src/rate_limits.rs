@@ -55,29 +55,31 @@ pub struct LimitStatus {
     pub remaining: u64,
 }
 
-/// A tpm reservation to settle later.
+/// What admission took in one scope's entry, to give back or settle when the request ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenReservation {
+pub struct Held {
     pub key: String,
-    pub window_start: i64,
-    pub tokens: u64,
+    /// A parallel slot is held.
+    pub slot: bool,
+    /// A tpm reservation: the window it was made in (start, µs) and its tokens.
+    pub tokens: Option<(i64, u64)>,
 }
 
 /// What admission took, to be given back or settled when the request ends.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ticket {
-    pub reservations: Vec<TokenReservation>,
-    /// Shared-data keys of parallel gauges holding a slot for this request.
-    pub parallel_slots: Vec<String>,
+    pub held: Vec<Held>,
     pub statuses: Vec<LimitStatus>,
 }
 
-/// A fixed window: start (µs), requests and tokens counted in it.
+/// One scope's entry: a fixed window (start µs, requests and tokens counted in it) and the
+/// in-flight gauge (which windows do not reset).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Window {
     start: i64,
     requests: u64,
     tokens: u64,
+    in_flight: u64,
 }
 
 impl Window {
@@ -91,11 +93,16 @@ impl Window {
             start: parts.next().unwrap_or(0),
             requests: u64::try_from(parts.next().unwrap_or(0)).unwrap_or(0),
             tokens: u64::try_from(parts.next().unwrap_or(0)).unwrap_or(0),
+            in_flight: u64::try_from(parts.next().unwrap_or(0)).unwrap_or(0),
         }
     }
 
     fn encode(&self) -> Vec<u8> {
-        format!("{} {} {}", self.start, self.requests, self.tokens).into_bytes()
+        format!(
+            "{} {} {} {}",
+            self.start, self.requests, self.tokens, self.in_flight
+        )
+        .into_bytes()
     }
 
     /// The window in force at `now`: a new one if this one has ended. A `now` earlier than the
@@ -107,6 +114,7 @@ impl Window {
                 start: now,
                 requests: 0,
                 tokens: 0,
+                in_flight: self.in_flight,
             }
         } else {
             self
@@ -116,10 +124,6 @@ impl Window {
 
 fn window_key(d: &Descriptor) -> String {
     format!("{PREFIX}{}:{}", d.kind, d.value)
-}
-
-fn parallel_key(d: &Descriptor) -> String {
-    format!("{PREFIX}parallel:{}:{}", d.kind, d.value)
 }
 
 /// `"%Y-%m-%d %H:%M:%S UTC"`, as LiteLLM's `reset_at`.
@@ -161,9 +165,15 @@ fn store_error(_: StoreError) -> ApiError {
     ApiError::service_unavailable("Tollgate could not update its rate-limit counters; try again.")
 }
 
-/// Admits a request against every descriptor, in LiteLLM's order: rpm for every scope, then
-/// max parallel, then the tpm reservation. On refusal, whatever was taken is given back except
-/// rpm counts (LiteLLM counts refused requests too).
+/// Admits a request against every descriptor with LiteLLM's outcome: rpm for every scope, then
+/// max parallel, then the tpm reservation; the first refusal in that order is the answer. On
+/// refusal, whatever was taken is given back except rpm counts (LiteLLM counts refused requests
+/// too).
+///
+/// Each scope's rpm/tpm window and parallel gauge live in one entry, so a scope costs one
+/// compare-and-set: rpm, parallel and tpm are decided together. To keep LiteLLM's order, once a
+/// parallel or tpm refusal is pending the later scopes still count rpm (an rpm refusal there
+/// takes precedence) and, after a tpm refusal, still check parallel, but take nothing else.
 pub fn admit<S: VersionedStore>(
     store: &S,
     descriptors: &[Descriptor],
@@ -172,30 +182,71 @@ pub fn admit<S: VersionedStore>(
     window_micros: i64,
 ) -> Result<Ticket, ApiError> {
     let mut ticket = Ticket::default();
+    let (mut rpm_statuses, mut parallel_statuses, mut tpm_statuses) =
+        (Vec::new(), Vec::new(), Vec::new());
+    // A refusal not returned yet: (0 parallel | 1 tpm, its error); the lower rank wins.
+    let mut pending: Option<(u8, ApiError)> = None;
     for d in descriptors {
-        let Some(limit) = d.rpm else { continue };
+        if d.rpm.is_none() && d.max_parallel.is_none() && d.tpm.is_none() {
+            continue;
+        }
+        let take = pending.is_none();
+        let check_parallel = !matches!(pending, Some((0, _)));
         let key = window_key(d);
         let outcome = update(store, &key, now, |v| {
             let w = Window::decode(v).current(now, window_micros);
-            if w.requests + 1 > limit {
-                Decision::Keep(Err(w))
-            } else {
-                let next = Window {
-                    requests: w.requests + 1,
+            let mut next = w;
+            if let Some(limit) = d.rpm {
+                if w.requests + 1 > limit {
+                    return Decision::Keep(Step::RefusedRpm(w));
+                }
+                next.requests = w.requests + 1;
+            }
+            let mut refusal = None;
+            if let Some(limit) = d.max_parallel.filter(|_| check_parallel) {
+                if w.in_flight + 1 > limit {
+                    refusal = Some(Refusal::Parallel(w.in_flight));
+                } else if take {
+                    next.in_flight = w.in_flight + 1;
+                }
+            }
+            if let Some(limit) = d.tpm.filter(|_| take && refusal.is_none()) {
+                if w.tokens.saturating_add(token_estimate) > limit {
+                    refusal = Some(Refusal::Tokens(w));
+                } else {
+                    next.tokens = w.tokens + token_estimate;
+                }
+            }
+            if let Some(r) = refusal {
+                // Only the rpm count (if any) is kept.
+                next = Window {
+                    requests: next.requests,
                     ..w
                 };
-                Decision::Write(next.encode(), Ok(next))
+                let step = Step::Refused(next, r);
+                return if next == w && v.is_some() {
+                    Decision::Keep(step)
+                } else {
+                    Decision::Write(next.encode(), step)
+                };
             }
-        })
-        .map_err(store_error)?;
-        match outcome {
-            Ok(w) => ticket.statuses.push(LimitStatus {
-                kind: d.kind,
-                limit_type: LimitType::Requests,
-                limit,
-                remaining: limit.saturating_sub(w.requests),
-            }),
-            Err(w) => {
+            if next == w && v.is_some() {
+                Decision::Keep(Step::Taken(next))
+            } else {
+                Decision::Write(next.encode(), Step::Taken(next))
+            }
+        });
+        let step = match outcome {
+            Ok(step) => step,
+            Err(e) => {
+                release(store, &ticket, None, now);
+                return Err(store_error(e));
+            }
+        };
+        let counted = match step {
+            Step::RefusedRpm(w) => {
+                release(store, &ticket, None, now);
+                let limit = d.rpm.unwrap_or(0);
                 return Err(too_many(
                     d,
                     LimitType::Requests,
@@ -203,128 +254,128 @@ pub fn admit<S: VersionedStore>(
                     w.requests,
                     w.start.saturating_add(window_micros),
                     now,
-                ))
+                ));
             }
-        }
-    }
-    for d in descriptors {
-        let Some(limit) = d.max_parallel else {
-            continue;
+            Step::Taken(w) | Step::Refused(w, _) => w,
         };
-        let key = parallel_key(d);
-        let outcome = update(store, &key, now, |v| {
-            let in_flight = Window::decode(v).start.max(0) as u64;
-            if in_flight + 1 > limit {
-                Decision::Keep(Err(in_flight))
-            } else {
-                let n = in_flight + 1;
-                Decision::Write(n.to_string().into_bytes(), Ok(n))
+        if let Some(limit) = d.rpm {
+            rpm_statuses.push(LimitStatus {
+                kind: d.kind,
+                limit_type: LimitType::Requests,
+                limit,
+                remaining: limit.saturating_sub(counted.requests),
+            });
+        }
+        if let Step::Refused(_, r) = step {
+            let error = match r {
+                Refusal::Parallel(n) => (
+                    0,
+                    too_many(
+                        d,
+                        LimitType::MaxParallelRequests,
+                        d.max_parallel.unwrap_or(0),
+                        n,
+                        now.saturating_add(1_000_000),
+                        now,
+                    ),
+                ),
+                Refusal::Tokens(w) => (
+                    1,
+                    too_many(
+                        d,
+                        LimitType::Tokens,
+                        d.tpm.unwrap_or(0),
+                        w.tokens,
+                        w.start.saturating_add(window_micros),
+                        now,
+                    ),
+                ),
+            };
+            if pending.as_ref().map_or(true, |(rank, _)| error.0 < *rank) {
+                pending = Some(error);
             }
+            continue;
+        }
+        if !take {
+            continue;
+        }
+        let slot = d.max_parallel.is_some();
+        if let Some(limit) = d.max_parallel {
+            parallel_statuses.push(LimitStatus {
+                kind: d.kind,
+                limit_type: LimitType::MaxParallelRequests,
+                limit,
+                remaining: limit.saturating_sub(counted.in_flight),
+            });
+        }
+        let tokens = d.tpm.map(|limit| {
+            tpm_statuses.push(LimitStatus {
+                kind: d.kind,
+                limit_type: LimitType::Tokens,
+                limit,
+                remaining: limit.saturating_sub(counted.tokens),
+            });
+            (counted.start, token_estimate)
         });
-        match outcome {
-            Ok(Ok(n)) => {
-                ticket.parallel_slots.push(key);
-                ticket.statuses.push(LimitStatus {
-                    kind: d.kind,
-                    limit_type: LimitType::MaxParallelRequests,
-                    limit,
-                    remaining: limit.saturating_sub(n),
-                });
-            }
-            Ok(Err(n)) => {
-                release(store, &ticket, None, now);
-                return Err(too_many(
-                    d,
-                    LimitType::MaxParallelRequests,
-                    limit,
-                    n,
-                    now.saturating_add(1_000_000),
-                    now,
-                ));
-            }
-            Err(e) => {
-                release(store, &ticket, None, now);
-                return Err(store_error(e));
-            }
+        if slot || tokens.is_some() {
+            ticket.held.push(Held { key, slot, tokens });
         }
     }
-    for d in descriptors {
-        let Some(limit) = d.tpm else { continue };
-        let key = window_key(d);
-        let outcome = update(store, &key, now, |v| {
-            let w = Window::decode(v).current(now, window_micros);
-            if w.tokens.saturating_add(token_estimate) > limit {
-                Decision::Keep(Err(w))
-            } else {
-                let next = Window {
-                    tokens: w.tokens + token_estimate,
-                    ..w
-                };
-                Decision::Write(next.encode(), Ok(next))
-            }
-        });
-        match outcome {
-            Ok(Ok(w)) => {
-                ticket.reservations.push(TokenReservation {
-                    key,
-                    window_start: w.start,
-                    tokens: token_estimate,
-                });
-                ticket.statuses.push(LimitStatus {
-                    kind: d.kind,
-                    limit_type: LimitType::Tokens,
-                    limit,
-                    remaining: limit.saturating_sub(w.tokens),
-                });
-            }
-            Ok(Err(w)) => {
-                release(store, &ticket, None, now);
-                return Err(too_many(
-                    d,
-                    LimitType::Tokens,
-                    limit,
-                    w.tokens,
-                    w.start.saturating_add(window_micros),
-                    now,
-                ));
-            }
-            Err(e) => {
-                release(store, &ticket, None, now);
-                return Err(store_error(e));
-            }
-        }
+    if let Some((_, e)) = pending {
+        release(store, &ticket, None, now);
+        return Err(e);
     }
+    ticket.statuses = rpm_statuses;
+    ticket.statuses.append(&mut parallel_statuses);
+    ticket.statuses.append(&mut tpm_statuses);
     Ok(ticket)
 }
 
+/// What one scope's compare-and-set decided.
+#[derive(Clone, Copy)]
+enum Step {
+    /// rpm refused: nothing written.
+    RefusedRpm(Window),
+    /// Everything asked was taken; the window as written.
+    Taken(Window),
+    /// rpm counted (if limited), but parallel or tpm refused.
+    Refused(Window, Refusal),
+}
+
+#[derive(Clone, Copy)]
+enum Refusal {
+    Parallel(u64),
+    Tokens(Window),
+}
+
 /// Ends a request: frees its parallel slots and settles its token reservations to `actual`
-/// tokens (`None`: the call failed, refund the reservation).
+/// tokens (`None`: the call failed, refund the reservation); one compare-and-set per scope.
 pub fn release<S: VersionedStore>(
     store: &S,
     ticket: &Ticket,
     actual_tokens: Option<u64>,
     now: i64,
 ) {
-    for key in &ticket.parallel_slots {
-        let _ = update(store, key, now, |v| {
-            let n = Window::decode(v).start.max(0) as u64;
-            Decision::Write(n.saturating_sub(1).to_string().into_bytes(), ())
-        });
-    }
-    for r in &ticket.reservations {
-        let _ = update(store, &r.key, now, |v| {
+    for h in &ticket.held {
+        let _ = update(store, &h.key, now, |v| {
             let Some(bytes) = v else {
                 return Decision::Keep(());
             };
             let mut w = Window::decode(Some(bytes));
-            if w.start == r.window_start {
-                w.tokens = w
-                    .tokens
-                    .saturating_sub(r.tokens)
-                    .saturating_add(actual_tokens.unwrap_or(0));
-            } else {
-                // The window rolled over while the call ran: charge the real count to the new one.
-                w.tokens = w.tokens.saturating_add(actual_tokens.unwrap_or(0));
+            if h.slot {
+                w.in_flight = w.in_flight.saturating_sub(1);
+            }
+            if let Some((window_start, tokens)) = h.tokens {
+                if w.start == window_start {
+                    w.tokens = w
+                        .tokens
+                        .saturating_sub(tokens)
+                        .saturating_add(actual_tokens.unwrap_or(0));
+                } else {
+                    // The window rolled over while the call ran: charge the real count to the
+                    // new one.
+                    w.tokens = w.tokens.saturating_add(actual_tokens.unwrap_or(0));
+                }
             }
             Decision::Write(w.encode(), ())
         });
@@ -484,7 +535,8 @@ mod tests {
         let c = admit(&s, &d, 1, 5, W).unwrap();
         release(&s, &b, None, 6);
         release(&s, &c, None, 7);
-        assert_eq!(s.get(&parallel_key(&d[0])).unwrap().0, b"0");
+        let w = Window::decode(s.get(&window_key(&d[0])).map(|v| v.0).as_deref());
+        assert_eq!(w.in_flight, 0);
     }
 
     #[test]
@@ -518,8 +570,152 @@ mod tests {
         let e = admit(&s, &d, 50, 1, W).unwrap_err();
         assert!(e.message.contains("for user: u. Limit type: tokens"));
         let w = Window::decode(s.get(&window_key(&d[0])).map(|v| v.0).as_deref());
-        assert_eq!(w.tokens, 0);
-        assert_eq!(s.get(&parallel_key(&d[0])).unwrap().0, b"0");
+        assert_eq!((w.tokens, w.in_flight), (0, 0));
+    }
+
+    fn scope(
+        kind: &'static str,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        par: Option<u64>,
+    ) -> Descriptor {
+        Descriptor {
+            kind,
+            value: kind.into(),
+            rpm,
+            tpm,
+            max_parallel: par,
+        }
+    }
+
+    fn entry(s: &MemoryStore, d: &Descriptor) -> Window {
+        Window::decode(s.get(&window_key(d)).map(|v| v.0).as_deref())
+    }
+
+    /// Counts reads and writes, to hold the filter to one compare-and-set per scope.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        gets: std::cell::Cell<u32>,
+        sets: std::cell::Cell<u32>,
+    }
+
+    impl VersionedStore for Counting {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.gets.set(self.gets.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            self.sets.set(self.sets.get() + 1);
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn one_read_and_one_write_per_scope_for_rpm_tpm_and_parallel() {
+        let s = Counting::default();
+        let d = [key(Some(10), Some(1000), Some(5))];
+        admit(&s, &d, 7, 1, W).unwrap(); // creates the entry (under the lease)
+        s.gets.set(0);
+        s.sets.set(0);
+        let t = admit(&s, &d, 7, 2, W).unwrap();
+        assert_eq!((s.gets.get(), s.sets.get()), (1, 1));
+        let kinds: Vec<_> = t.statuses.iter().map(|x| x.limit_type).collect();
+        assert_eq!(
+            kinds,
+            [
+                LimitType::Requests,
+                LimitType::MaxParallelRequests,
+                LimitType::Tokens
+            ]
+        );
+        release(&s, &t, Some(3), 3);
+        assert_eq!((s.gets.get(), s.sets.get()), (2, 2));
+        let w = entry(&s.inner, &d[0]);
+        assert_eq!((w.requests, w.tokens, w.in_flight), (2, 7 + 3, 1));
+    }
+
+    #[test]
+    fn an_rpm_refusal_in_a_later_scope_wins_over_an_earlier_tpm_refusal() {
+        let s = MemoryStore::default();
+        let d = [
+            scope("api_key", Some(10), Some(5), Some(3)),
+            scope("user", Some(1), None, None),
+        ];
+        admit(&s, &d[1..], 1, 1, W).unwrap(); // uses the user's one request
+        let e = admit(&s, &d, 50, 2, W).unwrap_err();
+        assert!(
+            e.message.contains("for user: user. Limit type: requests"),
+            "{}",
+            e.message
+        );
+        let w = entry(&s, &d[0]);
+        assert_eq!(
+            (w.requests, w.tokens, w.in_flight),
+            (1, 0, 0),
+            "only rpm counted"
+        );
+    }
+
+    #[test]
+    fn a_parallel_refusal_in_a_later_scope_wins_over_an_earlier_tpm_refusal() {
+        let s = MemoryStore::default();
+        let d = [
+            scope("api_key", Some(10), Some(5), Some(3)),
+            scope("user", Some(10), None, Some(1)),
+        ];
+        let held = admit(&s, &d[1..], 1, 1, W).unwrap(); // takes the user's one slot
+        let e = admit(&s, &d, 50, 2, W).unwrap_err();
+        assert!(
+            e.message
+                .contains("for user: user. Limit type: max_parallel_requests"),
+            "{}",
+            e.message
+        );
+        let (k, u) = (entry(&s, &d[0]), entry(&s, &d[1]));
+        assert_eq!((k.requests, k.tokens, k.in_flight), (1, 0, 0));
+        assert_eq!(
+            (u.requests, u.in_flight),
+            (2, 1),
+            "rpm counted, slot untouched"
+        );
+        release(&s, &held, None, 3);
+        assert_eq!(entry(&s, &d[1]).in_flight, 0);
+    }
+
+    #[test]
+    fn after_a_parallel_refusal_later_scopes_still_count_rpm() {
+        let s = MemoryStore::default();
+        let d = [
+            scope("api_key", Some(10), None, Some(1)),
+            scope("user", Some(10), Some(100), Some(5)),
+        ];
+        let held = admit(&s, &d[..1], 1, 1, W).unwrap();
+        let e = admit(&s, &d, 1, 2, W).unwrap_err();
+        assert!(e
+            .message
+            .contains("for api_key: api_key. Limit type: max_parallel_requests"));
+        let u = entry(&s, &d[1]);
+        assert_eq!((u.requests, u.tokens, u.in_flight), (1, 0, 0));
+        assert_eq!(entry(&s, &d[0]).requests, 2);
+        release(&s, &held, None, 3);
+    }
+
+    #[test]
+    fn a_new_window_keeps_the_in_flight_gauge() {
+        let s = MemoryStore::default();
+        let d = [key(Some(5), Some(100), Some(2))];
+        let a = admit(&s, &d, 10, 1, W).unwrap();
+        let b = admit(&s, &d, 10, 1 + W, W).unwrap();
+        let w = entry(&s, &d[0]);
+        assert_eq!(
+            (w.start, w.requests, w.tokens, w.in_flight),
+            (1 + W, 1, 10, 2)
+        );
+        release(&s, &a, Some(4), 2 + W); // old window: only the real count goes to the new one
+        release(&s, &b, Some(4), 3 + W);
+        let w = entry(&s, &d[0]);
+        assert_eq!((w.tokens, w.in_flight), (8, 0));
     }
 
     #[test]

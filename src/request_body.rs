@@ -162,6 +162,174 @@ impl LlmRequest {
         }
         serde_json::to_vec(&object).unwrap_or_default()
     }
+
+    /// What [`upstream_body_with`](Self::upstream_body_with) sends, made by editing `original`
+    /// (the body this request was parsed from) in place: the `model` value is replaced, and
+    /// `max_tokens` / `stream_options` are replaced or appended, with every other byte kept as
+    /// the client sent it. That costs a scan instead of a copy of the whole document and its
+    /// serialization. Bodies this cannot edit safely (duplicate or escaped top-level names, an
+    /// existing `stream_options` to merge into) take the `Value` path.
+    pub fn upstream_body_from(
+        &self,
+        original: &[u8],
+        backend_model: &str,
+        max_tokens: Option<u64>,
+        add_stream_usage: bool,
+    ) -> Vec<u8> {
+        edit_in_place(original, backend_model, max_tokens, add_stream_usage)
+            .unwrap_or_else(|| self.upstream_body_with(backend_model, max_tokens, add_stream_usage))
+    }
+}
+
+/// One top-level member of a JSON object: its raw name and the byte range of its value.
+struct Member<'a> {
+    name: &'a [u8],
+    value: std::ops::Range<usize>,
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the string that starts (with its quote) at `i`.
+fn skip_string(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        match b.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// The index just past the value that starts at `i`.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match b.get(j)? {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+        }
+        _ => {
+            let mut j = i;
+            while b
+                .get(j)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']') && !c.is_ascii_whitespace())
+            {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// The top-level members of `body` (which must already have parsed as a JSON object) and the
+/// index of its closing brace.
+fn members(b: &[u8]) -> Option<(Vec<Member<'_>>, usize)> {
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    let mut out = Vec::new();
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Some((out, i));
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let name_end = skip_string(b, i)?;
+        let name = b.get(i + 1..name_end - 1)?;
+        i = skip_ws(b, name_end);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let end = skip_value(b, start)?;
+        out.push(Member {
+            name,
+            value: start..end,
+        });
+        i = skip_ws(b, end);
+        match b.get(i)? {
+            b',' => i = skip_ws(b, i + 1),
+            b'}' => return Some((out, i)),
+            _ => return None,
+        }
+    }
+}
+
+fn edit_in_place(
+    original: &[u8],
+    backend_model: &str,
+    max_tokens: Option<u64>,
+    add_stream_usage: bool,
+) -> Option<Vec<u8>> {
+    let (members, close) = members(original)?;
+    // Names with escapes could spell a field differently; duplicates are resolved (last wins)
+    // only by the `Value` path, which is what admission read.
+    for (n, m) in members.iter().enumerate() {
+        if m.name.contains(&b'\\') || members[..n].iter().any(|p| p.name == m.name) {
+            return None;
+        }
+    }
+    let find = |name: &[u8]| members.iter().find(|m| m.name == name);
+    if add_stream_usage && find(b"stream_options").is_some() {
+        return None;
+    }
+    let model = serde_json::to_string(backend_model).ok()?;
+    let cap = max_tokens.map(|m| m.to_string());
+    let mut edits: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+    edits.push((find(b"model")?.value.clone(), model));
+    let mut appended = String::new();
+    if let Some(cap) = cap {
+        match find(b"max_tokens") {
+            Some(m) => edits.push((m.value.clone(), cap)),
+            None => appended.push_str(&format!(",\"max_tokens\":{cap}")),
+        }
+    }
+    if add_stream_usage {
+        appended.push_str(",\"stream_options\":{\"include_usage\":true}");
+    }
+    if !appended.is_empty() {
+        let at = members.last().map_or(close, |m| m.value.end);
+        if members.is_empty() {
+            appended.remove(0);
+        }
+        edits.push((at..at, appended));
+    }
+    edits.sort_by_key(|(r, _)| r.start);
+    let mut out = Vec::with_capacity(original.len() + 64);
+    let mut pos = 0;
+    for (range, text) in edits {
+        out.extend_from_slice(original.get(pos..range.start)?);
+        out.extend_from_slice(text.as_bytes());
+        pos = range.end;
+    }
+    out.extend_from_slice(original.get(pos..)?);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -234,6 +402,47 @@ mod tests {
         assert_eq!(r.object["x"].as_f64(), Some(exact));
         assert_eq!(again.object["x"].as_f64(), Some(exact));
         assert_eq!(again.object["t"].as_f64(), Some(0.30000000000000004));
+    }
+
+    /// The in-place edit sends the same document as the `Value` path, and keeps the client's
+    /// bytes elsewhere.
+    #[test]
+    fn in_place_edit_matches_the_value_path() {
+        let bodies: &[&str] = &[
+            r#"{"model":"public","messages":[{"role":"user","content":"hi \"there\" {[,]}"}]}"#,
+            r#" { "messages" : [ ] , "model" : "public" , "n" : 2 } "#,
+            r#"{"model":"public","max_tokens":5,"stream":true,"user":"u\u00e9"}"#,
+            r#"{"model":"public","max_tokens":null,"temperature":0.5e1,"stop":["}"]}"#,
+            r#"{"model":"public","stream":true,"stream_options":{"include_usage":false}}"#,
+            r#"{"model":"a","model":"public"}"#,
+            r#"{"mod\u0065l":"public"}"#,
+            r#"{"model":"public","tools":[{"a":{"b":[1,{"c":"]}"}]}}],"x":true}"#,
+        ];
+        for body in bodies {
+            let r = parse(body.as_bytes()).unwrap();
+            for (cap, usage) in [
+                (None, false),
+                (Some(7), false),
+                (None, true),
+                (Some(9), true),
+            ] {
+                let via_value: Value =
+                    serde_json::from_slice(&r.upstream_body_with("be\"nd", cap, usage)).unwrap();
+                let bytes = r.upstream_body_from(body.as_bytes(), "be\"nd", cap, usage);
+                let in_place: Value = serde_json::from_slice(&bytes).unwrap();
+                assert_eq!(in_place, via_value, "{body} {cap:?} {usage}");
+            }
+        }
+        let body = br#"{ "model" : "public", "messages": [ ] }"#;
+        let r = parse(body).unwrap();
+        assert_eq!(
+            r.upstream_body_from(body, "backend", None, false),
+            br#"{ "model" : "backend", "messages": [ ] }"#.to_vec()
+        );
+        assert_eq!(
+            r.upstream_body_from(body, "public", Some(3), true),
+            br#"{ "model" : "public", "messages": [ ],"max_tokens":3,"stream_options":{"include_usage":true} }"#.to_vec()
+        );
     }
 
     #[test]

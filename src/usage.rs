@@ -291,6 +291,60 @@ fn tool_call_chars(msg: &Value) -> u64 {
         })
 }
 
+/// The top-level fields of a response or stream event that usage and text counting read. Every
+/// other field (ids, model, timestamps, fingerprints...) is checked for syntax and skipped
+/// without being built, which is most of the cost of a full `Value` parse of a small event.
+/// A field that is present (even `null`) is `Some`, as it is in a `Value`.
+#[derive(serde::Deserialize)]
+struct Relevant {
+    #[serde(default, deserialize_with = "present")]
+    choices: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    usage: Option<Value>,
+    #[serde(default, deserialize_with = "present", rename = "type")]
+    kind: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    object: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    message: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    response: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    delta: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    <Value as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// Parses a JSON document into a `Value` holding only the fields [`Relevant`] names: what
+/// [`usage_from_json`], [`delta_chars`], [`message_chars`] and [`is_usage_only_chunk`] read
+/// gives the same answers on it as on the full document. `None` when it is not valid JSON.
+/// Anything unusual (not an object, a duplicated relevant field) takes the full parse.
+fn parse_relevant(bytes: &[u8]) -> Option<Value> {
+    if bytes.trim_ascii_start().first() == Some(&b'{') {
+        if let Ok(r) = serde_json::from_slice::<Relevant>(bytes) {
+            let mut m = Map::new();
+            let fields = [
+                ("choices", r.choices),
+                ("usage", r.usage),
+                ("type", r.kind),
+                ("object", r.object),
+                ("message", r.message),
+                ("response", r.response),
+                ("delta", r.delta),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    m.insert(k.to_string(), v);
+                }
+            }
+            return Some(Value::Object(m));
+        }
+    }
+    serde_json::from_slice::<Value>(bytes).ok()
+}
+
 // ------------------------------------------------------------------------------------------------
 // Incremental reader
 // ------------------------------------------------------------------------------------------------
@@ -429,7 +483,7 @@ impl UsageReader {
         match self.kind {
             BodyKind::Json => {
                 if !self.overflowed {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&self.body) {
+                    if let Some(v) = parse_relevant(&self.body) {
                         self.usage = usage_from_json(&v);
                         self.text_chars = self.text_chars.saturating_add(message_chars(&v));
                     }
@@ -650,7 +704,7 @@ impl UsageReader {
             self.saw_done = true;
             return false;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+        let Some(v) = parse_relevant(payload) else {
             return false;
         };
         self.text_chars = self.text_chars.saturating_add(delta_chars(&v));
@@ -703,6 +757,41 @@ fn release(buf: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The selective parse answers exactly as the full one, on ordinary and odd documents.
+    #[test]
+    fn relevant_parse_matches_full_parse() {
+        let docs: &[&str] = &[
+            r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"ok "},"finish_reason":null}],"usage":null}"#,
+            r#"{"id":"c1","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
+            r#"{"object":null,"choices":[],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3},"usage":null}"#,
+            r#"{"id":"x","choices":[{"message":{"content":"héllo","tool_calls":[{"function":{"arguments":"{}"}}]},"text":"ab"}],"usage":{"prompt_tokens":1,"completion_tokens_details":{"reasoning_tokens":2}}}"#,
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":5,"cache_read_input_tokens":2}}}"#,
+            r#"{"type":"content_block_delta","delta":{"text":"abc","partial_json":"{"}}"#,
+            r#"{"type":"response.completed","response":{"usage":{"input_tokens":5,"output_tokens":6}}}"#,
+            r#"{"type":"response.output_text.delta","delta":"hey"}"#,
+            r#"{"choices":"nope","usage":[1],"type":7,"object":"x","delta":null}"#,
+            r#"[{"choices":[{"text":"abc"}],"usage":{"prompt_tokens":1}}]"#,
+            r#""just a string""#,
+            r#"  {"usage":{"total_tokens":9.0}}  "#,
+            r#"{"usage":{"prompt_tokens":1}"#,
+            r#"{"a":[1,2,{"b":"é
+"}],"usage":{"prompt_tokens":1}} trailing"#,
+            "",
+        ];
+        for doc in docs {
+            let full = serde_json::from_slice::<Value>(doc.as_bytes()).ok();
+            let part = parse_relevant(doc.as_bytes());
+            assert_eq!(full.is_some(), part.is_some(), "{doc}");
+            if let (Some(f), Some(p)) = (full, part) {
+                assert_eq!(usage_from_json(&f), usage_from_json(&p), "{doc}");
+                assert_eq!(delta_chars(&f), delta_chars(&p), "{doc}");
+                assert_eq!(message_chars(&f), message_chars(&p), "{doc}");
+                assert_eq!(is_usage_only_chunk(&f), is_usage_only_chunk(&p), "{doc}");
+            }
+        }
+    }
 
     fn u(p: u64, c: u64, t: u64, cached: u64, reasoning: u64) -> Usage {
         Usage {

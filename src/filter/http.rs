@@ -323,7 +323,8 @@ impl TollgateHttp {
 
         let stream = request.stream && route != LlmRoute::Embeddings;
         let add_stream_usage = stream && !request.client_wants_stream_usage();
-        let upstream_body = request.upstream_body_with(
+        let upstream_body = request.upstream_body_from(
+            &body,
             &deployment.backend_model,
             plan.implicit_max_tokens,
             add_stream_usage,
@@ -352,7 +353,9 @@ impl TollgateHttp {
         if self.headers.has("accept-encoding") {
             host::set_request_header("accept-encoding", None);
         }
-        host::replace_request_body(self.body_size, &upstream_body);
+        if upstream_body != body {
+            host::replace_request_body(self.body_size, &upstream_body);
+        }
 
         let (api_key, key_alias, user_id, team_id) = match caller {
             Caller::VirtualKey { record, .. } => (
