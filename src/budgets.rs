@@ -402,11 +402,11 @@ mod tests {
     fn unchanged_counters_are_not_written_again() {
         let s = CountingWrites::default();
         let tracked = key_scope(None, Some("30d"));
-        let t = admit(&s, &[tracked.clone()], CENT, 1, CAL, 422).unwrap();
+        let t = admit(&s, std::slice::from_ref(&tracked), CENT, 1, CAL, 422).unwrap();
         settle(&s, &t, Some(CENT), 2, CAL);
         s.sets.set(0);
         // no limit: admission only reads; a free call settles without a write
-        let t = admit(&s, &[tracked.clone()], CENT, 3, CAL, 422).unwrap();
+        let t = admit(&s, std::slice::from_ref(&tracked), CENT, 3, CAL, 422).unwrap();
         assert_eq!(t.charges[0].reserved, 0);
         settle(&s, &t, Some(0), 4, CAL);
         assert_eq!(s.sets.get(), 0);

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Adversarial input through a real Envoy (issue 7, item 2): bodies and headers no client should
 //! send, upstreams that misbehave, clients that hang up. For every input: the right status in
 //! LiteLLM's envelope, the Wasm VM still serving the next request, and afterwards the parallel
@@ -6,8 +7,10 @@
 //!
 //! Each test prints how many inputs it tried (`adversarial: <category>: N inputs`).
 
-#[allow(dead_code)]
 mod common;
+
+/// Request headers as (name, raw value bytes).
+type Headers<'a> = Vec<(&'a str, Vec<u8>)>;
 
 use common::{poll_until, Stack, MASTER_KEY, PROVIDER_KEY};
 use serde_json::{json, Value};
@@ -657,7 +660,7 @@ fn odd_credentials_and_headers() {
         tried += 1;
     }
     // Odd shapes that still carry the key are accepted.
-    let accepted: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let accepted: Vec<(&str, Headers)> = vec![
         (
             "lowercase bearer",
             vec![("authorization", format!("bearer {key}").into_bytes())],

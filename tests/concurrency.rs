@@ -1,8 +1,8 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! 256 simultaneous calls against a budget, an rpm limit and a parallel limit, on Envoy with 2
 //! and 4 worker threads (issue 7, item 3): the admitted count is exact, and the spend the
 //! sidecar records (read from `/key/info` after the spend flush) is exact to the nano-dollar.
 
-#[allow(dead_code)]
 mod common;
 
 use common::{run_concurrently, Resp, Stack, StackOptions};

@@ -1,9 +1,9 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Failure policy (SECURITY.md "Failure behaviour"; issue 7, item 5): a filter that cannot run
 //! refuses traffic instead of letting it through, and an Envoy restart loses only the
 //! process-local shared data: the spend in the sidecar's store still bounds every budget.
 //! (The sidecar being down, and `kill -9`, are covered by the lead's sidecar suite.)
 
-#[allow(dead_code)]
 mod common;
 
 use common::{envoy_bin, free_port, Stack, TempDir, MASTER_KEY};
@@ -35,13 +35,29 @@ fn body() -> String {
 }
 
 /// The filter's `on_configure` fails (its configuration is not valid): with the rendered
-/// `fail_open: false`, Envoy does not serve the route unfiltered. It refuses the config (exits)
+/// `failure_policy: FAIL_CLOSED`, Envoy does not serve the route unfiltered. It refuses the config (exits)
 /// or, if it runs, answers 5xx without reaching the upstream.
 #[test]
 fn a_filter_that_cannot_start_fails_closed() {
     let s = Stack::start(CONFIG);
-    let rendered = std::fs::read_to_string(s.data_dir.join("envoy.yaml")).expect("envoy.yaml");
-    assert!(rendered.contains("fail_open: false"), "{rendered}");
+    // The static bootstrap `tollgate render` gives users (the filter configuration inline).
+    let (status, rendered, err) = common::run_to_exit(
+        "tollgate render",
+        Command::new(common::tollgate_bin())
+            .args(["render", "--format", "envoy", "--config"])
+            .arg(s.config_path())
+            .args(["--port", &s.port.to_string()])
+            .args(["--envoy-admin-port", &free_port().to_string()])
+            .arg("--wasm")
+            .arg(common::tollgate_wasm())
+            .env_remove("LITELLM_MASTER_KEY"),
+        Duration::from_secs(30),
+    );
+    assert!(status.success(), "tollgate render failed: {err}");
+    assert!(
+        rendered.contains("failure_policy: FAIL_CLOSED"),
+        "{rendered}"
+    );
     let start = rendered
         .find("value: '{\"version\"")
         .expect("plugin configuration");

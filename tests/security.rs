@@ -1,8 +1,8 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Security promises (SECURITY.md; issue 7, item 4): keys are stored and logged only as hashes
 //! or `sk-...abcd`; admin routes need the master key (or an admin's key); a virtual key cannot
 //! reach admin-only routes; the provider key never reaches a client; admin bodies are bounded.
 
-#[allow(dead_code)]
 mod common;
 
 use common::{sha256_hex, Stack, MASTER_KEY, PROVIDER_KEY};

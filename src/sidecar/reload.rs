@@ -37,8 +37,7 @@ impl XdsFiles {
 
     /// Writes both files for a first start (no ordering needed: Envoy is not running yet).
     pub fn write_initial(&self, rendered: &render::Rendered) -> Result<()> {
-        std::fs::create_dir_all(&self.dir)
-            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        create_private_dir(&self.dir)?;
         write_atomic(
             &self.clusters_path(),
             &render::xds_clusters_file(&rendered.upstreams),
@@ -50,13 +49,35 @@ impl XdsFiles {
     }
 }
 
+/// Creates `dir` (and parents) readable by the owner only (0700 for `dir` itself).
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Writes `contents` next to `path` and renames it over `path`: Envoy's file watch sees one
 /// complete file, never a half-written one.
+/// Owner-only (0600): these files hold provider keys and the internal token.
 pub fn write_atomic(path: &Path, contents: &str) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::io::Write::write_all(&mut file, contents.as_bytes())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    drop(file);
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -327,7 +327,10 @@ pub fn wasm_filter(plugin: &PluginConfig, wasm_path: &str) -> Result<Value> {
                 },
                 // Without it a paused request never gets its body callback (DESIGN.md).
                 "allow_on_headers_stop_iteration": true,
-                "fail_open": false
+                // A VM that cannot start or has failed refuses traffic (never lets it through
+                // unchecked). FAIL_RELOAD is not used: calls in flight in a failed VM never
+                // settle, so their parallel slots and reservations would stay taken.
+                "failure_policy": "FAIL_CLOSED"
             }
         }
     }))

@@ -150,8 +150,8 @@ pub async fn up(opts: UpOptions) -> Result<()> {
             opts.wasm.display()
         ));
     }
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
+    // The store, the bootstrap and the xDS files hold secrets: owner only.
+    reload::create_private_dir(&opts.data_dir)?;
     let envoy_bin = find_envoy()?;
     let state = admin_state(&prepared, &opts.data_dir)?;
     let sidecar = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
