@@ -890,11 +890,23 @@ fn daily_budget_resets_at_new_york_midnight() {
     assert!(s.key_info(&key)["budget_reset_at"]
         .as_str()
         .is_some_and(|r| r.starts_with(&expected)));
-    // The filter gets the zone's transitions, not a single offset.
-    let config = s.data_dir.join("envoy.yaml");
-    let text = std::fs::read_to_string(&config).expect("rendered bootstrap");
+    // The filter gets the zone's transitions, not a single offset (its configuration is in the
+    // extension-config file `tollgate up` keeps for Envoy).
+    let file = s.data_dir.join("xds").join("tollgate-filter.yaml");
+    let text = std::fs::read_to_string(&file).expect("the filter's xDS file");
+    let xds: Value = serde_json::from_str(&text).expect("the xDS file is JSON");
+    let plugin: Value = serde_json::from_str(
+        xds["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+            .as_str()
+            .expect("plugin configuration string"),
+    )
+    .expect("plugin configuration JSON");
+    let transitions = plugin["budgets"]["timezone"]["transitions"]
+        .as_array()
+        .expect("transitions");
     assert!(
-        text.contains("\"transitions\":[["),
-        "the plugin configuration carries New York's DST transitions"
+        transitions.len() > 200,
+        "the plugin configuration carries New York's DST transitions: {}",
+        transitions.len()
     );
 }
