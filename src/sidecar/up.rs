@@ -123,6 +123,20 @@ pub async fn admin_get(port: u16, path: &str) -> Option<String> {
         .map(|(_, body)| body.to_string())
 }
 
+/// Whether Envoy reports a refused filter configuration (extension config discovery's
+/// `config_fail` counter).
+async fn filter_config_failed(envoy_admin_port: u16) -> bool {
+    let Some(stats) = admin_get(envoy_admin_port, "/stats?filter=extension_config_discovery").await
+    else {
+        return false;
+    };
+    stats.lines().any(|line| {
+        line.split_once(": ").is_some_and(|(name, value)| {
+            name.ends_with(".config_fail") && value.trim().parse::<u64>().is_ok_and(|n| n > 0)
+        })
+    })
+}
+
 /// One plain HTTP/1.1 GET through Envoy; true on a 200.
 async fn probe(port: u16, path: &str) -> bool {
     let attempt = async {
@@ -219,6 +233,17 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         }
         if probe(opts.port, "/health/liveliness").await {
             break;
+        }
+        // Envoy stays up when the filter's configuration is refused (the module does not load,
+        // or the filter rejects its configuration), so that cannot wait for the timeout.
+        if filter_config_failed(envoy_admin_port).await {
+            let _ = envoy.kill().await;
+            return Err(anyhow!(
+                "Envoy could not load the filter ({}). Last log lines ({}):\n{}",
+                opts.wasm.display(),
+                log_path.display(),
+                log_tail(&log_path, 30)
+            ));
         }
         if started.elapsed() > Duration::from_secs(60) {
             let _ = envoy.kill().await;
