@@ -145,6 +145,7 @@ fn config_edit_applies_under_20_rps_without_a_failed_request() {
         failed.is_empty(),
         "failed requests during the reload: {failed:?}"
     );
+    eprintln!("load: {} calls, {} failed", outcomes.len(), failed.len());
     assert!(
         outcomes.len() >= 60,
         "the load ran: {} calls",
