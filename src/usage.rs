@@ -322,8 +322,11 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 /// gives the same answers on it as on the full document. `None` when it is not valid JSON.
 /// Anything unusual (not an object, a duplicated relevant field) takes the full parse.
 fn parse_relevant(bytes: &[u8]) -> Option<Value> {
-    if bytes.trim_ascii_start().first() == Some(&b'{') {
-        if let Ok(r) = serde_json::from_slice::<Relevant>(bytes) {
+    // serde_json skips the fields it ignores without checking their UTF-8; the full parse
+    // refuses such a document, and so must this one (found by fuzzing: fuzz/.../usage_json.rs).
+    let text = std::str::from_utf8(bytes).ok()?;
+    if text.trim_start().starts_with('{') {
+        if let Ok(r) = serde_json::from_str::<Relevant>(text) {
             let mut m = Map::new();
             let fields = [
                 ("choices", r.choices),
@@ -342,7 +345,7 @@ fn parse_relevant(bytes: &[u8]) -> Option<Value> {
             return Some(Value::Object(m));
         }
     }
-    serde_json::from_slice::<Value>(bytes).ok()
+    serde_json::from_str::<Value>(text).ok()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -759,6 +762,21 @@ mod tests {
     use serde_json::json;
 
     /// The selective parse answers exactly as the full one, on ordinary and odd documents.
+    /// Found by fuzzing (fuzz/fuzz_targets/usage_json.rs): invalid UTF-8 inside a field the
+    /// lighter parse ignores made it read a usage the full parse refuses; the answer must not
+    /// depend on which parse ran.
+    #[test]
+    fn invalid_utf8_in_an_ignored_field_reads_like_the_full_parse() {
+        let mut body = br#"{"id":"x","Choices":[{"message":{"content":""#.to_vec();
+        body.extend_from_slice(b"\xc0i");
+        body.extend_from_slice(br#""}}],"usage":{"prompt_tokens":10,"completion_tokens":3}}"#);
+        assert!(serde_json::from_slice::<Value>(&body).is_err());
+        let mut r = UsageReader::new(BodyKind::Json, false, 1 << 20);
+        r.feed(&body);
+        r.finish();
+        assert_eq!(r.usage(), None);
+    }
+
     #[test]
     fn relevant_parse_matches_full_parse() {
         let docs: &[&str] = &[

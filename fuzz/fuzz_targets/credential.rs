@@ -50,8 +50,9 @@ fn check_key_format(raw: &str) {
         Ok(()) => assert!(ok),
         Err(msg) => {
             assert!(!ok);
-            // The refusal never echoes the whole key (only the masked form).
-            if chars.len() > 8 {
+            // The refusal never echoes the whole key (only the masked form; a "key" that fits
+            // inside its own masked form, such as `********abcd`, cannot be told apart).
+            if chars.len() > 8 && !masked.contains(raw) {
                 assert!(!msg.contains(raw), "{msg}");
             }
         }

@@ -129,7 +129,12 @@ fuzz_target!(|data: &[u8]| {
                 Ok(a) => {
                     assert_eq!(a.request, r);
                     assert_eq!(a.deployment.model_name, r.model);
-                    let sent = reparse(&a.body);
+                    let sent = reparse(&a.request.upstream_body_from(
+                        data,
+                        &a.deployment.backend_model,
+                        None,
+                        false,
+                    ));
                     assert_eq!(sent.model, a.deployment.backend_model);
                     assert!(a.path.starts_with(&a.deployment.base_path));
                 }
