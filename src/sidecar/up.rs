@@ -139,21 +139,7 @@ async fn filter_config_failed(envoy_admin_port: u16) -> bool {
 
 /// One plain HTTP/1.1 GET through Envoy; true on a 200.
 async fn probe(port: u16, path: &str) -> bool {
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut buf = vec![0u8; 64];
-        let n = s.read(&mut buf).await?;
-        Ok::<bool, std::io::Error>(buf.get(..n).is_some_and(|b| b.starts_with(b"HTTP/1.1 200")))
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), attempt).await,
-        Ok(Ok(true))
-    )
+    admin_get(port, path).await.is_some()
 }
 
 pub async fn up(opts: UpOptions) -> Result<()> {
