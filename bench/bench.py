@@ -28,6 +28,8 @@ BIN = os.path.join(ROOT, "target/release/tollgate")
 WASM = os.path.join(ROOT, "target/wasm32-wasip1/release/tollgate.wasm")
 ENVOY = os.environ.get("ENVOY_BIN") or os.path.join(ROOT, ".venv/bin/envoy")
 LUA = os.path.join(ROOT, "bench/wrk.lua")
+# The floor under tollgate.wasm (bench/floor-filter, built by bench/run.sh).
+FLOOR_WASM = os.path.join(ROOT, "target/floor/wasm32-wasip1/release/tollgate_bench_floor.wasm")
 LITELLM_VENV = os.environ.get("BENCH_LITELLM_VENV", os.path.join(ROOT, "bench/.venv-litellm"))
 
 
@@ -43,6 +45,11 @@ ENVOY_CPUS = os.environ.get("BENCH_ENVOY_CPUS", "0")  # Envoy (and LiteLLM) run 
 LOAD_CPUS = os.environ.get("BENCH_LOAD_CPUS", "1")  # wrk, the fake upstream and the sidecar
 WRK_THREADS = env_int("BENCH_WRK_THREADS", 1)
 MAIN = os.environ.get("BENCH_MAIN", "1") == "1"
+FLOOR = os.environ.get("BENCH_FLOOR", "1") == "1"
+# Other builds of tollgate.wasm (comma-separated paths) measured beside this one, alternating:
+# A/B of a change within one run.
+COMPARE_WASM = [p for p in os.environ.get("BENCH_COMPARE_WASM", "").split(",") if p.strip()]
+FLOOR_CALLS = env_int("BENCH_FLOOR_CALLS", 200)  # extra host calls per request when pricing one
 LITELLM = os.environ.get("BENCH_LITELLM", "0") == "1"
 SCALING = os.environ.get("BENCH_SCALING", "all")
 KEY_COUNTS = sorted({int(x) for x in os.environ.get("BENCH_KEYS", "1,10000").split(",") if x.strip()})
@@ -63,12 +70,12 @@ KEY_LIMITS = {
 if SCALING in ("", "none", "0"):
     SCALING_PARTS = []
 elif SCALING == "all":
-    SCALING_PARTS = ["keys", "bodies", "workers"]
+    SCALING_PARTS = ["keys", "bodies", "workers", "hostcall"]
 else:
     SCALING_PARTS = [p.strip() for p in SCALING.split(",") if p.strip()]
 for p in SCALING_PARTS:
-    if p not in ("keys", "bodies", "workers"):
-        sys.exit(f"bench: BENCH_SCALING: unknown part {p!r} (keys, bodies, workers, all, none)")
+    if p not in ("keys", "bodies", "workers", "hostcall"):
+        sys.exit(f"bench: BENCH_SCALING: unknown part {p!r} (keys, bodies, workers, hostcall, all, none)")
 
 WORK = tempfile.mkdtemp(prefix="tollgate-bench-")
 PROCS = []  # Popen objects, each the leader of its own process group
@@ -256,7 +263,7 @@ class Bare:
              "--envoy-admin-port", str(free_port())],
             check=True, capture_output=True, text=True, env=dict(os.environ, LITELLM_MASTER_KEY=MASTER_KEY),
         ).stdout
-        yaml = yaml.replace("address: 0.0.0.0", "address: 127.0.0.1")  # 127.0.0.1 only
+        yaml = self.edit_yaml(yaml.replace("address: 0.0.0.0", "address: 127.0.0.1"))  # 127.0.0.1 only
         path = os.path.join(WORK, f"bare-{self.port}.yaml")
         with open(path, "w") as f:
             f.write(yaml)
@@ -264,9 +271,12 @@ class Bare:
             [ENVOY, "-c", path, "--concurrency", str(workers), "--disable-hot-restart", "--log-level", "error"],
             f"bare-{self.port}.log", ENVOY_CPUS,
         )
-        wait_until("bare Envoy", lambda: http("GET", f"http://127.0.0.1:{self.port}/v1/models")[0] == 200,
+        wait_until(self.name, lambda: http("GET", f"http://127.0.0.1:{self.port}/v1/models")[0] == 200,
                    proc=self.proc)
         self.auth = "none"
+
+    def edit_yaml(self, yaml):
+        return yaml
 
     def envoy_pids(self):
         return [self.proc.pid]
@@ -278,18 +288,56 @@ class Bare:
         return []
 
 
+class Floor(Bare):
+    """Bare Envoy plus a minimal Wasm filter (bench/floor-filter): what any Wasm filter costs
+    before it does any work of its own."""
+
+    NAMES = {"pass": "Envoy + empty Wasm filter",
+             "buffer": "Envoy + floor Wasm filter (reads both bodies)"}
+
+    def __init__(self, fake, mode="buffer", workers=1):
+        self.name = self.NAMES.get(mode, f"Envoy + floor Wasm filter ({mode})")
+        self.mode = mode
+        super().__init__(fake, workers)
+
+    def edit_yaml(self, yaml):
+        wasm = f"""- name: floor
+            typed_config:
+              '@type': type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                allow_on_headers_stop_iteration: true
+                name: floor
+                root_id: floor
+                configuration:
+                  '@type': type.googleapis.com/google.protobuf.StringValue
+                  value: {json.dumps(self.mode)}
+                vm_config:
+                  vm_id: floor
+                  runtime: envoy.wasm.runtime.v8
+                  code:
+                    local:
+                      filename: {FLOOR_WASM}
+          - name: envoy.filters.http.router"""
+        edited = yaml.replace("- name: envoy.filters.http.router", wasm, 1)
+        if edited == yaml:
+            raise SystemExit("bench: could not place the floor filter in the bare Envoy config")
+        return edited
+
+
 class Tollgate:
     """`tollgate up`: the sidecar plus the Envoy it supervises, with tollgate.wasm."""
 
     name = "Envoy + tollgate.wasm"
 
-    def __init__(self, fake, workers=1, data_dir=None):
+    def __init__(self, fake, workers=1, data_dir=None, wasm=WASM, name=None):
+        if name:
+            self.name = name
         self.port = free_port()
         self.data_dir = data_dir or os.path.join(WORK, f"data-{self.port}")
         env = dict(os.environ, LITELLM_MASTER_KEY=MASTER_KEY, ENVOY_BIN=ENVOY)
         self.proc = spawn(
             [BIN, "up", "--config", fake.config, "--port", str(self.port), "--host", "127.0.0.1",
-             "--concurrency", str(workers), "--data-dir", self.data_dir, "--wasm", WASM,
+             "--concurrency", str(workers), "--data-dir", self.data_dir, "--wasm", wasm,
              "--envoy-log-level", "error"],
             f"up-{self.port}.log", ENVOY_CPUS, env=env,
         )
@@ -467,10 +515,15 @@ def main_comparison(fake):
     log("main comparison: bare Envoy vs Envoy + tollgate.wasm" + (" vs LiteLLM" if LITELLM else ""))
     small = body_file("small.json", SMALL_BODY)
     stream = body_file("stream.json", chat_body(stream=True))
-    setups = [Bare(fake), Tollgate(fake)]
-    setups[1].generate_key()
-    if LITELLM:
-        setups.append(LiteLLM(fake))
+    bare_setup, tg_setup = Bare(fake), Tollgate(fake)
+    tg_setup.generate_key()
+    floors = [Floor(fake, "pass"), Floor(fake, "buffer")] if FLOOR else []
+    ll_setup = LiteLLM(fake) if LITELLM else None
+    others = []
+    for path in COMPARE_WASM:
+        others.append(Tollgate(fake, wasm=path.strip(), name=f"Envoy + {path.strip()} (compared)"))
+        others[-1].generate_key()
+    setups = [bare_setup, *floors, tg_setup, *others] + ([ll_setup] if ll_setup else [])
     runs = {s.name: {"tput": [], "lat": [], "stream": []} for s in setups}
     for rnd in range(1, ROUNDS + 1):
         for s in setups:
@@ -481,8 +534,8 @@ def main_comparison(fake):
             log(f"round {rnd} {s.name}: {r['tput'][-1]['rps']:.0f} rps, p50 {r['lat'][-1]['p50']:.0f} µs, "
                 f"stream {r['stream'][-1]['rps']:.0f} rps")
     rss = {s.name: rss_mb(s.envoy_pids()) for s in setups}
-    side_rss = rss_mb([setups[1].proc.pid])
-    bare, tg = runs[setups[0].name], runs[setups[1].name]
+    side_rss = rss_mb([tg_setup.proc.pid])
+    bare = runs[bare_setup.name]
     b_tput, b50, b99, b_str = med(bare["tput"], "rps"), med(bare["lat"], "p50"), med(bare["lat"], "p99"), \
         med(bare["stream"], "rps")
 
@@ -507,7 +560,7 @@ def main_comparison(fake):
                          "req_per_cpu_s": per_cpu, "cpu_us_per_req": 1e6 / per_cpu, "sidecar_cpu_us_per_req": side_us,
                          "runs": r}
         out(f"| {s.name} | {tput:.0f} | {fmt_ratio(tput, b_tput)} | {st:.0f} | {fmt_ratio(st, b_str)} | {p50:.0f} "
-            f"| {p99:.0f} | {p50 - b50:+.0f} | {rss[s.name]:.1f} | {rss[s.name] / rss[setups[0].name]:.2f}× "
+            f"| {p99:.0f} | {p50 - b50:+.0f} | {rss[s.name]:.1f} | {rss[s.name] / rss[bare_setup.name]:.2f}× "
             f"| {1e6 / per_cpu:.0f} | {f'{side_us:.0f}' if s.side_pids() else ''} |")
     out()
     out("CPU µs/req: CPU time the setup's own processes used during the throughput runs (Envoy; Envoy + "
@@ -520,19 +573,43 @@ def main_comparison(fake):
         f"in all runs: {errs}.")
     RESULTS["main"] = {"table": table, "sidecar_rss_mb": side_rss, "wasm_kb": wasm_kb, "errors": errs}
     if LITELLM:
-        ll = table[setups[2].name]
-        t = table[setups[1].name]
+        ll = table[ll_setup.name]
+        t = table[tg_setup.name]
         out()
         out(f"Tollgate / LiteLLM, each on one core: throughput {times(t['rps'], ll['rps'])}, streamed "
             f"{times(t['stream_rps'], ll['stream_rps'])}, requests per CPU-second "
             f"{times(t['req_per_cpu_s'], ll['req_per_cpu_s'])}. "
             f"LiteLLM runs with its master key only: `/key/generate` without a database answers "
-            f"`{setups[2].key_generate}`.")
-        RESULTS["main"]["litellm_key_generate"] = setups[2].key_generate
+            f"`{ll_setup.key_generate}`.")
+        RESULTS["main"]["litellm_key_generate"] = ll_setup.key_generate
     out()
     for s in setups:
         stop(s.proc)
     return table
+
+
+def hostcall_price(fake):
+    """Prices one host call: the floor filter with and without FLOOR_CALLS extra shared-data reads
+    per request, alternating; the CPU difference per request over the number of calls."""
+    log(f"host call price: floor filter with 0 and {FLOOR_CALLS} extra shared-data reads per request")
+    small = body_file("small.json", SMALL_BODY)
+    base, extra = Floor(fake, "buffer"), Floor(fake, f"buffer calls={FLOOR_CALLS}")
+    runs = {"base": [], "extra": []}
+    for _ in range(ROUNDS):
+        for s, tag in ((base, "base"), (extra, "extra")):
+            runs[tag].append(wrk(s.port, CONNS, SCALING_SECONDS, small, s.auth, s.all_pids()))
+    stop(base.proc)
+    stop(extra.proc)
+    cpu = {tag: statistics.median(r["cpu"] / max(r["requests"], 1) * 1e6 for r in rs) for tag, rs in runs.items()}
+    per_call = (cpu["extra"] - cpu["base"]) / FLOOR_CALLS
+    out("## Price of one host call")
+    out()
+    out(f"The floor Wasm filter (reads headers and both bodies), then the same with {FLOOR_CALLS} extra "
+        f"`proxy_get_shared_data` calls per request (a 16-byte value): {cpu['base']:.0f} and {cpu['extra']:.0f} "
+        f"CPU µs per request (median of {ROUNDS} alternating {SCALING_SECONDS} s runs at {CONNS} connections), "
+        f"so **one host call costs ≈ {per_call:.2f} µs** of Envoy CPU.")
+    out()
+    RESULTS["hostcall"] = {"calls": FLOOR_CALLS, "cpu_us_per_req": cpu, "us_per_call": per_call}
 
 
 def seed_keys(data_dir, template_raw, first, last):
@@ -790,7 +867,8 @@ def main():
     fake = Fake()
     timings = {}
     parts = ([("main", main_comparison)] if MAIN else []) + [
-        (p, {"keys": keys_scaling, "bodies": bodies_scaling, "workers": workers_scaling}[p]) for p in SCALING_PARTS]
+        (p, {"keys": keys_scaling, "bodies": bodies_scaling, "workers": workers_scaling,
+             "hostcall": hostcall_price}[p]) for p in SCALING_PARTS]
     for name, fn in parts:
         t0 = time.time()
         fn(fake)

@@ -20,4 +20,9 @@ if [ "${BENCH_LITELLM:-0}" = 1 ]; then
   fi
 fi
 
+# The floor filter (bench/floor-filter): a minimal Wasm filter measured beside tollgate.wasm.
+echo "bench: building the floor filter (bench/floor-filter)"
+cargo build -q --release --target wasm32-wasip1 --manifest-path "$ROOT/bench/floor-filter/Cargo.toml" \
+  --target-dir "$ROOT/target/floor"
+
 exec python3 "$ROOT/bench/bench.py"

@@ -163,7 +163,7 @@ impl TollgateHttp {
             let chars: Vec<char> = raw.chars().collect();
             chars[chars.len().saturating_sub(4)..].iter().collect()
         };
-        match key_cache::get(&self.shared.decoded, &hash, host::now_micros()) {
+        match key_cache::get(&self.shared.decoded, &hash, self.started_micros) {
             key_cache::Cached::Known(record) => {
                 self.caller = Some(Caller::VirtualKey { record, raw_last4 });
                 Ok(true)
