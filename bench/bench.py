@@ -589,25 +589,35 @@ def main_comparison(fake):
 
 
 def hostcall_price(fake):
-    """Prices one host call: the floor filter with and without FLOOR_CALLS extra shared-data reads
-    per request, alternating; the CPU difference per request over the number of calls."""
-    log(f"host call price: floor filter with 0 and {FLOOR_CALLS} extra shared-data reads per request")
+    """Prices host calls with the floor filter, alternating: FLOOR_CALLS extra shared-data reads
+    per request; and 8 response headers added one call each or by writing the map back once."""
+    modes = {"base": "buffer", "reads": f"buffer calls={FLOOR_CALLS}", "add": "buffer add=8",
+             "setmap": "buffer setmap=8"}
+    log(f"host call price: floor filter in modes {list(modes.values())}")
     small = body_file("small.json", SMALL_BODY)
-    base, extra = Floor(fake, "buffer"), Floor(fake, f"buffer calls={FLOOR_CALLS}")
-    runs = {"base": [], "extra": []}
+    setups = {tag: Floor(fake, mode) for tag, mode in modes.items()}
+    runs = {tag: [] for tag in modes}
     for _ in range(ROUNDS):
-        for s, tag in ((base, "base"), (extra, "extra")):
+        for tag, s in setups.items():
             runs[tag].append(wrk(s.port, CONNS, SCALING_SECONDS, small, s.auth, s.all_pids()))
-    stop(base.proc)
-    stop(extra.proc)
+    for s in setups.values():
+        stop(s.proc)
     cpu = {tag: statistics.median(r["cpu"] / max(r["requests"], 1) * 1e6 for r in rs) for tag, rs in runs.items()}
-    per_call = (cpu["extra"] - cpu["base"]) / FLOOR_CALLS
-    out("## Price of one host call")
+    per_call = (cpu["reads"] - cpu["base"]) / FLOOR_CALLS
+    out("## Price of host calls")
     out()
-    out(f"The floor Wasm filter (reads headers and both bodies), then the same with {FLOOR_CALLS} extra "
-        f"`proxy_get_shared_data` calls per request (a 16-byte value): {cpu['base']:.0f} and {cpu['extra']:.0f} "
-        f"CPU µs per request (median of {ROUNDS} alternating {SCALING_SECONDS} s runs at {CONNS} connections), "
-        f"so **one host call costs ≈ {per_call:.2f} µs** of Envoy CPU.")
+    out(f"The floor Wasm filter (reads headers and both bodies) alone and with extra work per request; CPU µs "
+        f"per request, median of {ROUNDS} alternating {SCALING_SECONDS} s runs at {CONNS} connections:")
+    out()
+    out("| floor filter | CPU µs/req | over the floor |")
+    out("|---|---|---|")
+    labels = {"base": "alone", "reads": f"+ {FLOOR_CALLS} `proxy_get_shared_data` (16-byte value)",
+              "add": "+ 8 response headers, one `proxy_add_header_map_value` each",
+              "setmap": "+ 8 response headers, whole map written back (`proxy_set_header_map_pairs`)"}
+    for tag in modes:
+        out(f"| {labels[tag]} | {cpu[tag]:.0f} | {cpu[tag] - cpu['base']:+.0f} |")
+    out()
+    out(f"**One shared-data read costs ≈ {per_call:.2f} µs** of Envoy CPU.")
     out()
     RESULTS["hostcall"] = {"calls": FLOOR_CALLS, "cpu_us_per_req": cpu, "us_per_call": per_call}
 

@@ -4,6 +4,13 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+// Records omit empty and default fields when written (every struct here reads them back with
+// `#[serde(default)]`): a key record is cached in shared data for every warm key, so its size is
+// Envoy's memory per key, and the filter copies it on every request.
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct KeyRecord {
@@ -11,54 +18,84 @@ pub struct KeyRecord {
     pub token: String,
     /// `sk-...abcd`.
     pub key_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_alias: Option<String>,
     /// The key's `models` list (empty = all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
     /// The user's `models`, which apply to personal keys (no team).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub user_models: Vec<String>,
     /// Expiry, unix microseconds; `None` = never.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at_micros: Option<i64>,
+    #[serde(skip_serializing_if = "is_false")]
     pub blocked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_budget: Option<f64>,
     pub spend: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rpm_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tpm_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_parallel_requests: Option<u64>,
     /// Per-model limits of this key (`metadata.model_rpm_limit` / `model_tpm_limit`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub model_rpm_limit: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub model_tpm_limit: BTreeMap<String, u64>,
     /// The user's own limits, shared by all the user's keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_rpm_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_tpm_limit: Option<u64>,
     /// Key budget: `budget_duration` and the aligned end of the current period (unix µs).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_duration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_reset_at_micros: Option<i64>,
     /// Spend in nano-dollars as the sidecar has it (seeds the shared-data counter).
     pub spend_nanos: i64,
     /// `model_max_budget` entries: model (or access group / glob) → budget.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub model_max_budget: BTreeMap<String, ModelBudget>,
     /// The user's budget, for personal keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_budget: Option<BudgetState>,
     /// The proxy-wide budget's state when this record was served (seeds the counter).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub proxy_budget: Option<BudgetState>,
     /// The team's `models` (empty = all); only meaningful when `team_id` is set. A key whose
     /// `models` contain `all-team-models` is limited to these.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub team_models: Vec<String>,
     /// The team is blocked (`/team/block`): every key of the team is refused (401).
+    #[serde(skip_serializing_if = "is_false")]
     pub team_blocked: bool,
     /// The team's own budget: `max_budget`, period and spend.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_budget: Option<BudgetState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_rpm_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_tpm_limit: Option<u64>,
     /// The team's per-model limits (`metadata.model_rpm_limit` / `model_tpm_limit`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub team_model_rpm_limit: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub team_model_tpm_limit: BTreeMap<String, u64>,
     /// The key's user as a member of the key's team: its membership budget (its own
     /// `max_budget_in_team`, else the team's `team_member_budget`), with the membership's spend.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_member_budget: Option<BudgetState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_member_rpm_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_member_tpm_limit: Option<u64>,
 }
 
@@ -66,8 +103,11 @@ pub struct KeyRecord {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BudgetState {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_budget: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_duration: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget_reset_at_micros: Option<i64>,
     pub spend_nanos: i64,
 }
@@ -88,11 +128,16 @@ pub struct SpendEvent {
     /// Envoy's `x-request-id`: unique per request.
     pub request_id: String,
     /// Key token (sha256); `None` for the master key.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_alias: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
     /// Customer / end user, as identified from the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub end_user: Option<String>,
     /// Public model name.
     pub model: String,
@@ -105,6 +150,7 @@ pub struct SpendEvent {
     pub total_tokens: u64,
     pub cached_tokens: u64,
     /// No usage came back: tokens and cost are Tollgate's estimate.
+    #[serde(skip_serializing_if = "is_false")]
     pub estimated: bool,
     /// `success` or `failure` (upstream error, client abort).
     pub status: String,
@@ -145,11 +191,16 @@ pub enum KeyLookup {
 pub struct CustomerRecord {
     pub user_id: String,
     /// `/customer/block`: Tollgate refuses the customer's requests (401); LiteLLM only stores it.
+    #[serde(skip_serializing_if = "is_false")]
     pub blocked: bool,
     /// The customer's `models` (empty = all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rpm_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tpm_limit: Option<u64>,
 }
 
@@ -217,5 +268,44 @@ mod tests {
         assert_eq!(split_cached_record(b"x 1\n{}"), None);
         assert_eq!(split_cached_record(b"1 y\n{}"), None);
         assert_eq!(split_cached_record(b"1 2"), None);
+    }
+
+    #[test]
+    fn records_omit_defaults_and_read_back_the_same() {
+        let key = KeyRecord {
+            token: "ab".repeat(32),
+            key_name: "sk-...abcd".into(),
+            max_budget: Some(10.0),
+            rpm_limit: Some(5),
+            budget_duration: Some("30d".into()),
+            proxy_budget: Some(BudgetState {
+                max_budget: Some(100.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&key).unwrap();
+        for absent in ["null", "[]", "{}", "false", "team_", "user_", "models"] {
+            assert!(!json.contains(absent), "{absent} in {json}");
+        }
+        assert_eq!(serde_json::from_str::<KeyRecord>(&json).unwrap(), key);
+        // Records cached by an older filter, with every field written out, still read.
+        let mut full = serde_json::to_value(&key).unwrap();
+        full["team_id"] = serde_json::Value::Null;
+        full["models"] = serde_json::json!([]);
+        full["blocked"] = serde_json::json!(false);
+        assert_eq!(serde_json::from_value::<KeyRecord>(full).unwrap(), key);
+
+        let event = SpendEvent {
+            request_id: "r".into(),
+            model: "m".into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(
+            !json.contains("null") && !json.contains("estimated"),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<SpendEvent>(&json).unwrap(), event);
     }
 }

@@ -5,7 +5,9 @@
 //!   read the request headers once, hold and read the whole request body, read the response
 //!   headers once, hold and read the whole response body (a stream: read each chunk as it
 //!   passes, never held);
-//! - `calls=N` (with `buffer`): N more shared-data reads per request, to price one host call.
+//! - `calls=N` (with `buffer`): N more shared-data reads per request, to price one host call;
+//! - `add=N` / `setmap=N` (with `buffer`): add N response headers, one host call each, or by
+//!   writing the whole map back in one call (how to add headers cheaply).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -17,6 +19,8 @@ use std::rc::Rc;
 struct Mode {
     buffer: bool,
     calls: u32,
+    add: u32,
+    setmap: u32,
 }
 
 proxy_wasm::main! {{
@@ -43,10 +47,18 @@ impl RootContext for FloorRoot {
             match word {
                 "pass" => mode.buffer = false,
                 "buffer" => mode.buffer = true,
-                w => match w.strip_prefix("calls=").map(str::parse) {
-                    Some(Ok(n)) => mode.calls = n,
-                    _ => return false,
-                },
+                w => {
+                    let Some((name, n)) = w.split_once('=') else {
+                        return false;
+                    };
+                    let Ok(n) = n.parse() else { return false };
+                    match name {
+                        "calls" => mode.calls = n,
+                        "add" => mode.add = n,
+                        "setmap" => mode.setmap = n,
+                        _ => return false,
+                    }
+                }
             }
         }
         // One entry for the priced host calls to read.
@@ -106,7 +118,25 @@ impl HttpContext for FloorHttp {
         if !self.mode.buffer {
             return Action::Continue;
         }
-        let headers = hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        let mut headers =
+            hostcalls::get_map_bytes(MapType::HttpResponseHeaders).unwrap_or_default();
+        for i in 0..self.mode.add {
+            let _ = hostcalls::add_map_value(
+                MapType::HttpResponseHeaders,
+                &format!("x-floor-{i}"),
+                "12.5",
+            );
+        }
+        if self.mode.setmap > 0 {
+            for i in 0..self.mode.setmap {
+                headers.push((format!("x-floor-{i}"), b"12.5".to_vec()));
+            }
+            let pairs: Vec<(&str, &[u8])> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect();
+            let _ = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, pairs);
+        }
         self.streamed = headers.iter().any(|(name, value)| {
             name == "content-type" && value.starts_with(b"text/event-stream")
         });
