@@ -189,3 +189,54 @@ fn an_envoy_restart_keeps_budgets_from_the_store() {
     s.wait_key_spend(&budgeted, 0.06);
     assert_eq!(s.key_info(&limited)["spend"].as_f64(), Some(0.06));
 }
+
+/// A provider that cannot be reached: Envoy's own reply (503, "upstream connect error ...") goes
+/// out in LiteLLM's error envelope instead of Envoy's plain text, nothing is charged, and the
+/// call's slot and reservation are given back. The filter's own error replies keep their body.
+#[test]
+fn an_unreachable_provider_is_a_json_503_and_costs_nothing() {
+    let dead_port = free_port();
+    // A second deployment, on a port nothing listens on.
+    let config = CONFIG.replace(
+        "general_settings:",
+        &format!(
+            "  - model_name: unreachable
+    litellm_params:
+      model: openai/unreachable-backend
+      api_base: http://127.0.0.1:{dead_port}/v1
+      api_key: @PROVIDER_KEY@
+      input_cost_per_token: 0.001
+      output_cost_per_token: 0.002
+general_settings:"
+        ),
+    );
+    let s = Stack::start(&config);
+    let (key, _) = s.generate_key(json!({"max_budget": 0.05, "max_parallel_requests": 1}));
+    let dead_body = body().replace("\"priced\"", "\"unreachable\"");
+    for _ in 0..3 {
+        let r = s.post_with("/v1/chat/completions", &key, &[], &dead_body);
+        let err = r.assert_error(503, "internal_server_error");
+        assert!(
+            r.header("content-type")
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{:?}",
+            r.headers
+        );
+        let message = err["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("upstream connect error"),
+            "Envoy's reason is kept as the message: {message}"
+        );
+        assert!(err["param"].is_null(), "{}", r.body);
+    }
+    // Nothing charged, and the parallel slot and the budget reservation were given back each
+    // time: a $0.02 call on the live model still fits the $0.05 budget twice.
+    for _ in 0..2 {
+        s.post_with("/v1/chat/completions", &key, &[], &body())
+            .assert_status(200);
+    }
+    s.wait_key_spend(&key, 0.04);
+    // The filter's own refusals are untouched: an unknown key is still its 401.
+    s.post_with("/v1/chat/completions", "sk-not-a-key-at-all", &[], &body())
+        .assert_error(401, "token_not_found_in_db");
+}

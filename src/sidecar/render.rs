@@ -396,6 +396,34 @@ fn path_source(dir: &str, file: &str) -> Value {
     json!({"resource_api_version": "V3", "path_config_source": {"path": path.display().to_string()}})
 }
 
+/// Envoy's own replies when a provider cannot be reached (no healthy upstream, connection
+/// failure or reset, overflow, no such cluster: 503; upstream timeout: 504) in LiteLLM's error
+/// envelope, with Envoy's reason as the message, instead of Envoy's plain text. Only replies
+/// carrying those response flags are rewritten: the filter's own replies are already JSON.
+fn upstream_failure_replies() -> Value {
+    let mapper = |status: u32, flags: &[&str]| {
+        json!({
+            "filter": {"and_filter": {"filters": [
+                {"status_code_filter": {"comparison": {"op": "EQ", "value": {
+                    "default_value": status,
+                    "runtime_key": format!("tollgate.local_reply.status_{status}")
+                }}}},
+                {"response_flag_filter": {"flags": flags}}
+            ]}},
+            "body_format_override": {"json_format": {"error": {
+                "message": "%LOCAL_REPLY_BODY%",
+                "type": "internal_server_error",
+                "param": null,
+                "code": status.to_string()
+            }}}
+        })
+    };
+    json!({"mappers": [
+        mapper(503, &["UH", "UF", "UO", "URX", "UC", "NC"]),
+        mapper(504, &["UT"]),
+    ]})
+}
+
 /// The Envoy bootstrap, as JSON (valid YAML too).
 pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Value> {
     let mut clusters = vec![json!({
@@ -437,6 +465,7 @@ pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Valu
                             "name": "tollgate",
                             "virtual_hosts": [{"name": "tollgate", "domains": ["*"], "routes": routes()}]
                         },
+                        "local_reply_config": upstream_failure_replies(),
                         "http_filters": [
                             tollgate_filter,
                             {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
