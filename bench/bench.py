@@ -677,12 +677,13 @@ def keys_scaling(fake):
         warm_rps = (n - warmed) / warm_s if warm_s else 0
         warmed = n
         rss_warm = rss_mb(tg.envoy_pids())
-        tput = wrk(tg.port, CONNS, SCALING_SECONDS, small, f"rotate:{n}:0", tg.all_pids())
+        tput = wrk(tg.port, CONNS, SCALING_SECONDS, small, f"rotate:{n}:0", tg.all_pids(), tg.side_pids())
         lat = wrk(tg.port, 1, SCALING_SECONDS, small, f"rotate:{n}:0")
         row = {"keys": n, "seed_s": seed_s, "warm_s": warm_s, "warm_rps": warm_rps, "rps": tput["rps"],
                "p50": lat["p50"], "p99": lat["p99"], "envoy_rss_mb": rss_mb(tg.envoy_pids()),
                "rss_after_warm_mb": rss_warm, "sidecar_rss_mb": rss_mb([tg.proc.pid]),
                "cpu_us_per_req": tput["cpu"] / max(tput["requests"], 1) * 1e6,
+               "sidecar_cpu_us_per_req": tput["cpu_side"] / max(tput["requests"], 1) * 1e6,
                "errors": tput["non2xx"] + tput["errors"] + lat["non2xx"] + lat["errors"]}
         rows.append(row)
         log(f"{n} keys: seeded in {seed_s:.1f} s, warmed in {warm_s:.1f} s, {row['rps']:.0f} rps, "
@@ -692,11 +693,14 @@ def keys_scaling(fake):
     inter = {n: [] for n in KEY_COUNTS}
     for _ in range(ROUNDS):
         for n in KEY_COUNTS:
-            inter[n].append(wrk(tg.port, CONNS, SCALING_SECONDS, small, f"rotate:{n}:0", tg.all_pids()))
+            inter[n].append(wrk(tg.port, CONNS, SCALING_SECONDS, small, f"rotate:{n}:0", tg.all_pids(),
+                                tg.side_pids()))
     for row in rows:
         runs = inter[row["keys"]]
         row["alt_rps"] = med(runs, "rps")
         row["alt_cpu_us_per_req"] = statistics.median(r["cpu"] / max(r["requests"], 1) * 1e6 for r in runs)
+        row["alt_sidecar_cpu_us_per_req"] = statistics.median(
+            r["cpu_side"] / max(r["requests"], 1) * 1e6 for r in runs)
         row["errors"] += sum(r["non2xx"] + r["errors"] for r in runs)
     stop(tg.proc)
     first = rows[0]
@@ -709,8 +713,9 @@ def keys_scaling(fake):
         f"{base_rss:.1f} MB.")
     out()
     out("| keys | seed s | warm s (new keys/s) | rps @32 | vs first row | p50 µs @1 | p99 µs @1 "
-        "| CPU µs/req (Envoy + sidecar) | Envoy RSS MB | Envoy RSS growth per 100 000 keys | sidecar RSS MB |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|")
+        "| CPU µs/req (Envoy + sidecar) | of which sidecar | Envoy RSS MB | Envoy RSS growth per 100 000 keys "
+        "| sidecar RSS MB |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         growth = ((r["envoy_rss_mb"] - first["envoy_rss_mb"]) / (r["keys"] - first["keys"]) * 100000
                   if r["keys"] > first["keys"] else None)
@@ -718,17 +723,18 @@ def keys_scaling(fake):
         warm = f" ({r['warm_rps']:.0f})" if r["warm_rps"] >= 10 else ""
         out(f"| {r['keys']:,} | {r['seed_s']:.1f} | {r['warm_s']:.1f}{warm} | {r['rps']:.0f} "
             f"| {fmt_ratio(r['rps'], first['rps'])} | {r['p50']:.0f} | {r['p99']:.0f} | {r['cpu_us_per_req']:.0f} "
+            f"| {r['sidecar_cpu_us_per_req']:.0f} "
             f"| {r['envoy_rss_mb']:.1f} | {'' if growth is None else f'{growth:.1f} MB'} "
             f"| {r['sidecar_rss_mb']:.1f} |")
     out()
     out(f"Then, with all {KEY_COUNTS[-1]:,} keys warm, the same rotations again in {ROUNDS} alternating rounds "
         f"(median), which is steadier on a busy machine:")
     out()
-    out("| rotating over | rps @32 | vs first row | CPU µs/req (Envoy + sidecar) |")
-    out("|---|---|---|---|")
+    out("| rotating over | rps @32 | vs first row | CPU µs/req (Envoy + sidecar) | of which sidecar |")
+    out("|---|---|---|---|---|")
     for r in rows:
         out(f"| {r['keys']:,} keys | {r['alt_rps']:.0f} | {fmt_ratio(r['alt_rps'], first['alt_rps'])} "
-            f"| {r['alt_cpu_us_per_req']:.0f} |")
+            f"| {r['alt_cpu_us_per_req']:.0f} | {r['alt_sidecar_cpu_us_per_req']:.0f} |")
     out()
     out("CPU µs/req: CPU time of Envoy and the sidecar together over the requests served in the throughput "
         "run. Warming is one request per new key, each a cold lookup (the filter asks the sidecar). "
