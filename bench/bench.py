@@ -747,11 +747,14 @@ def bodies_scaling(fake):
     log(f"body sizes: {BODY_SIZES}")
     bare, tg = Bare(fake), Tollgate(fake)
     tg.generate_key()
+    # The floor filter holds and reads the same bodies: what buffering them costs any filter.
+    floor = Floor(fake, "buffer") if FLOOR else None
+    setups = [(bare, "bare")] + ([(floor, "floor")] if floor else []) + [(tg, "tollgate")]
     rows = []
     for size in BODY_SIZES:
         path = body_file(f"body-{size}.json", chat_body(size=size))
         row = {"bytes": os.path.getsize(path)}
-        for s, tag in ((bare, "bare"), (tg, "tollgate")):
+        for s, tag in setups:
             t = wrk(s.port, CONNS, SCALING_SECONDS, path, s.auth, s.all_pids())
             lat = wrk(s.port, 1, SCALING_SECONDS, path, s.auth)
             row[tag] = {"rps": t["rps"], "p50": lat["p50"], "p99": lat["p99"],
@@ -759,21 +762,24 @@ def bodies_scaling(fake):
                         "errors": t["non2xx"] + t["errors"] + lat["non2xx"] + lat["errors"]}
         rows.append(row)
         log(f"{row['bytes']} B: bare {row['bare']['rps']:.0f} rps, tollgate {row['tollgate']['rps']:.0f} rps")
-    stop(bare.proc)
-    stop(tg.proc)
+    for s, _ in setups:
+        stop(s.proc)
     out("## Request body size")
     out()
     out(f"Non-streamed chat completions whose message is padded to the size; {SCALING_SECONDS} s per run, "
         f"1 Envoy worker. The fake upstream reads the whole body too.")
     out()
     out("| body bytes | bare rps @32 | tollgate rps @32 | ratio | bare p50 µs @1 | tollgate p50 µs @1 | added p50 µs "
-        "| bare CPU µs/req | tollgate CPU µs/req | errors |")
-    out("|---|---|---|---|---|---|---|---|---|---|")
+        "| bare CPU µs/req | floor CPU µs/req | tollgate CPU µs/req | errors |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        b, t = r["bare"], r["tollgate"]
+        b, t, f = r["bare"], r["tollgate"], r.get("floor")
+        errors = b["errors"] + t["errors"] + (f["errors"] if f else 0)
         out(f"| {r['bytes']:,} | {b['rps']:.0f} | {t['rps']:.0f} | {fmt_ratio(t['rps'], b['rps'])} | {b['p50']:.0f} "
-            f"| {t['p50']:.0f} | {t['p50'] - b['p50']:+.0f} | {b['cpu_us']:.0f} | {t['cpu_us']:.0f} "
-            f"| {b['errors'] + t['errors']} |")
+            f"| {t['p50']:.0f} | {t['p50'] - b['p50']:+.0f} | {b['cpu_us']:.0f} | {f['cpu_us']:.0f} "
+            f"| {t['cpu_us']:.0f} | {errors} |" if f else
+            f"| {r['bytes']:,} | {b['rps']:.0f} | {t['rps']:.0f} | {fmt_ratio(t['rps'], b['rps'])} | {b['p50']:.0f} "
+            f"| {t['p50']:.0f} | {t['p50'] - b['p50']:+.0f} | {b['cpu_us']:.0f} | | {t['cpu_us']:.0f} | {errors} |")
     out()
     RESULTS["bodies"] = rows
 
