@@ -137,9 +137,9 @@ impl HttpContext for FloorHttp {
                 .collect();
             let _ = hostcalls::set_map_bytes(MapType::HttpResponseHeaders, pairs);
         }
-        self.streamed = headers.iter().any(|(name, value)| {
-            name == "content-type" && value.starts_with(b"text/event-stream")
-        });
+        self.streamed = headers
+            .iter()
+            .any(|(name, value)| name == "content-type" && value.starts_with(b"text/event-stream"));
         if end_of_stream || self.streamed {
             Action::Continue
         } else {
