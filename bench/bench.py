@@ -48,7 +48,7 @@ MAIN = os.environ.get("BENCH_MAIN", "1") == "1"
 FLOOR = os.environ.get("BENCH_FLOOR", "1") == "1"
 # Other builds of tollgate.wasm (comma-separated paths) measured beside this one, alternating:
 # A/B of a change within one run.
-COMPARE_WASM = [p for p in os.environ.get("BENCH_COMPARE_WASM", "").split(",") if p.strip()]
+COMPARE_WASM = [p.strip() for p in os.environ.get("BENCH_COMPARE_WASM", "").split(",") if p.strip()]
 FLOOR_CALLS = env_int("BENCH_FLOOR_CALLS", 200)  # extra host calls per request when pricing one
 LITELLM = os.environ.get("BENCH_LITELLM", "0") == "1"
 SCALING = os.environ.get("BENCH_SCALING", "all")
@@ -519,10 +519,9 @@ def main_comparison(fake):
     tg_setup.generate_key()
     floors = [Floor(fake, "pass"), Floor(fake, "buffer")] if FLOOR else []
     ll_setup = LiteLLM(fake) if LITELLM else None
-    others = []
-    for path in COMPARE_WASM:
-        others.append(Tollgate(fake, wasm=path.strip(), name=f"Envoy + {path.strip()} (compared)"))
-        others[-1].generate_key()
+    others = [Tollgate(fake, wasm=path, name=f"Envoy + {path} (compared)") for path in COMPARE_WASM]
+    for other in others:
+        other.generate_key()
     setups = [bare_setup, *floors, tg_setup, *others] + ([ll_setup] if ll_setup else [])
     runs = {s.name: {"tput": [], "lat": [], "stream": []} for s in setups}
     for rnd in range(1, ROUNDS + 1):
@@ -775,11 +774,10 @@ def bodies_scaling(fake):
     for r in rows:
         b, t, f = r["bare"], r["tollgate"], r.get("floor")
         errors = b["errors"] + t["errors"] + (f["errors"] if f else 0)
+        floor_cpu = f"{f['cpu_us']:.0f}" if f else ""
         out(f"| {r['bytes']:,} | {b['rps']:.0f} | {t['rps']:.0f} | {fmt_ratio(t['rps'], b['rps'])} | {b['p50']:.0f} "
-            f"| {t['p50']:.0f} | {t['p50'] - b['p50']:+.0f} | {b['cpu_us']:.0f} | {f['cpu_us']:.0f} "
-            f"| {t['cpu_us']:.0f} | {errors} |" if f else
-            f"| {r['bytes']:,} | {b['rps']:.0f} | {t['rps']:.0f} | {fmt_ratio(t['rps'], b['rps'])} | {b['p50']:.0f} "
-            f"| {t['p50']:.0f} | {t['p50'] - b['p50']:+.0f} | {b['cpu_us']:.0f} | | {t['cpu_us']:.0f} | {errors} |")
+            f"| {t['p50']:.0f} | {t['p50'] - b['p50']:+.0f} | {b['cpu_us']:.0f} | {floor_cpu} "
+            f"| {t['cpu_us']:.0f} | {errors} |")
     out()
     RESULTS["bodies"] = rows
 
