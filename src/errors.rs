@@ -150,12 +150,30 @@ impl ApiError {
         Self::new(400, "invalid_request_error", message)
     }
 
+    /// LiteLLM's `RequestSizeLimitMiddleware` answer (413), in the error envelope.
     pub fn body_too_large(limit_bytes: usize) -> Self {
         Self::new(
             413,
             "invalid_request_error",
-            format!("Request body is too large. The limit is {limit_bytes} bytes."),
+            format!(
+                "Request size is too large. Max size is {} MB",
+                bytes_to_mb(limit_bytes)
+            ),
         )
+    }
+
+    /// LiteLLM's `check_response_size_is_safe` answer for a non-streamed response.
+    pub fn response_too_large(size_bytes: usize, limit_bytes: usize) -> Self {
+        Self::new(
+            400,
+            "bad_request_error",
+            format!(
+                "Response size is too large. Response size is {} MB. Max size is {} MB",
+                python_float(size_bytes as f64 / (1024.0 * 1024.0)),
+                bytes_to_mb(limit_bytes)
+            ),
+        )
+        .with_param("content-length")
     }
 
     // ---- Tollgate's own conditions ----
@@ -169,9 +187,40 @@ impl ApiError {
     }
 }
 
+/// Bytes as LiteLLM's `bytes_to_mb` shows them (`bytes / (1024 * 1024)`: `2`, `2.5`).
+fn bytes_to_mb(bytes: usize) -> String {
+    format!("{}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// A float as Python prints it (`3.0`, `2.5`).
+fn python_float(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e16 {
+        format!("{v:.1}")
+    } else {
+        format!("{v}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn size_errors_use_litellm_words() {
+        let e = ApiError::body_too_large(2 * 1024 * 1024);
+        assert_eq!(e.status, 413);
+        assert_eq!(e.message, "Request size is too large. Max size is 2 MB");
+        assert_eq!(
+            ApiError::body_too_large(5 * 1024 * 1024 / 2).message,
+            "Request size is too large. Max size is 2.5 MB"
+        );
+        let e = ApiError::response_too_large(3 * 1024 * 1024, 1024 * 1024);
+        assert_eq!((e.status, e.param.as_deref()), (400, Some("content-length")));
+        assert_eq!(
+            e.message,
+            "Response size is too large. Response size is 3.0 MB. Max size is 1 MB"
+        );
+    }
 
     #[test]
     fn envelope_has_string_code_and_null_param() {

@@ -19,6 +19,7 @@ pub mod request_body;
 pub mod response_headers;
 pub mod routes;
 pub mod shared_store;
+pub mod token_estimate;
 pub mod usage;
 
 #[cfg(target_arch = "wasm32")]

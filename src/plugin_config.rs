@@ -27,8 +27,12 @@ pub struct PluginConfig {
     pub negative_cache_seconds: u64,
     /// `general_settings.litellm_key_header_name`.
     pub key_header_name: Option<String>,
-    /// Largest request body the filter reads, bytes (Envoy's buffer limit should match).
+    /// Largest request body the filter reads, bytes (`general_settings.max_request_size_mb`;
+    /// Envoy's buffer limit is rendered above it).
     pub max_request_body_bytes: usize,
+    /// `general_settings.max_response_size_mb` in bytes: a larger non-streamed response is
+    /// answered with LiteLLM's 400 instead.
+    pub max_response_body_bytes: Option<usize>,
     /// One entry per `model_list` item.
     pub deployments: Vec<Deployment>,
     /// Length of rpm/tpm windows, seconds (`LITELLM_RATE_LIMIT_WINDOW_SIZE`, default 60).

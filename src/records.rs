@@ -120,13 +120,20 @@ pub struct ModelBudget {
     pub budget_duration: String,
 }
 
-/// One settled LLM call, sent from the filter to the sidecar in batches. `request_id` makes
+/// One settled LLM call, sent from the filter to the sidecar in batches. `event_id` makes
 /// applying it idempotent: a retried batch never counts twice.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SpendEvent {
-    /// Envoy's `x-request-id`: unique per request.
+    /// Minted by the filter ([`event_id`]), unique per Envoy process and call: the key that
+    /// de-duplicates a replayed batch. Never taken from the client.
+    pub event_id: String,
+    /// The spend log's `request_id`, as LiteLLM's: the call's id returned in the response
+    /// (`chatcmpl-...`), else `event_id`.
     pub request_id: String,
+    /// The client's `x-request-id` (Envoy keeps a client-supplied one): a plain field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
     /// Key token (sha256); `None` for the master key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
@@ -158,6 +165,12 @@ pub struct SpendEvent {
     pub call_type: String,
     pub start_time_micros: i64,
     pub end_time_micros: i64,
+}
+
+/// A spend event's id: this filter instance's random id (128 bits, drawn when the VM starts)
+/// and its call counter. Unique per Envoy process and call, whatever the client sends.
+pub fn event_id(instance: &[u8; 16], seq: u64) -> String {
+    format!("tg-{}-{seq}", hex::encode(instance))
 }
 
 /// A batch of spend events (`POST /tollgate/internal/v1/spend`).

@@ -54,6 +54,8 @@ pub fn parse(body: &[u8]) -> Result<LlmRequest, ApiError> {
     };
     let max_tokens =
         token_cap(&object, "max_tokens")?.or(token_cap(&object, "max_completion_tokens")?);
+    token_cap(&object, "n")?;
+    check_messages(&object)?;
     Ok(LlmRequest {
         object,
         model,
@@ -70,6 +72,28 @@ fn token_cap(object: &Map<String, Value>, field: &str) -> Result<Option<u64>, Ap
             None => Err(bad_field(field)),
         },
         Some(_) => Err(bad_field(field)),
+    }
+}
+
+/// `messages`, when present, is an array of objects: Tollgate counts and charges by them.
+fn check_messages(object: &Map<String, Value>) -> Result<(), ApiError> {
+    let messages = match object.get("messages") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(messages)) => messages,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "Invalid request body: 'messages' must be an array of objects.",
+            )
+            .with_param("messages"))
+        }
+    };
+    match messages.iter().position(|m| !m.is_object()) {
+        // LiteLLM's words for a message it cannot read (utils.validate_chat_completion_user_messages).
+        Some(idx) => Err(ApiError::bad_request(format!(
+            "Invalid message at index {idx}. Please ensure all messages are valid OpenAI chat completion messages."
+        ))
+        .with_param("messages")),
+        None => Ok(()),
     }
 }
 
@@ -107,6 +131,24 @@ impl LlmRequest {
         messages
             + self.object.get("prompt").map(text_chars).unwrap_or(0)
             + self.object.get("input").map(text_chars).unwrap_or(0)
+    }
+
+    /// Input tokens for the budget reservation, counted like the provider counts them: chat
+    /// framing, names and tools included (see [`crate::token_estimate`]). The tpm estimate stays
+    /// LiteLLM's characters / 4 ([`prompt_chars`](Self::prompt_chars)).
+    pub fn input_token_estimate(&self) -> u64 {
+        use crate::token_estimate::{chat_tokens, input_tokens};
+        let chat = match self.object.get("messages") {
+            Some(Value::Array(messages)) => chat_tokens(
+                messages,
+                self.object.get("tools"),
+                self.object.get("tool_choice"),
+            ),
+            _ => 0,
+        };
+        chat.saturating_add(self.object.get("prompt").map_or(0, input_tokens))
+            .saturating_add(self.object.get("input").map_or(0, input_tokens))
+            .max(1)
     }
 
     /// `n` (completions per request), at least 1.
@@ -360,11 +402,47 @@ mod tests {
             ),
             (br#"{"model":"m","max_tokens":-1}"#, "'max_tokens'"),
             (br#"{"model":"m","max_tokens":"5"}"#, "'max_tokens'"),
+            (br#"{"model":"m","max_tokens":"many"}"#, "'max_tokens'"),
+            (br#"{"model":"m","max_completion_tokens":1.5}"#, "'max_completion_tokens'"),
+            (br#"{"model":"m","n":-2}"#, "'n' must be a non-negative integer"),
+            (br#"{"model":"m","n":"2"}"#, "'n'"),
+            (br#"{"model":"m","messages":"hi"}"#, "'messages' must be an array of objects"),
+            (br#"{"model":"m","messages":{"role":"user"}}"#, "'messages'"),
+            (
+                br#"{"model":"m","messages":[{"role":"user","content":"a"},"hi"]}"#,
+                "Invalid message at index 1",
+            ),
         ] {
             let e = parse(body).unwrap_err();
             assert_eq!(e.status, 400, "{body:?}");
             assert!(e.message.contains(needle), "{} lacks {needle}", e.message);
         }
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        for (body, field) in [
+            (&br#"{"model":"m","messages":"hi"}"#[..], "messages"),
+            (br#"{"model":"m","messages":[1]}"#, "messages"),
+            (br#"{"model":"m","n":"x"}"#, "n"),
+            (br#"{"model":"m","stream":1}"#, "stream"),
+            (br#"{"model":"m","max_tokens":"many"}"#, "max_tokens"),
+        ] {
+            assert_eq!(parse(body).unwrap_err().param.as_deref(), Some(field));
+        }
+    }
+
+    #[test]
+    fn input_tokens_count_the_chat_format() {
+        let r = parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#)
+            .unwrap();
+        assert_eq!(r.input_token_estimate(), 8);
+        // The tpm estimate stays characters / 4.
+        assert_eq!(r.prompt_chars(), 2);
+        let r = parse(br#"{"model":"m","input":"hi"}"#).unwrap();
+        assert_eq!(r.input_token_estimate(), 1);
+        let r = parse(br#"{"model":"m"}"#).unwrap();
+        assert_eq!(r.input_token_estimate(), 1);
     }
 
     #[test]

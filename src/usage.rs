@@ -311,6 +311,8 @@ struct Relevant {
     response: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     delta: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    id: Option<Value>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
@@ -336,6 +338,7 @@ fn parse_relevant(bytes: &[u8]) -> Option<Value> {
                 ("message", r.message),
                 ("response", r.response),
                 ("delta", r.delta),
+                ("id", r.id),
             ];
             for (k, v) in fields {
                 if let Some(v) = v {
@@ -410,6 +413,8 @@ pub struct UsageReader {
     anthropic: Option<RawUsage>,
     saw_done: bool,
     unparsed_events: u64,
+    /// The response's `id` (`chatcmpl-...`; Anthropic's under `message`), first one seen.
+    response_id: Option<String>,
 }
 
 impl UsageReader {
@@ -436,6 +441,7 @@ impl UsageReader {
             anthropic: None,
             saw_done: false,
             unparsed_events: 0,
+            response_id: None,
         }
     }
 
@@ -487,6 +493,7 @@ impl UsageReader {
             BodyKind::Json => {
                 if !self.overflowed {
                     if let Some(v) = parse_relevant(&self.body) {
+                        self.note_id(&v);
                         self.usage = usage_from_json(&v);
                         self.text_chars = self.text_chars.saturating_add(message_chars(&v));
                     }
@@ -533,6 +540,25 @@ impl UsageReader {
     /// True once a `data: [DONE]` event was seen.
     pub fn saw_done(&self) -> bool {
         self.saw_done
+    }
+
+    /// The call's id as the provider returned it (the spend log's `request_id`, as LiteLLM's).
+    pub fn response_id(&self) -> Option<&str> {
+        self.response_id.as_deref()
+    }
+
+    fn note_id(&mut self, v: &Value) {
+        if self.response_id.is_some() {
+            return;
+        }
+        let id = v
+            .get("id")
+            .or_else(|| v.get("message").and_then(|m| m.get("id")))
+            .or_else(|| v.get("response").and_then(|m| m.get("id")));
+        if let Some(id) = id.and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            // Bounded: a provider's id is short; a huge one is not worth keeping.
+            self.response_id = Some(id.chars().take(256).collect());
+        }
     }
 
     /// The body kind this reader was made for.
@@ -710,6 +736,7 @@ impl UsageReader {
         let Some(v) = parse_relevant(payload) else {
             return false;
         };
+        self.note_id(&v);
         self.text_chars = self.text_chars.saturating_add(delta_chars(&v));
         match v.get("type").and_then(Value::as_str) {
             Some("message_start") => {
@@ -979,6 +1006,7 @@ mod tests {
             assert_eq!(r.usage(), Some(u(9, 3, 12, 0, 0)));
             assert_eq!(r.streamed_text_chars(), 6);
             assert!(!r.overflowed());
+            assert_eq!(r.response_id(), Some("chatcmpl-1"));
         }
     }
 
@@ -1083,6 +1111,7 @@ mod tests {
         assert!(r.saw_done());
         assert!(!r.overflowed());
         assert_eq!(r.unparsed_events(), 0);
+        assert_eq!(r.response_id(), Some("c"));
     }
 
     #[test]

@@ -75,6 +75,8 @@ struct AdmittedCall {
     provider_key: Option<String>,
     /// An error answer is held whole to take the provider key out of it.
     redact_body: bool,
+    /// The response was over `max_response_size_mb`: its body is replaced by this error.
+    replacement_body: Option<Vec<u8>>,
     event: SpendEvent,
 }
 
@@ -275,7 +277,9 @@ impl TollgateHttp {
             end_user.as_deref().zip(customer.as_ref()),
         );
         let plan = admission::limit_plan_for(config, caller, request, route, customer_record);
-        let prompt_estimate = (request.prompt_chars() / 4).max(1);
+        // Counted like the provider counts the prompt (chat framing included), so concurrent
+        // reservations stay at or above what the calls cost.
+        let prompt_estimate = request.input_token_estimate();
         let output_cap = match route {
             LlmRoute::Embeddings => 0,
             _ => request
@@ -356,6 +360,15 @@ impl TollgateHttp {
         if upstream_body != body {
             host::replace_request_body(self.body_size, &upstream_body);
         }
+        // The headers are still paused: the provider gets a plain `content-length` request
+        // (without it Envoy would send the body chunked, which some servers do not read).
+        let length = upstream_body.len().to_string();
+        if self.headers.get("content-length").as_deref() != Some(length.as_str()) {
+            host::set_request_header("content-length", Some(&length));
+        }
+        if self.headers.has("transfer-encoding") {
+            host::set_request_header("transfer-encoding", None);
+        }
 
         let (api_key, key_alias, user_id, team_id) = match caller {
             Caller::VirtualKey { record, .. } => (
@@ -378,8 +391,11 @@ impl TollgateHttp {
             response_headers: Vec::new(),
             provider_key: deployment.api_key.clone(),
             redact_body: false,
+            replacement_body: None,
             event: SpendEvent {
-                request_id: self.headers.get("x-request-id").unwrap_or_default(),
+                // Minted here: the client's `x-request-id` is only recorded, never a key.
+                event_id: shared.next_event_id(),
+                client_request_id: self.headers.get("x-request-id"),
                 api_key,
                 key_alias,
                 user_id,
@@ -539,10 +555,7 @@ impl HttpContext for TollgateHttp {
             return Action::Continue;
         };
         self.started_micros = host::now_micros();
-        // The body may be rewritten, so its length will change.
-        if self.headers.has("content-length") {
-            host::set_request_header("content-length", None);
-        }
+        // The body may be rewritten: `admit` sets its new length while these headers are paused.
         self.body_complete = end_of_stream;
         // A body announced as too large is refused before any of it is buffered (Envoy would
         // otherwise answer its own plain-text 413 once its buffer limit is passed).
@@ -635,6 +648,39 @@ impl HttpContext for TollgateHttp {
         };
         let strip = call.strip_usage_chunk && kind == BodyKind::EventStream;
         call.usage = Some(UsageReader::new(kind, strip, MAX_USAGE_BUFFER));
+        // `max_response_size_mb`, as LiteLLM checks it: a non-streamed success whose announced
+        // length is over the limit is answered with its 400 instead (still read for usage and
+        // charged, as LiteLLM charges it). A stream is never cut (LiteLLM does not check them).
+        let announced = response
+            .get("content-length")
+            .and_then(|l| l.trim().parse::<usize>().ok());
+        if let (true, false, Some(limit), Some(len)) = (
+            ok,
+            kind == BodyKind::EventStream,
+            self.shared.config.max_response_body_bytes,
+            announced,
+        ) {
+            if len > limit {
+                let body = ApiError::response_too_large(len, limit).body();
+                let mut replaced: Vec<(String, String)> = response
+                    .0
+                    .iter()
+                    .filter(|(name, _)| {
+                        !matches!(
+                            name.as_str(),
+                            ":status" | "content-length" | "content-type" | "content-encoding"
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                replaced.push((":status".into(), "400".into()));
+                replaced.push(("content-type".into(), "application/json".into()));
+                replaced.push(("content-length".into(), body.len().to_string()));
+                host::set_response_headers(&replaced);
+                call.replacement_body = Some(body);
+                return Action::Continue;
+            }
+        }
         if !ok {
             // A provider may echo the key it was given in its error (body or headers).
             if let Some(secret) = call.provider_key.as_deref() {
@@ -698,6 +744,21 @@ impl HttpContext for TollgateHttp {
         let Some(call) = self.call.as_mut() else {
             return Action::Continue;
         };
+        if let Some(replacement) = &call.replacement_body {
+            let chunk = host::response_body(body_size);
+            let mut out = Vec::new();
+            if let Some(reader) = call.usage.as_mut() {
+                reader.feed(&chunk);
+                if end_of_stream {
+                    reader.finish();
+                }
+            }
+            if end_of_stream {
+                out.clone_from(replacement);
+            }
+            host::replace_response_body(body_size, &out);
+            return Action::Continue;
+        }
         if call.holding_headers {
             if !end_of_stream {
                 return Action::Pause;
@@ -781,6 +842,12 @@ impl HttpContext for TollgateHttp {
         }
         event.spend_nanos = cost.unwrap_or(0);
         event.end_time_micros = now;
+        // LiteLLM's spend-log `request_id`: the call's id from the response, else the call id.
+        event.request_id = call
+            .usage
+            .as_ref()
+            .and_then(UsageReader::response_id)
+            .map_or_else(|| event.event_id.clone(), str::to_string);
         if let Some(queue) = self.shared.spend_queue {
             if let Ok(bytes) = serde_json::to_vec(event) {
                 host::enqueue(queue, &bytes);

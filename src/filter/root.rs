@@ -30,6 +30,19 @@ pub struct Shared {
     pub spend_queue: Option<u32>,
     /// Key records this worker has decoded.
     pub decoded: super::key_cache::Decoded,
+    /// This instance's random id and its call counter: spend event ids
+    /// ([`crate::records::event_id`]).
+    pub instance_id: [u8; 16],
+    pub calls: Cell<u64>,
+}
+
+impl Shared {
+    /// A new spend event id, unique per Envoy process and call.
+    pub fn next_event_id(&self) -> String {
+        let seq = self.calls.get();
+        self.calls.set(seq.wrapping_add(1));
+        crate::records::event_id(&self.instance_id, seq)
+    }
 }
 
 #[derive(Default)]
@@ -228,11 +241,21 @@ impl RootContext for TollgateRoot {
                 return false;
             }
         };
+        let mut instance_id = [0u8; 16];
+        if let Err(e) = getrandom::fill(&mut instance_id) {
+            host::log(
+                LogLevel::Error,
+                &format!("tollgate: no randomness for spend event ids: {e}"),
+            );
+            return false;
+        }
         self.shared = Some(Rc::new(Shared {
             config: Rc::new(config),
             pick: Cell::new(0),
             spend_queue: host::register_queue(SPEND_QUEUE),
             decoded: Default::default(),
+            instance_id,
+            calls: Cell::new(0),
         }));
         if let Err(e) = shared_store::ensure_lease(&host::SharedData) {
             host::log(

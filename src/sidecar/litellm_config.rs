@@ -112,6 +112,9 @@ pub struct GeneralSettings {
     /// Tollgate's own: rpm/tpm window length in seconds (LiteLLM only reads the
     /// `LITELLM_RATE_LIMIT_WINDOW_SIZE` environment variable, which wins when set).
     pub rate_limit_window_size: Option<u64>,
+    /// Largest request / non-streamed response body, MiB (LiteLLM's enterprise settings).
+    pub max_request_size_mb: Option<f64>,
+    pub max_response_size_mb: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

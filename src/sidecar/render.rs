@@ -159,6 +159,11 @@ impl Default for RenderOptions {
     }
 }
 
+/// A size in MiB as LiteLLM reads it (`int(mb * 1024 * 1024)`); `None` when not positive.
+fn mb_to_bytes(mb: f64) -> Option<usize> {
+    (mb.is_finite() && mb > 0.0).then(|| (mb * 1024.0 * 1024.0) as usize)
+}
+
 /// rpm/tpm window: LiteLLM's `LITELLM_RATE_LIMIT_WINDOW_SIZE` environment variable, else
 /// `general_settings.rate_limit_window_size` (Tollgate's key), else 60 s.
 pub fn rate_limit_window_seconds(config: &LiteLlmConfig) -> u64 {
@@ -258,7 +263,15 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
         sidecar_timeout_ms: 2000,
         negative_cache_seconds: 2,
         key_header_name: config.general_settings.litellm_key_header_name.clone(),
-        max_request_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        max_request_body_bytes: config
+            .general_settings
+            .max_request_size_mb
+            .and_then(mb_to_bytes)
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        max_response_body_bytes: config
+            .general_settings
+            .max_response_size_mb
+            .and_then(mb_to_bytes),
         deployments,
         rate_limit_window_seconds: rate_limit_window_seconds(config),
         token_rate_limit_type: match config.general_settings.token_rate_limit_type.as_deref() {

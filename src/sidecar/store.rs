@@ -392,7 +392,7 @@ pub struct SpendLogQuery {
 pub struct SpendApplied {
     /// Events recorded and charged.
     pub applied: u64,
-    /// Events already recorded (same `request_id`): ignored.
+    /// Events already recorded (same `event_id`): ignored.
     pub duplicates: u64,
 }
 
@@ -437,7 +437,9 @@ CREATE TABLE IF NOT EXISTS proxy_budget (
     budget_reset_at INTEGER
 );
 CREATE TABLE IF NOT EXISTS spend_logs (
-    request_id TEXT PRIMARY KEY,
+    event_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    client_request_id TEXT,
     api_key TEXT,
     user_id TEXT,
     team_id TEXT,
@@ -459,7 +461,51 @@ CREATE TABLE IF NOT EXISTS spend_logs (
 CREATE INDEX IF NOT EXISTS spend_logs_key ON spend_logs(api_key, start_time);
 CREATE INDEX IF NOT EXISTS spend_logs_user ON spend_logs(user_id, start_time);
 CREATE INDEX IF NOT EXISTS spend_logs_start ON spend_logs(start_time);
+CREATE INDEX IF NOT EXISTS spend_logs_request ON spend_logs(request_id);
 ";
+
+/// The spend-log columns kept from the first schema (keyed by the client's `x-request-id`).
+const SPEND_LOG_V1_COLUMNS: &str = "api_key, user_id, team_id, end_user, model, model_id,
+    spend_nanos, prompt_tokens, completion_tokens, total_tokens, cached_tokens, estimated,
+    status, call_type, start_time, end_time, doc";
+
+/// Moves a first-schema `spend_logs` (primary key `request_id`, the client's `x-request-id`)
+/// to the current one, in one transaction: each row keeps its `request_id`, which also becomes
+/// its `client_request_id`, and gets the event id `v1:<request_id>` (no filter mints that form).
+/// Nothing to do on a new or already migrated database.
+fn migrate_spend_logs(conn: &mut Connection) -> Result<()> {
+    let has_event_id: Option<i64> = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('spend_logs') WHERE name = 'event_id'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let exists: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'spend_logs'",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists == 0 || has_event_id.unwrap_or(0) > 0 {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE spend_logs RENAME TO spend_logs_v1;
+         DROP INDEX IF EXISTS spend_logs_key;
+         DROP INDEX IF EXISTS spend_logs_user;
+         DROP INDEX IF EXISTS spend_logs_start;",
+    )?;
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(&format!(
+        "INSERT INTO spend_logs (event_id, request_id, client_request_id, {SPEND_LOG_V1_COLUMNS})
+         SELECT 'v1:' || request_id, request_id, request_id, {SPEND_LOG_V1_COLUMNS}
+         FROM spend_logs_v1;
+         DROP TABLE spend_logs_v1;"
+    ))?;
+    tx.commit()?;
+    Ok(())
+}
 
 fn to_doc<T: Serialize>(row: &T) -> Result<String> {
     Ok(serde_json::to_string(row)?)
@@ -581,10 +627,12 @@ fn proxy_lazy_reset(row: &mut ProxyBudgetRow, clock: &ResetClock, now_micros: i6
     }
 }
 
-/// `request_id` of an event, made up (deterministically, so a retry still dedupes) when empty.
-fn event_request_id(e: &SpendEvent) -> String {
-    if !e.request_id.is_empty() {
-        return e.request_id.clone();
+/// The key an event is de-duplicated by: the filter-minted `event_id`. An event without one
+/// (sent by a filter from before event ids) is keyed by a hash of its whole content, so a
+/// retried batch still dedupes, but two calls differ by their times and never merge.
+fn event_key(e: &SpendEvent) -> String {
+    if !e.event_id.is_empty() {
+        return e.event_id.clone();
     }
     let doc = serde_json::to_string(e).unwrap_or_default();
     format!("tollgate-{}", crate::key_format::hash_key(&doc))
@@ -620,6 +668,8 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut conn = conn;
+        migrate_spend_logs(&mut conn)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(budgets::SCHEMA)?;
         conn.execute_batch(teams::SCHEMA)?;
@@ -867,7 +917,7 @@ impl Store {
 
     /// Records a batch of settled calls and charges them, in one transaction.
     ///
-    /// Each event is inserted into `spend_logs` unless its `request_id` is already there
+    /// Each event is inserted into `spend_logs` unless its `event_id` is already there
     /// (then it is a duplicate and charges nothing, so a retried batch is harmless). Each new
     /// event charges: its key (`spend` and `model_spend[model]`), its user if the user row
     /// exists (team keys included, as LiteLLM does), its end user (created with
@@ -886,21 +936,29 @@ impl Store {
         let tx = &t.tx;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO spend_logs (request_id, api_key, user_id, team_id, end_user,
-                    model, model_id, spend_nanos, prompt_tokens, completion_tokens, total_tokens,
-                    cached_tokens, estimated, status, call_type, start_time, end_time, doc)
+                "INSERT OR IGNORE INTO spend_logs (event_id, request_id, client_request_id,
+                    api_key, user_id, team_id, end_user, model, model_id, spend_nanos,
+                    prompt_tokens, completion_tokens, total_tokens, cached_tokens, estimated,
+                    status, call_type, start_time, end_time, doc)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18)",
+                    ?17, ?18, ?19, ?20)",
             )?;
             for e in &batch.events {
-                let request_id = event_request_id(e);
+                let event_id = event_key(e);
+                let request_id = if e.request_id.is_empty() {
+                    event_id.clone()
+                } else {
+                    e.request_id.clone()
+                };
                 // A cost is never negative; a bad one must not credit anyone.
                 let nanos = e.spend_nanos.max(0);
                 let doc = SpendLogDoc {
                     key_alias: e.key_alias.clone(),
                 };
                 let inserted = insert.execute(params![
+                    event_id,
                     request_id,
+                    e.client_request_id,
                     e.api_key,
                     e.user_id,
                     e.team_id,
@@ -1019,7 +1077,8 @@ impl Store {
         let mut sql = String::from(
             "SELECT request_id, api_key, user_id, team_id, end_user, model, model_id,
                 spend_nanos, prompt_tokens, completion_tokens, total_tokens, cached_tokens,
-                estimated, status, call_type, start_time, end_time, doc
+                estimated, status, call_type, start_time, end_time, doc, event_id,
+                client_request_id
              FROM spend_logs WHERE 1 = 1",
         );
         let mut args: Vec<Sql> = Vec::new();
@@ -1059,7 +1118,9 @@ impl Store {
                 let doc: SpendLogDoc =
                     serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default();
                 Ok(SpendEvent {
+                    event_id: r.get(18)?,
                     request_id: r.get(0)?,
+                    client_request_id: r.get(19)?,
                     api_key: r.get(1)?,
                     key_alias: doc.key_alias,
                     user_id: r.get(2)?,
@@ -1134,6 +1195,7 @@ mod tests {
 
     fn ev(id: &str, key: Option<&str>, user: Option<&str>, nanos: i64) -> SpendEvent {
         SpendEvent {
+            event_id: id.into(),
             request_id: id.into(),
             api_key: key.map(str::to_string),
             user_id: user.map(str::to_string),
@@ -1427,6 +1489,106 @@ mod tests {
         assert_eq!(store.apply_spend_batch(&b, T0).unwrap().applied, 1);
         assert_eq!(store.apply_spend_batch(&b, T0).unwrap().duplicates, 1);
         assert_eq!(store.proxy_budget_at(T0).unwrap().spend_nanos, 5);
+    }
+
+    /// The client's `x-request-id` (and the response id) are plain fields: three calls sharing
+    /// them are three charges; only a replayed event id is a duplicate.
+    #[test]
+    fn only_the_event_id_dedupes() {
+        let store = mem();
+        seed(&store);
+        let events: Vec<SpendEvent> = (0..3)
+            .map(|i| SpendEvent {
+                event_id: format!("tg-x-{i}"),
+                request_id: "chatcmpl-same".into(),
+                client_request_id: Some("same".into()),
+                ..ev("", Some("k1"), None, 7)
+            })
+            .collect();
+        let b = SpendBatch { events };
+        assert_eq!(store.apply_spend_batch(&b, T0).unwrap().applied, 3);
+        let replay = store.apply_spend_batch(&b, T0).unwrap();
+        assert_eq!((replay.applied, replay.duplicates), (0, 3));
+        assert_eq!(store.key("k1").unwrap().unwrap().spend_nanos, 21);
+        let rows = store
+            .spend_logs(&SpendLogQuery {
+                request_id: Some("chatcmpl-same".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(rows
+            .iter()
+            .all(|r| r.client_request_id.as_deref() == Some("same")));
+        // An event without a response id is listed under its event id.
+        let lone = SpendEvent {
+            event_id: "tg-x-9".into(),
+            request_id: String::new(),
+            ..ev("", None, None, 1)
+        };
+        store
+            .apply_spend_batch(&SpendBatch { events: vec![lone] }, T0)
+            .unwrap();
+        let rows = store
+            .spend_logs(&SpendLogQuery {
+                request_id: Some("tg-x-9".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+    }
+
+    /// A database made by the first schema (keyed by the client's `x-request-id`) opens with
+    /// its rows kept, and then charges calls that reuse an old `x-request-id`.
+    #[test]
+    fn first_schema_spend_logs_are_migrated() {
+        let dir = std::env::temp_dir().join(format!("tollgate-migrate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("v1.db");
+        let _ = std::fs::remove_file(&path);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE spend_logs (
+                    request_id TEXT PRIMARY KEY, api_key TEXT, user_id TEXT, team_id TEXT,
+                    end_user TEXT, model TEXT NOT NULL, model_id TEXT NOT NULL,
+                    spend_nanos INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL,
+                    completion_tokens INTEGER NOT NULL, total_tokens INTEGER NOT NULL,
+                    cached_tokens INTEGER NOT NULL, estimated INTEGER NOT NULL,
+                    status TEXT NOT NULL, call_type TEXT NOT NULL, start_time INTEGER NOT NULL,
+                    end_time INTEGER NOT NULL, doc TEXT NOT NULL);
+                 CREATE INDEX spend_logs_key ON spend_logs(api_key, start_time);
+                 CREATE INDEX spend_logs_user ON spend_logs(user_id, start_time);
+                 CREATE INDEX spend_logs_start ON spend_logs(start_time);
+                 INSERT INTO spend_logs VALUES ('client-id', 'k1', NULL, NULL, NULL, 'gpt-4o',
+                    'd1', 9, 1, 2, 3, 0, 0, 'success', 'acompletion', 5, 6,
+                    '{\"key_alias\":\"a\"}');",
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            // Twice: a migrated database opens as is.
+            let store = Store::open(&path).unwrap();
+            let rows = store.spend_logs(&SpendLogQuery::default()).unwrap();
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0].request_id, "client-id");
+            assert_eq!(rows[0].event_id, "v1:client-id");
+            assert_eq!(rows[0].client_request_id.as_deref(), Some("client-id"));
+            assert_eq!(rows[0].key_alias.as_deref(), Some("a"));
+            assert_eq!((rows[0].spend_nanos, rows[0].total_tokens), (9, 3));
+        }
+        let store = Store::open(&path).unwrap();
+        let e = SpendEvent {
+            event_id: "tg-new-1".into(),
+            client_request_id: Some("client-id".into()),
+            ..ev("client-id", None, None, 4)
+        };
+        let applied = store
+            .apply_spend_batch(&SpendBatch { events: vec![e] }, T0)
+            .unwrap();
+        assert_eq!(applied.applied, 1);
+        assert_eq!(store.spend_logs(&SpendLogQuery::default()).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -218,7 +218,7 @@ pub async fn internal_changes(
     .into_response())
 }
 
-/// `POST /tollgate/internal/v1/spend`: the filter's settled calls. Idempotent per `request_id`.
+/// `POST /tollgate/internal/v1/spend`: the filter's settled calls. Idempotent per `event_id`.
 pub async fn internal_spend(
     State(state): State<Shared>,
     headers: HeaderMap,

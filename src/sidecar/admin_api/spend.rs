@@ -62,6 +62,8 @@ fn spend_log_json(e: &SpendEvent, master_hash: &str) -> Value {
             "user_api_key_user_id": e.user_id,
             "user_api_key_team_id": e.team_id,
             "user_api_key_end_user_id": e.end_user,
+            // The client's `x-request-id`: informative only, never a key.
+            "client_request_id": e.client_request_id,
         },
     })
 }
