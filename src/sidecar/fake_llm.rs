@@ -22,15 +22,15 @@
 //!
 //! # Deterministic usage
 //!
-//! * `prompt_tokens = max(1, chars / 4)`, where `chars` is the number of
-//!   Unicode characters of the prompt:
-//!   * chat: every message `content` string, plus the `text` field of every
-//!     content part when `content` is an array of parts;
-//!   * completions: `prompt` (a string, or an array of strings);
-//!   * embeddings: `input` (a string, or an array of strings).
-//!
-//!   For completions and embeddings, array items that are not strings (e.g.
-//!   token arrays) count with the length of their JSON text.
+//! * Text counts `max(1, chars / 4)` tokens, `chars` being Unicode characters.
+//! * chat: `prompt_tokens` as OpenAI counts the chat format: 3 per message, plus
+//!   each string field of it (`role`, `content`, `name`...; a `name` 1 more; an
+//!   empty string 0), the `text` of every content part, `tool_calls` by their
+//!   JSON text; plus 3 priming the reply; `tools` add their JSON text + 9. One
+//!   `"hi"` user message is 3 + 1 + 1 + 3 = 8.
+//! * completions: `prompt` (a string, or an array of strings), embeddings:
+//!   `input` (likewise), counted as text over all items; array items that are
+//!   not strings (e.g. token arrays) count with the length of their JSON text.
 //! * `completion_tokens` = `max_tokens`, else `max_completion_tokens`, else
 //!   10; capped at 4096. Embeddings have no completion tokens.
 //! * `total_tokens = prompt_tokens + completion_tokens`.
@@ -443,23 +443,52 @@ fn tokens_for_chars(chars: usize) -> u64 {
     u64::try_from(chars / 4).unwrap_or(u64::MAX).max(1)
 }
 
-/// Characters of all message contents (strings and content-part `text`s).
-fn chat_prompt_chars(request: &Value) -> usize {
-    let Some(messages) = request.get("messages").and_then(Value::as_array) else {
-        return 0;
-    };
-    messages
-        .iter()
-        .map(|message| match message.get("content") {
-            Some(Value::String(s)) => s.chars().count(),
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .filter_map(|part| part.get("text").and_then(Value::as_str))
-                .map(|t| t.chars().count())
-                .sum(),
-            _ => 0,
-        })
-        .sum()
+/// Tokens of one string field of a message: none for `""`, else `max(1, chars / 4)`.
+fn field_tokens(text: &str) -> u64 {
+    if text.is_empty() {
+        0
+    } else {
+        tokens_for_chars(text.chars().count())
+    }
+}
+
+/// Prompt tokens of a chat request the way OpenAI counts them: 3 per message, plus every
+/// string field (role, content, name...; `name` 1 more), the `text` of content parts and
+/// `tool_calls` (by their JSON text), plus 3 priming the reply; tool definitions add their
+/// JSON text + 9. One `"hi"` user message is 3 + 1 + 1 + 3 = 8.
+fn chat_prompt_tokens(request: &Value) -> u64 {
+    let messages = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    let mut tokens: u64 = 3;
+    for message in messages {
+        tokens += 3;
+        let Some(fields) = message.as_object() else {
+            continue;
+        };
+        for (name, value) in fields {
+            tokens += match (name.as_str(), value) {
+                ("name", Value::String(s)) => field_tokens(s) + 1,
+                (_, Value::String(s)) => field_tokens(s),
+                ("content", Value::Array(parts)) => parts
+                    .iter()
+                    .filter_map(|part| part.get("text").and_then(Value::as_str))
+                    .map(field_tokens)
+                    .sum(),
+                ("tool_calls" | "function_call", v) if !v.is_null() => {
+                    field_tokens(&v.to_string())
+                }
+                _ => 0,
+            };
+        }
+    }
+    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
+        if !tools.is_empty() {
+            tokens += field_tokens(&Value::Array(tools.clone()).to_string()) + 9;
+        }
+    }
+    tokens
 }
 
 /// Characters of a `prompt` / `input`: a string or an array of items.
@@ -676,7 +705,7 @@ fn unix_now() -> u64 {
 
 fn chat_completions(shared: &Shared, request: &Value, no_usage: bool) -> Response {
     let model = model_of(request);
-    let prompt_tokens = tokens_for_chars(chat_prompt_chars(request));
+    let prompt_tokens = chat_prompt_tokens(request);
     let completion_tokens = completion_tokens(request);
     let id = format!("chatcmpl-fake-{}", shared.next_id());
     let created = unix_now();
@@ -1060,7 +1089,13 @@ mod tests {
             {"role": "user", "content": [{"type": "text", "text": "éééé"}, {"type": "image_url", "image_url": {"url": "x"}}]},
             {"role": "assistant", "content": null},
         ]});
-        assert_eq!(chat_prompt_chars(&req), 8);
+        // 3 + (3 + system 1 + 1) + (3 + user 1 + 1) + (3 + assistant 2) = 18.
+        assert_eq!(chat_prompt_tokens(&req), 18);
+        let hi = json!({"messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(chat_prompt_tokens(&hi), 8);
+        let named = json!({"messages": [{"role": "user", "content": "hi", "name": "bob"}]});
+        assert_eq!(chat_prompt_tokens(&named), 10);
+        assert_eq!(chat_prompt_tokens(&json!({"messages": []})), 3);
         assert_eq!(completion_tokens(&json!({})), 10);
         assert_eq!(completion_tokens(&json!({"max_tokens": 3})), 3);
         assert_eq!(completion_tokens(&json!({"max_completion_tokens": 5})), 5);
@@ -1076,7 +1111,7 @@ mod tests {
     #[tokio::test]
     async fn chat_non_stream_usage() {
         let addr = start(FakeLlmOptions::default()).await;
-        // 40 + 4 + 4 chars → 12 prompt tokens.
+        // 3 + (3 + "system" 1 + 40 chars 10) + (3 + "user" 1 + "abcd" 1 + "efgh" 1) = 23.
         let body = json!({
             "model": "gpt-4o-mini",
             "max_tokens": 3,
@@ -1100,7 +1135,7 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
         assert_eq!(
             v["usage"],
-            json!({"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15})
+            json!({"prompt_tokens": 23, "completion_tokens": 3, "total_tokens": 26})
         );
 
         // Defaults, cap, path without /v1, ids increase.
@@ -1115,7 +1150,7 @@ mod tests {
         .json();
         assert_eq!(
             v["usage"],
-            json!({"prompt_tokens": 1, "completion_tokens": 10, "total_tokens": 11})
+            json!({"prompt_tokens": 3, "completion_tokens": 10, "total_tokens": 13})
         );
         assert_ne!(v["id"].as_str().unwrap(), first_id);
         let v = post(
@@ -1194,7 +1229,8 @@ mod tests {
         assert_eq!(usage_chunk["choices"], json!([]));
         assert_eq!(
             usage_chunk["usage"],
-            json!({"prompt_tokens": 2, "completion_tokens": 4, "total_tokens": 6})
+            // 3 + "user" 1 + 8 characters 2 + 3.
+            json!({"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13})
         );
         let stop: Value = serde_json::from_str(&events[4]).unwrap();
         assert_eq!(stop["choices"][0]["finish_reason"], "stop");
