@@ -187,9 +187,18 @@ impl ApiError {
     }
 }
 
-/// Bytes as LiteLLM's `bytes_to_mb` shows them (`bytes / (1024 * 1024)`: `2`, `2.5`).
+/// A configured limit in MiB as the config said it: the shortest decimal that gives `bytes`
+/// back the way LiteLLM converts it (`int(mb * 1024 * 1024)`), so 10485 bytes show as `0.01`.
 fn bytes_to_mb(bytes: usize) -> String {
-    format!("{}", bytes as f64 / (1024.0 * 1024.0))
+    let mb = bytes as f64 / (1024.0 * 1024.0);
+    for decimals in 0..=12 {
+        let scale = 10f64.powi(decimals);
+        let rounded = (mb * scale).round() / scale;
+        if (rounded * 1024.0 * 1024.0) as usize == bytes {
+            return format!("{rounded}");
+        }
+    }
+    format!("{mb}")
 }
 
 /// A float as Python prints it (`3.0`, `2.5`).
@@ -214,8 +223,16 @@ mod tests {
             ApiError::body_too_large(5 * 1024 * 1024 / 2).message,
             "Request size is too large. Max size is 2.5 MB"
         );
+        // 0.01 MB is 10485 bytes (LiteLLM: `int(0.01 * 1024 * 1024)`), shown as configured.
+        assert_eq!(
+            ApiError::body_too_large(10485).message,
+            "Request size is too large. Max size is 0.01 MB"
+        );
         let e = ApiError::response_too_large(3 * 1024 * 1024, 1024 * 1024);
-        assert_eq!((e.status, e.param.as_deref()), (400, Some("content-length")));
+        assert_eq!(
+            (e.status, e.param.as_deref()),
+            (400, Some("content-length"))
+        );
         assert_eq!(
             e.message,
             "Response size is too large. Response size is 3.0 MB. Max size is 1 MB"

@@ -403,10 +403,19 @@ mod tests {
             (br#"{"model":"m","max_tokens":-1}"#, "'max_tokens'"),
             (br#"{"model":"m","max_tokens":"5"}"#, "'max_tokens'"),
             (br#"{"model":"m","max_tokens":"many"}"#, "'max_tokens'"),
-            (br#"{"model":"m","max_completion_tokens":1.5}"#, "'max_completion_tokens'"),
-            (br#"{"model":"m","n":-2}"#, "'n' must be a non-negative integer"),
+            (
+                br#"{"model":"m","max_completion_tokens":1.5}"#,
+                "'max_completion_tokens'",
+            ),
+            (
+                br#"{"model":"m","n":-2}"#,
+                "'n' must be a non-negative integer",
+            ),
             (br#"{"model":"m","n":"2"}"#, "'n'"),
-            (br#"{"model":"m","messages":"hi"}"#, "'messages' must be an array of objects"),
+            (
+                br#"{"model":"m","messages":"hi"}"#,
+                "'messages' must be an array of objects",
+            ),
             (br#"{"model":"m","messages":{"role":"user"}}"#, "'messages'"),
             (
                 br#"{"model":"m","messages":[{"role":"user","content":"a"},"hi"]}"#,
@@ -434,8 +443,9 @@ mod tests {
 
     #[test]
     fn input_tokens_count_the_chat_format() {
-        let r = parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#)
-            .unwrap();
+        let r =
+            parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5}"#)
+                .unwrap();
         assert_eq!(r.input_token_estimate(), 8);
         // The tpm estimate stays characters / 4.
         assert_eq!(r.prompt_chars(), 2);

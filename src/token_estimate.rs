@@ -140,10 +140,7 @@ pub fn input_tokens(input: &Value) -> u64 {
     match input {
         Value::String(s) => text_tokens(s),
         Value::Number(_) => 1,
-        Value::Array(items) => items
-            .iter()
-            .map(input_tokens)
-            .fold(0, u64::saturating_add),
+        Value::Array(items) => items.iter().map(input_tokens).fold(0, u64::saturating_add),
         Value::Null | Value::Bool(_) | Value::Object(_) => 0,
     }
 }

@@ -18,8 +18,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-/// 40 characters: 10 prompt tokens at the fake (and in the filter's estimate).
-const PROMPT: &str = "0123456789abcdefghij0123456789abcdefghij";
+/// 12 letters: the fake counts 10 prompt tokens as OpenAI does (3 per message + "user" 1 +
+/// 3 for the text + 3 priming the reply), and so does the filter's estimate.
+const PROMPT: &str = "abcdefghijkl";
 
 /// One priced model: a call with [`PROMPT`] and `max_tokens: 5` costs exactly $0.02
 /// (10 × 0.001 + 5 × 0.002), and so does its reservation.
@@ -909,7 +910,8 @@ fn upstream_faults_settle_exactly() {
         tried += 1;
     }
 
-    // No usage: charged the estimate (prompt chars / 4, completion text chars / 4).
+    // No usage: charged the estimate (the prompt as the reservation counts it, completion text
+    // chars / 4).
     let r = chat_raw(
         &s,
         &v.key,

@@ -4,8 +4,8 @@
 //! concurrent overspend, spend is settled exactly (streams too) and survives a restart, resets
 //! happen on time, and a failed upstream call costs nothing.
 //!
-//! Prices are set in the config so every cost is exact: the prompt is 40 characters (10 prompt
-//! tokens at the fake), `max_tokens` 5 (5 completion tokens), at $0.001 in / $0.002 out, so one
+//! Prices are set in the config so every cost is exact: the prompt is one 12-letter user message
+//! (10 prompt tokens at the fake, chat framing included), `max_tokens` 5 (5 completion tokens), at $0.001 in / $0.002 out, so one
 //! call costs 10 × 0.001 + 5 × 0.002 = $0.02 = 20 000 000 nano-dollars; with `max_tokens` set the
 //! admission reservation equals that cost.
 
@@ -16,8 +16,9 @@ use common::{TempDir, MASTER_KEY};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// 40 characters: 10 prompt tokens at the fake.
-const PROMPT: &str = "0123456789abcdefghij0123456789abcdefghij";
+/// 12 letters: the fake counts 10 prompt tokens as OpenAI does (3 per message + "user" 1 +
+/// 3 for the text + 3 priming the reply), and so does the filter's reservation.
+const PROMPT: &str = "abcdefghijkl";
 
 /// Three models on the fake: two priced alike, one free (both prices explicitly 0).
 const MODELS: &str = r#"

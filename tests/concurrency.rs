@@ -9,8 +9,9 @@ use common::{run_concurrently, Resp, Stack, StackOptions};
 use serde_json::json;
 use std::time::Instant;
 
-/// 40 characters: 10 prompt tokens at the fake.
-const PROMPT: &str = "0123456789abcdefghij0123456789abcdefghij";
+/// 12 letters: the fake counts 10 prompt tokens as OpenAI does (3 per message + "user" 1 +
+/// 3 for the text + 3 priming the reply), and so does the filter's reservation.
+const PROMPT: &str = "abcdefghijkl";
 
 /// A call with [`PROMPT`] and `max_tokens: 5` costs exactly $0.02 (10 × 0.001 + 5 × 0.002), and
 /// so does its reservation.

@@ -84,6 +84,7 @@ fuzz_target!(|data: &[u8]| {
     );
     assert!(r.n() >= 1);
     let _ = r.prompt_chars();
+    let _ = r.input_token_estimate();
 
     // Rewrites keep every other field and parse again.
     let plain = reparse(&r.upstream_body("backend-x"));

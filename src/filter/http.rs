@@ -62,7 +62,8 @@ struct AdmittedCall {
     limits: Ticket,
     budget: BudgetTicket,
     pricing: Pricing,
-    prompt_chars: u64,
+    /// The prompt's tokens as the reservation counted them (the estimate when no usage comes).
+    prompt_tokens: u64,
     /// The client did not ask for the streamed usage chunk; Tollgate did, and hides it.
     strip_usage_chunk: bool,
     upstream_status: Option<u16>,
@@ -383,7 +384,7 @@ impl TollgateHttp {
             limits,
             budget,
             pricing: deployment.pricing.clone(),
-            prompt_chars: request.prompt_chars(),
+            prompt_tokens: prompt_estimate,
             strip_usage_chunk: add_stream_usage,
             upstream_status: None,
             usage: None,
@@ -462,7 +463,7 @@ fn final_usage(call: &AdmittedCall) -> Option<(Usage, bool)> {
     if let Some(u) = reader.usage() {
         return Some((u, false));
     }
-    let prompt = (call.prompt_chars / 4).max(1);
+    let prompt = call.prompt_tokens;
     let completion = reader.streamed_text_chars() / 4;
     let usage = Usage {
         prompt_tokens: prompt,

@@ -476,9 +476,7 @@ fn chat_prompt_tokens(request: &Value) -> u64 {
                     .filter_map(|part| part.get("text").and_then(Value::as_str))
                     .map(field_tokens)
                     .sum(),
-                ("tool_calls" | "function_call", v) if !v.is_null() => {
-                    field_tokens(&v.to_string())
-                }
+                ("tool_calls" | "function_call", v) if !v.is_null() => field_tokens(&v.to_string()),
                 _ => 0,
             };
         }

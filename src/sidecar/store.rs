@@ -1587,7 +1587,10 @@ mod tests {
             .apply_spend_batch(&SpendBatch { events: vec![e] }, T0)
             .unwrap();
         assert_eq!(applied.applied, 1);
-        assert_eq!(store.spend_logs(&SpendLogQuery::default()).unwrap().len(), 2);
+        assert_eq!(
+            store.spend_logs(&SpendLogQuery::default()).unwrap().len(),
+            2
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

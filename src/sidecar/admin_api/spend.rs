@@ -64,6 +64,8 @@ fn spend_log_json(e: &SpendEvent, master_hash: &str) -> Value {
             "user_api_key_end_user_id": e.end_user,
             // The client's `x-request-id`: informative only, never a key.
             "client_request_id": e.client_request_id,
+            // The filter-minted id the store de-duplicates by.
+            "spend_event_id": e.event_id,
         },
     })
 }
