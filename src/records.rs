@@ -321,4 +321,13 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<SpendEvent>(&json).unwrap(), event);
     }
+
+    #[test]
+    fn event_ids_differ_by_instance_and_call() {
+        let a = [7u8; 16];
+        let b = [8u8; 16];
+        assert_eq!(event_id(&a, 3), format!("tg-{}-3", "07".repeat(16)));
+        assert_ne!(event_id(&a, 3), event_id(&a, 4));
+        assert_ne!(event_id(&a, 3), event_id(&b, 3));
+    }
 }

@@ -54,10 +54,81 @@ pub fn merge(
     out
 }
 
+/// `general_settings.max_response_size_mb`, checked as LiteLLM checks it: a non-streamed
+/// success (`headers` with `:status`) whose announced `content-length` is over `limit_bytes`
+/// becomes LiteLLM's 400. Returns the headers to send instead and the error body. A stream, an
+/// error answer, or an answer without a length passes (a filter cannot change the status of an
+/// answer whose headers it already let through).
+pub fn oversized_response(
+    headers: &[(String, String)],
+    streamed: bool,
+    limit_bytes: Option<usize>,
+) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim())
+    };
+    let ok = get(":status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .is_some_and(|s| (200..300).contains(&s));
+    let length = get("content-length").and_then(|l| l.parse::<usize>().ok())?;
+    let limit = limit_bytes?;
+    if !ok || streamed || length <= limit {
+        return None;
+    }
+    let body = crate::errors::ApiError::response_too_large(length, limit).body();
+    let mut out: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(name, _)| {
+            !matches!(
+                name.as_str(),
+                ":status" | "content-length" | "content-type" | "content-encoding"
+            )
+        })
+        .cloned()
+        .collect();
+    out.push((":status".into(), "400".into()));
+    out.push(("content-type".into(), "application/json".into()));
+    out.push(("content-length".into(), body.len().to_string()));
+    Some((out, body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::rate_limits::LimitType;
+
+    #[test]
+    fn only_a_long_non_streamed_success_is_replaced() {
+        let h = |status: &str, len: &str| -> Vec<(String, String)> {
+            vec![
+                (":status".into(), status.into()),
+                ("content-length".into(), len.into()),
+                ("content-encoding".into(), "gzip".into()),
+                ("x-request-id".into(), "r".into()),
+            ]
+        };
+        let (headers, body) = oversized_response(&h("200", "2000"), false, Some(1000)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "400");
+        assert_eq!(v["error"]["param"], "content-length");
+        assert!(headers.contains(&(":status".into(), "400".into())));
+        assert!(headers.contains(&("content-length".into(), body.len().to_string())));
+        assert!(headers.contains(&("x-request-id".into(), "r".into())));
+        assert!(!headers.iter().any(|(k, _)| k == "content-encoding"));
+        assert_eq!(headers.iter().filter(|(k, _)| k == ":status").count(), 1);
+        for (headers, streamed, limit) in [
+            (h("200", "1000"), false, Some(1000)),
+            (h("200", "2000"), true, Some(1000)),
+            (h("500", "2000"), false, Some(1000)),
+            (h("200", "2000"), false, None),
+            (h("200", "many"), false, Some(1000)),
+        ] {
+            assert!(oversized_response(&headers, streamed, limit).is_none());
+        }
+    }
 
     #[test]
     fn budget_and_cost_headers() {

@@ -470,6 +470,18 @@ fn malformed_bodies_get_400_and_change_nothing() {
             "max_completion_tokens",
             vec![json!(-5), json!(2.5), json!("x"), json!([])],
         ),
+        // Charged by (issue 12, item 6): `n` multiplies the reservation, `messages` is counted.
+        ("n", vec![json!("many"), json!(-1), json!(1.5), json!([2])]),
+        (
+            "messages",
+            vec![
+                json!("hello"),
+                json!(5),
+                json!({"role": "user"}),
+                json!([1, [2], {"content": 7}, {"content": {"text": 5}}]),
+                json!([{"role": "user", "content": "hi"}, "hi"]),
+            ],
+        ),
     ] {
         for value in values {
             let body = body_with(json!({ field: value }));
@@ -522,14 +534,11 @@ fn malformed_bodies_get_400_and_change_nothing() {
         json!({"user": ""}),
         json!({"user": null}),
         json!({"user": 12345}),
-        json!({"messages": "hello"}),
-        json!({"messages": 5}),
         json!({"messages": null}),
-        json!({"messages": [1, [2], {"content": 7}, {"content": {"text": 5}}]}),
-        json!({"messages": {"role": "user"}}),
+        json!({"messages": [{"content": 7}, {"content": {"text": 5}}]}),
         json!({"stream": null}),
         json!({"stream_options": "x", "stream": false}),
-        json!({"n": "many"}),
+        json!({"n": null}),
         json!({"max_tokens": null}),
         json!({"metadata": [1]}),
     ] {

@@ -14,7 +14,7 @@ use crate::key_format::{self, constant_time_eq, hash_key, redact_secret};
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
 use crate::records::{CustomerLookup, KeyLookup, SpendEvent};
-use crate::response_headers::{merge, success_headers};
+use crate::response_headers::{merge, oversized_response, success_headers};
 use crate::routes::{self, LlmRoute};
 use crate::usage::{BodyKind, Usage, UsageReader};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -649,38 +649,16 @@ impl HttpContext for TollgateHttp {
         };
         let strip = call.strip_usage_chunk && kind == BodyKind::EventStream;
         call.usage = Some(UsageReader::new(kind, strip, MAX_USAGE_BUFFER));
-        // `max_response_size_mb`, as LiteLLM checks it: a non-streamed success whose announced
-        // length is over the limit is answered with its 400 instead (still read for usage and
-        // charged, as LiteLLM charges it). A stream is never cut (LiteLLM does not check them).
-        let announced = response
-            .get("content-length")
-            .and_then(|l| l.trim().parse::<usize>().ok());
-        if let (true, false, Some(limit), Some(len)) = (
-            ok,
+        // `max_response_size_mb`: a long non-streamed answer becomes LiteLLM's 400 (still read
+        // for usage and charged, as LiteLLM charges it).
+        if let Some((headers, body)) = oversized_response(
+            &response.0,
             kind == BodyKind::EventStream,
             self.shared.config.max_response_body_bytes,
-            announced,
         ) {
-            if len > limit {
-                let body = ApiError::response_too_large(len, limit).body();
-                let mut replaced: Vec<(String, String)> = response
-                    .0
-                    .iter()
-                    .filter(|(name, _)| {
-                        !matches!(
-                            name.as_str(),
-                            ":status" | "content-length" | "content-type" | "content-encoding"
-                        )
-                    })
-                    .cloned()
-                    .collect();
-                replaced.push((":status".into(), "400".into()));
-                replaced.push(("content-type".into(), "application/json".into()));
-                replaced.push(("content-length".into(), body.len().to_string()));
-                host::set_response_headers(&replaced);
-                call.replacement_body = Some(body);
-                return Action::Continue;
-            }
+            host::set_response_headers(&headers);
+            call.replacement_body = Some(body);
+            return Action::Continue;
         }
         if !ok {
             // A provider may echo the key it was given in its error (body or headers).
