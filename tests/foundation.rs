@@ -137,7 +137,8 @@ fn master_key_gets_a_completion() {
     let resp = s.chat(Some(MASTER_KEY), "gpt-4o-mini");
     assert_eq!(resp.header("server"), Some("envoy"));
     let v = assert_chat_ok(&resp);
-    assert_eq!(v["usage"]["prompt_tokens"], 2, "body: {}", resp.body);
+    // OpenAI's chat count at the fake: 3 + "user" 1 + "hello there" 2 + 3.
+    assert_eq!(v["usage"]["prompt_tokens"], 9, "body: {}", resp.body);
     assert_eq!(v["usage"]["completion_tokens"], 10, "body: {}", resp.body);
     assert_eq!(s.fake_requests().len(), 1);
 }
@@ -770,7 +771,8 @@ fn large_body_is_forwarded_intact() {
         .to_string();
     let resp = s.post("/v1/chat/completions", Some(&key), &body);
     let v = assert_chat_ok(&resp);
-    assert_eq!(v["usage"]["prompt_tokens"], 150_000);
+    // 600 000 characters / 4, plus the chat framing (3 + "user" 1 + 3).
+    assert_eq!(v["usage"]["prompt_tokens"], 150_007);
     let seen = s.fake_requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(

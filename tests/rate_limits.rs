@@ -13,8 +13,9 @@ use common::{poll_until, run_concurrently, unix_now, Resp, Stack, StackOptions, 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// 40 characters: 10 prompt tokens, and LiteLLM's input estimate is 10 too.
-const PROMPT: &str = "0123456789abcdefghij0123456789abcdefghij";
+/// 12 letters: 10 prompt tokens at the fake (OpenAI's chat count: 3 per message + "user" 1 +
+/// 3 for the text + 3 priming the reply); LiteLLM's tpm estimate (characters / 4) is 3.
+const PROMPT: &str = "abcdefghijkl";
 
 const CONFIG: &str = r#"
 model_list:
@@ -61,7 +62,7 @@ fn body_with(model: &str, max_tokens: Option<u64>, stream: bool) -> String {
     b.to_string()
 }
 
-/// 10 prompt + 5 completion tokens; LiteLLM's tpm estimate is also 15.
+/// 10 prompt + 5 completion tokens; LiteLLM's tpm estimate is 3 + 5 = 8.
 fn body(model: &str) -> String {
     body_with(model, Some(5), false)
 }
@@ -396,7 +397,7 @@ fn max_parallel_requests_admits_two_and_frees_slots_even_after_aborts() {
 // tpm (§4.2)
 
 /// tpm 100 with a 3 s window and calls of 50 real tokens (10 prompt + `max_tokens` 40). The
-/// first asks for `n: 2`, so it reserves LiteLLM's estimate 10 + 2 × 40 = 90, but the provider
+/// first asks for `n: 2`, so it reserves LiteLLM's estimate 3 + 2 × 40 = 83, but the provider
 /// uses 50: settlement to the real usage leaves room for a second call. A failed call is
 /// refunded; once real usage fills the window, calls are refused (`tokens`) until it ends.
 /// Without `max_tokens`, a small tpm limit writes LiteLLM's implicit cap (tpm / 4 = 25) upstream.
@@ -417,8 +418,8 @@ fn tpm_limit_refuses_once_usage_fills_the_window_and_recovers() {
     assert_eq!(r.json()["usage"]["total_tokens"], 50, "{}", r.body);
     assert_eq!(
         header_u64(&r, "x-ratelimit-api_key-remaining-tokens"),
-        Some(10),
-        "reserved the estimate 90; {:?}",
+        Some(17),
+        "reserved the estimate 83; {:?}",
         r.headers
     );
     assert_eq!(
@@ -443,9 +444,10 @@ fn tpm_limit_refuses_once_usage_fills_the_window_and_recovers() {
         "the failed call's tokens were not refunded: {}",
         r.body
     );
+    // 50 used + this call's estimate 43.
     assert_eq!(
         header_u64(&r, "x-ratelimit-api_key-remaining-tokens"),
-        Some(0)
+        Some(7)
     );
     // 100 used: even the smallest call is refused.
     let refused = s.post_with("/v1/chat/completions", &key, &[], &fifty);
@@ -459,7 +461,7 @@ fn tpm_limit_refuses_once_usage_fills_the_window_and_recovers() {
         "retry-after {retry} is longer than the window"
     );
 
-    // Recovery, with a call that sets no max_tokens: estimate 10 + 25.
+    // Recovery, with a call that sets no max_tokens: estimate 3 + 25.
     s.clear_fake_requests();
     let no_cap = body_with("gpt-4o-mini", None, false);
     let (r, t_ok) = poll_until("the tpm window to end", Duration::from_secs(6), || {
@@ -478,7 +480,7 @@ fn tpm_limit_refuses_once_usage_fills_the_window_and_recovers() {
     );
     assert_eq!(
         header_u64(&r, "x-ratelimit-api_key-remaining-tokens"),
-        Some(65)
+        Some(72)
     );
     assert_eq!(r.json()["usage"]["completion_tokens"], 25, "{}", r.body);
     let seen = s.fake_requests();
@@ -497,7 +499,7 @@ fn assert_limit_headers(r: &Resp, what: &str) {
     let expect = [
         ("x-ratelimit-api_key-remaining-requests", 9),
         ("x-ratelimit-api_key-limit-requests", 10),
-        ("x-ratelimit-api_key-remaining-tokens", 10_000 - 15),
+        ("x-ratelimit-api_key-remaining-tokens", 10_000 - 8),
         ("x-ratelimit-api_key-limit-tokens", 10_000),
         ("x-ratelimit-api_key-remaining-max_parallel_requests", 4),
         ("x-ratelimit-api_key-limit-max_parallel_requests", 5),
@@ -601,7 +603,8 @@ fn user_rpm_limit_is_shared_by_the_users_keys() {
     // Someone else's key is not affected.
     chat_ok(&s, &stranger, "gpt-4o-mini");
 
-    // A user's tpm_limit is shared the same way: 30 tokens hold two 15-token calls.
+    // A user's tpm_limit is shared the same way: 30 tokens hold two 15-token calls (the headers
+    // show the limit less what is used and this call's estimate of 8).
     s.admin_post(
         "/user/new",
         &json!({"user_id": "tpm-user", "tpm_limit": 30, "auto_create_key": false}),
@@ -609,7 +612,7 @@ fn user_rpm_limit_is_shared_by_the_users_keys() {
     .assert_status(200);
     let (t1, _) = s.generate_key(json!({"user_id": "tpm-user"}));
     let (t2, _) = s.generate_key(json!({"user_id": "tpm-user"}));
-    for (key, remaining) in [(&t1, 15), (&t2, 0)] {
+    for (key, remaining) in [(&t1, 22), (&t2, 7)] {
         let r = chat_ok(&s, key, "gpt-4o-mini");
         assert_eq!(
             header_u64(&r, "x-ratelimit-user-remaining-tokens"),
@@ -689,13 +692,13 @@ fn model_per_key_rpm_limits() {
     );
     chat_ok(&s, &k1, "gpt-4o-mini");
 
-    // `model_tpm_limit`: 20 tokens for gpt-4o hold one 15-token call.
+    // `model_tpm_limit`: 20 tokens for gpt-4o hold one 15-token call (estimated 8 at admission).
     let (tk, v) = s.generate_key(json!({"model_tpm_limit": {"gpt-4o": 20}}));
     let th = v["token"].as_str().unwrap().to_string();
     let r = chat_ok(&s, &tk, "gpt-4o");
     assert_eq!(
         header_u64(&r, "x-ratelimit-model_per_key-remaining-tokens"),
-        Some(5),
+        Some(12),
         "{:?}",
         r.headers
     );
