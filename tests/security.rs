@@ -464,11 +464,6 @@ fn a_key_without_user_cannot_mint_an_unrestricted_key() {
 fn a_second_up_on_a_taken_port_refuses_to_start() {
     let s = Stack::start(CONFIG);
     let (key, _) = s.generate_key(json!({}));
-    let bootstrap = std::fs::read_to_string(s.data_dir.join("envoy.yaml")).unwrap();
-    assert!(
-        bootstrap.contains("enable_reuse_port: false"),
-        "the listener must not share its port:\n{bootstrap}"
-    );
     let scratch = common::TempDir::new("second-up");
     let config = scratch.path().join("config.yaml");
     std::fs::write(&config, common::render_template(CONFIG, s.fake_port)).unwrap();
@@ -499,4 +494,10 @@ fn a_second_up_on_a_taken_port_refuses_to_start() {
         s.post("/v1/chat/completions", Some(&key), &chat_body(false))
             .assert_status(200);
     }
+    // The race after the check: a listener without SO_REUSEPORT cannot be shared.
+    let bootstrap = std::fs::read_to_string(s.data_dir.join("envoy.yaml")).unwrap();
+    assert!(
+        bootstrap.contains("enable_reuse_port: false"),
+        "the listener must not share its port:\n{bootstrap}"
+    );
 }
