@@ -2,6 +2,7 @@
 # Tollgate's one entry point: set up, build, run, test, bench.
 #   ./build.sh [build]         install what is missing, build tollgate.wasm and the tollgate binary
 #   ./build.sh run [CONFIG]    build, start the fake upstream, then `tollgate up --config CONFIG`
+#                              on 127.0.0.1 (HOST, PORT change it; TOLLGATE_BIN skips the build)
 #   ./build.sh test            build, then unit tests and the integration tests against real Envoy
 #   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md)
 #   ./build.sh examples        regenerate envoy/tollgate.envoy.yaml and envoy/istio.yaml
@@ -41,19 +42,46 @@ build() {
   log "built $(du -h "$WASM" | cut -f1) $WASM and $BIN"
 }
 
+# `./build.sh run` starts these in the background; the EXIT trap stops whatever is still up
+# (globals: a function's locals are gone when the trap runs).
+FAKE_PID=""
+UP_PID=""
+stop_children() {
+  local pid
+  for pid in $UP_PID $FAKE_PID; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in $UP_PID $FAKE_PID; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+
 run() {
-  build
+  # TOLLGATE_BIN (and TOLLGATE_WASM) run a given build instead of building first.
+  if [ -n "${TOLLGATE_BIN:-}" ]; then
+    BIN="$TOLLGATE_BIN"
+    WASM="${TOLLGATE_WASM:-$WASM}"
+  else
+    build
+  fi
   local config="${1:-$ROOT/envoy/config.yaml}"
-  export LITELLM_MASTER_KEY="${LITELLM_MASTER_KEY:-sk-1234}"
-  local fake_pid=""
+  trap stop_children EXIT
+  # `wait` below returns on these signals, so Ctrl-C or a kill stops the children too.
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
   if [ -z "${1:-}" ]; then
+    # The demo key is for the built-in demo config only: a config of yours that reads
+    # LITELLM_MASTER_KEY refuses to start without it.
+    export LITELLM_MASTER_KEY="${LITELLM_MASTER_KEY:-sk-1234}"
     log "starting the fake OpenAI-compatible upstream on 127.0.0.1:8089"
     "$BIN" fake-llm --port 8089 >/dev/null &
-    fake_pid=$!
-    trap '[ -n "$fake_pid" ] && kill "$fake_pid" 2>/dev/null || true' EXIT
+    FAKE_PID=$!
     echo "master key: $LITELLM_MASTER_KEY (set LITELLM_MASTER_KEY to change it)"
   fi
-  "$BIN" up --config "$config" --port "${PORT:-4000}" --wasm "$WASM"
+  "$BIN" up --config "$config" --host "${HOST:-127.0.0.1}" --port "${PORT:-4000}" \
+    --wasm "$WASM" --data-dir "${TOLLGATE_DATA_DIR:-$ROOT/.tollgate}" &
+  UP_PID=$!
+  wait "$UP_PID"
 }
 
 test_all() {

@@ -44,10 +44,15 @@ pub fn provider_of_requested(name: &str) -> Option<&str> {
         .then_some("openai")
 }
 
+/// Whether `list` allows every model (empty, `*` or `all-proxy-models`).
+pub fn allows_all(list: &[String]) -> bool {
+    list.is_empty() || list.iter().any(|m| ALLOW_ALL.contains(&m.as_str()))
+}
+
 /// Whether `list` allows the model. `team_models` resolves `all-team-models` in a key's list
 /// (`None` = the key has no team: no restriction).
 pub fn list_allows(list: &[String], facts: &ModelFacts<'_>) -> bool {
-    if list.is_empty() || list.iter().any(|m| ALLOW_ALL.contains(&m.as_str())) {
+    if allows_all(list) {
         return true;
     }
     if list.iter().any(|m| facts.access_groups.contains(m)) {

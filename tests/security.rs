@@ -408,3 +408,96 @@ fn admin_request_bodies_are_bounded() {
         keys.body
     );
 }
+
+/// Issue 12, item 1, as reported: a key that belongs to no user, with a tiny budget and one
+/// model, cannot mint a key (LiteLLM gives it no role); an internal user's key mints only keys
+/// inside its own limits, and such a key cannot call a model its parent may not.
+#[test]
+fn a_key_without_user_cannot_mint_an_unrestricted_key() {
+    let s = Stack::default_config();
+    let (parent, _) = s.generate_key(json!({"max_budget": 0.000001, "models": ["gpt-4o-mini"]}));
+    s.chat(Some(&parent), "gpt-4o-mini").assert_status(200);
+    let r = s.post(
+        "/key/generate",
+        Some(&parent),
+        &json!({"models": ["gpt-4o"]}).to_string(),
+    );
+    r.assert_error_message(
+        401,
+        "auth_error",
+        "Authentication Error, Only proxy admin can be used to generate, delete, update info for new keys/users/teams. Route=/key/generate. Your role=unknown. Your user_id=unknown",
+    );
+    s.chat(Some(&parent), "gpt-4o").assert_status(403);
+
+    s.admin_post(
+        "/user/new",
+        &json!({"user_id": "alice", "auto_create_key": false}),
+    )
+    .assert_status(200);
+    let (alice, _) =
+        s.generate_key(json!({"user_id": "alice", "max_budget": 1, "models": ["gpt-4o-mini"]}));
+    let r = s.post(
+        "/key/generate",
+        Some(&alice),
+        &json!({"models": ["gpt-4o"]}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = s.post(
+        "/key/generate",
+        Some(&alice),
+        &json!({"max_budget": 100}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let r = s.post("/key/generate", Some(&alice), "{}");
+    r.assert_status(200);
+    let child = r.json();
+    assert_eq!(child["max_budget"].as_f64(), Some(1.0), "{child}");
+    assert_eq!(child["models"], json!(["gpt-4o-mini"]), "{child}");
+    let child = child["key"].as_str().unwrap().to_string();
+    s.chat(Some(&child), "gpt-4o-mini").assert_status(200);
+    s.chat(Some(&child), "gpt-4o").assert_status(403);
+}
+
+/// Issue 12, item 9: a second `tollgate up` on a port a running stack holds refuses to start,
+/// and the first stack keeps answering every call.
+#[test]
+fn a_second_up_on_a_taken_port_refuses_to_start() {
+    let s = Stack::start(CONFIG);
+    let (key, _) = s.generate_key(json!({}));
+    let scratch = common::TempDir::new("second-up");
+    let config = scratch.path().join("config.yaml");
+    std::fs::write(&config, common::render_template(CONFIG, s.fake_port)).unwrap();
+    let (status, out, err) = common::run_to_exit(
+        "second tollgate up",
+        std::process::Command::new(common::tollgate_bin())
+            .arg("up")
+            .arg("--config")
+            .arg(&config)
+            .args(["--host", "127.0.0.1", "--port", &s.port.to_string()])
+            .arg("--data-dir")
+            .arg(scratch.path().join("data"))
+            .arg("--wasm")
+            .arg(common::tollgate_wasm())
+            .env("ENVOY_BIN", common::envoy_bin()),
+        std::time::Duration::from_secs(60),
+    );
+    assert!(!status.success(), "the second stack started:\n{out}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "port {} is in use; pick another with --port or PORT=",
+            s.port
+        )),
+        "{err}"
+    );
+    assert!(!out.contains("ready"), "{out}");
+    for _ in 0..10 {
+        s.post("/v1/chat/completions", Some(&key), &chat_body(false))
+            .assert_status(200);
+    }
+    // The race after the check: a listener without SO_REUSEPORT cannot be shared.
+    let bootstrap = std::fs::read_to_string(s.data_dir.join("envoy.yaml")).unwrap();
+    assert!(
+        bootstrap.contains("enable_reuse_port: false"),
+        "the listener must not share its port:\n{bootstrap}"
+    );
+}

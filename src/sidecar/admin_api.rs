@@ -9,6 +9,7 @@
 
 mod auth;
 mod budgets;
+mod ceiling;
 mod common;
 mod customers;
 mod health;

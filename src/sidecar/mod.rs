@@ -44,8 +44,8 @@ enum Command {
         config: PathBuf,
         #[arg(long, default_value_t = 4000)]
         port: u16,
-        /// Address Envoy listens on.
-        #[arg(long, default_value = "0.0.0.0")]
+        /// Address Envoy listens on (0.0.0.0 for every interface).
+        #[arg(long, default_value = "127.0.0.1")]
         host: String,
         /// Envoy worker threads.
         #[arg(long, default_value_t = 2)]
@@ -93,6 +93,9 @@ enum Command {
         format: Format,
         #[arg(long, default_value_t = 4000)]
         port: u16,
+        /// Envoy: the address its listener binds (0.0.0.0 for every interface).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
         #[arg(long, default_value_t = 4001)]
         sidecar_port: u16,
         #[arg(long, default_value = "127.0.0.1")]
@@ -361,6 +364,7 @@ async fn run(cli: Cli) -> Result<()> {
             config,
             format,
             port,
+            host,
             sidecar_port,
             sidecar_host,
             envoy_admin_port,
@@ -371,6 +375,7 @@ async fn run(cli: Cli) -> Result<()> {
             let prepared = prepare(&config)?;
             let opts = render::RenderOptions {
                 xds_dir: xds_dir.as_deref().map(absolute),
+                listen_address: host,
                 listen_port: port,
                 sidecar_port,
                 sidecar_host,

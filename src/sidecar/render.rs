@@ -147,7 +147,7 @@ pub struct RenderOptions {
 impl Default for RenderOptions {
     fn default() -> Self {
         RenderOptions {
-            listen_address: "0.0.0.0".into(),
+            listen_address: "127.0.0.1".into(),
             listen_port: 4000,
             sidecar_host: "127.0.0.1".into(),
             sidecar_port: 4001,
@@ -467,6 +467,9 @@ pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Valu
             "listeners": [{
                 "name": "tollgate",
                 "address": socket(&opts.listen_address, opts.listen_port),
+                // One Envoy per port: with SO_REUSEPORT a second one would bind too and split
+                // the traffic (`tollgate up` checks the port first; this closes the race).
+                "enable_reuse_port": false,
                 "per_connection_buffer_limit_bytes": rendered.plugin.max_request_body_bytes + 64 * 1024,
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",

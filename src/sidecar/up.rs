@@ -100,8 +100,13 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 /// One plain HTTP/1.1 GET to 127.0.0.1 (Envoy's admin port): the body of a 200 answer.
 pub async fn admin_get(port: u16, path: &str) -> Option<String> {
+    http_get("127.0.0.1", port, path).await
+}
+
+/// One plain HTTP/1.1 GET: the body of a 200 answer.
+async fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut s = tokio::net::TcpStream::connect((host, port)).await?;
         s.write_all(
             format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                 .as_bytes(),
@@ -137,13 +142,35 @@ async fn filter_config_failed(envoy_admin_port: u16) -> bool {
     })
 }
 
-/// One plain HTTP/1.1 GET through Envoy; true on a 200.
-async fn probe(port: u16, path: &str) -> bool {
-    admin_get(port, path).await.is_some()
+/// One plain HTTP/1.1 GET through Envoy's listener on `host`; true on a 200.
+async fn probe(host: &str, port: u16, path: &str) -> bool {
+    let host = match host {
+        "0.0.0.0" => "127.0.0.1",
+        "::" | "[::]" => "::1",
+        h => h,
+    };
+    http_get(host, port, path).await.is_some()
+}
+
+fn port_in_use(port: u16) -> anyhow::Error {
+    anyhow!("port {port} is in use; pick another with --port or PORT=")
+}
+
+/// Refuses a port another process listens on (an Envoy listening with `SO_REUSEPORT` would
+/// otherwise share it with ours and split the traffic). Envoy's listener does not set
+/// `SO_REUSEPORT` (render), so a process that takes the port between this check and Envoy's
+/// bind makes Envoy fail to start, which [`up`] reports the same way.
+pub fn ensure_port_free(host: &str, port: u16) -> Result<()> {
+    match std::net::TcpListener::bind((host, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(port_in_use(port)),
+        Err(e) => Err(anyhow!("cannot listen on {host}:{port}: {e}")),
+    }
 }
 
 pub async fn up(opts: UpOptions) -> Result<()> {
     let prepared = prepare(&opts.config)?;
+    ensure_port_free(&opts.host, opts.port)?;
     if !opts.wasm.is_file() {
         return Err(anyhow!(
             "filter module {} not found: run ./build.sh (or pass --wasm)",
@@ -211,13 +238,22 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let started = Instant::now();
     loop {
         if let Some(status) = envoy.try_wait()? {
+            if std::fs::read_to_string(&log_path)
+                .is_ok_and(|log| log.contains("Address already in use"))
+            {
+                return Err(port_in_use(opts.port));
+            }
             return Err(anyhow!(
                 "Envoy exited during startup ({status}). Last log lines ({}):\n{}",
                 log_path.display(),
                 log_tail(&log_path, 30)
             ));
         }
-        if probe(opts.port, "/health/liveliness").await {
+        // Ready when our Envoy is live (its listener is bound: it exits when it cannot bind)
+        // and the port answers through it.
+        if admin_get(envoy_admin_port, "/ready").await.is_some()
+            && probe(&opts.host, opts.port, "/health/liveliness").await
+        {
             break;
         }
         // Envoy stays up when the filter's configuration is refused (the module does not load,

@@ -581,7 +581,7 @@ impl Stack {
                 Err(why) => {
                     drop(up);
                     let stderr = read_file(&up_err);
-                    if attempt < 3 && stderr.contains("Address already in use") {
+                    if attempt < 3 && stderr.contains("is in use; pick another") {
                         continue;
                     }
                     panic!(

@@ -1,6 +1,7 @@
 //! Who is calling the admin API and what they may do (litellm-compat.md §5.1): the master key
-//! is `proxy_admin`; a virtual key has its user's `user_role` (`internal_user` without a user
-//! row).
+//! is `proxy_admin`; a virtual key has its user's `user_role`, and a key without a user row
+//! has no role, as in LiteLLM's route checks. [`ROUTES`] is the rights table; every handler
+//! starts with [`authorize`].
 
 use super::common::AdminError;
 use super::AdminState;
@@ -35,25 +36,29 @@ pub enum Principal {
 }
 
 impl Principal {
-    pub fn role(&self) -> &str {
+    /// The role LiteLLM's route checks see (`auth_checks.get_user_role`): the master key is
+    /// `proxy_admin`; a virtual key has its user row's `user_role` (an unknown role counts as
+    /// `internal_user`); a key whose user has no row, or that has no user, has none.
+    pub fn role(&self) -> Option<&str> {
         match self {
-            Principal::Master => PROXY_ADMIN,
-            Principal::Key { user, .. } => user
-                .as_ref()
-                .and_then(|u| u.user_role.as_deref())
-                .filter(|r| USER_ROLES.contains(r))
-                .unwrap_or(INTERNAL_USER),
+            Principal::Master => Some(PROXY_ADMIN),
+            Principal::Key { user, .. } => user.as_ref().map(|u| {
+                u.user_role
+                    .as_deref()
+                    .filter(|r| USER_ROLES.contains(r))
+                    .unwrap_or(INTERNAL_USER)
+            }),
         }
     }
 
     /// Master key or a `proxy_admin` user's key.
     pub fn is_admin(&self) -> bool {
-        self.role() == PROXY_ADMIN
+        self.role() == Some(PROXY_ADMIN)
     }
 
     /// May read everything (`proxy_admin`, `proxy_admin_viewer`).
     pub fn is_admin_viewer(&self) -> bool {
-        matches!(self.role(), PROXY_ADMIN | PROXY_ADMIN_VIEWER)
+        matches!(self.role(), Some(PROXY_ADMIN | PROXY_ADMIN_VIEWER))
     }
 
     /// The caller's user id (none for the master key or a key without user).
@@ -71,14 +76,159 @@ impl Principal {
         }
     }
 
+    /// A team's key without user (LiteLLM's `is_team_service_account`): it may create and
+    /// update keys of its own team only.
+    pub fn service_account_team(&self) -> Option<&str> {
+        self.key()
+            .filter(|k| k.user_id.is_none())
+            .and_then(|k| k.team_id.as_deref())
+    }
+
     /// A team admin of `team` (LiteLLM lets them manage the team's keys and members).
     pub fn is_team_admin(&self, team: &TeamRow) -> bool {
         self.user_id().is_some_and(|u| team.is_admin(u))
     }
 
+    /// A member of `team`, or the team's own service-account key.
     pub fn is_team_member(&self, team: &TeamRow) -> bool {
         self.user_id().is_some_and(|u| team.member(u).is_some())
+            || self.service_account_team() == Some(team.team_id.as_str())
     }
+
+    /// The key carries LiteLLM's `get_spend_routes` permission (only admins can set it).
+    fn may_read_global_spend(&self) -> bool {
+        self.key()
+            .and_then(|k| k.permissions.get("get_spend_routes"))
+            .is_some_and(|v| !v.is_null() && v != &serde_json::Value::Bool(false))
+    }
+}
+
+/// What a non-admin may do with an admin route (LiteLLM's route groups in
+/// `_types.py:LiteLLMRoutes`, applied as `route_checks.non_proxy_admin_allowed_routes_check`
+/// does). The handler then limits the caller to what it owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    /// `info_routes`: any caller; the handler shows only the caller's own things.
+    Info,
+    /// `key_management_routes` writes: `internal_user`s (their own keys and their teams'),
+    /// and a team's key without user for `/key/generate` and `/key/update` in its team.
+    KeyWrite,
+    /// `spend_tracking_routes`: `internal_user`(`_viewer`)s, scoped to their own spend.
+    Spend,
+    /// `global_spend_tracking_routes`: admins, admin viewers and keys with the
+    /// `get_spend_routes` permission.
+    GlobalSpend,
+    /// `self_managed_routes`: any caller; the handler requires an admin of the team.
+    TeamAdmin,
+    /// Reads for `proxy_admin` and `proxy_admin_viewer`.
+    AdminRead,
+    /// Changes for `proxy_admin` only.
+    AdminWrite,
+}
+
+/// Every admin route and its kind (`/end_user/*` is checked as `/customer/*`). This is the
+/// rights table SECURITY.md documents.
+pub const ROUTES: &[(&str, RouteKind)] = &[
+    ("/key/generate", RouteKind::KeyWrite),
+    ("/key/update", RouteKind::KeyWrite),
+    ("/key/delete", RouteKind::KeyWrite),
+    ("/key/regenerate", RouteKind::KeyWrite),
+    ("/key/block", RouteKind::KeyWrite),
+    ("/key/unblock", RouteKind::KeyWrite),
+    ("/key/info", RouteKind::Info),
+    ("/key/list", RouteKind::Info),
+    ("/user/new", RouteKind::AdminWrite),
+    ("/user/update", RouteKind::AdminWrite),
+    ("/user/delete", RouteKind::AdminWrite),
+    ("/user/info", RouteKind::Info),
+    ("/user/list", RouteKind::AdminRead),
+    ("/team/new", RouteKind::AdminWrite),
+    ("/team/delete", RouteKind::AdminWrite),
+    ("/team/block", RouteKind::AdminWrite),
+    ("/team/unblock", RouteKind::AdminWrite),
+    ("/team/update", RouteKind::TeamAdmin),
+    ("/team/member_add", RouteKind::TeamAdmin),
+    ("/team/member_delete", RouteKind::TeamAdmin),
+    ("/team/member_update", RouteKind::TeamAdmin),
+    ("/team/info", RouteKind::Info),
+    ("/team/list", RouteKind::Info),
+    ("/customer/new", RouteKind::AdminWrite),
+    ("/customer/update", RouteKind::AdminWrite),
+    ("/customer/delete", RouteKind::AdminWrite),
+    ("/customer/block", RouteKind::AdminWrite),
+    ("/customer/unblock", RouteKind::AdminWrite),
+    ("/customer/info", RouteKind::AdminRead),
+    ("/customer/list", RouteKind::AdminRead),
+    ("/budget/new", RouteKind::AdminWrite),
+    ("/budget/update", RouteKind::AdminWrite),
+    ("/budget/delete", RouteKind::AdminWrite),
+    ("/budget/info", RouteKind::AdminRead),
+    ("/budget/list", RouteKind::AdminRead),
+    ("/spend/logs", RouteKind::Spend),
+    ("/global/spend", RouteKind::GlobalSpend),
+    ("/model/info", RouteKind::Info),
+];
+
+/// The kind of a route; a route missing from [`ROUTES`] is for admins only.
+pub fn route_kind(route: &str) -> RouteKind {
+    ROUTES
+        .iter()
+        .find(|(r, _)| *r == route)
+        .map(|(_, k)| *k)
+        .unwrap_or(RouteKind::AdminWrite)
+}
+
+/// May `principal` call `route` at all (before the handler looks at what it touches)?
+pub fn check_route(principal: &Principal, route: &str) -> Result<(), AdminError> {
+    if principal.is_admin() {
+        return Ok(());
+    }
+    let kind = route_kind(route);
+    if kind == RouteKind::GlobalSpend && principal.may_read_global_spend() {
+        return Ok(());
+    }
+    let role = principal.role();
+    if role == Some(PROXY_ADMIN_VIEWER) {
+        // Reads everything, changes nothing (`_check_proxy_admin_viewer_access`).
+        return match kind {
+            RouteKind::Info | RouteKind::Spend | RouteKind::GlobalSpend | RouteKind::AdminRead => {
+                Ok(())
+            }
+            _ => Err(AdminError::Api(ApiError::new(
+                403,
+                "auth_error",
+                format!(
+                    "user not allowed to access this route, role= {PROXY_ADMIN_VIEWER}. Trying to access: {route}"
+                ),
+            ))),
+        };
+    }
+    let allowed = match kind {
+        RouteKind::Info | RouteKind::TeamAdmin => true,
+        RouteKind::KeyWrite => {
+            role == Some(INTERNAL_USER)
+                || (principal.service_account_team().is_some()
+                    && matches!(route, "/key/generate" | "/key/update"))
+        }
+        RouteKind::Spend => matches!(role, Some(INTERNAL_USER | INTERNAL_USER_VIEWER)),
+        RouteKind::GlobalSpend | RouteKind::AdminRead | RouteKind::AdminWrite => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(not_admin(principal, route))
+    }
+}
+
+/// Authenticates the caller and checks its right to call `route` ([`check_route`]).
+pub fn authorize(
+    state: &AdminState,
+    headers: &HeaderMap,
+    route: &str,
+) -> Result<Principal, AdminError> {
+    let p = authenticate(state, headers)?;
+    check_route(&p, route)?;
+    Ok(p)
 }
 
 pub fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Principal, AdminError> {
@@ -135,54 +285,26 @@ pub fn mask_id(id: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(n - 4))
 }
 
-/// LiteLLM's refusal of a management route to a non-admin (401).
+/// LiteLLM's refusal of a management route to a non-admin (401). A caller without user row
+/// has role and user id `unknown` there (`_raise_admin_only_route_exception`).
 pub fn not_admin(principal: &Principal, route: &str) -> AdminError {
+    let (role, user_id) = match principal.role() {
+        Some(role) => (
+            role,
+            principal
+                .user_id()
+                .map(mask_id)
+                .unwrap_or_else(|| "None".into()),
+        ),
+        None => ("unknown", "unknown".to_string()),
+    };
     AdminError::Api(ApiError::new(
         401,
         "auth_error",
         format!(
-            "Authentication Error, Only proxy admin can be used to generate, delete, update info for new keys/users/teams. Route={route}. Your role={}. Your user_id={}",
-            principal.role(),
-            principal.user_id().map(mask_id).unwrap_or_else(|| "None".into())
+            "Authentication Error, Only proxy admin can be used to generate, delete, update info for new keys/users/teams. Route={route}. Your role={role}. Your user_id={user_id}"
         ),
     ))
-}
-
-/// The route is for `proxy_admin` only.
-pub fn require_admin(principal: &Principal, route: &str) -> Result<(), AdminError> {
-    if principal.is_admin() {
-        Ok(())
-    } else {
-        Err(not_admin(principal, route))
-    }
-}
-
-/// The route reads everything: `proxy_admin` or `proxy_admin_viewer`.
-pub fn require_admin_view(principal: &Principal, route: &str) -> Result<(), AdminError> {
-    if principal.is_admin_viewer() {
-        Ok(())
-    } else {
-        Err(not_admin(principal, route))
-    }
-}
-
-/// The route changes things: viewers (`*_viewer`) may not call it.
-pub fn require_writer(principal: &Principal, route: &str) -> Result<(), AdminError> {
-    match principal.role() {
-        PROXY_ADMIN | INTERNAL_USER => Ok(()),
-        _ => Err(not_admin(principal, route)),
-    }
-}
-
-/// Authenticates and requires `proxy_admin`.
-pub fn admin_only(
-    state: &AdminState,
-    headers: &HeaderMap,
-    route: &str,
-) -> Result<Principal, AdminError> {
-    let p = authenticate(state, headers)?;
-    require_admin(&p, route)?;
-    Ok(p)
 }
 
 /// Only the filter (which holds the internal token) may call the internal endpoints.
@@ -228,11 +350,15 @@ mod tests {
             }),
         };
         assert!(Principal::Master.is_admin());
-        assert_eq!(key(None).role(), INTERNAL_USER);
+        assert_eq!(key(None).role(), None);
+        assert_eq!(key(Some("bogus")).role(), Some(INTERNAL_USER));
         assert!(key(Some(PROXY_ADMIN)).is_admin());
         assert!(key(Some(PROXY_ADMIN_VIEWER)).is_admin_viewer());
         assert!(!key(Some(PROXY_ADMIN_VIEWER)).is_admin());
-        assert!(require_writer(&key(Some(INTERNAL_USER_VIEWER)), "/key/generate").is_err());
-        assert!(require_writer(&key(None), "/key/generate").is_ok());
+        assert!(check_route(&key(Some(INTERNAL_USER_VIEWER)), "/key/generate").is_err());
+        assert!(check_route(&key(Some(INTERNAL_USER)), "/key/generate").is_ok());
+        // A key whose user has no row has no role: no key writes.
+        assert!(check_route(&key(None), "/key/generate").is_err());
+        assert_eq!(route_kind("/no/such/route"), RouteKind::AdminWrite);
     }
 }

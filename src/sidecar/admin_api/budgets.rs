@@ -1,7 +1,7 @@
 //! `/budget/*`: budget rows (litellm-compat.md §5.3) that customers, team memberships, teams'
 //! default member budgets and keys link to. Admin only (viewers may read).
 
-use super::auth::{admin_only, authenticate, require_admin_view};
+use super::auth::authorize;
 use super::common::{
     bad_request, changed, check_budget_duration, detail_error, new_uuid, ok, row_json, transact,
     validation_error, AdminError, AdminResult, Fields,
@@ -91,7 +91,7 @@ pub async fn budget_new(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    admin_only(&state, &headers, "/budget/new")?;
+    authorize(&state, &headers, "/budget/new")?;
     let f = Fields::parse(&body)?;
     let done = transact(&state, |tx| {
         let now = tx.now();
@@ -123,7 +123,7 @@ pub async fn budget_update(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    admin_only(&state, &headers, "/budget/update")?;
+    authorize(&state, &headers, "/budget/update")?;
     let f = Fields::parse(&body)?;
     let Some(Some(id)) = f.string("budget_id")? else {
         return Err(bad_request("budget_id is required"));
@@ -149,7 +149,7 @@ pub async fn budget_delete(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    admin_only(&state, &headers, "/budget/delete")?;
+    authorize(&state, &headers, "/budget/delete")?;
     let f = Fields::parse(&body)?;
     let id = match (f.string("id")?.flatten(), f.string("budget_id")?.flatten()) {
         (Some(id), _) | (None, Some(id)) => id,
@@ -193,8 +193,7 @@ pub async fn budget_info(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_admin_view(&principal, "/budget/info")?;
+    authorize(&state, &headers, "/budget/info")?;
     let f = Fields::parse(&body)?;
     let ids = f.string_list("budgets")?.unwrap_or_default();
     rows_for(&state, ids)
@@ -206,8 +205,7 @@ pub async fn budget_info_get(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_admin_view(&principal, "/budget/info")?;
+    authorize(&state, &headers, "/budget/info")?;
     let ids: Vec<String> = q
         .get("budgets")
         .or_else(|| q.get("budget_id"))
@@ -224,8 +222,7 @@ pub async fn budget_info_get(
 
 /// `GET /budget/list`: every budget row.
 pub async fn budget_list(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_admin_view(&principal, "/budget/list")?;
+    authorize(&state, &headers, "/budget/list")?;
     let done = transact(&state, |tx| Ok(tx.budgets()?))?;
     Ok(ok(json!(done
         .value

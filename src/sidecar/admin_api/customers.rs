@@ -5,7 +5,7 @@
 //! Tollgate enforces `blocked` (LiteLLM only stores it): a blocked customer's requests get
 //! 401 `auth_error` (see `admission::check_customer`).
 
-use super::auth::{admin_only, authenticate, require_admin_view};
+use super::auth::authorize;
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, new_uuid, ok,
     row_json, spend_nanos_of, transact, usd, validation_error, AdminError, AdminResult, Fields,
@@ -134,7 +134,7 @@ pub async fn customer_new(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    admin_only(&state, &headers, "/customer/new")?;
+    authorize(&state, &headers, "/customer/new")?;
     let f = Fields::parse(&body)?;
     let user_id = f.required_string("user_id")?;
     let budget_id = f.string("budget_id")?.flatten();
@@ -208,8 +208,7 @@ pub async fn customer_info(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_admin_view(&principal, "/customer/info")?;
+    authorize(&state, &headers, "/customer/info")?;
     let id = q
         .get("end_user_id")
         .cloned()
@@ -231,7 +230,7 @@ pub async fn customer_update(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    admin_only(&state, &headers, "/customer/update")?;
+    authorize(&state, &headers, "/customer/update")?;
     let f = Fields::parse(&body)?;
     let user_id = f.required_string("user_id")?;
     check_default_model(&state, &f)?;
@@ -309,7 +308,7 @@ pub async fn customer_delete(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    admin_only(&state, &headers, "/customer/delete")?;
+    authorize(&state, &headers, "/customer/delete")?;
     let f = Fields::parse(&body)?;
     let ids = user_ids(&f)?;
     let done = transact(&state, |tx| {
@@ -355,7 +354,7 @@ async fn set_blocked(
     } else {
         "/customer/unblock"
     };
-    admin_only(&state, &headers, route)?;
+    authorize(&state, &headers, route)?;
     let f = Fields::parse(&body)?;
     let ids = user_ids(&f)?;
     let done = transact(&state, |tx| {
@@ -409,13 +408,7 @@ pub async fn customer_unblock(
 
 /// `GET /customer/list`: every customer (admins and admin viewers).
 pub async fn customer_list(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    if !principal.is_admin_viewer() {
-        return Err(detail_error(
-            401,
-            &format!("Admin-only endpoint. Your user role={}", principal.role()),
-        ));
-    }
+    authorize(&state, &headers, "/customer/list")?;
     let done = transact(&state, |tx| Ok(tx.end_users()?))?;
     let list: Vec<Value> = done
         .value

@@ -2,7 +2,8 @@
 //! user manages its own keys and those of teams it administers, and creates keys for itself
 //! or for teams it belongs to.
 
-use super::auth::{authenticate, require_writer, Principal};
+use super::auth::{authorize, Principal};
+use super::ceiling;
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, expiry, forbidden,
     not_found, now_micros, ok, parse_body, row_json, set_metadata, spend_nanos_of, transact, usd,
@@ -181,7 +182,8 @@ pub fn key_response(raw: &str, row: &KeyRow) -> Value {
 }
 
 /// What a non-admin may ask for on `/key/generate`: keys for itself, or for a team it is a
-/// member of, within its own key's budget.
+/// member of (a team's key without user: for its own team only), without the admin-only
+/// fields. [`ceiling::fit_within`] then keeps the new key inside the caller's own.
 fn check_generate_rights(
     principal: &Principal,
     tx: &Tx<'_>,
@@ -201,6 +203,13 @@ fn check_generate_rights(
             )))
         }
     }
+    if let Some(team) = principal.service_account_team() {
+        if req.team_id.as_deref() != Some(team) {
+            return Err(forbidden(&format!(
+                "Service account keys can only create keys for their own team. team_id={team}"
+            )));
+        }
+    }
     if let Some(team_id) = &req.team_id {
         let Some(team) = tx.team(team_id)? else {
             return Err(no_such_team(team_id));
@@ -212,15 +221,50 @@ fn check_generate_rights(
             )));
         }
     }
-    let own_budget = principal.key().and_then(|k| k.max_budget);
-    if let (Some(asked), Some(mine)) = (req.max_budget, own_budget) {
-        if asked > mine {
-            return Err(bad_request(&format!(
-                "max_budget ({asked}) cannot exceed the caller's own max_budget ({mine})."
-            )));
-        }
+    let admin_only_fields = [
+        (
+            "permissions",
+            req.permissions.as_ref().is_some_and(|p| !is_empty_json(p)),
+        ),
+        ("allowed_routes", !req.allowed_routes.is_empty()),
+        ("budget_id", req.budget_id.is_some()),
+        ("spend", req.spend.is_some_and(|s| s != 0.0)),
+    ];
+    if let Some((field, _)) = admin_only_fields.iter().find(|(_, set)| *set) {
+        return Err(only_admins_set(field));
     }
     Ok(())
+}
+
+fn is_empty_json(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(o) => o.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// LiteLLM's refusal of an admin-only key field (`permissions`, `allowed_routes`; Tollgate adds
+/// `budget_id` and `spend`, which would lift the key's limits).
+fn only_admins_set(field: &str) -> AdminError {
+    forbidden(&format!("Only proxy admins can set `{field}` on a key."))
+}
+
+/// Keeps a key a non-admin creates or changes inside the caller's own key.
+fn fit_caller(
+    state: &AdminState,
+    principal: &Principal,
+    before: Option<&KeyRow>,
+    row: &mut KeyRow,
+) -> Result<(), AdminError> {
+    match principal.key() {
+        Some(caller) if !principal.is_admin() => {
+            ceiling::fit_within(caller, &state.settings().plugin, before, row)
+                .map_err(|m| bad_request(&m))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub async fn key_generate(
@@ -228,12 +272,12 @@ pub async fn key_generate(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_writer(&principal, "/key/generate")?;
+    let principal = authorize(&state, &headers, "/key/generate")?;
     let mut req: GenerateKeyRequest = parse_body(&body)?;
     let done = transact(&state, |tx| {
         check_generate_rights(&principal, tx, &mut req)?;
-        let (raw, row) = build_key(&state, tx, req)?;
+        let (raw, mut row) = build_key(&state, tx, req)?;
+        fit_caller(&state, &principal, None, &mut row)?;
         tx.insert_key(&row)?;
         // The filter may hold a short "unknown key" answer for this token.
         tx.invalidate(row.token.clone());
@@ -282,7 +326,7 @@ pub async fn key_info(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
+    let principal = authorize(&state, &headers, "/key/info")?;
     let asked = match (q.get("key"), &principal) {
         (Some(k), _) => k.clone(),
         (None, Principal::Key { key, .. }) => key.token.clone(),
@@ -357,18 +401,6 @@ fn apply_key_fields(
     }
     if let Some(v) = f.float("max_budget")? {
         check_budget("max_budget", v)?;
-        if !principal.is_admin() {
-            // A user cannot lift a budget beyond its own key's (its own key's included).
-            let mine = principal.key().and_then(|k| k.max_budget);
-            if let Some(mine) = mine {
-                if v.map_or(true, |asked| asked > mine) {
-                    return Err(bad_request(&format!(
-                        "max_budget ({}) cannot exceed the caller's own max_budget ({mine}).",
-                        v.map_or("None".to_string(), |a| a.to_string())
-                    )));
-                }
-            }
-        }
         row.max_budget = v;
     }
     f.apply_period_and_limits(
@@ -410,6 +442,22 @@ fn apply_key_fields(
             "temp_budget_increase and temp_budget_expiry must be set together.",
         ));
     }
+    if !principal.is_admin() {
+        let stored = [
+            ("permissions", Some(row.permissions.clone())),
+            ("allowed_routes", Some(json!(row.allowed_routes))),
+            ("budget_id", Some(json!(row.budget_id))),
+        ];
+        for (field, current) in stored {
+            if let Some(asked) = f.value(field) {
+                let unchanged = current
+                    .is_some_and(|c| c == asked || (is_empty_json(&c) && is_empty_json(&asked)));
+                if !unchanged {
+                    return Err(only_admins_set(field));
+                }
+            }
+        }
+    }
     for (field, slot) in [
         ("model_max_budget", &mut row.model_max_budget),
         ("aliases", &mut row.aliases),
@@ -421,18 +469,30 @@ fn apply_key_fields(
         }
     }
     if let Some(v) = f.string("user_id")? {
-        if !principal.is_admin() && v.as_deref() != principal.user_id() {
-            return Err(forbidden(
-                "Only proxy admins can move a key to another user.",
-            ));
+        if !principal.is_admin() && v != row.user_id {
+            // A key without its user would escape the user's budget and role.
+            return Err(forbidden(match v {
+                None => "Non-admin users cannot remove the user_id from a key.",
+                Some(_) => "Only proxy admins can move a key to another user.",
+            }));
         }
         row.user_id = v;
     }
     if let Some(v) = f.string("team_id")? {
         if let Some(t) = &v {
-            if tx.team(t)?.is_none() {
+            let Some(team) = tx.team(t)? else {
                 return Err(no_such_team(t));
+            };
+            if !principal.is_admin() && v != row.team_id && !principal.is_team_member(&team) {
+                return Err(forbidden(&format!(
+                    "Only members of team={t} can move a key into it."
+                )));
             }
+        }
+        if !principal.is_admin() && v != row.team_id && principal.service_account_team().is_some() {
+            return Err(forbidden(
+                "Service account keys can only manage keys of their own team.",
+            ));
         }
         row.team_id = v;
     }
@@ -477,8 +537,7 @@ pub async fn key_update(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_writer(&principal, "/key/update")?;
+    let principal = authorize(&state, &headers, "/key/update")?;
     let f = Fields::parse(&body)?;
     let done = transact(&state, |tx| {
         let mut row = find_key(tx, &f)?;
@@ -486,7 +545,9 @@ pub async fn key_update(
             return Err(not_yours());
         }
         let by_alias = !f.has("key");
+        let before = row.clone();
         apply_key_fields(&state, tx, &principal, &mut row, &f, by_alias)?;
+        fit_caller(&state, &principal, Some(&before), &mut row)?;
         tx.save_key(&row)?;
         tx.invalidate(row.token.clone());
         let mut v = row_json(&row);
@@ -508,8 +569,7 @@ pub async fn key_delete(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_writer(&principal, "/key/delete")?;
+    let principal = authorize(&state, &headers, "/key/delete")?;
     let f = Fields::parse(&body)?;
     let keys = f.string_list("keys")?;
     let aliases = f.string_list("key_aliases")?;
@@ -598,7 +658,7 @@ pub async fn key_list(
     headers: HeaderMap,
     Query(q): Query<KeyListQuery>,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
+    let principal = authorize(&state, &headers, "/key/list")?;
     let page = query_number("page", q.page.as_deref(), 1, u64::MAX)?;
     let size = query_number("size", q.size.as_deref(), 10, 100)?;
     let mut query = KeyQuery {
@@ -641,8 +701,7 @@ async fn set_blocked(
     } else {
         "/key/unblock"
     };
-    let principal = authenticate(&state, &headers)?;
-    require_writer(&principal, route)?;
+    let principal = authorize(&state, &headers, route)?;
     let f = Fields::parse(&body)?;
     let key = f.required_string("key")?;
     let done = transact(&state, |tx| {
@@ -680,8 +739,7 @@ pub async fn key_unblock(
 }
 
 async fn regenerate(state: Shared, headers: HeaderMap, f: Fields, key: String) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_writer(&principal, "/key/regenerate")?;
+    let principal = authorize(&state, &headers, "/key/regenerate")?;
     let done = transact(&state, |tx| {
         let Some(old) = tx.key(&token_of(&key))? else {
             return Err(not_found("Key not found."));
@@ -704,6 +762,7 @@ async fn regenerate(state: Shared, headers: HeaderMap, f: Fields, key: String) -
         }
         let mut row = old.clone();
         apply_key_fields(&state, tx, &principal, &mut row, &f, false)?;
+        fit_caller(&state, &principal, Some(&old), &mut row)?;
         row.token = token;
         row.key_name = abbreviate(&raw);
         tx.delete_key(&old.token)?;
@@ -724,7 +783,7 @@ pub async fn key_regenerate(
 ) -> AdminResult {
     // Authentication before body validation, as in LiteLLM (FastAPI runs the auth dependency
     // first): an anonymous caller learns nothing about the body's shape.
-    authenticate(&state, &headers)?;
+    authorize(&state, &headers, "/key/regenerate")?;
     let f = Fields::parse(&body)?;
     let key = f.required_string("key")?;
     regenerate(state, headers, f, key).await
@@ -737,7 +796,7 @@ pub async fn key_regenerate_path(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    authenticate(&state, &headers)?;
+    authorize(&state, &headers, "/key/regenerate")?;
     let f = Fields::parse(&body)?;
     regenerate(state, headers, f, key).await
 }

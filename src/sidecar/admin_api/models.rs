@@ -1,7 +1,7 @@
 //! `GET /model/info` (also `/v1/model/info`): the deployments of the loaded config that the
 //! caller may use (the master key and admins: all). `/v1/models` is answered by the filter.
 
-use super::auth::{authenticate, Principal};
+use super::auth::{authorize, Principal};
 use super::common::{now_micros, ok, AdminError, AdminResult};
 use super::internal::key_record;
 use super::Shared;
@@ -44,7 +44,7 @@ pub async fn model_info(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
+    let principal = authorize(&state, &headers, "/model/info")?;
     let settings = state.settings();
     let plugin = &settings.plugin;
     let allowed: Option<Vec<String>> = match &principal {

@@ -1,7 +1,7 @@
 //! `/spend/logs` and `/global/spend` (litellm-compat.md §5.3): spend as the sidecar recorded
 //! it from the filter's settled calls.
 
-use super::auth::{admin_only, authenticate, Principal};
+use super::auth::{authorize, Principal};
 use super::common::{bad_request, now_micros, AdminError, AdminResult};
 use super::Shared;
 use crate::duration::{format_iso8601_utc, parse_iso8601_utc};
@@ -78,7 +78,7 @@ pub async fn spend_logs(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
+    let principal = authorize(&state, &headers, "/spend/logs")?;
     let param = |name: &str| q.get(name).filter(|v| !v.is_empty()).cloned();
     let master_hash = hash_key(&state.settings().master_key);
     let mut query = SpendLogQuery {
@@ -125,7 +125,7 @@ pub async fn spend_logs(
 
 /// `GET /global/spend`: the proxy budget's spend and limit.
 pub async fn global_spend(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
-    admin_only(&state, &headers, "/global/spend")?;
+    authorize(&state, &headers, "/global/spend")?;
     let proxy = state.store.proxy_budget_at(now_micros())?;
     Ok(Json(json!({
         "spend": proxy.spend_usd(),

@@ -2,7 +2,7 @@
 //! Creating, deleting and (un)blocking teams is for admins; a team admin may update its team
 //! and manage its members; members may read it.
 
-use super::auth::{authenticate, require_admin, require_writer, Principal, INTERNAL_USER};
+use super::auth::{authorize, Principal, INTERNAL_USER};
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, forbidden, new_uuid,
     ok, parse_body, row_json, set_metadata, spend_nanos_of, transact, validation_error, AdminError,
@@ -229,8 +229,7 @@ pub async fn team_new(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_admin(&principal, "/team/new")?;
+    authorize(&state, &headers, "/team/new")?;
     let req: NewTeamRequest = parse_body(&body)?;
     check_budget("max_budget", req.max_budget)?;
     check_budget("soft_budget", req.soft_budget)?;
@@ -309,7 +308,7 @@ pub async fn team_info(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
+    let principal = authorize(&state, &headers, "/team/info")?;
     let team_id = q
         .get("team_id")
         .filter(|t| !t.is_empty())
@@ -340,7 +339,7 @@ pub async fn team_info(
 
 /// `GET /team/list`: every team for admins, the caller's teams otherwise.
 pub async fn team_list(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
+    let principal = authorize(&state, &headers, "/team/list")?;
     let done = transact(&state, |tx| Ok(tx.teams()?))?;
     let teams: Vec<Value> = done
         .value
@@ -358,8 +357,7 @@ pub async fn team_update(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_writer(&principal, "/team/update")?;
+    let principal = authorize(&state, &headers, "/team/update")?;
     let f = Fields::parse(&body)?;
     let team_id = f.required_string("team_id")?;
     let done = transact(&state, |tx| {
@@ -449,8 +447,7 @@ pub async fn team_delete(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_admin(&principal, "/team/delete")?;
+    authorize(&state, &headers, "/team/delete")?;
     let f = Fields::parse(&body)?;
     let ids = f
         .string_list("team_ids")?
@@ -505,8 +502,7 @@ pub async fn team_member_add(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_writer(&principal, "/team/member_add")?;
+    let principal = authorize(&state, &headers, "/team/member_add")?;
     let f = Fields::parse(&body)?;
     let team_id = f.required_string("team_id")?;
     let members = members_of(&f)?;
@@ -569,8 +565,7 @@ pub async fn team_member_delete(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_writer(&principal, "/team/member_delete")?;
+    let principal = authorize(&state, &headers, "/team/member_delete")?;
     let f = Fields::parse(&body)?;
     let team_id = f.required_string("team_id")?;
     let done = transact(&state, |tx| {
@@ -600,8 +595,7 @@ pub async fn team_member_update(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_writer(&principal, "/team/member_update")?;
+    let principal = authorize(&state, &headers, "/team/member_update")?;
     let f = Fields::parse(&body)?;
     let team_id = f.required_string("team_id")?;
     let done = transact(&state, |tx| {
@@ -680,8 +674,7 @@ async fn set_blocked(
     } else {
         "/team/unblock"
     };
-    let principal = authenticate(&state, &headers)?;
-    require_admin(&principal, route)?;
+    authorize(&state, &headers, route)?;
     let f = Fields::parse(&body)?;
     let team_id = f.required_string("team_id")?;
     let done = transact(&state, |tx| {

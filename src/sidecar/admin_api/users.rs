@@ -1,9 +1,7 @@
 //! `/user/*`: internal users (litellm-compat.md §5.3). Creating, changing and listing users
 //! is for admins; a user may read its own info.
 
-use super::auth::{
-    admin_only, authenticate, require_admin_view, Principal, INTERNAL_USER, USER_ROLES,
-};
+use super::auth::{authorize, Principal, INTERNAL_USER, USER_ROLES};
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, forbidden, not_found, now_micros,
     ok, parse_body, row_json, spend_nanos_of, transact, usd, validation_error, AdminError,
@@ -58,7 +56,7 @@ pub async fn user_new(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    admin_only(&state, &headers, "/user/new")?;
+    authorize(&state, &headers, "/user/new")?;
     let req: NewUserRequest = parse_body(&body)?;
     let role = req
         .user_role
@@ -169,7 +167,7 @@ pub async fn user_info(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
+    let principal = authorize(&state, &headers, "/user/info")?;
     let user_id = match (&principal, q.get("user_id")) {
         (p, Some(id)) if p.is_admin_viewer() => id.clone(),
         (Principal::Master, None) => {
@@ -230,7 +228,7 @@ pub async fn user_update(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    admin_only(&state, &headers, "/user/update")?;
+    authorize(&state, &headers, "/user/update")?;
     let f = Fields::parse(&body)?;
     let done = transact(&state, |tx| {
         let mut user = find_user(tx, &f)?;
@@ -313,7 +311,7 @@ pub async fn user_delete(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    admin_only(&state, &headers, "/user/delete")?;
+    authorize(&state, &headers, "/user/delete")?;
     let f = Fields::parse(&body)?;
     let ids = f
         .string_list("user_ids")?
@@ -344,8 +342,7 @@ pub async fn user_list(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authenticate(&state, &headers)?;
-    require_admin_view(&principal, "/user/list")?;
+    authorize(&state, &headers, "/user/list")?;
     let number = |name: &str, default: u64| -> Result<u64, AdminError> {
         match q.get(name) {
             None => Ok(default),

@@ -5,6 +5,7 @@ mod budgets;
 mod changes;
 mod customers;
 mod keys;
+mod rights;
 mod spend;
 mod teams;
 mod users;

@@ -1,0 +1,329 @@
+//! Who may call which admin route (issue 12): every route with every kind of caller, against
+//! LiteLLM's route checks (SECURITY.md, "Admin API rights"); then what a key may create.
+
+use super::*;
+
+/// The kinds of caller. The letters are the columns of [`RIGHTS`].
+const CALLERS: [(char, &str); 8] = [
+    ('M', "master key"),
+    ('A', "key of a proxy_admin user"),
+    ('V', "key of a proxy_admin_viewer user"),
+    ('I', "key of an internal_user"),
+    ('W', "key of an internal_user_viewer"),
+    ('T', "team key without user"),
+    ('N', "key without user or team"),
+    ('R', "key whose user_id has no user row"),
+];
+
+/// Route, body, and the callers the route check lets through. Everyone else is refused
+/// before the handler: `proxy_admin_viewer` with 403, the others with LiteLLM's 401.
+const RIGHTS: &[(&str, &str, &str)] = &[
+    ("POST /key/generate", "{}", "MAIT"),
+    ("POST /key/update", r#"{"key":"VICTIM"}"#, "MAIT"),
+    (
+        "POST /key/delete",
+        r#"{"keys":["sk-no-such-key-000000"]}"#,
+        "MAI",
+    ),
+    (
+        "POST /key/regenerate",
+        r#"{"key":"sk-no-such-key-000000"}"#,
+        "MAI",
+    ),
+    ("POST /key/sk-no-such-key-000000/regenerate", "{}", "MAI"),
+    (
+        "POST /key/block",
+        r#"{"key":"sk-no-such-key-000000"}"#,
+        "MAI",
+    ),
+    (
+        "POST /key/unblock",
+        r#"{"key":"sk-no-such-key-000000"}"#,
+        "MAI",
+    ),
+    ("GET /key/info?key=VICTIM", "", "MAVIWTNR"),
+    ("GET /key/list", "", "MAVIWTNR"),
+    ("POST /user/new", r#"{"auto_create_key":false}"#, "MA"),
+    ("POST /user/update", r#"{"user_id":"nobody"}"#, "MA"),
+    ("POST /user/delete", r#"{"user_ids":["nobody"]}"#, "MA"),
+    ("GET /user/info?user_id=internal", "", "MAVIWTNR"),
+    ("GET /user/list", "", "MAV"),
+    ("POST /team/new", "{}", "MA"),
+    ("POST /team/delete", r#"{"team_ids":["nope"]}"#, "MA"),
+    ("POST /team/block", r#"{"team_id":"nope"}"#, "MA"),
+    ("POST /team/unblock", r#"{"team_id":"nope"}"#, "MA"),
+    ("POST /team/update", r#"{"team_id":"t"}"#, "MAIWTNR"),
+    (
+        "POST /team/member_add",
+        r#"{"team_id":"t","member":{"user_id":"x","role":"user"}}"#,
+        "MAIWTNR",
+    ),
+    (
+        "POST /team/member_delete",
+        r#"{"team_id":"t","user_id":"x"}"#,
+        "MAIWTNR",
+    ),
+    (
+        "POST /team/member_update",
+        r#"{"team_id":"t","user_id":"x","role":"admin"}"#,
+        "MAIWTNR",
+    ),
+    ("GET /team/info?team_id=t", "", "MAVIWTNR"),
+    ("GET /team/list", "", "MAVIWTNR"),
+    ("POST /customer/new", r#"{"user_id":"cust-new"}"#, "MA"),
+    ("POST /customer/update", r#"{"user_id":"cust"}"#, "MA"),
+    ("POST /customer/delete", r#"{"user_ids":["nobody"]}"#, "MA"),
+    ("POST /customer/block", r#"{"user_ids":["cust"]}"#, "MA"),
+    ("POST /customer/unblock", r#"{"user_ids":["cust"]}"#, "MA"),
+    ("GET /customer/info?end_user_id=cust", "", "MAV"),
+    ("GET /customer/list", "", "MAV"),
+    ("POST /end_user/new", r#"{"user_id":"cust-new-2"}"#, "MA"),
+    ("GET /end_user/list", "", "MAV"),
+    ("POST /budget/new", "{}", "MA"),
+    ("POST /budget/update", r#"{"budget_id":"nope"}"#, "MA"),
+    ("POST /budget/delete", r#"{"id":"nope"}"#, "MA"),
+    ("POST /budget/info", r#"{"budgets":["nope"]}"#, "MAV"),
+    ("GET /budget/info?budget_id=nope", "", "MAV"),
+    ("GET /budget/list", "", "MAV"),
+    ("GET /spend/logs", "", "MAVIW"),
+    ("GET /global/spend", "", "MAV"),
+    ("GET /model/info", "", "MAVIWTNR"),
+    ("GET /v1/model/info", "", "MAVIWTNR"),
+    ("GET /health/readiness", "", "MAVIWTNR"),
+    ("GET /health/liveliness", "", "MAVIWTNR"),
+];
+
+/// Whether the answer is the route check's refusal (rather than the handler's).
+fn refused_by_route(a: &Answer) -> Option<u16> {
+    let m = message(&a.body);
+    if a.status == 401 && m.contains("Only proxy admin can be used") {
+        return Some(401);
+    }
+    if a.status == 403 && m.contains("user not allowed to access this route") {
+        return Some(403);
+    }
+    None
+}
+
+/// Raw keys of each kind of caller (the master key for `M`).
+fn callers(api: &Api) -> Vec<(char, String)> {
+    api.admin("POST", "/team/new", Some(json!({"team_id": "t"})));
+    let user_key = |id: &str, role: &str| {
+        let u = api.admin(
+            "POST",
+            "/user/new",
+            Some(json!({"user_id": id, "user_role": role})),
+        );
+        u["key"].as_str().unwrap().to_string()
+    };
+    vec![
+        ('M', MASTER.to_string()),
+        ('A', user_key("admin", "proxy_admin")),
+        ('V', user_key("viewer", "proxy_admin_viewer")),
+        ('I', user_key("internal", "internal_user")),
+        ('W', user_key("iviewer", "internal_user_viewer")),
+        ('T', api.new_key(json!({"team_id": "t"})).0),
+        ('N', api.new_key(json!({})).0),
+        ('R', api.new_key(json!({"user_id": "ghost"})).0),
+    ]
+}
+
+#[test]
+fn every_route_with_every_kind_of_caller() {
+    let api = Api::start(BudgetSettings::default());
+    let callers = callers(&api);
+    api.admin("POST", "/customer/new", Some(json!({"user_id": "cust"})));
+    let (victim, _) = api.new_key(json!({"key_alias": "victim"}));
+    let mut wrong = Vec::new();
+    for (route, body, allowed) in RIGHTS {
+        let (method, path) = route.split_once(' ').unwrap();
+        let path = path.replace("VICTIM", &victim);
+        let body = body.replace("VICTIM", &victim);
+        for (who, raw) in &callers {
+            let a = api.send(
+                method,
+                &path,
+                &format!("Bearer {raw}"),
+                (!body.is_empty()).then(|| body.clone()),
+            );
+            let want = if allowed.contains(*who) {
+                None
+            } else if *who == 'V' {
+                Some(403)
+            } else {
+                Some(401)
+            };
+            if refused_by_route(&a) != want {
+                let name = CALLERS.iter().find(|(c, _)| c == who).unwrap().1;
+                wrong.push(format!(
+                    "{route} by {name}: want {want:?}, got {} {}",
+                    a.status, a.body
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // A customer is no caller: its id is no credential.
+    let a = api.with_key("cust", "GET", "/customer/info?end_user_id=cust", None);
+    assert_eq!(a.status, 401);
+}
+
+/// Issue 12's reproduction: a key without user, with a tiny budget and one model, asks for a
+/// key with another model and no budget.
+#[test]
+fn a_key_without_user_cannot_mint_keys() {
+    let api = Api::start(BudgetSettings::default());
+    let (parent, _) = api.new_key(json!({"max_budget": 0.000001, "models": ["gpt-a"]}));
+    let a = api.with_key(
+        &parent,
+        "POST",
+        "/key/generate",
+        Some(json!({"models": ["gpt-b"]})),
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(
+        message(&a.body),
+        "Authentication Error, Only proxy admin can be used to generate, delete, update info for new keys/users/teams. Route=/key/generate. Your role=unknown. Your user_id=unknown"
+    );
+    // Nor may it widen itself.
+    let a = api.with_key(
+        &parent,
+        "POST",
+        "/key/update",
+        Some(json!({"key": parent, "max_budget": null})),
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+}
+
+/// An internal user's key creates keys only inside its own limits; what it leaves open is
+/// taken from it.
+#[test]
+fn a_users_key_creates_nothing_wider_than_itself() {
+    let api = Api::start(BudgetSettings::default());
+    api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "u", "auto_create_key": false})),
+    );
+    let (mine, my_token) = api.new_key(json!({
+        "user_id": "u", "models": ["gpt-a"], "max_budget": 1.0, "budget_duration": "30d",
+        "tpm_limit": 100, "rpm_limit": 10, "max_parallel_requests": 2, "duration": "1d",
+        "model_max_budget": {"gpt-a": {"budget_limit": 0.5, "time_period": "30d"}},
+        "model_rpm_limit": {"gpt-a": 5},
+    }));
+    let wider = [
+        json!({"models": ["gpt-b"]}),
+        json!({"models": ["all-proxy-models"]}),
+        json!({"max_budget": 2.0}),
+        json!({"budget_duration": "1d"}),
+        json!({"tpm_limit": 1000}),
+        json!({"rpm_limit": 11}),
+        json!({"max_parallel_requests": 3}),
+        json!({"duration": "30d"}),
+        json!({"model_max_budget": {"gpt-a": {"budget_limit": 5, "time_period": "30d"}}}),
+        json!({"model_rpm_limit": {"gpt-a": 50}}),
+    ];
+    for body in wider {
+        let a = api.with_key(&mine, "POST", "/key/generate", Some(body.clone()));
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+    }
+    for (field, body) in [
+        (
+            "permissions",
+            json!({"permissions": {"get_spend_routes": true}}),
+        ),
+        (
+            "allowed_routes",
+            json!({"allowed_routes": ["/key/generate"]}),
+        ),
+        ("spend", json!({"spend": -100})),
+        ("budget_id", json!({"budget_id": "b"})),
+    ] {
+        let a = api.with_key(&mine, "POST", "/key/generate", Some(body.clone()));
+        assert_eq!(a.status, 403, "{body}: {}", a.body);
+        assert!(message(&a.body).contains(field), "{}", a.body);
+    }
+    let a = api.with_key(&mine, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let child = &a.body;
+    assert_eq!(child["user_id"], "u");
+    assert_eq!(child["models"], json!(["gpt-a"]));
+    assert_eq!(child["max_budget"], 1.0);
+    assert_eq!(child["tpm_limit"], 100);
+    assert_eq!(child["rpm_limit"], 10);
+    assert_eq!(child["max_parallel_requests"], 2);
+    assert!(!child["expires"].is_null());
+    assert_eq!(child["model_max_budget"]["gpt-a"]["budget_limit"], 0.5);
+    assert_eq!(child["metadata"]["model_rpm_limit"]["gpt-a"], 5);
+    let narrower =
+        json!({"models": ["gpt-a"], "max_budget": 0.5, "budget_duration": "60d", "rpm_limit": 1});
+    let a = api.with_key(&mine, "POST", "/key/generate", Some(narrower));
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    // Nor may it widen itself (or a sibling) by an update.
+    for body in [
+        json!({"key": my_token, "models": []}),
+        json!({"key": my_token, "max_budget": null}),
+        json!({"key": my_token, "tpm_limit": null}),
+        json!({"key": my_token, "duration": null}),
+        json!({"key": my_token, "budget_duration": "1h"}),
+    ] {
+        let a = api.with_key(&mine, "POST", "/key/update", Some(body.clone()));
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+    }
+    for body in [
+        json!({"key": my_token, "user_id": null}),
+        json!({"key": my_token, "team_id": "t"}),
+        json!({"key": my_token, "permissions": {"get_spend_routes": true}}),
+    ] {
+        let a = api.with_key(&mine, "POST", "/key/update", Some(body.clone()));
+        assert!(matches!(a.status, 400 | 403), "{body}: {}", a.body);
+    }
+    let a = api.with_key(
+        &mine,
+        "POST",
+        "/key/update",
+        Some(json!({"key": my_token, "key_alias": "renamed", "rpm_limit": 5})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = api.with_key(
+        &mine,
+        "POST",
+        "/key/regenerate",
+        Some(json!({"key": my_token, "max_budget": 100})),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+}
+
+/// A team's key without user creates keys for its own team only.
+#[test]
+fn a_team_key_creates_keys_for_its_team_only() {
+    let api = Api::start(BudgetSettings::default());
+    api.admin("POST", "/team/new", Some(json!({"team_id": "t"})));
+    api.admin("POST", "/team/new", Some(json!({"team_id": "other"})));
+    let (team_key, _) = api.new_key(json!({"team_id": "t", "max_budget": 1.0}));
+    for body in [
+        json!({}),
+        json!({"team_id": "other"}),
+        json!({"team_id": "t", "user_id": "x"}),
+    ] {
+        let a = api.with_key(&team_key, "POST", "/key/generate", Some(body.clone()));
+        assert_eq!(a.status, 403, "{body}: {}", a.body);
+    }
+    let a = api.with_key(
+        &team_key,
+        "POST",
+        "/key/generate",
+        Some(json!({"team_id": "t", "max_budget": 2.0})),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    let a = api.with_key(
+        &team_key,
+        "POST",
+        "/key/generate",
+        Some(json!({"team_id": "t"})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["team_id"], "t");
+    assert_eq!(a.body["max_budget"], 1.0);
+}
