@@ -109,6 +109,9 @@ pub struct Pricing {
     pub input_cost_per_token: Option<f64>,
     pub output_cost_per_token: Option<f64>,
     pub cache_read_input_token_cost: Option<f64>,
+    /// Reasoning tokens' rate (the output rate when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_cost_per_reasoning_token: Option<f64>,
     pub max_output_tokens: Option<u64>,
 }
 

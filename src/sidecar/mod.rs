@@ -2,6 +2,7 @@
 //! serves the admin API and keeps the durable record; `up` also supervises Envoy.
 
 pub mod admin_api;
+pub mod cost_map;
 pub mod fake_llm;
 pub mod litellm_config;
 pub mod reload;
@@ -160,9 +161,15 @@ const WEAK_MASTER_KEYS: [&str; 3] = ["sk-1234", "sk-12345", "1234"];
 pub fn prepare(path: &Path) -> Result<Prepared> {
     let loaded = litellm_config::load(path)?;
     for w in &loaded.warnings {
-        eprintln!("tollgate: warning: {w}");
+        match w.strip_prefix("WARNING: ") {
+            Some(loud) => eprintln!("tollgate: WARNING: {loud}"),
+            None => eprintln!("tollgate: warning: {w}"),
+        }
     }
     let config = loaded.config;
+    for w in render::unpriced_warnings(&config)? {
+        eprintln!("tollgate: warning: {w}");
+    }
     if let Some(Err(why)) = config
         .litellm_settings
         .timezone

@@ -1,6 +1,7 @@
 //! Turns a loaded LiteLLM config into what gets deployed: the plugin configuration, an Envoy
 //! bootstrap (for `envoy -c` / `func-e run -c`) and Istio manifests.
 
+use super::cost_map::{CostMap, COST_MAP_LITELLM_VERSION};
 use super::litellm_config::{LiteLlmConfig, ModelEntry};
 use crate::key_format::hash_key;
 use crate::plugin_config::{
@@ -200,7 +201,72 @@ pub fn internal_token(master_key: &str) -> String {
     hash_key(&format!("tollgate-internal:{master_key}"))
 }
 
+/// A deployment's prices, field by field: `litellm_params`, then `model_info`, then LiteLLM's
+/// cost map entry for `model_info.base_model` (else `litellm_params.model`), as LiteLLM merges a
+/// deployment's custom pricing over the map's entry. Also the map key used, if any.
+pub fn deployment_pricing(entry: &ModelEntry, map: &CostMap) -> (Pricing, Option<String>) {
+    let (p, info) = (&entry.litellm_params, &entry.model_info);
+    let found = match info.base_model.as_deref().filter(|b| !b.is_empty()) {
+        // `_base_model_pricing_provider`: under the deployment's provider, else the base
+        // model's own.
+        Some(base) => {
+            let provider = p.model.split_once('/').map(|(pr, _)| pr);
+            map.lookup(base, provider)
+                .filter(|(_, e)| e.is_priced())
+                .or_else(|| map.lookup(base, None))
+        }
+        None => map.lookup(&p.model, None),
+    };
+    let (key, e) = match found {
+        Some((k, e)) => (Some(k.to_string()), Some(e)),
+        None => (None, None),
+    };
+    let pricing = Pricing {
+        input_cost_per_token: p
+            .input_cost_per_token
+            .or(info.input_cost_per_token)
+            .or(e.and_then(|e| e.input_cost_per_token)),
+        output_cost_per_token: p
+            .output_cost_per_token
+            .or(info.output_cost_per_token)
+            .or(e.and_then(|e| e.output_cost_per_token)),
+        cache_read_input_token_cost: p
+            .cache_read_input_token_cost
+            .or(info.cache_read_input_token_cost)
+            .or(e.and_then(|e| e.cache_read_input_token_cost)),
+        output_cost_per_reasoning_token: p
+            .output_cost_per_reasoning_token
+            .or(info.output_cost_per_reasoning_token)
+            .or(e.and_then(|e| e.output_cost_per_reasoning_token)),
+        max_output_tokens: info
+            .max_output_tokens
+            .or(info.max_tokens)
+            .or(e.and_then(|e| e.max_output_tokens)),
+    };
+    (pricing, key)
+}
+
+/// One warning per deployment that ends up with no token price: its spend will be 0, so no
+/// budget can stop it.
+pub fn unpriced_warnings(config: &LiteLlmConfig) -> Result<Vec<String>> {
+    let map = super::cost_map::current()?;
+    Ok(config
+        .model_list
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !m.litellm_params.model.contains('*'))
+        .filter(|(_, m)| !crate::cost::is_priced(&deployment_pricing(m, &map).0))
+        .map(|(i, m)| {
+            format!(
+                "model_list[{i}] ({}): `{}` has no price in the config nor in LiteLLM's cost map ({COST_MAP_LITELLM_VERSION}); spend for {} will be 0 and no budget limits it. Set litellm_params.input_cost_per_token / output_cost_per_token, or model_info.base_model to a known model",
+                m.model_name, m.litellm_params.model, m.model_name
+            )
+        })
+        .collect())
+}
+
 pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Rendered> {
+    let cost_map = super::cost_map::current()?;
     let mut deployments = Vec::new();
     let mut upstreams: Vec<Upstream> = Vec::new();
     for (i, entry) in config.model_list.iter().enumerate() {
@@ -231,14 +297,7 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             access_groups: info.access_groups.clone(),
             default_api_key_rpm_limit: p.default_api_key_rpm_limit,
             default_api_key_tpm_limit: p.default_api_key_tpm_limit,
-            pricing: Pricing {
-                input_cost_per_token: p.input_cost_per_token.or(info.input_cost_per_token),
-                output_cost_per_token: p.output_cost_per_token.or(info.output_cost_per_token),
-                cache_read_input_token_cost: p
-                    .cache_read_input_token_cost
-                    .or(info.cache_read_input_token_cost),
-                max_output_tokens: info.max_output_tokens.or(info.max_tokens),
-            },
+            pricing: deployment_pricing(entry, &cost_map).0,
         });
         if !upstreams.iter().any(|u| u.cluster == upstream.cluster) {
             upstreams.push(upstream);
@@ -620,6 +679,33 @@ mod tests {
         let text = boot.to_string();
         assert!(text.contains("allow_on_headers_stop_iteration"));
         assert!(text.contains(&d.cluster));
+    }
+
+    /// Issue 13 §1: a deployment without explicit prices is priced from LiteLLM's cost map.
+    #[test]
+    fn prices_come_from_litellm_cost_map() {
+        let loaded = parse(
+            "model_list:\n  - {model_name: mini, litellm_params: {model: openai/gpt-4o-mini, api_key: x}}\n  - {model_name: az, litellm_params: {model: openai/my-azure-deploy, api_base: 'http://127.0.0.1:9/v1'}, model_info: {base_model: gpt-4o-mini}}\n  - {model_name: mixed, litellm_params: {model: gpt-4o-mini, output_cost_per_token: 0.5}}\n  - {model_name: unknown, litellm_params: {model: openai/no-such-model-xyz}}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&loaded.config, &RenderOptions::default()).unwrap();
+        let p = |i: usize| r.plugin.deployments[i].pricing.clone();
+        assert_eq!(p(0).input_cost_per_token, Some(1.5e-7));
+        assert_eq!(p(0).output_cost_per_token, Some(6e-7));
+        assert_eq!(p(0).cache_read_input_token_cost, Some(7.5e-8));
+        assert_eq!(p(0).max_output_tokens, Some(16384));
+        assert_eq!(p(1).input_cost_per_token, Some(1.5e-7));
+        // Explicit prices win field by field; the rest comes from the map.
+        assert_eq!(p(2).output_cost_per_token, Some(0.5));
+        assert_eq!(p(2).input_cost_per_token, Some(1.5e-7));
+        assert_eq!(p(3), Pricing::default());
+        let warnings = unpriced_warnings(&loaded.config).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("model_list[3] (unknown)")
+                && warnings[0].contains("spend for unknown will be 0"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
