@@ -87,7 +87,27 @@ pub struct ModelInfo {
     pub max_input_tokens: Option<u64>,
     pub mode: Option<String>,
     pub base_model: Option<String>,
+    /// Every other `model_info` field (`supports_vision`, `team_id`, ...): LiteLLM passes them
+    /// through to `/model/info`, and so does Tollgate.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
+
+/// The `model_info` fields Tollgate reads (a passthrough key close to one of these is most
+/// likely a misspelling of it).
+const MODEL_INFO_FIELDS: [&str; 11] = [
+    "id",
+    "access_groups",
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "output_cost_per_reasoning_token",
+    "max_output_tokens",
+    "max_tokens",
+    "max_input_tokens",
+    "mode",
+    "base_model",
+];
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct GeneralSettings {
@@ -176,6 +196,13 @@ pub fn parse(text: &str) -> Result<Loaded> {
         })
         .map_err(|e| anyhow!("invalid config: {e}"))?
     };
+    for (i, m) in config.model_list.iter().enumerate() {
+        for key in m.model_info.extra.keys() {
+            if let Some(k) = nearest_key(key, &MODEL_INFO_FIELDS) {
+                warnings.push(format!("model_list.{i}.model_info.{key} is passed through to /model/info but not used; did you mean `{k}`?"));
+            }
+        }
+    }
     if config.model_list.is_empty() {
         warnings.push("WARNING: the config has no models (model_list is empty or missing): every LLM call will be refused with 400 until models are added".to_string());
     }
@@ -607,6 +634,20 @@ litellm_settings:
                 || w.ends_with("`general_settings.zzzzzzzz` is ignored"),
             "{w}"
         );
+    }
+
+    /// Issue 13 §2: `model_info` fields LiteLLM passes through are kept, without warnings; a
+    /// misspelt price among them is still pointed out.
+    #[test]
+    fn model_info_passthrough_fields_are_kept() {
+        let loaded = parse("model_list:\n  - {model_name: a, litellm_params: {model: openai/x}, model_info: {supports_vision: true, mode: chat, base_model: gpt-4o, team_id: t1, input_cost_per_tokn: 1}}\n").unwrap();
+        let info = &loaded.config.model_list[0].model_info;
+        assert_eq!(info.extra["supports_vision"], serde_json::json!(true));
+        assert_eq!(info.extra["team_id"], serde_json::json!("t1"));
+        assert_eq!(info.mode.as_deref(), Some("chat"));
+        assert_eq!(info.base_model.as_deref(), Some("gpt-4o"));
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].contains("did you mean `input_cost_per_token`"));
     }
 
     /// Issue 12 item 11: a config with no models warns loudly.

@@ -108,7 +108,7 @@ pub fn parse_api_base(api_base: &str) -> Result<Upstream> {
     })
 }
 
-fn deployment_id(index: usize, entry: &ModelEntry) -> String {
+pub fn deployment_id(index: usize, entry: &ModelEntry) -> String {
     if let Some(id) = &entry.model_info.id {
         return id.clone();
     }
@@ -244,6 +244,39 @@ pub fn deployment_pricing(entry: &ModelEntry, map: &CostMap) -> (Pricing, Option
             .or(e.and_then(|e| e.max_output_tokens)),
     };
     (pricing, key)
+}
+
+/// What `/model/info` shows of a deployment's `model_info` beyond prices: the fields the config
+/// passes through (`supports_vision`, `base_model`, ...) and, when the config does not say, the
+/// cost map's `mode` and `max_input_tokens` (LiteLLM merges its model info in the same way).
+pub fn model_info_passthrough(entry: &ModelEntry, map: &CostMap) -> serde_json::Map<String, Value> {
+    let info = &entry.model_info;
+    let mut out: serde_json::Map<String, Value> = info
+        .extra
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let found = deployment_pricing(entry, map)
+        .1
+        .and_then(|k| map.get(&k).map(|(_, e)| e.clone()));
+    let mode = info
+        .mode
+        .clone()
+        .or_else(|| found.as_ref().and_then(|e| e.mode.clone()));
+    let max_input = info
+        .max_input_tokens
+        .or_else(|| found.as_ref().and_then(|e| e.max_input_tokens));
+    for (k, v) in [
+        ("mode", mode.map(Value::from)),
+        ("base_model", info.base_model.clone().map(Value::from)),
+        ("max_input_tokens", max_input.map(Value::from)),
+        ("max_tokens", info.max_tokens.map(Value::from)),
+    ] {
+        if let Some(v) = v {
+            out.insert(k.to_string(), v);
+        }
+    }
+    out
 }
 
 /// One warning per deployment that ends up with no token price: its spend will be 0, so no
