@@ -226,3 +226,150 @@ fn reload_with_invalid_budget_duration_keeps_the_old_config() {
     );
     assert_eq!(gpt_4o_mini_cost(&after), cost);
 }
+
+/// Issue 13 §2: `model_max_budget` written as LiteLLM's docs show it (the limit a string) is
+/// accepted and enforced; what LiteLLM refuses gets 400.
+#[test]
+fn model_max_budget_as_the_docs_write_it_is_enforced() {
+    let s = Stack::start(UNPRICED);
+    let (key, v) = s.generate_key(json!({
+        "model_max_budget": {"mini": {"budget_limit": "0.0000001", "time_period": "1d"}}
+    }));
+    let hash = v["token"].as_str().unwrap().to_string();
+    chat(&s, &key, "mini").assert_status(200);
+    let r = common::poll_until("model budget refusal", Duration::from_secs(10), || {
+        let r = chat(&s, &key, "mini");
+        if r.status == 200 {
+            Err("still admitted".to_string())
+        } else {
+            Ok(r)
+        }
+    });
+    r.assert_error_message(
+        422,
+        "budget_exceeded",
+        &format!("LiteLLM Virtual Key: {hash}, key_alias: None, exceeded budget for model=mini"),
+    );
+
+    for bad in [
+        json!({"mini": {"budget_limit": "a lot", "time_period": "1d"}}),
+        json!({"mini": 5}),
+        json!({"mini": {"budget_limit": 1, "time_period": "30x"}}),
+    ] {
+        let r = s.admin_post("/key/generate", &json!({"model_max_budget": bad}));
+        let err = r.assert_error(400, "invalid_request_error");
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("Invalid model_max_budget"),
+            "{bad}: {err}"
+        );
+    }
+    let r = s.admin_post(
+        "/key/update",
+        &json!({"key": key, "model_max_budget": {"mini": {"budget_limit": []}}}),
+    );
+    r.assert_error(400, "invalid_request_error");
+}
+
+/// Issue 13 §2: `litellm_settings.max_end_user_budget` (the docs' customer budget) holds every
+/// customer without a budget of its own.
+#[test]
+fn max_end_user_budget_is_the_default_customer_budget() {
+    let s = Stack::start(&format!(
+        "{UNPRICED}litellm_settings:\n  max_end_user_budget: 0.000001\n"
+    ));
+    let (key, _) = s.generate_key(json!({}));
+    let as_customer = |user: &str| {
+        s.post_with(
+            "/v1/chat/completions",
+            &key,
+            &[],
+            &json!({"model": "mini", "max_tokens": 5, "user": user,
+                    "messages": [{"role": "user", "content": PROMPT}]})
+            .to_string(),
+        )
+    };
+    // One call costs more than $0.000001: the next one is refused.
+    as_customer("cust-1").assert_status(200);
+    let r = common::poll_until("customer budget refusal", Duration::from_secs(10), || {
+        let r = as_customer("cust-1");
+        if r.status == 200 {
+            Err("still admitted".to_string())
+        } else {
+            Ok(r)
+        }
+    });
+    let err = r.assert_error(422, "budget_exceeded");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ExceededBudget: End User=cust-1 over budget."),
+        "{err}"
+    );
+    // Another customer has its own spend; a customer with its own budget is not held to it.
+    as_customer("cust-2").assert_status(200);
+    s.admin_post(
+        "/customer/new",
+        &json!({"user_id": "rich", "max_budget": 100.0}),
+    )
+    .assert_status(200);
+    as_customer("rich").assert_status(200);
+    as_customer("rich").assert_status(200);
+}
+
+/// Issue 13 §2: `model_info` fields LiteLLM passes through reach /model/info.
+#[test]
+fn model_info_passthrough_reaches_model_info() {
+    let s = Stack::start(&UNPRICED.replace(
+        "      api_key: @PROVIDER_KEY@\n",
+        "      api_key: @PROVIDER_KEY@\n    model_info:\n      supports_vision: true\n      base_model: gpt-4o-mini\n      my_team_label: blue\n",
+    ));
+    let info = s.get("/model/info", Some(MASTER_KEY)).json();
+    let mi = &info["data"][0]["model_info"];
+    assert_eq!(mi["supports_vision"], json!(true), "{info}");
+    assert_eq!(mi["base_model"], json!("gpt-4o-mini"));
+    assert_eq!(mi["my_team_label"], json!("blue"));
+    assert_eq!(mi["mode"], json!("chat"));
+    assert_eq!(mi["max_input_tokens"], json!(128000));
+}
+
+/// Issue 13 §2: per-model key limits answer with LiteLLM's
+/// `x-litellm-key-remaining-{requests,tokens}-<model>` beside `x-ratelimit-*`.
+#[test]
+fn per_model_key_limit_headers_as_litellm_documents_them() {
+    let s = Stack::start(UNPRICED);
+    let (key, _) = s.generate_key(json!({
+        "model_rpm_limit": {"mini": 5},
+        "model_tpm_limit": {"mini": 100000}
+    }));
+    let r = chat(&s, &key, "mini");
+    r.assert_status(200);
+    assert_eq!(
+        r.header("x-litellm-key-remaining-requests-mini"),
+        Some("4"),
+        "{:?}",
+        r.headers
+    );
+    let tokens: u64 = r
+        .header("x-litellm-key-remaining-tokens-mini")
+        .unwrap_or_else(|| panic!("{:?}", r.headers))
+        .parse()
+        .unwrap();
+    assert!(tokens < 100000 && tokens > 90000, "{tokens}");
+    assert!(r
+        .header("x-ratelimit-model_per_key-remaining-requests")
+        .is_some());
+    // Without a per-model limit: no per-model header.
+    let (plain, _) = s.generate_key(json!({}));
+    let r = chat(&s, &plain, "mini");
+    assert!(
+        !r.headers
+            .iter()
+            .any(|(k, _)| k.starts_with("x-litellm-key-remaining-requests-")),
+        "{:?}",
+        r.headers
+    );
+}

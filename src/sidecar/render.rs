@@ -11,6 +11,7 @@ use crate::rate_limits::TokenCountType;
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// Name of the Envoy cluster that reaches the sidecar.
 pub const SIDECAR_CLUSTER: &str = "tollgate_sidecar";
@@ -46,19 +47,54 @@ impl Upstream {
 }
 
 /// Default `api_base` of OpenAI-compatible providers LiteLLM knows by prefix.
+const DEFAULT_API_BASES: [(&str, &str); 10] = [
+    ("openai", "https://api.openai.com/v1"),
+    ("text-completion-openai", "https://api.openai.com/v1"),
+    ("groq", "https://api.groq.com/openai/v1"),
+    ("mistral", "https://api.mistral.ai/v1"),
+    ("deepseek", "https://api.deepseek.com/v1"),
+    ("together_ai", "https://api.together.xyz/v1"),
+    ("fireworks_ai", "https://api.fireworks.ai/inference/v1"),
+    ("perplexity", "https://api.perplexity.ai"),
+    ("xai", "https://api.x.ai/v1"),
+    ("openrouter", "https://openrouter.ai/api/v1"),
+];
+
 fn default_api_base(provider: &str) -> Option<&'static str> {
-    Some(match provider {
-        "openai" | "text-completion-openai" => "https://api.openai.com/v1",
-        "groq" => "https://api.groq.com/openai/v1",
-        "mistral" => "https://api.mistral.ai/v1",
-        "deepseek" => "https://api.deepseek.com/v1",
-        "together_ai" => "https://api.together.xyz/v1",
-        "fireworks_ai" => "https://api.fireworks.ai/inference/v1",
-        "perplexity" => "https://api.perplexity.ai",
-        "xai" => "https://api.x.ai/v1",
-        "openrouter" => "https://openrouter.ai/api/v1",
-        _ => return None,
-    })
+    DEFAULT_API_BASES
+        .iter()
+        .find(|(p, _)| *p == provider)
+        .map(|(_, base)| *base)
+}
+
+/// The cost map's prices for every model of `providers` (`""`: the providers a bare name can
+/// reach), keyed `provider/model` lowercased, for the filter to price wildcard routes. Only
+/// the providers wildcard entries reach: the filter holds this table in memory.
+fn wildcard_price_table(map: &CostMap, providers: &[String]) -> BTreeMap<String, Pricing> {
+    let mut wanted: Vec<&str> = Vec::new();
+    for p in providers {
+        if p.is_empty() {
+            wanted.extend(DEFAULT_API_BASES.iter().map(|(p, _)| *p));
+        } else {
+            wanted.push(p);
+        }
+    }
+    let mut table = BTreeMap::new();
+    for provider in wanted {
+        for (name, e) in map.provider_entries(provider) {
+            table.insert(
+                format!("{provider}/{name}"),
+                Pricing {
+                    input_cost_per_token: e.input_cost_per_token,
+                    output_cost_per_token: e.output_cost_per_token,
+                    cache_read_input_token_cost: e.cache_read_input_token_cost,
+                    output_cost_per_reasoning_token: e.output_cost_per_reasoning_token,
+                    max_output_tokens: e.max_output_tokens,
+                },
+            );
+        }
+    }
+    table
 }
 
 /// `openai/gpt-4o` → (`openai`, `gpt-4o`); a bare name is OpenAI's.
@@ -298,44 +334,92 @@ pub fn unpriced_warnings(config: &LiteLlmConfig) -> Result<Vec<String>> {
         .collect())
 }
 
+/// The providers a wildcard entry can reach: its own prefix (`openai/*`), or for a bare `*`
+/// every provider Tollgate knows the API of (`""`: whatever the entry's `api_base` serves).
+fn wildcard_providers(entry: &ModelEntry) -> Vec<String> {
+    let p = &entry.litellm_params;
+    match p.model.split_once('/') {
+        Some((provider, _)) if !provider.contains('*') => vec![provider.to_string()],
+        _ if p.api_base.is_some() => vec![String::new()],
+        _ => DEFAULT_API_BASES
+            .iter()
+            .map(|(provider, _)| *provider)
+            .filter(|provider| *provider != "text-completion-openai")
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
 pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Rendered> {
     let cost_map = super::cost_map::current()?;
     let mut deployments = Vec::new();
     let mut upstreams: Vec<Upstream> = Vec::new();
+    let mut wildcard_providers_seen: Vec<String> = Vec::new();
     for (i, entry) in config.model_list.iter().enumerate() {
         let p = &entry.litellm_params;
-        let (provider, backend_model) = split_provider(&p.model);
-        let api_base = match (&p.api_base, default_api_base(&provider)) {
-            (Some(b), _) => b.clone(),
-            (None, Some(d)) => d.to_string(),
-            (None, None) => {
-                return Err(anyhow!(
-                    "model_list[{i}] ({}): provider `{provider}` needs litellm_params.api_base (Tollgate forwards to OpenAI-compatible APIs)",
-                    entry.model_name
-                ))
-            }
+        let is_pattern = entry.model_name.contains('*');
+        // A wildcard entry becomes one deployment per provider it reaches; its prices come
+        // from the config, else per requested model from `wildcard_prices`.
+        let copies: Vec<(String, String)> = if is_pattern {
+            wildcard_providers(entry)
+                .into_iter()
+                .map(|provider| (provider, "*".to_string()))
+                .collect()
+        } else {
+            vec![split_provider(&p.model)]
         };
-        let upstream = parse_api_base(&api_base)
-            .map_err(|e| anyhow!("model_list[{i}] ({}): {e}", entry.model_name))?;
-        let info = &entry.model_info;
-        deployments.push(Deployment {
-            model_name: entry.model_name.clone(),
-            id: deployment_id(i, entry),
-            provider,
-            backend_model,
-            cluster: upstream.cluster.clone(),
-            authority: upstream.authority(),
-            base_path: upstream.base_path.clone(),
-            api_key: p.api_key.clone().filter(|k| !k.is_empty()),
-            access_groups: info.access_groups.clone(),
-            default_api_key_rpm_limit: p.default_api_key_rpm_limit,
-            default_api_key_tpm_limit: p.default_api_key_tpm_limit,
-            pricing: deployment_pricing(entry, &cost_map).0,
-        });
-        if !upstreams.iter().any(|u| u.cluster == upstream.cluster) {
-            upstreams.push(upstream);
+        let pricing = if is_pattern && p.model.contains('*') {
+            deployment_pricing(entry, &CostMap::default()).0
+        } else {
+            deployment_pricing(entry, &cost_map).0
+        };
+        for (provider, backend_model) in copies {
+            let default_base = default_api_base(if provider.is_empty() {
+                "openai"
+            } else {
+                &provider
+            });
+            let api_base = match (&p.api_base, default_base) {
+                (Some(b), _) => b.clone(),
+                (None, Some(d)) => d.to_string(),
+                (None, None) => {
+                    return Err(anyhow!(
+                        "model_list[{i}] ({}): provider `{provider}` needs litellm_params.api_base (Tollgate forwards to OpenAI-compatible APIs)",
+                        entry.model_name
+                    ))
+                }
+            };
+            let upstream = parse_api_base(&api_base)
+                .map_err(|e| anyhow!("model_list[{i}] ({}): {e}", entry.model_name))?;
+            let info = &entry.model_info;
+            if is_pattern && !wildcard_providers_seen.contains(&provider) {
+                wildcard_providers_seen.push(provider.clone());
+            }
+            deployments.push(Deployment {
+                model_name: entry.model_name.clone(),
+                id: deployment_id(i, entry),
+                provider,
+                backend_model,
+                cluster: upstream.cluster.clone(),
+                authority: upstream.authority(),
+                base_path: upstream.base_path.clone(),
+                api_key: p.api_key.clone().filter(|k| !k.is_empty()),
+                access_groups: info.access_groups.clone(),
+                default_api_key_rpm_limit: p.default_api_key_rpm_limit,
+                default_api_key_tpm_limit: p.default_api_key_tpm_limit,
+                pricing: pricing.clone(),
+                model_pattern: if is_pattern {
+                    p.model.clone()
+                } else {
+                    String::new()
+                },
+            });
+            if !upstreams.iter().any(|u| u.cluster == upstream.cluster) {
+                upstreams.push(upstream);
+            }
         }
     }
+    let wildcard_prices = wildcard_price_table(&cost_map, &wildcard_providers_seen);
     let master = config
         .general_settings
         .master_key
@@ -359,6 +443,7 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             _ => TokenCountType::Total,
         },
         budgets: budget_settings(config),
+        wildcard_prices,
     };
     Ok(Rendered { plugin, upstreams })
 }
@@ -739,6 +824,46 @@ mod tests {
                 && warnings[0].contains("spend for unknown will be 0"),
             "{warnings:?}"
         );
+    }
+
+    /// Issue 13 §2: wildcard entries as real configs write them; prices for their providers'
+    /// models go into a compact table.
+    #[test]
+    fn wildcard_entries_render_per_provider_with_a_price_table() {
+        let loaded = parse(
+            "model_list:\n  - {model_name: '*', litellm_params: {model: '*'}}\n  - {model_name: 'groq/*', litellm_params: {model: 'groq/*', api_key: g}}\n  - {model_name: 'local/*', litellm_params: {model: 'openai/*', api_base: 'http://127.0.0.1:9/v1'}}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&loaded.config, &RenderOptions::default()).unwrap();
+        let star: Vec<&Deployment> = r
+            .plugin
+            .deployments
+            .iter()
+            .filter(|d| d.model_name == "*")
+            .collect();
+        assert!(star
+            .iter()
+            .any(|d| d.provider == "openai" && d.authority == "api.openai.com"));
+        assert!(star.iter().any(|d| d.provider == "groq"));
+        assert!(star.iter().all(|d| d.model_pattern == "*"));
+        let prices = &r.plugin.wildcard_prices;
+        assert_eq!(
+            prices["openai/gpt-4o-mini"].input_cost_per_token,
+            Some(1.5e-7)
+        );
+        assert!(prices.keys().any(|k| k.starts_with("groq/")));
+        // The filter routes through it with the cost map's price.
+        let routed = r.plugin.wildcard_route("local/gpt-4o-mini", None);
+        assert_eq!(routed[0].backend_model, "gpt-4o-mini");
+        assert_eq!(routed[0].authority, "127.0.0.1:9");
+        assert_eq!(routed[0].pricing.output_cost_per_token, Some(6e-7));
+        let json = serde_json::to_string(&r.plugin).unwrap();
+        assert!(
+            json.len() < 400_000,
+            "plugin config is {} bytes",
+            json.len()
+        );
+        assert!(unpriced_warnings(&loaded.config).unwrap().is_empty());
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::collections::HashMap;
 /// One `model_list` entry as LiteLLM's `/model/info` shows it (no provider key), with the
 /// `model_info` fields the config passes through.
 fn deployment_json(d: &Deployment, extra: Option<&serde_json::Map<String, Value>>) -> Value {
-    let model = if d.provider.is_empty() {
+    let model = if !d.model_pattern.is_empty() {
+        d.model_pattern.clone()
+    } else if d.provider.is_empty() {
         d.backend_model.clone()
     } else {
         format!("{}/{}", d.provider, d.backend_model)
@@ -78,9 +80,16 @@ pub async fn model_info(
         }
     };
     let id = q.get("litellm_model_id").filter(|s| !s.is_empty());
+    // A wildcard entry is one deployment per provider in the plugin config: shown once.
+    let mut seen: Vec<&str> = Vec::new();
     let data: Vec<Value> = plugin
         .deployments
         .iter()
+        .filter(|d| {
+            let first = !seen.contains(&d.id.as_str());
+            seen.push(&d.id);
+            first
+        })
         .filter(|d| allowed.as_ref().map_or(true, |a| a.contains(&d.model_name)))
         .filter(|d| id.map_or(true, |i| *i == d.id))
         .map(|d| deployment_json(d, settings.model_info_extra.get(&d.id)))
