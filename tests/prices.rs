@@ -373,3 +373,52 @@ fn per_model_key_limit_headers_as_litellm_documents_them() {
         r.headers
     );
 }
+
+/// Wildcard entries as real configs write them, on the fake upstream.
+const WILDCARDS: &str = r#"
+model_list:
+  - model_name: "openai/*"
+    litellm_params:
+      model: "openai/*"
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+  - model_name: "*"
+    litellm_params:
+      model: "*"
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+general_settings:
+  master_key: @MASTER_KEY@
+"#;
+
+/// Issue 13 §2: config-level wildcard deployments are routed as LiteLLM routes them (the most
+/// specific pattern, the backend model filled in) and charged the cost map's price of the
+/// model actually called.
+#[test]
+fn wildcard_deployments_route_and_charge_cost_map_prices() {
+    let s = Stack::start(WILDCARDS);
+    let (key, _) = s.generate_key(json!({}));
+    for (requested, sent) in [
+        ("openai/gpt-4o-mini", "gpt-4o-mini"),
+        ("gpt-4o-mini", "gpt-4o-mini"),
+    ] {
+        s.clear_fake_requests();
+        let r = chat(&s, &key, requested);
+        r.assert_status(200);
+        let seen = s.fake_requests();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0]["body"]["model"], json!(sent), "{requested}");
+        assert_eq!(
+            header_nanos(&r, "x-litellm-response-cost"),
+            Some(gpt_4o_mini_cost(&r)),
+            "{requested}: {:?}",
+            r.headers
+        );
+    }
+    // A model the cost map does not know is routed too (charged nothing, as in LiteLLM).
+    chat(&s, &key, "my-local-model").assert_status(200);
+    // A key limited to `openai/*` may call OpenAI models only.
+    let (limited, _) = s.generate_key(json!({"models": ["openai/*"]}));
+    chat(&s, &limited, "openai/gpt-4o-mini").assert_status(200);
+    chat(&s, &limited, "my-local-model").assert_error(403, "key_model_access_denied");
+}
