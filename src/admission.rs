@@ -25,7 +25,8 @@ pub enum Caller {
 /// What to forward: the deployment, the upstream path and the rewritten body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admitted<'a> {
-    pub deployment: &'a Deployment,
+    /// Borrowed from the config; owned when filled in by a wildcard route.
+    pub deployment: std::borrow::Cow<'a, Deployment>,
     pub path: String,
     pub request: LlmRequest,
 }
@@ -45,7 +46,17 @@ pub fn admit<'a>(
     pick: usize,
 ) -> Result<Admitted<'a>, ApiError> {
     let request = request_body::parse(body)?;
-    let candidates: Vec<&Deployment> = config.deployments_for(&request.model);
+    let provider = crate::model_access::provider_of_requested(&request.model);
+    let exact = config.deployments_for(&request.model);
+    let candidates: Vec<std::borrow::Cow<'a, Deployment>> = if exact.is_empty() {
+        config
+            .wildcard_route(&request.model, provider)
+            .into_iter()
+            .map(std::borrow::Cow::Owned)
+            .collect()
+    } else {
+        exact.into_iter().map(std::borrow::Cow::Borrowed).collect()
+    };
     let mut groups: Vec<String> = Vec::new();
     for d in &candidates {
         for g in &d.access_groups {
@@ -57,7 +68,7 @@ pub fn admit<'a>(
     let facts = ModelFacts {
         requested: &request.model,
         access_groups: &groups,
-        provider: crate::model_access::provider_of_requested(&request.model),
+        provider,
     };
 
     if let Caller::VirtualKey { record, raw_last4 } = caller {
@@ -66,14 +77,15 @@ pub fn admit<'a>(
 
     let count = candidates.len();
     let Some(deployment) = (count > 0)
-        .then(|| candidates.get(pick % count).copied())
+        .then(|| candidates.into_iter().nth(pick % count))
         .flatten()
     else {
         return Err(ApiError::unknown_model(route.error_name(), &request.model));
     };
+    let path = upstream_path(&deployment.base_path, route, client_path);
     Ok(Admitted {
         deployment,
-        path: upstream_path(&deployment.base_path, route, client_path),
+        path,
         request,
     })
 }

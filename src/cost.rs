@@ -28,17 +28,21 @@ fn usd_to_nanos(usd: f64) -> i64 {
 }
 
 /// `generic_cost_per_token`: cached prompt tokens at the cache-read rate (input rate when
-/// absent), the rest of the prompt at the input rate, completion (reasoning included) at the
-/// output rate.
+/// absent), the rest of the prompt at the input rate, reasoning tokens at the reasoning rate
+/// (output rate when absent), the rest of the completion at the output rate.
 pub fn cost_nanos(pricing: &Pricing, usage: &Usage) -> i64 {
     let input = pricing.input_cost_per_token.unwrap_or(0.0);
     let output = pricing.output_cost_per_token.unwrap_or(0.0);
     let cache_read = pricing.cache_read_input_token_cost.unwrap_or(input);
+    let reasoning_rate = pricing.output_cost_per_reasoning_token.unwrap_or(output);
     let cached = usage.cached_tokens.min(usage.prompt_tokens);
     let text_in = usage.prompt_tokens - cached;
+    let reasoning = usage.reasoning_tokens.min(usage.completion_tokens);
+    let text_out = usage.completion_tokens - reasoning;
     let usd = text_in as f64 * input
         + cached as f64 * cache_read
-        + usage.completion_tokens as f64 * output;
+        + text_out as f64 * output
+        + reasoning as f64 * reasoning_rate;
     usd_to_nanos(usd)
 }
 
@@ -142,6 +146,19 @@ mod tests {
         assert_eq!(cost_nanos(&pricing, &u), 60_000 + 4_000);
         pricing.cache_read_input_token_cost = None;
         assert_eq!(cost_nanos(&pricing, &u), 100_000);
+    }
+
+    #[test]
+    fn reasoning_tokens_at_reasoning_rate() {
+        let mut pricing = p(0.0, 1e-6);
+        let u = Usage {
+            completion_tokens: 100,
+            reasoning_tokens: 30,
+            ..Default::default()
+        };
+        assert_eq!(cost_nanos(&pricing, &u), 100_000);
+        pricing.output_cost_per_reasoning_token = Some(2e-6);
+        assert_eq!(cost_nanos(&pricing, &u), 70_000 + 60_000);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the filter. One schema for both sides, so they cannot drift.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Schema version; bumped when a change is not backward compatible.
 pub const PLUGIN_CONFIG_VERSION: u32 = 1;
@@ -40,6 +41,11 @@ pub struct PluginConfig {
     /// `general_settings.token_rate_limit_type`.
     pub token_rate_limit_type: crate::rate_limits::TokenCountType,
     pub budgets: BudgetSettings,
+    /// Prices of the models wildcard deployments can reach, by lowercase `provider/model`: the
+    /// entries of LiteLLM's cost map for those providers (resolved by the sidecar; empty when no
+    /// deployment is a wildcard).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub wildcard_prices: BTreeMap<String, Pricing>,
 }
 
 /// Budget settings from `litellm_settings` / `general_settings`.
@@ -104,16 +110,47 @@ pub struct Deployment {
     /// Per-key rpm/tpm defaults for this model (`litellm_params.default_api_key_*_limit`).
     pub default_api_key_rpm_limit: Option<u64>,
     pub default_api_key_tpm_limit: Option<u64>,
+    /// Wildcard deployments (`model_name` with `*`) only: `litellm_params.model` as written
+    /// (`openai/*`, `*`), filled in from the requested name when routed. `provider` is then the
+    /// one upstream this copy serves (empty: any, the entry has its own `api_base`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub model_pattern: String,
 }
 
 /// USD per token; `None` when the config does not say.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Pricing {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub input_cost_per_token: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output_cost_per_token: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_read_input_token_cost: Option<f64>,
+    /// Reasoning tokens' rate (the output rate when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_cost_per_reasoning_token: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<u64>,
+}
+
+impl Pricing {
+    /// These prices, with the fields they leave unset taken from `fallback`.
+    pub fn or(&self, fallback: &Pricing) -> Pricing {
+        Pricing {
+            input_cost_per_token: self.input_cost_per_token.or(fallback.input_cost_per_token),
+            output_cost_per_token: self
+                .output_cost_per_token
+                .or(fallback.output_cost_per_token),
+            cache_read_input_token_cost: self
+                .cache_read_input_token_cost
+                .or(fallback.cache_read_input_token_cost),
+            output_cost_per_reasoning_token: self
+                .output_cost_per_reasoning_token
+                .or(fallback.output_cost_per_reasoning_token),
+            max_output_tokens: self.max_output_tokens.or(fallback.max_output_tokens),
+        }
+    }
 }
 
 impl PluginConfig {
@@ -125,6 +162,64 @@ impl PluginConfig {
             .collect()
     }
 
+    /// LiteLLM's pattern routing (`PatternMatchRouter`) for a name no deployment is named after:
+    /// the deployments of the most specific wildcard `model_name` matching `model` (else
+    /// `provider/model`), each filled in for this request: backend model, provider and prices
+    /// (the entry's own, else the cost map's for that model).
+    pub fn wildcard_route(&self, model: &str, provider: Option<&str>) -> Vec<Deployment> {
+        let mut patterns: Vec<&str> = Vec::new();
+        for d in &self.deployments {
+            if d.model_name.contains('*') && !patterns.contains(&d.model_name.as_str()) {
+                patterns.push(&d.model_name);
+            }
+        }
+        // Most specific first: longer regex, then more regex syntax (stable for ties).
+        patterns.sort_by_key(|p| std::cmp::Reverse(pattern_specificity(p)));
+        let prefixed = provider.map(|p| format!("{p}/{model}"));
+        let requests = std::iter::once(model).chain(prefixed.as_deref());
+        for request in requests {
+            for pattern in &patterns {
+                let Some(captures) = pattern_captures(pattern, request) else {
+                    continue;
+                };
+                return self.fill_in(pattern, request, &captures);
+            }
+        }
+        Vec::new()
+    }
+
+    fn fill_in(&self, pattern: &str, request: &str, captures: &[&str]) -> Vec<Deployment> {
+        self.deployments
+            .iter()
+            .filter(|d| d.model_name == pattern)
+            .filter_map(|d| {
+                let model = fill_wildcards(&d.model_pattern, request, captures);
+                let (provider, backend) = match model.split_once('/') {
+                    Some((p, m)) => (p.to_string(), m.to_string()),
+                    None => ("openai".to_string(), model.clone()),
+                };
+                if !d.provider.is_empty() && d.provider != provider {
+                    return None;
+                }
+                let mut routed = d.clone();
+                routed.pricing = d.pricing.or(&self.wildcard_price(&provider, &backend));
+                routed.provider = provider;
+                routed.backend_model = backend;
+                Some(routed)
+            })
+            .collect()
+    }
+
+    /// The cost map's prices for `provider/model` (a dated snapshot falls back to its model).
+    fn wildcard_price(&self, provider: &str, model: &str) -> Pricing {
+        let key = format!("{provider}/{model}").to_lowercase();
+        self.wildcard_prices
+            .get(&key)
+            .or_else(|| self.wildcard_prices.get(strip_dated_snapshot(&key)))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Distinct public model names, in config order.
     pub fn model_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();
@@ -134,5 +229,193 @@ impl PluginConfig {
             }
         }
         names
+    }
+}
+
+/// `-YYYY-MM-DD` at the end of a model name taken off (`gpt-4o-2024-08-06` → `gpt-4o`).
+pub fn strip_dated_snapshot(model: &str) -> &str {
+    let b = model.as_bytes();
+    if b.len() < 11 {
+        return model;
+    }
+    let tail = &b[b.len() - 11..];
+    let digits = |r: std::ops::Range<usize>| tail[r].iter().all(u8::is_ascii_digit);
+    if tail[0] == b'-'
+        && digits(1..5)
+        && tail[5] == b'-'
+        && digits(6..8)
+        && tail[8] == b'-'
+        && digits(9..11)
+    {
+        &model[..model.len() - 11]
+    } else {
+        model
+    }
+}
+
+/// LiteLLM's `calculate_pattern_specificity` of `re.escape(pattern).replace("\\*", "(.*)")`:
+/// (length, count of regex syntax characters).
+fn pattern_specificity(pattern: &str) -> (usize, usize) {
+    let mut regex = String::new();
+    for c in pattern.chars() {
+        match c {
+            '*' => regex.push_str("(.*)"),
+            c if "()[]{}?+-|^$\\.&~# \t\n\r\x0b\x0c".contains(c) => {
+                regex.push('\\');
+                regex.push(c);
+            }
+            c => regex.push(c),
+        }
+    }
+    let complexity = regex.chars().filter(|c| "*+?\\^$|()".contains(*c)).count();
+    (regex.len(), complexity)
+}
+
+/// `re.match` of the wildcard `pattern` (each `*` a greedy `(.*)`, anchored at the start only)
+/// against `text`: the captured runs.
+pub fn pattern_captures<'t>(pattern: &str, text: &'t str) -> Option<Vec<&'t str>> {
+    let mut segments = pattern.split('*');
+    let first = segments.next()?;
+    let rest = text.strip_prefix(first)?;
+    let segments: Vec<&str> = segments.collect();
+    let mut out = Vec::new();
+    captures_from(&segments, rest, &mut out).then_some(out)
+}
+
+fn captures_from<'t>(segments: &[&str], text: &'t str, out: &mut Vec<&'t str>) -> bool {
+    let Some((literal, rest)) = segments.split_first() else {
+        return true;
+    };
+    if literal.is_empty() && rest.is_empty() {
+        out.push(text);
+        return true;
+    }
+    let positions: Vec<usize> = text.match_indices(literal).map(|(i, _)| i).collect();
+    for pos in positions.into_iter().rev() {
+        out.push(&text[..pos]);
+        if captures_from(rest, &text[pos + literal.len()..], out) {
+            return true;
+        }
+        out.pop();
+    }
+    false
+}
+
+/// `set_deployment_model_name`: the deployment's `litellm_params.model` with its `*`s replaced by
+/// the captured runs in order; the request itself when there are more runs than `*`s.
+fn fill_wildcards(model: &str, request: &str, captures: &[&str]) -> String {
+    if !model.contains('*') {
+        return model.to_string();
+    }
+    if captures.len() > model.matches('*').count() {
+        return request.to_string();
+    }
+    let mut out = model.to_string();
+    for c in captures {
+        out = out.replacen('*', c, 1);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wildcard(model_name: &str, pattern: &str, provider: &str) -> Deployment {
+        Deployment {
+            model_name: model_name.into(),
+            id: format!("{model_name}|{provider}"),
+            provider: provider.into(),
+            backend_model: "*".into(),
+            model_pattern: pattern.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn captures_like_python_re_match() {
+        assert_eq!(
+            pattern_captures("openai/*", "openai/gpt-4o"),
+            Some(vec!["gpt-4o"])
+        );
+        assert_eq!(
+            pattern_captures("*", "groq/llama"),
+            Some(vec!["groq/llama"])
+        );
+        assert_eq!(
+            pattern_captures("*meta.llama3*", "x-meta.llama3-70b"),
+            Some(vec!["x-", "-70b"])
+        );
+        assert_eq!(pattern_captures("openai/*", "groq/x"), None);
+        assert_eq!(
+            fill_wildcards("bedrock/meta.llama3*", "r", &["x-", "-70b"]),
+            "r"
+        );
+        assert_eq!(
+            fill_wildcards("openai/*", "r", &["gpt-4o"]),
+            "openai/gpt-4o"
+        );
+        assert!(pattern_specificity("openai/*") > pattern_specificity("*"));
+    }
+
+    /// Issue 13 §2: `*`, `openai/*` and `groq/*` routed as LiteLLM does, priced from the table.
+    #[test]
+    fn wildcard_routes_fill_in_backend_model_and_prices() {
+        let mut c = PluginConfig {
+            deployments: vec![
+                wildcard("*", "*", "openai"),
+                wildcard("*", "*", "groq"),
+                wildcard("groq/*", "groq/*", "groq"),
+                wildcard("openai/*", "openai/*", "openai"),
+            ],
+            ..Default::default()
+        };
+        c.wildcard_prices.insert(
+            "openai/gpt-4o-mini".into(),
+            Pricing {
+                input_cost_per_token: Some(1.5e-7),
+                output_cost_per_token: Some(6e-7),
+                ..Default::default()
+            },
+        );
+        // Exact `openai/*` wins over `*` (more specific).
+        let r = c.wildcard_route("openai/gpt-4o-mini-2024-07-18", Some("openai"));
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].model_name, "openai/*");
+        assert_eq!(r[0].backend_model, "gpt-4o-mini-2024-07-18");
+        assert_eq!(r[0].pricing.input_cost_per_token, Some(1.5e-7));
+        // A bare name goes to `*`'s OpenAI copy.
+        let r = c.wildcard_route("gpt-4o-mini", Some("openai"));
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].model_name.as_str(), r[0].provider.as_str()),
+            ("*", "openai")
+        );
+        assert_eq!(r[0].pricing.output_cost_per_token, Some(6e-7));
+        // `groq/...` matches `groq/*` before `*`.
+        let r = c.wildcard_route("groq/llama-3.1-8b-instant", Some("groq"));
+        assert_eq!(r[0].model_name, "groq/*");
+        assert_eq!(r[0].backend_model, "llama-3.1-8b-instant");
+        assert_eq!(r[0].pricing, Pricing::default());
+        // Explicit prices on the entry win.
+        c.deployments[3].pricing.input_cost_per_token = Some(1.0);
+        let r = c.wildcard_route("openai/gpt-4o-mini", Some("openai"));
+        assert_eq!(r[0].pricing.input_cost_per_token, Some(1.0));
+        assert_eq!(r[0].pricing.output_cost_per_token, Some(6e-7));
+        // No wildcard deployments: nothing.
+        let none = PluginConfig::default();
+        assert!(none.wildcard_route("gpt-4o", Some("openai")).is_empty());
+    }
+
+    /// `provider/*` also takes a bare name of that provider (`route(f"{provider}/{model}")`).
+    #[test]
+    fn provider_prefixed_retry() {
+        let c = PluginConfig {
+            deployments: vec![wildcard("openai/*", "openai/*", "openai")],
+            ..Default::default()
+        };
+        let r = c.wildcard_route("gpt-4o", Some("openai"));
+        assert_eq!(r[0].backend_model, "gpt-4o");
+        assert!(c.wildcard_route("mystery", None).is_empty());
     }
 }

@@ -1,19 +1,22 @@
 //! The headers Tollgate adds to a successful LLM response (litellm-compat.md §4.4, §7.2).
 
 use crate::cost::{nanos_to_usd, py_float, usd_to_budget_nanos};
-use crate::rate_limits::{success_headers as limit_headers, LimitStatus};
+use crate::rate_limits::{success_headers as limit_headers, LimitStatus, LimitType};
 
-/// Rate-limit headers, then the key's budget headers. `response_cost_nanos` is known for
-/// non-streamed answers (and then counted in `x-litellm-key-spend`); `priced` says whether the
-/// model has prices (LiteLLM omits the cost header otherwise).
+/// Rate-limit headers (with LiteLLM's per-model ones for the requested `model`), then the key's
+/// budget headers. `response_cost_nanos` is known for non-streamed answers (and then counted in
+/// `x-litellm-key-spend`); `priced` says whether the model has prices (LiteLLM omits the cost
+/// header otherwise).
 pub fn success_headers(
     limits: &[LimitStatus],
+    model: &str,
     key_spend_nanos: Option<i64>,
     key_max_budget: Option<f64>,
     response_cost_nanos: Option<i64>,
     priced: bool,
 ) -> Vec<(String, String)> {
     let mut out = limit_headers(limits);
+    out.extend(model_limit_headers(limits, model));
     if let (Some(cost), true) = (response_cost_nanos, priced) {
         out.push((
             "x-litellm-response-cost".into(),
@@ -36,6 +39,39 @@ pub fn success_headers(
         }
     }
     out
+}
+
+/// `x-litellm-key-remaining-requests-<model>` / `x-litellm-key-remaining-tokens-<model>`: what is
+/// left of the key's rpm / tpm limit for the requested model (`model_rpm_limit` /
+/// `model_tpm_limit`), as LiteLLM documents them. The model name goes into the header name with
+/// `/` and `:` turned into `-` (as LiteLLM does for h11), and any other character a header name
+/// cannot hold too, lowercased.
+pub fn model_limit_headers(limits: &[LimitStatus], model: &str) -> Vec<(String, String)> {
+    let name: String = model
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c) {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    limits
+        .iter()
+        .filter(|s| s.kind == "model_per_key")
+        .filter_map(|s| {
+            let what = match s.limit_type {
+                LimitType::Requests => "requests",
+                LimitType::Tokens => "tokens",
+                LimitType::MaxParallelRequests => return None,
+            };
+            Some((
+                format!("x-litellm-key-remaining-{what}-{name}"),
+                s.remaining.to_string(),
+            ))
+        })
+        .collect()
 }
 
 /// `existing` with `added` applied (same names replaced) and `removed` names dropped, for
@@ -98,7 +134,6 @@ pub fn oversized_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rate_limits::LimitType;
 
     #[test]
     fn only_a_long_non_streamed_success_is_replaced() {
@@ -132,7 +167,14 @@ mod tests {
 
     #[test]
     fn budget_and_cost_headers() {
-        let h = success_headers(&[], Some(10_000_000), Some(0.1), Some(20_000_000), true);
+        let h = success_headers(
+            &[],
+            "m",
+            Some(10_000_000),
+            Some(0.1),
+            Some(20_000_000),
+            true,
+        );
         assert_eq!(
             h,
             vec![
@@ -146,9 +188,16 @@ mod tests {
             ]
         );
         // 0.1 - 0.04 in floats is 0.060000000000000005; in nano-dollars it is 0.06.
-        let h = success_headers(&[], Some(20_000_000), Some(0.1), Some(20_000_000), true);
+        let h = success_headers(
+            &[],
+            "m",
+            Some(20_000_000),
+            Some(0.1),
+            Some(20_000_000),
+            true,
+        );
         assert_eq!(h[3].1, "0.06");
-        let h = success_headers(&[], None, None, Some(5), false);
+        let h = success_headers(&[], "m", None, None, Some(5), false);
         assert!(h.is_empty(), "unpriced: no cost header");
     }
 
@@ -160,8 +209,39 @@ mod tests {
             limit: 2,
             remaining: 1,
         };
-        let h = success_headers(&[s], None, None, None, true);
+        let h = success_headers(&[s], "m", None, None, None, true);
         assert_eq!(h[0].0, "x-ratelimit-api_key-remaining-requests");
+    }
+
+    /// Issue 13 §2: LiteLLM's per-model key limit headers, beside Tollgate's own.
+    #[test]
+    fn per_model_key_limit_headers() {
+        let st = |kind, limit_type, remaining| LimitStatus {
+            kind,
+            limit_type,
+            limit: 10,
+            remaining,
+        };
+        let limits = [
+            st("api_key", LimitType::Requests, 9),
+            st("model_per_key", LimitType::Requests, 4),
+            st("model_per_key", LimitType::Tokens, 0),
+        ];
+        let h = success_headers(&limits, "openai/GPT-4o:mini", None, None, None, true);
+        let get = |n: &str| h.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        assert_eq!(
+            get("x-litellm-key-remaining-requests-openai-gpt-4o-mini"),
+            Some("4")
+        );
+        assert_eq!(
+            get("x-litellm-key-remaining-tokens-openai-gpt-4o-mini"),
+            Some("0")
+        );
+        assert_eq!(
+            get("x-ratelimit-model_per_key-remaining-requests"),
+            Some("4")
+        );
+        assert!(model_limit_headers(&limits[..1], "m").is_empty());
     }
 
     #[test]

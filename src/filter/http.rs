@@ -696,6 +696,7 @@ impl HttpContext for TollgateHttp {
         let added = if ok {
             success_headers(
                 &call.limits.statuses,
+                &call.event.model,
                 call.budget.key_spend_nanos,
                 call.budget.key_max_budget,
                 None,
@@ -750,6 +751,7 @@ impl HttpContext for TollgateHttp {
             let response_cost = final_usage(call).map(|(u, _)| cost::cost_nanos(&call.pricing, &u));
             let added = success_headers(
                 &call.limits.statuses,
+                &call.event.model,
                 call.budget.key_spend_nanos,
                 call.budget.key_max_budget,
                 response_cost,

@@ -50,6 +50,11 @@ pub struct AdminSettings {
     pub plugin: PluginConfig,
     /// `litellm_settings.max_end_user_budget_id`.
     pub default_end_user_budget_id: Option<String>,
+    /// Per deployment id: the `model_info` fields `/model/info` passes through.
+    pub model_info_extra:
+        std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// `litellm_settings.max_end_user_budget` (used when no budget id is set).
+    pub default_end_user_max_budget: Option<f64>,
 }
 
 impl AdminSettings {
@@ -89,6 +94,7 @@ impl AdminState {
         self.store.reconfigure(
             settings.reset_clock(),
             settings.default_end_user_budget_id.clone(),
+            settings.default_end_user_max_budget,
         );
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     }

@@ -63,6 +63,7 @@ pub struct LitellmParams {
     pub input_cost_per_token: Option<f64>,
     pub output_cost_per_token: Option<f64>,
     pub cache_read_input_token_cost: Option<f64>,
+    pub output_cost_per_reasoning_token: Option<f64>,
     pub max_budget: Option<f64>,
     pub budget_duration: Option<String>,
     pub timeout: Option<f64>,
@@ -80,12 +81,33 @@ pub struct ModelInfo {
     pub input_cost_per_token: Option<f64>,
     pub output_cost_per_token: Option<f64>,
     pub cache_read_input_token_cost: Option<f64>,
+    pub output_cost_per_reasoning_token: Option<f64>,
     pub max_output_tokens: Option<u64>,
     pub max_tokens: Option<u64>,
     pub max_input_tokens: Option<u64>,
     pub mode: Option<String>,
     pub base_model: Option<String>,
+    /// Every other `model_info` field (`supports_vision`, `team_id`, ...): LiteLLM passes them
+    /// through to `/model/info`, and so does Tollgate.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }
+
+/// The `model_info` fields Tollgate reads (a passthrough key close to one of these is most
+/// likely a misspelling of it).
+const MODEL_INFO_FIELDS: [&str; 11] = [
+    "id",
+    "access_groups",
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "output_cost_per_reasoning_token",
+    "max_output_tokens",
+    "max_tokens",
+    "max_input_tokens",
+    "mode",
+    "base_model",
+];
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct GeneralSettings {
@@ -173,10 +195,21 @@ pub fn parse(text: &str) -> Result<Loaded> {
         LiteLlmConfig::default()
     } else {
         serde_ignored::deserialize(deserializer, |path| {
-            warnings.push(format!("unknown config key `{path}` is ignored"));
+            warnings.push(unknown_key_warning(&path.to_string()));
         })
         .map_err(|e| anyhow!("invalid config: {e}"))?
     };
+    for (i, m) in config.model_list.iter().enumerate() {
+        for key in m.model_info.extra.keys() {
+            if let Some(k) = nearest_key(key, &MODEL_INFO_FIELDS) {
+                warnings.push(format!("model_list.{i}.model_info.{key} is passed through to /model/info but not used; did you mean `{k}`?"));
+            }
+        }
+    }
+    if config.model_list.is_empty() {
+        warnings.push("WARNING: the config has no models (model_list is empty or missing): every LLM call will be refused with 400 until models are added".to_string());
+    }
+    check_settings(&config)?;
     for (i, m) in config.model_list.iter().enumerate() {
         if m.model_name.trim().is_empty() {
             return Err(anyhow!(
@@ -201,6 +234,14 @@ pub fn parse(text: &str) -> Result<Loaded> {
             (
                 "litellm_params.cache_read_input_token_cost",
                 p.cache_read_input_token_cost,
+            ),
+            (
+                "litellm_params.output_cost_per_reasoning_token",
+                p.output_cost_per_reasoning_token,
+            ),
+            (
+                "model_info.output_cost_per_reasoning_token",
+                info.output_cost_per_reasoning_token,
             ),
             ("litellm_params.max_budget", p.max_budget),
             ("model_info.input_cost_per_token", info.input_cost_per_token),
@@ -227,6 +268,120 @@ pub fn parse(text: &str) -> Result<Loaded> {
         "litellm_settings.max_internal_user_budget",
     )?;
     Ok(Loaded { config, warnings })
+}
+
+/// The field names `#[derive(Deserialize)]` gives `T` (what it passes to `deserialize_struct`),
+/// so the list of known keys is the structs themselves.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor};
+    type ProbeResult<V> = std::result::Result<V, serde::de::value::Error>;
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = serde::de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> ProbeResult<V::Value> {
+            Err(Self::Error::custom("probe"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> ProbeResult<V::Value> {
+            *self.0 = fields;
+            Err(Self::Error::custom("probe"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
+
+/// The keys Tollgate knows at the place `path` (`model_list.0.litellm_params.rpmm`) points to.
+fn known_keys_at(path: &str) -> &'static [&'static str] {
+    let parts: Vec<&str> = path.split('.').collect();
+    match parts.as_slice() {
+        [_] => field_names::<LiteLlmConfig>(),
+        ["general_settings", _] => field_names::<GeneralSettings>(),
+        ["litellm_settings", _] => field_names::<LitellmSettings>(),
+        ["model_list", _, _] => field_names::<ModelEntry>(),
+        ["model_list", _, "litellm_params", _] => field_names::<LitellmParams>(),
+        _ => &[],
+    }
+}
+
+/// The known key a misspelt one most likely meant: the closest by edit distance, if close.
+pub fn nearest_key<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let limit = (1 + key.len() / 6).min(3);
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+        .filter(|(d, _)| *d > 0 && *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn unknown_key_warning(path: &str) -> String {
+    let key = path.rsplit('.').next().unwrap_or(path);
+    match nearest_key(key, known_keys_at(path)) {
+        Some(k) => format!("unknown config key `{path}` is ignored; did you mean `{k}`?"),
+        None => format!("unknown config key `{path}` is ignored"),
+    }
+}
+
+/// Values of known settings that LiteLLM would reject (or silently replace) are refused, naming
+/// the field: a config mistake must not pass silently.
+fn check_settings(config: &LiteLlmConfig) -> Result<()> {
+    let ls = &config.litellm_settings;
+    let durations = [
+        (
+            "litellm_settings.budget_duration".to_string(),
+            &ls.budget_duration,
+        ),
+        (
+            "litellm_settings.internal_user_budget_duration".to_string(),
+            &ls.internal_user_budget_duration,
+        ),
+    ]
+    .into_iter()
+    .chain(config.model_list.iter().enumerate().map(|(i, m)| {
+        (
+            format!("model_list[{i}].litellm_params.budget_duration"),
+            &m.litellm_params.budget_duration,
+        )
+    }));
+    for (field, value) in durations {
+        if let Some(v) = value {
+            crate::duration::validate_budget_duration(v)
+                .map_err(|why| anyhow!("invalid config: {field}: {why}"))?;
+        }
+    }
+    if let Some(t) = &ls.budget_reset_time {
+        if crate::duration::parse_time_of_day(t).is_none() {
+            return Err(anyhow!(
+                "invalid config: litellm_settings.budget_reset_time: `{t}` is not a time of day (use \"HH:MM\" or \"HH:MM:SS\")"
+            ));
+        }
+    }
+    if let Some(code) = ls.budget_exceeded_status_code {
+        if !(100..=599).contains(&code) {
+            return Err(anyhow!(
+                "invalid config: litellm_settings.budget_exceeded_status_code: {code} is not an HTTP status code"
+            ));
+        }
+    }
+    if let Some(t) = &config.general_settings.token_rate_limit_type {
+        if !matches!(t.as_str(), "input" | "output" | "total") {
+            return Err(anyhow!(
+                "invalid config: general_settings.token_rate_limit_type: `{t}` must be one of input, output, total"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Prices and budgets must be finite: YAML's `.inf` / `.nan` would reach the filter as JSON
@@ -420,6 +575,102 @@ litellm_settings:
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing field `model`"), "{err}");
+    }
+
+    /// Issue 12 item 11: invalid values of known settings are refused, naming the field.
+    #[test]
+    fn invalid_settings_are_refused_naming_the_field() {
+        for (text, field) in [
+            (
+                "litellm_settings: {budget_duration: 30x}\n",
+                "litellm_settings.budget_duration: Invalid budget_duration '30x'",
+            ),
+            (
+                "litellm_settings: {internal_user_budget_duration: 0d}\n",
+                "litellm_settings.internal_user_budget_duration",
+            ),
+            (
+                "model_list:\n  - {model_name: a, litellm_params: {model: openai/x, budget_duration: soon}}\n",
+                "model_list[0].litellm_params.budget_duration",
+            ),
+            (
+                "litellm_settings: {budget_reset_time: \"25:00\"}\n",
+                "litellm_settings.budget_reset_time",
+            ),
+            (
+                "litellm_settings: {budget_exceeded_status_code: 42}\n",
+                "litellm_settings.budget_exceeded_status_code",
+            ),
+            (
+                "general_settings: {token_rate_limit_type: tokens}\n",
+                "general_settings.token_rate_limit_type",
+            ),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+        assert!(
+            parse("litellm_settings: {budget_duration: 30d, budget_reset_time: \"09:30\"}\n")
+                .is_ok()
+        );
+    }
+
+    /// Issue 12 item 11: a misspelt key gets the nearest known key suggested.
+    #[test]
+    fn misspelt_keys_get_a_suggestion() {
+        let loaded = parse(
+            "model_lsit: []\nmodel_list:\n  - {model_name: a, litellm_params: {model: openai/x, input_cost_per_tokn: 1}}\ngeneral_settings: {master_ky: x, zzzzzzzz: 1}\n",
+        )
+        .unwrap();
+        let w = loaded.warnings.join("\n");
+        assert!(
+            w.contains("`model_lsit` is ignored; did you mean `model_list`?"),
+            "{w}"
+        );
+        assert!(
+            w.contains("`model_list.0.litellm_params.input_cost_per_tokn` is ignored; did you mean `input_cost_per_token`?"),
+            "{w}"
+        );
+        assert!(w.contains("did you mean `master_key`?"), "{w}");
+        assert!(
+            w.contains("`general_settings.zzzzzzzz` is ignored\n")
+                || w.ends_with("`general_settings.zzzzzzzz` is ignored"),
+            "{w}"
+        );
+    }
+
+    /// Issue 13 §2: `model_info` fields LiteLLM passes through are kept, without warnings; a
+    /// misspelt price among them is still pointed out.
+    #[test]
+    fn model_info_passthrough_fields_are_kept() {
+        let loaded = parse("model_list:\n  - {model_name: a, litellm_params: {model: openai/x}, model_info: {supports_vision: true, mode: chat, base_model: gpt-4o, team_id: t1, input_cost_per_tokn: 1}}\n").unwrap();
+        let info = &loaded.config.model_list[0].model_info;
+        assert_eq!(info.extra["supports_vision"], serde_json::json!(true));
+        assert_eq!(info.extra["team_id"], serde_json::json!("t1"));
+        assert_eq!(info.mode.as_deref(), Some("chat"));
+        assert_eq!(info.base_model.as_deref(), Some("gpt-4o"));
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].contains("did you mean `input_cost_per_token`"));
+    }
+
+    /// Issue 12 item 11: a config with no models warns loudly.
+    #[test]
+    fn no_models_warns() {
+        let loaded =
+            parse("model_lsit:\n  - {model_name: a, litellm_params: {model: openai/x}}\n").unwrap();
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("WARNING: the config has no models")),
+            "{:?}",
+            loaded.warnings
+        );
+        assert!(!parse(SAMPLE)
+            .unwrap()
+            .warnings
+            .iter()
+            .any(|w| w.contains("no models")));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! serves the admin API and keeps the durable record; `up` also supervises Envoy.
 
 pub mod admin_api;
+pub mod cost_map;
 pub mod fake_llm;
 pub mod litellm_config;
 pub mod reload;
@@ -163,9 +164,15 @@ const WEAK_MASTER_KEYS: [&str; 3] = ["sk-1234", "sk-12345", "1234"];
 pub fn prepare(path: &Path) -> Result<Prepared> {
     let loaded = litellm_config::load(path)?;
     for w in &loaded.warnings {
-        eprintln!("tollgate: warning: {w}");
+        match w.strip_prefix("WARNING: ") {
+            Some(loud) => eprintln!("tollgate: WARNING: {loud}"),
+            None => eprintln!("tollgate: warning: {w}"),
+        }
     }
     let config = loaded.config;
+    for w in render::unpriced_warnings(&config)? {
+        eprintln!("tollgate: warning: {w}");
+    }
     if let Some(Err(why)) = config
         .litellm_settings
         .timezone
@@ -201,7 +208,8 @@ pub fn admin_state(prepared: &Prepared, data_dir: &Path) -> Result<Arc<admin_api
     let settings = admin_settings(prepared);
     let store = store::Store::open(&data_dir.join("tollgate.db"))?
         .with_reset_clock(settings.reset_clock())
-        .with_default_end_user_budget(settings.default_end_user_budget_id.clone());
+        .with_default_end_user_budget(settings.default_end_user_budget_id.clone())
+        .with_default_end_user_max_budget(settings.default_end_user_max_budget);
     // LiteLLM upserts its `litellm-proxy-budget` row at startup with the configured period.
     store.configure_proxy_budget(
         settings.budgets.proxy_budget_duration.as_deref(),
@@ -233,7 +241,23 @@ pub fn admin_settings(prepared: &Prepared) -> admin_api::AdminSettings {
             Default::default()
         }
     };
+    let model_info_extra = match cost_map::current() {
+        Ok(map) => prepared
+            .config
+            .model_list
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                (
+                    render::deployment_id(i, m),
+                    render::model_info_passthrough(m, &map),
+                )
+            })
+            .collect(),
+        Err(_) => Default::default(),
+    };
     admin_api::AdminSettings {
+        model_info_extra,
         master_key: prepared.master_key.clone(),
         internal_token: render::internal_token(&prepared.master_key),
         key_header_name: prepared
@@ -248,6 +272,7 @@ pub fn admin_settings(prepared: &Prepared) -> admin_api::AdminSettings {
         budgets: render::budget_settings(&prepared.config),
         plugin,
         default_end_user_budget_id: ls.max_end_user_budget_id.clone(),
+        default_end_user_max_budget: ls.max_end_user_budget,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Turns a loaded LiteLLM config into what gets deployed: the plugin configuration, an Envoy
 //! bootstrap (for `envoy -c` / `func-e run -c`) and Istio manifests.
 
+use super::cost_map::{CostMap, COST_MAP_LITELLM_VERSION};
 use super::litellm_config::{LiteLlmConfig, ModelEntry};
 use crate::key_format::hash_key;
 use crate::plugin_config::{
@@ -10,6 +11,7 @@ use crate::rate_limits::TokenCountType;
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// Name of the Envoy cluster that reaches the sidecar.
 pub const SIDECAR_CLUSTER: &str = "tollgate_sidecar";
@@ -45,19 +47,54 @@ impl Upstream {
 }
 
 /// Default `api_base` of OpenAI-compatible providers LiteLLM knows by prefix.
+const DEFAULT_API_BASES: [(&str, &str); 10] = [
+    ("openai", "https://api.openai.com/v1"),
+    ("text-completion-openai", "https://api.openai.com/v1"),
+    ("groq", "https://api.groq.com/openai/v1"),
+    ("mistral", "https://api.mistral.ai/v1"),
+    ("deepseek", "https://api.deepseek.com/v1"),
+    ("together_ai", "https://api.together.xyz/v1"),
+    ("fireworks_ai", "https://api.fireworks.ai/inference/v1"),
+    ("perplexity", "https://api.perplexity.ai"),
+    ("xai", "https://api.x.ai/v1"),
+    ("openrouter", "https://openrouter.ai/api/v1"),
+];
+
 fn default_api_base(provider: &str) -> Option<&'static str> {
-    Some(match provider {
-        "openai" | "text-completion-openai" => "https://api.openai.com/v1",
-        "groq" => "https://api.groq.com/openai/v1",
-        "mistral" => "https://api.mistral.ai/v1",
-        "deepseek" => "https://api.deepseek.com/v1",
-        "together_ai" => "https://api.together.xyz/v1",
-        "fireworks_ai" => "https://api.fireworks.ai/inference/v1",
-        "perplexity" => "https://api.perplexity.ai",
-        "xai" => "https://api.x.ai/v1",
-        "openrouter" => "https://openrouter.ai/api/v1",
-        _ => return None,
-    })
+    DEFAULT_API_BASES
+        .iter()
+        .find(|(p, _)| *p == provider)
+        .map(|(_, base)| *base)
+}
+
+/// The cost map's prices for every model of `providers` (`""`: the providers a bare name can
+/// reach), keyed `provider/model` lowercased, for the filter to price wildcard routes. Only
+/// the providers wildcard entries reach: the filter holds this table in memory.
+fn wildcard_price_table(map: &CostMap, providers: &[String]) -> BTreeMap<String, Pricing> {
+    let mut wanted: Vec<&str> = Vec::new();
+    for p in providers {
+        if p.is_empty() {
+            wanted.extend(DEFAULT_API_BASES.iter().map(|(p, _)| *p));
+        } else {
+            wanted.push(p);
+        }
+    }
+    let mut table = BTreeMap::new();
+    for provider in wanted {
+        for (name, e) in map.provider_entries(provider) {
+            table.insert(
+                format!("{provider}/{name}"),
+                Pricing {
+                    input_cost_per_token: e.input_cost_per_token,
+                    output_cost_per_token: e.output_cost_per_token,
+                    cache_read_input_token_cost: e.cache_read_input_token_cost,
+                    output_cost_per_reasoning_token: e.output_cost_per_reasoning_token,
+                    max_output_tokens: e.max_output_tokens,
+                },
+            );
+        }
+    }
+    table
 }
 
 /// `openai/gpt-4o` → (`openai`, `gpt-4o`); a bare name is OpenAI's.
@@ -107,7 +144,7 @@ pub fn parse_api_base(api_base: &str) -> Result<Upstream> {
     })
 }
 
-fn deployment_id(index: usize, entry: &ModelEntry) -> String {
+pub fn deployment_id(index: usize, entry: &ModelEntry) -> String {
     if let Some(id) = &entry.model_info.id {
         return id.clone();
     }
@@ -205,50 +242,189 @@ pub fn internal_token(master_key: &str) -> String {
     hash_key(&format!("tollgate-internal:{master_key}"))
 }
 
-pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Rendered> {
-    let mut deployments = Vec::new();
-    let mut upstreams: Vec<Upstream> = Vec::new();
-    for (i, entry) in config.model_list.iter().enumerate() {
-        let p = &entry.litellm_params;
-        let (provider, backend_model) = split_provider(&p.model);
-        let api_base = match (&p.api_base, default_api_base(&provider)) {
-            (Some(b), _) => b.clone(),
-            (None, Some(d)) => d.to_string(),
-            (None, None) => {
-                return Err(anyhow!(
-                    "model_list[{i}] ({}): provider `{provider}` needs litellm_params.api_base (Tollgate forwards to OpenAI-compatible APIs)",
-                    entry.model_name
-                ))
-            }
-        };
-        let upstream = parse_api_base(&api_base)
-            .map_err(|e| anyhow!("model_list[{i}] ({}): {e}", entry.model_name))?;
-        let info = &entry.model_info;
-        deployments.push(Deployment {
-            model_name: entry.model_name.clone(),
-            id: deployment_id(i, entry),
-            provider,
-            backend_model,
-            cluster: upstream.cluster.clone(),
-            authority: upstream.authority(),
-            base_path: upstream.base_path.clone(),
-            api_key: p.api_key.clone().filter(|k| !k.is_empty()),
-            access_groups: info.access_groups.clone(),
-            default_api_key_rpm_limit: p.default_api_key_rpm_limit,
-            default_api_key_tpm_limit: p.default_api_key_tpm_limit,
-            pricing: Pricing {
-                input_cost_per_token: p.input_cost_per_token.or(info.input_cost_per_token),
-                output_cost_per_token: p.output_cost_per_token.or(info.output_cost_per_token),
-                cache_read_input_token_cost: p
-                    .cache_read_input_token_cost
-                    .or(info.cache_read_input_token_cost),
-                max_output_tokens: info.max_output_tokens.or(info.max_tokens),
-            },
-        });
-        if !upstreams.iter().any(|u| u.cluster == upstream.cluster) {
-            upstreams.push(upstream);
+/// A deployment's prices, field by field: `litellm_params`, then `model_info`, then LiteLLM's
+/// cost map entry for `model_info.base_model` (else `litellm_params.model`), as LiteLLM merges a
+/// deployment's custom pricing over the map's entry. Also the map key used, if any.
+pub fn deployment_pricing(entry: &ModelEntry, map: &CostMap) -> (Pricing, Option<String>) {
+    let (p, info) = (&entry.litellm_params, &entry.model_info);
+    let found = match info.base_model.as_deref().filter(|b| !b.is_empty()) {
+        // `_base_model_pricing_provider`: under the deployment's provider, else the base
+        // model's own.
+        Some(base) => {
+            let provider = p.model.split_once('/').map(|(pr, _)| pr);
+            map.lookup(base, provider)
+                .filter(|(_, e)| e.is_priced())
+                .or_else(|| map.lookup(base, None))
+        }
+        None => map.lookup(&p.model, None),
+    };
+    let (key, e) = match found {
+        Some((k, e)) => (Some(k.to_string()), Some(e)),
+        None => (None, None),
+    };
+    let pricing = Pricing {
+        input_cost_per_token: p
+            .input_cost_per_token
+            .or(info.input_cost_per_token)
+            .or(e.and_then(|e| e.input_cost_per_token)),
+        output_cost_per_token: p
+            .output_cost_per_token
+            .or(info.output_cost_per_token)
+            .or(e.and_then(|e| e.output_cost_per_token)),
+        cache_read_input_token_cost: p
+            .cache_read_input_token_cost
+            .or(info.cache_read_input_token_cost)
+            .or(e.and_then(|e| e.cache_read_input_token_cost)),
+        output_cost_per_reasoning_token: p
+            .output_cost_per_reasoning_token
+            .or(info.output_cost_per_reasoning_token)
+            .or(e.and_then(|e| e.output_cost_per_reasoning_token)),
+        max_output_tokens: info
+            .max_output_tokens
+            .or(info.max_tokens)
+            .or(e.and_then(|e| e.max_output_tokens)),
+    };
+    (pricing, key)
+}
+
+/// What `/model/info` shows of a deployment's `model_info` beyond prices: the fields the config
+/// passes through (`supports_vision`, `base_model`, ...) and, when the config does not say, the
+/// cost map's `mode` and `max_input_tokens` (LiteLLM merges its model info in the same way).
+pub fn model_info_passthrough(entry: &ModelEntry, map: &CostMap) -> serde_json::Map<String, Value> {
+    let info = &entry.model_info;
+    let mut out: serde_json::Map<String, Value> = info
+        .extra
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let found = deployment_pricing(entry, map)
+        .1
+        .and_then(|k| map.get(&k).map(|(_, e)| e.clone()));
+    let mode = info
+        .mode
+        .clone()
+        .or_else(|| found.as_ref().and_then(|e| e.mode.clone()));
+    let max_input = info
+        .max_input_tokens
+        .or_else(|| found.as_ref().and_then(|e| e.max_input_tokens));
+    for (k, v) in [
+        ("mode", mode.map(Value::from)),
+        ("base_model", info.base_model.clone().map(Value::from)),
+        ("max_input_tokens", max_input.map(Value::from)),
+        ("max_tokens", info.max_tokens.map(Value::from)),
+    ] {
+        if let Some(v) = v {
+            out.insert(k.to_string(), v);
         }
     }
+    out
+}
+
+/// One warning per deployment that ends up with no token price: its spend will be 0, so no
+/// budget can stop it.
+pub fn unpriced_warnings(config: &LiteLlmConfig) -> Result<Vec<String>> {
+    let map = super::cost_map::current()?;
+    Ok(config
+        .model_list
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !m.litellm_params.model.contains('*'))
+        .filter(|(_, m)| !crate::cost::is_priced(&deployment_pricing(m, &map).0))
+        .map(|(i, m)| {
+            format!(
+                "model_list[{i}] ({}): `{}` has no price in the config nor in LiteLLM's cost map ({COST_MAP_LITELLM_VERSION}); spend for {} will be 0 and no budget limits it. Set litellm_params.input_cost_per_token / output_cost_per_token, or model_info.base_model to a known model",
+                m.model_name, m.litellm_params.model, m.model_name
+            )
+        })
+        .collect())
+}
+
+/// The providers a wildcard entry can reach: its own prefix (`openai/*`), or for a bare `*`
+/// every provider Tollgate knows the API of (`""`: whatever the entry's `api_base` serves).
+fn wildcard_providers(entry: &ModelEntry) -> Vec<String> {
+    let p = &entry.litellm_params;
+    match p.model.split_once('/') {
+        Some((provider, _)) if !provider.contains('*') => vec![provider.to_string()],
+        _ if p.api_base.is_some() => vec![String::new()],
+        _ => DEFAULT_API_BASES
+            .iter()
+            .map(|(provider, _)| *provider)
+            .filter(|provider| *provider != "text-completion-openai")
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
+pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Rendered> {
+    let cost_map = super::cost_map::current()?;
+    let mut deployments = Vec::new();
+    let mut upstreams: Vec<Upstream> = Vec::new();
+    let mut wildcard_providers_seen: Vec<String> = Vec::new();
+    for (i, entry) in config.model_list.iter().enumerate() {
+        let p = &entry.litellm_params;
+        let is_pattern = entry.model_name.contains('*');
+        // A wildcard entry becomes one deployment per provider it reaches; its prices come
+        // from the config, else per requested model from `wildcard_prices`.
+        let copies: Vec<(String, String)> = if is_pattern {
+            wildcard_providers(entry)
+                .into_iter()
+                .map(|provider| (provider, "*".to_string()))
+                .collect()
+        } else {
+            vec![split_provider(&p.model)]
+        };
+        let pricing = if is_pattern && p.model.contains('*') {
+            deployment_pricing(entry, &CostMap::default()).0
+        } else {
+            deployment_pricing(entry, &cost_map).0
+        };
+        for (provider, backend_model) in copies {
+            let default_base = default_api_base(if provider.is_empty() {
+                "openai"
+            } else {
+                &provider
+            });
+            let api_base = match (&p.api_base, default_base) {
+                (Some(b), _) => b.clone(),
+                (None, Some(d)) => d.to_string(),
+                (None, None) => {
+                    return Err(anyhow!(
+                        "model_list[{i}] ({}): provider `{provider}` needs litellm_params.api_base (Tollgate forwards to OpenAI-compatible APIs)",
+                        entry.model_name
+                    ))
+                }
+            };
+            let upstream = parse_api_base(&api_base)
+                .map_err(|e| anyhow!("model_list[{i}] ({}): {e}", entry.model_name))?;
+            let info = &entry.model_info;
+            if is_pattern && !wildcard_providers_seen.contains(&provider) {
+                wildcard_providers_seen.push(provider.clone());
+            }
+            deployments.push(Deployment {
+                model_name: entry.model_name.clone(),
+                id: deployment_id(i, entry),
+                provider,
+                backend_model,
+                cluster: upstream.cluster.clone(),
+                authority: upstream.authority(),
+                base_path: upstream.base_path.clone(),
+                api_key: p.api_key.clone().filter(|k| !k.is_empty()),
+                access_groups: info.access_groups.clone(),
+                default_api_key_rpm_limit: p.default_api_key_rpm_limit,
+                default_api_key_tpm_limit: p.default_api_key_tpm_limit,
+                pricing: pricing.clone(),
+                model_pattern: if is_pattern {
+                    p.model.clone()
+                } else {
+                    String::new()
+                },
+            });
+            if !upstreams.iter().any(|u| u.cluster == upstream.cluster) {
+                upstreams.push(upstream);
+            }
+        }
+    }
+    let wildcard_prices = wildcard_price_table(&cost_map, &wildcard_providers_seen);
     let master = config
         .general_settings
         .master_key
@@ -280,6 +456,7 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             _ => TokenCountType::Total,
         },
         budgets: budget_settings(config),
+        wildcard_prices,
     };
     Ok(Rendered { plugin, upstreams })
 }
@@ -636,6 +813,73 @@ mod tests {
         let text = boot.to_string();
         assert!(text.contains("allow_on_headers_stop_iteration"));
         assert!(text.contains(&d.cluster));
+    }
+
+    /// Issue 13 §1: a deployment without explicit prices is priced from LiteLLM's cost map.
+    #[test]
+    fn prices_come_from_litellm_cost_map() {
+        let loaded = parse(
+            "model_list:\n  - {model_name: mini, litellm_params: {model: openai/gpt-4o-mini, api_key: x}}\n  - {model_name: az, litellm_params: {model: openai/my-azure-deploy, api_base: 'http://127.0.0.1:9/v1'}, model_info: {base_model: gpt-4o-mini}}\n  - {model_name: mixed, litellm_params: {model: gpt-4o-mini, output_cost_per_token: 0.5}}\n  - {model_name: unknown, litellm_params: {model: openai/no-such-model-xyz}}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&loaded.config, &RenderOptions::default()).unwrap();
+        let p = |i: usize| r.plugin.deployments[i].pricing.clone();
+        assert_eq!(p(0).input_cost_per_token, Some(1.5e-7));
+        assert_eq!(p(0).output_cost_per_token, Some(6e-7));
+        assert_eq!(p(0).cache_read_input_token_cost, Some(7.5e-8));
+        assert_eq!(p(0).max_output_tokens, Some(16384));
+        assert_eq!(p(1).input_cost_per_token, Some(1.5e-7));
+        // Explicit prices win field by field; the rest comes from the map.
+        assert_eq!(p(2).output_cost_per_token, Some(0.5));
+        assert_eq!(p(2).input_cost_per_token, Some(1.5e-7));
+        assert_eq!(p(3), Pricing::default());
+        let warnings = unpriced_warnings(&loaded.config).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("model_list[3] (unknown)")
+                && warnings[0].contains("spend for unknown will be 0"),
+            "{warnings:?}"
+        );
+    }
+
+    /// Issue 13 §2: wildcard entries as real configs write them; prices for their providers'
+    /// models go into a compact table.
+    #[test]
+    fn wildcard_entries_render_per_provider_with_a_price_table() {
+        let loaded = parse(
+            "model_list:\n  - {model_name: '*', litellm_params: {model: '*'}}\n  - {model_name: 'groq/*', litellm_params: {model: 'groq/*', api_key: g}}\n  - {model_name: 'local/*', litellm_params: {model: 'openai/*', api_base: 'http://127.0.0.1:9/v1'}}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&loaded.config, &RenderOptions::default()).unwrap();
+        let star: Vec<&Deployment> = r
+            .plugin
+            .deployments
+            .iter()
+            .filter(|d| d.model_name == "*")
+            .collect();
+        assert!(star
+            .iter()
+            .any(|d| d.provider == "openai" && d.authority == "api.openai.com"));
+        assert!(star.iter().any(|d| d.provider == "groq"));
+        assert!(star.iter().all(|d| d.model_pattern == "*"));
+        let prices = &r.plugin.wildcard_prices;
+        assert_eq!(
+            prices["openai/gpt-4o-mini"].input_cost_per_token,
+            Some(1.5e-7)
+        );
+        assert!(prices.keys().any(|k| k.starts_with("groq/")));
+        // The filter routes through it with the cost map's price.
+        let routed = r.plugin.wildcard_route("local/gpt-4o-mini", None);
+        assert_eq!(routed[0].backend_model, "gpt-4o-mini");
+        assert_eq!(routed[0].authority, "127.0.0.1:9");
+        assert_eq!(routed[0].pricing.output_cost_per_token, Some(6e-7));
+        let json = serde_json::to_string(&r.plugin).unwrap();
+        assert!(
+            json.len() < 400_000,
+            "plugin config is {} bytes",
+            json.len()
+        );
+        assert!(unpriced_warnings(&loaded.config).unwrap().is_empty());
     }
 
     #[test]

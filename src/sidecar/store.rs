@@ -407,6 +407,9 @@ struct StoreSettings {
     clock: ResetClock,
     /// `litellm_settings.max_end_user_budget_id`: the budget row of customers without their own.
     default_end_user_budget: Option<String>,
+    /// `litellm_settings.max_end_user_budget`: the customers' default budget when no
+    /// `max_end_user_budget_id` is set (LiteLLM 1.110.2 reads it and does nothing).
+    default_end_user_max_budget: Option<f64>,
 }
 
 const SCHEMA: &str = "
@@ -687,6 +690,12 @@ impl Store {
         self
     }
 
+    /// `litellm_settings.max_end_user_budget`, the default used without a budget id.
+    pub fn with_default_end_user_max_budget(self, max_budget: Option<f64>) -> Store {
+        self.settings_mut().default_end_user_max_budget = max_budget;
+        self
+    }
+
     /// The timezone and time of day budget periods align to.
     pub fn with_reset_clock(self, clock: ResetClock) -> Store {
         self.settings_mut().clock = clock;
@@ -694,10 +703,16 @@ impl Store {
     }
 
     /// A reloaded config.yaml's settings, in force from the next call on.
-    pub fn reconfigure(&self, clock: ResetClock, default_end_user_budget: Option<String>) {
+    pub fn reconfigure(
+        &self,
+        clock: ResetClock,
+        default_end_user_budget: Option<String>,
+        default_end_user_max_budget: Option<f64>,
+    ) {
         let mut s = self.settings_mut();
         s.clock = clock;
         s.default_end_user_budget = default_end_user_budget.filter(|b| !b.is_empty());
+        s.default_end_user_max_budget = default_end_user_max_budget;
     }
 
     fn settings_mut(&self) -> std::sync::RwLockWriteGuard<'_, StoreSettings> {
@@ -718,6 +733,10 @@ impl Store {
 
     pub fn default_end_user_budget_id(&self) -> Option<String> {
         self.settings().default_end_user_budget
+    }
+
+    pub fn default_end_user_max_budget(&self) -> Option<f64> {
+        self.settings().default_end_user_max_budget
     }
 
     /// Records that every cached decision is stale (a reload changed what records carry).

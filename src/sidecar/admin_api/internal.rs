@@ -43,7 +43,7 @@ pub fn model_budgets(v: &Value) -> BTreeMap<String, ModelBudget> {
     entries
         .iter()
         .filter_map(|(model, e)| {
-            let max_budget = field(e, "max_budget", "budget_limit")?.as_f64()?;
+            let max_budget = budget_number(&field(e, "max_budget", "budget_limit")?)?;
             let duration = field(e, "budget_duration", "time_period")?;
             let duration = duration.as_str().filter(|d| !d.is_empty())?;
             Some((
@@ -55,6 +55,67 @@ pub fn model_budgets(v: &Value) -> BTreeMap<String, ModelBudget> {
             ))
         })
         .collect()
+}
+
+/// A budget limit as LiteLLM reads it: a number, or a string `float()` accepts (the docs write
+/// `"budget_limit": "0.0000001"`). Only finite values.
+fn budget_number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|f| f.is_finite())
+}
+
+/// `validate_model_max_budget` on /key/generate and /key/update: each entry an object whose
+/// `budget_limit`/`max_budget` is a number (or numeric string), `time_period`/`budget_duration`
+/// a string, `tpm_limit`/`rpm_limit` integers. Beyond LiteLLM (which stores it and then never
+/// enforces the entry), a duration that does not parse is refused too. An entry without a
+/// duration is accepted and not enforced, as in LiteLLM.
+pub fn validate_model_max_budget(v: &Value) -> Result<(), String> {
+    let entries = match v {
+        Value::Null => return Ok(()),
+        Value::Object(m) => m,
+        _ => return Err("model_max_budget must be a dictionary".into()),
+    };
+    for (model, e) in entries {
+        let Some(e) = e.as_object() else {
+            return Err(format!("the entry for {model} must be a dictionary"));
+        };
+        let get = |a: &str, b: &str| {
+            e.get(b)
+                .filter(|x| !x.is_null())
+                .or_else(|| e.get(a).filter(|x| !x.is_null()))
+        };
+        let limit = get("max_budget", "budget_limit");
+        if let Some(l) = limit {
+            if budget_number(l).is_none() {
+                return Err(format!("{model}: budget_limit must be a number, got {l}"));
+            }
+        }
+        let duration = get("budget_duration", "time_period");
+        match duration {
+            Some(Value::String(d)) => {
+                crate::duration::validate_budget_duration(d)
+                    .map_err(|why| format!("{model}: {why}"))?;
+            }
+            Some(other) => {
+                return Err(format!(
+                    "{model}: time_period must be a string, got {other}"
+                ))
+            }
+            None => {}
+        }
+        for k in ["tpm_limit", "rpm_limit"] {
+            if let Some(x) = e.get(k).filter(|x| !x.is_null()) {
+                if x.as_u64().is_none() {
+                    return Err(format!("{model}: {k} must be an integer, got {x}"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A budget row's limit and period with an entity's spend and period end.
@@ -266,5 +327,36 @@ mod tests {
         assert_eq!(m["nulls"].budget_duration, "7d");
         assert_eq!(model_budgets(&json!(v.to_string())), m);
         assert!(model_budgets(&json!([])).is_empty());
+    }
+
+    /// Issue 13 §2: the docs write the limit as a string; it is enforced like a number.
+    #[test]
+    fn string_budget_limit_as_the_docs_write_it() {
+        let v = json!({"gpt-4o": {"budget_limit": "0.0000001", "time_period": "1d"}});
+        let m = model_budgets(&v);
+        assert_eq!(m["gpt-4o"].max_budget, 0.0000001);
+        assert_eq!(m["gpt-4o"].budget_duration, "1d");
+        assert!(validate_model_max_budget(&v).is_ok());
+    }
+
+    #[test]
+    fn invalid_model_max_budget_is_refused() {
+        for bad in [
+            json!([1]),
+            json!({"m": 5.0}),
+            json!({"m": {"budget_limit": "lots", "time_period": "1d"}}),
+            json!({"m": {"budget_limit": 1, "time_period": 30}}),
+            json!({"m": {"budget_limit": 1, "time_period": "30x"}}),
+            json!({"m": {"max_budget": 1, "budget_duration": "1d", "tpm_limit": "many"}}),
+        ] {
+            assert!(validate_model_max_budget(&bad).is_err(), "{bad}");
+        }
+        assert!(validate_model_max_budget(&json!({})).is_ok());
+        assert!(validate_model_max_budget(&json!({"m": {"budget_limit": 1}})).is_ok());
+        assert!(validate_model_max_budget(&json!(null)).is_ok());
+        assert!(validate_model_max_budget(
+            &json!({"m": {"max_budget": 2, "budget_duration": "30d", "tpm_limit": 10}})
+        )
+        .is_ok());
     }
 }

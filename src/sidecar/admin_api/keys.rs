@@ -78,6 +78,15 @@ fn no_such_team(team_id: &str) -> AdminError {
     ))
 }
 
+/// LiteLLM's `Invalid model_max_budget: ...` (400).
+fn check_model_max_budget(v: &Value) -> Result<(), AdminError> {
+    super::internal::validate_model_max_budget(v).map_err(|why| {
+        bad_request(&format!(
+            "Invalid model_max_budget: {why}. Example of valid model_max_budget: https://docs.litellm.ai/docs/proxy/users"
+        ))
+    })
+}
+
 fn no_such_budget(budget_id: &str) -> AdminError {
     bad_request(&format!("Budget doesn't exist in db. Budget={budget_id}."))
 }
@@ -90,6 +99,9 @@ pub fn build_key(
 ) -> Result<(String, KeyRow), AdminError> {
     check_budget("max_budget", req.max_budget)?;
     check_budget("soft_budget", req.soft_budget)?;
+    if let Some(m) = &req.model_max_budget {
+        check_model_max_budget(m)?;
+    }
     let now = tx.now();
     let (budget_duration, budget_reset_at) =
         check_budget_duration(&state.settings(), &req.budget_duration, now)?;
@@ -465,6 +477,9 @@ fn apply_key_fields(
         ("permissions", &mut row.permissions),
     ] {
         if let Some(v) = f.value(field) {
+            if field == "model_max_budget" {
+                check_model_max_budget(&v)?;
+            }
             *slot = if v.is_null() { json!({}) } else { v };
         }
     }

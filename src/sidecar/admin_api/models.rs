@@ -12,14 +12,17 @@ use axum::http::HeaderMap;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-/// One `model_list` entry as LiteLLM's `/model/info` shows it (no provider key).
-fn deployment_json(d: &Deployment) -> Value {
-    let model = if d.provider.is_empty() {
+/// One `model_list` entry as LiteLLM's `/model/info` shows it (no provider key), with the
+/// `model_info` fields the config passes through.
+fn deployment_json(d: &Deployment, extra: Option<&serde_json::Map<String, Value>>) -> Value {
+    let model = if !d.model_pattern.is_empty() {
+        d.model_pattern.clone()
+    } else if d.provider.is_empty() {
         d.backend_model.clone()
     } else {
         format!("{}/{}", d.provider, d.backend_model)
     };
-    json!({
+    let mut v = json!({
         "model_name": d.model_name,
         "litellm_params": {
             "model": model,
@@ -33,10 +36,17 @@ fn deployment_json(d: &Deployment) -> Value {
             "input_cost_per_token": d.pricing.input_cost_per_token,
             "output_cost_per_token": d.pricing.output_cost_per_token,
             "cache_read_input_token_cost": d.pricing.cache_read_input_token_cost,
+            "output_cost_per_reasoning_token": d.pricing.output_cost_per_reasoning_token,
             "max_output_tokens": d.pricing.max_output_tokens,
             "litellm_provider": d.provider,
         },
-    })
+    });
+    if let (Some(extra), Some(info)) = (extra, v["model_info"].as_object_mut()) {
+        for (k, val) in extra {
+            info.entry(k.clone()).or_insert_with(|| val.clone());
+        }
+    }
+    v
 }
 
 pub async fn model_info(
@@ -70,12 +80,19 @@ pub async fn model_info(
         }
     };
     let id = q.get("litellm_model_id").filter(|s| !s.is_empty());
+    // A wildcard entry is one deployment per provider in the plugin config: shown once.
+    let mut seen: Vec<&str> = Vec::new();
     let data: Vec<Value> = plugin
         .deployments
         .iter()
+        .filter(|d| {
+            let first = !seen.contains(&d.id.as_str());
+            seen.push(&d.id);
+            first
+        })
         .filter(|d| allowed.as_ref().map_or(true, |a| a.contains(&d.model_name)))
         .filter(|d| id.map_or(true, |i| *i == d.id))
-        .map(deployment_json)
+        .map(|d| deployment_json(d, settings.model_info_extra.get(&d.id)))
         .collect();
     Ok(ok(json!({ "data": data })))
 }

@@ -15,6 +15,7 @@ pub struct Tx<'c> {
     pub(super) tx: rusqlite::Transaction<'c>,
     pub(super) clock: ResetClock,
     pub(super) default_end_user_budget: Option<String>,
+    pub(super) default_end_user_max_budget: Option<f64>,
     pub(super) now: i64,
     entries: Vec<String>,
 }
@@ -43,6 +44,7 @@ impl<'c> Tx<'c> {
             tx,
             clock: store.reset_clock(),
             default_end_user_budget: store.default_end_user_budget_id(),
+            default_end_user_max_budget: store.default_end_user_max_budget(),
             now: now_micros,
             entries: Vec::new(),
         }
@@ -394,11 +396,15 @@ impl Tx<'_> {
         self.default_end_user_budget()
     }
 
-    /// `litellm_settings.max_end_user_budget_id`'s row, if configured and present.
+    /// `litellm_settings.max_end_user_budget_id`'s row, if configured and present; without an
+    /// id, `litellm_settings.max_end_user_budget` (lifetime, no period).
     pub fn default_end_user_budget(&self) -> Result<Option<BudgetRow>> {
         match self.default_end_user_budget.clone() {
             Some(id) => self.budget(&id),
-            None => Ok(None),
+            None => Ok(self.default_end_user_max_budget.map(|b| BudgetRow {
+                max_budget: Some(b),
+                ..Default::default()
+            })),
         }
     }
 

@@ -1,0 +1,424 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Prices without writing them and settings copied from LiteLLM's docs (issue 13 §1-2), and
+//! config mistakes that must not pass silently (issue 12 item 11), through a real Envoy running
+//! the built filter and the `tollgate` binary.
+
+mod common;
+
+use common::{
+    envoy_bin, run_to_exit, tollgate_bin, tollgate_wasm, Resp, Stack, TempDir, MASTER_KEY,
+};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+/// 40 characters: 10 prompt tokens at the fake.
+const PROMPT: &str = "0123456789abcdefghij0123456789abcdefghij";
+
+/// LiteLLM 1.110.2's cost map: `gpt-4o-mini`.
+const GPT_4O_MINI_IN: f64 = 1.5e-7;
+const GPT_4O_MINI_OUT: f64 = 6e-7;
+
+/// No prices anywhere: LiteLLM prices these from its cost map.
+const UNPRICED: &str = r#"
+model_list:
+  - model_name: mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+general_settings:
+  master_key: @MASTER_KEY@
+"#;
+
+fn body(model: &str, max_tokens: u64) -> String {
+    json!({
+        "model": model,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": PROMPT}]
+    })
+    .to_string()
+}
+
+fn chat(s: &Stack, key: &str, model: &str) -> Resp {
+    s.post_with("/v1/chat/completions", key, &[], &body(model, 5))
+}
+
+fn nanos(usd: f64) -> i64 {
+    (usd * 1e9).round() as i64
+}
+
+/// The cost LiteLLM computes for this answer's usage at gpt-4o-mini's prices, nano-dollars.
+fn gpt_4o_mini_cost(r: &Resp) -> i64 {
+    let usage = &r.json()["usage"];
+    let prompt = usage["prompt_tokens"].as_u64().unwrap() as f64;
+    let completion = usage["completion_tokens"].as_u64().unwrap() as f64;
+    nanos(prompt * GPT_4O_MINI_IN + completion * GPT_4O_MINI_OUT)
+}
+
+fn header_nanos(r: &Resp, name: &str) -> Option<i64> {
+    r.header(name)?.parse::<f64>().ok().map(nanos)
+}
+
+/// Issue 13 §1: a config with no explicit prices charges LiteLLM's price for gpt-4o-mini, and
+/// a budget stops the key.
+#[test]
+fn unpriced_gpt_4o_mini_is_charged_litellm_cost_map_price() {
+    let s = Stack::start(UNPRICED);
+    let (key, _) = s.generate_key(json!({}));
+    let r = chat(&s, &key, "mini");
+    r.assert_status(200);
+    let cost = gpt_4o_mini_cost(&r);
+    assert!(cost > 0);
+    assert_eq!(
+        header_nanos(&r, "x-litellm-response-cost"),
+        Some(cost),
+        "{:?}",
+        r.headers
+    );
+    let r2 = chat(&s, &key, "mini");
+    r2.assert_status(200);
+    let total = cost + gpt_4o_mini_cost(&r2);
+    common::poll_until("key spend", Duration::from_secs(10), || {
+        let spend = s.key_info(&key)["spend"].as_f64().unwrap_or(0.0);
+        if nanos(spend) == total {
+            Ok(())
+        } else {
+            Err(format!("spend {spend}"))
+        }
+    });
+
+    // A budget of one call's cost: the next call is refused.
+    let (limited, _) = s.generate_key(json!({"max_budget": cost as f64 / 1e9}));
+    chat(&s, &limited, "mini").assert_status(200);
+    let r = chat(&s, &limited, "mini");
+    r.assert_error(422, "budget_exceeded");
+
+    // /model/info shows the resolved prices.
+    let info = s.get("/model/info", Some(MASTER_KEY)).json();
+    let mi = &info["data"][0]["model_info"];
+    assert_eq!(
+        mi["input_cost_per_token"].as_f64(),
+        Some(GPT_4O_MINI_IN),
+        "{info}"
+    );
+    assert_eq!(mi["output_cost_per_token"].as_f64(), Some(GPT_4O_MINI_OUT));
+    assert_eq!(mi["max_output_tokens"].as_u64(), Some(16384));
+}
+
+/// `tollgate up` on this config must exit non-zero without serving; its stderr.
+fn up_must_fail(config: &str, env: &[(&str, &str)]) -> String {
+    let dir = TempDir::new("upfail");
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(
+        &config_path,
+        common::render_template(config, common::free_port()),
+    )
+    .unwrap();
+    let mut cmd = Command::new(tollgate_bin());
+    cmd.arg("up")
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--host", "127.0.0.1", "--port"])
+        .arg(common::free_port().to_string())
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--wasm")
+        .arg(tollgate_wasm())
+        .args(["--concurrency", "1", "--exit-on-stdin-eof"])
+        .env("ENVOY_BIN", envoy_bin())
+        .env_remove("LITELLM_MASTER_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (status, stdout, stderr) = run_to_exit("tollgate up", &mut cmd, Duration::from_secs(60));
+    assert!(!status.success(), "should have failed:\n{stdout}\n{stderr}");
+    assert!(!stdout.contains("ready"), "{stdout}");
+    stderr
+}
+
+/// Issue 12 item 11: an invalid `budget_duration` in litellm_settings is refused at startup,
+/// naming the field.
+#[test]
+fn invalid_budget_duration_is_refused_at_startup() {
+    let stderr = up_must_fail(
+        &format!("{UNPRICED}litellm_settings:\n  budget_duration: 30x\n"),
+        &[],
+    );
+    assert!(
+        stderr.contains("litellm_settings.budget_duration: Invalid budget_duration '30x'"),
+        "{stderr}"
+    );
+}
+
+/// Issue 13 §1: a cost map override that cannot be used is refused, not silently ignored.
+#[test]
+fn remote_cost_map_url_is_refused() {
+    let stderr = up_must_fail(
+        UNPRICED,
+        &[(
+            "LITELLM_MODEL_COST_MAP_URL",
+            "https://example.com/model_prices.json",
+        )],
+    );
+    assert!(
+        stderr.contains("LITELLM_MODEL_COST_MAP_URL") && stderr.contains("does not download"),
+        "{stderr}"
+    );
+}
+
+/// Issue 13 §1: `LITELLM_MODEL_COST_MAP_URL` names a local file whose entries go over the
+/// bundled map.
+#[test]
+fn cost_map_override_file_prices_a_model() {
+    let dir = TempDir::new("costmap");
+    let map = dir.path().join("prices.json");
+    std::fs::write(
+        &map,
+        r#"{"gpt-4o-mini": {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002, "litellm_provider": "openai"}}"#,
+    )
+    .unwrap();
+    let s = Stack::start_with(common::StackOptions {
+        config: UNPRICED.to_string(),
+        env: vec![(
+            "LITELLM_MODEL_COST_MAP_URL".to_string(),
+            map.display().to_string(),
+        )],
+        ..Default::default()
+    });
+    let r = chat(&s, MASTER_KEY, "mini");
+    r.assert_status(200);
+    let usage: &Value = &r.json()["usage"];
+    let expected = nanos(
+        usage["prompt_tokens"].as_f64().unwrap() * 0.001
+            + usage["completion_tokens"].as_f64().unwrap() * 0.002,
+    );
+    assert_eq!(header_nanos(&r, "x-litellm-response-cost"), Some(expected));
+}
+
+/// Issue 12 item 11: an edit with an invalid setting is not applied; the old config stays.
+#[test]
+fn reload_with_invalid_budget_duration_keeps_the_old_config() {
+    let s = Stack::start(UNPRICED);
+    let (key, _) = s.generate_key(json!({}));
+    let before = chat(&s, &key, "mini");
+    before.assert_status(200);
+    let cost = gpt_4o_mini_cost(&before);
+    // The edit would make the model cost $1 per token, but its budget_duration is invalid.
+    let edited = format!(
+        "{}litellm_settings:\n  budget_duration: 30x\n",
+        UNPRICED.replace(
+            "      api_key: @PROVIDER_KEY@\n",
+            "      api_key: @PROVIDER_KEY@\n      input_cost_per_token: 1.0\n"
+        )
+    );
+    std::fs::write(
+        s.config_path(),
+        common::render_template(&edited, s.fake_port),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let after = chat(&s, &key, "mini");
+    after.assert_status(200);
+    assert_eq!(
+        header_nanos(&after, "x-litellm-response-cost"),
+        Some(gpt_4o_mini_cost(&after))
+    );
+    assert_eq!(gpt_4o_mini_cost(&after), cost);
+}
+
+/// Issue 13 §2: `model_max_budget` written as LiteLLM's docs show it (the limit a string) is
+/// accepted and enforced; what LiteLLM refuses gets 400.
+#[test]
+fn model_max_budget_as_the_docs_write_it_is_enforced() {
+    let s = Stack::start(UNPRICED);
+    let (key, v) = s.generate_key(json!({
+        "model_max_budget": {"mini": {"budget_limit": "0.0000001", "time_period": "1d"}}
+    }));
+    let hash = v["token"].as_str().unwrap().to_string();
+    chat(&s, &key, "mini").assert_status(200);
+    let r = common::poll_until("model budget refusal", Duration::from_secs(10), || {
+        let r = chat(&s, &key, "mini");
+        if r.status == 200 {
+            Err("still admitted".to_string())
+        } else {
+            Ok(r)
+        }
+    });
+    r.assert_error_message(
+        422,
+        "budget_exceeded",
+        &format!("LiteLLM Virtual Key: {hash}, key_alias: None, exceeded budget for model=mini"),
+    );
+
+    for bad in [
+        json!({"mini": {"budget_limit": "a lot", "time_period": "1d"}}),
+        json!({"mini": 5}),
+        json!({"mini": {"budget_limit": 1, "time_period": "30x"}}),
+    ] {
+        let r = s.admin_post("/key/generate", &json!({"model_max_budget": bad}));
+        let err = r.assert_error(400, "invalid_request_error");
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .contains("Invalid model_max_budget"),
+            "{bad}: {err}"
+        );
+    }
+    let r = s.admin_post(
+        "/key/update",
+        &json!({"key": key, "model_max_budget": {"mini": {"budget_limit": []}}}),
+    );
+    r.assert_error(400, "invalid_request_error");
+}
+
+/// Issue 13 §2: `litellm_settings.max_end_user_budget` (the docs' customer budget) holds every
+/// customer without a budget of its own.
+#[test]
+fn max_end_user_budget_is_the_default_customer_budget() {
+    let s = Stack::start(&format!(
+        "{UNPRICED}litellm_settings:\n  max_end_user_budget: 0.000001\n"
+    ));
+    let (key, _) = s.generate_key(json!({}));
+    let as_customer = |user: &str| {
+        s.post_with(
+            "/v1/chat/completions",
+            &key,
+            &[],
+            &json!({"model": "mini", "max_tokens": 5, "user": user,
+                    "messages": [{"role": "user", "content": PROMPT}]})
+            .to_string(),
+        )
+    };
+    // One call costs more than $0.000001: the next one is refused.
+    as_customer("cust-1").assert_status(200);
+    let r = common::poll_until("customer budget refusal", Duration::from_secs(10), || {
+        let r = as_customer("cust-1");
+        if r.status == 200 {
+            Err("still admitted".to_string())
+        } else {
+            Ok(r)
+        }
+    });
+    let err = r.assert_error(422, "budget_exceeded");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("ExceededBudget: End User=cust-1 over budget."),
+        "{err}"
+    );
+    // Another customer has its own spend; a customer with its own budget is not held to it.
+    as_customer("cust-2").assert_status(200);
+    s.admin_post(
+        "/customer/new",
+        &json!({"user_id": "rich", "max_budget": 100.0}),
+    )
+    .assert_status(200);
+    as_customer("rich").assert_status(200);
+    as_customer("rich").assert_status(200);
+}
+
+/// Issue 13 §2: `model_info` fields LiteLLM passes through reach /model/info.
+#[test]
+fn model_info_passthrough_reaches_model_info() {
+    let s = Stack::start(&UNPRICED.replace(
+        "      api_key: @PROVIDER_KEY@\n",
+        "      api_key: @PROVIDER_KEY@\n    model_info:\n      supports_vision: true\n      base_model: gpt-4o-mini\n      my_team_label: blue\n",
+    ));
+    let info = s.get("/model/info", Some(MASTER_KEY)).json();
+    let mi = &info["data"][0]["model_info"];
+    assert_eq!(mi["supports_vision"], json!(true), "{info}");
+    assert_eq!(mi["base_model"], json!("gpt-4o-mini"));
+    assert_eq!(mi["my_team_label"], json!("blue"));
+    assert_eq!(mi["mode"], json!("chat"));
+    assert_eq!(mi["max_input_tokens"], json!(128000));
+}
+
+/// Issue 13 §2: per-model key limits answer with LiteLLM's
+/// `x-litellm-key-remaining-{requests,tokens}-<model>` beside `x-ratelimit-*`.
+#[test]
+fn per_model_key_limit_headers_as_litellm_documents_them() {
+    let s = Stack::start(UNPRICED);
+    let (key, _) = s.generate_key(json!({
+        "model_rpm_limit": {"mini": 5},
+        "model_tpm_limit": {"mini": 100000}
+    }));
+    let r = chat(&s, &key, "mini");
+    r.assert_status(200);
+    assert_eq!(
+        r.header("x-litellm-key-remaining-requests-mini"),
+        Some("4"),
+        "{:?}",
+        r.headers
+    );
+    let tokens: u64 = r
+        .header("x-litellm-key-remaining-tokens-mini")
+        .unwrap_or_else(|| panic!("{:?}", r.headers))
+        .parse()
+        .unwrap();
+    assert!(tokens < 100000 && tokens > 90000, "{tokens}");
+    assert!(r
+        .header("x-ratelimit-model_per_key-remaining-requests")
+        .is_some());
+    // Without a per-model limit: no per-model header.
+    let (plain, _) = s.generate_key(json!({}));
+    let r = chat(&s, &plain, "mini");
+    assert!(
+        !r.headers
+            .iter()
+            .any(|(k, _)| k.starts_with("x-litellm-key-remaining-requests-")),
+        "{:?}",
+        r.headers
+    );
+}
+
+/// Wildcard entries as real configs write them, on the fake upstream.
+const WILDCARDS: &str = r#"
+model_list:
+  - model_name: "openai/*"
+    litellm_params:
+      model: "openai/*"
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+  - model_name: "*"
+    litellm_params:
+      model: "*"
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+general_settings:
+  master_key: @MASTER_KEY@
+"#;
+
+/// Issue 13 §2: config-level wildcard deployments are routed as LiteLLM routes them (the most
+/// specific pattern, the backend model filled in) and charged the cost map's price of the
+/// model actually called.
+#[test]
+fn wildcard_deployments_route_and_charge_cost_map_prices() {
+    let s = Stack::start(WILDCARDS);
+    let (key, _) = s.generate_key(json!({}));
+    for (requested, sent) in [
+        ("openai/gpt-4o-mini", "gpt-4o-mini"),
+        ("gpt-4o-mini", "gpt-4o-mini"),
+    ] {
+        s.clear_fake_requests();
+        let r = chat(&s, &key, requested);
+        r.assert_status(200);
+        let seen = s.fake_requests();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        assert_eq!(seen[0]["body"]["model"], json!(sent), "{requested}");
+        assert_eq!(
+            header_nanos(&r, "x-litellm-response-cost"),
+            Some(gpt_4o_mini_cost(&r)),
+            "{requested}: {:?}",
+            r.headers
+        );
+    }
+    // A model the cost map does not know is routed too (charged nothing, as in LiteLLM).
+    chat(&s, &key, "my-local-model").assert_status(200);
+    // A key limited to `openai/*` may call OpenAI models only.
+    let (limited, _) = s.generate_key(json!({"models": ["openai/*"]}));
+    chat(&s, &limited, "openai/gpt-4o-mini").assert_status(200);
+    chat(&s, &limited, "my-local-model").assert_error(403, "key_model_access_denied");
+}
