@@ -388,7 +388,9 @@ async fn run(cli: Cli) -> Result<()> {
                     serde_yaml_ng::to_string(&render::envoy_bare_bootstrap(&rendered, &opts)?)?
                 }
                 Format::Istio => render::istio_manifests(&rendered, &opts)?,
-                Format::Plugin => serde_json::to_string_pretty(&rendered.plugin)?,
+                Format::Plugin => serde_json::to_string_pretty(
+                    &crate::provider_keys::without_provider_keys(&rendered.plugin),
+                )?,
             };
             println!("{text}");
             Ok(())

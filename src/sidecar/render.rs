@@ -6,6 +6,7 @@ use crate::key_format::hash_key;
 use crate::plugin_config::{
     BudgetSettings, Deployment, PluginConfig, Pricing, PLUGIN_CONFIG_VERSION,
 };
+use crate::provider_keys::without_provider_keys;
 use crate::rate_limits::TokenCountType;
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
@@ -321,9 +322,10 @@ pub fn wasm_filter(plugin: &PluginConfig, wasm_path: &str) -> Result<Value> {
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": wasm_path}}
                 },
+                // Provider keys stay out: the filter fetches them from the sidecar.
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": serde_json::to_string(plugin)?
+                    "value": serde_json::to_string(&without_provider_keys(plugin))?
                 },
                 // Without it a paused request never gets its body callback (DESIGN.md).
                 "allow_on_headers_stop_iteration": true,
