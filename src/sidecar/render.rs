@@ -1,5 +1,5 @@
 //! Turns a loaded LiteLLM config into what gets deployed: the plugin configuration, an Envoy
-//! bootstrap (for `envoy -c` / `func-e run -c`) and Istio manifests.
+//! bootstrap (for `envoy -c` / `func-e run -c`); Istio manifests are in [`super::istio`].
 
 use super::litellm_config::{LiteLlmConfig, ModelEntry};
 use crate::key_format::hash_key;
@@ -137,8 +137,6 @@ pub struct RenderOptions {
     pub sidecar_port: u16,
     pub envoy_admin_port: u16,
     pub wasm_path: String,
-    /// Istio only: where the gateway pulls the module from.
-    pub wasm_url: String,
     /// Envoy only: a directory whose files (written by `tollgate up` or `tollgate serve
     /// --xds-dir`) carry the filter configuration and the upstream clusters, so config.yaml
     /// edits apply without a restart. `None`: everything inline, static.
@@ -154,7 +152,6 @@ impl Default for RenderOptions {
             sidecar_port: 4001,
             envoy_admin_port: 9901,
             wasm_path: "target/wasm32-wasip1/release/tollgate.wasm".into(),
-            wasm_url: "oci://ghcr.io/your-org/tollgate:0.1.0".into(),
             xds_dir: None,
         }
     }
@@ -507,79 +504,6 @@ pub fn envoy_bare_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result
     Ok(boot)
 }
 
-/// Istio manifests: the WasmPlugin, the EnvoyFilter patch Istio needs for
-/// `allow_on_headers_stop_iteration`, and ServiceEntries for the providers.
-pub fn istio_manifests(rendered: &Rendered, opts: &RenderOptions) -> Result<String> {
-    let mut plugin = rendered.plugin.clone();
-    // Istio names outbound clusters `outbound|PORT||HOST`.
-    for d in &mut plugin.deployments {
-        if let Some(u) = rendered.upstreams.iter().find(|u| u.cluster == d.cluster) {
-            d.cluster = format!("outbound|{}||{}", u.port, u.host);
-        }
-    }
-    plugin.sidecar_cluster = format!(
-        "outbound|{}||tollgate.tollgate-system.svc.cluster.local",
-        opts.sidecar_port
-    );
-    plugin.sidecar_authority = format!(
-        "tollgate.tollgate-system.svc.cluster.local:{}",
-        opts.sidecar_port
-    );
-    let mut docs = vec![
-        json!({
-            "apiVersion": "extensions.istio.io/v1alpha1",
-            "kind": "WasmPlugin",
-            "metadata": {"name": "tollgate", "namespace": "istio-system"},
-            "spec": {
-                "selector": {"matchLabels": {"istio": "ingressgateway"}},
-                "url": opts.wasm_url,
-                "phase": "AUTHN",
-                "failStrategy": "FAIL_CLOSE",
-                "vmConfig": {"env": []},
-                "pluginConfig": serde_json::to_value(&plugin)?
-            }
-        }),
-        json!({
-            "apiVersion": "networking.istio.io/v1alpha3",
-            "kind": "EnvoyFilter",
-            "metadata": {"name": "tollgate-allow-body-pause", "namespace": "istio-system"},
-            "spec": {
-                "workloadSelector": {"labels": {"istio": "ingressgateway"}},
-                "configPatches": [{
-                    "applyTo": "EXTENSION_CONFIG",
-                    "match": {"context": "GATEWAY"},
-                    "patch": {"operation": "MERGE", "value": {
-                        "name": "istio-system.tollgate",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                            "config": {"allow_on_headers_stop_iteration": true}
-                        }
-                    }}
-                }]
-            }
-        }),
-    ];
-    for u in &rendered.upstreams {
-        docs.push(json!({
-            "apiVersion": "networking.istio.io/v1beta1",
-            "kind": "ServiceEntry",
-            "metadata": {"name": u.cluster.replace('_', "-"), "namespace": "istio-system"},
-            "spec": {
-                "hosts": [u.host],
-                "location": "MESH_EXTERNAL",
-                "resolution": "DNS",
-                "ports": [{"number": u.port, "name": if u.tls { "https" } else { "http" }, "protocol": if u.tls { "TLS" } else { "HTTP" }}]
-            }
-        }));
-    }
-    let mut out = String::new();
-    for doc in docs {
-        out.push_str("---\n");
-        out.push_str(&serde_yaml_ng::to_string(&doc)?);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,6 +546,24 @@ mod tests {
         let text = boot.to_string();
         assert!(text.contains("allow_on_headers_stop_iteration"));
         assert!(text.contains(&d.cluster));
+    }
+
+    #[test]
+    fn envoy_configs_carry_no_provider_key() {
+        let loaded = parse(
+            "model_list:\n  - model_name: m\n    litellm_params: {model: openai/m, api_key: sk-provider-in-config-77}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&loaded.config, &RenderOptions::default()).unwrap();
+        assert_eq!(
+            r.plugin.deployments[0].api_key.as_deref(),
+            Some("sk-provider-in-config-77")
+        );
+        let boot = envoy_bootstrap(&r, &RenderOptions::default()).unwrap();
+        let filter = xds_filter_file(&r.plugin, "m.wasm").unwrap();
+        for text in [boot.to_string(), filter] {
+            assert!(!text.contains("sk-provider-in-config-77"), "{text}");
+        }
     }
 
     #[test]
