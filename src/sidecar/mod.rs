@@ -5,6 +5,7 @@ pub mod admin_api;
 pub mod fake_llm;
 pub mod istio;
 pub mod litellm_config;
+pub mod oci;
 pub mod reload;
 pub mod render;
 pub mod store;
@@ -108,6 +109,10 @@ enum Command {
         /// --wasm). Default: the sidecar, which serves the module it was built with.
         #[arg(long)]
         wasm_url: Option<String>,
+        /// Istio: the sha256 to pin instead of the module's (for an oci://…:tag URL, the
+        /// image manifest's, as `tollgate wasm-image` prints it; default: computed from --wasm).
+        #[arg(long)]
+        wasm_sha256: Option<String>,
         /// Istio: namespace of the sidecar and the routing objects.
         #[arg(long, default_value = "tollgate")]
         namespace: String,
@@ -128,6 +133,17 @@ enum Command {
         /// without a restart). Default: everything inline.
         #[arg(long)]
         xds_dir: Option<PathBuf>,
+    },
+    /// Write the filter module as an OCI image layout (Istio's Wasm image: a layer holding
+    /// plugin.wasm) for pushing to a registry; prints the manifest's sha256.
+    WasmImage {
+        /// The layout's directory (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+        #[arg(long)]
+        wasm: Option<PathBuf>,
     },
     /// An OpenAI-compatible fake upstream for offline runs and tests.
     FakeLlm {
@@ -396,6 +412,7 @@ async fn run(cli: Cli) -> Result<()> {
             envoy_admin_port,
             wasm,
             wasm_url,
+            wasm_sha256,
             namespace,
             gateway_namespace,
             gateway_selector,
@@ -423,6 +440,13 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 Format::Istio => {
                     let module = wasm_module::WasmModule::read(&default_wasm_path(wasm))?;
+                    // istio-agent checks the image manifest's digest for oci:// URLs.
+                    let oci = wasm_url.as_deref().is_some_and(|u| u.starts_with("oci://"));
+                    let pinned = match wasm_sha256 {
+                        Some(sha) => sha,
+                        None if oci => oci::manifest_sha256(&module.bytes)?,
+                        None => module.sha256,
+                    };
                     let (key, value) = gateway_selector.split_once('=').ok_or_else(|| {
                         anyhow!("--gateway-selector `{gateway_selector}` is not key=value")
                     })?;
@@ -433,7 +457,7 @@ async fn run(cli: Cli) -> Result<()> {
                         gateway_service_account,
                         image,
                         wasm_url,
-                        wasm_sha256: module.sha256,
+                        wasm_sha256: pinned,
                         config_yaml: std::fs::read_to_string(&config)?,
                     };
                     istio::manifests(&rendered, &opts, &istio_opts, &prepared.master_key)?
@@ -443,6 +467,17 @@ async fn run(cli: Cli) -> Result<()> {
                 )?,
             };
             println!("{text}");
+            Ok(())
+        }
+        Command::WasmImage { out, tag, wasm } => {
+            let module = wasm_module::WasmModule::read(&default_wasm_path(wasm))?;
+            let sha = oci::write_layout(&module.bytes, &out, &tag)?;
+            println!("{sha}");
+            eprintln!(
+                "wrote the OCI image layout {} (tag {tag}); push it with e.g. `skopeo copy --preserve-digests oci:{}:{tag} docker://REGISTRY/tollgate-wasm:{tag}` and render with --wasm-url oci://REGISTRY/tollgate-wasm:{tag}",
+                out.display(),
+                out.display()
+            );
             Ok(())
         }
         Command::FakeLlm {
