@@ -5,6 +5,7 @@
 #   ./build.sh test            build, then unit tests and the integration tests against real Envoy
 #   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md)
 #   ./build.sh examples        regenerate envoy/tollgate.envoy.yaml and envoy/istio.yaml
+#   ./build.sh oci [DIR]       write tollgate.wasm as an OCI image layout (default target/oci/tollgate-wasm)
 #   ./build.sh validate-istio  check `tollgate render --format istio` against Istio's CRDs and k8s schemas
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -134,7 +135,8 @@ case "${1:-build}" in
   test) test_all ;;
   examples) build; render_examples envoy ;;
   validate-istio) build; validate_istio_manifests ;;
+  oci) shift; build; "$BIN" wasm-image --wasm "$WASM" --out "${1:-$ROOT/target/oci/tollgate-wasm}" ;;
   bench) build; [ -x bench/run.sh ] || die "bench/run.sh not found"; bench/run.sh ;;
   fuzz) shift; fuzz/run.sh "$@" ;;
-  *) die "usage: ./build.sh [build|run [CONFIG]|test|bench|examples]" ;;
+  *) die "usage: ./build.sh [build|run [CONFIG]|test|bench|examples|oci [DIR]|validate-istio]" ;;
 esac

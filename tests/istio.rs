@@ -141,3 +141,54 @@ fn rotated_provider_key_reaches_the_filter_without_a_restart() {
         Value::String(format!("Bearer {MASTER_KEY}"))
     );
 }
+
+/// `tollgate wasm-image` writes an OCI image layout of the module; with an `oci://` URL the
+/// manifests pin that image's manifest digest (what istio-agent checks for OCI), otherwise the
+/// module's own sha256 (what it checks for http(s)).
+#[test]
+fn oci_layout_digest_is_what_the_manifests_pin_for_oci_urls() {
+    use common::{tollgate_bin, tollgate_wasm, TempDir};
+    let run = |cmd: &mut std::process::Command| {
+        common::run_to_exit("tollgate", cmd, Duration::from_secs(60))
+    };
+    let dir = TempDir::new("oci");
+    let layout = dir.path().join("layout");
+    let (status, digest, err) = run(
+        std::process::Command::new(tollgate_bin())
+            .args(["wasm-image", "--tag", "it"])
+            .arg("--out")
+            .arg(&layout)
+            .arg("--wasm")
+            .arg(tollgate_wasm()),
+    );
+    assert!(status.success(), "{err}");
+    let digest = digest.trim().to_string();
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], format!("sha256:{digest}"));
+    assert!(layout.join("blobs/sha256").join(&digest).is_file());
+
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, common::render_template(ISTIO_CONFIG, 18089)).unwrap();
+    let render = |url: Option<&str>| {
+        let mut cmd = std::process::Command::new(tollgate_bin());
+        cmd.args(["render", "--format", "istio", "--config"])
+            .arg(&config)
+            .arg("--wasm")
+            .arg(tollgate_wasm())
+            .env(common::istio::MASTER_KEY_ENV, MASTER_KEY);
+        if let Some(url) = url {
+            cmd.args(["--wasm-url", url]);
+        }
+        let (status, out, err) = run(&mut cmd);
+        assert!(status.success(), "{err}");
+        out
+    };
+    let oci = render(Some("oci://registry.example/tollgate-wasm:it"));
+    assert!(oci.contains(&format!("sha256: {digest}")), "{oci}");
+    assert!(oci.contains("uri: oci://registry.example/tollgate-wasm:it"));
+    let module = std::fs::read(tollgate_wasm()).unwrap();
+    use sha2::Digest;
+    let module_sha = hex::encode(sha2::Sha256::digest(&module));
+    assert!(render(None).contains(&format!("sha256: {module_sha}")));
+}
