@@ -6,6 +6,8 @@
 #   ./build.sh test            build, then unit tests and the integration tests against real Envoy
 #   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md)
 #   ./build.sh examples        regenerate envoy/tollgate.envoy.yaml and envoy/istio.yaml
+#   ./build.sh oci [DIR]       write tollgate.wasm as an OCI image layout (default target/oci/tollgate-wasm)
+#   ./build.sh validate-istio  check `tollgate render --format istio` against Istio's CRDs and k8s schemas
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -31,6 +33,17 @@ setup() {
   fi
   export ENVOY_BIN="${ENVOY_BIN:-$VENV/bin/envoy}"
   "$ENVOY_BIN" --version >/dev/null 2>&1 || die "Envoy at $ENVOY_BIN does not run"
+}
+
+# Offline schema checks of the Istio manifests: jsonschema (Istio's CRDs) and
+# kubernetes-validate (the Kubernetes built-in kinds' schemas, shipped in the package).
+setup_validators() {
+  if ! "$VENV/bin/python" -c 'import jsonschema, kubernetes_validate, yaml' 2>/dev/null; then
+    log "installing the manifest validators (PyPI jsonschema, kubernetes-validate) into .venv"
+    command -v python3 >/dev/null || die "python3 not found: it is needed to validate the Istio manifests"
+    [ -x "$VENV/bin/pip" ] || python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check jsonschema kubernetes-validate pyyaml
+  fi
 }
 
 build() {
@@ -88,6 +101,8 @@ test_all() {
   build
   log "validating the Envoy configs in envoy/"
   validate_envoy_configs
+  log "validating the Istio manifests against Istio's CRDs and the Kubernetes schemas"
+  validate_istio_manifests
   log "unit tests (host)"
   cargo test --release --lib --bins
   log "integration tests (real Envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1))"
@@ -102,16 +117,37 @@ render_examples() {
   { echo "$header"; echo "# Run from the project root: tollgate serve --config envoy/config.yaml --port 4001 & envoy -c envoy/tollgate.envoy.yaml"
     LITELLM_MASTER_KEY=sk-1234 "$BIN" render --config envoy/config.yaml --format envoy \
       --wasm target/wasm32-wasip1/release/tollgate.wasm --sidecar-port 4001 2>/dev/null; } > "$out/tollgate.envoy.yaml"
-  { echo "$header"; echo "# kubectl apply -f envoy/istio.yaml (after publishing tollgate.wasm and deploying the sidecar)"
-    LITELLM_MASTER_KEY=sk-1234 "$BIN" render --config envoy/config.yaml --format istio --sidecar-port 4001 2>/dev/null; } > "$out/istio.yaml"
+  # The sha256 is this build's module: render your own (README, "Istio") with your master key.
+  { echo "# Rendered from envoy/istio-config.yaml by ./build.sh examples (tollgate render --format istio); do not edit."
+    echo "# Render your own: tollgate render --config config.yaml --format istio --namespace NS | kubectl apply -f -"
+    LITELLM_MASTER_KEY=sk-example-master-key-0123 "$BIN" render --config envoy/istio-config.yaml \
+      --format istio --namespace tollgate --wasm "$WASM" 2>/dev/null; } > "$out/istio.yaml"
+}
+
+# The stream `tollgate render --format istio` prints, checked as `kubectl apply` would check it.
+validate_istio_manifests() {
+  setup_validators
+  local crds="$ROOT/../shared/istio/crd-all.gen.yaml"
+  [ -f "$crds" ] || crds="${ISTIO_CRDS:-/work/shared/istio/crd-all.gen.yaml}"
+  [ -f "$crds" ] || die "Istio's CRDs not found (set ISTIO_CRDS to crd-all.gen.yaml)"
+  local tmp; tmp=$(mktemp -d)
+  LITELLM_MASTER_KEY=sk-validate-0123456789 OPENAI_API_KEY=sk-validate-provider-0123456789 \
+    "$BIN" render --config envoy/istio-config.yaml --format istio --namespace llm-gateway \
+    --wasm "$WASM" > "$tmp/istio.yaml" 2>/dev/null || die "tollgate render --format istio failed"
+  if grep -q 'sk-validate-' "$tmp/istio.yaml"; then die "a key appears in the rendered Istio manifests"; fi
+  "$VENV/bin/python" tests/tools/validate_manifests.py "$crds" "$tmp/istio.yaml"
+  rm -rf "$tmp"
 }
 
 validate_envoy_configs() {
   local tmp; tmp=$(mktemp -d)
   render_examples "$tmp"
-  for f in tollgate.envoy.yaml istio.yaml; do
-    cmp -s "$tmp/$f" "envoy/$f" || die "envoy/$f is stale: run ./build.sh examples and commit it"
-  done
+  cmp -s "$tmp/tollgate.envoy.yaml" envoy/tollgate.envoy.yaml \
+    || die "envoy/tollgate.envoy.yaml is stale: run ./build.sh examples and commit it"
+  # The module's sha256 changes with every build of the filter.
+  cmp -s <(grep -v 'sha256:' "$tmp/istio.yaml") <(grep -v 'sha256:' envoy/istio.yaml) \
+    || die "envoy/istio.yaml is stale: run ./build.sh examples and commit it"
+
   LITELLM_MASTER_KEY=sk-validate-0123456789 "$BIN" render --config envoy/config.yaml --format envoy --wasm "$WASM" > "$tmp/rendered.yaml" 2>/dev/null
   for f in "$tmp/rendered.yaml" envoy/*.envoy.yaml; do
     "$ENVOY_BIN" --mode validate -c "$f" --log-level error >/dev/null \
@@ -126,7 +162,9 @@ case "${1:-build}" in
   run) shift; run "$@" ;;
   test) test_all ;;
   examples) build; render_examples envoy ;;
+  validate-istio) build; validate_istio_manifests ;;
+  oci) shift; build; "$BIN" wasm-image --wasm "$WASM" --out "${1:-$ROOT/target/oci/tollgate-wasm}" ;;
   bench) build; [ -x bench/run.sh ] || die "bench/run.sh not found"; bench/run.sh ;;
   fuzz) shift; fuzz/run.sh "$@" ;;
-  *) die "usage: ./build.sh [build|run [CONFIG]|test|bench|examples]" ;;
+  *) die "usage: ./build.sh [build|run [CONFIG]|test|bench|examples|oci [DIR]|validate-istio]" ;;
 esac

@@ -182,6 +182,13 @@ impl ApiError {
         Self::new(503, "internal_server_error", message)
     }
 
+    /// The filter has not yet received the provider keys from the sidecar (fails closed).
+    pub fn provider_keys_pending() -> Self {
+        Self::service_unavailable(
+            "Tollgate has not received the provider keys from its sidecar yet; try again.",
+        )
+    }
+
     pub fn not_found_route() -> Self {
         Self::new(404, "not_found_error", "Not Found")
     }

@@ -13,6 +13,7 @@ pub mod errors;
 pub mod key_format;
 pub mod model_access;
 pub mod plugin_config;
+pub mod provider_keys;
 pub mod rate_limits;
 pub mod records;
 pub mod request_body;

@@ -240,6 +240,10 @@ pub struct Changes {
     /// The latest sequence number the answer covers; ask with `since=<seq>` next time.
     pub seq: i64,
     pub entries: Vec<String>,
+    /// [`crate::provider_keys::ProviderKeys::fingerprint`]: a filter holding other keys fetches
+    /// them again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_keys: Option<String>,
 }
 
 /// Response header of mutating admin calls: comma-separated entries as in [`Changes`].

@@ -1472,7 +1472,13 @@ fn render_outputs_are_deployable() {
     assert_eq!(names, DEFAULT_MODELS.to_vec());
     assert_eq!(deployments[0]["backend_model"], "gpt-4o-mini-backend");
     assert_eq!(deployments[0]["base_path"], "/v1");
-    assert_eq!(deployments[0]["api_key"], PROVIDER_KEY);
+    // Provider keys stay with the sidecar; the filter fetches them at start.
+    assert_eq!(deployments[0]["api_key"], Value::Null);
+    assert!(!plugin_text.contains(PROVIDER_KEY), "{plugin_text}");
+    assert!(
+        !envoy_yaml.contains(PROVIDER_KEY),
+        "provider key in the Envoy bootstrap"
+    );
     assert_eq!(deployments[1]["access_groups"], json!(["premium"]));
     assert_eq!(deployments[4]["provider"], "groq");
     assert_eq!(deployments[4]["backend_model"], "llama-3-70b-versatile");
@@ -1482,8 +1488,18 @@ fn render_outputs_are_deployable() {
         "the raw master key must not be in the plugin configuration"
     );
 
-    // Istio manifests.
-    let istio = render(&config_path, "istio");
-    assert!(istio.contains("kind: WasmPlugin"), "{istio}");
-    assert!(istio.contains("allow_on_headers_stop_iteration"), "{istio}");
+    // Istio manifests: this config writes provider keys inline, and a config.yaml becomes a
+    // ConfigMap, so render refuses it (tests/istio.rs renders and runs a proper one).
+    let mut cmd = Command::new(tollgate_bin());
+    cmd.arg("render")
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--format", "istio", "--wasm"])
+        .arg(tollgate_wasm())
+        .env_remove("LITELLM_MASTER_KEY");
+    let (status, stdout, stderr) =
+        run_to_exit("tollgate render", &mut cmd, Duration::from_secs(30));
+    assert!(!status.success(), "{stdout}");
+    assert!(stderr.contains("os.environ/NAME"), "{stderr}");
+    assert!(!stdout.contains(PROVIDER_KEY) && !stderr.contains(PROVIDER_KEY));
 }

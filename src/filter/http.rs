@@ -233,6 +233,11 @@ impl TollgateHttp {
         let admitted = admission::admit(config, caller, route, &path, &body, now, pick)?;
         let request = &admitted.request;
         let deployment = admitted.deployment;
+        // Fail closed until the sidecar has handed over the provider keys.
+        let provider_key = match shared.provider_keys.borrow().as_ref() {
+            Some(keys) => keys.key_for(&deployment.id).map(str::to_string),
+            None => return Err(ApiError::provider_keys_pending()),
+        };
 
         let end_user = admission::end_user_id(
             self.headers
@@ -345,7 +350,7 @@ impl TollgateHttp {
                 host::set_request_header(name, None);
             }
         }
-        match &deployment.api_key {
+        match &provider_key {
             Some(key) => host::set_request_header("authorization", Some(&format!("Bearer {key}"))),
             None if self.headers.has("authorization") => {
                 host::set_request_header("authorization", None)
@@ -390,7 +395,7 @@ impl TollgateHttp {
             usage: None,
             holding_headers: false,
             response_headers: Vec::new(),
-            provider_key: deployment.api_key.clone(),
+            provider_key,
             redact_body: false,
             replacement_body: None,
             event: SpendEvent {

@@ -6,10 +6,11 @@ use super::host;
 use super::http::TollgateHttp;
 use super::key_cache;
 use crate::plugin_config::PluginConfig;
+use crate::provider_keys::{ProviderKeys, PROVIDER_KEYS_PATH};
 use crate::shared_store::{self, update, Decision, VersionedStore};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub struct Shared {
     /// ([`crate::records::event_id`]).
     pub instance_id: [u8; 16],
     pub calls: Cell<u64>,
+    /// The provider keys from the sidecar (VM memory only); `None` until the first answer, and
+    /// LLM calls are refused until then.
+    pub provider_keys: RefCell<Option<Rc<ProviderKeys>>>,
 }
 
 impl Shared {
@@ -52,6 +56,8 @@ pub struct TollgateRoot {
     in_flight: Vec<(u32, Vec<Vec<u8>>)>,
     /// The change-log poll under way, if any.
     changes_poll: Option<u32>,
+    /// The provider-keys request under way, if any.
+    keys_fetch: Option<u32>,
 }
 
 /// The change-log position this Envoy has applied (shared by all workers).
@@ -62,6 +68,9 @@ struct Changes {
     seq: u64,
     #[serde(default)]
     entries: Vec<String>,
+    /// The sidecar's provider-keys fingerprint.
+    #[serde(default)]
+    provider_keys: Option<String>,
 }
 
 impl TollgateRoot {
@@ -88,16 +97,62 @@ impl TollgateRoot {
         }
     }
 
-    fn apply_changes(&mut self, body_size: usize) {
+    /// Asks the sidecar for the provider keys (at start, until it answers, and when the change
+    /// log reports other keys).
+    fn fetch_provider_keys(&mut self) {
         let Some(shared) = &self.shared else { return };
-        if host::call_response_status() != Some(200) {
+        if self.keys_fetch.is_some() {
             return;
+        }
+        let config = &shared.config;
+        match host::dispatch_get(
+            &config.sidecar_cluster,
+            &config.sidecar_authority,
+            PROVIDER_KEYS_PATH,
+            &format!("Bearer {}", config.internal_token),
+            Duration::from_millis(config.sidecar_timeout_ms.max(1000)),
+        ) {
+            Ok(token) => self.keys_fetch = Some(token),
+            Err(()) => host::log(
+                LogLevel::Warn,
+                "tollgate: cannot ask the sidecar for the provider keys; retrying",
+            ),
+        }
+    }
+
+    fn apply_provider_keys(&mut self, body_size: usize) {
+        let Some(shared) = &self.shared else { return };
+        let keys = (host::call_response_status() == Some(200))
+            .then(|| host::call_response_body(body_size))
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<ProviderKeys>(&b).ok());
+        match keys {
+            Some(keys) => *shared.provider_keys.borrow_mut() = Some(Rc::new(keys)),
+            None => host::log(
+                LogLevel::Warn,
+                "tollgate: the sidecar did not hand over the provider keys; retrying",
+            ),
+        }
+    }
+
+    /// Applies a change-log answer; true when it reports provider keys other than the held ones.
+    fn apply_changes(&mut self, body_size: usize) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        if host::call_response_status() != Some(200) {
+            return false;
         }
         let Some(changes) = host::call_response_body(body_size)
             .and_then(|b| serde_json::from_slice::<Changes>(&b).ok())
         else {
-            return;
+            return false;
         };
+        let held = shared
+            .provider_keys
+            .borrow()
+            .as_ref()
+            .map(|k| k.fingerprint.clone());
         let now = host::now_micros();
         if !changes.entries.is_empty() {
             key_cache::invalidate(
@@ -117,6 +172,7 @@ impl TollgateRoot {
                 Decision::Keep(())
             }
         });
+        changes.provider_keys.is_some() && changes.provider_keys != held
     }
 
     fn flush(&mut self) {
@@ -206,7 +262,14 @@ impl Context for TollgateRoot {
     ) {
         if self.changes_poll == Some(token) {
             self.changes_poll = None;
-            self.apply_changes(body_size);
+            if self.apply_changes(body_size) {
+                self.fetch_provider_keys();
+            }
+            return;
+        }
+        if self.keys_fetch == Some(token) {
+            self.keys_fetch = None;
+            self.apply_provider_keys(body_size);
             return;
         }
         let Some(i) = self.in_flight.iter().position(|(t, _)| *t == token) else {
@@ -256,6 +319,7 @@ impl RootContext for TollgateRoot {
             decoded: Default::default(),
             instance_id,
             calls: Cell::new(0),
+            provider_keys: RefCell::new(None),
         }));
         if let Err(e) = shared_store::ensure_lease(&host::SharedData) {
             host::log(
@@ -265,12 +329,20 @@ impl RootContext for TollgateRoot {
             return false;
         }
         host::set_tick_period(FLUSH_PERIOD);
+        self.fetch_provider_keys();
         true
     }
 
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             key_cache::refresh_epoch(&shared.decoded);
+        }
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.provider_keys.borrow().is_none())
+        {
+            self.fetch_provider_keys();
         }
         self.poll_changes();
         self.flush();

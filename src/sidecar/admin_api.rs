@@ -161,7 +161,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
             "/tollgate/internal/v1/spend",
             post(internal::internal_spend).layer(axum::extract::DefaultBodyLimit::max(spend_limit)),
         )
-        .route("/tollgate/internal/v1/proxy", get(internal::internal_proxy));
+        .route("/tollgate/internal/v1/proxy", get(internal::internal_proxy))
+        .route(
+            crate::provider_keys::PROVIDER_KEYS_PATH,
+            get(internal::internal_provider_keys),
+        );
     // LiteLLM serves customers under both names.
     for prefix in ["/customer", "/end_user"] {
         r = r

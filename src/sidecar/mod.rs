@@ -4,12 +4,15 @@
 pub mod admin_api;
 pub mod cost_map;
 pub mod fake_llm;
+pub mod istio;
 pub mod litellm_config;
+pub mod oci;
 pub mod reload;
 pub mod render;
 pub mod store;
 pub mod timezone;
 mod up;
+pub mod wasm_module;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -79,7 +82,8 @@ enum Command {
         /// rewrite them when config.yaml changes.
         #[arg(long)]
         xds_dir: Option<PathBuf>,
-        /// The filter module named in the files of --xds-dir.
+        /// The filter module named in the files of --xds-dir, and served at
+        /// /tollgate/tollgate.wasm (with its sha256 at /tollgate/tollgate.wasm.sha256).
         #[arg(long)]
         wasm: Option<PathBuf>,
         /// Stop when standard input closes.
@@ -105,14 +109,45 @@ enum Command {
         envoy_admin_port: u16,
         #[arg(long)]
         wasm: Option<PathBuf>,
-        /// Istio: the module's URL (oci://… or https://…).
-        #[arg(long, default_value = "oci://ghcr.io/your-org/tollgate:0.1.0")]
-        wasm_url: String,
+        /// Istio: where gateways fetch the module (http(s)://…; its sha256 is taken from
+        /// --wasm). Default: the sidecar, which serves the module it was built with.
+        #[arg(long)]
+        wasm_url: Option<String>,
+        /// Istio: the sha256 to pin instead of the module's (for an oci://…:tag URL, the
+        /// image manifest's, as `tollgate wasm-image` prints it; default: computed from --wasm).
+        #[arg(long)]
+        wasm_sha256: Option<String>,
+        /// Istio: namespace of the sidecar and the routing objects.
+        #[arg(long, default_value = "tollgate")]
+        namespace: String,
+        /// Istio: namespace of the gateway workload.
+        #[arg(long, default_value = "istio-system")]
+        gateway_namespace: String,
+        /// Istio: label of the gateway pods, key=value.
+        #[arg(long, default_value = "istio=ingressgateway")]
+        gateway_selector: String,
+        /// Istio: the gateway's service account (only it may call the internal endpoints).
+        #[arg(long, default_value = "istio-ingressgateway-service-account")]
+        gateway_service_account: String,
+        /// Istio: the sidecar's container image (see Dockerfile).
+        #[arg(long, default_value = concat!("tollgate:", env!("CARGO_PKG_VERSION")))]
+        image: String,
         /// Envoy: take the filter configuration and upstream clusters from the files that
         /// `tollgate serve --xds-dir` keeps in this directory (config.yaml edits then apply
         /// without a restart). Default: everything inline.
         #[arg(long)]
         xds_dir: Option<PathBuf>,
+    },
+    /// Write the filter module as an OCI image layout (Istio's Wasm image: a layer holding
+    /// plugin.wasm) for pushing to a registry; prints the manifest's sha256.
+    WasmImage {
+        /// The layout's directory (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+        #[arg(long)]
+        wasm: Option<PathBuf>,
     },
     /// An OpenAI-compatible fake upstream for offline runs and tests.
     FakeLlm {
@@ -344,12 +379,19 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let prepared = prepare(&config)?;
             let state = admin_state(&prepared, &data_dir)?;
+            let wasm_path = default_wasm_path(wasm.clone());
+            // An explicit module must be there; the default one is served when it exists.
+            let module = match wasm_module::WasmModule::read(&wasm_path) {
+                Ok(m) => Some(m),
+                Err(e) if wasm.is_some() => return Err(e),
+                Err(_) => None,
+            };
             let xds = match xds_dir {
                 Some(dir) => {
                     let render_opts = render::RenderOptions {
                         sidecar_host: host.clone(),
                         sidecar_port: port,
-                        wasm_path: absolute(&default_wasm_path(wasm)),
+                        wasm_path: absolute(&wasm_path),
                         xds_dir: Some(absolute(&dir)),
                         ..Default::default()
                     };
@@ -379,7 +421,11 @@ async fn run(cli: Cli) -> Result<()> {
                 .run(),
             );
             println!("tollgate sidecar listening on http://{host}:{port}");
-            axum::serve(listener, admin_api::router(state))
+            let mut app = admin_api::router(state);
+            if let Some(module) = &module {
+                app = module.router().merge(app);
+            }
+            axum::serve(listener, app)
                 .with_graceful_shutdown(up::stop_requested(exit_on_stdin_eof))
                 .await?;
             reloading.abort();
@@ -395,6 +441,12 @@ async fn run(cli: Cli) -> Result<()> {
             envoy_admin_port,
             wasm,
             wasm_url,
+            wasm_sha256,
+            namespace,
+            gateway_namespace,
+            gateway_selector,
+            gateway_service_account,
+            image,
             xds_dir,
         } => {
             let prepared = prepare(&config)?;
@@ -405,8 +457,7 @@ async fn run(cli: Cli) -> Result<()> {
                 sidecar_port,
                 sidecar_host,
                 envoy_admin_port,
-                wasm_path: default_wasm_path(wasm).display().to_string(),
-                wasm_url,
+                wasm_path: default_wasm_path(wasm.clone()).display().to_string(),
                 ..Default::default()
             };
             let rendered = render::plugin_config(&prepared.config, &opts)?;
@@ -417,10 +468,46 @@ async fn run(cli: Cli) -> Result<()> {
                 Format::EnvoyBare => {
                     serde_yaml_ng::to_string(&render::envoy_bare_bootstrap(&rendered, &opts)?)?
                 }
-                Format::Istio => render::istio_manifests(&rendered, &opts)?,
-                Format::Plugin => serde_json::to_string_pretty(&rendered.plugin)?,
+                Format::Istio => {
+                    let module = wasm_module::WasmModule::read(&default_wasm_path(wasm))?;
+                    // istio-agent checks the image manifest's digest for oci:// URLs.
+                    let oci = wasm_url.as_deref().is_some_and(|u| u.starts_with("oci://"));
+                    let pinned = match wasm_sha256 {
+                        Some(sha) => sha,
+                        None if oci => oci::manifest_sha256(&module.bytes)?,
+                        None => module.sha256,
+                    };
+                    let (key, value) = gateway_selector.split_once('=').ok_or_else(|| {
+                        anyhow!("--gateway-selector `{gateway_selector}` is not key=value")
+                    })?;
+                    let istio_opts = istio::IstioOptions {
+                        namespace,
+                        gateway_namespace,
+                        gateway_selector: (key.to_string(), value.to_string()),
+                        gateway_service_account,
+                        image,
+                        wasm_url,
+                        wasm_sha256: pinned,
+                        config_yaml: std::fs::read_to_string(&config)?,
+                    };
+                    istio::manifests(&rendered, &opts, &istio_opts, &prepared.master_key)?
+                }
+                Format::Plugin => serde_json::to_string_pretty(
+                    &crate::provider_keys::without_provider_keys(&rendered.plugin),
+                )?,
             };
             println!("{text}");
+            Ok(())
+        }
+        Command::WasmImage { out, tag, wasm } => {
+            let module = wasm_module::WasmModule::read(&default_wasm_path(wasm))?;
+            let sha = oci::write_layout(&module.bytes, &out, &tag)?;
+            println!("{sha}");
+            eprintln!(
+                "wrote the OCI image layout {} (tag {tag}); push it with e.g. `skopeo copy --preserve-digests oci:{}:{tag} docker://REGISTRY/tollgate-wasm:{tag}` and render with --wasm-url oci://REGISTRY/tollgate-wasm:{tag}",
+                out.display(),
+                out.display()
+            );
             Ok(())
         }
         Command::FakeLlm {

@@ -1,5 +1,5 @@
 //! Turns a loaded LiteLLM config into what gets deployed: the plugin configuration, an Envoy
-//! bootstrap (for `envoy -c` / `func-e run -c`) and Istio manifests.
+//! bootstrap (for `envoy -c` / `func-e run -c`); Istio manifests are in [`super::istio`].
 
 use super::cost_map::{CostMap, COST_MAP_LITELLM_VERSION};
 use super::litellm_config::{LiteLlmConfig, ModelEntry};
@@ -7,6 +7,7 @@ use crate::key_format::hash_key;
 use crate::plugin_config::{
     BudgetSettings, Deployment, PluginConfig, Pricing, PLUGIN_CONFIG_VERSION,
 };
+use crate::provider_keys::without_provider_keys;
 use crate::rate_limits::TokenCountType;
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
@@ -173,8 +174,6 @@ pub struct RenderOptions {
     pub sidecar_port: u16,
     pub envoy_admin_port: u16,
     pub wasm_path: String,
-    /// Istio only: where the gateway pulls the module from.
-    pub wasm_url: String,
     /// Envoy only: a directory whose files (written by `tollgate up` or `tollgate serve
     /// --xds-dir`) carry the filter configuration and the upstream clusters, so config.yaml
     /// edits apply without a restart. `None`: everything inline, static.
@@ -190,7 +189,6 @@ impl Default for RenderOptions {
             sidecar_port: 4001,
             envoy_admin_port: 9901,
             wasm_path: "target/wasm32-wasip1/release/tollgate.wasm".into(),
-            wasm_url: "oci://ghcr.io/your-org/tollgate:0.1.0".into(),
             xds_dir: None,
         }
     }
@@ -511,9 +509,10 @@ pub fn wasm_filter(plugin: &PluginConfig, wasm_path: &str) -> Result<Value> {
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": wasm_path}}
                 },
+                // Provider keys stay out: the filter fetches them from the sidecar.
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": serde_json::to_string(plugin)?
+                    "value": serde_json::to_string(&without_provider_keys(plugin))?
                 },
                 // Without it a paused request never gets its body callback (DESIGN.md).
                 "allow_on_headers_stop_iteration": true,
@@ -698,79 +697,6 @@ pub fn envoy_bare_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result
     Ok(boot)
 }
 
-/// Istio manifests: the WasmPlugin, the EnvoyFilter patch Istio needs for
-/// `allow_on_headers_stop_iteration`, and ServiceEntries for the providers.
-pub fn istio_manifests(rendered: &Rendered, opts: &RenderOptions) -> Result<String> {
-    let mut plugin = rendered.plugin.clone();
-    // Istio names outbound clusters `outbound|PORT||HOST`.
-    for d in &mut plugin.deployments {
-        if let Some(u) = rendered.upstreams.iter().find(|u| u.cluster == d.cluster) {
-            d.cluster = format!("outbound|{}||{}", u.port, u.host);
-        }
-    }
-    plugin.sidecar_cluster = format!(
-        "outbound|{}||tollgate.tollgate-system.svc.cluster.local",
-        opts.sidecar_port
-    );
-    plugin.sidecar_authority = format!(
-        "tollgate.tollgate-system.svc.cluster.local:{}",
-        opts.sidecar_port
-    );
-    let mut docs = vec![
-        json!({
-            "apiVersion": "extensions.istio.io/v1alpha1",
-            "kind": "WasmPlugin",
-            "metadata": {"name": "tollgate", "namespace": "istio-system"},
-            "spec": {
-                "selector": {"matchLabels": {"istio": "ingressgateway"}},
-                "url": opts.wasm_url,
-                "phase": "AUTHN",
-                "failStrategy": "FAIL_CLOSE",
-                "vmConfig": {"env": []},
-                "pluginConfig": serde_json::to_value(&plugin)?
-            }
-        }),
-        json!({
-            "apiVersion": "networking.istio.io/v1alpha3",
-            "kind": "EnvoyFilter",
-            "metadata": {"name": "tollgate-allow-body-pause", "namespace": "istio-system"},
-            "spec": {
-                "workloadSelector": {"labels": {"istio": "ingressgateway"}},
-                "configPatches": [{
-                    "applyTo": "EXTENSION_CONFIG",
-                    "match": {"context": "GATEWAY"},
-                    "patch": {"operation": "MERGE", "value": {
-                        "name": "istio-system.tollgate",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                            "config": {"allow_on_headers_stop_iteration": true}
-                        }
-                    }}
-                }]
-            }
-        }),
-    ];
-    for u in &rendered.upstreams {
-        docs.push(json!({
-            "apiVersion": "networking.istio.io/v1beta1",
-            "kind": "ServiceEntry",
-            "metadata": {"name": u.cluster.replace('_', "-"), "namespace": "istio-system"},
-            "spec": {
-                "hosts": [u.host],
-                "location": "MESH_EXTERNAL",
-                "resolution": "DNS",
-                "ports": [{"number": u.port, "name": if u.tls { "https" } else { "http" }, "protocol": if u.tls { "TLS" } else { "HTTP" }}]
-            }
-        }));
-    }
-    let mut out = String::new();
-    for doc in docs {
-        out.push_str("---\n");
-        out.push_str(&serde_yaml_ng::to_string(&doc)?);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -880,6 +806,24 @@ mod tests {
             json.len()
         );
         assert!(unpriced_warnings(&loaded.config).unwrap().is_empty());
+    }
+
+    #[test]
+    fn envoy_configs_carry_no_provider_key() {
+        let loaded = parse(
+            "model_list:\n  - model_name: m\n    litellm_params: {model: openai/m, api_key: sk-provider-in-config-77}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&loaded.config, &RenderOptions::default()).unwrap();
+        assert_eq!(
+            r.plugin.deployments[0].api_key.as_deref(),
+            Some("sk-provider-in-config-77")
+        );
+        let boot = envoy_bootstrap(&r, &RenderOptions::default()).unwrap();
+        let filter = xds_filter_file(&r.plugin, "m.wasm").unwrap();
+        for text in [boot.to_string(), filter] {
+            assert!(!text.contains("sk-provider-in-config-77"), "{text}");
+        }
     }
 
     #[test]

@@ -195,7 +195,6 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         envoy_admin_port,
         wasm_path: std::fs::canonicalize(&opts.wasm)?.display().to_string(),
         xds_dir: Some(xds_dir.display().to_string()),
-        ..Default::default()
     };
     let rendered = render::plugin_config(&prepared.config, &render_opts)?;
     let xds = reload::XdsFiles {

@@ -14,7 +14,25 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    fn start(&mut self) {
+    /// A sidecar started by `command` (not yet running), its logs in `log_dir`.
+    pub(super) fn new(command: Vec<String>, log_dir: PathBuf) -> Sidecar {
+        Sidecar {
+            proc: None,
+            command,
+            log_dir,
+            starts: 0,
+        }
+    }
+
+    /// `kill -9`: no chance to flush or close anything.
+    pub(super) fn kill(&mut self) {
+        let mut proc = self.proc.take().expect("the sidecar is running");
+        proc.child.kill().expect("SIGKILL the sidecar");
+        proc.child.wait().expect("reap the sidecar");
+        drop(proc);
+    }
+
+    pub(super) fn start(&mut self) {
         self.starts += 1;
         let err = self.log_dir.join(format!("serve-{}.stderr", self.starts));
         let mut cmd = Command::new(&self.command[0]);
@@ -132,11 +150,7 @@ impl Stack {
 
     /// `kill -9` of the sidecar of a split stack: no chance to flush or close anything.
     pub fn kill_sidecar(&mut self) {
-        let sidecar = self.sidecar.as_mut().expect("a split stack");
-        let mut proc = sidecar.proc.take().expect("the sidecar is running");
-        proc.child.kill().expect("SIGKILL the sidecar");
-        proc.child.wait().expect("reap the sidecar");
-        drop(proc);
+        self.sidecar.as_mut().expect("a split stack").kill();
     }
 
     /// Starts the sidecar of a split stack again, same port and data dir.

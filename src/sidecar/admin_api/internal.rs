@@ -1,11 +1,12 @@
 //! The filter's endpoints (`/tollgate/internal/v1/*`, internal bearer only): key and customer
-//! lookups, the change log, spend batches and the proxy budget.
+//! lookups, the change log, spend batches, the proxy budget and the provider keys.
 
 use super::auth::internal_only;
 use super::common::{model_limits, now_micros, transact, AdminError, AdminResult};
 use super::{AdminState, Shared};
 use crate::duration::parse_iso8601_utc;
 use crate::errors::ApiError;
+use crate::provider_keys::ProviderKeys;
 use crate::records::{
     BudgetState, Changes, CustomerLookup, CustomerRecord, KeyLookup, KeyRecord, ModelBudget,
     SpendBatch,
@@ -275,8 +276,26 @@ pub async fn internal_changes(
     Ok(Json(Changes {
         seq: c.seq,
         entries: c.entries,
+        provider_keys: Some(ProviderKeys::of(&state.settings().plugin.deployments).fingerprint),
     })
     .into_response())
+}
+
+/// `GET /tollgate/internal/v1/provider-keys` → [`ProviderKeys`]: the keys the filter puts on
+/// upstream requests (they are in no Envoy or Istio configuration). Answered only to the
+/// internal bearer; in Istio also only to the gateway's mesh identity (an AuthorizationPolicy).
+pub async fn internal_provider_keys(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let keys = ProviderKeys::of(&state.settings().plugin.deployments);
+    let mut response = Json(keys).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
 }
 
 /// `POST /tollgate/internal/v1/spend`: the filter's settled calls. Idempotent per `event_id`.

@@ -17,13 +17,7 @@ fn changes(api: &Api, since: Option<i64>) -> Changes {
 fn change_log_lists_what_changed_since() {
     let api = Api::start(BudgetSettings::default());
     let start = changes(&api, None);
-    assert_eq!(
-        start,
-        Changes {
-            seq: 0,
-            entries: vec![]
-        }
-    );
+    assert_eq!((start.seq, start.entries.len()), (0, 0));
     let (raw, token) = api.new_key(json!({}));
     let after_generate = changes(&api, None).seq;
     assert_eq!(changes(&api, Some(0)).entries, vec![token.clone()]);
@@ -142,4 +136,25 @@ fn model_info_shows_what_the_caller_may_use() {
     assert_eq!(v["data"][0]["model_name"], "gpt-c");
     let v = api.admin("GET", "/model/info?litellm_model_id=gpt-b-id", None);
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn provider_keys_go_to_the_internal_bearer_only_with_the_change_log_fingerprint() {
+    let api = Api::start(BudgetSettings::default());
+    let path = crate::provider_keys::PROVIDER_KEYS_PATH;
+    let (status, v) = api.call("GET", path, &api.internal, None);
+    assert_eq!(status, 200, "{v}");
+    let keys: crate::provider_keys::ProviderKeys = serde_json::from_value(v).unwrap();
+    assert_eq!(keys.key_for("gpt-b-id"), Some("sk-provider-gpt-b"));
+    assert_eq!(keys.keys.len(), 3);
+    assert_eq!(changes(&api, None).provider_keys, Some(keys.fingerprint));
+    for auth in [
+        format!("Bearer {MASTER}"),
+        "Bearer sk-nope".to_string(),
+        String::new(),
+    ] {
+        let (status, v) = api.call("GET", path, &auth, None);
+        assert_eq!(status, 401, "{auth}: {v}");
+        assert!(!v.to_string().contains("sk-provider-"), "{v}");
+    }
 }

@@ -56,6 +56,7 @@ pub fn models() -> PluginConfig {
         provider: "openai".into(),
         backend_model: name.into(),
         access_groups: groups.iter().map(|s| s.to_string()).collect(),
+        api_key: Some(format!("sk-provider-{name}")),
         ..Default::default()
     };
     PluginConfig {
