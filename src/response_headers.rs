@@ -90,6 +90,9 @@ pub fn merge(
     out
 }
 
+/// Headers and body sent instead of an answer over `max_response_size_mb`.
+pub type Replacement = (Vec<(String, String)>, Vec<u8>);
+
 /// `general_settings.max_response_size_mb`, checked as LiteLLM checks it: a non-streamed
 /// success (`headers` with `:status`) whose announced `content-length` is over `limit_bytes`
 /// becomes LiteLLM's 400. Returns the headers to send instead and the error body. A stream, an
@@ -99,7 +102,7 @@ pub fn oversized_response(
     headers: &[(String, String)],
     streamed: bool,
     limit_bytes: Option<usize>,
-) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+) -> Option<Replacement> {
     let get = |name: &str| {
         headers
             .iter()

@@ -24,12 +24,13 @@ general_settings:
   master_key: @MASTER_KEY@
 "#;
 
-/// $0.02 on `priced`.
+/// $0.02 on `priced`: 10 prompt tokens at the fake (OpenAI's chat count: 3 + "user" 1 + 3 for
+/// the 12 letters + 3) and 5 completion tokens.
 fn body() -> String {
     json!({
         "model": "priced",
         "max_tokens": 5,
-        "messages": [{"role": "user", "content": "0123456789abcdefghij0123456789abcdefghij"}]
+        "messages": [{"role": "user", "content": "abcdefghijkl"}]
     })
     .to_string()
 }

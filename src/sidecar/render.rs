@@ -196,7 +196,7 @@ impl Default for RenderOptions {
 
 /// A size in MiB as LiteLLM reads it (`int(mb * 1024 * 1024)`); `None` when not positive.
 fn mb_to_bytes(mb: f64) -> Option<usize> {
-    (mb.is_finite() && mb > 0.0).then(|| (mb * 1024.0 * 1024.0) as usize)
+    (mb.is_finite() && mb > 0.0).then_some((mb * 1024.0 * 1024.0) as usize)
 }
 
 /// rpm/tpm window: LiteLLM's `LITELLM_RATE_LIMIT_WINDOW_SIZE` environment variable, else
