@@ -382,7 +382,6 @@ async fn run(cli: Cli) -> Result<()> {
                 envoy_admin_port,
                 wasm_path: default_wasm_path(wasm).display().to_string(),
                 wasm_url,
-                ..Default::default()
             };
             let rendered = render::plugin_config(&prepared.config, &opts)?;
             let text = match format {
