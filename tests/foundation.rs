@@ -1059,6 +1059,17 @@ fn admin_routes_are_admin_only_and_users_make_their_own_keys() {
     s.post("/key/generate", None, "{}")
         .assert_error_message(401, "auth_error", NO_KEY);
     let (key, _) = s.generate_key(json!({"user_id": "some-user"}));
+    // Without a user row the key has no role (LiteLLM's route checks): no key writes.
+    s.post("/key/generate", Some(&key), "{}").assert_error_message(
+        401,
+        "auth_error",
+        "Authentication Error, Only proxy admin can be used to generate, delete, update info for new keys/users/teams. Route=/key/generate. Your role=unknown. Your user_id=unknown",
+    );
+    s.admin_post(
+        "/user/new",
+        &json!({"user_id": "some-user", "auto_create_key": false}),
+    )
+    .assert_status(200);
     // An internal user may create keys for itself (litellm-compat.md §5.1), owned by itself.
     let own = s.post("/key/generate", Some(&key), "{}");
     own.assert_status(200);

@@ -458,7 +458,6 @@ async fn run(cli: Cli) -> Result<()> {
                 sidecar_host,
                 envoy_admin_port,
                 wasm_path: default_wasm_path(wasm.clone()).display().to_string(),
-                ..Default::default()
             };
             let rendered = render::plugin_config(&prepared.config, &opts)?;
             let text = match format {
