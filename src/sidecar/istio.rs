@@ -183,12 +183,15 @@ pub fn documents(
                             },
                             "volumeMounts": [
                                 {"name": "config", "mountPath": "/etc/tollgate", "readOnly": true},
-                                {"name": "data", "mountPath": "/var/lib/tollgate"}
+                                {"name": "data", "mountPath": "/var/lib/tollgate"},
+                                // The root is read-only; SQLite may spill temporary files.
+                                {"name": "tmp", "mountPath": "/tmp"}
                             ]
                         }],
                         "volumes": [
                             {"name": "config", "configMap": {"name": format!("{APP}-config")}},
-                            {"name": "data", "persistentVolumeClaim": {"claimName": format!("{APP}-data")}}
+                            {"name": "data", "persistentVolumeClaim": {"claimName": format!("{APP}-data")}},
+                            {"name": "tmp", "emptyDir": {}}
                         ]
                     }
                 }
