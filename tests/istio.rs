@@ -11,13 +11,14 @@ use common::{poll_until, Stack, MASTER_KEY, PROVIDER_KEY};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// 40 characters: 10 prompt tokens at the fake; 5 completion tokens: $0.02 a call on the
-/// priced model (0.001 in, 0.002 out).
+/// One 12-letter user message: 10 prompt tokens at the fake as OpenAI counts them (3 per
+/// message + "user" 1 + 3 for the text + 3 to prime the reply); 5 completion tokens: $0.02 a
+/// call on the priced model (0.001 in, 0.002 out).
 fn priced_body() -> String {
     json!({
         "model": "gpt-4o-mini",
         "max_tokens": 5,
-        "messages": [{"role": "user", "content": "0123456789abcdefghij0123456789abcdefghij"}]
+        "messages": [{"role": "user", "content": "abcdefghijkl"}]
     })
     .to_string()
 }
