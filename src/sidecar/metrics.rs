@@ -391,3 +391,69 @@ impl SidecarMetrics {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sidecar::store::BudgetedEntity;
+
+    fn exposition() -> String {
+        let m = SidecarMetrics::default();
+        let e = SpendEvent {
+            api_key: Some("abc".into()),
+            model: "m".into(),
+            model_id: "m-id".into(),
+            spend_nanos: 1,
+            status: "success".into(),
+            ..Default::default()
+        };
+        m.record_spend_batch(&[&e], 0, &PluginConfig::default());
+        m.observe_store(StoreOp::SpendBatch, 0.001);
+        let entity = |kind| BudgetedEntity {
+            kind,
+            id: "x".into(),
+            alias: None,
+            max_budget: 1.0,
+            spend_usd: 0.0,
+            rpm_limit: None,
+            tpm_limit: None,
+        };
+        let budgets = BudgetSnapshot {
+            entities: vec![
+                entity(EntityKind::Key),
+                entity(EntityKind::Team),
+                entity(EntityKind::User),
+            ],
+        };
+        m.encode(&budgets, 7).unwrap()
+    }
+
+    /// The dashboard in the repo queries only series the sidecar exports.
+    #[test]
+    fn dashboard_uses_exported_names() {
+        let text = exposition();
+        let dashboard = include_str!("../../dashboards/tollgate.json");
+        let mut checked = 0;
+        for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("litellm_") || word.starts_with("tollgate_") {
+                assert!(
+                    text.lines().any(|l| l.starts_with(&format!("{word}{{"))
+                        || l.starts_with(&format!("{word} "))),
+                    "{word} is not exported:\n{text}"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 10, "{checked}");
+    }
+
+    #[test]
+    fn a_missing_label_value_is_none_as_in_litellm() {
+        let text = exposition();
+        assert!(
+            text.contains("litellm_requests_metric_total{end_user=\"None\",hashed_api_key=\"abc\",api_key_alias=\"None\",model=\"m\",team=\"None\""),
+            "{text}"
+        );
+        assert!(text.contains("tollgate_change_log_position 7"), "{text}");
+    }
+}
