@@ -338,7 +338,7 @@ class Tollgate:
         self.proc = spawn(
             [BIN, "up", "--config", fake.config, "--port", str(self.port), "--host", "127.0.0.1",
              "--concurrency", str(workers), "--data-dir", self.data_dir, "--wasm", wasm,
-             "--envoy-log-level", "error"],
+             "--envoy-log-level", "error", "--envoy-admin-port", str(free_port())],
             f"up-{self.port}.log", ENVOY_CPUS, env=env,
         )
         self.base = f"http://127.0.0.1:{self.port}"

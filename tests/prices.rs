@@ -125,7 +125,13 @@ fn up_must_fail(config: &str, env: &[(&str, &str)]) -> String {
         .arg(dir.path().join("data"))
         .arg("--wasm")
         .arg(tollgate_wasm())
-        .args(["--concurrency", "1", "--exit-on-stdin-eof"])
+        .args([
+            "--concurrency",
+            "1",
+            "--envoy-admin-port",
+            "0",
+            "--exit-on-stdin-eof",
+        ])
         .env("ENVOY_BIN", envoy_bin())
         .env_remove("LITELLM_MASTER_KEY");
     for (k, v) in env {

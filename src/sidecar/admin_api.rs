@@ -15,6 +15,7 @@ mod customers;
 mod health;
 mod internal;
 mod keys;
+mod metrics;
 mod models;
 mod spend;
 mod teams;
@@ -55,6 +56,9 @@ pub struct AdminSettings {
         std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>>,
     /// `litellm_settings.max_end_user_budget` (used when no budget id is set).
     pub default_end_user_max_budget: Option<f64>,
+    /// `litellm_settings.require_auth_for_metrics_endpoint` (LiteLLM 1.110.2: on unless set
+    /// to `false`): `/metrics` wants an admin credential.
+    pub require_auth_for_metrics: bool,
 }
 
 impl AdminSettings {
@@ -69,6 +73,8 @@ pub const MAX_SPEND_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 pub struct AdminState {
     pub store: Store,
+    /// What `/metrics` reports.
+    pub metrics: crate::sidecar::metrics::SidecarMetrics,
     /// From config.yaml; a reload replaces them (handlers take a snapshot per call).
     settings: std::sync::RwLock<Arc<AdminSettings>>,
 }
@@ -77,6 +83,7 @@ impl AdminState {
     pub fn new(store: Store, settings: AdminSettings) -> AdminState {
         AdminState {
             store,
+            metrics: Default::default(),
             settings: std::sync::RwLock::new(Arc::new(settings)),
         }
     }
@@ -143,6 +150,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/health/liveliness", get(health::liveliness))
         .route("/health/liveness", get(health::liveliness))
         .route("/health/readiness", get(health::readiness))
+        .route("/metrics", get(metrics::metrics))
         .route("/spend/logs", get(spend::spend_logs))
         .route("/global/spend", get(spend::global_spend))
         .route(

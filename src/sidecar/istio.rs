@@ -160,7 +160,16 @@ pub fn documents(
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": labels},
                 "template": {
-                    "metadata": {"labels": {"app": APP, "sidecar.istio.io/inject": "true"}},
+                    "metadata": {
+                        "labels": {"app": APP, "sidecar.istio.io/inject": "true"},
+                        // The sidecar's `/metrics`; Istio's metrics merging serves it with the
+                        // proxy's own stats on the agent's port.
+                        "annotations": {
+                            "prometheus.io/scrape": "true",
+                            "prometheus.io/port": port.to_string(),
+                            "prometheus.io/path": "/metrics"
+                        }
+                    },
                     "spec": {
                         "securityContext": {
                             "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
@@ -460,6 +469,11 @@ mod tests {
         let rules = find(&docs, "DestinationRule");
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0]["spec"]["host"], "api.openai.com");
+        // Prometheus finds the sidecar's `/metrics`.
+        let pod = &find(&docs, "Deployment")[0]["spec"]["template"]["metadata"];
+        assert_eq!(pod["annotations"]["prometheus.io/scrape"], "true");
+        assert_eq!(pod["annotations"]["prometheus.io/port"], "4001");
+        assert_eq!(pod["annotations"]["prometheus.io/path"], "/metrics");
         // Every upstream has a header route; the sidecar takes the rest.
         let vs = find(&docs, "VirtualService")[0];
         let http = vs["spec"]["http"].as_array().unwrap();

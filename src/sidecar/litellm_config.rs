@@ -165,6 +165,7 @@ pub struct LitellmSettings {
     pub success_callback: Option<serde_yaml_ng::Value>,
     pub failure_callback: Option<serde_yaml_ng::Value>,
     pub model_alias_map: Option<BTreeMap<String, String>>,
+    pub require_auth_for_metrics_endpoint: Option<bool>,
 }
 
 /// A loaded config plus the warnings a user should see at startup.

@@ -6,6 +6,7 @@ pub mod cost_map;
 pub mod fake_llm;
 pub mod istio;
 pub mod litellm_config;
+pub mod metrics;
 pub mod oci;
 pub mod reload;
 pub mod render;
@@ -63,6 +64,9 @@ enum Command {
         /// Envoy's log level.
         #[arg(long, default_value = "warning")]
         envoy_log_level: String,
+        /// Envoy's admin port on 127.0.0.1, which serves `/stats/prometheus` (0: any free port).
+        #[arg(long, default_value_t = 9901)]
+        envoy_admin_port: u16,
         /// Stop when standard input closes (lets a test harness never leak a running stack).
         #[arg(long)]
         exit_on_stdin_eof: bool,
@@ -308,6 +312,7 @@ pub fn admin_settings(prepared: &Prepared) -> admin_api::AdminSettings {
         plugin,
         default_end_user_budget_id: ls.max_end_user_budget_id.clone(),
         default_end_user_max_budget: ls.max_end_user_budget,
+        require_auth_for_metrics: ls.require_auth_for_metrics_endpoint != Some(false),
     }
 }
 
@@ -354,9 +359,11 @@ async fn run(cli: Cli) -> Result<()> {
             data_dir,
             wasm,
             envoy_log_level,
+            envoy_admin_port,
             exit_on_stdin_eof,
         } => {
             up::up(up::UpOptions {
+                envoy_admin_port,
                 exit_on_stdin_eof,
                 config,
                 port,

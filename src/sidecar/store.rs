@@ -27,6 +27,8 @@ use std::sync::{Mutex, MutexGuard};
 
 mod budgets;
 pub mod changes;
+mod metrics_snapshot;
+pub use metrics_snapshot::{BudgetSnapshot, BudgetedEntity, EntityKind};
 mod teams;
 mod tx;
 
@@ -943,7 +945,18 @@ impl Store {
     /// `blocked: false` if unknown) and the proxy budget. Each charged entity first gets its
     /// lazy reset at `now`.
     pub fn apply_spend_batch(&self, batch: &SpendBatch, now_micros: i64) -> Result<SpendApplied> {
+        Ok(self.apply_spend_batch_indexed(batch, now_micros)?.0)
+    }
+
+    /// [`Store::apply_spend_batch`], also telling which events (indexes into `batch.events`)
+    /// were newly applied: the metrics count those only, not replayed duplicates.
+    pub fn apply_spend_batch_indexed(
+        &self,
+        batch: &SpendBatch,
+        now_micros: i64,
+    ) -> Result<(SpendApplied, Vec<usize>)> {
         let mut out = SpendApplied::default();
+        let mut applied_events = Vec::new();
         let mut keys: HashMap<&str, KeyCharge> = HashMap::new();
         let mut users: HashMap<&str, i64> = HashMap::new();
         let mut end_users: HashMap<&str, i64> = HashMap::new();
@@ -962,7 +975,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                     ?17, ?18, ?19, ?20)",
             )?;
-            for e in &batch.events {
+            for (index, e) in batch.events.iter().enumerate() {
                 let event_id = event_key(e);
                 let request_id = if e.request_id.is_empty() {
                     event_id.clone()
@@ -1001,6 +1014,7 @@ impl Store {
                     continue;
                 }
                 out.applied += 1;
+                applied_events.push(index);
                 proxy = proxy.saturating_add(nanos);
                 if let Some(k) = e.api_key.as_deref().filter(|k| !k.is_empty()) {
                     let c = keys.entry(k).or_default();
@@ -1087,7 +1101,7 @@ impl Store {
             put_proxy(tx, &row)?;
         }
         t.commit()?;
-        Ok(out)
+        Ok((out, applied_events))
     }
 
     /// Spend-log rows matching `q`, newest first (by start time).

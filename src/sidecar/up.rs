@@ -16,6 +16,8 @@ pub struct UpOptions {
     pub data_dir: PathBuf,
     pub wasm: PathBuf,
     pub envoy_log_level: String,
+    /// On 127.0.0.1; 0 picks a free one.
+    pub envoy_admin_port: u16,
     pub exit_on_stdin_eof: bool,
 }
 
@@ -186,7 +188,15 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     // Envoy takes the filter configuration and upstream clusters from files in here, so a
     // config.yaml edit reaches it without a restart (see `reload`).
     let xds_dir = std::fs::canonicalize(&opts.data_dir)?.join("xds");
-    let envoy_admin_port = free_port().await?;
+    let envoy_admin_port = match opts.envoy_admin_port {
+        0 => free_port().await?,
+        port => {
+            ensure_port_free("127.0.0.1", port).map_err(|_| {
+                anyhow!("Envoy's admin port {port} is in use; pick another with --envoy-admin-port")
+            })?;
+            port
+        }
+    };
     let render_opts = render::RenderOptions {
         listen_address: opts.host.clone(),
         listen_port: opts.port,
@@ -293,6 +303,10 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     println!(
         "  admin API and LLM routes on the same port; master key from {}; edits to it apply without a restart",
         opts.config.display()
+    );
+    println!(
+        "  Envoy's stats for Prometheus: http://127.0.0.1:{envoy_admin_port}/stats/prometheus; the sidecar's: http://{host}:{}/metrics",
+        opts.port
     );
     if let Some(model) = rendered
         .plugin

@@ -564,6 +564,8 @@ impl Stack {
                 .arg(&wasm)
                 .arg("--concurrency")
                 .arg(opts.concurrency.unwrap_or(2).to_string())
+                // Stacks run side by side: not the fixed default.
+                .args(["--envoy-admin-port", "0"])
                 .arg("--exit-on-stdin-eof")
                 .env("ENVOY_BIN", &envoy)
                 .env_remove("LITELLM_MASTER_KEY")

@@ -11,6 +11,7 @@ use crate::records::{
     BudgetState, Changes, CustomerLookup, CustomerRecord, KeyLookup, KeyRecord, ModelBudget,
     SpendBatch,
 };
+use crate::sidecar::metrics::StoreOp;
 use crate::sidecar::store::{nanos_to_usd, BudgetRow, EndUserRow, KeyRow, Tx, UserRow};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -225,6 +226,7 @@ pub async fn internal_key(
     Path(hash): Path<String>,
 ) -> AdminResult {
     internal_only(&state, &headers)?;
+    let started = std::time::Instant::now();
     let done = transact(&state, |tx| {
         let Some(row) = tx.key(&hash)? else {
             return Ok(KeyLookup::NotFound);
@@ -234,6 +236,9 @@ pub async fn internal_key(
             seq: tx.change_seq()?,
         })
     })?;
+    state
+        .metrics
+        .observe_store(StoreOp::KeyLookup, started.elapsed().as_secs_f64());
     Ok(Json(done.value).into_response())
 }
 
@@ -308,10 +313,25 @@ pub async fn internal_spend(
     let batch: SpendBatch = serde_json::from_slice(&body)
         .map_err(|e| AdminError::Api(ApiError::bad_request(format!("Invalid spend batch: {e}"))))?;
     let shared = Arc::clone(&state);
-    let applied =
-        tokio::task::spawn_blocking(move || shared.store.apply_spend_batch(&batch, now_micros()))
-            .await
-            .map_err(|e| anyhow::anyhow!("spend batch task failed: {e}"))??;
+    let applied = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let (applied, indexes) = shared
+            .store
+            .apply_spend_batch_indexed(&batch, now_micros())?;
+        shared
+            .metrics
+            .observe_store(StoreOp::SpendBatch, started.elapsed().as_secs_f64());
+        let events: Vec<_> = indexes
+            .iter()
+            .filter_map(|&i| batch.events.get(i))
+            .collect();
+        shared
+            .metrics
+            .record_spend_batch(&events, applied.duplicates, &shared.settings().plugin);
+        anyhow::Ok(applied)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("spend batch task failed: {e}"))??;
     Ok(Json(applied).into_response())
 }
 

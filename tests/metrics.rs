@@ -1,0 +1,276 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Metrics through a real `tollgate up`: after a known sequence of calls (admitted,
+//! budget-refused, rate-limited, upstream 500) the sidecar's `/metrics` (reached through
+//! Envoy) and Envoy's `/stats/prometheus` (its admin port on 127.0.0.1) show exact values.
+//!
+//! One call: a 12-letter prompt (10 prompt tokens at the fake) and `max_tokens` 5 (5 completion
+//! tokens) at $0.001 in / $0.002 out = $0.02.
+
+mod common;
+
+use common::{poll_until, sha256_hex, Stack, MASTER_KEY};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const CONFIG: &str = r#"
+model_list:
+  - model_name: priced
+    litellm_params:
+      model: openai/priced-backend
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+      input_cost_per_token: 0.001
+      output_cost_per_token: 0.002
+    model_info:
+      id: priced-id
+general_settings:
+  master_key: @MASTER_KEY@
+"#;
+
+fn body() -> String {
+    json!({
+        "model": "priced",
+        "max_tokens": 5,
+        "messages": [{"role": "user", "content": "abcdefghijkl"}]
+    })
+    .to_string()
+}
+
+/// One exposition line: name, labels, value.
+type Series = (String, BTreeMap<String, String>, f64);
+
+/// The series of a Prometheus text exposition (label values without escapes, as here).
+fn parse(text: &str) -> Vec<Series> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (head, value) = l.rsplit_once(' ').unwrap();
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (head, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once("=\"").unwrap();
+                    (k.to_string(), v.trim_end_matches('"').to_string())
+                })
+                .collect();
+            (name.to_string(), labels, value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The values of `name`'s series whose labels include all of `want`.
+fn values(all: &[Series], name: &str, want: &[(&str, &str)]) -> Vec<f64> {
+    all.iter()
+        .filter(|(n, labels, _)| {
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+        .collect()
+}
+
+fn one(all: &[Series], name: &str, want: &[(&str, &str)]) -> f64 {
+    let v = values(all, name, want);
+    assert_eq!(v.len(), 1, "{name} {want:?}: {v:?}");
+    v[0]
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9
+}
+
+/// Envoy's admin port, from the bootstrap `tollgate up` rendered.
+fn envoy_admin_port(s: &Stack) -> u16 {
+    let bootstrap: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(s.data_dir.join("envoy.yaml")).unwrap())
+            .unwrap();
+    let address = &bootstrap["admin"]["address"]["socket_address"];
+    assert_eq!(address["address"], "127.0.0.1", "{address}");
+    address["port_value"].as_u64().unwrap() as u16
+}
+
+#[test]
+fn sidecar_and_envoy_metrics_count_a_known_sequence() {
+    let s = Stack::start(CONFIG);
+    let team = s.admin_post(
+        "/team/new",
+        &json!({"team_id": "t-metrics", "team_alias": "Metrics Team", "max_budget": 1.0}),
+    );
+    team.assert_status(200);
+    s.admin_post(
+        "/user/new",
+        &json!({"user_id": "u-metrics", "max_budget": 0.5, "auto_create_key": false}),
+    )
+    .assert_status(200);
+    let (budgeted, _) = s.generate_key(json!({
+        "max_budget": 0.02, "key_alias": "metrics-a", "team_id": "t-metrics", "user_id": "u-metrics"
+    }));
+    let (limited, _) = s.generate_key(json!({"rpm_limit": 1, "key_alias": "metrics-b"}));
+    let (failing, _) = s.generate_key(json!({"key_alias": "metrics-c"}));
+
+    // Admitted, then refused for its budget once the first call's spend is settled.
+    s.post_with("/v1/chat/completions", &budgeted, &[], &body())
+        .assert_status(200);
+    s.wait_key_spend(&budgeted, 0.02);
+    let refused = s.post_with("/v1/chat/completions", &budgeted, &[], &body());
+    assert_eq!(refused.status / 100, 4, "{}", refused.body);
+    // Admitted, then rate-limited.
+    s.post_with("/v1/chat/completions", &limited, &[], &body())
+        .assert_status(200);
+    s.post_with("/v1/chat/completions", &limited, &[], &body())
+        .assert_status(429);
+    // The upstream fails.
+    s.post_with(
+        "/v1/chat/completions",
+        &failing,
+        &[("x-fake-status", "500")],
+        &body(),
+    )
+    .assert_status(500);
+    s.wait_spend_logs(&limited, 1);
+    s.wait_spend_logs(&failing, 1);
+
+    // LiteLLM 1.110.2 asks for auth on /metrics unless told otherwise.
+    let anonymous = s.get("/metrics", None);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    let scraped = s.get("/metrics", Some(MASTER_KEY));
+    scraped.assert_status(200);
+    assert_eq!(scraped.header("server"), Some("envoy"));
+    let m = parse(&scraped.body);
+    let text = &scraped.body;
+
+    let hash_a = sha256_hex(&budgeted);
+    let hash_b = sha256_hex(&limited);
+    let hash_c = sha256_hex(&failing);
+    let call_a = [
+        ("hashed_api_key", hash_a.as_str()),
+        ("api_key_alias", "metrics-a"),
+        ("team", "t-metrics"),
+        ("user", "u-metrics"),
+        ("model", "priced-backend"),
+        ("requested_model", "priced"),
+        ("model_id", "priced-id"),
+        ("api_provider", "openai"),
+        ("end_user", "None"),
+    ];
+    assert_eq!(
+        one(&m, "litellm_requests_metric_total", &call_a),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        close(one(&m, "litellm_spend_metric_total", &call_a), 0.02),
+        "{text}"
+    );
+    assert_eq!(one(&m, "litellm_input_tokens_metric_total", &call_a), 10.0);
+    assert_eq!(one(&m, "litellm_output_tokens_metric_total", &call_a), 5.0);
+    assert_eq!(one(&m, "litellm_total_tokens_metric_total", &call_a), 15.0);
+    let call_b = [
+        ("hashed_api_key", hash_b.as_str()),
+        ("api_key_alias", "metrics-b"),
+    ];
+    assert_eq!(
+        one(&m, "litellm_requests_metric_total", &call_b),
+        1.0,
+        "{text}"
+    );
+    // Refused calls never reach the ledger; the failed one is not a LiteLLM request.
+    assert_eq!(
+        values(&m, "litellm_requests_metric_total", &[])
+            .iter()
+            .sum::<f64>(),
+        2.0,
+        "{text}"
+    );
+    assert!(values(
+        &m,
+        "litellm_requests_metric_total",
+        &[("hashed_api_key", &hash_c)]
+    )
+    .is_empty());
+    assert_eq!(
+        one(&m, "tollgate_spend_events_total", &[("result", "applied")]),
+        3.0,
+        "{text}"
+    );
+    assert!(one(&m, "tollgate_spend_batches_applied_total", &[]) >= 1.0);
+
+    let key_a = [
+        ("hashed_api_key", hash_a.as_str()),
+        ("api_key_alias", "metrics-a"),
+    ];
+    assert!(
+        close(
+            one(&m, "litellm_remaining_api_key_budget_metric", &key_a),
+            0.0
+        ),
+        "{text}"
+    );
+    assert!(close(
+        one(&m, "litellm_api_key_max_budget_metric", &key_a),
+        0.02
+    ));
+    let team_labels = [("team", "t-metrics"), ("team_alias", "Metrics Team")];
+    assert!(
+        close(
+            one(&m, "litellm_remaining_team_budget_metric", &team_labels),
+            0.98
+        ),
+        "{text}"
+    );
+    assert!(close(
+        one(&m, "litellm_team_max_budget_metric", &team_labels),
+        1.0
+    ));
+    let user_labels = [("user", "u-metrics")];
+    assert!(
+        close(
+            one(&m, "litellm_remaining_user_budget_metric", &user_labels),
+            0.48
+        ),
+        "{text}"
+    );
+
+    // Envoy's own stats, on its admin port on loopback: the one upstream 500 and the two
+    // refusals (budget, rate limit) plus the anonymous /metrics, by response class.
+    let port = envoy_admin_port(&s);
+    let classes = |text: &str| {
+        let e = parse(text);
+        ["2", "4", "5"].map(|c| {
+            values(
+                &e,
+                "envoy_http_downstream_rq_xx",
+                &[
+                    ("envoy_response_code_class", c),
+                    ("envoy_http_conn_manager_prefix", "tollgate"),
+                ],
+            )
+        })
+    };
+    // Counted when each answer completes: poll for the last one.
+    let envoy = poll_until("Envoy's /stats/prometheus", Duration::from_secs(10), || {
+        let r = common::send(
+            &common::agent(),
+            "GET",
+            &format!("http://127.0.0.1:{port}/stats/prometheus"),
+            &[],
+            None,
+        );
+        if r.status == 200 && classes(&r.body)[1] == [3.0] {
+            Ok(r.body)
+        } else {
+            Err(format!("{}: {}", r.status, r.body))
+        }
+    });
+    let [ok, refused, failed] = classes(&envoy);
+    assert_eq!(refused, [3.0], "{envoy}");
+    assert_eq!(failed, [1.0], "{envoy}");
+    assert_eq!(ok.len(), 1, "{envoy}");
+}
