@@ -8,6 +8,7 @@ use super::common::{
     AdminResult, Fields, PeriodAndLimits,
 };
 use super::keys::{build_key, flag, GenerateKeyRequest};
+use super::teams::join_team;
 use super::Shared;
 use crate::duration::format_iso8601_utc;
 use crate::sidecar::store::{Tx, UserRow};
@@ -26,6 +27,7 @@ struct NewUserRequest {
     user_role: Option<String>,
     #[serde(deserialize_with = "super::common::null_default")]
     teams: Vec<String>,
+    team_id: Option<String>,
     #[serde(deserialize_with = "super::common::null_default")]
     models: Vec<String>,
     max_budget: Option<f64>,
@@ -89,7 +91,7 @@ pub async fn user_new(
         user_email: req.user_email.clone(),
         user_alias: req.user_alias.clone(),
         user_role: Some(role.clone()),
-        teams: req.teams.clone(),
+        teams: Vec::new(),
         models: req.models.clone(),
         max_budget,
         budget_duration,
@@ -119,6 +121,10 @@ pub async fn user_new(
             }
         }
         tx.save_user(&user)?;
+        let joined = req.team_id.iter().chain(req.teams.iter());
+        for team_id in joined {
+            join_team(&state, tx, team_id, &user_id)?;
+        }
         let key = if req.auto_create_key.unwrap_or(true) {
             // The auto-created key copies the user's models and limits, not its budget (§5.3).
             let (raw, row) = build_key(
@@ -132,6 +138,7 @@ pub async fn user_new(
                     rpm_limit: req.rpm_limit,
                     max_parallel_requests: req.max_parallel_requests,
                     user_id: Some(user_id.clone()),
+                    team_id: req.team_id.clone(),
                     ..Default::default()
                 },
             )?;
@@ -141,11 +148,14 @@ pub async fn user_new(
         } else {
             None
         };
-        Ok(key)
+        // The saved row lists the teams the user joined.
+        let saved = tx.user(&user_id)?.unwrap_or_else(|| user.clone());
+        Ok((saved, key))
     })?;
-    let mut resp = row_json(&user);
+    let (saved, key) = &done.value;
+    let mut resp = row_json(saved);
     if let Value::Object(o) = &mut resp {
-        match &done.value {
+        match key {
             Some((raw, row)) => {
                 o.insert("key".into(), json!(raw));
                 o.insert("token".into(), json!(row.token));
