@@ -3,9 +3,9 @@
 
 use super::auth::{authorize, Principal, INTERNAL_USER, USER_ROLES};
 use super::common::{
-    bad_request, changed, check_budget, check_budget_duration, forbidden, not_found, now_micros,
-    ok, parse_body, row_json, spend_nanos_of, transact, usd, validation_error, AdminError,
-    AdminResult, Fields, PeriodAndLimits,
+    bad_request, changed, check_budget, check_budget_duration, detail_error, forbidden, not_found,
+    now_micros, ok, parse_body, row_json, spend_nanos_of, transact, usd, validation_error,
+    AdminError, AdminResult, Fields, PeriodAndLimits,
 };
 use super::keys::{build_key, flag, GenerateKeyRequest};
 use super::teams::join_team;
@@ -217,18 +217,40 @@ pub async fn user_info(
 }
 
 /// The user a body names: `user_id`, else `user_email`.
-fn find_user(tx: &Tx<'_>, f: &Fields) -> Result<UserRow, AdminError> {
-    if let Some(Some(id)) = f.string("user_id")? {
-        return tx
-            .user(&id)?
-            .ok_or_else(|| not_found(&format!("User {id} not found")));
+/// The user a `/user/update` body names by `user_id`, else `user_email`; a proxy admin naming
+/// one that does not exist creates it, as LiteLLM 1.110.2's upsert does.
+fn find_or_create_user(
+    tx: &Tx<'_>,
+    f: &Fields,
+    principal: &Principal,
+) -> Result<UserRow, AdminError> {
+    let id = f.string("user_id")?.flatten();
+    let email = f.string("user_email")?.flatten();
+    let found = match (&id, &email) {
+        (Some(id), _) => tx.user(id)?,
+        (None, Some(email)) => tx.user_by_email(email)?,
+        (None, None) => return Err(validation_error(&["body", "user_id"], "Field required")),
+    };
+    if let Some(user) = found {
+        return Ok(user);
     }
-    if let Some(Some(email)) = f.string("user_email")? {
-        return tx
-            .user_by_email(&email)?
-            .ok_or_else(|| not_found(&format!("User with email={email} not found")));
+    if !principal.is_admin() {
+        return Err(detail_error(
+            404,
+            "User not found. Only PROXY_ADMIN can create users via /user/update; use /user/new instead.",
+        ));
     }
-    Err(validation_error(&["body", "user_id"], "Field required"))
+    let created = format_iso8601_utc(tx.now());
+    Ok(UserRow {
+        user_id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        user_email: email,
+        metadata: json!({}),
+        model_max_budget: json!({}),
+        model_spend: json!({}),
+        created_at: created.clone(),
+        updated_at: created,
+        ..Default::default()
+    })
 }
 
 /// `POST /user/update`: `user_id` or `user_email` plus any fields; `null` clears. Answers
@@ -238,10 +260,10 @@ pub async fn user_update(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    authorize(&state, &headers, "/user/update")?;
+    let principal = authorize(&state, &headers, "/user/update")?;
     let f = Fields::parse(&body)?;
     let done = transact(&state, |tx| {
-        let mut user = find_user(tx, &f)?;
+        let mut user = find_or_create_user(tx, &f, &principal)?;
         let now = tx.now();
         if f.has("user_id") {
             if let Some(email) = f.string("user_email")? {
