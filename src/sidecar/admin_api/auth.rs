@@ -3,7 +3,7 @@
 //! has no role, as in LiteLLM's route checks. [`ROUTES`] is the rights table; every handler
 //! starts with [`authorize`].
 
-use super::common::AdminError;
+use super::common::{py_repr, AdminError};
 use super::AdminState;
 use crate::credential::extract_credential;
 use crate::duration::{format_python_utc, parse_iso8601_utc};
@@ -25,6 +25,58 @@ pub const USER_ROLES: [&str; 4] = [
     INTERNAL_USER,
     INTERNAL_USER_VIEWER,
 ];
+
+/// The key routes every team member may use whatever the team grants; also the whole grant of a
+/// team without `team_member_permissions` (LiteLLM's `BASELINE_TEAM_MEMBER_PERMISSIONS`).
+pub const BASELINE_TEAM_MEMBER_PERMISSIONS: [&str; 2] = ["/key/info", "/key/health"];
+
+/// The key routes `team`'s plain members may use: its `team_member_permissions` and the baseline.
+pub fn team_member_permissions(team: &TeamRow) -> Vec<&str> {
+    let mut granted: Vec<&str> = team
+        .team_member_permissions
+        .iter()
+        .map(String::as_str)
+        .collect();
+    for route in BASELINE_TEAM_MEMBER_PERMISSIONS {
+        if !granted.contains(&route) {
+            granted.push(route);
+        }
+    }
+    granted
+}
+
+/// LiteLLM's `does_team_member_have_permissions_for_endpoint` for a key route on one of
+/// `team`'s keys: `false` for a non-member (other rules decide), `true` for a team admin or a
+/// member the route is granted to, and LiteLLM's 401 for a member it is not granted to.
+pub fn check_team_member_route(
+    principal: &Principal,
+    team: &TeamRow,
+    route: &str,
+) -> Result<bool, AdminError> {
+    match principal.team_role(team) {
+        None => Ok(false),
+        Some("admin") => Ok(true),
+        Some(_) => {
+            let granted = team_member_permissions(team);
+            if granted.contains(&route) {
+                return Ok(true);
+            }
+            let listed: Vec<String> = granted.iter().map(|r| py_repr(r)).collect();
+            Err(AdminError::Api(
+                ApiError::new(
+                    401,
+                    "team_member_permission_error",
+                    format!(
+                        "Team member does not have permissions for endpoint: {route}. You only have access to the following endpoints: [{}] for team {}. To create keys for this team, please ask your proxy admin to check the team member permission settings and update the settings to allow team member users to create keys.",
+                        listed.join(", "),
+                        team.team_id
+                    ),
+                )
+                .with_param(route),
+            ))
+        }
+    }
+}
 
 /// The caller.
 pub enum Principal {
@@ -87,6 +139,13 @@ impl Principal {
     /// A team admin of `team` (LiteLLM lets them manage the team's keys and members).
     pub fn is_team_admin(&self, team: &TeamRow) -> bool {
         self.user_id().is_some_and(|u| team.is_admin(u))
+    }
+
+    /// The caller's role in `team` (`admin` or `user`), `None` when not a member.
+    pub fn team_role<'t>(&self, team: &'t TeamRow) -> Option<&'t str> {
+        self.user_id()
+            .and_then(|u| team.member(u))
+            .map(|m| m.role.as_str())
     }
 
     /// A member of `team`, or the team's own service-account key.

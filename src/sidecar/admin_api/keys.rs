@@ -2,7 +2,7 @@
 //! user manages its own keys and those of teams it administers, and creates keys for itself
 //! or for teams it belongs to.
 
-use super::auth::{authorize, Principal};
+use super::auth::{authorize, check_team_member_route, Principal};
 use super::ceiling;
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, expiry, forbidden,
@@ -232,6 +232,9 @@ fn check_generate_rights(
                 own.as_deref().unwrap_or("None")
             )));
         }
+        if principal.service_account_team().is_none() {
+            check_team_member_route(principal, &team, "/key/generate")?;
+        }
     }
     let admin_only_fields = [
         (
@@ -298,10 +301,24 @@ pub async fn key_generate(
     Ok(changed(done.value, &done.entries))
 }
 
-/// May the caller change this key: an admin, the key's owner, or an admin of the key's team.
-fn may_manage(principal: &Principal, tx: &Tx<'_>, row: &KeyRow) -> Result<bool, AdminError> {
+/// May the caller use the key route `route` on this key: an admin; on a team key, a member of
+/// its team as the team's `team_member_permissions` allow (a plain member lacking the route
+/// gets LiteLLM's 401, even for a key it owns); else the key itself or its owner.
+fn may_manage(
+    principal: &Principal,
+    tx: &Tx<'_>,
+    row: &KeyRow,
+    route: &str,
+) -> Result<bool, AdminError> {
     if principal.is_admin() {
         return Ok(true);
+    }
+    if let Some(team_id) = &row.team_id {
+        if let Some(team) = tx.team(team_id)? {
+            if check_team_member_route(principal, &team, route)? {
+                return Ok(true);
+            }
+        }
     }
     if principal.key().is_some_and(|k| k.token == row.token) {
         return Ok(true);
@@ -309,17 +326,13 @@ fn may_manage(principal: &Principal, tx: &Tx<'_>, row: &KeyRow) -> Result<bool, 
     if principal.user_id().is_some() && principal.user_id() == row.user_id.as_deref() {
         return Ok(true);
     }
-    if let Some(team_id) = &row.team_id {
-        if let Some(team) = tx.team(team_id)? {
-            return Ok(principal.is_team_admin(&team));
-        }
-    }
     Ok(false)
 }
 
-/// May the caller see this key: as [`may_manage`], or an admin viewer.
+/// May the caller see this key: as [`may_manage`] for `/key/info` (every member of the key's
+/// team), or an admin viewer.
 fn may_view(principal: &Principal, tx: &Tx<'_>, row: &KeyRow) -> Result<bool, AdminError> {
-    Ok(principal.is_admin_viewer() || may_manage(principal, tx, row)?)
+    Ok(principal.is_admin_viewer() || may_manage(principal, tx, row, "/key/info")?)
 }
 
 fn not_yours() -> AdminError {
@@ -556,7 +569,7 @@ pub async fn key_update(
     let f = Fields::parse(&body)?;
     let done = transact(&state, |tx| {
         let mut row = find_key(tx, &f)?;
-        if !may_manage(&principal, tx, &row)? {
+        if !may_manage(&principal, tx, &row, "/key/update")? {
             return Err(not_yours());
         }
         let by_alias = !f.has("key");
@@ -607,7 +620,7 @@ pub async fn key_delete(
                 tx.key(&token_of(a))?
             };
             match row {
-                Some(r) if may_manage(&principal, tx, &r)? => rows.push(r),
+                Some(r) if may_manage(&principal, tx, &r, "/key/delete")? => rows.push(r),
                 Some(_) => return Err(not_yours()),
                 None => missing.push(a.clone()),
             }
@@ -723,7 +736,7 @@ async fn set_blocked(
         let Some(mut row) = tx.key(&token_of(&key))? else {
             return Err(not_found("Key not found."));
         };
-        if !may_manage(&principal, tx, &row)? {
+        if !may_manage(&principal, tx, &row, route)? {
             return Err(not_yours());
         }
         row.blocked = Some(blocked);
@@ -759,7 +772,7 @@ async fn regenerate(state: Shared, headers: HeaderMap, f: Fields, key: String) -
         let Some(old) = tx.key(&token_of(&key))? else {
             return Err(not_found("Key not found."));
         };
-        if !may_manage(&principal, tx, &old)? {
+        if !may_manage(&principal, tx, &old, "/key/regenerate")? {
             return Err(not_yours());
         }
         let raw = match f.string("new_key")?.flatten() {

@@ -214,6 +214,37 @@ fn add_member(
     Ok((user, membership))
 }
 
+/// `/user/new`'s `team_id` and `teams`: the user joins each team as a plain member, as
+/// LiteLLM's `team_member_add` makes it; a team it already belongs to is left as it is.
+pub(super) fn join_team(
+    state: &AdminState,
+    tx: &mut Tx<'_>,
+    team_id: &str,
+    user_id: &str,
+) -> Result<(), AdminError> {
+    let mut team = load_team(tx, team_id)?;
+    if team.member(user_id).is_some() {
+        return Ok(());
+    }
+    let member = Member {
+        role: "user".into(),
+        user_id: Some(user_id.to_string()),
+        user_email: None,
+    };
+    add_member(state, tx, &mut team, &member, (None, None))?;
+    tx.save_team(&team)?;
+    Ok(())
+}
+
+/// LiteLLM's `_member_budget_source`: whose budget a membership is held to.
+fn member_budget_source(budget_id: Option<&str>, team_default: Option<&str>) -> &'static str {
+    match (budget_id, team_default) {
+        (Some(own), d) if Some(own) != d => "custom",
+        (_, Some(_)) => "team_default",
+        _ => "none",
+    }
+}
+
 fn membership_json(m: &MembershipRow, budget: Option<&BudgetRow>) -> Value {
     json!({
         "team_id": m.team_id,
@@ -302,6 +333,33 @@ pub async fn team_new(
     Ok(changed(done.value, &done.entries))
 }
 
+/// LiteLLM's `validate_membership`: admins (and viewers), any key of the team itself, and
+/// the team's members may read it.
+fn check_team_info_access(principal: &Principal, team: &TeamRow) -> Result<(), AdminError> {
+    let key_team = principal.key().and_then(|k| k.team_id.as_deref());
+    if principal.is_admin_viewer()
+        || key_team == Some(team.team_id.as_str())
+        || principal.is_team_member(team)
+    {
+        return Ok(());
+    }
+    let denied = match (principal.user_id(), key_team) {
+        (Some(user), _) => format!(
+            "User={user} not authorized to access this team={}",
+            team.team_id
+        ),
+        (None, Some(other)) => format!(
+            "Team key for team={other} not authorized to access this team={}",
+            team.team_id
+        ),
+        (None, None) => format!(
+            "API key not authorized to access this team={}. No user_id or team_id associated with this key.",
+            team.team_id
+        ),
+    };
+    Err(detail_error(403, &denied))
+}
+
 /// `GET /team/info?team_id=`: `{team_id, team_info, keys, team_memberships}`.
 pub async fn team_info(
     State(state): State<Shared>,
@@ -316,20 +374,43 @@ pub async fn team_info(
         .ok_or_else(|| validation_error(&["query", "team_id"], "Field required"))?;
     let done = transact(&state, |tx| {
         let team = load_team(tx, &team_id)?;
-        if !principal.is_admin_viewer() && !principal.is_team_member(&team) {
-            return Err(forbidden(&format!(
-                "You are not a member of team={team_id}."
-            )));
-        }
+        check_team_info_access(&principal, &team)?;
         let keys: Vec<Value> = tx.keys_of_team(&team_id)?.iter().map(row_json).collect();
+        let default_budget = match team.member_budget_id() {
+            Some(id) => tx.budget(id)?,
+            None => None,
+        };
+        let default_id = default_budget.as_ref().map(|b| b.budget_id.as_str());
         let memberships: Vec<Value> = tx
             .memberships_of_team(&team_id)?
             .iter()
-            .map(|(m, b)| membership_json(m, b.as_ref()))
+            .map(|(m, b)| {
+                let mut v = membership_json(m, b.as_ref());
+                v["budget_source"] =
+                    json!(member_budget_source(m.budget_id.as_deref(), default_id));
+                v
+            })
             .collect();
+        // Members as LiteLLM hydrates them: with the user's alias, and its email when missing.
+        let mut members = Vec::new();
+        for m in &team.members_with_roles {
+            let user = match &m.user_id {
+                Some(id) => tx.user(id)?,
+                None => None,
+            };
+            members.push(json!({
+                "role": m.role,
+                "user_id": m.user_id,
+                "user_email": m.user_email.clone().or_else(|| user.as_ref().and_then(|u| u.user_email.clone())),
+                "user_alias": user.as_ref().and_then(|u| u.user_alias.clone()),
+            }));
+        }
+        let mut info = row_json(&team);
+        info["members_with_roles"] = Value::Array(members);
+        info["team_member_budget_table"] = json!(default_budget.as_ref().map(row_json));
         Ok(json!({
             "team_id": team_id,
-            "team_info": row_json(&team),
+            "team_info": info,
             "keys": keys,
             "team_memberships": memberships,
         }))

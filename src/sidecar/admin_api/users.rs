@@ -3,11 +3,12 @@
 
 use super::auth::{authorize, Principal, INTERNAL_USER, USER_ROLES};
 use super::common::{
-    bad_request, changed, check_budget, check_budget_duration, forbidden, not_found, now_micros,
-    ok, parse_body, row_json, spend_nanos_of, transact, usd, validation_error, AdminError,
-    AdminResult, Fields, PeriodAndLimits,
+    bad_request, changed, check_budget, check_budget_duration, detail_error, forbidden, not_found,
+    now_micros, ok, parse_body, row_json, spend_nanos_of, transact, usd, validation_error,
+    AdminError, AdminResult, Fields, PeriodAndLimits,
 };
 use super::keys::{build_key, flag, GenerateKeyRequest};
+use super::teams::join_team;
 use super::Shared;
 use crate::duration::format_iso8601_utc;
 use crate::sidecar::store::{Tx, UserRow};
@@ -26,6 +27,7 @@ struct NewUserRequest {
     user_role: Option<String>,
     #[serde(deserialize_with = "super::common::null_default")]
     teams: Vec<String>,
+    team_id: Option<String>,
     #[serde(deserialize_with = "super::common::null_default")]
     models: Vec<String>,
     max_budget: Option<f64>,
@@ -89,7 +91,7 @@ pub async fn user_new(
         user_email: req.user_email.clone(),
         user_alias: req.user_alias.clone(),
         user_role: Some(role.clone()),
-        teams: req.teams.clone(),
+        teams: Vec::new(),
         models: req.models.clone(),
         max_budget,
         budget_duration,
@@ -119,6 +121,10 @@ pub async fn user_new(
             }
         }
         tx.save_user(&user)?;
+        let joined = req.team_id.iter().chain(req.teams.iter());
+        for team_id in joined {
+            join_team(&state, tx, team_id, &user_id)?;
+        }
         let key = if req.auto_create_key.unwrap_or(true) {
             // The auto-created key copies the user's models and limits, not its budget (§5.3).
             let (raw, row) = build_key(
@@ -132,6 +138,7 @@ pub async fn user_new(
                     rpm_limit: req.rpm_limit,
                     max_parallel_requests: req.max_parallel_requests,
                     user_id: Some(user_id.clone()),
+                    team_id: req.team_id.clone(),
                     ..Default::default()
                 },
             )?;
@@ -141,11 +148,14 @@ pub async fn user_new(
         } else {
             None
         };
-        Ok(key)
+        // The saved row lists the teams the user joined.
+        let saved = tx.user(&user_id)?.unwrap_or_else(|| user.clone());
+        Ok((saved, key))
     })?;
-    let mut resp = row_json(&user);
+    let (saved, key) = &done.value;
+    let mut resp = row_json(saved);
     if let Value::Object(o) = &mut resp {
-        match &done.value {
+        match key {
             Some((raw, row)) => {
                 o.insert("key".into(), json!(raw));
                 o.insert("token".into(), json!(row.token));
@@ -207,18 +217,40 @@ pub async fn user_info(
 }
 
 /// The user a body names: `user_id`, else `user_email`.
-fn find_user(tx: &Tx<'_>, f: &Fields) -> Result<UserRow, AdminError> {
-    if let Some(Some(id)) = f.string("user_id")? {
-        return tx
-            .user(&id)?
-            .ok_or_else(|| not_found(&format!("User {id} not found")));
+/// The user a `/user/update` body names by `user_id`, else `user_email`; a proxy admin naming
+/// one that does not exist creates it, as LiteLLM 1.110.2's upsert does.
+fn find_or_create_user(
+    tx: &Tx<'_>,
+    f: &Fields,
+    principal: &Principal,
+) -> Result<UserRow, AdminError> {
+    let id = f.string("user_id")?.flatten();
+    let email = f.string("user_email")?.flatten();
+    let found = match (&id, &email) {
+        (Some(id), _) => tx.user(id)?,
+        (None, Some(email)) => tx.user_by_email(email)?,
+        (None, None) => return Err(validation_error(&["body", "user_id"], "Field required")),
+    };
+    if let Some(user) = found {
+        return Ok(user);
     }
-    if let Some(Some(email)) = f.string("user_email")? {
-        return tx
-            .user_by_email(&email)?
-            .ok_or_else(|| not_found(&format!("User with email={email} not found")));
+    if !principal.is_admin() {
+        return Err(detail_error(
+            404,
+            "User not found. Only PROXY_ADMIN can create users via /user/update; use /user/new instead.",
+        ));
     }
-    Err(validation_error(&["body", "user_id"], "Field required"))
+    let created = format_iso8601_utc(tx.now());
+    Ok(UserRow {
+        user_id: id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        user_email: email,
+        metadata: json!({}),
+        model_max_budget: json!({}),
+        model_spend: json!({}),
+        created_at: created.clone(),
+        updated_at: created,
+        ..Default::default()
+    })
 }
 
 /// `POST /user/update`: `user_id` or `user_email` plus any fields; `null` clears. Answers
@@ -228,10 +260,10 @@ pub async fn user_update(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> AdminResult {
-    authorize(&state, &headers, "/user/update")?;
+    let principal = authorize(&state, &headers, "/user/update")?;
     let f = Fields::parse(&body)?;
     let done = transact(&state, |tx| {
-        let mut user = find_user(tx, &f)?;
+        let mut user = find_or_create_user(tx, &f, &principal)?;
         let now = tx.now();
         if f.has("user_id") {
             if let Some(email) = f.string("user_email")? {

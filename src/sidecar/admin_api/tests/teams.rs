@@ -195,11 +195,23 @@ fn members_and_their_budgets() {
         api.lookup(&token).team_member_budget.unwrap().max_budget,
         Some(0.75)
     );
-    // Members may read the team and make keys for it; outsiders may not.
+    // Members may read the team; a plain member makes team keys once the team grants it.
     assert_eq!(
         api.with_key(&m1_key, "GET", "/team/info?team_id=t", None)
             .status,
         200
+    );
+    let a = api.with_key(
+        &m1_key,
+        "POST",
+        "/key/generate",
+        Some(json!({"team_id": "t"})),
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+    api.admin(
+        "POST",
+        "/team/update",
+        Some(json!({"team_id": "t", "team_member_permissions": ["/key/generate"]})),
     );
     let a = api.with_key(
         &m1_key,
@@ -257,4 +269,134 @@ fn members_and_their_budgets() {
     assert_eq!(a.status, 400);
     let list = api.admin("GET", "/team/list", None);
     assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+/// LiteLLM's team member permissions on team keys: by default a plain member may read the
+/// team's keys (`/key/info`) and nothing else; a team admin may do everything; the team's
+/// `team_member_permissions` grant more.
+#[test]
+fn team_member_permissions_gate_team_key_routes() {
+    let api = Api::start(BudgetSettings::default());
+    api.admin(
+        "POST",
+        "/team/new",
+        Some(json!({"team_id": "t", "members_with_roles": [{"role": "admin", "user_id": "lead"}]})),
+    );
+    // `/user/new` with `team_id` makes a plain member and gives it a team key.
+    let m = api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "m", "team_id": "t"})),
+    );
+    assert_eq!(m["teams"], json!(["t"]));
+    let m_key = m["key"].as_str().unwrap().to_string();
+    let info = api.admin("GET", "/team/info?team_id=t", None);
+    assert_eq!(
+        info["team_info"]["members_with_roles"][1],
+        json!({"role": "user", "user_id": "m", "user_email": null, "user_alias": null})
+    );
+    assert_eq!(info["team_memberships"][1]["user_id"], "m");
+    assert_eq!(info["team_memberships"][1]["budget_source"], "none");
+    let own = api.admin("GET", &format!("/key/info?key={m_key}"), None);
+    assert_eq!(own["info"]["team_id"], "t");
+    // ... so `/team/member_update` works on it.
+    let a = api.master(
+        "POST",
+        "/team/member_update",
+        Some(json!({"team_id": "t", "user_id": "m", "max_budget_in_team": 2.0})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+
+    let lead_key = api.new_key(json!({"user_id": "lead", "team_id": "t"})).0;
+    // Default permissions: the member reads the lead's team key, changes nothing of it.
+    let a = api.with_key(&m_key, "GET", &format!("/key/info?key={lead_key}"), None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = api.with_key(
+        &m_key,
+        "POST",
+        "/key/generate",
+        Some(json!({"team_id": "t"})),
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(a.body["error"]["type"], "team_member_permission_error");
+    assert_eq!(a.body["error"]["param"], "/key/generate");
+    assert_eq!(
+        message(&a.body),
+        "Team member does not have permissions for endpoint: /key/generate. You only have access to the following endpoints: ['/key/info', '/key/health'] for team t. To create keys for this team, please ask your proxy admin to check the team member permission settings and update the settings to allow team member users to create keys."
+    );
+    for (route, body) in [
+        ("/key/update", json!({"key": lead_key, "key_alias": "x"})),
+        ("/key/delete", json!({"keys": [lead_key]})),
+        ("/key/regenerate", json!({"key": lead_key})),
+    ] {
+        let a = api.with_key(&m_key, "POST", route, Some(body));
+        assert_eq!(a.status, 401, "{route}: {}", a.body);
+        assert_eq!(a.body["error"]["param"], route);
+    }
+    // Even its own team key.
+    let a = api.with_key(
+        &m_key,
+        "POST",
+        "/key/update",
+        Some(json!({"key": m_key, "key_alias": "mine"})),
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+    // The team admin manages the member's key.
+    let a = api.with_key(
+        &lead_key,
+        "POST",
+        "/key/update",
+        Some(json!({"key": m_key, "key_alias": "by-lead"})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    // Granted routes work, the baseline stays.
+    api.admin(
+        "POST",
+        "/team/update",
+        Some(json!({"team_id": "t", "team_member_permissions": ["/key/generate", "/key/update"]})),
+    );
+    let a = api.with_key(
+        &m_key,
+        "POST",
+        "/key/generate",
+        Some(json!({"team_id": "t"})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = api.with_key(
+        &m_key,
+        "POST",
+        "/key/update",
+        Some(json!({"key": lead_key, "key_alias": "renamed"})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = api.with_key(&m_key, "GET", &format!("/key/info?key={lead_key}"), None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = api.with_key(
+        &m_key,
+        "POST",
+        "/key/delete",
+        Some(json!({"keys": [lead_key]})),
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert!(
+        message(&a.body).contains("['/key/generate', '/key/update', '/key/info', '/key/health']")
+    );
+    // Any key of the team reads `/team/info`; other teams' keys get LiteLLM's refusal.
+    let (team_key, _) = api.new_key(json!({"team_id": "t"}));
+    let a = api.with_key(&team_key, "GET", "/team/info?team_id=t", None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    api.admin("POST", "/team/new", Some(json!({"team_id": "u"})));
+    let a = api.with_key(&team_key, "GET", "/team/info?team_id=u", None);
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(message(&a.body).contains("Team key for team=t not authorized to access this team=u"));
+    let a = api.with_key(&m_key, "GET", "/team/info?team_id=u", None);
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(message(&a.body).contains("User=m not authorized to access this team=u"));
+    // A team that does not exist is refused by `/user/new`.
+    let a = api.master(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "n", "team_id": "nope"})),
+    );
+    assert_eq!(a.status, 404, "{}", a.body);
 }

@@ -53,16 +53,29 @@ fn update_delete_and_list_users() {
         Some(json!({"user_id": "alice", "user_role": "god"})),
     );
     assert_eq!(a.status, 400);
-    assert_eq!(
-        api.master("POST", "/user/update", Some(json!({"user_id": "zed"})))
-            .status,
-        404
+    // The admin updating a user that does not exist creates it (LiteLLM 1.110.2 upserts).
+    let a = api.master(
+        "POST",
+        "/user/update",
+        Some(json!({"user_id": "zed", "max_budget": 3.0, "user_email": "zed@x.io"})),
     );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let zed = api.admin("GET", "/user/info?user_id=zed", None);
+    assert_eq!(zed["user_info"]["max_budget"], 3.0);
+    assert_eq!(zed["user_info"]["user_email"], "zed@x.io");
+    let a = api.master(
+        "POST",
+        "/user/update",
+        Some(json!({"user_email": "new@x.io", "user_alias": "New"})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["data"]["user_email"], "new@x.io");
+    assert_eq!(a.body["data"]["user_id"].as_str().unwrap().len(), 36);
 
     let v = api.admin("GET", "/user/list?page=1&page_size=1", None);
     assert_eq!(
         (v["total"].clone(), v["total_pages"].clone()),
-        (json!(2), json!(2))
+        (json!(4), json!(4))
     );
     assert_eq!(v["users"][0]["user_id"], "alice");
     let v = api.admin("GET", "/user/list?role=internal_user", None);
