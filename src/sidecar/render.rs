@@ -339,11 +339,14 @@ pub fn unpriced_warnings(config: &LiteLlmConfig) -> Result<Vec<String>> {
 
 /// The providers a wildcard entry can reach: its own prefix (`openai/*`), or for a bare `*`
 /// every provider Tollgate knows the API of (`""`: whatever the entry's `api_base` serves).
+/// A bare `*` with an `api_key` reaches only `openai`, where it sends unprefixed names: one
+/// key is one provider's, and LiteLLM would send it to every provider a client names.
 fn wildcard_providers(entry: &ModelEntry) -> Vec<String> {
     let p = &entry.litellm_params;
     match p.model.split_once('/') {
         Some((provider, _)) if !provider.contains('*') => vec![provider.to_string()],
         _ if p.api_base.is_some() => vec![String::new()],
+        _ if p.api_key.as_deref().is_some_and(|k| !k.is_empty()) => vec!["openai".to_string()],
         _ => DEFAULT_API_BASES
             .iter()
             .map(|(provider, _)| *provider)
@@ -806,6 +809,40 @@ mod tests {
             json.len()
         );
         assert!(unpriced_warnings(&loaded.config).unwrap().is_empty());
+    }
+
+    /// A bare `*` with one provider key must not hand that key to every provider: it routes
+    /// only where unprefixed names go (`openai`); `groq/x` finds no deployment.
+    #[test]
+    fn bare_wildcard_key_reaches_only_its_provider() {
+        let loaded = parse(
+            "model_list:\n  - {model_name: '*', litellm_params: {model: '*', api_key: sk-openai-only}}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&loaded.config, &RenderOptions::default()).unwrap();
+        let keyed: Vec<(&str, &str)> = r
+            .plugin
+            .deployments
+            .iter()
+            .filter(|d| d.api_key.is_some())
+            .map(|d| (d.provider.as_str(), d.authority.as_str()))
+            .collect();
+        assert_eq!(keyed, vec![("openai", "api.openai.com")]);
+        assert!(r
+            .plugin
+            .wildcard_route("groq/llama-3.1-8b-instant", None)
+            .is_empty());
+        assert!(r
+            .plugin
+            .wildcard_route("anthropic/claude-3-5-haiku", None)
+            .is_empty());
+        let routed = r.plugin.wildcard_route("gpt-4o-mini", Some("openai"));
+        assert_eq!(routed.len(), 1);
+        assert_eq!(routed[0].authority, "api.openai.com");
+        let routed = r
+            .plugin
+            .wildcard_route("openai/gpt-4o-mini", Some("openai"));
+        assert_eq!(routed[0].backend_model, "gpt-4o-mini");
     }
 
     #[test]
