@@ -334,7 +334,36 @@ pub fn unpriced_warnings(config: &LiteLlmConfig) -> Result<Vec<String>> {
                 m.model_name, m.litellm_params.model, m.model_name
             )
         })
+        .chain(unpriced_wildcard_warning(config))
         .collect())
+}
+
+/// One warning when wildcard entries without their own prices exist: clients choose the model,
+/// and one the cost map does not know has no price.
+fn unpriced_wildcard_warning(config: &LiteLlmConfig) -> Option<String> {
+    let names: Vec<&str> = config
+        .model_list
+        .iter()
+        .filter(|m| m.litellm_params.model.contains('*'))
+        .filter(|m| !crate::cost::is_priced(&deployment_pricing(m, &CostMap::default()).0))
+        .map(|m| m.model_name.as_str())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let blocked = config
+        .litellm_settings
+        .block_requests_for_models_without_pricing
+        .unwrap_or(false);
+    Some(format!(
+        "wildcard entries ({}) can route to models with no price in LiteLLM's cost map ({COST_MAP_LITELLM_VERSION}); {}",
+        names.join(", "),
+        if blocked {
+            "calls to them are refused (block_requests_for_models_without_pricing)"
+        } else {
+            "calls to them are refused when a budget applies and free otherwise. Set litellm_settings.block_requests_for_models_without_pricing: true to refuse them always"
+        }
+    ))
 }
 
 /// The providers a wildcard entry can reach: its own prefix (`openai/*`), or for a bare `*`
@@ -458,6 +487,10 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
         },
         budgets: budget_settings(config),
         wildcard_prices,
+        block_unpriced_models: config
+            .litellm_settings
+            .block_requests_for_models_without_pricing
+            .unwrap_or(false),
     };
     Ok(Rendered { plugin, upstreams })
 }
@@ -808,7 +841,23 @@ mod tests {
             "plugin config is {} bytes",
             json.len()
         );
-        assert!(unpriced_warnings(&loaded.config).unwrap().is_empty());
+        // One warning for all wildcard entries: they can reach models with no price.
+        let warnings = unpriced_warnings(&loaded.config).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "wildcard entries (*, groq/*, local/*) can route to models with no price"
+            ),
+            "{warnings:?}"
+        );
+        assert!(!r.plugin.block_unpriced_models);
+        let blocking = parse(
+            "model_list:\n  - {model_name: m, litellm_params: {model: openai/gpt-4o-mini}}\nlitellm_settings: {block_requests_for_models_without_pricing: true}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&blocking.config, &RenderOptions::default()).unwrap();
+        assert!(r.plugin.block_unpriced_models);
+        assert!(unpriced_warnings(&blocking.config).unwrap().is_empty());
     }
 
     /// A bare `*` with one provider key must not hand that key to every provider: it routes
