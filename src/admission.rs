@@ -130,6 +130,35 @@ pub fn key_models(record: &KeyRecord) -> &[String] {
     &record.models
 }
 
+/// A call to a deployment with no price: LiteLLM's `block_requests_for_models_without_pricing`
+/// refuses it (403 `model_cost_map_missing`); without it, a wildcard-routed model (the client
+/// chose it, not the config) is refused while any budget applies, since it would spend $0
+/// against that budget. An unpriced named deployment passes (it was warned about at startup).
+pub fn check_priced(
+    config: &PluginConfig,
+    model: &str,
+    deployment: &Deployment,
+    scopes: &[Scope],
+) -> Result<(), ApiError> {
+    if crate::cost::is_priced(&deployment.pricing) {
+        return Ok(());
+    }
+    let message = if config.block_unpriced_models {
+        format!(
+            "Model '{model}' has no pricing in the cost map, so litellm cannot price the request. Requests for unpriced models are blocked because 'block_requests_for_models_without_pricing' is enabled. Add pricing (input_cost_per_token/output_cost_per_token) to allow the request."
+        )
+    } else if !deployment.model_pattern.is_empty()
+        && scopes.iter().any(|s| s.max_budget_usd.is_some())
+    {
+        format!(
+            "Model '{model}' has no pricing in the cost map, so its spend cannot count against this request's budget. Requests for unpriced models routed by a wildcard are refused while a budget applies. Add pricing (input_cost_per_token/output_cost_per_token) to allow the request."
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::new(403, "model_cost_map_missing", message).with_param("model"))
+}
+
 /// `all-team-models` in a key's `models`.
 pub const ALL_TEAM_MODELS: &str = "all-team-models";
 
@@ -894,6 +923,51 @@ mod tests {
             ..Default::default()
         };
         assert!(budget_scopes(&cfg, &caller, "gpt-a", &free, None).is_empty());
+    }
+
+    /// An unpriced model: refused always with `block_requests_for_models_without_pricing`, and
+    /// when routed by a wildcard while a budget applies; otherwise admitted.
+    #[test]
+    fn unpriced_models_are_refused_where_they_would_spend_nothing_against_a_budget() {
+        let mut cfg = config();
+        let named = Deployment::default();
+        let wild = Deployment {
+            model_pattern: "*".into(),
+            ..Default::default()
+        };
+        let budget = |max: Option<f64>| Scope {
+            level: Level::Proxy,
+            id: "p".into(),
+            max_budget_usd: max,
+            duration: None,
+            seed_spend_nanos: 0,
+            seed_reset_at_micros: None,
+        };
+        assert!(check_priced(&cfg, "m", &named, &[budget(Some(1.0))]).is_ok());
+        assert!(check_priced(&cfg, "m", &wild, &[budget(None)]).is_ok());
+        assert!(check_priced(&cfg, "m", &wild, &[]).is_ok());
+        let e = check_priced(&cfg, "m", &wild, &[budget(None), budget(Some(1.0))]).unwrap_err();
+        assert_eq!(
+            (e.status, e.error_type.as_str()),
+            (403, "model_cost_map_missing")
+        );
+        assert_eq!(e.param.as_deref(), Some("model"));
+        assert!(
+            e.message.starts_with("Model 'm' has no pricing"),
+            "{}",
+            e.message
+        );
+        let mut priced = wild.clone();
+        priced.pricing.output_cost_per_token = Some(0.0);
+        assert!(check_priced(&cfg, "m", &priced, &[budget(Some(1.0))]).is_ok());
+        cfg.block_unpriced_models = true;
+        let e = check_priced(&cfg, "m", &named, &[]).unwrap_err();
+        assert_eq!(e.status, 403);
+        assert_eq!(
+            e.message,
+            "Model 'm' has no pricing in the cost map, so litellm cannot price the request. Requests for unpriced models are blocked because 'block_requests_for_models_without_pricing' is enabled. Add pricing (input_cost_per_token/output_cost_per_token) to allow the request."
+        );
+        assert!(check_priced(&cfg, "m", &priced, &[]).is_ok());
     }
 
     #[test]

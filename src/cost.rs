@@ -15,6 +15,46 @@ pub fn is_priced(pricing: &Pricing) -> bool {
     pricing.input_cost_per_token.is_some() || pricing.output_cost_per_token.is_some()
 }
 
+/// LiteLLM's `_strip_model_name`, the one normalisation of a model name before a price lookup
+/// (the sidecar's cost map and the filter's wildcard price table both use it): dated snapshot (`-2024-07-18`), fine-tune suffix (`ft:gpt-4o:org:x:id`
+/// → `ft:gpt-4o`), or a Vertex/Gemini/Databricks version (`-002`).
+pub fn strip_model_name(model: &str, provider: Option<&str>) -> String {
+    if matches!(provider, Some("bedrock" | "bedrock_converse")) {
+        return model.to_string();
+    }
+    if matches!(provider, Some("vertex_ai" | "gemini" | "databricks")) {
+        let trimmed = model.trim_end_matches(|c: char| c.is_ascii_digit());
+        return match trimmed.strip_suffix('-') {
+            Some(base) if trimmed.len() < model.len() => base.to_string(),
+            _ => model.to_string(),
+        };
+    }
+    if model.contains("ft:") {
+        // `(:[^:]*){3}$`: drop the last three `:`-segments when there are three.
+        let parts: Vec<&str> = model.split(':').collect();
+        if parts.len() >= 4 {
+            return parts[..parts.len() - 3].join(":");
+        }
+        return model.to_string();
+    }
+    // `-\d{4}-\d{2}-\d{2}$`
+    let b = model.as_bytes();
+    if b.len() >= 11 {
+        let tail = &b[b.len() - 11..];
+        let digits = |r: std::ops::Range<usize>| tail[r].iter().all(u8::is_ascii_digit);
+        if tail[0] == b'-'
+            && digits(1..5)
+            && tail[5] == b'-'
+            && digits(6..8)
+            && tail[8] == b'-'
+            && digits(9..11)
+        {
+            return model[..model.len() - 11].to_string();
+        }
+    }
+    model.to_string()
+}
+
 fn usd_to_nanos(usd: f64) -> i64 {
     if !usd.is_finite() || usd <= 0.0 {
         return 0;

@@ -46,6 +46,9 @@ pub struct PluginConfig {
     /// deployment is a wildcard).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub wildcard_prices: BTreeMap<String, Pricing>,
+    /// `litellm_settings.block_requests_for_models_without_pricing`: a call to a model with no
+    /// price is refused (403 `model_cost_map_missing`).
+    pub block_unpriced_models: bool,
 }
 
 /// Budget settings from `litellm_settings` / `general_settings`.
@@ -210,12 +213,16 @@ impl PluginConfig {
             .collect()
     }
 
-    /// The cost map's prices for `provider/model` (a dated snapshot falls back to its model).
+    /// The cost map's prices for `provider/model`, else for the name LiteLLM strips it to (dated
+    /// snapshot, fine-tune, version suffix).
     fn wildcard_price(&self, provider: &str, model: &str) -> Pricing {
-        let key = format!("{provider}/{model}").to_lowercase();
-        self.wildcard_prices
-            .get(&key)
-            .or_else(|| self.wildcard_prices.get(strip_dated_snapshot(&key)))
+        let stripped = crate::cost::strip_model_name(model, Some(provider));
+        [model, stripped.as_str()]
+            .iter()
+            .find_map(|m| {
+                self.wildcard_prices
+                    .get(&format!("{provider}/{m}").to_lowercase())
+            })
             .cloned()
             .unwrap_or_default()
     }
@@ -229,27 +236,6 @@ impl PluginConfig {
             }
         }
         names
-    }
-}
-
-/// `-YYYY-MM-DD` at the end of a model name taken off (`gpt-4o-2024-08-06` → `gpt-4o`).
-pub fn strip_dated_snapshot(model: &str) -> &str {
-    let b = model.as_bytes();
-    if b.len() < 11 {
-        return model;
-    }
-    let tail = &b[b.len() - 11..];
-    let digits = |r: std::ops::Range<usize>| tail[r].iter().all(u8::is_ascii_digit);
-    if tail[0] == b'-'
-        && digits(1..5)
-        && tail[5] == b'-'
-        && digits(6..8)
-        && tail[8] == b'-'
-        && digits(9..11)
-    {
-        &model[..model.len() - 11]
-    } else {
-        model
     }
 }
 
@@ -402,6 +388,17 @@ mod tests {
         let r = c.wildcard_route("openai/gpt-4o-mini", Some("openai"));
         assert_eq!(r[0].pricing.input_cost_per_token, Some(1.0));
         assert_eq!(r[0].pricing.output_cost_per_token, Some(6e-7));
+        // A fine-tune is priced as LiteLLM strips it (`ft:<base>`), like the sidecar's lookup.
+        c.wildcard_prices.insert(
+            "openai/ft:gpt-4o-mini-2024-07-18".into(),
+            Pricing {
+                input_cost_per_token: Some(3e-7),
+                ..Default::default()
+            },
+        );
+        let r = c.wildcard_route("ft:gpt-4o-mini-2024-07-18:org::abc", Some("openai"));
+        assert_eq!(r[0].backend_model, "ft:gpt-4o-mini-2024-07-18:org::abc");
+        assert_eq!(r[0].pricing.input_cost_per_token, Some(3e-7));
         // No wildcard deployments: nothing.
         let none = PluginConfig::default();
         assert!(none.wildcard_route("gpt-4o", Some("openai")).is_empty());

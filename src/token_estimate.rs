@@ -89,13 +89,31 @@ fn json_tokens(value: &Value) -> u64 {
     text_tokens(&serde_json::to_string(value).unwrap_or_default())
 }
 
-/// A message `content` given as a list of parts: the `text` of text parts, other parts (images,
-/// files) by their JSON text.
+/// LiteLLM's tokens for a low-detail image (`calculate_img_tokens`' `base_tokens`, OpenAI's 85).
+const LOW_DETAIL_IMAGE_TOKENS: u64 = 85;
+/// LiteLLM's count for any other image whose dimensions it does not read
+/// (`high_detail_image_token_upper_bound(85, 170)`): 85 + 170 per 512px tile of the largest
+/// high-detail image, 2000x768, i.e. 8 tiles. The filter never decodes images, so every image
+/// is counted at this bound.
+const HIGH_DETAIL_IMAGE_TOKENS: u64 = 85 + 170 * 8;
+
+/// Tokens of an `image_url` part as LiteLLM's `token_counter` counts them: a fixed number by
+/// `detail`, never the characters of the (base64) URL.
+fn image_part_tokens(image_url: &Value) -> u64 {
+    match image_url.get("detail").and_then(Value::as_str) {
+        Some("low") => LOW_DETAIL_IMAGE_TOKENS,
+        _ => HIGH_DETAIL_IMAGE_TOKENS,
+    }
+}
+
+/// A message `content` given as a list of parts: the `text` of text parts, images by
+/// [`image_part_tokens`], other parts (files, audio) by their JSON text.
 fn content_parts_tokens(parts: &[Value]) -> u64 {
     parts
         .iter()
-        .map(|part| match part.get("text") {
-            Some(Value::String(t)) => text_tokens(t),
+        .map(|part| match (part.get("text"), part.get("image_url")) {
+            (Some(Value::String(t)), _) => text_tokens(t),
+            (_, Some(image_url)) => image_part_tokens(image_url),
             _ => json_tokens(part),
         })
         .fold(0, u64::saturating_add)
@@ -188,6 +206,32 @@ mod tests {
         assert!(with_tools >= 8 + 9 + 5, "{with_tools}");
         assert_eq!(chat_tokens(m, Some(&json!([])), None), 8);
         assert_eq!(chat_tokens(&[], None, None), 3);
+    }
+
+    /// An inline image counts LiteLLM's fixed tokens, not its base64 characters (a 1 MB image
+    /// was ~400k tokens).
+    #[test]
+    fn image_parts_count_fixed_tokens_by_detail() {
+        let data = format!("data:image/png;base64,{}", "A".repeat(1_000_000));
+        let image = |detail: Option<&str>| {
+            let mut image_url = json!({"url": data});
+            if let Some(d) = detail {
+                image_url["detail"] = json!(d);
+            }
+            json!([{"role": "user", "content": [
+                {"type": "text", "text": "hi"},
+                {"type": "image_url", "image_url": image_url}
+            ]}])
+        };
+        let count = |m: Value| chat_tokens(m.as_array().unwrap(), None, None);
+        assert_eq!(count(image(Some("low"))), 8 + 85);
+        assert_eq!(count(image(Some("high"))), 8 + 1445);
+        assert_eq!(count(image(None)), 8 + 1445);
+        // A plain URL string is an image too.
+        let plain = json!([{"role": "user", "content": [
+            {"type": "image_url", "image_url": "https://example.com/cat.png"}
+        ]}]);
+        assert_eq!(count(plain), 3 + 1 + 1445 + 3);
     }
 
     #[test]

@@ -421,10 +421,50 @@ fn wildcard_deployments_route_and_charge_cost_map_prices() {
             r.headers
         );
     }
-    // A model the cost map does not know is routed too (charged nothing, as in LiteLLM).
+    // A fine-tune is priced as LiteLLM prices it (`ft:gpt-4o-mini-2024-07-18`: $0.3/$1.2 per M).
+    let r = chat(&s, &key, "ft:gpt-4o-mini-2024-07-18:org::abc");
+    r.assert_status(200);
+    let usage = &r.json()["usage"];
+    let ft_cost = nanos(
+        usage["prompt_tokens"].as_u64().unwrap() as f64 * 3e-7
+            + usage["completion_tokens"].as_u64().unwrap() as f64 * 1.2e-6,
+    );
+    assert_eq!(
+        header_nanos(&r, "x-litellm-response-cost"),
+        Some(ft_cost),
+        "{:?}",
+        r.headers
+    );
+    // A model the cost map does not know is routed too when no budget applies (charged
+    // nothing, as in LiteLLM)...
     chat(&s, &key, "my-local-model").assert_status(200);
+    // ...and refused when one does: it would spend $0 against it.
+    let (budgeted, _) = s.generate_key(json!({"max_budget": 1.0}));
+    s.clear_fake_requests();
+    chat(&s, &budgeted, "my-local-model").assert_error(403, "model_cost_map_missing");
+    assert!(s.fake_requests().is_empty());
+    chat(&s, &budgeted, "gpt-4o-mini").assert_status(200);
     // A key limited to `openai/*` may call OpenAI models only.
     let (limited, _) = s.generate_key(json!({"models": ["openai/*"]}));
     chat(&s, &limited, "openai/gpt-4o-mini").assert_status(200);
     chat(&s, &limited, "my-local-model").assert_error(403, "key_model_access_denied");
+}
+
+/// `litellm_settings.block_requests_for_models_without_pricing` refuses unpriced models with
+/// LiteLLM's 403 and message, budget or not; priced ones pass.
+#[test]
+fn block_requests_for_models_without_pricing_refuses_unpriced_models() {
+    let config = format!(
+        "{WILDCARDS}litellm_settings:\n  block_requests_for_models_without_pricing: true\n"
+    );
+    let s = Stack::start(&config);
+    let (key, _) = s.generate_key(json!({}));
+    s.clear_fake_requests();
+    chat(&s, &key, "my-local-model").assert_error_message(
+        403,
+        "model_cost_map_missing",
+        "Model 'my-local-model' has no pricing in the cost map, so litellm cannot price the request. Requests for unpriced models are blocked because 'block_requests_for_models_without_pricing' is enabled. Add pricing (input_cost_per_token/output_cost_per_token) to allow the request.",
+    );
+    assert!(s.fake_requests().is_empty());
+    chat(&s, &key, "openai/gpt-4o-mini").assert_status(200);
 }

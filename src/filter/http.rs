@@ -282,6 +282,7 @@ impl TollgateHttp {
             &deployment.pricing,
             end_user.as_deref().zip(customer.as_ref()),
         );
+        admission::check_priced(config, &request.model, &deployment, &scopes)?;
         let plan = admission::limit_plan_for(config, caller, request, route, customer_record);
         // Counted like the provider counts the prompt (chat framing included), so concurrent
         // reservations stay at or above what the calls cost.

@@ -334,16 +334,48 @@ pub fn unpriced_warnings(config: &LiteLlmConfig) -> Result<Vec<String>> {
                 m.model_name, m.litellm_params.model, m.model_name
             )
         })
+        .chain(unpriced_wildcard_warning(config))
         .collect())
+}
+
+/// One warning when wildcard entries without their own prices exist: clients choose the model,
+/// and one the cost map does not know has no price.
+fn unpriced_wildcard_warning(config: &LiteLlmConfig) -> Option<String> {
+    let names: Vec<&str> = config
+        .model_list
+        .iter()
+        .filter(|m| m.litellm_params.model.contains('*'))
+        .filter(|m| !crate::cost::is_priced(&deployment_pricing(m, &CostMap::default()).0))
+        .map(|m| m.model_name.as_str())
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let blocked = config
+        .litellm_settings
+        .block_requests_for_models_without_pricing
+        .unwrap_or(false);
+    Some(format!(
+        "wildcard entries ({}) can route to models with no price in LiteLLM's cost map ({COST_MAP_LITELLM_VERSION}); {}",
+        names.join(", "),
+        if blocked {
+            "calls to them are refused (block_requests_for_models_without_pricing)"
+        } else {
+            "calls to them are refused when a budget applies and free otherwise. Set litellm_settings.block_requests_for_models_without_pricing: true to refuse them always"
+        }
+    ))
 }
 
 /// The providers a wildcard entry can reach: its own prefix (`openai/*`), or for a bare `*`
 /// every provider Tollgate knows the API of (`""`: whatever the entry's `api_base` serves).
+/// A bare `*` with an `api_key` reaches only `openai`, where it sends unprefixed names: one
+/// key is one provider's, and LiteLLM would send it to every provider a client names.
 fn wildcard_providers(entry: &ModelEntry) -> Vec<String> {
     let p = &entry.litellm_params;
     match p.model.split_once('/') {
         Some((provider, _)) if !provider.contains('*') => vec![provider.to_string()],
         _ if p.api_base.is_some() => vec![String::new()],
+        _ if p.api_key.as_deref().is_some_and(|k| !k.is_empty()) => vec!["openai".to_string()],
         _ => DEFAULT_API_BASES
             .iter()
             .map(|(provider, _)| *provider)
@@ -455,6 +487,10 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
         },
         budgets: budget_settings(config),
         wildcard_prices,
+        block_unpriced_models: config
+            .litellm_settings
+            .block_requests_for_models_without_pricing
+            .unwrap_or(false),
     };
     Ok(Rendered { plugin, upstreams })
 }
@@ -805,7 +841,57 @@ mod tests {
             "plugin config is {} bytes",
             json.len()
         );
-        assert!(unpriced_warnings(&loaded.config).unwrap().is_empty());
+        // One warning for all wildcard entries: they can reach models with no price.
+        let warnings = unpriced_warnings(&loaded.config).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "wildcard entries (*, groq/*, local/*) can route to models with no price"
+            ),
+            "{warnings:?}"
+        );
+        assert!(!r.plugin.block_unpriced_models);
+        let blocking = parse(
+            "model_list:\n  - {model_name: m, litellm_params: {model: openai/gpt-4o-mini}}\nlitellm_settings: {block_requests_for_models_without_pricing: true}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&blocking.config, &RenderOptions::default()).unwrap();
+        assert!(r.plugin.block_unpriced_models);
+        assert!(unpriced_warnings(&blocking.config).unwrap().is_empty());
+    }
+
+    /// A bare `*` with one provider key must not hand that key to every provider: it routes
+    /// only where unprefixed names go (`openai`); `groq/x` finds no deployment.
+    #[test]
+    fn bare_wildcard_key_reaches_only_its_provider() {
+        let loaded = parse(
+            "model_list:\n  - {model_name: '*', litellm_params: {model: '*', api_key: sk-openai-only}}\n",
+        )
+        .unwrap();
+        let r = plugin_config(&loaded.config, &RenderOptions::default()).unwrap();
+        let keyed: Vec<(&str, &str)> = r
+            .plugin
+            .deployments
+            .iter()
+            .filter(|d| d.api_key.is_some())
+            .map(|d| (d.provider.as_str(), d.authority.as_str()))
+            .collect();
+        assert_eq!(keyed, vec![("openai", "api.openai.com")]);
+        assert!(r
+            .plugin
+            .wildcard_route("groq/llama-3.1-8b-instant", None)
+            .is_empty());
+        assert!(r
+            .plugin
+            .wildcard_route("anthropic/claude-3-5-haiku", None)
+            .is_empty());
+        let routed = r.plugin.wildcard_route("gpt-4o-mini", Some("openai"));
+        assert_eq!(routed.len(), 1);
+        assert_eq!(routed[0].authority, "api.openai.com");
+        let routed = r
+            .plugin
+            .wildcard_route("openai/gpt-4o-mini", Some("openai"));
+        assert_eq!(routed[0].backend_model, "gpt-4o-mini");
     }
 
     #[test]

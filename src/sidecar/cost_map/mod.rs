@@ -182,45 +182,6 @@ fn prefix_provider(model: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
-/// `_strip_model_name`: dated snapshot (`-2024-07-18`), fine-tune suffix (`ft:gpt-4o:org:x:id`
-/// → `ft:gpt-4o`), or a Vertex/Gemini/Databricks version (`-002`).
-fn strip_model_name(model: &str, provider: Option<&str>) -> String {
-    if matches!(provider, Some("bedrock" | "bedrock_converse")) {
-        return model.to_string();
-    }
-    if matches!(provider, Some("vertex_ai" | "gemini" | "databricks")) {
-        let trimmed = model.trim_end_matches(|c: char| c.is_ascii_digit());
-        return match trimmed.strip_suffix('-') {
-            Some(base) if trimmed.len() < model.len() => base.to_string(),
-            _ => model.to_string(),
-        };
-    }
-    if model.contains("ft:") {
-        // `(:[^:]*){3}$`: drop the last three `:`-segments when there are three.
-        let parts: Vec<&str> = model.split(':').collect();
-        if parts.len() >= 4 {
-            return parts[..parts.len() - 3].join(":");
-        }
-        return model.to_string();
-    }
-    // `-\d{4}-\d{2}-\d{2}$`
-    let b = model.as_bytes();
-    if b.len() >= 11 {
-        let tail = &b[b.len() - 11..];
-        let digits = |r: std::ops::Range<usize>| tail[r].iter().all(u8::is_ascii_digit);
-        if tail[0] == b'-'
-            && digits(1..5)
-            && tail[5] == b'-'
-            && digits(6..8)
-            && tail[8] == b'-'
-            && digits(9..11)
-        {
-            return model[..model.len() - 11].to_string();
-        }
-    }
-    model.to_string()
-}
-
 /// `get_potential_model_names` in `_model_cost_lookup_order`: `provider/model`, the model as
 /// given, the model without its provider prefix, then the stripped forms and the
 /// provider-prefixed original.
@@ -229,7 +190,7 @@ pub fn candidates(model: &str, provider: Option<&str>) -> Vec<String> {
     match provider {
         None => {
             out.push(model.to_string());
-            out.push(strip_model_name(model, None));
+            out.push(crate::cost::strip_model_name(model, None));
         }
         Some(p) => {
             let (combined, split, provider_prefixed) =
@@ -241,7 +202,7 @@ pub fn candidates(model: &str, provider: Option<&str>) -> Vec<String> {
                         format!("{p}/{model}"),
                     ),
                 };
-            let stripped = strip_model_name(&split, Some(p));
+            let stripped = crate::cost::strip_model_name(&split, Some(p));
             out.push(combined);
             out.push(model.to_string());
             out.push(split);
@@ -411,11 +372,11 @@ mod tests {
             vec!["azure/gpt-4o", "gpt-4o"]
         );
         assert_eq!(
-            strip_model_name("ft:gpt-4o:org:suffix:id", None),
+            crate::cost::strip_model_name("ft:gpt-4o:org:suffix:id", None),
             "ft:gpt-4o"
         );
         assert_eq!(
-            strip_model_name("gemini-1.5-pro-002", Some("gemini")),
+            crate::cost::strip_model_name("gemini-1.5-pro-002", Some("gemini")),
             "gemini-1.5-pro"
         );
     }
