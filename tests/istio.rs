@@ -153,14 +153,12 @@ fn oci_layout_digest_is_what_the_manifests_pin_for_oci_urls() {
     };
     let dir = TempDir::new("oci");
     let layout = dir.path().join("layout");
-    let (status, digest, err) = run(
-        std::process::Command::new(tollgate_bin())
-            .args(["wasm-image", "--tag", "it"])
-            .arg("--out")
-            .arg(&layout)
-            .arg("--wasm")
-            .arg(tollgate_wasm()),
-    );
+    let (status, digest, err) = run(std::process::Command::new(tollgate_bin())
+        .args(["wasm-image", "--tag", "it"])
+        .arg("--out")
+        .arg(&layout)
+        .arg("--wasm")
+        .arg(tollgate_wasm()));
     assert!(status.success(), "{err}");
     let digest = digest.trim().to_string();
     let index: Value =

@@ -317,6 +317,29 @@ fn may_manage(principal: &Principal, tx: &Tx<'_>, row: &KeyRow) -> Result<bool, 
     Ok(false)
 }
 
+/// May the caller block or unblock this key: a proxy admin or an admin of the key's team
+/// (LiteLLM's `_check_key_admin_access`); its owner may not undo an admin's block.
+fn may_block(principal: &Principal, tx: &Tx<'_>, row: &KeyRow) -> Result<bool, AdminError> {
+    if principal.is_admin() {
+        return Ok(true);
+    }
+    if let Some(team_id) = &row.team_id {
+        if let Some(team) = tx.team(team_id)? {
+            return Ok(principal.is_team_admin(&team));
+        }
+    }
+    Ok(false)
+}
+
+/// LiteLLM's refusal of `/key/block`, `/key/unblock` (and of `blocked` on an update).
+fn not_key_admin(principal: &Principal, route: &str) -> AdminError {
+    forbidden(&format!(
+        "Only proxy admins, team admins, or org admins can call {route}. user_role={}, user_id={}",
+        principal.role().unwrap_or("None"),
+        principal.user_id().unwrap_or("None")
+    ))
+}
+
 /// May the caller see this key: as [`may_manage`], or an admin viewer.
 fn may_view(principal: &Principal, tx: &Tx<'_>, row: &KeyRow) -> Result<bool, AdminError> {
     Ok(principal.is_admin_viewer() || may_manage(principal, tx, row)?)
@@ -483,6 +506,20 @@ fn apply_key_fields(
             *slot = if v.is_null() { json!({}) } else { v };
         }
     }
+    // Checked against the key's team before any move.
+    if let Some(v) = f.boolean("blocked")? {
+        if v.unwrap_or(false) != row.blocked.unwrap_or(false) && !may_block(principal, tx, row)? {
+            return Err(not_key_admin(
+                principal,
+                if v == Some(true) {
+                    "/key/block"
+                } else {
+                    "/key/unblock"
+                },
+            ));
+        }
+        row.blocked = v;
+    }
     if let Some(v) = f.string("user_id")? {
         if !principal.is_admin() && v != row.user_id {
             // A key without its user would escape the user's budget and role.
@@ -510,9 +547,6 @@ fn apply_key_fields(
             ));
         }
         row.team_id = v;
-    }
-    if let Some(v) = f.boolean("blocked")? {
-        row.blocked = v;
     }
     if let Some(v) = f.strings("allowed_routes")? {
         row.allowed_routes = v.unwrap_or_default();
@@ -723,8 +757,8 @@ async fn set_blocked(
         let Some(mut row) = tx.key(&token_of(&key))? else {
             return Err(not_found("Key not found."));
         };
-        if !may_manage(&principal, tx, &row)? {
-            return Err(not_yours());
+        if !may_block(&principal, tx, &row)? {
+            return Err(not_key_admin(&principal, route));
         }
         row.blocked = Some(blocked);
         row.updated_at = format_iso8601_utc(tx.now());

@@ -327,3 +327,68 @@ fn a_team_key_creates_keys_for_its_team_only() {
     assert_eq!(a.body["team_id"], "t");
     assert_eq!(a.body["max_budget"], 1.0);
 }
+
+/// A key's owner cannot undo an admin's block: only proxy admins and admins of the key's team
+/// block or unblock (LiteLLM's `_check_key_admin_access`), by any route.
+#[test]
+fn an_owner_cannot_unblock_its_key() {
+    let api = Api::start(BudgetSettings::default());
+    for u in ["u", "lead"] {
+        api.admin(
+            "POST",
+            "/user/new",
+            Some(json!({"user_id": u, "auto_create_key": false})),
+        );
+    }
+    api.admin(
+        "POST",
+        "/team/new",
+        Some(json!({"team_id": "t", "members_with_roles": [
+            {"user_id": "u", "role": "user"}, {"user_id": "lead", "role": "admin"}]})),
+    );
+    let (mine, _) = api.new_key(json!({"user_id": "u"}));
+    let (blocked, blocked_token) = api.new_key(json!({"user_id": "u", "team_id": "t"}));
+    api.admin("POST", "/key/block", Some(json!({"key": blocked_token})));
+    for (path, body) in [
+        ("/key/unblock", json!({"key": blocked_token})),
+        (
+            "/key/update",
+            json!({"key": blocked_token, "blocked": false}),
+        ),
+        (
+            "/key/regenerate",
+            json!({"key": blocked_token, "blocked": false}),
+        ),
+    ] {
+        let a = api.with_key(&mine, "POST", path, Some(body.clone()));
+        assert_eq!(a.status, 403, "{path} {body}: {}", a.body);
+        assert!(
+            message(&a.body).contains("Only proxy admins, team admins, or org admins"),
+            "{}",
+            a.body
+        );
+    }
+    assert!(api.lookup(&blocked_token).blocked);
+    // Nor may it block (LiteLLM: admins only); an unrelated update keeps the block.
+    let a = api.with_key(&mine, "POST", "/key/block", Some(json!({"key": mine})));
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = api.with_key(
+        &mine,
+        "POST",
+        "/key/update",
+        Some(json!({"key": blocked_token, "key_alias": "x", "blocked": true})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = api.with_key(&blocked, "GET", "/key/info", None);
+    assert_eq!(a.status, 401, "{}", a.body);
+    // The team's admin may unblock.
+    let lead = api.new_key(json!({"user_id": "lead"})).0;
+    let a = api.with_key(
+        &lead,
+        "POST",
+        "/key/unblock",
+        Some(json!({"key": blocked_token})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(!api.lookup(&blocked_token).blocked);
+}
