@@ -55,6 +55,9 @@ pub struct AdminSettings {
         std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>>,
     /// `litellm_settings.max_end_user_budget` (used when no budget id is set).
     pub default_end_user_max_budget: Option<f64>,
+    /// `general_settings.team_admin_editable_team_fields`: what a team admin may change on
+    /// `/team/update` (empty: nothing, as in LiteLLM).
+    pub team_admin_editable_team_fields: Vec<String>,
 }
 
 impl AdminSettings {

@@ -308,6 +308,12 @@ pub fn admin_settings(prepared: &Prepared) -> admin_api::AdminSettings {
         plugin,
         default_end_user_budget_id: ls.max_end_user_budget_id.clone(),
         default_end_user_max_budget: ls.max_end_user_budget,
+        team_admin_editable_team_fields: prepared
+            .config
+            .general_settings
+            .team_admin_editable_team_fields
+            .clone()
+            .unwrap_or_default(),
     }
 }
 

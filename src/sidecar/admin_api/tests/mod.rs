@@ -75,6 +75,15 @@ impl Api {
     }
 
     pub fn start_with(budgets: BudgetSettings, default_end_user_budget: Option<&str>) -> Api {
+        Api::start_adjusted(budgets, default_end_user_budget, |_| {})
+    }
+
+    /// As [`Api::start_with`], with further settings changed by `adjust`.
+    pub fn start_adjusted(
+        budgets: BudgetSettings,
+        default_end_user_budget: Option<&str>,
+        adjust: impl FnOnce(&mut AdminSettings),
+    ) -> Api {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -88,19 +97,18 @@ impl Api {
             .configure_proxy_budget(budgets.proxy_budget_duration.as_deref(), now_micros())
             .unwrap();
         let internal = crate::sidecar::render::internal_token(MASTER);
-        let state = Arc::new(AdminState::new(
-            store,
-            AdminSettings {
-                master_key: MASTER.into(),
-                internal_token: internal.clone(),
-                max_body_bytes: 1024 * 1024,
-                max_spend_batch_bytes: MAX_SPEND_BATCH_BYTES,
-                budgets,
-                plugin: models(),
-                default_end_user_budget_id: default_end_user_budget.map(str::to_string),
-                ..Default::default()
-            },
-        ));
+        let mut settings = AdminSettings {
+            master_key: MASTER.into(),
+            internal_token: internal.clone(),
+            max_body_bytes: 1024 * 1024,
+            max_spend_batch_bytes: MAX_SPEND_BATCH_BYTES,
+            budgets,
+            plugin: models(),
+            default_end_user_budget_id: default_end_user_budget.map(str::to_string),
+            ..Default::default()
+        };
+        adjust(&mut settings);
+        let state = Arc::new(AdminState::new(store, settings));
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();

@@ -392,3 +392,97 @@ fn an_owner_cannot_unblock_its_key() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(!api.lookup(&blocked_token).blocked);
 }
+
+/// A team admin cannot lift its own team's limits: by default it may change nothing on
+/// `/team/update` (LiteLLM's `team_admin_editable_team_fields` is empty), and what a proxy
+/// admin opens never includes models, per-model budgets or removing/raising `max_budget`.
+#[test]
+fn a_team_admin_cannot_lift_its_teams_limits() {
+    let team_admin = |api: &Api| {
+        api.admin(
+            "POST",
+            "/user/new",
+            Some(json!({"user_id": "u", "auto_create_key": false})),
+        );
+        api.admin(
+            "POST",
+            "/team/new",
+            Some(json!({"team_id": "T", "max_budget": 1, "models": ["gpt-a"],
+                "members_with_roles": [{"user_id": "u", "role": "admin"}]})),
+        );
+        api.new_key(json!({"user_id": "u"})).0
+    };
+    let api = Api::start(BudgetSettings::default());
+    let u = team_admin(&api);
+    for body in [
+        json!({"team_id": "T", "max_budget": null, "models": []}),
+        json!({"team_id": "T", "max_budget": 0.5}),
+        json!({"team_id": "T", "team_alias": "x"}),
+    ] {
+        let a = api.with_key(&u, "POST", "/team/update", Some(body.clone()));
+        assert_eq!(a.status, 403, "{body}: {}", a.body);
+        assert!(
+            message(&a.body).contains("Team admins on this proxy cannot edit team settings"),
+            "{}",
+            a.body
+        );
+    }
+    let team = api.admin("GET", "/team/info?team_id=T", None);
+    assert_eq!(team["team_info"]["max_budget"], 1.0);
+    assert_eq!(team["team_info"]["models"], json!(["gpt-a"]));
+
+    // With fields opened, only those, and the budget only downwards.
+    let api = Api::start_adjusted(BudgetSettings::default(), None, |s| {
+        s.team_admin_editable_team_fields = ["max_budget", "rpm_limit", "metadata"]
+            .map(String::from)
+            .to_vec();
+    });
+    let u = team_admin(&api);
+    for (body, says) in [
+        (json!({"team_id": "T", "models": []}), "'models'"),
+        (
+            json!({"team_id": "T", "model_max_budget": {"gpt-a": {"budget_limit": 9, "time_period": "1d"}}}),
+            "'model_max_budget'",
+        ),
+        (json!({"team_id": "T", "tpm_limit": 5}), "'tpm_limit'"),
+        (
+            json!({"team_id": "T", "team_member_budget": 5}),
+            "'team_member_budget'",
+        ),
+        (
+            json!({"team_id": "T", "model_rpm_limit": {"gpt-a": 9}}),
+            "'model_rpm_limit'",
+        ),
+        (
+            json!({"team_id": "T", "max_budget": null}),
+            "remove a team's max_budget",
+        ),
+        (
+            json!({"team_id": "T", "max_budget": 2}),
+            "raise a team's max_budget",
+        ),
+    ] {
+        let a = api.with_key(&u, "POST", "/team/update", Some(body.clone()));
+        assert_eq!(a.status, 403, "{body}: {}", a.body);
+        assert!(message(&a.body).contains(says), "{body}: {}", a.body);
+    }
+    let a = api.with_key(
+        &u,
+        "POST",
+        "/team/update",
+        Some(
+            json!({"team_id": "T", "max_budget": 0.5, "rpm_limit": 3, "models": ["gpt-a"],
+            "metadata": {"owner": "ops"}}),
+        ),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["data"]["max_budget"], 0.5);
+    assert_eq!(a.body["data"]["rpm_limit"], 3);
+    // The proxy admin still may do anything.
+    let a = api.master(
+        "POST",
+        "/team/update",
+        Some(json!({"team_id": "T", "max_budget": null, "models": []})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+}
