@@ -222,6 +222,18 @@ fn check_generate_rights(
             )));
         }
     }
+    // A team's key creates keys of its team only: they stay under its team's limits.
+    if let Some(mine) = principal.key().and_then(|k| k.team_id.as_deref()) {
+        match req.team_id.as_deref() {
+            None => req.team_id = Some(mine.to_string()),
+            Some(t) if t == mine => {}
+            Some(t) => {
+                return Err(forbidden(&format!(
+                    "A team's key can only create keys for its own team. team_id={t}, the calling key's team_id={mine}"
+                )))
+            }
+        }
+    }
     if let Some(team_id) = &req.team_id {
         let Some(team) = tx.team(team_id)? else {
             return Err(no_such_team(team_id));
@@ -263,20 +275,31 @@ fn only_admins_set(field: &str) -> AdminError {
     forbidden(&format!("Only proxy admins can set `{field}` on a key."))
 }
 
-/// Keeps a key a non-admin creates or changes inside the caller's own key.
+/// Keeps a key a non-admin creates or changes inside what the calling key may itself do
+/// (its limits as the filter enforces them, inherited ones included). A new key must also not
+/// multiply a budget that is the caller's own: see [`ceiling::shares_a_budget`].
 fn fit_caller(
     state: &AdminState,
+    tx: &Tx<'_>,
     principal: &Principal,
     before: Option<&KeyRow>,
     row: &mut KeyRow,
 ) -> Result<(), AdminError> {
-    match principal.key() {
-        Some(caller) if !principal.is_admin() => {
-            ceiling::fit_within(caller, &state.settings().plugin, before, row)
-                .map_err(|m| bad_request(&m))
+    let Some(caller) = principal.key().filter(|_| !principal.is_admin()) else {
+        return Ok(());
+    };
+    let caller = super::internal::effective_key(tx, caller, state)?;
+    ceiling::fit_within(&caller, &state.settings().plugin, before, row)
+        .map_err(|m| bad_request(&m))?;
+    if let (None, Some(mine)) = (before, caller.max_budget) {
+        let child = super::internal::key_record(tx, row, state)?;
+        if !ceiling::shares_a_budget(&child) {
+            return Err(forbidden(&format!(
+                "A key whose budget is its own (max_budget={mine}) cannot generate keys: each new key would get a budget of its own. Ask a proxy admin, or give the user (or team) a max_budget that covers all its keys."
+            )));
         }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 pub async fn key_generate(
@@ -289,7 +312,7 @@ pub async fn key_generate(
     let done = transact(&state, |tx| {
         check_generate_rights(&principal, tx, &mut req)?;
         let (raw, mut row) = build_key(&state, tx, req)?;
-        fit_caller(&state, &principal, None, &mut row)?;
+        fit_caller(&state, tx, &principal, None, &mut row)?;
         tx.insert_key(&row)?;
         // The filter may hold a short "unknown key" answer for this token.
         tx.invalidate(row.token.clone());
@@ -535,11 +558,18 @@ fn apply_key_fields(
             let Some(team) = tx.team(t)? else {
                 return Err(no_such_team(t));
             };
-            if !principal.is_admin() && v != row.team_id && !principal.is_team_member(&team) {
+            // LiteLLM's `validate_key_team_change`: the initiator administers the new team.
+            if !principal.is_admin() && v != row.team_id && !principal.is_team_admin(&team) {
                 return Err(forbidden(&format!(
-                    "Only members of team={t} can move a key into it."
+                    "User={} is not a Proxy Admin or Team Admin for team={t}.",
+                    principal.user_id().unwrap_or("None")
                 )));
             }
+        } else if !principal.is_admin() && row.team_id.is_some() {
+            // A key taken out of its team would escape the team's budget and models.
+            return Err(forbidden(
+                "Non-admin users cannot remove the team_id from a key.",
+            ));
         }
         if !principal.is_admin() && v != row.team_id && principal.service_account_team().is_some() {
             return Err(forbidden(
@@ -596,7 +626,7 @@ pub async fn key_update(
         let by_alias = !f.has("key");
         let before = row.clone();
         apply_key_fields(&state, tx, &principal, &mut row, &f, by_alias)?;
-        fit_caller(&state, &principal, Some(&before), &mut row)?;
+        fit_caller(&state, tx, &principal, Some(&before), &mut row)?;
         tx.save_key(&row)?;
         tx.invalidate(row.token.clone());
         let mut v = row_json(&row);
@@ -811,7 +841,7 @@ async fn regenerate(state: Shared, headers: HeaderMap, f: Fields, key: String) -
         }
         let mut row = old.clone();
         apply_key_fields(&state, tx, &principal, &mut row, &f, false)?;
-        fit_caller(&state, &principal, Some(&old), &mut row)?;
+        fit_caller(&state, tx, &principal, Some(&old), &mut row)?;
         row.token = token;
         row.key_name = abbreviate(&raw);
         tx.delete_key(&old.token)?;

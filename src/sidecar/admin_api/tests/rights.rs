@@ -200,10 +200,11 @@ fn a_key_without_user_cannot_mint_keys() {
 #[test]
 fn a_users_key_creates_nothing_wider_than_itself() {
     let api = Api::start(BudgetSettings::default());
+    // The user's own budget covers all its keys (see `children_do_not_multiply_a_budget`).
     api.admin(
         "POST",
         "/user/new",
-        Some(json!({"user_id": "u", "auto_create_key": false})),
+        Some(json!({"user_id": "u", "auto_create_key": false, "max_budget": 10})),
     );
     let (mine, my_token) = api.new_key(json!({
         "user_id": "u", "models": ["gpt-a"], "max_budget": 1.0, "budget_duration": "30d",
@@ -299,7 +300,11 @@ fn a_users_key_creates_nothing_wider_than_itself() {
 #[test]
 fn a_team_key_creates_keys_for_its_team_only() {
     let api = Api::start(BudgetSettings::default());
-    api.admin("POST", "/team/new", Some(json!({"team_id": "t"})));
+    api.admin(
+        "POST",
+        "/team/new",
+        Some(json!({"team_id": "t", "max_budget": 5})),
+    );
     api.admin("POST", "/team/new", Some(json!({"team_id": "other"})));
     let (team_key, _) = api.new_key(json!({"team_id": "t", "max_budget": 1.0}));
     for body in [
@@ -484,5 +489,111 @@ fn a_team_admin_cannot_lift_its_teams_limits() {
         "/team/update",
         Some(json!({"team_id": "T", "max_budget": null, "models": []})),
     );
+    assert_eq!(a.status, 200, "{}", a.body);
+}
+
+/// Issue 12 (R2): the ceiling is what the calling key may itself do, limits it inherits
+/// included: a team key with `models: []` and no budget of its own is bound by its team's
+/// models and budget, so its keys stay in the team with the team's models; a key whose
+/// limits come from its `budget_id` row passes them on. Nor may its owner take a key out of
+/// its team.
+#[test]
+fn inherited_limits_bound_what_a_key_creates() {
+    let api = Api::start(BudgetSettings::default());
+    api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "u", "auto_create_key": false, "max_budget": 100})),
+    );
+    api.admin(
+        "POST",
+        "/team/new",
+        Some(json!({"team_id": "T", "max_budget": 1, "models": ["gpt-a"],
+            "members_with_roles": [{"user_id": "u", "role": "user"}]})),
+    );
+    api.admin("POST", "/team/new", Some(json!({"team_id": "U"})));
+    let (k, k_token) = api.new_key(json!({"user_id": "u", "team_id": "T", "models": []}));
+    // Scenario A: the child stays in T, with T's models.
+    let a = api.with_key(&k, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["team_id"], "T");
+    assert_eq!(a.body["models"], json!(["gpt-a"]));
+    for body in [json!({"models": ["gpt-b"]}), json!({"models": ["*"]})] {
+        let a = api.with_key(&k, "POST", "/key/generate", Some(body.clone()));
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+    }
+    let a = api.with_key(&k, "POST", "/key/generate", Some(json!({"team_id": "U"})));
+    assert_eq!(a.status, 403, "{}", a.body);
+    // Nor out of the team by an update.
+    let a = api.with_key(
+        &k,
+        "POST",
+        "/key/update",
+        Some(json!({"key": k_token, "team_id": null})),
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(api.lookup(&k_token).team_id.as_deref(), Some("T"));
+
+    // Scenario B: limits from a budget row pass on.
+    api.admin(
+        "POST",
+        "/budget/new",
+        Some(json!({"budget_id": "b", "max_budget": 1, "rpm_limit": 10})),
+    );
+    let (kb, _) = api.new_key(json!({"user_id": "u", "budget_id": "b"}));
+    let a = api.with_key(&kb, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["max_budget"], 1.0);
+    assert_eq!(a.body["rpm_limit"], 10);
+    for body in [json!({"max_budget": 2}), json!({"rpm_limit": 11})] {
+        let a = api.with_key(&kb, "POST", "/key/generate", Some(body.clone()));
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+    }
+}
+
+/// Issue 12 (R3): a key whose budget is its own cannot mint keys, or each child would bring a
+/// fresh budget (a $1 key spent to $0.99 mints a $1 key, spends it, mints another...). With a
+/// user budget covering all the user's keys, it may.
+#[test]
+fn children_do_not_multiply_a_budget() {
+    let api = Api::start(BudgetSettings::default());
+    api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "u", "auto_create_key": false})),
+    );
+    let (parent, token) = api.new_key(json!({"user_id": "u", "max_budget": 1.0}));
+    let (status, _) = api.spend(vec![event("e1", &token, "u", 990_000_000)]);
+    assert_eq!(status, 200);
+    let a = api.with_key(&parent, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(
+        message(&a.body).contains("cannot generate keys"),
+        "{}",
+        a.body
+    );
+    let a = api.with_key(
+        &parent,
+        "POST",
+        "/key/generate",
+        Some(json!({"max_budget": 0.01})),
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    // A user budget caps every key of the user together: minting is fine then.
+    api.admin(
+        "POST",
+        "/user/update",
+        Some(json!({"user_id": "u", "max_budget": 1.0})),
+    );
+    let a = api.with_key(&parent, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 200, "{}", a.body);
+    // A key without any budget creates keys freely (they are no wider).
+    api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "free", "auto_create_key": false})),
+    );
+    let (free, _) = api.new_key(json!({"user_id": "free"}));
+    let a = api.with_key(&free, "POST", "/key/generate", Some(json!({})));
     assert_eq!(a.status, 200, "{}", a.body);
 }
