@@ -59,6 +59,9 @@ pub struct AdminSettings {
     /// `litellm_settings.require_auth_for_metrics_endpoint` (LiteLLM 1.110.2: on unless set
     /// to `false`): `/metrics` wants an admin credential.
     pub require_auth_for_metrics: bool,
+    /// `general_settings.team_admin_editable_team_fields`: what a team admin may change on
+    /// `/team/update` (empty: nothing, as in LiteLLM).
+    pub team_admin_editable_team_fields: Vec<String>,
 }
 
 impl AdminSettings {

@@ -137,6 +137,8 @@ pub struct GeneralSettings {
     /// Largest request / non-streamed response body, MiB (LiteLLM's enterprise settings).
     pub max_request_size_mb: Option<f64>,
     pub max_response_size_mb: Option<f64>,
+    /// What team admins may change on `/team/update` (LiteLLM's allow-list; unset: nothing).
+    pub team_admin_editable_team_fields: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -313,6 +313,12 @@ pub fn admin_settings(prepared: &Prepared) -> admin_api::AdminSettings {
         default_end_user_budget_id: ls.max_end_user_budget_id.clone(),
         default_end_user_max_budget: ls.max_end_user_budget,
         require_auth_for_metrics: ls.require_auth_for_metrics_endpoint != Some(false),
+        team_admin_editable_team_fields: prepared
+            .config
+            .general_settings
+            .team_admin_editable_team_fields
+            .clone()
+            .unwrap_or_default(),
     }
 }
 

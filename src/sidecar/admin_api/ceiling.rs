@@ -9,6 +9,7 @@ use super::internal::model_budgets;
 use crate::duration::{parse_duration, parse_iso8601_utc, ParsedDuration};
 use crate::model_access::{allows_all, list_allows, provider_of_requested, ModelFacts};
 use crate::plugin_config::PluginConfig;
+use crate::records::{BudgetState, KeyRecord};
 use crate::sidecar::store::KeyRow;
 use serde_json::{Map, Value};
 
@@ -108,6 +109,20 @@ pub fn fit_within(
         }
     }
     Ok(())
+}
+
+/// Whether a new key's spending is also capped by a budget shared with its siblings: its
+/// team's or its team membership's (team keys), or its user's (personal keys, where the filter
+/// enforces it). A caller whose budget is only its own cannot mint keys, or each child would
+/// bring a fresh budget of the same size (LiteLLM's ceiling compares `max_budget`s and ignores
+/// spend, so there a spent $1 key mints another $1 key, and so on).
+pub fn shares_a_budget(child: &KeyRecord) -> bool {
+    let capped = |b: &Option<BudgetState>| b.as_ref().is_some_and(|b| b.max_budget.is_some());
+    if child.team_id.is_some() {
+        capped(&child.team_budget) || capped(&child.team_member_budget)
+    } else {
+        capped(&child.user_budget)
+    }
 }
 
 /// Each model the key may call must be one the caller may call: named in the caller's list,
@@ -440,5 +455,41 @@ mod tests {
             ..me.clone()
         };
         assert!(fit_within(&me, &PluginConfig::default(), Some(&me), &mut never).is_err());
+    }
+
+    /// A child's spending is shared-capped by its team (or membership) budget when it has a
+    /// team, by its user's budget otherwise; a key-level budget alone is not shared.
+    #[test]
+    fn shared_budgets_cover_children() {
+        let capped = Some(BudgetState {
+            max_budget: Some(1.0),
+            ..Default::default()
+        });
+        let uncapped = Some(BudgetState::default());
+        let child = |team: bool, user, team_budget, member| KeyRecord {
+            team_id: team.then(|| "t".to_string()),
+            max_budget: Some(1.0),
+            user_budget: user,
+            team_budget,
+            team_member_budget: member,
+            ..Default::default()
+        };
+        assert!(!shares_a_budget(&child(false, None, None, None)));
+        assert!(!shares_a_budget(&child(
+            false,
+            uncapped.clone(),
+            None,
+            None
+        )));
+        assert!(shares_a_budget(&child(false, capped.clone(), None, None)));
+        // A team key is not held to its user's budget by the filter.
+        assert!(!shares_a_budget(&child(
+            true,
+            capped.clone(),
+            uncapped,
+            None
+        )));
+        assert!(shares_a_budget(&child(true, None, capped.clone(), None)));
+        assert!(shares_a_budget(&child(true, None, None, capped)));
     }
 }

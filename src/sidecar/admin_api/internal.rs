@@ -207,6 +207,29 @@ pub fn key_record(tx: &Tx<'_>, row: &KeyRow, state: &AdminState) -> anyhow::Resu
     Ok(record)
 }
 
+/// What a key may itself do, as the filter enforces it ([`key_record`]): its models (an empty
+/// or `all-team-models` list is its team's models; without team, its user's) and its limits
+/// (its own, else its `budget_id` row's). The ceiling for the keys it creates.
+pub fn effective_key(tx: &Tx<'_>, row: &KeyRow, state: &AdminState) -> anyhow::Result<KeyRow> {
+    let record = key_record(tx, row, state)?;
+    let mut models = crate::admission::key_models(&record).to_vec();
+    if crate::model_access::allows_all(&models) {
+        models = match record.team_id {
+            Some(_) => record.team_models.clone(),
+            None => record.user_models.clone(),
+        };
+    }
+    Ok(KeyRow {
+        models,
+        max_budget: record.max_budget,
+        budget_duration: record.budget_duration,
+        rpm_limit: record.rpm_limit,
+        tpm_limit: record.tpm_limit,
+        max_parallel_requests: record.max_parallel_requests,
+        ..row.clone()
+    })
+}
+
 /// The filter's view of a customer: its budget (own, else the proxy's default).
 pub fn customer_record(row: &EndUserRow, budget: Option<&BudgetRow>) -> CustomerRecord {
     CustomerRecord {

@@ -222,6 +222,18 @@ fn check_generate_rights(
             )));
         }
     }
+    // A team's key creates keys of its team only: they stay under its team's limits.
+    if let Some(mine) = principal.key().and_then(|k| k.team_id.as_deref()) {
+        match req.team_id.as_deref() {
+            None => req.team_id = Some(mine.to_string()),
+            Some(t) if t == mine => {}
+            Some(t) => {
+                return Err(forbidden(&format!(
+                    "A team's key can only create keys for its own team. team_id={t}, the calling key's team_id={mine}"
+                )))
+            }
+        }
+    }
     if let Some(team_id) = &req.team_id {
         let Some(team) = tx.team(team_id)? else {
             return Err(no_such_team(team_id));
@@ -266,20 +278,31 @@ fn only_admins_set(field: &str) -> AdminError {
     forbidden(&format!("Only proxy admins can set `{field}` on a key."))
 }
 
-/// Keeps a key a non-admin creates or changes inside the caller's own key.
+/// Keeps a key a non-admin creates or changes inside what the calling key may itself do
+/// (its limits as the filter enforces them, inherited ones included). A new key must also not
+/// multiply a budget that is the caller's own: see [`ceiling::shares_a_budget`].
 fn fit_caller(
     state: &AdminState,
+    tx: &Tx<'_>,
     principal: &Principal,
     before: Option<&KeyRow>,
     row: &mut KeyRow,
 ) -> Result<(), AdminError> {
-    match principal.key() {
-        Some(caller) if !principal.is_admin() => {
-            ceiling::fit_within(caller, &state.settings().plugin, before, row)
-                .map_err(|m| bad_request(&m))
+    let Some(caller) = principal.key().filter(|_| !principal.is_admin()) else {
+        return Ok(());
+    };
+    let caller = super::internal::effective_key(tx, caller, state)?;
+    ceiling::fit_within(&caller, &state.settings().plugin, before, row)
+        .map_err(|m| bad_request(&m))?;
+    if let (None, Some(mine)) = (before, caller.max_budget) {
+        let child = super::internal::key_record(tx, row, state)?;
+        if !ceiling::shares_a_budget(&child) {
+            return Err(forbidden(&format!(
+                "A key whose budget is its own (max_budget={mine}) cannot generate keys: each new key would get a budget of its own. Ask a proxy admin, or give the user (or team) a max_budget that covers all its keys."
+            )));
         }
-        _ => Ok(()),
     }
+    Ok(())
 }
 
 pub async fn key_generate(
@@ -292,7 +315,7 @@ pub async fn key_generate(
     let done = transact(&state, |tx| {
         check_generate_rights(&principal, tx, &mut req)?;
         let (raw, mut row) = build_key(&state, tx, req)?;
-        fit_caller(&state, &principal, None, &mut row)?;
+        fit_caller(&state, tx, &principal, None, &mut row)?;
         tx.insert_key(&row)?;
         // The filter may hold a short "unknown key" answer for this token.
         tx.invalidate(row.token.clone());
@@ -327,6 +350,29 @@ fn may_manage(
         return Ok(true);
     }
     Ok(false)
+}
+
+/// May the caller block or unblock this key: a proxy admin or an admin of the key's team
+/// (LiteLLM's `_check_key_admin_access`); its owner may not undo an admin's block.
+fn may_block(principal: &Principal, tx: &Tx<'_>, row: &KeyRow) -> Result<bool, AdminError> {
+    if principal.is_admin() {
+        return Ok(true);
+    }
+    if let Some(team_id) = &row.team_id {
+        if let Some(team) = tx.team(team_id)? {
+            return Ok(principal.is_team_admin(&team));
+        }
+    }
+    Ok(false)
+}
+
+/// LiteLLM's refusal of `/key/block`, `/key/unblock` (and of `blocked` on an update).
+fn not_key_admin(principal: &Principal, route: &str) -> AdminError {
+    forbidden(&format!(
+        "Only proxy admins, team admins, or org admins can call {route}. user_role={}, user_id={}",
+        principal.role().unwrap_or("None"),
+        principal.user_id().unwrap_or("None")
+    ))
 }
 
 /// May the caller see this key: as [`may_manage`] for `/key/info` (every member of the key's
@@ -496,6 +542,20 @@ fn apply_key_fields(
             *slot = if v.is_null() { json!({}) } else { v };
         }
     }
+    // Checked against the key's team before any move.
+    if let Some(v) = f.boolean("blocked")? {
+        if v.unwrap_or(false) != row.blocked.unwrap_or(false) && !may_block(principal, tx, row)? {
+            return Err(not_key_admin(
+                principal,
+                if v == Some(true) {
+                    "/key/block"
+                } else {
+                    "/key/unblock"
+                },
+            ));
+        }
+        row.blocked = v;
+    }
     if let Some(v) = f.string("user_id")? {
         if !principal.is_admin() && v != row.user_id {
             // A key without its user would escape the user's budget and role.
@@ -511,11 +571,18 @@ fn apply_key_fields(
             let Some(team) = tx.team(t)? else {
                 return Err(no_such_team(t));
             };
-            if !principal.is_admin() && v != row.team_id && !principal.is_team_member(&team) {
+            // LiteLLM's `validate_key_team_change`: the initiator administers the new team.
+            if !principal.is_admin() && v != row.team_id && !principal.is_team_admin(&team) {
                 return Err(forbidden(&format!(
-                    "Only members of team={t} can move a key into it."
+                    "User={} is not a Proxy Admin or Team Admin for team={t}.",
+                    principal.user_id().unwrap_or("None")
                 )));
             }
+        } else if !principal.is_admin() && row.team_id.is_some() {
+            // A key taken out of its team would escape the team's budget and models.
+            return Err(forbidden(
+                "Non-admin users cannot remove the team_id from a key.",
+            ));
         }
         if !principal.is_admin() && v != row.team_id && principal.service_account_team().is_some() {
             return Err(forbidden(
@@ -523,9 +590,6 @@ fn apply_key_fields(
             ));
         }
         row.team_id = v;
-    }
-    if let Some(v) = f.boolean("blocked")? {
-        row.blocked = v;
     }
     if let Some(v) = f.strings("allowed_routes")? {
         row.allowed_routes = v.unwrap_or_default();
@@ -575,7 +639,7 @@ pub async fn key_update(
         let by_alias = !f.has("key");
         let before = row.clone();
         apply_key_fields(&state, tx, &principal, &mut row, &f, by_alias)?;
-        fit_caller(&state, &principal, Some(&before), &mut row)?;
+        fit_caller(&state, tx, &principal, Some(&before), &mut row)?;
         tx.save_key(&row)?;
         tx.invalidate(row.token.clone());
         let mut v = row_json(&row);
@@ -736,8 +800,8 @@ async fn set_blocked(
         let Some(mut row) = tx.key(&token_of(&key))? else {
             return Err(not_found("Key not found."));
         };
-        if !may_manage(&principal, tx, &row, route)? {
-            return Err(not_yours());
+        if !may_block(&principal, tx, &row)? {
+            return Err(not_key_admin(&principal, route));
         }
         row.blocked = Some(blocked);
         row.updated_at = format_iso8601_utc(tx.now());
@@ -790,7 +854,7 @@ async fn regenerate(state: Shared, headers: HeaderMap, f: Fields, key: String) -
         }
         let mut row = old.clone();
         apply_key_fields(&state, tx, &principal, &mut row, &f, false)?;
-        fit_caller(&state, &principal, Some(&old), &mut row)?;
+        fit_caller(&state, tx, &principal, Some(&old), &mut row)?;
         row.token = token;
         row.key_name = abbreviate(&raw);
         tx.delete_key(&old.token)?;

@@ -431,6 +431,173 @@ pub async fn team_list(State(state): State<Shared>, headers: HeaderMap) -> Admin
     Ok(ok(Value::Array(teams)))
 }
 
+/// Where LiteLLM's UI keeps `team_admin_editable_team_fields` (named in its refusals).
+const TEAM_ADMIN_SETTINGS: &str = "Settings > UI > Team admin editable fields";
+
+/// The team fields `general_settings.team_admin_editable_team_fields` may open to team admins
+/// (LiteLLM's `SUPPORTED_TEAM_ADMIN_EDITABLE_TEAM_FIELDS`), plus `raise_max_budget`. `models`,
+/// `model_max_budget`, per-model limits, the organization and the member permissions never are.
+const TEAM_ADMIN_EDITABLE: [&str; 10] = [
+    "tpm_limit",
+    "rpm_limit",
+    "max_budget",
+    "soft_budget",
+    "metadata",
+    "team_member_budget",
+    "team_member_budget_duration",
+    "team_member_tpm_limit",
+    "team_member_rpm_limit",
+    "raise_max_budget",
+];
+
+/// Metadata keys only a proxy admin may add, change or remove (LiteLLM's
+/// `PROXY_CONTROLLED_TEAM_METADATA_KEYS`: the fields folded into metadata and proxy settings).
+const PROXY_CONTROLLED_METADATA: [&str; 36] = [
+    "model_rpm_limit",
+    "model_tpm_limit",
+    "model_itpm_limit",
+    "model_otpm_limit",
+    "default_estimated_output_tokens",
+    "default_estimated_output_tokens_per_model",
+    "mcp_rpm_limit",
+    "tag_rpm_limit",
+    "rpm_limit_type",
+    "tpm_limit_type",
+    "enforced_params",
+    "temp_budget_increase",
+    "temp_budget_expiry",
+    "allowed_vector_store_indexes",
+    "enforced_batch_output_expires_after",
+    "enforced_file_expires_after",
+    "throttle_on_budget_exceeded",
+    "enable_prompt_caching",
+    "end_user_budget_id",
+    "require_trace_id",
+    "disable_global_guardrails",
+    "guardrails",
+    "policies",
+    "tags",
+    "team_member_key_duration",
+    "prompts",
+    "logging",
+    "secret_manager_settings",
+    "allowed_passthrough_routes",
+    "denied_passthrough_routes",
+    "spend_logs_metadata",
+    "model_config",
+    "callback_settings",
+    "priority",
+    "allowed_tools",
+    "opted_out_global_guardrails",
+];
+
+/// What the proxy admin opened to team admins: the configured names LiteLLM supports.
+fn team_admin_editable_fields(configured: &[String]) -> Vec<&'static str> {
+    TEAM_ADMIN_EDITABLE
+        .into_iter()
+        .filter(|f| configured.iter().any(|c| c == f))
+        .collect()
+}
+
+/// The team's member-budget row, if it has one.
+fn member_budget_row(tx: &Tx<'_>, team: &TeamRow) -> Result<Option<BudgetRow>, AdminError> {
+    Ok(match team.member_budget_id() {
+        Some(id) => tx.budget(id)?,
+        None => None,
+    })
+}
+
+/// LiteLLM's `team_admin_edit_verdict` and `_check_team_budget_update_authority` for a caller
+/// that is a team admin but no proxy admin: every field whose stored value the update changes
+/// must be one the proxy admin opened; `max_budget` may be lowered (or set where there was
+/// none), raised only with `raise_max_budget`, never removed. A resent `budget_duration` keeps
+/// the current period (LiteLLM drops resent values). Compared as stored, so resending a value
+/// is no change.
+fn check_team_admin_edit(
+    permitted: &[&str],
+    (before, member_before): (&TeamRow, Option<&BudgetRow>),
+    (after, member_after): (&mut TeamRow, Option<&BudgetRow>),
+) -> Result<(), AdminError> {
+    if after.budget_duration == before.budget_duration {
+        after.budget_reset_at.clone_from(&before.budget_reset_at);
+    }
+    let mut changed: Vec<String> = Vec::new();
+    let (old, new) = (row_json(before), row_json(&*after));
+    let ignored = [
+        "metadata",
+        "budget_reset_at",
+        "updated_at",
+        "admins",
+        "members",
+    ];
+    if let (Value::Object(old), Value::Object(new)) = (&old, &new) {
+        for (field, value) in new {
+            if !ignored.contains(&field.as_str()) && old.get(field) != Some(value) {
+                changed.push(field.clone());
+            }
+        }
+    }
+    let empty = Map::new();
+    let old_meta = before.metadata.as_object().unwrap_or(&empty);
+    let new_meta = after.metadata.as_object().unwrap_or(&empty);
+    for key in old_meta.keys().chain(new_meta.keys()) {
+        if key == "team_member_budget_id" || old_meta.get(key) == new_meta.get(key) {
+            continue;
+        }
+        if PROXY_CONTROLLED_METADATA.contains(&key.as_str()) {
+            return Err(forbidden(&format!(
+                "Team metadata key '{key}' is a proxy setting that team admins cannot add, change or remove in team settings. Ask a proxy admin to change it."
+            )));
+        }
+        changed.push("metadata".into());
+    }
+    let member = |b: Option<&BudgetRow>| {
+        b.map(|b| {
+            (
+                b.max_budget,
+                b.budget_duration.clone(),
+                b.tpm_limit,
+                b.rpm_limit,
+            )
+        })
+        .unwrap_or_default()
+    };
+    let (mb, md, mt, mr) = member(member_before);
+    let (na, nd, nt, nr) = member(member_after);
+    for (field, differs) in [
+        ("team_member_budget", mb != na),
+        ("team_member_budget_duration", md != nd),
+        ("team_member_tpm_limit", mt != nt),
+        ("team_member_rpm_limit", mr != nr),
+    ] {
+        if differs {
+            changed.push(field.into());
+        }
+    }
+    changed.sort();
+    if let Some(field) = changed.iter().find(|f| !permitted.contains(&f.as_str())) {
+        return Err(forbidden(&format!(
+            "Team admins on this proxy do not have permission to update '{field}'. Ask a proxy admin to add it under {TEAM_ADMIN_SETTINGS}."
+        )));
+    }
+    if let Some(current) = before.max_budget {
+        match after.max_budget {
+            None => {
+                return Err(forbidden(&format!(
+                    "Only a proxy admin can remove a team's max_budget. Team's current max_budget={current}."
+                )))
+            }
+            Some(asked) if asked > current && !permitted.contains(&"raise_max_budget") => {
+                return Err(forbidden(&format!(
+                    "Only a proxy admin can raise a team's max_budget. Team's current max_budget={current}, requested={asked}."
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// `POST /team/update {"team_id", ...fields}`: `null` clears. Answers
 /// `{"team_id", "data": <row>}` as LiteLLM does.
 pub async fn team_update(
@@ -444,6 +611,15 @@ pub async fn team_update(
     let done = transact(&state, |tx| {
         let mut team = load_team(tx, &team_id)?;
         require_team_admin(&principal, &team, "/team/update")?;
+        let settings = state.settings();
+        let team_admin_may = team_admin_editable_fields(&settings.team_admin_editable_team_fields);
+        if !principal.is_admin() && team_admin_may.is_empty() {
+            return Err(forbidden(&format!(
+                "Team admins on this proxy cannot edit team settings. Ask a proxy admin to enable fields under {TEAM_ADMIN_SETTINGS}."
+            )));
+        }
+        let before = team.clone();
+        let member_budget_before = member_budget_row(tx, &team)?;
         let now = tx.now();
         if let Some(v) = f.string("team_alias")? {
             team.team_alias = v;
@@ -513,6 +689,14 @@ pub async fn team_update(
             f.uint("team_member_rpm_limit")?,
             f.uint("team_member_tpm_limit")?,
         )?;
+        if !principal.is_admin() {
+            let member_budget_after = member_budget_row(tx, &team)?;
+            check_team_admin_edit(
+                &team_admin_may,
+                (&before, member_budget_before.as_ref()),
+                (&mut team, member_budget_after.as_ref()),
+            )?;
+        }
         team.updated_at = format_iso8601_utc(now);
         tx.save_team(&team)?;
         let tokens = tx.tokens_of_team(&team_id)?;

@@ -307,6 +307,19 @@ fn internal_users_manage_their_own_keys_only() {
         "/key/generate",
         Some(json!({"max_budget": 1.0})),
     );
+    // alice has no budget of her own: a new key would be a fresh $1 (issue 12).
+    assert_eq!(a.status, 403, "{}", a.body);
+    api.admin(
+        "POST",
+        "/user/update",
+        Some(json!({"user_id": "alice", "max_budget": 10.0})),
+    );
+    let a = api.with_key(
+        &capped,
+        "POST",
+        "/key/generate",
+        Some(json!({"max_budget": 1.0})),
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     // A proxy_admin user's key is an admin.
     let root = api.admin(

@@ -200,10 +200,11 @@ fn a_key_without_user_cannot_mint_keys() {
 #[test]
 fn a_users_key_creates_nothing_wider_than_itself() {
     let api = Api::start(BudgetSettings::default());
+    // The user's own budget covers all its keys (see `children_do_not_multiply_a_budget`).
     api.admin(
         "POST",
         "/user/new",
-        Some(json!({"user_id": "u", "auto_create_key": false})),
+        Some(json!({"user_id": "u", "auto_create_key": false, "max_budget": 10})),
     );
     let (mine, my_token) = api.new_key(json!({
         "user_id": "u", "models": ["gpt-a"], "max_budget": 1.0, "budget_duration": "30d",
@@ -299,7 +300,11 @@ fn a_users_key_creates_nothing_wider_than_itself() {
 #[test]
 fn a_team_key_creates_keys_for_its_team_only() {
     let api = Api::start(BudgetSettings::default());
-    api.admin("POST", "/team/new", Some(json!({"team_id": "t"})));
+    api.admin(
+        "POST",
+        "/team/new",
+        Some(json!({"team_id": "t", "max_budget": 5})),
+    );
     api.admin("POST", "/team/new", Some(json!({"team_id": "other"})));
     let (team_key, _) = api.new_key(json!({"team_id": "t", "max_budget": 1.0}));
     for body in [
@@ -326,4 +331,269 @@ fn a_team_key_creates_keys_for_its_team_only() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["team_id"], "t");
     assert_eq!(a.body["max_budget"], 1.0);
+}
+
+/// A key's owner cannot undo an admin's block: only proxy admins and admins of the key's team
+/// block or unblock (LiteLLM's `_check_key_admin_access`), by any route.
+#[test]
+fn an_owner_cannot_unblock_its_key() {
+    let api = Api::start(BudgetSettings::default());
+    for u in ["u", "lead"] {
+        api.admin(
+            "POST",
+            "/user/new",
+            Some(json!({"user_id": u, "auto_create_key": false})),
+        );
+    }
+    api.admin(
+        "POST",
+        "/team/new",
+        Some(json!({"team_id": "t", "members_with_roles": [
+            {"user_id": "u", "role": "user"}, {"user_id": "lead", "role": "admin"}]})),
+    );
+    let (mine, _) = api.new_key(json!({"user_id": "u"}));
+    let (blocked, blocked_token) = api.new_key(json!({"user_id": "u", "team_id": "t"}));
+    api.admin("POST", "/key/block", Some(json!({"key": blocked_token})));
+    for (path, body) in [
+        ("/key/unblock", json!({"key": blocked_token})),
+        (
+            "/key/update",
+            json!({"key": blocked_token, "blocked": false}),
+        ),
+        (
+            "/key/regenerate",
+            json!({"key": blocked_token, "blocked": false}),
+        ),
+    ] {
+        let a = api.with_key(&mine, "POST", path, Some(body.clone()));
+        assert_eq!(a.status, 403, "{path} {body}: {}", a.body);
+        assert!(
+            message(&a.body).contains("Only proxy admins, team admins, or org admins"),
+            "{}",
+            a.body
+        );
+    }
+    assert!(api.lookup(&blocked_token).blocked);
+    // Nor may it block (LiteLLM: admins only); an unrelated update keeps the block.
+    let a = api.with_key(&mine, "POST", "/key/block", Some(json!({"key": mine})));
+    assert_eq!(a.status, 403, "{}", a.body);
+    let a = api.with_key(
+        &mine,
+        "POST",
+        "/key/update",
+        Some(json!({"key": blocked_token, "key_alias": "x", "blocked": true})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let a = api.with_key(&blocked, "GET", "/key/info", None);
+    assert_eq!(a.status, 401, "{}", a.body);
+    // The team's admin may unblock.
+    let lead = api.new_key(json!({"user_id": "lead"})).0;
+    let a = api.with_key(
+        &lead,
+        "POST",
+        "/key/unblock",
+        Some(json!({"key": blocked_token})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(!api.lookup(&blocked_token).blocked);
+}
+
+/// A team admin cannot lift its own team's limits: by default it may change nothing on
+/// `/team/update` (LiteLLM's `team_admin_editable_team_fields` is empty), and what a proxy
+/// admin opens never includes models, per-model budgets or removing/raising `max_budget`.
+#[test]
+fn a_team_admin_cannot_lift_its_teams_limits() {
+    let team_admin = |api: &Api| {
+        api.admin(
+            "POST",
+            "/user/new",
+            Some(json!({"user_id": "u", "auto_create_key": false})),
+        );
+        api.admin(
+            "POST",
+            "/team/new",
+            Some(json!({"team_id": "T", "max_budget": 1, "models": ["gpt-a"],
+                "members_with_roles": [{"user_id": "u", "role": "admin"}]})),
+        );
+        api.new_key(json!({"user_id": "u"})).0
+    };
+    let api = Api::start(BudgetSettings::default());
+    let u = team_admin(&api);
+    for body in [
+        json!({"team_id": "T", "max_budget": null, "models": []}),
+        json!({"team_id": "T", "max_budget": 0.5}),
+        json!({"team_id": "T", "team_alias": "x"}),
+    ] {
+        let a = api.with_key(&u, "POST", "/team/update", Some(body.clone()));
+        assert_eq!(a.status, 403, "{body}: {}", a.body);
+        assert!(
+            message(&a.body).contains("Team admins on this proxy cannot edit team settings"),
+            "{}",
+            a.body
+        );
+    }
+    let team = api.admin("GET", "/team/info?team_id=T", None);
+    assert_eq!(team["team_info"]["max_budget"], 1.0);
+    assert_eq!(team["team_info"]["models"], json!(["gpt-a"]));
+
+    // With fields opened, only those, and the budget only downwards.
+    let api = Api::start_tweaked(BudgetSettings::default(), None, |s| {
+        s.team_admin_editable_team_fields = ["max_budget", "rpm_limit", "metadata"]
+            .map(String::from)
+            .to_vec();
+    });
+    let u = team_admin(&api);
+    for (body, says) in [
+        (json!({"team_id": "T", "models": []}), "'models'"),
+        (
+            json!({"team_id": "T", "model_max_budget": {"gpt-a": {"budget_limit": 9, "time_period": "1d"}}}),
+            "'model_max_budget'",
+        ),
+        (json!({"team_id": "T", "tpm_limit": 5}), "'tpm_limit'"),
+        (
+            json!({"team_id": "T", "team_member_budget": 5}),
+            "'team_member_budget'",
+        ),
+        (
+            json!({"team_id": "T", "model_rpm_limit": {"gpt-a": 9}}),
+            "'model_rpm_limit'",
+        ),
+        (
+            json!({"team_id": "T", "max_budget": null}),
+            "remove a team's max_budget",
+        ),
+        (
+            json!({"team_id": "T", "max_budget": 2}),
+            "raise a team's max_budget",
+        ),
+    ] {
+        let a = api.with_key(&u, "POST", "/team/update", Some(body.clone()));
+        assert_eq!(a.status, 403, "{body}: {}", a.body);
+        assert!(message(&a.body).contains(says), "{body}: {}", a.body);
+    }
+    let a = api.with_key(
+        &u,
+        "POST",
+        "/team/update",
+        Some(
+            json!({"team_id": "T", "max_budget": 0.5, "rpm_limit": 3, "models": ["gpt-a"],
+            "metadata": {"owner": "ops"}}),
+        ),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["data"]["max_budget"], 0.5);
+    assert_eq!(a.body["data"]["rpm_limit"], 3);
+    // The proxy admin still may do anything.
+    let a = api.master(
+        "POST",
+        "/team/update",
+        Some(json!({"team_id": "T", "max_budget": null, "models": []})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+}
+
+/// Issue 12 (R2): the ceiling is what the calling key may itself do, limits it inherits
+/// included: a team key with `models: []` and no budget of its own is bound by its team's
+/// models and budget, so its keys stay in the team with the team's models; a key whose
+/// limits come from its `budget_id` row passes them on. Nor may its owner take a key out of
+/// its team.
+#[test]
+fn inherited_limits_bound_what_a_key_creates() {
+    let api = Api::start(BudgetSettings::default());
+    api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "u", "auto_create_key": false, "max_budget": 100})),
+    );
+    api.admin(
+        "POST",
+        "/team/new",
+        Some(json!({"team_id": "T", "max_budget": 1, "models": ["gpt-a"],
+            "members_with_roles": [{"user_id": "u", "role": "user"}]})),
+    );
+    api.admin("POST", "/team/new", Some(json!({"team_id": "U"})));
+    let (k, k_token) = api.new_key(json!({"user_id": "u", "team_id": "T", "models": []}));
+    // Scenario A: the child stays in T, with T's models.
+    let a = api.with_key(&k, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["team_id"], "T");
+    assert_eq!(a.body["models"], json!(["gpt-a"]));
+    for body in [json!({"models": ["gpt-b"]}), json!({"models": ["*"]})] {
+        let a = api.with_key(&k, "POST", "/key/generate", Some(body.clone()));
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+    }
+    let a = api.with_key(&k, "POST", "/key/generate", Some(json!({"team_id": "U"})));
+    assert_eq!(a.status, 403, "{}", a.body);
+    // Nor out of the team by an update.
+    let a = api.with_key(
+        &k,
+        "POST",
+        "/key/update",
+        Some(json!({"key": k_token, "team_id": null})),
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert_eq!(api.lookup(&k_token).team_id.as_deref(), Some("T"));
+
+    // Scenario B: limits from a budget row pass on.
+    api.admin(
+        "POST",
+        "/budget/new",
+        Some(json!({"budget_id": "b", "max_budget": 1, "rpm_limit": 10})),
+    );
+    let (kb, _) = api.new_key(json!({"user_id": "u", "budget_id": "b"}));
+    let a = api.with_key(&kb, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["max_budget"], 1.0);
+    assert_eq!(a.body["rpm_limit"], 10);
+    for body in [json!({"max_budget": 2}), json!({"rpm_limit": 11})] {
+        let a = api.with_key(&kb, "POST", "/key/generate", Some(body.clone()));
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+    }
+}
+
+/// Issue 12 (R3): a key whose budget is its own cannot mint keys, or each child would bring a
+/// fresh budget (a $1 key spent to $0.99 mints a $1 key, spends it, mints another...). With a
+/// user budget covering all the user's keys, it may.
+#[test]
+fn children_do_not_multiply_a_budget() {
+    let api = Api::start(BudgetSettings::default());
+    api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "u", "auto_create_key": false})),
+    );
+    let (parent, token) = api.new_key(json!({"user_id": "u", "max_budget": 1.0}));
+    let (status, _) = api.spend(vec![event("e1", &token, "u", 990_000_000)]);
+    assert_eq!(status, 200);
+    let a = api.with_key(&parent, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(
+        message(&a.body).contains("cannot generate keys"),
+        "{}",
+        a.body
+    );
+    let a = api.with_key(
+        &parent,
+        "POST",
+        "/key/generate",
+        Some(json!({"max_budget": 0.01})),
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    // A user budget caps every key of the user together: minting is fine then.
+    api.admin(
+        "POST",
+        "/user/update",
+        Some(json!({"user_id": "u", "max_budget": 1.0})),
+    );
+    let a = api.with_key(&parent, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 200, "{}", a.body);
+    // A key without any budget creates keys freely (they are no wider).
+    api.admin(
+        "POST",
+        "/user/new",
+        Some(json!({"user_id": "free", "auto_create_key": false})),
+    );
+    let (free, _) = api.new_key(json!({"user_id": "free"}));
+    let a = api.with_key(&free, "POST", "/key/generate", Some(json!({})));
+    assert_eq!(a.status, 200, "{}", a.body);
 }
