@@ -348,8 +348,11 @@ fn an_owner_cannot_unblock_its_key() {
     api.admin(
         "POST",
         "/team/new",
+        // Members may use every key route, so what refuses below is the block rule alone.
         Some(json!({"team_id": "t", "members_with_roles": [
-            {"user_id": "u", "role": "user"}, {"user_id": "lead", "role": "admin"}]})),
+            {"user_id": "u", "role": "user"}, {"user_id": "lead", "role": "admin"}],
+            "team_member_permissions": ["/key/generate", "/key/update", "/key/regenerate",
+                "/key/block", "/key/unblock", "/key/delete"]})),
     );
     let (mine, _) = api.new_key(json!({"user_id": "u"}));
     let (blocked, blocked_token) = api.new_key(json!({"user_id": "u", "team_id": "t"}));
@@ -509,7 +512,8 @@ fn inherited_limits_bound_what_a_key_creates() {
         "POST",
         "/team/new",
         Some(json!({"team_id": "T", "max_budget": 1, "models": ["gpt-a"],
-            "members_with_roles": [{"user_id": "u", "role": "user"}]})),
+            "members_with_roles": [{"user_id": "u", "role": "user"}],
+            "team_member_permissions": ["/key/generate", "/key/update"]})),
     );
     api.admin("POST", "/team/new", Some(json!({"team_id": "U"})));
     let (k, k_token) = api.new_key(json!({"user_id": "u", "team_id": "T", "models": []}));
