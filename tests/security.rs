@@ -431,7 +431,8 @@ fn a_key_without_user_cannot_mint_an_unrestricted_key() {
 
     s.admin_post(
         "/user/new",
-        &json!({"user_id": "alice", "auto_create_key": false}),
+        // A user budget covering all her keys: a key-level budget alone cannot mint keys.
+        &json!({"user_id": "alice", "auto_create_key": false, "max_budget": 10}),
     )
     .assert_status(200);
     let (alice, _) =

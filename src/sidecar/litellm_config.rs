@@ -339,6 +339,19 @@ fn unknown_key_warning(path: &str) -> String {
 /// Values of known settings that LiteLLM would reject (or silently replace) are refused, naming
 /// the field: a config mistake must not pass silently.
 fn check_settings(config: &LiteLlmConfig) -> Result<()> {
+    // Provider keys are looked up by deployment id: two entries sharing an id would send one
+    // provider's key to the other's api_base.
+    let mut ids: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    for (i, m) in config.model_list.iter().enumerate() {
+        if let Some(id) = m.model_info.id.as_deref() {
+            if let Some((first, name)) = ids.insert(id, (i, &m.model_name)) {
+                return Err(anyhow!(
+                    "invalid config: model_list[{first}] ({name}) and model_list[{i}] ({}) have the same model_info.id `{id}`; each deployment needs its own id",
+                    m.model_name
+                ));
+            }
+        }
+    }
     let ls = &config.litellm_settings;
     let durations = [
         (
@@ -679,5 +692,23 @@ litellm_settings:
     #[test]
     fn empty_config_is_valid() {
         assert!(parse("").unwrap().config.model_list.is_empty());
+    }
+
+    /// Two deployments with one `model_info.id` would share one provider key slot.
+    #[test]
+    fn duplicate_deployment_ids_are_refused() {
+        let text = concat!(
+            "model_list:\n",
+            "  - {model_name: a, litellm_params: {model: openai/x, api_base: 'https://one.example'}, model_info: {id: dup}}\n",
+            "  - {model_name: b, litellm_params: {model: openai/y, api_base: 'https://two.example'}, model_info: {id: dup}}\n",
+        );
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "model_list[0] (a) and model_list[1] (b) have the same model_info.id `dup`"
+            ),
+            "{err}"
+        );
+        assert!(parse(&text.replacen("id: dup}}\n", "id: one}}\n", 1)).is_ok());
     }
 }
