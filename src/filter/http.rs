@@ -635,7 +635,11 @@ impl HttpContext for TollgateHttp {
             {
                 self.envoy_413 = true;
                 host::set_response_header("content-type", Some("application/json"));
-                host::set_response_header("content-length", None);
+                // The envelope's length is known now: the client gets a plain (not chunked)
+                // answer, whichever of Envoy's limit or the filter's refused the body first.
+                let limit = self.shared.config.max_request_body_bytes;
+                let length = ApiError::body_too_large(limit).body().len().to_string();
+                host::set_response_header("content-length", Some(&length));
             }
             return Action::Continue;
         };
