@@ -10,6 +10,7 @@ pub mod cost;
 pub mod credential;
 pub mod duration;
 pub mod errors;
+pub mod flow;
 pub mod key_format;
 pub mod model_access;
 pub mod plugin_config;

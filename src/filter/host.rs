@@ -1,7 +1,7 @@
 //! Thin wrappers over `proxy_wasm::hostcalls` that turn every host error into a logged no-op
 //! or an `Option`, so no host failure can panic the VM.
 
-use crate::errors::ApiError;
+use crate::flow::{Host, SidecarCall};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use std::time::{Duration, UNIX_EPOCH};
@@ -58,19 +58,6 @@ pub fn resume_request() {
     }
 }
 
-pub fn send_json(status: u16, body: &[u8]) {
-    send_response(status, &[], body);
-}
-
-pub fn send_error(error: &ApiError) {
-    let extra: Vec<(&str, &str)> = error
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    send_response(error.status, &extra, &error.body());
-}
-
 fn send_response(status: u16, extra: &[(&str, &str)], body: &[u8]) {
     let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
     headers.extend_from_slice(extra);
@@ -118,19 +105,6 @@ pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
     hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
         .ok()
         .flatten()
-}
-
-pub fn shared_get(key: &str) -> Option<Vec<u8>> {
-    hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
-}
-
-pub fn shared_set(key: &str, value: &[u8]) {
-    if let Err(e) = hostcalls::set_shared_data(key, Some(value), None) {
-        log(
-            LogLevel::Warn,
-            &format!("tollgate: shared data write failed: {e:?}"),
-        );
-    }
 }
 
 /// Envoy shared data as a `VersionedStore` (process-wide, all workers of one `vm_id`).
@@ -304,5 +278,100 @@ pub fn set_response_headers(headers: &[(String, String)]) {
             LogLevel::Warn,
             &format!("tollgate: cannot set response headers: {e:?}"),
         );
+    }
+}
+
+/// The request path's host calls, over proxy-wasm.
+pub struct ProxyHost;
+
+impl crate::shared_store::VersionedStore for ProxyHost {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        SharedData.get(key)
+    }
+
+    fn set(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), crate::shared_store::StoreError> {
+        SharedData.set(key, value, cas)
+    }
+}
+
+impl Host for ProxyHost {
+    fn now_micros(&self) -> i64 {
+        now_micros()
+    }
+
+    fn log_warn(&self, message: &str) {
+        log(LogLevel::Warn, message);
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        request_headers()
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        set_request_header(name, value);
+    }
+
+    fn request_body(&self, size: usize) -> Vec<u8> {
+        request_body(size)
+    }
+
+    fn replace_request_body(&self, current_size: usize, body: &[u8]) {
+        replace_request_body(current_size, body);
+    }
+
+    fn response_headers(&self) -> Vec<(String, String)> {
+        response_headers()
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        response_header_value(name)
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        set_response_header(name, value);
+    }
+
+    fn set_response_headers(&self, headers: &[(String, String)]) {
+        set_response_headers(headers);
+    }
+
+    fn response_body(&self, size: usize) -> Vec<u8> {
+        response_body(size)
+    }
+
+    fn replace_response_body(&self, current_size: usize, body: &[u8]) {
+        replace_response_body(current_size, body);
+    }
+
+    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        send_response(status, headers, body);
+    }
+
+    fn dispatch_get(&self, call: &SidecarCall<'_>) -> Option<u32> {
+        dispatch_get(
+            call.cluster,
+            call.authority,
+            call.path,
+            call.authorization,
+            call.timeout,
+        )
+        .ok()
+    }
+
+    fn call_response_status(&self) -> Option<u16> {
+        call_response_status()
+    }
+
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        call_response_body(size)
+    }
+
+    fn enqueue(&self, queue: u32, value: &[u8]) -> bool {
+        enqueue(queue, value)
     }
 }

@@ -4,7 +4,6 @@
 
 mod host;
 mod http;
-mod key_cache;
 mod root;
 
 use proxy_wasm::traits::RootContext;

@@ -4,13 +4,12 @@
 
 use super::host;
 use super::http::TollgateHttp;
-use super::key_cache;
+use crate::flow::{key_cache, Shared};
 use crate::plugin_config::PluginConfig;
 use crate::provider_keys::{ProviderKeys, PROVIDER_KEYS_PATH};
 use crate::shared_store::{self, update, Decision, VersionedStore};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -22,32 +21,6 @@ const MAX_BATCH: usize = 1000;
 /// flush keeps up with `MAX_BATCH * MAX_IN_FLIGHT` events per second per worker.
 const MAX_IN_FLIGHT: usize = 16;
 const FLUSH_PERIOD: Duration = Duration::from_secs(1);
-
-/// What every HTTP context of a worker shares.
-pub struct Shared {
-    pub config: Rc<PluginConfig>,
-    /// Spreads requests over the deployments of one model name.
-    pub pick: Cell<usize>,
-    pub spend_queue: Option<u32>,
-    /// Key records this worker has decoded.
-    pub decoded: super::key_cache::Decoded,
-    /// This instance's random id and its call counter: spend event ids
-    /// ([`crate::records::event_id`]).
-    pub instance_id: [u8; 16],
-    pub calls: Cell<u64>,
-    /// The provider keys from the sidecar (VM memory only); `None` until the first answer, and
-    /// LLM calls are refused until then.
-    pub provider_keys: RefCell<Option<Rc<ProviderKeys>>>,
-}
-
-impl Shared {
-    /// A new spend event id, unique per Envoy process and call.
-    pub fn next_event_id(&self) -> String {
-        let seq = self.calls.get();
-        self.calls.set(seq.wrapping_add(1));
-        crate::records::event_id(&self.instance_id, seq)
-    }
-}
 
 #[derive(Default)]
 pub struct TollgateRoot {
@@ -156,6 +129,7 @@ impl TollgateRoot {
         let now = host::now_micros();
         if !changes.entries.is_empty() {
             key_cache::invalidate(
+                &host::SharedData,
                 &shared.decoded,
                 &changes.entries.join(","),
                 now,
@@ -312,15 +286,11 @@ impl RootContext for TollgateRoot {
             );
             return false;
         }
-        self.shared = Some(Rc::new(Shared {
-            config: Rc::new(config),
-            pick: Cell::new(0),
-            spend_queue: host::register_queue(SPEND_QUEUE),
-            decoded: Default::default(),
+        self.shared = Some(Rc::new(Shared::new(
+            config,
+            host::register_queue(SPEND_QUEUE),
             instance_id,
-            calls: Cell::new(0),
-            provider_keys: RefCell::new(None),
-        }));
+        )));
         if let Err(e) = shared_store::ensure_lease(&host::SharedData) {
             host::log(
                 LogLevel::Error,
@@ -335,7 +305,7 @@ impl RootContext for TollgateRoot {
 
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
-            key_cache::refresh_epoch(&shared.decoded);
+            key_cache::refresh_epoch(&host::SharedData, &shared.decoded);
         }
         if self
             .shared

@@ -8,7 +8,6 @@
 //! bumps the shared epoch, so older records are fetched again. Shared data cannot delete, so
 //! tombstones stay until the key is used again.
 
-use super::host;
 use crate::records::{cached_record_header, split_cached_record, KeyRecord};
 use crate::shared_store::{update, Decision, VersionedStore};
 use std::cell::{Cell, RefCell};
@@ -50,8 +49,8 @@ fn split_epoch(bytes: &[u8]) -> Option<(u64, &[u8])> {
     split_cached_record(bytes).map(|(epoch, _, json)| (epoch, json))
 }
 
-pub fn get(decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
-    if let Some((bytes, version)) = host::SharedData.get(&format!("{KEY_PREFIX}{hash}")) {
+pub fn get(store: &impl VersionedStore, decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
+    if let Some((bytes, version)) = store.get(&format!("{KEY_PREFIX}{hash}")) {
         if let Some((v, record)) = decoded.records.borrow().get(hash) {
             if *v == version {
                 return Cached::Known(Rc::clone(record));
@@ -73,7 +72,7 @@ pub fn get(decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
         // A tombstone or a record from before the last invalidation: ask again.
         return Cached::Missing;
     }
-    if let Some(bytes) = host::shared_get(&negative_slot(hash)) {
+    if let Some((bytes, _)) = store.get(&negative_slot(hash)) {
         if let Some((stored, until)) = std::str::from_utf8(&bytes)
             .ok()
             .and_then(|s| s.split_once(' '))
@@ -86,27 +85,37 @@ pub fn get(decoded: &Decoded, hash: &str, now_micros: i64) -> Cached {
     Cached::Missing
 }
 
-pub fn put(decoded: &Decoded, hash: &str, record: &KeyRecord, seq: i64) {
+pub fn put(
+    store: &impl VersionedStore,
+    decoded: &Decoded,
+    hash: &str,
+    record: &KeyRecord,
+    seq: i64,
+) {
     if let Ok(json) = serde_json::to_vec(record) {
         let mut value = cached_record_header(decoded.epoch.get(), seq).into_bytes();
         value.extend_from_slice(&json);
-        host::shared_set(&format!("{KEY_PREFIX}{hash}"), &value);
+        set(store, &format!("{KEY_PREFIX}{hash}"), &value);
     }
 }
 
-pub fn put_unknown(hash: &str, now_micros: i64, seconds: u64) {
+pub fn put_unknown(store: &impl VersionedStore, hash: &str, now_micros: i64, seconds: u64) {
     let until = now_micros.saturating_add(
         i64::try_from(seconds)
             .unwrap_or(0)
             .saturating_mul(1_000_000),
     );
-    host::shared_set(&negative_slot(hash), format!("{hash} {until}").as_bytes());
+    set(
+        store,
+        &negative_slot(hash),
+        format!("{hash} {until}").as_bytes(),
+    );
 }
 
 /// Reads the shared epoch (on each tick), so this worker stops using records from before an
 /// invalidation of everything made by another worker.
-pub fn refresh_epoch(decoded: &Decoded) {
-    let epoch = host::SharedData
+pub fn refresh_epoch(store: &impl VersionedStore, decoded: &Decoded) {
+    let epoch = store
         .get(EPOCH_KEY)
         .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
         .unwrap_or(0);
@@ -119,10 +128,16 @@ pub fn refresh_epoch(decoded: &Decoded) {
 /// Applies an invalidation list from the sidecar: key hashes, `customer:<id>` entries, or `*`.
 /// `upto`: the change-log position the list reaches (from the poll); a key record that already
 /// reflects it stays. `None` (an admin answer passing through): drop every listed key.
-pub fn invalidate(decoded: &Decoded, entries: &str, now_micros: i64, upto: Option<i64>) {
+pub fn invalidate(
+    store: &impl VersionedStore,
+    decoded: &Decoded,
+    entries: &str,
+    now_micros: i64,
+    upto: Option<i64>,
+) {
     for entry in entries.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         if entry == "*" {
-            let bumped = update(&host::SharedData, EPOCH_KEY, now_micros, |v| {
+            let bumped = update(store, EPOCH_KEY, now_micros, |v| {
                 let n = v
                     .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
                     .unwrap_or(0)
@@ -134,24 +149,28 @@ pub fn invalidate(decoded: &Decoded, entries: &str, now_micros: i64, upto: Optio
             }
             decoded.records.borrow_mut().clear();
         } else if let Some(id) = entry.strip_prefix("customer:") {
-            host::shared_set(&format!("{CUSTOMER_PREFIX}{id}"), b"");
+            set(store, &format!("{CUSTOMER_PREFIX}{id}"), b"");
         } else if crate::key_format::is_token_hash(entry) {
             let slot = format!("{KEY_PREFIX}{entry}");
-            if let (Some(upto), Some((bytes, _))) = (upto, host::SharedData.get(&slot)) {
+            if let (Some(upto), Some((bytes, _))) = (upto, store.get(&slot)) {
                 if split_cached_record(&bytes).is_some_and(|(_, seq, _)| seq >= upto) {
                     continue;
                 }
             }
-            host::shared_set(&slot, b"");
-            host::shared_set(&negative_slot(entry), b"");
+            set(store, &slot, b"");
+            set(store, &negative_slot(entry), b"");
             decoded.records.borrow_mut().remove(entry);
         }
     }
 }
 
 /// A customer's record as cached (`None`: not cached, or invalidated: ask the sidecar).
-pub fn get_customer(decoded: &Decoded, id: &str) -> Option<crate::records::CustomerLookup> {
-    let (bytes, _) = host::SharedData.get(&format!("{CUSTOMER_PREFIX}{id}"))?;
+pub fn get_customer(
+    store: &impl VersionedStore,
+    decoded: &Decoded,
+    id: &str,
+) -> Option<crate::records::CustomerLookup> {
+    let (bytes, _) = store.get(&format!("{CUSTOMER_PREFIX}{id}"))?;
     let (epoch, json) = split_epoch(&bytes)?;
     if epoch < decoded.epoch.get() {
         return None;
@@ -159,10 +178,20 @@ pub fn get_customer(decoded: &Decoded, id: &str) -> Option<crate::records::Custo
     serde_json::from_slice(json).ok()
 }
 
-pub fn put_customer(decoded: &Decoded, id: &str, lookup: &crate::records::CustomerLookup) {
+pub fn put_customer(
+    store: &impl VersionedStore,
+    decoded: &Decoded,
+    id: &str,
+    lookup: &crate::records::CustomerLookup,
+) {
     if let Ok(json) = serde_json::to_vec(lookup) {
         let mut value = cached_record_header(decoded.epoch.get(), 0).into_bytes();
         value.extend_from_slice(&json);
-        host::shared_set(&format!("{CUSTOMER_PREFIX}{id}"), &value);
+        set(store, &format!("{CUSTOMER_PREFIX}{id}"), &value);
     }
+}
+
+/// An unconditional write; a failure only costs a later lookup, so it is not reported.
+fn set(store: &impl VersionedStore, key: &str, value: &[u8]) {
+    let _ = store.set(key, value, None);
 }

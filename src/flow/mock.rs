@@ -1,0 +1,183 @@
+//! A host for unit tests: in-memory shared data and spend queue, scripted headers and bodies,
+//! and a log of every host call made (so tests can count them).
+
+use super::{Host, SidecarCall};
+use crate::shared_store::{MemoryStore, StoreError, VersionedStore};
+use std::cell::{Cell, RefCell};
+
+/// A local reply the flow sent.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct MockHost {
+    pub store: MemoryStore,
+    pub now: Cell<i64>,
+    /// Every host call, by name, in order.
+    pub calls: RefCell<Vec<&'static str>>,
+    pub request_headers: RefCell<Vec<(String, String)>>,
+    pub request_body: RefCell<Vec<u8>>,
+    pub response_headers: RefCell<Vec<(String, String)>>,
+    /// The response chunk being delivered (replaced chunks are written back here).
+    pub response_chunk: RefCell<Vec<u8>>,
+    pub reply: RefCell<Option<Reply>>,
+    /// Paths dispatched to the sidecar; a call's token is its index plus one.
+    pub dispatched: RefCell<Vec<String>>,
+    /// The sidecar answer being delivered: status and body.
+    pub call_answer: RefCell<Option<(u16, Vec<u8>)>>,
+    pub queue: RefCell<Vec<Vec<u8>>>,
+}
+
+impl MockHost {
+    fn record(&self, name: &'static str) {
+        self.calls.borrow_mut().push(name);
+    }
+
+    pub fn call_count(&self) -> usize {
+        self.calls.borrow().len()
+    }
+
+    pub fn count_of(&self, name: &str) -> usize {
+        self.calls.borrow().iter().filter(|c| **c == name).count()
+    }
+
+    pub fn clear_calls(&self) {
+        self.calls.borrow_mut().clear();
+    }
+
+    pub fn request_header(&self, name: &str) -> Option<String> {
+        self.request_headers
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    pub fn response_header_value(&self, name: &str) -> Option<String> {
+        self.response_headers
+            .borrow()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+fn set_in(map: &RefCell<Vec<(String, String)>>, name: &str, value: Option<&str>) {
+    let mut map = map.borrow_mut();
+    map.retain(|(k, _)| k != name);
+    if let Some(v) = value {
+        map.push((name.to_string(), v.to_string()));
+    }
+}
+
+impl VersionedStore for MockHost {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.record("shared_get");
+        self.store.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        self.record("shared_set");
+        self.store.set(key, value, cas)
+    }
+}
+
+impl Host for MockHost {
+    fn now_micros(&self) -> i64 {
+        self.record("now");
+        self.now.get()
+    }
+
+    fn log_warn(&self, _message: &str) {
+        self.record("log");
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.record("request_headers");
+        self.request_headers.borrow().clone()
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        self.record("set_request_header");
+        set_in(&self.request_headers, name, value);
+    }
+
+    fn request_body(&self, size: usize) -> Vec<u8> {
+        self.record("request_body");
+        let body = self.request_body.borrow();
+        body[..size.min(body.len())].to_vec()
+    }
+
+    fn replace_request_body(&self, _current_size: usize, body: &[u8]) {
+        self.record("replace_request_body");
+        *self.request_body.borrow_mut() = body.to_vec();
+    }
+
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.record("response_headers");
+        self.response_headers.borrow().clone()
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.record("response_header");
+        self.response_header_value(name)
+    }
+
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        self.record("set_response_header");
+        set_in(&self.response_headers, name, value);
+    }
+
+    fn set_response_headers(&self, headers: &[(String, String)]) {
+        self.record("set_response_headers");
+        *self.response_headers.borrow_mut() = headers.to_vec();
+    }
+
+    fn response_body(&self, _size: usize) -> Vec<u8> {
+        self.record("response_body");
+        self.response_chunk.borrow().clone()
+    }
+
+    fn replace_response_body(&self, _current_size: usize, body: &[u8]) {
+        self.record("replace_response_body");
+        *self.response_chunk.borrow_mut() = body.to_vec();
+    }
+
+    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        self.record("send_response");
+        let mut all = vec![("content-type".to_string(), "application/json".to_string())];
+        all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        *self.reply.borrow_mut() = Some(Reply {
+            status,
+            headers: all,
+            body: body.to_vec(),
+        });
+    }
+
+    fn dispatch_get(&self, call: &SidecarCall<'_>) -> Option<u32> {
+        self.record("dispatch");
+        let mut dispatched = self.dispatched.borrow_mut();
+        dispatched.push(call.path.to_string());
+        u32::try_from(dispatched.len()).ok()
+    }
+
+    fn call_response_status(&self) -> Option<u16> {
+        self.record("call_response_status");
+        self.call_answer.borrow().as_ref().map(|(s, _)| *s)
+    }
+
+    fn call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
+        self.record("call_response_body");
+        self.call_answer.borrow().as_ref().map(|(_, b)| b.clone())
+    }
+
+    fn enqueue(&self, _queue: u32, value: &[u8]) -> bool {
+        self.record("enqueue");
+        self.queue.borrow_mut().push(value.to_vec());
+        true
+    }
+}

@@ -1,0 +1,110 @@
+//! The request path as a state machine over a [`Host`]: every host call an HTTP request makes
+//! (headers, bodies, local replies, sidecar lookups, shared data, the spend queue, the clock)
+//! goes through the trait, so whole requests run on the host against a mock
+//! (`flow::tests`). The proxy-wasm adapter (`filter`) implements it and maps each [`Step`] to an
+//! `Action`.
+
+pub mod key_cache;
+mod request;
+
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+
+pub use request::{Flow, Step};
+
+use crate::errors::ApiError;
+use crate::plugin_config::PluginConfig;
+use crate::provider_keys::ProviderKeys;
+use crate::shared_store::VersionedStore;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// The host calls of the request path. Shared data is the [`VersionedStore`] half (one host
+/// call per `get` or `set`). Every method handles its own host errors (logged, then a no-op or
+/// `None`): nothing here can fail the VM.
+pub trait Host: VersionedStore {
+    fn now_micros(&self) -> i64;
+    fn log_warn(&self, message: &str);
+    /// All request headers (names lowercase), one host call.
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Sets (`Some`) or removes (`None`) one request header.
+    fn set_request_header(&self, name: &str, value: Option<&str>);
+    fn request_body(&self, size: usize) -> Vec<u8>;
+    fn replace_request_body(&self, current_size: usize, body: &[u8]);
+    /// All response headers, one host call.
+    fn response_headers(&self) -> Vec<(String, String)>;
+    fn response_header(&self, name: &str) -> Option<String>;
+    fn set_response_header(&self, name: &str, value: Option<&str>);
+    /// Replaces the whole response header map, one host call.
+    fn set_response_headers(&self, headers: &[(String, String)]);
+    fn response_body(&self, size: usize) -> Vec<u8>;
+    fn replace_response_body(&self, current_size: usize, body: &[u8]);
+    /// Answers locally (`content-type: application/json` plus `headers`).
+    fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    /// A GET to the sidecar; the token names its answer (`None`: it could not be sent).
+    fn dispatch_get(&self, call: &SidecarCall<'_>) -> Option<u32>;
+    /// The status of the sidecar answer being delivered.
+    fn call_response_status(&self) -> Option<u16>;
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>>;
+    fn enqueue(&self, queue: u32, value: &[u8]) -> bool;
+}
+
+/// A request to the sidecar's internal API.
+pub struct SidecarCall<'a> {
+    pub cluster: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub authorization: &'a str,
+    pub timeout: Duration,
+}
+
+/// What every request of a worker shares (one per root context).
+pub struct Shared {
+    pub config: Rc<PluginConfig>,
+    /// Spreads requests over the deployments of one model name.
+    pub pick: Cell<usize>,
+    pub spend_queue: Option<u32>,
+    /// Key records this worker has decoded.
+    pub decoded: key_cache::Decoded,
+    /// This instance's random id and its call counter: spend event ids
+    /// ([`crate::records::event_id`]).
+    pub instance_id: [u8; 16],
+    pub calls: Cell<u64>,
+    /// The provider keys from the sidecar (VM memory only); `None` until the first answer, and
+    /// LLM calls are refused until then.
+    pub provider_keys: RefCell<Option<Rc<ProviderKeys>>>,
+}
+
+impl Shared {
+    pub fn new(config: PluginConfig, spend_queue: Option<u32>, instance_id: [u8; 16]) -> Self {
+        Shared {
+            config: Rc::new(config),
+            pick: Cell::new(0),
+            spend_queue,
+            decoded: key_cache::Decoded::default(),
+            instance_id,
+            calls: Cell::new(0),
+            provider_keys: RefCell::new(None),
+        }
+    }
+
+    /// A new spend event id, unique per Envoy process and call.
+    pub fn next_event_id(&self) -> String {
+        let seq = self.calls.get();
+        self.calls.set(seq.wrapping_add(1));
+        crate::records::event_id(&self.instance_id, seq)
+    }
+}
+
+/// Sends an error in LiteLLM's envelope.
+pub fn send_error(host: &impl Host, error: &ApiError) {
+    let extra: Vec<(&str, &str)> = error
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    host.send_response(error.status, &extra, &error.body());
+}

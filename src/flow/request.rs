@@ -1,0 +1,992 @@
+//! One HTTP request: identify the caller (headers), decide once the body is complete (model
+//! access, budgets, limits, routing), then follow the response to settle spend, tokens and
+//! slots when it ends (also on upstream error and client abort).
+
+use super::{key_cache, send_error, Host, Shared, SidecarCall};
+use crate::admission::{self, Admitted, Caller};
+use crate::budgets::{self, BudgetTicket, Calendar};
+use crate::cost;
+use crate::credential::extract_credential;
+use crate::errors::ApiError;
+use crate::key_format::{self, constant_time_eq, hash_key, redact_secret};
+use crate::plugin_config::{Pricing, CLUSTER_HEADER};
+use crate::rate_limits::{self, Ticket};
+use crate::records::{CustomerLookup, KeyLookup, SpendEvent, INVALIDATE_HEADER};
+use crate::response_headers::{merge, oversized_response, success_headers};
+use crate::routes::{self, LlmRoute};
+use crate::usage::{BodyKind, Usage, UsageReader};
+use std::borrow::Cow;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Headers that may carry the caller's credential; none of them may reach the provider.
+const CREDENTIAL_HEADERS: [&str; 6] = [
+    "x-litellm-api-key",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+    "authorization",
+];
+
+/// Largest non-streamed response body read for usage (and held for cost headers), bytes.
+const MAX_USAGE_BUFFER: usize = 4 * 1024 * 1024;
+
+/// What the adapter does after a callback: let the request (or response) go on, or hold it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    Pause,
+}
+
+/// What the request is, once its headers are read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    /// An LLM call.
+    Llm(LlmRoute),
+    /// `GET /v1/models`, answered by the filter.
+    ModelList,
+}
+
+/// Where the request is.
+enum Phase {
+    /// Not ours (admin API, health), or not started: passed through untouched.
+    Pass,
+    /// The sidecar is looking up the caller's key.
+    AwaitKey(PendingLookup),
+    /// The caller is known; the body is not complete yet.
+    AwaitBody,
+    /// Admission is prepared (body parsed, key checked, deployment picked); the sidecar is
+    /// looking up the request's customer. Its answer completes admission from there.
+    AwaitCustomer {
+        token: u32,
+        id: String,
+        prepared: Box<Prepared<'static>>,
+    },
+    /// Admitted and sent upstream: the response is followed to its end.
+    Forwarded(Box<AdmittedCall>),
+    /// A response was sent locally; nothing more to do.
+    Done,
+}
+
+struct PendingLookup {
+    token: u32,
+    hash: String,
+    raw_last4: String,
+}
+
+/// The first half of admission: everything decided before the customer's record is needed.
+struct Prepared<'a> {
+    route: LlmRoute,
+    body: Vec<u8>,
+    admitted: Admitted<'a>,
+    provider_key: Option<String>,
+    end_user: Option<String>,
+}
+
+impl Prepared<'_> {
+    fn into_owned(self) -> Prepared<'static> {
+        Prepared {
+            route: self.route,
+            body: self.body,
+            admitted: Admitted {
+                deployment: Cow::Owned(self.admitted.deployment.into_owned()),
+                path: self.admitted.path,
+                request: self.admitted.request,
+            },
+            provider_key: self.provider_key,
+            end_user: self.end_user,
+        }
+    }
+}
+
+/// An admitted LLM call, followed to its end.
+struct AdmittedCall {
+    limits: Ticket,
+    budget: BudgetTicket,
+    pricing: Pricing,
+    /// The prompt's tokens as the reservation counted them (the estimate when no usage comes).
+    prompt_tokens: u64,
+    /// The client did not ask for the streamed usage chunk; Tollgate did, and hides it.
+    strip_usage_chunk: bool,
+    upstream_status: Option<u16>,
+    usage: Option<UsageReader>,
+    /// Response headers were paused to add the cost once the JSON body is read.
+    holding_headers: bool,
+    /// The held response's headers, written back with Tollgate's added.
+    response_headers: Vec<(String, String)>,
+    /// The provider key sent upstream: never shown to the client.
+    provider_key: Option<String>,
+    /// An error answer is held whole to take the provider key out of it.
+    redact_body: bool,
+    /// The response was over `max_response_size_mb`: its body is replaced by this error.
+    replacement_body: Option<Vec<u8>>,
+    event: SpendEvent,
+}
+
+/// A header map, read once with a single host call.
+#[derive(Default)]
+struct HeaderSnapshot(Vec<(String, String)>);
+
+impl HeaderSnapshot {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+}
+
+/// One request's state, driven by the adapter's callbacks.
+pub struct Flow {
+    shared: Rc<Shared>,
+    headers: HeaderSnapshot,
+    kind: Kind,
+    phase: Phase,
+    caller: Option<Caller>,
+    body_complete: bool,
+    body_size: usize,
+    started_micros: i64,
+    /// Envoy refused the body itself (over its buffer limit, plain text): the answer is
+    /// rewritten into LiteLLM's envelope.
+    envoy_413: bool,
+}
+
+impl Flow {
+    pub fn new(shared: Rc<Shared>) -> Self {
+        Flow {
+            shared,
+            headers: HeaderSnapshot::default(),
+            kind: Kind::ModelList,
+            phase: Phase::Pass,
+            caller: None,
+            body_complete: false,
+            body_size: 0,
+            started_micros: 0,
+            envoy_413: false,
+        }
+    }
+
+    fn refuse(&mut self, host: &impl Host, error: &ApiError) -> Step {
+        self.phase = Phase::Done;
+        send_error(host, error);
+        Step::Pause
+    }
+
+    fn calendar(&self) -> Calendar<'_> {
+        Calendar {
+            zone: &self.shared.config.budgets.timezone,
+            reset_time_of_day_seconds: self.shared.config.budgets.reset_time_of_day_seconds,
+        }
+    }
+
+    fn sidecar_get(&self, host: &impl Host, path: &str) -> Option<u32> {
+        let config = &self.shared.config;
+        host.dispatch_get(&SidecarCall {
+            cluster: &config.sidecar_cluster,
+            authority: &config.sidecar_authority,
+            path,
+            authorization: &format!("Bearer {}", config.internal_token),
+            timeout: Duration::from_millis(config.sidecar_timeout_ms.max(100)),
+        })
+    }
+
+    pub fn on_request_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Step {
+        self.headers = HeaderSnapshot(host.request_headers());
+        // Only the filter may choose an upstream cluster.
+        if self.headers.has(CLUSTER_HEADER) {
+            host.set_request_header(CLUSTER_HEADER, None);
+        }
+        let path = self.headers.get(":path").unwrap_or_default();
+        self.kind = if let Some(route) = routes::classify(path) {
+            Kind::Llm(route)
+        } else if routes::is_model_list(path) && self.headers.get(":method") == Some("GET") {
+            Kind::ModelList
+        } else {
+            self.headers = HeaderSnapshot::default();
+            return Step::Continue;
+        };
+        self.started_micros = host.now_micros();
+        // The body may be rewritten: admission sets its new length while these headers are paused.
+        self.body_complete = end_of_stream;
+        // A body announced as too large is refused before any of it is buffered (Envoy would
+        // otherwise answer its own plain-text 413 once its buffer limit is passed).
+        let limit = self.shared.config.max_request_body_bytes;
+        if self
+            .headers
+            .get("content-length")
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .is_some_and(|l| l > limit as u64)
+        {
+            return self.refuse(host, &ApiError::body_too_large(limit));
+        }
+        match self.identify(host) {
+            Err(e) => self.refuse(host, &e),
+            Ok(Some(lookup)) => {
+                self.phase = Phase::AwaitKey(lookup);
+                Step::Pause
+            }
+            Ok(None) => {
+                self.phase = Phase::AwaitBody;
+                if end_of_stream {
+                    self.decide(host)
+                } else {
+                    Step::Pause
+                }
+            }
+        }
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        host: &impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Step {
+        match self.phase {
+            Phase::Pass => return Step::Continue,
+            Phase::AwaitKey(_) | Phase::AwaitBody => {}
+            Phase::AwaitCustomer { .. } | Phase::Forwarded(_) | Phase::Done => return Step::Pause,
+        }
+        self.body_size = body_size;
+        let limit = self.shared.config.max_request_body_bytes;
+        if body_size > limit {
+            return self.refuse(host, &ApiError::body_too_large(limit));
+        }
+        if !end_of_stream {
+            return Step::Pause;
+        }
+        self.body_complete = true;
+        match self.phase {
+            Phase::AwaitBody => self.decide(host),
+            // The key lookup is still under way; its answer decides.
+            _ => Step::Pause,
+        }
+    }
+
+    /// The sidecar's answer to a lookup. `Continue`: resume the paused request.
+    pub fn on_call_response(&mut self, host: &impl Host, token: u32, body_size: usize) -> Step {
+        match std::mem::replace(&mut self.phase, Phase::Pass) {
+            Phase::AwaitKey(lookup) if lookup.token == token => {
+                self.on_key_lookup(host, lookup, body_size)
+            }
+            Phase::AwaitCustomer {
+                token: expected,
+                id,
+                prepared,
+            } if expected == token => self.on_customer_lookup(host, &id, *prepared, body_size),
+            other => {
+                self.phase = other;
+                Step::Pause
+            }
+        }
+    }
+
+    /// Establishes the caller from the headers: `Ok(None)` when known now, `Ok(Some(_))` when
+    /// a sidecar lookup is under way.
+    fn identify(&mut self, host: &impl Host) -> Result<Option<PendingLookup>, ApiError> {
+        let config = &self.shared.config;
+        let raw = extract_credential(
+            |name| self.headers.get(name).map(str::to_string),
+            config.key_header_name.as_deref(),
+        )?;
+        let hash = hash_key(&raw);
+        if let Some(master) = &config.master_key_hash {
+            if constant_time_eq(master.as_bytes(), hash.as_bytes()) {
+                self.caller = Some(Caller::Master);
+                return Ok(None);
+            }
+        }
+        if !raw.starts_with(key_format::KEY_PREFIX) {
+            return Err(ApiError::not_a_virtual_key(&raw));
+        }
+        let raw_last4: String = {
+            let chars: Vec<char> = raw.chars().collect();
+            chars[chars.len().saturating_sub(4)..].iter().collect()
+        };
+        match key_cache::get(host, &self.shared.decoded, &hash, self.started_micros) {
+            key_cache::Cached::Known(record) => {
+                self.caller = Some(Caller::VirtualKey { record, raw_last4 });
+                Ok(None)
+            }
+            key_cache::Cached::Unknown => Err(ApiError::invalid_api_key()),
+            key_cache::Cached::Missing => {
+                let token = self
+                    .sidecar_get(host, &format!("/tollgate/internal/v1/keys/{hash}"))
+                    .ok_or_else(|| {
+                        ApiError::service_unavailable(
+                            "Tollgate could not verify this key: the key service is unreachable.",
+                        )
+                    })?;
+                Ok(Some(PendingLookup {
+                    token,
+                    hash,
+                    raw_last4,
+                }))
+            }
+        }
+    }
+
+    fn on_key_lookup(&mut self, host: &impl Host, lookup: PendingLookup, body_size: usize) -> Step {
+        let status = host.call_response_status();
+        let parsed = if status == Some(200) {
+            host.call_response_body(body_size)
+                .and_then(|b| serde_json::from_slice::<KeyLookup>(&b).ok())
+        } else {
+            None
+        };
+        match parsed {
+            Some(KeyLookup::Found { key, seq }) => {
+                key_cache::put(host, &self.shared.decoded, &lookup.hash, &key, seq);
+                self.caller = Some(Caller::VirtualKey {
+                    record: Rc::new(*key),
+                    raw_last4: lookup.raw_last4,
+                });
+            }
+            Some(KeyLookup::NotFound) => {
+                key_cache::put_unknown(
+                    host,
+                    &lookup.hash,
+                    host.now_micros(),
+                    self.shared.config.negative_cache_seconds,
+                );
+                return self.refuse(host, &ApiError::invalid_api_key());
+            }
+            None => {
+                host.log_warn(&format!("tollgate: key lookup failed (status {status:?})"));
+                return self.refuse(
+                    host,
+                    &ApiError::service_unavailable(
+                        "Tollgate could not verify this key: the key service did not answer.",
+                    ),
+                );
+            }
+        }
+        self.phase = Phase::AwaitBody;
+        if self.body_complete {
+            self.decide(host)
+        } else {
+            Step::Pause
+        }
+    }
+
+    fn on_customer_lookup(
+        &mut self,
+        host: &impl Host,
+        id: &str,
+        prepared: Prepared<'static>,
+        body_size: usize,
+    ) -> Step {
+        let parsed = if host.call_response_status() == Some(200) {
+            host.call_response_body(body_size)
+                .and_then(|b| serde_json::from_slice::<CustomerLookup>(&b).ok())
+        } else {
+            None
+        };
+        let Some(lookup) = parsed else {
+            return self.refuse(
+                host,
+                &ApiError::service_unavailable(
+                    "Tollgate could not look up this customer: the key service did not answer.",
+                ),
+            );
+        };
+        key_cache::put_customer(host, &self.shared.decoded, id, &lookup);
+        let now = host.now_micros();
+        self.finish_admission(host, prepared, Some(lookup), now)
+    }
+
+    /// Runs once the caller is known and the whole body is buffered.
+    fn decide(&mut self, host: &impl Host) -> Step {
+        let Some(caller) = self.caller.clone() else {
+            return Step::Pause;
+        };
+        match self.kind {
+            Kind::ModelList => {
+                let models = admission::visible_models(&self.shared.config, &caller);
+                host.send_response(200, &[], &model_list_body(&models));
+                self.phase = Phase::Done;
+                Step::Pause
+            }
+            Kind::Llm(route) => {
+                let shared = Rc::clone(&self.shared);
+                let now = host.now_micros();
+                match self.prepare(host, &shared, &caller, route, now) {
+                    Err(e) => self.refuse(host, &e),
+                    Ok(prepared) => {
+                        let customer = match &prepared.end_user {
+                            None => None,
+                            Some(id) => match key_cache::get_customer(host, &shared.decoded, id) {
+                                Some(lookup) => Some(lookup),
+                                None => return self.await_customer(host, prepared),
+                            },
+                        };
+                        self.finish_admission(host, prepared, customer, now)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Model access and routing (LiteLLM's order): what needs the body and the key only.
+    fn prepare<'a>(
+        &self,
+        host: &impl Host,
+        shared: &'a Shared,
+        caller: &Caller,
+        route: LlmRoute,
+        now: i64,
+    ) -> Result<Prepared<'a>, ApiError> {
+        let config = &shared.config;
+        let body = host.request_body(self.body_size);
+        let path = self.headers.get(":path").unwrap_or_default();
+        let pick = shared.pick.get();
+        shared.pick.set(pick.wrapping_add(1));
+        let admitted = admission::admit(config, caller, route, path, &body, now, pick)?;
+        // Fail closed until the sidecar has handed over the provider keys.
+        let provider_key = match shared.provider_keys.borrow().as_ref() {
+            Some(keys) => keys.key_for(&admitted.deployment.id).map(str::to_string),
+            None => return Err(ApiError::provider_keys_pending()),
+        };
+        let end_user = admission::end_user_id(
+            self.headers
+                .get("x-litellm-customer-id")
+                .or_else(|| self.headers.get("x-litellm-end-user-id")),
+            &admitted.request,
+        );
+        Ok(Prepared {
+            route,
+            body,
+            admitted,
+            provider_key,
+            end_user,
+        })
+    }
+
+    /// Asks the sidecar for the request's customer, keeping the prepared admission.
+    fn await_customer(&mut self, host: &impl Host, prepared: Prepared<'_>) -> Step {
+        let Some(id) = prepared.end_user.clone() else {
+            return Step::Pause;
+        };
+        match self.sidecar_get(
+            host,
+            &format!("/tollgate/internal/v1/customers/{}", url_encode(&id)),
+        ) {
+            Some(token) => {
+                self.phase = Phase::AwaitCustomer {
+                    token,
+                    id,
+                    prepared: Box::new(prepared.into_owned()),
+                };
+                Step::Pause
+            }
+            None => self.refuse(
+                host,
+                &ApiError::service_unavailable(
+                    "Tollgate could not look up this customer: the key service is unreachable.",
+                ),
+            ),
+        }
+    }
+
+    fn finish_admission(
+        &mut self,
+        host: &impl Host,
+        prepared: Prepared<'_>,
+        customer: Option<CustomerLookup>,
+        now: i64,
+    ) -> Step {
+        let Some(caller) = self.caller.clone() else {
+            return Step::Pause;
+        };
+        match self.admit(host, &caller, prepared, customer, now) {
+            Ok(call) => {
+                self.phase = Phase::Forwarded(Box::new(call));
+                Step::Continue
+            }
+            Err(e) => self.refuse(host, &e),
+        }
+    }
+
+    /// The customer's checks, budgets, then limits (LiteLLM's order); on success the request is
+    /// rewritten for its deployment.
+    fn admit(
+        &self,
+        host: &impl Host,
+        caller: &Caller,
+        prepared: Prepared<'_>,
+        customer: Option<CustomerLookup>,
+        now: i64,
+    ) -> Result<AdmittedCall, ApiError> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let Prepared {
+            route,
+            body,
+            admitted,
+            provider_key,
+            end_user,
+        } = prepared;
+        let request = &admitted.request;
+        let deployment = &admitted.deployment;
+        let customer_record = match &customer {
+            Some(CustomerLookup::Found { customer }) => {
+                admission::check_customer(config, customer, &request.model)?;
+                Some(customer.as_ref())
+            }
+            _ => None,
+        };
+        let scopes = admission::budget_scopes_with_customer(
+            config,
+            caller,
+            &request.model,
+            &deployment.pricing,
+            end_user.as_deref().zip(customer.as_ref()),
+        );
+        admission::check_priced(config, &request.model, deployment, &scopes)?;
+        let plan = admission::limit_plan_for(config, caller, request, route, customer_record);
+        // Counted like the provider counts the prompt (chat framing included), so concurrent
+        // reservations stay at or above what the calls cost.
+        let prompt_estimate = request.input_token_estimate();
+        let output_cap = match route {
+            LlmRoute::Embeddings => 0,
+            _ => request
+                .max_tokens
+                .or(plan.implicit_max_tokens)
+                .unwrap_or_else(|| {
+                    let model_cap = deployment.pricing.max_output_tokens.unwrap_or(u64::MAX);
+                    config.budgets.default_output_tokens.min(model_cap)
+                }),
+        };
+        let reservation =
+            if config.budgets.disable_reservation || !cost::is_priced(&deployment.pricing) {
+                0
+            } else {
+                cost::max_cost_nanos(
+                    &deployment.pricing,
+                    prompt_estimate,
+                    output_cap.saturating_mul(request.n()),
+                )
+            };
+        let budget = budgets::admit(
+            host,
+            &scopes,
+            reservation,
+            now,
+            self.calendar(),
+            config.budgets.exceeded_status_code,
+        )?;
+        let window = i64::try_from(config.rate_limit_window_seconds.max(1))
+            .unwrap_or(60)
+            .saturating_mul(1_000_000);
+        let limits =
+            match rate_limits::admit(host, &plan.descriptors, plan.token_estimate, now, window) {
+                Ok(t) => t,
+                Err(e) => {
+                    budgets::settle(host, &budget, None, now, self.calendar());
+                    return Err(e);
+                }
+            };
+
+        let stream = request.stream && route != LlmRoute::Embeddings;
+        let add_stream_usage = stream && !request.client_wants_stream_usage();
+        let upstream_body = request.upstream_body_from(
+            &body,
+            &deployment.backend_model,
+            plan.implicit_max_tokens,
+            add_stream_usage,
+        );
+        self.rewrite_request(
+            host,
+            &admitted,
+            provider_key.as_deref(),
+            &body,
+            &upstream_body,
+        );
+
+        let (api_key, key_alias, user_id, team_id) = match caller {
+            Caller::VirtualKey { record, .. } => (
+                Some(record.token.clone()),
+                record.key_alias.clone(),
+                record.user_id.clone(),
+                record.team_id.clone(),
+            ),
+            Caller::Master => (None, None, None, None),
+        };
+        Ok(AdmittedCall {
+            limits,
+            budget,
+            pricing: deployment.pricing.clone(),
+            prompt_tokens: prompt_estimate,
+            strip_usage_chunk: add_stream_usage,
+            upstream_status: None,
+            usage: None,
+            holding_headers: false,
+            response_headers: Vec::new(),
+            provider_key,
+            redact_body: false,
+            replacement_body: None,
+            event: SpendEvent {
+                // Minted here: the client's `x-request-id` is only recorded, never a key.
+                event_id: shared.next_event_id(),
+                client_request_id: self.headers.get("x-request-id").map(str::to_string),
+                api_key,
+                key_alias,
+                user_id,
+                team_id,
+                end_user,
+                model: request.model.clone(),
+                model_id: deployment.id.clone(),
+                call_type: match route {
+                    LlmRoute::ChatCompletions => "acompletion",
+                    LlmRoute::Completions => "atext_completion",
+                    LlmRoute::Embeddings => "aembedding",
+                }
+                .to_string(),
+                start_time_micros: self.started_micros,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// Points the request at its deployment: credentials, cluster, path, authority, body.
+    fn rewrite_request(
+        &self,
+        host: &impl Host,
+        admitted: &Admitted<'_>,
+        provider_key: Option<&str>,
+        body: &[u8],
+        upstream_body: &[u8],
+    ) {
+        let config = &self.shared.config;
+        let deployment = &admitted.deployment;
+        // No credential of the caller reaches the provider (only headers present are touched:
+        // every host call costs).
+        let custom = config
+            .key_header_name
+            .as_deref()
+            .map(str::to_ascii_lowercase);
+        for name in CREDENTIAL_HEADERS.iter().copied().chain(custom.as_deref()) {
+            if name != "authorization" && self.headers.has(name) {
+                host.set_request_header(name, None);
+            }
+        }
+        match provider_key {
+            Some(key) => host.set_request_header("authorization", Some(&format!("Bearer {key}"))),
+            None if self.headers.has("authorization") => {
+                host.set_request_header("authorization", None)
+            }
+            None => {}
+        }
+        host.set_request_header(CLUSTER_HEADER, Some(&deployment.cluster));
+        host.set_request_header(":path", Some(&admitted.path));
+        host.set_request_header(":authority", Some(&deployment.authority));
+        if self.headers.has("accept-encoding") {
+            host.set_request_header("accept-encoding", None);
+        }
+        if upstream_body != body {
+            host.replace_request_body(self.body_size, upstream_body);
+        }
+        // The headers are still paused: the provider gets a plain `content-length` request
+        // (without it Envoy would send the body chunked, which some servers do not read).
+        let length = upstream_body.len().to_string();
+        if self.headers.get("content-length") != Some(length.as_str()) {
+            host.set_request_header("content-length", Some(&length));
+        }
+        if self.headers.has("transfer-encoding") {
+            host.set_request_header("transfer-encoding", None);
+        }
+    }
+
+    pub fn on_response_headers(&mut self, host: &impl Host, end_of_stream: bool) -> Step {
+        let call = match &mut self.phase {
+            Phase::Pass => {
+                // An admin change passing through: drop what it made stale before the admin
+                // sees the answer, so the very next request is decided on the new state.
+                if let Some(entries) = host.response_header(INVALIDATE_HEADER) {
+                    key_cache::invalidate(
+                        host,
+                        &self.shared.decoded,
+                        &entries,
+                        host.now_micros(),
+                        None,
+                    );
+                    host.set_response_header(INVALIDATE_HEADER, None);
+                }
+                return Step::Continue;
+            }
+            Phase::Forwarded(call) => call,
+            _ => {
+                if host.response_header(":status").as_deref() == Some("413")
+                    && !host
+                        .response_header("content-type")
+                        .is_some_and(|t| t.starts_with("application/json"))
+                {
+                    self.envoy_413 = true;
+                    host.set_response_header("content-type", Some("application/json"));
+                    // The envelope's length is known now: the client gets a plain (not chunked)
+                    // answer, whichever of Envoy's limit or the filter's refused the body first.
+                    let limit = self.shared.config.max_request_body_bytes;
+                    let length = ApiError::body_too_large(limit).body().len().to_string();
+                    host.set_response_header("content-length", Some(&length));
+                }
+                return Step::Continue;
+            }
+        };
+        let response = HeaderSnapshot(host.response_headers());
+        let status = response.get(":status").and_then(|s| s.parse::<u16>().ok());
+        call.upstream_status = status;
+        let ok = status.is_some_and(|s| (200..300).contains(&s));
+        // An encoded body (gzip despite the dropped accept-encoding) is passed on untouched:
+        // read as one opaque document, never rewritten.
+        let encoded = response
+            .get("content-encoding")
+            .is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
+        let kind = if encoded {
+            BodyKind::Json
+        } else {
+            BodyKind::from_content_type(response.get("content-type"))
+        };
+        let strip = call.strip_usage_chunk && kind == BodyKind::EventStream;
+        call.usage = Some(UsageReader::new(kind, strip, MAX_USAGE_BUFFER));
+        // `max_response_size_mb`: a long non-streamed answer becomes LiteLLM's 400 (still read
+        // for usage and charged, as LiteLLM charges it).
+        if let Some((headers, body)) = oversized_response(
+            &response.0,
+            kind == BodyKind::EventStream,
+            self.shared.config.max_response_body_bytes,
+        ) {
+            host.set_response_headers(&headers);
+            call.replacement_body = Some(body);
+            return Step::Continue;
+        }
+        if !ok {
+            // A provider may echo the key it was given in its error (body or headers).
+            if let Some(secret) = call.provider_key.as_deref() {
+                let mut cleaned = Vec::with_capacity(response.0.len());
+                for (name, value) in &response.0 {
+                    if name == "content-length" {
+                        continue;
+                    }
+                    let value = match redact_secret(value.as_bytes(), secret) {
+                        Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                        None => value.clone(),
+                    };
+                    cleaned.push((name.clone(), value));
+                }
+                if cleaned != response.0 {
+                    host.set_response_headers(&cleaned);
+                }
+                call.redact_body = !end_of_stream;
+                return Step::Continue;
+            }
+        }
+        // A non-streamed JSON answer of known, modest size is held so its cost can go in a header;
+        // a stream is never held back.
+        let small = response
+            .get("content-length")
+            .and_then(|l| l.parse::<usize>().ok())
+            .is_some_and(|l| l <= MAX_USAGE_BUFFER);
+        if ok && kind == BodyKind::Json && small && !end_of_stream {
+            call.holding_headers = true;
+            call.response_headers = response.0;
+            return Step::Pause;
+        }
+        // Limit and budget headers go on streamed responses too (LiteLLM omits them there).
+        let added = if ok {
+            success_headers(
+                &call.limits.statuses,
+                &call.event.model,
+                call.budget.key_spend_nanos,
+                call.budget.key_max_budget,
+                None,
+                cost::is_priced(&call.pricing),
+            )
+        } else {
+            Vec::new()
+        };
+        let removed: &[&str] = if strip { &["content-length"] } else { &[] };
+        if !added.is_empty() || (strip && response.has("content-length")) {
+            host.set_response_headers(&merge(&response.0, &added, removed));
+        }
+        Step::Continue
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Step {
+        if self.envoy_413 {
+            if !end_of_stream {
+                return Step::Pause;
+            }
+            let limit = self.shared.config.max_request_body_bytes;
+            host.replace_response_body(body_size, &ApiError::body_too_large(limit).body());
+            return Step::Continue;
+        }
+        let Phase::Forwarded(call) = &mut self.phase else {
+            return Step::Continue;
+        };
+        if let Some(replacement) = &call.replacement_body {
+            let chunk = host.response_body(body_size);
+            let mut out = Vec::new();
+            if let Some(reader) = call.usage.as_mut() {
+                reader.feed(&chunk);
+                if end_of_stream {
+                    reader.finish();
+                }
+            }
+            if end_of_stream {
+                out.clone_from(replacement);
+            }
+            host.replace_response_body(body_size, &out);
+            return Step::Continue;
+        }
+        if call.holding_headers {
+            if !end_of_stream {
+                return Step::Pause;
+            }
+            let body = host.response_body(body_size);
+            if let Some(reader) = call.usage.as_mut() {
+                reader.feed(&body);
+                reader.finish();
+            }
+            let response_cost = final_usage(call).map(|(u, _)| cost::cost_nanos(&call.pricing, &u));
+            let added = success_headers(
+                &call.limits.statuses,
+                &call.event.model,
+                call.budget.key_spend_nanos,
+                call.budget.key_max_budget,
+                response_cost,
+                cost::is_priced(&call.pricing),
+            );
+            if !added.is_empty() {
+                host.set_response_headers(&merge(&call.response_headers, &added, &[]));
+            }
+            return Step::Continue;
+        }
+        if call.redact_body {
+            if !end_of_stream {
+                return Step::Pause;
+            }
+            if let Some(secret) = call.provider_key.as_deref() {
+                let body = host.response_body(body_size);
+                if let Some(clean) = redact_secret(&body, secret) {
+                    host.replace_response_body(body_size, &clean);
+                }
+            }
+            return Step::Continue;
+        }
+        let Some(reader) = call.usage.as_mut() else {
+            return Step::Continue;
+        };
+        let chunk = host.response_body(body_size);
+        let mut out = reader.feed(&chunk);
+        if end_of_stream {
+            out.extend_from_slice(&reader.finish());
+        }
+        if out != chunk {
+            host.replace_response_body(body_size, &out);
+        }
+        Step::Continue
+    }
+
+    /// The end of every admitted call, also after an upstream error or a client abort: settle
+    /// tokens, slots and spend, and queue the spend event.
+    pub fn on_log(&mut self, host: &impl Host) {
+        let Phase::Forwarded(mut call) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return;
+        };
+        let config = &self.shared.config;
+        let now = host.now_micros();
+        let usage = final_usage(&call);
+        let tokens = usage.map(|(u, _)| {
+            rate_limits::counted_tokens(
+                config.token_rate_limit_type,
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.total_tokens,
+                u.cached_tokens,
+            )
+        });
+        rate_limits::release(host, &call.limits, tokens, now);
+        let cost = usage.map(|(u, _)| cost::cost_nanos(&call.pricing, &u));
+        budgets::settle(host, &call.budget, cost, now, self.calendar());
+
+        let event = &mut call.event;
+        if let Some((u, estimated)) = usage {
+            event.prompt_tokens = u.prompt_tokens;
+            event.completion_tokens = u.completion_tokens;
+            event.total_tokens = u
+                .total_tokens
+                .max(u.prompt_tokens.saturating_add(u.completion_tokens));
+            event.cached_tokens = u.cached_tokens;
+            event.estimated = estimated;
+            event.status = "success".into();
+        } else {
+            event.status = "failure".into();
+        }
+        event.spend_nanos = cost.unwrap_or(0);
+        event.end_time_micros = now;
+        // LiteLLM's spend-log `request_id`: the call's id from the response, else the call id.
+        event.request_id = call
+            .usage
+            .as_ref()
+            .and_then(UsageReader::response_id)
+            .map_or_else(|| event.event_id.clone(), str::to_string);
+        if let Some(queue) = self.shared.spend_queue {
+            if let Ok(bytes) = serde_json::to_vec(event) {
+                host.enqueue(queue, &bytes);
+            }
+        }
+    }
+}
+
+/// Percent-encodes a customer id for a URL path segment.
+fn url_encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Usage of a finished call: what the provider reported, else an estimate from the prompt and
+/// the streamed text (flagged as estimated). `None` when the upstream failed.
+fn final_usage(call: &AdmittedCall) -> Option<(Usage, bool)> {
+    let status = call.upstream_status?;
+    if !(200..300).contains(&status) {
+        return None;
+    }
+    let reader = call.usage.as_ref()?;
+    if let Some(u) = reader.usage() {
+        return Some((u, false));
+    }
+    let prompt = call.prompt_tokens;
+    let completion = reader.streamed_text_chars() / 4;
+    let usage = Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        ..Default::default()
+    };
+    Some((usage, true))
+}
+
+fn model_list_body(models: &[&str]) -> Vec<u8> {
+    let data: Vec<serde_json::Value> = models
+        .iter()
+        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 1677610602, "owned_by": "openai"}))
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default()
+}

@@ -1,0 +1,591 @@
+//! Whole requests through the flow on a mock host: headers → body → lookups → response → log.
+
+use super::mock::MockHost;
+use super::*;
+use crate::budgets;
+use crate::key_format::hash_key;
+use crate::plugin_config::{Deployment, Pricing};
+use crate::records::{CustomerLookup, CustomerRecord, KeyLookup, KeyRecord, SpendEvent};
+
+const KEY: &str = "sk-known-key-0001";
+const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello there"}]}"#;
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
+
+fn config() -> PluginConfig {
+    PluginConfig {
+        sidecar_cluster: "tollgate_sidecar".into(),
+        sidecar_authority: "sidecar".into(),
+        internal_token: "internal".into(),
+        sidecar_timeout_ms: 1000,
+        negative_cache_seconds: 60,
+        max_request_body_bytes: 1 << 20,
+        rate_limit_window_seconds: 60,
+        deployments: vec![Deployment {
+            model_name: "gpt-4o".into(),
+            id: "gpt-4o-id".into(),
+            provider: "openai".into(),
+            backend_model: "gpt-4o-2024".into(),
+            cluster: "upstream_openai".into(),
+            authority: "api.openai.test".into(),
+            base_path: "/v1".into(),
+            api_key: Some("provider-secret".into()),
+            pricing: Pricing {
+                input_cost_per_token: Some(0.000_001),
+                output_cost_per_token: Some(0.000_002),
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+        budgets: crate::plugin_config::BudgetSettings {
+            proxy_max_budget: Some(1000.0),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A key with every check on: budgets (key, user, proxy) and limits (rpm, tpm, parallel).
+fn full_key() -> KeyRecord {
+    KeyRecord {
+        token: hash_key(KEY),
+        key_name: "sk-...0001".into(),
+        user_id: Some("alice".into()),
+        max_budget: Some(10.0),
+        rpm_limit: Some(100),
+        tpm_limit: Some(100_000),
+        max_parallel_requests: Some(10),
+        user_rpm_limit: Some(1000),
+        user_budget: Some(crate::records::BudgetState {
+            max_budget: Some(50.0),
+            ..Default::default()
+        }),
+        proxy_budget: Some(crate::records::BudgetState {
+            max_budget: Some(1000.0),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+struct Harness {
+    host: MockHost,
+    shared: Rc<Shared>,
+}
+
+impl Harness {
+    fn new(config: PluginConfig) -> Self {
+        let keys = ProviderKeys::of(&config.deployments);
+        let shared = Rc::new(Shared::new(config, Some(1), [7; 16]));
+        *shared.provider_keys.borrow_mut() = Some(Rc::new(keys));
+        let host = MockHost::default();
+        host.now.set(1_700_000_000_000_000);
+        crate::shared_store::ensure_lease(&host.store).unwrap();
+        Harness { host, shared }
+    }
+
+    /// The key cached as a lookup would leave it.
+    fn with_key(self, record: &KeyRecord) -> Self {
+        key_cache::put(
+            &self.host.store,
+            &self.shared.decoded,
+            &hash_key(KEY),
+            record,
+            0,
+        );
+        self
+    }
+
+    /// Headers then the whole body (two callbacks, as from Envoy); the steps of both.
+    fn send(&self, flow: &mut Flow, body: &str, extra: &[(&str, &str)]) -> (Step, Step) {
+        let mut headers = vec![
+            (":method".to_string(), "POST".to_string()),
+            (":path".to_string(), "/v1/chat/completions".to_string()),
+            (":authority".to_string(), "localhost".to_string()),
+            ("authorization".to_string(), format!("Bearer {KEY}")),
+            ("content-type".to_string(), "application/json".to_string()),
+            ("content-length".to_string(), body.len().to_string()),
+        ];
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        *self.host.request_headers.borrow_mut() = headers;
+        *self.host.request_body.borrow_mut() = body.as_bytes().to_vec();
+        *self.host.reply.borrow_mut() = None;
+        let on_headers = flow.on_request_headers(&self.host, false);
+        let on_body = flow.on_request_body(&self.host, body.len(), true);
+        (on_headers, on_body)
+    }
+
+    fn flow(&self) -> Flow {
+        Flow::new(Rc::clone(&self.shared))
+    }
+
+    /// The sidecar answers the latest dispatched call.
+    fn answer(&self, flow: &mut Flow, status: u16, body: &str) -> Step {
+        let token = u32::try_from(self.host.dispatched.borrow().len()).unwrap();
+        *self.host.call_answer.borrow_mut() = Some((status, body.as_bytes().to_vec()));
+        flow.on_call_response(&self.host, token, body.len())
+    }
+
+    /// A non-streamed JSON answer from the upstream, then the end of the call.
+    fn respond_json(&self, flow: &mut Flow, status: u16, body: &str) -> (Step, Step) {
+        *self.host.response_headers.borrow_mut() = vec![
+            (":status".to_string(), status.to_string()),
+            ("content-type".to_string(), "application/json".to_string()),
+            ("content-length".to_string(), body.len().to_string()),
+        ];
+        *self.host.response_chunk.borrow_mut() = body.as_bytes().to_vec();
+        let on_headers = flow.on_response_headers(&self.host, false);
+        let on_body = flow.on_response_body(&self.host, body.len(), true);
+        flow.on_log(&self.host);
+        (on_headers, on_body)
+    }
+
+    fn events(&self) -> Vec<SpendEvent> {
+        self.host
+            .queue
+            .borrow()
+            .iter()
+            .map(|e| serde_json::from_slice(e).unwrap())
+            .collect()
+    }
+
+    fn reply_status(&self) -> Option<u16> {
+        self.host.reply.borrow().as_ref().map(|r| r.status)
+    }
+}
+
+fn upstream_body(host: &MockHost) -> serde_json::Value {
+    serde_json::from_slice(&host.request_body.borrow()).unwrap()
+}
+
+#[test]
+fn known_key_is_admitted_rewritten_charged_and_settled() {
+    let h = Harness::new(config()).with_key(&full_key());
+    let mut flow = h.flow();
+    assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Continue));
+    assert!(h.host.dispatched.borrow().is_empty());
+    // Routed to the deployment, with the provider's key and model instead of the caller's.
+    let header = |n: &str| h.host.request_header(n);
+    assert_eq!(
+        header("authorization").as_deref(),
+        Some("Bearer provider-secret")
+    );
+    assert_eq!(
+        header("x-tollgate-cluster").as_deref(),
+        Some("upstream_openai")
+    );
+    assert_eq!(header(":authority").as_deref(), Some("api.openai.test"));
+    assert_eq!(upstream_body(&h.host)["model"], "gpt-4o-2024");
+    assert_eq!(
+        header("content-length"),
+        Some(h.host.request_body.borrow().len().to_string())
+    );
+
+    // The JSON answer is held for its cost header, then the call settles.
+    assert_eq!(
+        h.respond_json(&mut flow, 200, ANSWER),
+        (Step::Pause, Step::Continue)
+    );
+    // 10 prompt tokens at $1e-6 and 5 completion tokens at $2e-6.
+    assert_eq!(
+        h.host
+            .response_header_value("x-litellm-response-cost")
+            .as_deref(),
+        Some("2e-05")
+    );
+    let events = h.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].spend_nanos, 20_000);
+    assert_eq!(events[0].total_tokens, 15);
+    assert_eq!(events[0].status, "success");
+    assert_eq!(events[0].request_id, "chatcmpl-1");
+    // The key's counter holds the spend, and no reservation is left.
+    let key_scope = crate::admission::budget_scopes(
+        &h.shared.config,
+        &crate::admission::Caller::VirtualKey {
+            record: Rc::new(full_key()),
+            raw_last4: "0001".into(),
+        },
+        "gpt-4o",
+        &h.shared.config.deployments[0].pricing,
+        None,
+    );
+    let counter = budgets::read(&h.host.store, &key_scope[0]).unwrap();
+    assert_eq!((counter.spend, counter.reserved), (20_000, 0));
+}
+
+#[test]
+fn unknown_key_is_looked_up_once_then_cached() {
+    let h = Harness::new(config());
+    let mut flow = h.flow();
+    // The lookup is under way when the body completes: the answer decides and resumes.
+    assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+    assert_eq!(
+        h.host.dispatched.borrow().as_slice(),
+        [format!("/tollgate/internal/v1/keys/{}", hash_key(KEY))]
+    );
+    let found = KeyLookup::Found {
+        key: Box::new(full_key()),
+        seq: 3,
+    };
+    let step = h.answer(&mut flow, 200, &serde_json::to_string(&found).unwrap());
+    assert_eq!(step, Step::Continue);
+    assert_eq!(
+        h.host.request_header("authorization").as_deref(),
+        Some("Bearer provider-secret")
+    );
+    h.respond_json(&mut flow, 200, ANSWER);
+    // The next request finds the record in shared data.
+    let mut again = h.flow();
+    assert_eq!(h.send(&mut again, CHAT, &[]), (Step::Pause, Step::Continue));
+    assert_eq!(h.host.dispatched.borrow().len(), 1);
+
+    // A key the sidecar does not know: 401, remembered.
+    let h = Harness::new(config());
+    let mut flow = h.flow();
+    h.send(&mut flow, CHAT, &[]);
+    assert_eq!(
+        h.answer(&mut flow, 200, r#"{"status":"not_found"}"#),
+        Step::Pause
+    );
+    assert_eq!(h.reply_status(), Some(401));
+    let mut again = h.flow();
+    assert_eq!(h.send(&mut again, CHAT, &[]), (Step::Pause, Step::Pause));
+    assert_eq!(h.reply_status(), Some(401));
+    assert_eq!(h.host.dispatched.borrow().len(), 1);
+
+    // The sidecar down: 503, and the request is not forwarded.
+    let h = Harness::new(config());
+    let mut flow = h.flow();
+    h.send(&mut flow, CHAT, &[]);
+    assert_eq!(h.answer(&mut flow, 500, ""), Step::Pause);
+    assert_eq!(h.reply_status(), Some(503));
+}
+
+#[test]
+fn key_lookup_answered_before_the_body_waits_for_it() {
+    let h = Harness::new(config());
+    let mut flow = h.flow();
+    *h.host.request_headers.borrow_mut() = vec![
+        (":method".into(), "POST".into()),
+        (":path".into(), "/v1/chat/completions".into()),
+        ("authorization".into(), format!("Bearer {KEY}")),
+    ];
+    *h.host.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
+    assert_eq!(flow.on_request_headers(&h.host, false), Step::Pause);
+    let found = KeyLookup::Found {
+        key: Box::new(full_key()),
+        seq: 0,
+    };
+    assert_eq!(
+        h.answer(&mut flow, 200, &serde_json::to_string(&found).unwrap()),
+        Step::Pause
+    );
+    assert_eq!(flow.on_request_body(&h.host, 10, false), Step::Pause);
+    assert_eq!(
+        flow.on_request_body(&h.host, CHAT.len(), true),
+        Step::Continue
+    );
+}
+
+#[test]
+fn customer_lookup_completes_the_prepared_admission() {
+    let h = Harness::new(config()).with_key(&full_key());
+    let body = r#"{"model":"gpt-4o","user":"cust-1","messages":[{"role":"user","content":"hi"}]}"#;
+    let mut flow = h.flow();
+    assert_eq!(h.send(&mut flow, body, &[]), (Step::Pause, Step::Pause));
+    assert_eq!(
+        h.host.dispatched.borrow().as_slice(),
+        ["/tollgate/internal/v1/customers/cust-1".to_string()]
+    );
+    let found = CustomerLookup::Found {
+        customer: Box::new(CustomerRecord {
+            user_id: "cust-1".into(),
+            ..Default::default()
+        }),
+    };
+    h.host.clear_calls();
+    let step = h.answer(&mut flow, 200, &serde_json::to_string(&found).unwrap());
+    assert_eq!(step, Step::Continue);
+    // Admission went on from where it stopped: the body is not read again, the key not
+    // looked up again, and the round-robin counter moved once.
+    assert_eq!(h.host.count_of("request_body"), 0);
+    assert_eq!(h.host.count_of("request_headers"), 0);
+    assert_eq!(h.shared.pick.get(), 1);
+    assert_eq!(
+        h.host.request_header("authorization").as_deref(),
+        Some("Bearer provider-secret")
+    );
+    h.respond_json(&mut flow, 200, ANSWER);
+    assert_eq!(h.events()[0].end_user.as_deref(), Some("cust-1"));
+
+    // A blocked customer is refused after the lookup; the answer is cached for the next call.
+    let h = Harness::new(config()).with_key(&full_key());
+    let mut flow = h.flow();
+    h.send(&mut flow, body, &[]);
+    let blocked = CustomerLookup::Found {
+        customer: Box::new(CustomerRecord {
+            user_id: "cust-1".into(),
+            blocked: true,
+            ..Default::default()
+        }),
+    };
+    let step = h.answer(&mut flow, 200, &serde_json::to_string(&blocked).unwrap());
+    assert_eq!((step, h.reply_status()), (Step::Pause, Some(401)));
+    let mut again = h.flow();
+    assert_eq!(h.send(&mut again, body, &[]), (Step::Pause, Step::Pause));
+    assert_eq!(h.reply_status(), Some(401));
+    assert_eq!(h.host.dispatched.borrow().len(), 1);
+}
+
+#[test]
+fn budget_refusal_answers_locally_and_holds_nothing() {
+    let mut key = full_key();
+    key.max_budget = Some(0.001);
+    key.spend_nanos = 1_000_000;
+    let h = Harness::new(config()).with_key(&key);
+    let mut flow = h.flow();
+    assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+    let reply = h.host.reply.borrow().clone().unwrap();
+    assert_eq!(reply.status, h.shared.config.budgets.exceeded_status_code);
+    assert!(String::from_utf8_lossy(&reply.body).contains("budget_exceeded"));
+    // Not forwarded: the caller's key was not swapped, nothing settles or is queued.
+    assert_eq!(
+        h.host.request_header("authorization"),
+        Some(format!("Bearer {KEY}"))
+    );
+    flow.on_log(&h.host);
+    assert!(h.host.queue.borrow().is_empty());
+}
+
+#[test]
+fn rate_limit_refusal_gives_the_budget_reservation_back() {
+    let mut key = full_key();
+    key.rpm_limit = Some(1);
+    let h = Harness::new(config()).with_key(&key);
+    let mut first = h.flow();
+    assert_eq!(h.send(&mut first, CHAT, &[]).1, Step::Continue);
+    let mut second = h.flow();
+    assert_eq!(h.send(&mut second, CHAT, &[]), (Step::Pause, Step::Pause));
+    assert_eq!(h.reply_status(), Some(429));
+    let reply = h.host.reply.borrow().clone().unwrap();
+    assert!(reply.headers.iter().any(|(k, _)| k == "retry-after"));
+    // Only the first call's reservation is held on the key's budget.
+    let caller = crate::admission::Caller::VirtualKey {
+        record: Rc::new(key.clone()),
+        raw_last4: "0001".into(),
+    };
+    let scopes = crate::admission::budget_scopes(
+        &h.shared.config,
+        &caller,
+        "gpt-4o",
+        &h.shared.config.deployments[0].pricing,
+        None,
+    );
+    let reserved_one = budgets::read(&h.host.store, &scopes[0]).unwrap().reserved;
+    h.respond_json(&mut first, 200, ANSWER);
+    let after = budgets::read(&h.host.store, &scopes[0]).unwrap();
+    assert!(reserved_one > 0);
+    assert_eq!((after.spend, after.reserved), (20_000, 0));
+}
+
+#[test]
+fn streamed_response_passes_through_with_the_usage_chunk_hidden() {
+    let h = Harness::new(config()).with_key(&full_key());
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut flow = h.flow();
+    assert_eq!(h.send(&mut flow, body, &[]).1, Step::Continue);
+    assert_eq!(
+        upstream_body(&h.host)["stream_options"]["include_usage"],
+        true
+    );
+    *h.host.response_headers.borrow_mut() = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "text/event-stream".into()),
+    ];
+    assert_eq!(flow.on_response_headers(&h.host, false), Step::Continue);
+    assert!(h
+        .host
+        .response_header_value("x-ratelimit-api_key-remaining-requests")
+        .is_some());
+    let content =
+        "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hello\"}}]}\n\n";
+    let usage = "data: {\"id\":\"c1\",\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":2,\"total_tokens\":10}}\n\ndata: [DONE]\n\n";
+    *h.host.response_chunk.borrow_mut() = content.as_bytes().to_vec();
+    assert_eq!(
+        flow.on_response_body(&h.host, content.len(), false),
+        Step::Continue
+    );
+    assert_eq!(
+        h.host.response_chunk.borrow().as_slice(),
+        content.as_bytes()
+    );
+    *h.host.response_chunk.borrow_mut() = usage.as_bytes().to_vec();
+    assert_eq!(
+        flow.on_response_body(&h.host, usage.len(), true),
+        Step::Continue
+    );
+    let out = String::from_utf8(h.host.response_chunk.borrow().clone()).unwrap();
+    assert!(!out.contains("usage"), "{out}");
+    assert!(out.contains("[DONE]"), "{out}");
+    flow.on_log(&h.host);
+    let events = h.events();
+    assert_eq!(
+        (events[0].prompt_tokens, events[0].completion_tokens),
+        (8, 2)
+    );
+    assert_eq!(events[0].spend_nanos, 12_000);
+}
+
+#[test]
+fn requests_not_ours_pass_untouched() {
+    let h = Harness::new(config());
+    let mut flow = h.flow();
+    *h.host.request_headers.borrow_mut() = vec![
+        (":method".into(), "POST".into()),
+        (":path".into(), "/key/generate".into()),
+    ];
+    assert_eq!(flow.on_request_headers(&h.host, false), Step::Continue);
+    assert_eq!(flow.on_request_body(&h.host, 10, true), Step::Continue);
+    assert_eq!(h.host.call_count(), 1);
+}
+
+/// Host calls per request kind, so a change that adds one is seen in review. Shared data
+/// `get`/`set` are one host call each.
+mod host_calls {
+    use super::*;
+
+    fn known_key_request(body: &str, h: &Harness) -> Flow {
+        // A first request warms the worker's decoded record (as on a running filter).
+        let mut warm = h.flow();
+        h.send(&mut warm, body, &[]);
+        h.respond_json(&mut warm, 200, ANSWER);
+        h.host.clear_calls();
+        let mut flow = h.flow();
+        h.send(&mut flow, body, &[]);
+        flow
+    }
+
+    fn counts(h: &Harness) -> String {
+        let mut names: Vec<&str> = h.host.calls.borrow().clone();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .iter()
+            .map(|n| format!("{n}={}", h.host.count_of(n)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn known_key_non_streamed_every_check_on() {
+        let h = Harness::new(config()).with_key(&full_key());
+        let mut flow = known_key_request(CHAT, &h);
+        assert_eq!(
+            counts(&h),
+            "now=2 replace_request_body=1 request_body=1 request_headers=1 \
+             set_request_header=5 shared_get=6 shared_set=5"
+        );
+        h.host.clear_calls();
+        h.respond_json(&mut flow, 200, ANSWER);
+        assert_eq!(
+            counts(&h),
+            "enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
+             shared_get=4 shared_set=4"
+        );
+    }
+
+    #[test]
+    fn known_key_streamed() {
+        let h = Harness::new(config()).with_key(&full_key());
+        let body =
+            r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let mut flow = known_key_request(body, &h);
+        assert_eq!(
+            counts(&h),
+            "now=2 replace_request_body=1 request_body=1 request_headers=1 \
+             set_request_header=5 shared_get=6 shared_set=5"
+        );
+        h.host.clear_calls();
+        *h.host.response_headers.borrow_mut() = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "text/event-stream".into()),
+        ];
+        flow.on_response_headers(&h.host, false);
+        let chunks = [
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hello\"}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":8,\"completion_tokens\":2,\"total_tokens\":10}}\n\ndata: [DONE]\n\n",
+        ];
+        for (i, chunk) in chunks.iter().enumerate() {
+            *h.host.response_chunk.borrow_mut() = chunk.as_bytes().to_vec();
+            flow.on_response_body(&h.host, chunk.len(), i == 1);
+        }
+        flow.on_log(&h.host);
+        assert_eq!(
+            counts(&h),
+            "enqueue=1 now=1 replace_response_body=1 response_body=2 response_headers=1 \
+             set_response_headers=1 shared_get=4 shared_set=4"
+        );
+    }
+
+    #[test]
+    fn refused() {
+        let mut key = full_key();
+        key.max_budget = Some(0.001);
+        key.spend_nanos = 1_000_000;
+        let h = Harness::new(config()).with_key(&key);
+        known_key_request(CHAT, &h);
+        assert_eq!(
+            counts(&h),
+            "now=2 request_body=1 request_headers=1 send_response=1 shared_get=5 shared_set=2",
+            "budget"
+        );
+
+        let mut key = full_key();
+        key.rpm_limit = Some(0);
+        let h = Harness::new(config()).with_key(&key);
+        known_key_request(CHAT, &h);
+        assert_eq!(
+            counts(&h),
+            "now=2 request_body=1 request_headers=1 send_response=1 shared_get=11 shared_set=8",
+            "rate limit"
+        );
+
+        // No credential: refused on the headers alone.
+        let h = Harness::new(config());
+        let mut flow = h.flow();
+        *h.host.request_headers.borrow_mut() = vec![
+            (":method".into(), "POST".into()),
+            (":path".into(), "/v1/chat/completions".into()),
+        ];
+        assert_eq!(flow.on_request_headers(&h.host, false), Step::Pause);
+        assert_eq!(flow.on_request_body(&h.host, 10, true), Step::Pause);
+        assert_eq!(h.reply_status(), Some(401));
+        assert_eq!(
+            counts(&h),
+            "now=1 request_headers=1 send_response=1",
+            "no key"
+        );
+    }
+
+    #[test]
+    fn customer_lookup_answer() {
+        let h = Harness::new(config()).with_key(&full_key());
+        let body =
+            r#"{"model":"gpt-4o","user":"cust-1","messages":[{"role":"user","content":"hi"}]}"#;
+        known_key_request(CHAT, &h);
+        let mut flow = h.flow();
+        h.send(&mut flow, body, &[]);
+        h.host.clear_calls();
+        let found = CustomerLookup::NotFound {
+            default_budget: None,
+        };
+        h.answer(&mut flow, 200, &serde_json::to_string(&found).unwrap());
+        // Admission goes on from the prepared half: before the flow it started again (the body
+        // read and parsed again, the customer read back from shared data: two more calls).
+        assert_eq!(
+            counts(&h),
+            "call_response_body=1 call_response_status=1 now=1 replace_request_body=1 \
+             set_request_header=5 shared_get=5 shared_set=6"
+        );
+    }
+}
