@@ -12,7 +12,7 @@ use crate::duration::{add_duration, next_reset_at_str, parse_duration, ZoneOffse
 use crate::errors::ApiError;
 use crate::shared_store::{update, Decision, StoreError, VersionedStore};
 
-const PREFIX: &str = "tollgate:v1:budget:";
+use crate::contract::BUDGET_PREFIX as PREFIX;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Level {

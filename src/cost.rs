@@ -55,15 +55,19 @@ pub fn strip_model_name(model: &str, provider: Option<&str>) -> String {
     model.to_string()
 }
 
-fn usd_to_nanos(usd: f64) -> i64 {
-    if !usd.is_finite() || usd <= 0.0 {
-        return 0;
-    }
-    let nanos = (usd * NANOS_PER_USD as f64).round();
-    if nanos >= i64::MAX as f64 {
-        i64::MAX
+/// USD → nano-dollars, rounded; NaN → 0, out of range saturates. The one conversion, used by
+/// the filter and the sidecar.
+pub fn usd_to_nanos(usd: f64) -> i64 {
+    // `as` saturates and maps NaN to 0.
+    (usd * NANOS_PER_USD as f64).round() as i64
+}
+
+/// A call's cost: never negative, and nothing for a price that is not a number.
+fn charge_nanos(usd: f64) -> i64 {
+    if usd.is_finite() {
+        usd_to_nanos(usd).max(0)
     } else {
-        nanos as i64
+        0
     }
 }
 
@@ -83,7 +87,7 @@ pub fn cost_nanos(pricing: &Pricing, usage: &Usage) -> i64 {
         + cached as f64 * cache_read
         + text_out as f64 * output
         + reasoning as f64 * reasoning_rate;
-    usd_to_nanos(usd)
+    charge_nanos(usd)
 }
 
 /// The most a call can cost: the prompt estimate at the input rate plus its output cap at the
@@ -91,21 +95,17 @@ pub fn cost_nanos(pricing: &Pricing, usage: &Usage) -> i64 {
 pub fn max_cost_nanos(pricing: &Pricing, prompt_tokens: u64, output_tokens: u64) -> i64 {
     let input = pricing.input_cost_per_token.unwrap_or(0.0);
     let output = pricing.output_cost_per_token.unwrap_or(0.0);
-    usd_to_nanos(prompt_tokens as f64 * input + output_tokens as f64 * output)
+    charge_nanos(prompt_tokens as f64 * input + output_tokens as f64 * output)
 }
 
+/// Nano-dollars → USD. Exact enough to round-trip through [`usd_to_nanos`] below ~$4.5M.
 pub fn nanos_to_usd(nanos: i64) -> f64 {
     nanos as f64 / NANOS_PER_USD as f64
 }
 
+/// A budget's limit: never negative, an infinite budget saturates.
 pub fn usd_to_budget_nanos(usd: f64) -> i64 {
-    if usd.is_nan() || usd <= 0.0 {
-        0
-    } else if usd.is_infinite() || usd * NANOS_PER_USD as f64 >= i64::MAX as f64 {
-        i64::MAX
-    } else {
-        (usd * NANOS_PER_USD as f64).round() as i64
-    }
+    usd_to_nanos(usd).max(0)
 }
 
 /// Python's `str(float)`: `0.0`, `0.02`, `1e-05`, `1.5e+16` (LiteLLM's header and message format).
@@ -227,5 +227,21 @@ mod tests {
         assert_eq!(usd_to_budget_nanos(f64::INFINITY), i64::MAX);
         assert_eq!(usd_to_budget_nanos(-1.0), 0);
         assert_eq!(usd_to_budget_nanos(0.5), 500_000_000);
+        assert_eq!(usd_to_budget_nanos(f64::NAN), 0);
+    }
+
+    #[test]
+    fn one_conversion_both_ways() {
+        // The sidecar's figures may be negative (refunds); costs and budgets never are.
+        assert_eq!(usd_to_nanos(-0.25), -250_000_000);
+        assert_eq!(usd_to_nanos(f64::NAN), 0);
+        assert_eq!(usd_to_nanos(1e30), i64::MAX);
+        assert_eq!(usd_to_nanos(0.1 + 0.2), 300_000_000);
+        assert_eq!(
+            nanos_to_usd(usd_to_nanos(4_000_000.000_000_001)),
+            4_000_000.000_000_001
+        );
+        assert_eq!(charge_nanos(f64::INFINITY), 0);
+        assert_eq!(charge_nanos(-1.0), 0);
     }
 }

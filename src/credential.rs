@@ -2,15 +2,7 @@
 
 use crate::errors::ApiError;
 
-/// Headers LiteLLM reads a key from, first match wins. `Authorization` is special-cased.
-const KEY_HEADERS: [&str; 6] = [
-    "x-litellm-api-key",
-    "authorization",
-    "api-key",
-    "x-api-key",
-    "x-goog-api-key",
-    "ocp-apim-subscription-key",
-];
+use crate::contract::CREDENTIAL_HEADERS as KEY_HEADERS;
 
 fn strip_bearer(value: &str) -> &str {
     let v = value.trim();

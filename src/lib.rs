@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod budgets;
+pub mod contract;
 pub mod cost;
 pub mod credential;
 pub mod duration;

@@ -7,8 +7,7 @@ use crate::plugin_config::{Deployment, PluginConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// The sidecar's internal endpoint that answers [`ProviderKeys`] (internal bearer only).
-pub const PROVIDER_KEYS_PATH: &str = "/tollgate/internal/v1/provider-keys";
+pub use crate::contract::PROVIDER_KEYS_PATH;
 
 /// Every deployment's provider key, by deployment id, and a fingerprint that changes with them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use crate::duration::civil_from_unix;
 use crate::errors::ApiError;
 use crate::shared_store::{update, Decision, StoreError, VersionedStore};
 
-const PREFIX: &str = "tollgate:v1:rl:";
+use crate::contract::RATE_LIMIT_PREFIX as PREFIX;
 
 /// One scope a request counts against, e.g. `api_key` = `<hash>`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -246,8 +246,7 @@ pub struct Changes {
     pub provider_keys: Option<String>,
 }
 
-/// Response header of mutating admin calls: comma-separated entries as in [`Changes`].
-pub const INVALIDATE_HEADER: &str = "x-tollgate-invalidate";
+pub use crate::contract::INVALIDATE_HEADER;
 
 /// How the filter stores a cached record in shared data: `<epoch> <seq>\n<json>`, where
 /// `epoch` is the invalidate-everything generation it was stored under and `seq` the change-log

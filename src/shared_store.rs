@@ -23,8 +23,7 @@ pub trait VersionedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
 }
 
-/// The lease key guarding entry creation.
-pub const CREATE_LEASE_KEY: &str = "tollgate:v1:create-lease";
+pub use crate::contract::CREATE_LEASE_KEY;
 /// How many CAS attempts before giving up on one update.
 pub const MAX_ATTEMPTS: usize = 64;
 /// A lease older than this (µs) is considered abandoned and may be taken over.

@@ -4,17 +4,17 @@
 
 use super::host;
 use super::http::TollgateHttp;
+use crate::contract::{self, CHANGES_SEQ_KEY, PROVIDER_KEYS_PATH, SPEND_QUEUE};
 use crate::flow::{key_cache, Shared};
 use crate::plugin_config::PluginConfig;
-use crate::provider_keys::{ProviderKeys, PROVIDER_KEYS_PATH};
+use crate::provider_keys::ProviderKeys;
+use crate::records::Changes;
 use crate::shared_store::{self, update, Decision, VersionedStore};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Name of the shared queue of spend events.
-pub const SPEND_QUEUE: &str = "tollgate_spend_v1";
 /// Most events sent in one batch.
 const MAX_BATCH: usize = 1000;
 /// Most batches one worker has in flight; the queue is drained up to this each tick, so the
@@ -33,19 +33,6 @@ pub struct TollgateRoot {
     keys_fetch: Option<u32>,
 }
 
-/// The change-log position this Envoy has applied (shared by all workers).
-const CHANGES_SEQ_KEY: &str = "tollgate:v1:changes-seq";
-
-#[derive(serde::Deserialize)]
-struct Changes {
-    seq: u64,
-    #[serde(default)]
-    entries: Vec<String>,
-    /// The sidecar's provider-keys fingerprint.
-    #[serde(default)]
-    provider_keys: Option<String>,
-}
-
 impl TollgateRoot {
     /// Asks the sidecar what changed since the last position this Envoy applied, so changes
     /// made through another Envoy (or directly on the sidecar) take effect here too.
@@ -56,13 +43,13 @@ impl TollgateRoot {
         }
         let since = host::SharedData
             .get(CHANGES_SEQ_KEY)
-            .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+            .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
             .unwrap_or(0);
         let config = &shared.config;
         if let Ok(token) = host::dispatch_get(
             &config.sidecar_cluster,
             &config.sidecar_authority,
-            &format!("/tollgate/internal/v1/changes?since={since}"),
+            &contract::changes_path(since),
             &format!("Bearer {}", config.internal_token),
             Duration::from_millis(config.sidecar_timeout_ms.max(1000)),
         ) {
@@ -133,12 +120,12 @@ impl TollgateRoot {
                 &shared.decoded,
                 &changes.entries.join(","),
                 now,
-                i64::try_from(changes.seq).ok(),
+                Some(changes.seq),
             );
         }
         let _ = update(&host::SharedData, CHANGES_SEQ_KEY, now, |v| {
             let current = v
-                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+                .and_then(|b| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
                 .unwrap_or(0);
             if changes.seq > current {
                 Decision::Write(changes.seq.to_string().into_bytes(), ())
@@ -176,22 +163,12 @@ impl TollgateRoot {
         let Some(shared) = &self.shared else {
             return false;
         };
-        // Events are already JSON: splice them into the batch instead of decoding each one.
-        let size = raw.iter().map(Vec::len).sum::<usize>() + raw.len() + 16;
-        let mut body = Vec::with_capacity(size);
-        body.extend_from_slice(b"{\"events\":[");
-        for (i, event) in raw.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(event);
-        }
-        body.extend_from_slice(b"]}");
+        let body = contract::spend_batch_body(&raw);
         let config = &shared.config;
         match host::dispatch_post(
             &config.sidecar_cluster,
             &config.sidecar_authority,
-            "/tollgate/internal/v1/spend",
+            contract::SPEND_PATH,
             &format!("Bearer {}", config.internal_token),
             &body,
             Duration::from_millis(config.sidecar_timeout_ms.max(1000)),

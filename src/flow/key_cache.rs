@@ -14,12 +14,12 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-const KEY_PREFIX: &str = "tollgate:v1:key:";
-/// The negative cache is a fixed set of slots (first 3 hex digits of the hash), so random
-/// unknown keys cannot grow shared data without bound.
-const NEGATIVE_PREFIX: &str = "tollgate:v1:unknown:";
-const EPOCH_KEY: &str = "tollgate:v1:key-epoch";
-const CUSTOMER_PREFIX: &str = "tollgate:v1:customer:";
+// The negative cache is a fixed set of slots (first 3 hex digits of the hash), so random
+// unknown keys cannot grow shared data without bound.
+use crate::contract::{
+    CUSTOMER_PREFIX, KEY_EPOCH_KEY as EPOCH_KEY, KEY_RECORD_PREFIX as KEY_PREFIX,
+    UNKNOWN_KEY_PREFIX as NEGATIVE_PREFIX,
+};
 
 /// Most decoded records a worker keeps; past it the map starts afresh (records stay in
 /// shared data, so this only costs a decode).

@@ -5,6 +5,7 @@
 use super::{key_cache, send_error, Host, Shared, SidecarCall};
 use crate::admission::{self, Admitted, Caller};
 use crate::budgets::{self, BudgetTicket, Calendar};
+use crate::contract::{self, CREDENTIAL_HEADERS};
 use crate::cost;
 use crate::credential::extract_credential;
 use crate::errors::ApiError;
@@ -18,16 +19,6 @@ use crate::usage::{BodyKind, Usage, UsageReader};
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Duration;
-
-/// Headers that may carry the caller's credential; none of them may reach the provider.
-const CREDENTIAL_HEADERS: [&str; 6] = [
-    "x-litellm-api-key",
-    "api-key",
-    "x-api-key",
-    "x-goog-api-key",
-    "ocp-apim-subscription-key",
-    "authorization",
-];
 
 /// Largest non-streamed response body read for usage (and held for cost headers), bytes.
 const MAX_USAGE_BUFFER: usize = 4 * 1024 * 1024;
@@ -316,7 +307,7 @@ impl Flow {
             key_cache::Cached::Unknown => Err(ApiError::invalid_api_key()),
             key_cache::Cached::Missing => {
                 let token = self
-                    .sidecar_get(host, &format!("/tollgate/internal/v1/keys/{hash}"))
+                    .sidecar_get(host, &contract::key_path(&hash))
                     .ok_or_else(|| {
                         ApiError::service_unavailable(
                             "Tollgate could not verify this key: the key service is unreachable.",
@@ -472,10 +463,7 @@ impl Flow {
         let Some(id) = prepared.end_user.clone() else {
             return Step::Pause;
         };
-        match self.sidecar_get(
-            host,
-            &format!("/tollgate/internal/v1/customers/{}", url_encode(&id)),
-        ) {
+        match self.sidecar_get(host, &contract::customer_path(&id)) {
             Some(token) => {
                 self.phase = Phase::AwaitCustomer {
                     token,
@@ -946,19 +934,6 @@ impl Flow {
             }
         }
     }
-}
-
-/// Percent-encodes a customer id for a URL path segment.
-fn url_encode(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Usage of a finished call: what the provider reported, else an estimate from the prompt and

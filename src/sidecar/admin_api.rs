@@ -157,19 +157,19 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/spend/logs", get(spend::spend_logs))
         .route("/global/spend", get(spend::global_spend))
         .route(
-            "/tollgate/internal/v1/keys/{hash}",
+            &format!("{}{{hash}}", crate::contract::KEYS_PATH),
             get(internal::internal_key),
         )
         .route(
-            "/tollgate/internal/v1/customers/{id}",
+            &format!("{}{{id}}", crate::contract::CUSTOMERS_PATH),
             get(internal::internal_customer),
         )
         .route(
-            "/tollgate/internal/v1/changes",
+            crate::contract::CHANGES_PATH,
             get(internal::internal_changes),
         )
         .route(
-            "/tollgate/internal/v1/spend",
+            crate::contract::SPEND_PATH,
             post(internal::internal_spend).layer(axum::extract::DefaultBodyLimit::max(spend_limit)),
         )
         .route("/tollgate/internal/v1/proxy", get(internal::internal_proxy))
@@ -219,7 +219,7 @@ async fn bounded_body(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use futures_core::Stream;
-    let limit = if req.uri().path() == "/tollgate/internal/v1/spend" {
+    let limit = if req.uri().path() == crate::contract::SPEND_PATH {
         spend_limit
     } else {
         limit

@@ -4,7 +4,7 @@
 //! Each entity is a JSON document (its LiteLLM fields) plus the columns it is looked up by, so
 //! new LiteLLM fields need no migration.
 //!
-//! Money: spend is integer nano-dollars ([`NANOS_PER_USD`]). In the key, user and end-user
+//! Money: spend is integer nano-dollars ([`NANOS_PER_USD`](crate::records::NANOS_PER_USD)). In the key, user and end-user
 //! documents `spend_nanos` is authoritative and LiteLLM's `spend` (float USD, what the API shows)
 //! is derived from it on every write; `spend_logs.spend_nanos` and `proxy_budget.spend_nanos` are
 //! INTEGER columns. A document written before `spend_nanos` existed (`spend_nanos` 0, `spend` not)
@@ -16,7 +16,7 @@
 
 use crate::duration::{format_iso8601_utc, next_reset_at_str, parse_iso8601_utc};
 use crate::plugin_config::BudgetSettings;
-use crate::records::{BudgetState, SpendBatch, SpendEvent, NANOS_PER_USD};
+use crate::records::{BudgetState, SpendBatch, SpendEvent};
 use anyhow::{Context, Result};
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -165,16 +165,7 @@ impl ProxyBudgetRow {
 /// LiteLLM's user id for the proxy-wide budget row.
 pub const PROXY_BUDGET_ID: &str = "litellm-proxy-budget";
 
-/// USD → nano-dollars, rounded; NaN → 0, out of range saturates.
-pub fn usd_to_nanos(usd: f64) -> i64 {
-    // `as` saturates and maps NaN to 0.
-    (usd * NANOS_PER_USD as f64).round() as i64
-}
-
-/// Nano-dollars → USD. Exact enough to round-trip through [`usd_to_nanos`] below ~$4.5M.
-pub fn nanos_to_usd(nanos: i64) -> f64 {
-    nanos as f64 / NANOS_PER_USD as f64
-}
+pub use crate::cost::{nanos_to_usd, usd_to_nanos};
 
 /// Timezone and time of day that budget periods align to (`litellm_settings.timezone`,
 /// `budget_reset_time`).

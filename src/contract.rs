@@ -1,0 +1,148 @@
+//! The contract between the filter and the sidecar, in one place: the internal API's paths and
+//! headers, the spend batch's encoding, and every shared-data key and queue the filter uses.
+//! The request and answer bodies are the types of [`crate::records`] ([`KeyLookup`],
+//! [`CustomerLookup`], [`Changes`], [`SpendBatch`]) and [`crate::provider_keys::ProviderKeys`].
+//!
+//! [`KeyLookup`]: crate::records::KeyLookup
+//! [`CustomerLookup`]: crate::records::CustomerLookup
+//! [`Changes`]: crate::records::Changes
+//! [`SpendBatch`]: crate::records::SpendBatch
+
+/// `GET {KEYS_PATH}{hash}` → `KeyLookup`.
+pub const KEYS_PATH: &str = "/tollgate/internal/v1/keys/";
+/// `GET {CUSTOMERS_PATH}{id}` (percent-encoded) → `CustomerLookup`.
+pub const CUSTOMERS_PATH: &str = "/tollgate/internal/v1/customers/";
+/// `GET {CHANGES_PATH}?since=<seq>` → `Changes`.
+pub const CHANGES_PATH: &str = "/tollgate/internal/v1/changes";
+/// `POST` a `SpendBatch` ([`spend_batch_body`]).
+pub const SPEND_PATH: &str = "/tollgate/internal/v1/spend";
+/// `GET` → `ProviderKeys`.
+pub const PROVIDER_KEYS_PATH: &str = "/tollgate/internal/v1/provider-keys";
+
+/// Response header of mutating admin calls: comma-separated entries as in `Changes` (key token
+/// hashes, `customer:<id>`, or `*`). The filter applies and removes it.
+pub const INVALIDATE_HEADER: &str = "x-tollgate-invalidate";
+
+/// Headers a caller's key is read from, in LiteLLM's order (first match wins;
+/// `authorization` is special-cased). None of them may reach the provider: the same list is
+/// stripped before forwarding.
+pub const CREDENTIAL_HEADERS: [&str; 6] = [
+    "x-litellm-api-key",
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+    "ocp-apim-subscription-key",
+];
+
+/// The filter's shared queue of spend events (JSON `SpendEvent`s).
+pub const SPEND_QUEUE: &str = "tollgate_spend_v1";
+
+// Shared data, process-wide for one `vm_id`: every key is prefixed `tollgate:v1:`, since Istio
+// plugins without a `vm_id` share one namespace.
+/// A cached key record by token hash (`records::cached_record_header` + JSON).
+pub const KEY_RECORD_PREFIX: &str = "tollgate:v1:key:";
+/// The negative cache: a fixed set of slots (first 3 hex digits of the hash).
+pub const UNKNOWN_KEY_PREFIX: &str = "tollgate:v1:unknown:";
+/// The invalidate-everything generation.
+pub const KEY_EPOCH_KEY: &str = "tollgate:v1:key-epoch";
+/// A cached customer lookup by customer id.
+pub const CUSTOMER_PREFIX: &str = "tollgate:v1:customer:";
+/// The change-log position this Envoy has applied.
+pub const CHANGES_SEQ_KEY: &str = "tollgate:v1:changes-seq";
+/// The lease guarding creation of shared-data entries (`shared_store`).
+pub const CREATE_LEASE_KEY: &str = "tollgate:v1:create-lease";
+/// Budget counters: `<prefix><level>:<id>`.
+pub const BUDGET_PREFIX: &str = "tollgate:v1:budget:";
+/// Rate-limit windows: `<prefix><kind>:<value>`.
+pub const RATE_LIMIT_PREFIX: &str = "tollgate:v1:rl:";
+
+/// The key lookup's path.
+pub fn key_path(hash: &str) -> String {
+    format!("{KEYS_PATH}{hash}")
+}
+
+/// The customer lookup's path, the id percent-encoded as one path segment.
+pub fn customer_path(id: &str) -> String {
+    let mut out = String::with_capacity(CUSTOMERS_PATH.len() + id.len());
+    out.push_str(CUSTOMERS_PATH);
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The change-log poll's path.
+pub fn changes_path(since: i64) -> String {
+    format!("{CHANGES_PATH}?since={since}")
+}
+
+/// A `SpendBatch` body from events already encoded as JSON: spliced, not decoded again.
+pub fn spend_batch_body(events: &[Vec<u8>]) -> Vec<u8> {
+    let size = events.iter().map(Vec::len).sum::<usize>() + events.len() + 16;
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(event);
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{SpendBatch, SpendEvent};
+
+    #[test]
+    fn spend_batch_body_is_a_spend_batch() {
+        let events: Vec<SpendEvent> = (0..3)
+            .map(|i| SpendEvent {
+                event_id: format!("e{i}"),
+                spend_nanos: i,
+                ..Default::default()
+            })
+            .collect();
+        let encoded: Vec<Vec<u8>> = events
+            .iter()
+            .map(|e| serde_json::to_vec(e).unwrap())
+            .collect();
+        let batch: SpendBatch = serde_json::from_slice(&spend_batch_body(&encoded)).unwrap();
+        assert_eq!(batch.events, events);
+        let empty: SpendBatch = serde_json::from_slice(&spend_batch_body(&[])).unwrap();
+        assert!(empty.events.is_empty());
+    }
+
+    #[test]
+    fn customer_path_encodes_one_segment() {
+        assert_eq!(
+            customer_path("a b/c~é"),
+            "/tollgate/internal/v1/customers/a%20b%2Fc~%C3%A9"
+        );
+        assert_eq!(key_path("ab"), "/tollgate/internal/v1/keys/ab");
+        assert_eq!(changes_path(7), "/tollgate/internal/v1/changes?since=7");
+    }
+
+    #[test]
+    fn every_shared_data_key_is_prefixed() {
+        for key in [
+            KEY_RECORD_PREFIX,
+            UNKNOWN_KEY_PREFIX,
+            KEY_EPOCH_KEY,
+            CUSTOMER_PREFIX,
+            CHANGES_SEQ_KEY,
+            CREATE_LEASE_KEY,
+            BUDGET_PREFIX,
+            RATE_LIMIT_PREFIX,
+        ] {
+            assert!(key.starts_with("tollgate:v1:"), "{key}");
+        }
+    }
+}
