@@ -253,15 +253,10 @@ pub fn check_customer(
 
 /// The rate-limit scopes a request counts against, in LiteLLM's order (§4.1): the key, its
 /// user, its team, its team membership, then the key's per-model limit (its own, else the
-/// team's, else the deployments' smallest default) and the team's per-model limit. The
-/// customer's limits need its record: see [`descriptors_for`].
-pub fn descriptors(config: &PluginConfig, caller: &Caller, model: &str) -> Vec<Descriptor> {
-    descriptors_for(config, caller, model, None)
-}
-
-/// [`descriptors`] with the request's customer (end user), whose `end_user` limits come after
-/// the team membership's (§4.1): `api_key`, `user`, `team`, `team_member`, `end_user`,
-/// `model_per_key`, `model_per_team`. Scopes without any limit are left out.
+/// team's, else the deployments' smallest default) and the team's per-model limit; with the
+/// request's customer (end user), its `end_user` limits come after the team membership's:
+/// `api_key`, `user`, `team`, `team_member`, `end_user`, `model_per_key`, `model_per_team`.
+/// Scopes without any limit are left out.
 pub fn descriptors_for(
     config: &PluginConfig,
     caller: &Caller,
@@ -587,16 +582,7 @@ pub struct LimitPlan {
     pub implicit_max_tokens: Option<u64>,
 }
 
-pub fn limit_plan(
-    config: &PluginConfig,
-    caller: &Caller,
-    request: &LlmRequest,
-    route: LlmRoute,
-) -> LimitPlan {
-    limit_plan_for(config, caller, request, route, None)
-}
-
-/// [`limit_plan`] with the request's customer (its `end_user` limits, §4.1).
+/// The limits of a request, with its customer's (its `end_user` limits, §4.1).
 pub fn limit_plan_for(
     config: &PluginConfig,
     caller: &Caller,
@@ -1185,7 +1171,7 @@ mod tests {
         let d = descriptors_for(&cfg, &Caller::Master, "gpt-a", Some(&customer));
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].kind, "end_user");
-        assert!(descriptors(&cfg, &Caller::Master, "gpt-a").is_empty());
+        assert!(descriptors_for(&cfg, &Caller::Master, "gpt-a", None).is_empty());
     }
 
     #[test]

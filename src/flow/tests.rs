@@ -214,6 +214,27 @@ fn known_key_is_admitted_rewritten_charged_and_settled() {
 }
 
 #[test]
+fn no_credential_header_reaches_the_provider() {
+    let h = Harness::new(config()).with_key(&full_key());
+    let mut flow = h.flow();
+    // Every header a key is read from, with the key in `authorization` (read first of these).
+    let extra: Vec<(&str, &str)> = crate::contract::CREDENTIAL_HEADERS
+        .iter()
+        .filter(|n| **n != "authorization" && **n != "x-litellm-api-key")
+        .map(|n| (*n, "sk-other"))
+        .collect();
+    assert_eq!(h.send(&mut flow, CHAT, &extra).1, Step::Continue);
+    for name in crate::contract::CREDENTIAL_HEADERS {
+        let sent = h.host.request_header(name);
+        if name == "authorization" {
+            assert_eq!(sent.as_deref(), Some("Bearer provider-secret"));
+        } else {
+            assert_eq!(sent, None, "{name}");
+        }
+    }
+}
+
+#[test]
 fn unknown_key_is_looked_up_once_then_cached() {
     let h = Harness::new(config());
     let mut flow = h.flow();
