@@ -99,7 +99,7 @@ pub fn admit<'a>(
 }
 
 /// The deployments a model name routes to: those named after it, else a wildcard route's.
-fn route_candidates<'a>(
+pub fn route_candidates<'a>(
     config: &'a PluginConfig,
     model: &str,
 ) -> Vec<std::borrow::Cow<'a, Deployment>> {
@@ -654,34 +654,6 @@ pub fn limit_plan_for(
     }
 }
 
-/// Models a caller may use, for `/v1/models`.
-pub fn visible_models<'a>(config: &'a PluginConfig, caller: &Caller) -> Vec<&'a str> {
-    config
-        .model_names()
-        .into_iter()
-        .filter(|name| match caller {
-            Caller::Master => true,
-            Caller::VirtualKey { record, .. } => {
-                let groups: Vec<String> = config
-                    .deployments_for(name)
-                    .into_iter()
-                    .flat_map(|d| d.access_groups.iter().cloned())
-                    .collect();
-                let facts = ModelFacts {
-                    requested: name,
-                    access_groups: &groups,
-                    provider: crate::model_access::provider_of_requested(name),
-                };
-                list_allows(key_models(record), &facts)
-                    && match record.team_id {
-                        Some(_) => list_allows(&record.team_models, &facts),
-                        None => list_allows(&record.user_models, &facts),
-                    }
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1075,11 +1047,9 @@ mod tests {
     #[test]
     fn model_list_filtering() {
         let cfg = config();
-        assert_eq!(
-            visible_models(&cfg, &Caller::Master),
-            vec!["gpt-a", "gpt-b"]
-        );
-        assert_eq!(visible_models(&cfg, &key(&["beta"])), vec!["gpt-a"]);
+        let visible = |c: &Caller| crate::model_list::visible_models(&cfg, c, Default::default());
+        assert_eq!(visible(&Caller::Master), vec!["gpt-a", "gpt-b"]);
+        assert_eq!(visible(&key(&["beta"])), vec!["gpt-a"]);
     }
     fn team_key(team: &str) -> KeyRecord {
         KeyRecord {
@@ -1212,11 +1182,14 @@ mod tests {
         )
         .is_ok());
         assert_eq!(
-            visible_models(&cfg, &as_caller(&record)),
+            crate::model_list::visible_models(&cfg, &as_caller(&record), Default::default()),
             vec!["gpt-a", "gpt-b"]
         );
         record.team_models = vec!["gpt-b".into()];
-        assert_eq!(visible_models(&cfg, &as_caller(&record)), vec!["gpt-b"]);
+        assert_eq!(
+            crate::model_list::visible_models(&cfg, &as_caller(&record), Default::default()),
+            vec!["gpt-b"]
+        );
     }
 
     #[test]

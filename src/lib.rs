@@ -12,6 +12,7 @@ pub mod duration;
 pub mod errors;
 pub mod key_format;
 pub mod model_access;
+pub mod model_list;
 pub mod plugin_config;
 pub mod provider_keys;
 pub mod rate_limits;

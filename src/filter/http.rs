@@ -11,6 +11,7 @@ use crate::cost;
 use crate::credential::extract_credential;
 use crate::errors::ApiError;
 use crate::key_format::{self, constant_time_eq, hash_key, redact_secret};
+use crate::model_list;
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
 use crate::records::{CustomerLookup, KeyLookup, SpendEvent};
@@ -203,8 +204,10 @@ impl TollgateHttp {
         };
         match self.state {
             State::ModelList => {
-                let models = admission::visible_models(&self.shared.config, &caller);
-                host::send_json(200, &model_list_body(&models));
+                let path = self.headers.get(":path").unwrap_or_default();
+                let options = model_list::ListOptions::from_path(&path);
+                let models = model_list::listed_models(&self.shared.config, &caller, options);
+                host::send_json(200, &model_list::model_list_body(&models));
                 self.state = State::Done;
                 false
             }
@@ -845,12 +848,4 @@ impl HttpContext for TollgateHttp {
             }
         }
     }
-}
-
-fn model_list_body(models: &[&str]) -> Vec<u8> {
-    let data: Vec<serde_json::Value> = models
-        .iter()
-        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 1677610602, "owned_by": "openai"}))
-        .collect();
-    serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default()
 }
