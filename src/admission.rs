@@ -45,35 +45,43 @@ pub fn admit<'a>(
     now_micros: i64,
     pick: usize,
 ) -> Result<Admitted<'a>, ApiError> {
-    let request = request_body::parse(body)?;
-    let provider = crate::model_access::provider_of_requested(&request.model);
-    let exact = config.deployments_for(&request.model);
-    let candidates: Vec<std::borrow::Cow<'a, Deployment>> = if exact.is_empty() {
-        config
-            .wildcard_route(&request.model, provider)
-            .into_iter()
-            .map(std::borrow::Cow::Owned)
-            .collect()
-    } else {
-        exact.into_iter().map(std::borrow::Cow::Borrowed).collect()
+    let mut request = request_body::parse(body)?;
+    let aliased = match caller {
+        Caller::VirtualKey { record, .. } => crate::model_access::resolve_aliases(
+            &request.model,
+            &record.team_model_aliases,
+            &record.aliases,
+        ),
+        Caller::Master => crate::model_access::AliasedModel {
+            dispatched: request.model.clone(),
+            checked: request.model.clone(),
+            team_alias: false,
+        },
     };
-    let mut groups: Vec<String> = Vec::new();
-    for d in &candidates {
-        for g in &d.access_groups {
-            if !groups.contains(g) {
-                groups.push(g.clone());
-            }
-        }
-    }
-    let facts = ModelFacts {
-        requested: &request.model,
-        access_groups: &groups,
-        provider,
-    };
+    let candidates = route_candidates(config, &aliased.dispatched);
 
     if let Caller::VirtualKey { record, raw_last4 } = caller {
-        check_key(record, raw_last4, &facts, now_micros)?;
+        let groups = if aliased.checked == aliased.dispatched {
+            groups_in(&candidates)
+        } else {
+            groups_in(&route_candidates(config, &aliased.checked))
+        };
+        let facts = ModelFacts {
+            requested: &aliased.checked,
+            access_groups: &groups,
+            provider: crate::model_access::provider_of_requested(&aliased.checked),
+        };
+        check_key(
+            record,
+            raw_last4,
+            &facts,
+            aliased.team_alias,
+            &request.model,
+            now_micros,
+        )?;
     }
+    // Everything after access (routing, prices, budgets, limits, spend) is the target's.
+    request.model = aliased.dispatched;
 
     let count = candidates.len();
     let Some(deployment) = (count > 0)
@@ -90,17 +98,51 @@ pub fn admit<'a>(
     })
 }
 
+/// The deployments a model name routes to: those named after it, else a wildcard route's.
+pub fn route_candidates<'a>(
+    config: &'a PluginConfig,
+    model: &str,
+) -> Vec<std::borrow::Cow<'a, Deployment>> {
+    let exact = config.deployments_for(model);
+    if exact.is_empty() {
+        let provider = crate::model_access::provider_of_requested(model);
+        return config
+            .wildcard_route(model, provider)
+            .into_iter()
+            .map(std::borrow::Cow::Owned)
+            .collect();
+    }
+    exact.into_iter().map(std::borrow::Cow::Borrowed).collect()
+}
+
+/// Access groups of the given deployments, each once.
+fn groups_in(deployments: &[std::borrow::Cow<'_, Deployment>]) -> Vec<String> {
+    let mut groups: Vec<String> = Vec::new();
+    for d in deployments {
+        for g in &d.access_groups {
+            if !groups.contains(g) {
+                groups.push(g.clone());
+            }
+        }
+    }
+    groups
+}
+
+/// The key's checks on `facts.requested` (the alias-resolved name to check); `team_alias`:
+/// that name is a team alias, which every list allows. Denials name what the client sent.
 fn check_key(
     record: &KeyRecord,
     raw_last4: &str,
     facts: &ModelFacts<'_>,
+    team_alias: bool,
+    sent: &str,
     now_micros: i64,
 ) -> Result<(), ApiError> {
     if record.blocked {
         return Err(ApiError::key_blocked());
     }
-    if !list_allows(key_models(record), facts) {
-        return Err(ApiError::model_access_denied("key", facts.requested));
+    if !team_alias && !list_allows(key_models(record), facts) {
+        return Err(ApiError::model_access_denied("key", sent));
     }
     if let Some(expires) = record.expires_at_micros {
         if expires < now_micros {
@@ -111,9 +153,16 @@ fn check_key(
             ));
         }
     }
-    check_team(record, facts)?;
+    if let Some(team_id) = &record.team_id {
+        if record.team_blocked {
+            return Err(team_blocked(team_id));
+        }
+        if !team_alias && !list_allows(&record.team_models, facts) {
+            return Err(ApiError::model_access_denied("team", sent));
+        }
+    }
     if record.team_id.is_none() && !list_allows(&record.user_models, facts) {
-        return Err(ApiError::model_access_denied("user", facts.requested));
+        return Err(ApiError::model_access_denied("user", sent));
     }
     Ok(())
 }
@@ -173,21 +222,6 @@ pub fn team_blocked(team_id: &str) -> ApiError {
     )
 }
 
-/// The team checks of a team key, after the key's own (§2.2 step 5, §8): the team is not
-/// blocked (401), and its `models` allow the model (403 `team_model_access_denied`).
-pub fn check_team(record: &KeyRecord, facts: &ModelFacts<'_>) -> Result<(), ApiError> {
-    let Some(team_id) = &record.team_id else {
-        return Ok(());
-    };
-    if record.team_blocked {
-        return Err(team_blocked(team_id));
-    }
-    if !list_allows(&record.team_models, facts) {
-        return Err(ApiError::model_access_denied("team", facts.requested));
-    }
-    Ok(())
-}
-
 /// Tollgate's refusal of a blocked customer (LiteLLM stores `blocked` but only its enterprise
 /// `blocked_user_list` hook enforces it; Tollgate always does).
 pub fn customer_blocked(end_user_id: &str) -> ApiError {
@@ -214,15 +248,7 @@ pub fn customer_model_access_denied(model: &str) -> ApiError {
 
 /// Access groups of every deployment serving `model`.
 fn groups_of(config: &PluginConfig, model: &str) -> Vec<String> {
-    let mut groups: Vec<String> = Vec::new();
-    for d in config.deployments_for(model) {
-        for g in &d.access_groups {
-            if !groups.contains(g) {
-                groups.push(g.clone());
-            }
-        }
-    }
-    groups
+    groups_in(&route_candidates(config, model))
 }
 
 /// The customer checks for a request naming an end user, after [`admit`] (the key's, team's
@@ -614,34 +640,6 @@ pub fn limit_plan_for(
     }
 }
 
-/// Models a caller may use, for `/v1/models`.
-pub fn visible_models<'a>(config: &'a PluginConfig, caller: &Caller) -> Vec<&'a str> {
-    config
-        .model_names()
-        .into_iter()
-        .filter(|name| match caller {
-            Caller::Master => true,
-            Caller::VirtualKey { record, .. } => {
-                let groups: Vec<String> = config
-                    .deployments_for(name)
-                    .into_iter()
-                    .flat_map(|d| d.access_groups.iter().cloned())
-                    .collect();
-                let facts = ModelFacts {
-                    requested: name,
-                    access_groups: &groups,
-                    provider: crate::model_access::provider_of_requested(name),
-                };
-                list_allows(key_models(record), &facts)
-                    && match record.team_id {
-                        Some(_) => list_allows(&record.team_models, &facts),
-                        None => list_allows(&record.user_models, &facts),
-                    }
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,6 +698,82 @@ mod tests {
         let upstream = a.request.upstream_body(&a.deployment.backend_model);
         let body: serde_json::Value = serde_json::from_slice(&upstream).unwrap();
         assert_eq!(body["model"], "real-a");
+    }
+
+    fn admit_as(record: KeyRecord, model: &str) -> Result<Admitted<'static>, ApiError> {
+        let cfg: &'static PluginConfig = Box::leak(Box::new(config()));
+        let caller = Caller::VirtualKey {
+            record: std::rc::Rc::new(record),
+            raw_last4: "abcd".into(),
+        };
+        let body = format!(r#"{{"model":"{model}"}}"#);
+        admit(
+            cfg,
+            &caller,
+            LlmRoute::ChatCompletions,
+            "/chat/completions",
+            body.as_bytes(),
+            0,
+            0,
+        )
+    }
+
+    fn aliases(entries: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(a, t)| (a.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn team_alias_is_allowed_and_goes_to_its_target() {
+        let record = KeyRecord {
+            models: vec!["gpt-a".into()],
+            team_id: Some("t1".into()),
+            team_models: vec!["gpt-a".into()],
+            team_model_aliases: aliases(&[("fast", "gpt-b")]),
+            ..Default::default()
+        };
+        let a = admit_as(record.clone(), "fast").unwrap();
+        assert_eq!(a.deployment.model_name, "gpt-b");
+        assert_eq!(a.request.model, "gpt-b");
+        // The target by its own name is still outside both lists.
+        let e = admit_as(record.clone(), "gpt-b").unwrap_err();
+        assert_eq!(e.error_type, "key_model_access_denied");
+        // A blocked team stays blocked through an alias.
+        let blocked = KeyRecord {
+            team_blocked: true,
+            ..record
+        };
+        assert_eq!(admit_as(blocked, "fast").unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn key_alias_is_checked_by_its_target() {
+        let record = KeyRecord {
+            models: vec!["gpt-b".into()],
+            aliases: aliases(&[("mine", "gpt-b"), ("other", "gpt-a")]),
+            ..Default::default()
+        };
+        let a = admit_as(record.clone(), "mine").unwrap();
+        assert_eq!(a.deployment.model_name, "gpt-b");
+        let e = admit_as(record, "other").unwrap_err();
+        assert_eq!(e.error_type, "key_model_access_denied");
+        assert_eq!(
+            e.message,
+            "The requested model 'other' is not available for this API key, or the model name is invalid. Check the models available to you and try again."
+        );
+    }
+
+    #[test]
+    fn alias_to_an_unknown_model_names_the_target() {
+        let record = KeyRecord {
+            aliases: aliases(&[("mine", "nope")]),
+            ..Default::default()
+        };
+        let e = admit_as(record, "mine").unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.message.contains("model=nope"), "{}", e.message);
     }
 
     #[test]
@@ -959,11 +1033,9 @@ mod tests {
     #[test]
     fn model_list_filtering() {
         let cfg = config();
-        assert_eq!(
-            visible_models(&cfg, &Caller::Master),
-            vec!["gpt-a", "gpt-b"]
-        );
-        assert_eq!(visible_models(&cfg, &key(&["beta"])), vec!["gpt-a"]);
+        let visible = |c: &Caller| crate::model_list::visible_models(&cfg, c, Default::default());
+        assert_eq!(visible(&Caller::Master), vec!["gpt-a", "gpt-b"]);
+        assert_eq!(visible(&key(&["beta"])), vec!["gpt-a"]);
     }
     fn team_key(team: &str) -> KeyRecord {
         KeyRecord {
@@ -1096,11 +1168,14 @@ mod tests {
         )
         .is_ok());
         assert_eq!(
-            visible_models(&cfg, &as_caller(&record)),
+            crate::model_list::visible_models(&cfg, &as_caller(&record), Default::default()),
             vec!["gpt-a", "gpt-b"]
         );
         record.team_models = vec!["gpt-b".into()];
-        assert_eq!(visible_models(&cfg, &as_caller(&record)), vec!["gpt-b"]);
+        assert_eq!(
+            crate::model_list::visible_models(&cfg, &as_caller(&record), Default::default()),
+            vec!["gpt-b"]
+        );
     }
 
     #[test]

@@ -81,12 +81,20 @@ impl ApiError {
     }
 
     /// A credential that is neither the master key nor an `sk-` virtual key.
+    /// LiteLLM 1.110.2 raises this one as a plain `HTTPException`: no "Authentication Error, "
+    /// prefix. A token shaped like a JWT (three dot-separated parts) gets LiteLLM's hint that
+    /// JWT auth is off (Tollgate has none).
     pub fn not_a_virtual_key(raw: &str) -> Self {
+        let hint = if raw.split('.').count() == 3 {
+            " This key has the structure of a JWT, but JWT auth is not enabled on this proxy, so it was treated as a virtual key. Set `enable_jwt_auth: true` under `general_settings` in your proxy config to authenticate with JWTs."
+        } else {
+            ""
+        };
         Self::new(
             401,
             "auth_error",
             format!(
-                "Authentication Error, LiteLLM Virtual Key expected. Received={}, expected to start with 'sk-'.",
+                "LiteLLM Virtual Key expected. Received={}, expected to start with 'sk-'.{hint}",
                 crate::key_format::mask_for_error(raw)
             ),
         )
@@ -267,6 +275,24 @@ mod tests {
         assert!(e
             .message
             .starts_with("The requested model 'gpt-4o' is not available"));
+    }
+
+    #[test]
+    fn non_virtual_key_message_matches_litellm() {
+        let e = ApiError::not_a_virtual_key("abcdefghijklmnopwxyz");
+        assert_eq!(
+            e.message,
+            "LiteLLM Virtual Key expected. Received=abcd****wxyz, expected to start with 'sk-'."
+        );
+        assert_eq!((e.status, e.error_type.as_str()), (401, "auth_error"));
+        let jwt = ApiError::not_a_virtual_key("eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl");
+        assert!(
+            jwt.message.ends_with(
+                "expected to start with 'sk-'. This key has the structure of a JWT, but JWT auth is not enabled on this proxy, so it was treated as a virtual key. Set `enable_jwt_auth: true` under `general_settings` in your proxy config to authenticate with JWTs."
+            ),
+            "{}",
+            jwt.message
+        );
     }
 
     #[test]

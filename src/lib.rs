@@ -14,6 +14,7 @@ pub mod errors;
 pub mod flow;
 pub mod key_format;
 pub mod model_access;
+pub mod model_list;
 pub mod plugin_config;
 pub mod provider_keys;
 pub mod rate_limits;

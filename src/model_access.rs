@@ -75,6 +75,58 @@ pub fn list_allows(list: &[String], facts: &ModelFacts<'_>) -> bool {
         })
 }
 
+/// A request's model name after the caller's aliases (LiteLLM's `_can_object_call_model` and
+/// `_update_model_if_team_alias_exists` / `_update_model_if_key_alias_exists`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AliasedModel {
+    /// The model the request is sent to: the team's alias target, then the key's.
+    pub dispatched: String,
+    /// The name the access lists are checked against: the dispatched name when a key alias
+    /// applied, else the requested one.
+    pub checked: String,
+    /// `checked` is one of the team's aliases, which LiteLLM allows whatever the lists say
+    /// (`_model_in_team_aliases`): the team's admin chose where it goes.
+    pub team_alias: bool,
+}
+
+/// Resolves `requested` through the team's `model_aliases`, then the key's `aliases`.
+pub fn resolve_aliases(
+    requested: &str,
+    team_aliases: &std::collections::BTreeMap<String, String>,
+    key_aliases: &std::collections::BTreeMap<String, String>,
+) -> AliasedModel {
+    let after_team = team_aliases
+        .get(requested)
+        .map_or(requested, String::as_str);
+    let after_key = key_aliases
+        .get(after_team)
+        .map_or(after_team, String::as_str);
+    let checked = if after_key != after_team {
+        after_key
+    } else {
+        requested
+    };
+    AliasedModel {
+        dispatched: after_key.to_string(),
+        checked: checked.to_string(),
+        team_alias: team_aliases.contains_key(checked),
+    }
+}
+
+/// A stored alias map (`{"alias": "model"}`) as LiteLLM's `alias_map` reads it: string
+/// entries only; anything else is no aliases.
+pub fn alias_map(value: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    value
+        .as_object()
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|(alias, target)| Some((alias.clone(), target.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `*` matches any run of characters (LiteLLM turns the entry into `^entry.replace('*','.*')$`).
 pub fn wildcard_match(pattern: &str, text: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
@@ -148,6 +200,46 @@ mod tests {
         );
         assert_eq!(provider_of_requested("public-chat"), None);
         assert_eq!(provider_of_requested("/x"), None);
+    }
+
+    fn map(entries: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(a, t)| (a.to_string(), t.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn team_alias_is_checked_by_its_own_name() {
+        let r = resolve_aliases("fast", &map(&[("fast", "gpt-b")]), &map(&[]));
+        assert_eq!(r.dispatched, "gpt-b");
+        assert_eq!(r.checked, "fast");
+        assert!(r.team_alias);
+        let r = resolve_aliases("gpt-b", &map(&[("fast", "gpt-b")]), &map(&[]));
+        assert_eq!((r.dispatched.as_str(), r.team_alias), ("gpt-b", false));
+    }
+
+    #[test]
+    fn key_alias_is_checked_by_its_target_after_the_team_alias() {
+        let r = resolve_aliases("mine", &map(&[]), &map(&[("mine", "gpt-a")]));
+        assert_eq!(
+            (r.dispatched.as_str(), r.checked.as_str()),
+            ("gpt-a", "gpt-a")
+        );
+        assert!(!r.team_alias);
+        // The team's alias applies first; the key's then maps its target.
+        let r = resolve_aliases("fast", &map(&[("fast", "mid")]), &map(&[("mid", "gpt-a")]));
+        assert_eq!(
+            (r.dispatched.as_str(), r.checked.as_str()),
+            ("gpt-a", "gpt-a")
+        );
+    }
+
+    #[test]
+    fn alias_maps_keep_string_entries_only() {
+        let v = serde_json::json!({"a": "x", "b": 1, "c": null});
+        assert_eq!(alias_map(&v), map(&[("a", "x")]));
+        assert!(alias_map(&serde_json::json!("{}")).is_empty());
     }
 
     #[test]

@@ -97,6 +97,12 @@ pub struct KeyRecord {
     pub team_member_rpm_limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team_member_tpm_limit: Option<u64>,
+    /// The key's `aliases` (requested name → model it is sent to).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub aliases: BTreeMap<String, String>,
+    /// The team's `model_aliases` (requested name → model it is sent to).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub team_model_aliases: BTreeMap<String, String>,
 }
 
 /// A budget as the sidecar last knew it: limit, period and spend so far.

@@ -911,3 +911,66 @@ fn daily_budget_resets_at_new_york_midnight() {
         transitions.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Aliases (litellm-compat.md §6): the team's `model_aliases` and the key's `aliases`
+
+/// A team alias is allowed whatever the team's and key's lists say (LiteLLM's
+/// `_model_in_team_aliases`), goes to its target's deployment and is charged at the target's
+/// price; the target by its own name stays refused; `/team/update` moves the alias at once.
+/// A key alias is checked by its target.
+#[test]
+fn team_and_key_aliases_route_to_the_target_at_its_price() {
+    let s = stack("");
+    s.admin_post(
+        "/team/new",
+        &json!({"team_id": "aliased", "models": ["free"], "model_aliases": {"fast": "priced"}}),
+    )
+    .assert_status(200);
+    let (key, _) = s.generate_key(json!({"team_id": "aliased", "models": ["free"]}));
+    s.clear_fake_requests();
+    chat_ok(&s, &key, "fast");
+    let seen = s.fake_requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["body"]["model"], "priced-backend", "{:#}", seen[0]);
+    s.wait_key_spend(&key, 0.02);
+    let denied = chat(&s, &key, "priced");
+    denied.assert_error_message(
+        403,
+        "key_model_access_denied",
+        "The requested model 'priced' is not available for this API key, or the model name is invalid. Check the models available to you and try again.",
+    );
+
+    s.admin_post(
+        "/team/update",
+        &json!({"team_id": "aliased", "model_aliases": {"fast": "free"}}),
+    )
+    .assert_status(200);
+    s.clear_fake_requests();
+    poll_until(
+        "the alias follows /team/update",
+        Duration::from_secs(10),
+        || {
+            chat_ok(&s, &key, "fast");
+            let seen = s.fake_requests();
+            match seen.last().map(|r| r["body"]["model"].clone()) {
+                Some(m) if m == "free-backend" => Ok(()),
+                other => Err(format!("upstream model {other:?}")),
+            }
+        },
+    );
+
+    let (own, _) = s.generate_key(json!({
+        "models": ["priced-b"],
+        "aliases": {"mine": "priced-b", "sneaky": "priced"}
+    }));
+    s.clear_fake_requests();
+    chat_ok(&s, &own, "mine");
+    assert_eq!(s.fake_requests()[0]["body"]["model"], "priced-b-backend");
+    s.wait_key_spend(&own, 0.02);
+    chat(&s, &own, "sneaky").assert_error_message(
+        403,
+        "key_model_access_denied",
+        "The requested model 'sneaky' is not available for this API key, or the model name is invalid. Check the models available to you and try again.",
+    );
+}

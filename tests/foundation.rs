@@ -101,11 +101,12 @@ fn authorization_without_bearer_is_malformed() {
 #[test]
 fn non_sk_token_is_virtual_key_expected() {
     let s = Stack::default_config();
-    s.chat(Some("abcdefghijklmnopwxyz"), "gpt-4o-mini").assert_error_message(
-        401,
-        "auth_error",
-        "Authentication Error, LiteLLM Virtual Key expected. Received=abcd****wxyz, expected to start with 'sk-'.",
-    );
+    s.chat(Some("abcdefghijklmnopwxyz"), "gpt-4o-mini")
+        .assert_error_message(
+            401,
+            "auth_error",
+            "LiteLLM Virtual Key expected. Received=abcd****wxyz, expected to start with 'sk-'.",
+        );
     assert!(s.fake_requests().is_empty());
 }
 

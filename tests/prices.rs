@@ -468,3 +468,59 @@ fn block_requests_for_models_without_pricing_refuses_unpriced_models() {
     assert!(s.fake_requests().is_empty());
     chat(&s, &key, "openai/gpt-4o-mini").assert_status(200);
 }
+
+/// The ids `/v1/models` lists.
+fn listed(s: &Stack, path: &str, key: &str) -> Vec<String> {
+    let r = s.get(path, Some(key));
+    r.assert_status(200);
+    r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Issue 13 §3: `/v1/models` (answered by the filter in Envoy) expands wildcard deployments
+/// into the cost map's models instead of listing them verbatim; `return_wildcard_routes=true`
+/// adds the routes; a key sees what its list allows, its team's aliases included.
+/// `/model_group/info` (the sidecar behind Envoy) describes one expanded model with the cost
+/// map's prices and capabilities.
+#[test]
+fn model_listings_expand_wildcards_as_litellm() {
+    let s = Stack::start(WILDCARDS);
+    let all = listed(&s, "/v1/models", MASTER_KEY);
+    assert!(all.contains(&"openai/gpt-4o-mini".to_string()), "{all:?}");
+    assert!(!all.iter().any(|m| m.contains('*')), "{all:?}");
+    let routes = listed(&s, "/v1/models?return_wildcard_routes=true", MASTER_KEY);
+    assert!(routes.contains(&"openai/*".to_string()), "{routes:?}");
+    assert!(routes.contains(&"*".to_string()), "{routes:?}");
+    assert!(listed(&s, "/models?only_model_access_groups=true", MASTER_KEY).is_empty());
+
+    s.admin_post(
+        "/team/new",
+        &json!({"team_id": "t", "models": ["openai/gpt-4o-mini"], "model_aliases": {"small": "openai/gpt-4o-mini"}}),
+    )
+    .assert_status(200);
+    let (key, _) = s.generate_key(json!({"team_id": "t", "models": ["openai/gpt-4o-mini"]}));
+    assert_eq!(
+        listed(&s, "/v1/models", &key),
+        ["openai/gpt-4o-mini", "small"]
+    );
+
+    let r = s.get(
+        "/model_group/info?model_group=openai/gpt-4o-mini",
+        Some(&key),
+    );
+    r.assert_status(200);
+    let groups = r.json()["data"].as_array().unwrap().clone();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    let g = &groups[0];
+    assert_eq!(g["model_group"], "openai/gpt-4o-mini");
+    assert_eq!(g["providers"], json!(["openai"]));
+    assert_eq!(g["input_cost_per_token"].as_f64(), Some(GPT_4O_MINI_IN));
+    assert_eq!(g["output_cost_per_token"].as_f64(), Some(GPT_4O_MINI_OUT));
+    assert_eq!(g["max_output_tokens"].as_f64(), Some(16384.0));
+    let mine = s.get("/model_group/info", Some(&key)).json();
+    assert_eq!(mine["data"].as_array().map(Vec::len), Some(1), "{mine}");
+}

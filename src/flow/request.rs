@@ -10,6 +10,7 @@ use crate::cost;
 use crate::credential::extract_credential;
 use crate::errors::ApiError;
 use crate::key_format::{self, constant_time_eq, hash_key, redact_secret};
+use crate::model_list;
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
 use crate::records::{CustomerLookup, KeyLookup, SpendEvent, INVALIDATE_HEADER};
@@ -398,8 +399,10 @@ impl Flow {
         };
         match self.kind {
             Kind::ModelList => {
-                let models = admission::visible_models(&self.shared.config, &caller);
-                host.send_response(200, &[], &model_list_body(&models));
+                let path = self.headers.get(":path").unwrap_or_default();
+                let options = model_list::ListOptions::from_path(path);
+                let models = model_list::listed_models(&self.shared.config, &caller, options);
+                host.send_response(200, &[], &model_list::model_list_body(&models));
                 self.phase = Phase::Done;
                 Step::Pause
             }
@@ -956,12 +959,4 @@ fn final_usage(call: &AdmittedCall) -> Option<(Usage, bool)> {
         ..Default::default()
     };
     Some((usage, true))
-}
-
-fn model_list_body(models: &[&str]) -> Vec<u8> {
-    let data: Vec<serde_json::Value> = models
-        .iter()
-        .map(|m| serde_json::json!({"id": m, "object": "model", "created": 1677610602, "owned_by": "openai"}))
-        .collect();
-    serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default()
 }

@@ -54,6 +54,8 @@ pub struct AdminSettings {
     /// Per deployment id: the `model_info` fields `/model/info` passes through.
     pub model_info_extra:
         std::collections::HashMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// Per deployment id: `litellm_params.tpm` / `rpm`, summed per group by `/model_group/info`.
+    pub deployment_tpm_rpm: std::collections::HashMap<String, (Option<u64>, Option<u64>)>,
     /// `litellm_settings.max_end_user_budget` (used when no budget id is set).
     pub default_end_user_max_budget: Option<f64>,
     /// `litellm_settings.require_auth_for_metrics_endpoint` (LiteLLM 1.110.2: on unless set
@@ -150,6 +152,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/budget/list", get(budgets::budget_list))
         .route("/model/info", get(models::model_info))
         .route("/v1/model/info", get(models::model_info))
+        .route("/model_group/info", get(models::model_group_info))
         .route("/health/liveliness", get(health::liveliness))
         .route("/health/liveness", get(health::liveliness))
         .route("/health/readiness", get(health::readiness))

@@ -295,8 +295,19 @@ pub fn admin_settings(prepared: &Prepared) -> admin_api::AdminSettings {
             .collect(),
         Err(_) => Default::default(),
     };
+    let deployment_tpm_rpm = prepared
+        .config
+        .model_list
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let p = &m.litellm_params;
+            (render::deployment_id(i, m), (p.tpm, p.rpm))
+        })
+        .collect();
     admin_api::AdminSettings {
         model_info_extra,
+        deployment_tpm_rpm,
         master_key: prepared.master_key.clone(),
         internal_token: render::internal_token(&prepared.master_key),
         key_header_name: prepared

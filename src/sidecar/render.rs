@@ -315,6 +315,10 @@ pub fn model_info_passthrough(entry: &ModelEntry, map: &CostMap) -> serde_json::
             out.insert(k.to_string(), v);
         }
     }
+    // The cost map's capability flags, under what the config itself says.
+    for (k, v) in found.iter().flat_map(|e| e.supports.iter()) {
+        out.entry(k.clone()).or_insert(Value::Bool(*v));
+    }
     out
 }
 
@@ -753,6 +757,21 @@ mod tests {
         );
         assert!(parse_api_base("ftp://x").is_err());
         assert!(parse_api_base("http://h:notaport/").is_err());
+    }
+
+    /// `/model/info` and `/model_group/info` get the cost map's capability flags; the
+    /// config's own `model_info` wins.
+    #[test]
+    fn model_info_carries_the_cost_maps_capabilities() {
+        let loaded = parse(
+            "model_list:\n  - model_name: m\n    litellm_params: {model: openai/gpt-4o-mini}\n    model_info: {supports_vision: false}\n",
+        )
+        .unwrap();
+        let map = crate::sidecar::cost_map::current().unwrap();
+        let info = model_info_passthrough(&loaded.config.model_list[0], &map);
+        assert_eq!(info["supports_function_calling"], Value::Bool(true));
+        assert_eq!(info["supports_vision"], Value::Bool(false));
+        assert_eq!(info["mode"], "chat");
     }
 
     #[test]

@@ -226,6 +226,7 @@ pub const ROUTES: &[(&str, RouteKind)] = &[
     ("/spend/logs", RouteKind::Spend),
     ("/global/spend", RouteKind::GlobalSpend),
     ("/model/info", RouteKind::Info),
+    ("/model_group/info", RouteKind::Info),
 ];
 
 /// The kind of a route; a route missing from [`ROUTES`] is for admins only.

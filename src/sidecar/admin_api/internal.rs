@@ -176,6 +176,7 @@ pub fn key_record(tx: &Tx<'_>, row: &KeyRow, state: &AdminState) -> anyhow::Resu
         budget_reset_at_micros: row.budget_reset_at_micros(),
         spend_nanos: row.spend_nanos,
         model_max_budget: model_budgets(&row.model_max_budget),
+        aliases: crate::model_access::alias_map(&row.aliases),
         user_budget: user.as_ref().map(UserRow::budget_state),
         proxy_budget: Some(proxy.state(state.settings().budgets.proxy_max_budget)),
         ..Default::default()
@@ -183,6 +184,7 @@ pub fn key_record(tx: &Tx<'_>, row: &KeyRow, state: &AdminState) -> anyhow::Resu
     if let Some(team_id) = &row.team_id {
         if let Some(team) = tx.team(team_id)? {
             record.team_models = team.models.clone();
+            record.team_model_aliases = crate::model_access::alias_map(&team.model_aliases);
             record.team_blocked = team.blocked;
             record.team_budget = Some(BudgetState {
                 max_budget: team.max_budget,

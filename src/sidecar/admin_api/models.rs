@@ -1,11 +1,14 @@
 //! `GET /model/info` (also `/v1/model/info`): the deployments of the loaded config that the
-//! caller may use (the master key and admins: all). `/v1/models` is answered by the filter.
+//! caller may use (the master key and admins: all); `GET /model_group/info`: one entry per
+//! model name the caller may use, its deployments merged as LiteLLM merges them.
+//! `/v1/models` is answered by the filter.
 
 use super::auth::{authorize, Principal};
 use super::common::{now_micros, ok, AdminError, AdminResult};
 use super::internal::key_record;
 use super::Shared;
-use crate::admission::{visible_models, Caller};
+use crate::admission::Caller;
+use crate::model_list::{visible_models, ListOptions};
 use crate::plugin_config::Deployment;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -49,6 +52,35 @@ fn deployment_json(d: &Deployment, extra: Option<&serde_json::Map<String, Value>
     v
 }
 
+/// The model names the caller may use (`None`: all, for the master key and admin roles).
+/// Wildcard routes are kept as such (`/model/info` lists deployments).
+fn allowed_names(
+    state: &Shared,
+    principal: &Principal,
+    options: ListOptions,
+) -> Result<Option<Vec<String>>, AdminError> {
+    let key = match principal {
+        p if p.is_admin_viewer() => return Ok(None),
+        Principal::Master => return Ok(None),
+        Principal::Key { key, .. } => key,
+    };
+    let record = state
+        .store
+        .transact(now_micros(), |tx| {
+            key_record(tx, key, state).map_err(AdminError::from)
+        })?
+        .value;
+    let caller = Caller::VirtualKey {
+        record: std::rc::Rc::new(record),
+        raw_last4: String::new(),
+    };
+    Ok(Some(visible_models(
+        &state.settings().plugin,
+        &caller,
+        options,
+    )))
+}
+
 pub async fn model_info(
     State(state): State<Shared>,
     headers: HeaderMap,
@@ -57,28 +89,11 @@ pub async fn model_info(
     let principal = authorize(&state, &headers, "/model/info")?;
     let settings = state.settings();
     let plugin = &settings.plugin;
-    let allowed: Option<Vec<String>> = match &principal {
-        p if p.is_admin_viewer() => None,
-        Principal::Master => None,
-        Principal::Key { key, .. } => {
-            let record = state
-                .store
-                .transact(now_micros(), |tx| {
-                    key_record(tx, key, &state).map_err(AdminError::from)
-                })?
-                .value;
-            let caller = Caller::VirtualKey {
-                record: std::rc::Rc::new(record),
-                raw_last4: String::new(),
-            };
-            Some(
-                visible_models(plugin, &caller)
-                    .into_iter()
-                    .map(str::to_string)
-                    .collect(),
-            )
-        }
+    let routes = ListOptions {
+        return_wildcard_routes: true,
+        ..Default::default()
     };
+    let allowed = allowed_names(&state, &principal, routes)?;
     let id = q.get("litellm_model_id").filter(|s| !s.is_empty());
     // A wildcard entry is one deployment per provider in the plugin config: shown once.
     let mut seen: Vec<&str> = Vec::new();
@@ -93,6 +108,147 @@ pub async fn model_info(
         .filter(|d| allowed.as_ref().map_or(true, |a| a.contains(&d.model_name)))
         .filter(|d| id.map_or(true, |i| *i == d.id))
         .map(|d| deployment_json(d, settings.model_info_extra.get(&d.id)))
+        .collect();
+    Ok(ok(json!({ "data": data })))
+}
+
+/// The `supports_*` flags `ModelGroupInfo` has, each `false` unless a deployment says `true`.
+const GROUP_SUPPORTS: [&str; 8] = [
+    "supports_parallel_function_calling",
+    "supports_vision",
+    "supports_web_search",
+    "supports_url_context",
+    "supports_continuation",
+    "supports_reasoning",
+    "supports_function_calling",
+    "supports_fast_mode",
+];
+
+/// One `ModelGroupInfoProxy`: the group's deployments merged as LiteLLM's
+/// `_set_model_group_info` merges them (largest context and prices, a capability when any
+/// deployment has it, providers in order, `tpm`/`rpm` summed over the deployments that set them).
+fn model_group_json(
+    name: &str,
+    deployments: &[std::borrow::Cow<'_, Deployment>],
+    settings: &super::AdminSettings,
+) -> Value {
+    let mut providers: Vec<&str> = Vec::new();
+    let mut max_input: Option<f64> = None;
+    let mut max_output: Option<f64> = None;
+    let mut input_cost: Option<f64> = None;
+    let mut output_cost: Option<f64> = None;
+    let mut mode: Option<Value> = None;
+    let mut description: Option<Value> = None;
+    let mut tpm: Option<u64> = None;
+    let mut rpm: Option<u64> = None;
+    let mut supports: serde_json::Map<String, Value> = GROUP_SUPPORTS
+        .iter()
+        .map(|k| (k.to_string(), Value::Bool(false)))
+        .collect();
+    let larger = |acc: &mut Option<f64>, v: Option<f64>| {
+        if let Some(v) = v {
+            if acc.map_or(true, |a| v > a) {
+                *acc = Some(v);
+            }
+        }
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for d in deployments {
+        // A wildcard entry is one deployment per provider in the plugin config: counted once.
+        if seen.contains(&d.id.as_str()) {
+            continue;
+        }
+        seen.push(&d.id);
+        if !d.provider.is_empty() && !providers.contains(&d.provider.as_str()) {
+            providers.push(&d.provider);
+        }
+        let extra = settings.model_info_extra.get(&d.id);
+        let field = |k: &str| extra.and_then(|e| e.get(k)).filter(|v| !v.is_null());
+        larger(
+            &mut max_input,
+            field("max_input_tokens").and_then(Value::as_f64),
+        );
+        larger(
+            &mut max_output,
+            d.pricing.max_output_tokens.map(|t| t as f64),
+        );
+        larger(&mut input_cost, d.pricing.input_cost_per_token);
+        larger(&mut output_cost, d.pricing.output_cost_per_token);
+        if mode.is_none() {
+            mode = field("mode").cloned();
+        }
+        if description.is_none() {
+            description = field("description").cloned();
+        }
+        for k in GROUP_SUPPORTS {
+            if field(k).and_then(Value::as_bool) == Some(true) {
+                supports.insert(k.to_string(), Value::Bool(true));
+            }
+        }
+        if let Some((t, r)) = settings.deployment_tpm_rpm.get(&d.id) {
+            if let Some(t) = t {
+                tpm = Some(tpm.unwrap_or(0).saturating_add(*t));
+            }
+            if let Some(r) = r {
+                rpm = Some(rpm.unwrap_or(0).saturating_add(*r));
+            }
+        }
+    }
+    let mut v = json!({
+        "model_group": name,
+        "providers": providers,
+        "max_input_tokens": max_input,
+        "max_output_tokens": max_output,
+        "input_cost_per_token": input_cost,
+        "output_cost_per_token": output_cost,
+        "input_cost_per_pixel": null,
+        "mode": mode,
+        "tpm": tpm,
+        "rpm": rpm,
+        "itpm": null,
+        "otpm": null,
+        "supported_reasoning_efforts": null,
+        "supported_openai_params": [],
+        "configurable_clientside_auth_params": null,
+        "description": description,
+        "supported_endpoints": null,
+        "deployment_pricing": [],
+        "supports_background_chat": false,
+        "is_public_model_group": false,
+        "health_status": null,
+        "health_response_time": null,
+        "health_checked_at": null,
+        "custom_tags": null,
+        "custom_metadata": null,
+    });
+    if let Some(o) = v.as_object_mut() {
+        o.extend(supports);
+    }
+    v
+}
+
+/// `GET /model_group/info[?model_group=<name>]`: one entry per model name the caller may use
+/// (wildcard routes expanded into the models they reach, as LiteLLM lists them).
+pub async fn model_group_info(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
+    let principal = authorize(&state, &headers, "/model_group/info")?;
+    let settings = state.settings();
+    let plugin = &settings.plugin;
+    let names = match allowed_names(&state, &principal, ListOptions::default())? {
+        Some(names) => names,
+        None => visible_models(plugin, &Caller::Master, ListOptions::default()),
+    };
+    let wanted = q.get("model_group");
+    let data: Vec<Value> = names
+        .iter()
+        .filter(|name| wanted.map_or(true, |w| w == *name))
+        .map(|name| {
+            let deployments = crate::admission::route_candidates(plugin, name);
+            model_group_json(name, &deployments, &settings)
+        })
         .collect();
     Ok(ok(json!({ "data": data })))
 }

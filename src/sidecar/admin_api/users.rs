@@ -108,16 +108,20 @@ pub async fn user_new(
         updated_at: now,
     };
     let done = state.store.transact(now_us, |tx| {
+        // LiteLLM's `_check_duplicate_user_field`: 409, naming the stored value.
         if tx.user(&user_id)?.is_some() {
-            return Err(bad_request(&format!(
-                "User with id={user_id} already exists."
-            )));
+            return Err(detail_error(
+                409,
+                &format!("User with id {user_id} already exists"),
+            ));
         }
         if let Some(email) = &req.user_email {
-            if tx.user_by_email(email)?.is_some() {
-                return Err(bad_request(&format!(
-                    "User with email={email} already exists."
-                )));
+            if let Some(existing) = tx.user_by_email(email)? {
+                let stored = existing.user_email.as_deref().unwrap_or(email);
+                return Err(detail_error(
+                    409,
+                    &format!("User with email {stored} already exists"),
+                ));
             }
         }
         tx.save_user(&user)?;

@@ -28,6 +28,9 @@ pub struct CostEntry {
     pub max_output_tokens: Option<u64>,
     pub max_input_tokens: Option<u64>,
     pub mode: Option<String>,
+    /// The entry's `supports_*` flags (`supports_vision`, ...), for `/model/info` and
+    /// `/model_group/info`.
+    pub supports: std::collections::BTreeMap<String, bool>,
 }
 
 impl CostEntry {
@@ -45,6 +48,11 @@ impl CostEntry {
             max_output_tokens: int("max_output_tokens"),
             max_input_tokens: int("max_input_tokens"),
             mode: text("mode"),
+            supports: o
+                .iter()
+                .filter(|(k, _)| k.starts_with("supports_"))
+                .filter_map(|(k, v)| Some((k.clone(), v.as_bool()?)))
+                .collect(),
         })
     }
 
@@ -69,6 +77,7 @@ impl CostEntry {
         set(&mut self.max_output_tokens, over.max_output_tokens);
         set(&mut self.max_input_tokens, over.max_input_tokens);
         set(&mut self.mode, over.mode);
+        self.supports.extend(over.supports);
     }
 
     /// Whether the entry has a token price.

@@ -6,6 +6,7 @@ mod changes;
 mod customers;
 mod keys;
 mod metrics;
+mod models;
 mod rights;
 mod spend;
 mod teams;
@@ -90,26 +91,8 @@ impl Api {
             .enable_all()
             .build()
             .unwrap();
-        let store = Store::open(std::path::Path::new(":memory:"))
-            .unwrap()
-            .with_reset_clock(ResetClock::from_budget_settings(&budgets))
-            .with_default_end_user_budget(default_end_user_budget.map(str::to_string));
-        store
-            .configure_proxy_budget(budgets.proxy_budget_duration.as_deref(), now_micros())
-            .unwrap();
-        let internal = crate::sidecar::render::internal_token(MASTER);
-        let mut settings = AdminSettings {
-            master_key: MASTER.into(),
-            internal_token: internal.clone(),
-            max_body_bytes: 1024 * 1024,
-            max_spend_batch_bytes: MAX_SPEND_BATCH_BYTES,
-            budgets,
-            plugin: models(),
-            default_end_user_budget_id: default_end_user_budget.map(str::to_string),
-            ..Default::default()
-        };
-        tweak(&mut settings);
-        let state = Arc::new(AdminState::new(store, settings));
+        let state = test_state(budgets, default_end_user_budget, tweak);
+        let internal = state.settings().internal_token.clone();
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
@@ -224,6 +207,76 @@ impl Api {
             k["token"].as_str().unwrap().to_string(),
         )
     }
+}
+
+/// The admin API's state with an in-memory store, [`models`] and `tweak` applied.
+pub fn test_state(
+    budgets: BudgetSettings,
+    default_end_user_budget: Option<&str>,
+    tweak: impl FnOnce(&mut AdminSettings),
+) -> Arc<AdminState> {
+    let store = Store::open(std::path::Path::new(":memory:"))
+        .unwrap()
+        .with_reset_clock(ResetClock::from_budget_settings(&budgets))
+        .with_default_end_user_budget(default_end_user_budget.map(str::to_string));
+    store
+        .configure_proxy_budget(budgets.proxy_budget_duration.as_deref(), now_micros())
+        .unwrap();
+    let internal = crate::sidecar::render::internal_token(MASTER);
+    let mut settings = AdminSettings {
+        master_key: MASTER.into(),
+        internal_token: internal.clone(),
+        max_body_bytes: 1024 * 1024,
+        max_spend_batch_bytes: MAX_SPEND_BATCH_BYTES,
+        budgets,
+        plugin: models(),
+        default_end_user_budget_id: default_end_user_budget.map(str::to_string),
+        ..Default::default()
+    };
+    tweak(&mut settings);
+    Arc::new(AdminState::new(store, settings))
+}
+
+/// One call through the router, without a port (`tower::ServiceExt::oneshot`).
+pub fn oneshot(
+    state: &Arc<AdminState>,
+    method: &str,
+    path: &str,
+    auth: &str,
+    body: Option<Value>,
+) -> Answer {
+    use tower::ServiceExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", auth)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        ))
+        .unwrap();
+    rt.block_on(async {
+        let resp = router(Arc::clone(state)).oneshot(request).await.unwrap();
+        let status = resp.status().as_u16();
+        let invalidate = resp
+            .headers()
+            .get(INVALIDATE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            invalidate,
+        }
+    })
 }
 
 pub fn event(id: &str, token: &str, user: &str, nanos: i64) -> SpendEvent {

@@ -124,3 +124,49 @@ fn users_see_only_themselves() {
         401
     );
 }
+
+/// `/user/new` on a taken id or email: LiteLLM's 409 from `_check_duplicate_user_field`.
+#[test]
+fn duplicate_user_is_409_as_litellm() {
+    let state = test_state(BudgetSettings::default(), None, |_| {});
+    let master = format!("Bearer {MASTER}");
+    let new = |body: Value| oneshot(&state, "POST", "/user/new", &master, Some(body));
+    assert_eq!(
+        new(json!({"user_id": "u1", "user_email": "u@x.io"})).status,
+        200
+    );
+    let a = new(json!({"user_id": "u1"}));
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert_eq!(
+        message(&a.body),
+        "{'error': 'User with id u1 already exists'}"
+    );
+    let a = new(json!({"user_id": "u2", "user_email": "u@x.io"}));
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert_eq!(
+        message(&a.body),
+        "{'error': 'User with email u@x.io already exists'}"
+    );
+}
+
+/// A wrong master key and an unknown key get LiteLLM's authentication messages on the admin
+/// API too.
+#[test]
+fn wrong_credentials_get_litellms_messages() {
+    let state = test_state(BudgetSettings::default(), None, |_| {});
+    let a = oneshot(&state, "GET", "/key/list", "Bearer sk-wrong-master", None);
+    assert_eq!(a.status, 401);
+    assert_eq!(a.body["error"]["type"], "token_not_found_in_db");
+    assert_eq!(a.body["error"]["param"], "key");
+    assert_eq!(
+        message(&a.body),
+        "Authentication Error, Invalid API key provided."
+    );
+    let a = oneshot(&state, "GET", "/key/list", "Bearer wrong-master-key", None);
+    assert_eq!(a.status, 401);
+    assert_eq!(a.body["error"]["type"], "auth_error");
+    assert_eq!(
+        message(&a.body),
+        "LiteLLM Virtual Key expected. Received=wron****-key, expected to start with 'sk-'."
+    );
+}
