@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The PostgreSQL store against a real PostgreSQL server (tests/common/postgres.rs): the store's
 //! behaviour, replicas on one database (`tollgate serve --store postgresql://…`), spend charged
 //! once across replicas, and a database that is down.
@@ -169,7 +170,10 @@ fn two_replicas_share_keys_changes_and_charge_each_event_once() {
     let (status, info) = get(&b.url(&format!("/key/info?key={key}")), &master());
     assert_eq!(status, 200, "{info}");
     assert_eq!(info["info"]["key_alias"], "shared");
-    let (status, looked_up) = get(&b.url(&format!("/tollgate/internal/v1/keys/{token}")), &internal());
+    let (status, looked_up) = get(
+        &b.url(&format!("/tollgate/internal/v1/keys/{token}")),
+        &internal(),
+    );
     assert_eq!(status, 200, "B's filter lookup finds A's key: {looked_up}");
 
     let (_, since) = get(&a.url("/tollgate/internal/v1/changes"), &internal());
@@ -252,14 +256,20 @@ fn a_database_that_is_down_answers_503_and_recovers() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "503", "{body}");
     assert!(body["error"]["message"].is_string(), "{body}");
-    let (status, body) = post(&a.url("/tollgate/internal/v1/spend"), &internal(), "{\"events\":[]}");
+    let (status, body) = post(
+        &a.url("/tollgate/internal/v1/spend"),
+        &internal(),
+        "{\"events\":[]}",
+    );
     assert_eq!(status, 503, "{body}");
 
     pg.start_again();
-    poll_until("the sidecar serves again", std::time::Duration::from_secs(30), || {
-        match get(&a.url(&format!("/key/info?key={key}")), &master()) {
+    poll_until(
+        "the sidecar serves again",
+        std::time::Duration::from_secs(30),
+        || match get(&a.url(&format!("/key/info?key={key}")), &master()) {
             (200, _) => Ok(()),
             (s, b) => Err(format!("{s}: {b}")),
-        }
-    });
+        },
+    );
 }

@@ -282,8 +282,7 @@ pub fn admin_state(
 ) -> Result<Arc<admin_api::AdminState>> {
     let settings = admin_settings(prepared);
     let url = store_url(prepared, store_flag);
-    let store =
-        store::Store::open_configured(url.as_deref(), data_dir, &pg_options(prepared))?
+    let store = store::Store::open_configured(url.as_deref(), data_dir, &pg_options(prepared))?
         .with_reset_clock(settings.reset_clock())
         .with_default_end_user_budget(settings.default_end_user_budget_id.clone())
         .with_default_end_user_max_budget(settings.default_end_user_max_budget);

@@ -583,7 +583,13 @@ fn insert_key(db: &dyn Exec, row: &KeyRow) -> Result<()> {
     row.sync_spend();
     db.exec(
         "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-        args![&row.token, &row.user_id, &row.team_id, &row.key_alias, to_doc(&row)?],
+        args![
+            &row.token,
+            &row.user_id,
+            &row.team_id,
+            &row.key_alias,
+            to_doc(&row)?
+        ],
     )?;
     Ok(())
 }
@@ -603,9 +609,12 @@ fn put_user_doc(db: &dyn Exec, row: &UserRow) -> Result<()> {
 }
 
 fn get_end_user(db: &dyn Exec, user_id: &str) -> Result<Option<EndUserRow>> {
-    db.row("SELECT doc FROM end_users WHERE user_id = ?1", args![user_id])?
-        .map(|r| load_budgeted(&r.text(0)?))
-        .transpose()
+    db.row(
+        "SELECT doc FROM end_users WHERE user_id = ?1",
+        args![user_id],
+    )?
+    .map(|r| load_budgeted(&r.text(0)?))
+    .transpose()
 }
 
 fn put_end_user(db: &dyn Exec, row: &EndUserRow) -> Result<()> {

@@ -17,6 +17,8 @@ pub struct Postgres {
     pub port: u16,
     bin: PathBuf,
     dir: PathBuf,
+    /// Stops the server once the test process is gone (it outlives us on purpose).
+    watchdog: Option<Child>,
 }
 
 fn pg_bin_dir() -> PathBuf {
@@ -77,7 +79,13 @@ fn ensure_pg_user() {
         .is_ok_and(|o| o.status.success());
     if !exists {
         let status = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER])
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                PG_USER,
+            ])
             .status()
             .expect("run useradd");
         assert!(status.success(), "useradd {PG_USER} failed");
@@ -111,7 +119,10 @@ impl Postgres {
         std::fs::create_dir_all(&dir).expect("create the PostgreSQL dir");
         if is_root() {
             ensure_pg_user();
-            run_ok("chown", Command::new("chown").args(["-R", PG_USER]).arg(&dir));
+            run_ok(
+                "chown",
+                Command::new("chown").args(["-R", PG_USER]).arg(&dir),
+            );
         }
         run_ok(
             "initdb",
@@ -119,10 +130,11 @@ impl Postgres {
                 .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
                 .arg(dir.join("data")),
         );
-        let pg = Postgres {
+        let mut pg = Postgres {
             port: free_port(),
             bin,
             dir,
+            watchdog: None,
         };
         pg.start_again();
         let watchdog = format!(
@@ -131,13 +143,15 @@ impl Postgres {
             stop = pg.ctl_line("stop -m immediate"),
             dir = pg.dir.display()
         );
-        Command::new("sh")
-            .args(["-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the PostgreSQL watchdog");
+        pg.watchdog = Some(
+            Command::new("sh")
+                .args(["-c", &watchdog])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the PostgreSQL watchdog"),
+        );
         pg
     }
 
@@ -145,7 +159,11 @@ impl Postgres {
         let ctl = self.bin.join("pg_ctl");
         let data = self.dir.join("data");
         if is_root() {
-            format!("runuser -u {PG_USER} -- '{}' -D '{}' -w {action}", ctl.display(), data.display())
+            format!(
+                "runuser -u {PG_USER} -- '{}' -D '{}' -w {action}",
+                ctl.display(),
+                data.display()
+            )
         } else {
             format!("'{}' -D '{}' -w {action}", ctl.display(), data.display())
         }
@@ -186,8 +204,26 @@ impl Postgres {
         run_ok(
             "psql",
             Command::new(self.bin.join("psql"))
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-                .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db, "-c", sql]),
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                ])
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    db,
+                    "-c",
+                    sql,
+                ]),
         )
         .trim()
         .to_string()

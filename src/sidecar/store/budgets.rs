@@ -2,9 +2,9 @@
 //! default member budgets and keys point at by `budget_id`. A row has no spend of its own: the
 //! entity linked to it keeps the spend, and follows the row's limits and period.
 
+use super::sql::{args, Exec};
 use super::{from_doc, to_doc, Tx};
 use anyhow::Result;
-use super::sql::{args, Exec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -40,7 +40,10 @@ pub struct BudgetRow {
 impl Tx<'_> {
     pub fn budget(&self, budget_id: &str) -> Result<Option<BudgetRow>> {
         self.db
-            .row("SELECT doc FROM budgets WHERE budget_id = ?1", args![budget_id])?
+            .row(
+                "SELECT doc FROM budgets WHERE budget_id = ?1",
+                args![budget_id],
+            )?
             .map(|r| from_doc(&r.text(0)?))
             .transpose()
     }

@@ -1,9 +1,9 @@
 //! What the sidecar's `/metrics` reads from the store at scrape time: every key, user and team
 //! that has a budget, with its spend (LiteLLM's remaining-budget gauges).
 
+use super::sql::Exec;
 use super::teams::TeamRow;
 use super::{load_budgeted, nanos_to_usd as usd, KeyRow, Store, UserRow};
-use super::sql::Exec;
 use anyhow::Result;
 
 /// Which kind of entity a [`BudgetedEntity`] is.
@@ -39,7 +39,7 @@ impl Store {
     /// Keys, users and teams with a `max_budget` (as stored: a period that has ended but not
     /// been reset yet still shows its spend until the next call resets it).
     pub fn budget_snapshot(&self) -> Result<BudgetSnapshot> {
-        self.read(|db| snapshot(db))
+        self.read(snapshot)
     }
 }
 

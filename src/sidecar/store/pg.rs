@@ -210,9 +210,7 @@ impl PgStore {
     }
 
     fn client(&self) -> Result<Object> {
-        self.handle
-            .block_on(self.pool.get())
-            .map_err(unavailable)
+        self.handle.block_on(self.pool.get()).map_err(unavailable)
     }
 
     /// Creates the schema and applies the migrations not applied yet, under the write lock, so
@@ -227,7 +225,10 @@ impl PgStore {
              );",
         )?;
         let applied = tx
-            .row("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])?
+            .row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )?
             .map(|r| r.int(0))
             .transpose()?
             .unwrap_or(0);
@@ -287,9 +288,7 @@ impl Drop for PgTx {
     fn drop(&mut self) {
         if self.open {
             // A connection that cannot roll back is closed, so the pool drops it.
-            let _ = self
-                .handle
-                .block_on(self.client.batch_execute("ROLLBACK"));
+            let _ = self.handle.block_on(self.client.batch_execute("ROLLBACK"));
         }
     }
 }
@@ -321,8 +320,12 @@ fn column(row: &tokio_postgres::Row, i: usize) -> Result<Value> {
     let ty = row.columns().get(i).map(|c| c.type_().clone());
     let v = match ty {
         Some(Type::INT8) => row.try_get::<_, Option<i64>>(i)?.map(Value::Int),
-        Some(Type::INT4) => row.try_get::<_, Option<i32>>(i)?.map(|n| Value::Int(n.into())),
-        Some(Type::INT2) => row.try_get::<_, Option<i16>>(i)?.map(|n| Value::Int(n.into())),
+        Some(Type::INT4) => row
+            .try_get::<_, Option<i32>>(i)?
+            .map(|n| Value::Int(n.into())),
+        Some(Type::INT2) => row
+            .try_get::<_, Option<i16>>(i)?
+            .map(|n| Value::Int(n.into())),
         Some(Type::BOOL) => row
             .try_get::<_, Option<bool>>(i)?
             .map(|b| Value::Int(b.into())),
@@ -364,7 +367,12 @@ impl Exec for PgTx {
                 .map_err(pg_error)
         })?;
         rows.iter()
-            .map(|r| (0..r.len()).map(|i| column(r, i)).collect::<Result<Vec<_>>>().map(Row))
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| column(r, i))
+                    .collect::<Result<Vec<_>>>()
+                    .map(Row)
+            })
             .collect()
     }
 

@@ -5,8 +5,8 @@
 use super::sql::{Exec, Row, Value};
 use super::{
     add_model_spend, get_end_user, get_key, get_proxy, get_user, proxy_lazy_reset, put_end_user,
-    put_key_doc, put_proxy, put_user_doc, sql_u64, sql_u64_back, to_doc, tx, Budgeted,
-    EndUserRow, KeyFilter, SpendApplied, SpendLogQuery, Store,
+    put_key_doc, put_proxy, put_user_doc, sql_u64, sql_u64_back, to_doc, tx, Budgeted, EndUserRow,
+    KeyFilter, SpendApplied, SpendLogQuery, Store,
 };
 use crate::duration::format_iso8601_utc;
 use crate::records::{SpendBatch, SpendEvent};
@@ -140,10 +140,7 @@ impl Store {
             }
             for (index, e) in batch.events.iter().enumerate() {
                 // The first occurrence of an inserted id is the one applied.
-                if !event_ids
-                    .get(index)
-                    .is_some_and(|id| inserted.remove(id))
-                {
+                if !event_ids.get(index).is_some_and(|id| inserted.remove(id)) {
                     out.duplicates += 1;
                     continue;
                 }
@@ -178,64 +175,64 @@ impl Store {
                 return Ok(());
             }
             {
-            let now_iso = format_iso8601_utc(now_micros);
-            for (token, charge) in &keys {
-                // A key deleted since the call: its log row stays, nothing to charge.
-                let Some(mut row) = get_key(tx, token)? else {
-                    continue;
-                };
-                row.lazy_reset(&clock, now_micros);
-                row.add_spend(charge.nanos);
-                for (model, n) in &charge.models {
-                    add_model_spend(&mut row.model_spend, model, *n);
+                let now_iso = format_iso8601_utc(now_micros);
+                for (token, charge) in &keys {
+                    // A key deleted since the call: its log row stays, nothing to charge.
+                    let Some(mut row) = get_key(tx, token)? else {
+                        continue;
+                    };
+                    row.lazy_reset(&clock, now_micros);
+                    row.add_spend(charge.nanos);
+                    for (model, n) in &charge.models {
+                        add_model_spend(&mut row.model_spend, model, *n);
+                    }
+                    put_key_doc(tx, &row)?;
                 }
-                put_key_doc(tx, &row)?;
-            }
-            for (user_id, nanos) in &users {
-                let Some(mut row) = get_user(tx, user_id)? else {
-                    continue;
-                };
-                row.lazy_reset(&clock, now_micros);
-                row.add_spend(*nanos);
-                put_user_doc(tx, &row)?;
-            }
-            for (user_id, nanos) in &end_users {
-                let mut row = match get_end_user(tx, user_id)? {
-                    Some(row) => row,
-                    None => EndUserRow {
-                        user_id: (*user_id).to_string(),
-                        blocked: false,
-                        created_at: now_iso.clone(),
-                        updated_at: now_iso.clone(),
-                        ..Default::default()
-                    },
-                };
-                let budget = t.end_user_budget(&row)?;
-                tx::follow_period(&mut row, budget.as_ref());
-                row.lazy_reset(&clock, now_micros);
-                row.add_spend(*nanos);
-                put_end_user(tx, &row)?;
-            }
-            for (team_id, nanos) in &teams {
-                // A team deleted since the call: nothing to charge.
-                let Some(mut row) = t.team(team_id)? else {
-                    continue;
-                };
-                row.add_spend(*nanos);
-                t.save_team(&row)?;
-            }
-            for ((team_id, user_id), nanos) in &members {
-                // Only members have a team spend (LiteLLM charges the membership row).
-                let Some((mut row, _)) = t.membership(team_id, user_id)? else {
-                    continue;
-                };
-                row.add_spend(*nanos);
-                t.save_membership(&row)?;
-            }
-            let mut row = get_proxy(tx)?;
-            proxy_lazy_reset(&mut row, &clock, now_micros);
-            row.spend_nanos = row.spend_nanos.saturating_add(proxy);
-            put_proxy(tx, &row)?;
+                for (user_id, nanos) in &users {
+                    let Some(mut row) = get_user(tx, user_id)? else {
+                        continue;
+                    };
+                    row.lazy_reset(&clock, now_micros);
+                    row.add_spend(*nanos);
+                    put_user_doc(tx, &row)?;
+                }
+                for (user_id, nanos) in &end_users {
+                    let mut row = match get_end_user(tx, user_id)? {
+                        Some(row) => row,
+                        None => EndUserRow {
+                            user_id: (*user_id).to_string(),
+                            blocked: false,
+                            created_at: now_iso.clone(),
+                            updated_at: now_iso.clone(),
+                            ..Default::default()
+                        },
+                    };
+                    let budget = t.end_user_budget(&row)?;
+                    tx::follow_period(&mut row, budget.as_ref());
+                    row.lazy_reset(&clock, now_micros);
+                    row.add_spend(*nanos);
+                    put_end_user(tx, &row)?;
+                }
+                for (team_id, nanos) in &teams {
+                    // A team deleted since the call: nothing to charge.
+                    let Some(mut row) = t.team(team_id)? else {
+                        continue;
+                    };
+                    row.add_spend(*nanos);
+                    t.save_team(&row)?;
+                }
+                for ((team_id, user_id), nanos) in &members {
+                    // Only members have a team spend (LiteLLM charges the membership row).
+                    let Some((mut row, _)) = t.membership(team_id, user_id)? else {
+                        continue;
+                    };
+                    row.add_spend(*nanos);
+                    t.save_membership(&row)?;
+                }
+                let mut row = get_proxy(tx)?;
+                proxy_lazy_reset(&mut row, &clock, now_micros);
+                row.spend_nanos = row.spend_nanos.saturating_add(proxy);
+                put_proxy(tx, &row)?;
             }
             Ok(())
         })?;

@@ -104,7 +104,8 @@ impl Row {
     }
 
     pub fn int(&self, i: usize) -> Result<i64> {
-        self.opt_int(i)?.ok_or_else(|| anyhow!("column {i} is NULL"))
+        self.opt_int(i)?
+            .ok_or_else(|| anyhow!("column {i} is NULL"))
     }
 
     pub fn opt_int(&self, i: usize) -> Result<Option<i64>> {
@@ -249,17 +250,24 @@ mod tests {
     #[test]
     fn sqlite_rows_come_back_as_values() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.batch("CREATE TABLE t (a INTEGER, b TEXT, c REAL)").unwrap();
+        conn.batch("CREATE TABLE t (a INTEGER, b TEXT, c REAL)")
+            .unwrap();
         let none: Option<String> = None;
         assert_eq!(
-            conn.exec("INSERT INTO t VALUES (?1, ?2, ?3)", args![7i64, none, Value::Real(1.5)])
-                .unwrap(),
+            conn.exec(
+                "INSERT INTO t VALUES (?1, ?2, ?3)",
+                args![7i64, none, Value::Real(1.5)]
+            )
+            .unwrap(),
             1
         );
         let row = conn.row("SELECT a, b, c FROM t", &[]).unwrap().unwrap();
         assert_eq!(row.int(0).unwrap(), 7);
         assert_eq!(row.opt_text(1).unwrap(), None);
         assert_eq!(row.0[2], Value::Real(1.5));
-        assert!(conn.row("SELECT a FROM t WHERE a = ?1", args![8i64]).unwrap().is_none());
+        assert!(conn
+            .row("SELECT a FROM t WHERE a = ?1", args![8i64])
+            .unwrap()
+            .is_none());
     }
 }

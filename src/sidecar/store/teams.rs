@@ -1,9 +1,9 @@
 //! Teams (`LiteLLM_TeamTable`) and team memberships (`LiteLLM_TeamMembership`: a member's spend
 //! in the team and its budget row).
 
+use super::sql::{args, Exec};
 use super::{load_budgeted, nanos_to_usd, to_doc, BudgetRow, Budgeted, Tx};
 use anyhow::Result;
-use super::sql::{args, Exec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -186,7 +186,10 @@ impl Tx<'_> {
 
     /// Teams whose default member budget is `budget_id`.
     pub fn teams_with_member_budget(&self, budget_id: &str) -> Result<Vec<String>> {
-        let field = self.db.dialect().doc_field("metadata.team_member_budget_id");
+        let field = self
+            .db
+            .dialect()
+            .doc_field("metadata.team_member_budget_id");
         self.db.strings(
             &format!("SELECT team_id FROM teams WHERE {field} = ?1"),
             args![budget_id],

@@ -14,7 +14,7 @@ use anyhow::Result;
 /// The open transaction of either backend.
 pub(super) enum Db<'c> {
     Sqlite(rusqlite::Transaction<'c>),
-    Postgres(PgTx),
+    Postgres(Box<PgTx>),
 }
 
 impl Db<'_> {
@@ -137,7 +137,7 @@ impl Store {
             }
             Backend::Postgres(pg) => {
                 let tx = pg.begin(true).map_err(E::from)?;
-                Tx::new(Db::Postgres(tx), self, now_micros).run(f)
+                Tx::new(Db::Postgres(Box::new(tx)), self, now_micros).run(f)
             }
         })
     }
@@ -206,7 +206,13 @@ impl Tx<'_> {
             "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT(token) DO UPDATE SET user_id = excluded.user_id,
                  team_id = excluded.team_id, key_alias = excluded.key_alias, doc = excluded.doc",
-            args![&row.token, &row.user_id, &row.team_id, &row.key_alias, to_doc(&row)?],
+            args![
+                &row.token,
+                &row.user_id,
+                &row.team_id,
+                &row.key_alias,
+                to_doc(&row)?
+            ],
         )?;
         Ok(())
     }
@@ -288,16 +294,25 @@ impl Tx<'_> {
     }
 
     pub fn tokens_of_user(&self, user_id: &str) -> Result<Vec<String>> {
-        self.db.strings("SELECT token FROM keys WHERE user_id = ?1 ORDER BY rowid", args![user_id])
+        self.db.strings(
+            "SELECT token FROM keys WHERE user_id = ?1 ORDER BY rowid",
+            args![user_id],
+        )
     }
 
     pub fn tokens_of_team(&self, team_id: &str) -> Result<Vec<String>> {
-        self.db.strings("SELECT token FROM keys WHERE team_id = ?1 ORDER BY rowid", args![team_id])
+        self.db.strings(
+            "SELECT token FROM keys WHERE team_id = ?1 ORDER BY rowid",
+            args![team_id],
+        )
     }
 
     /// Keys of `user_id` in `team_id` (those a membership change affects).
     pub fn tokens_of_member(&self, team_id: &str, user_id: &str) -> Result<Vec<String>> {
-        self.db.strings("SELECT token FROM keys WHERE team_id = ?1 AND user_id = ?2 ORDER BY rowid", args![team_id, user_id])
+        self.db.strings(
+            "SELECT token FROM keys WHERE team_id = ?1 AND user_id = ?2 ORDER BY rowid",
+            args![team_id, user_id],
+        )
     }
 
     /// Keys linked to a budget row (`budget_id`).
@@ -457,7 +472,9 @@ impl Tx<'_> {
 
     /// Every customer, oldest first, with its budget.
     pub fn end_users(&self) -> Result<Vec<(EndUserRow, Option<BudgetRow>)>> {
-        let ids = self.db.strings("SELECT user_id FROM end_users ORDER BY rowid", &[])?;
+        let ids = self
+            .db
+            .strings("SELECT user_id FROM end_users ORDER BY rowid", &[])?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(e) = self.end_user(&id)? {
