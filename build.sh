@@ -4,6 +4,7 @@
 #   ./build.sh run [CONFIG]    build, start the fake upstream, then `tollgate up --config CONFIG`
 #                              on 127.0.0.1 (HOST, PORT change it; TOLLGATE_BIN skips the build)
 #   ./build.sh test            build, then unit tests and the integration tests against real Envoy
+#                              (and a real PostgreSQL, installed from Debian's packages if missing)
 #   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md)
 #   ./build.sh examples        regenerate envoy/tollgate.envoy.yaml and envoy/istio.yaml
 #   ./build.sh oci [DIR]       write tollgate.wasm as an OCI image layout (default target/oci/tollgate-wasm)
@@ -33,6 +34,24 @@ setup() {
   fi
   export ENVOY_BIN="${ENVOY_BIN:-$VENV/bin/envoy}"
   "$ENVOY_BIN" --version >/dev/null 2>&1 || die "Envoy at $ENVOY_BIN does not run"
+}
+
+# The PostgreSQL store's tests start a real server (initdb/pg_ctl as a non-root user in a temp
+# dir, tests/common/postgres.rs): Debian's postgresql package, unless PG_BIN names a bin dir.
+setup_postgres() {
+  if [ -n "${PG_BIN:-}" ]; then
+    [ -x "$PG_BIN/initdb" ] || die "PG_BIN=$PG_BIN has no initdb"
+    return
+  fi
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+    log "installing PostgreSQL (Debian's postgresql) for the store tests"
+    command -v apt-get >/dev/null || die "PostgreSQL not found: install it and set PG_BIN to its bin directory"
+    apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+      || die "apt-get install postgresql failed"
+  fi
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null \
+    || die "PostgreSQL's initdb not found after installing postgresql"
 }
 
 # Offline schema checks of the Istio manifests: jsonschema (Istio's CRDs) and
@@ -99,6 +118,7 @@ run() {
 
 test_all() {
   build
+  setup_postgres
   log "validating the Envoy configs in envoy/"
   validate_envoy_configs
   log "validating the Istio manifests against Istio's CRDs and the Kubernetes schemas"

@@ -113,6 +113,10 @@ const MODEL_INFO_FIELDS: [&str; 11] = [
 pub struct GeneralSettings {
     pub master_key: Option<String>,
     pub database_url: Option<String>,
+    /// PostgreSQL store: connections per sidecar (default 10).
+    pub database_connection_pool_limit: Option<u64>,
+    /// PostgreSQL store: seconds to wait for a connection (default 5).
+    pub database_connection_timeout: Option<f64>,
     pub litellm_key_header_name: Option<String>,
     pub dangerously_permit_weak_or_unset_master_key: Option<bool>,
     pub proxy_budget_rescheduler_min_time: Option<u64>,

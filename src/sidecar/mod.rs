@@ -58,6 +58,10 @@ enum Command {
         /// Where the SQLite store and rendered files live.
         #[arg(long, default_value = ".tollgate")]
         data_dir: PathBuf,
+        /// The store: a `postgresql://` URL (several sidecars on one database). Default:
+        /// `general_settings.database_url`, else `DATABASE_URL`, else SQLite in --data-dir.
+        #[arg(long)]
+        store: Option<String>,
         /// The filter module (default: the one built next to this binary).
         #[arg(long)]
         wasm: Option<PathBuf>,
@@ -81,6 +85,10 @@ enum Command {
         port: u16,
         #[arg(long, default_value = ".tollgate")]
         data_dir: PathBuf,
+        /// The store: a `postgresql://` URL (several sidecars on one database). Default:
+        /// `general_settings.database_url`, else `DATABASE_URL`, else SQLite in --data-dir.
+        #[arg(long)]
+        store: Option<String>,
         /// Keep the filter configuration and upstream clusters in this directory for an Envoy
         /// started from `tollgate render --format envoy --xds-dir` with the same directory, and
         /// rewrite them when config.yaml changes.
@@ -243,9 +251,38 @@ pub fn prepare(path: &Path) -> Result<Prepared> {
     Ok(Prepared { config, master_key })
 }
 
-pub fn admin_state(prepared: &Prepared, data_dir: &Path) -> Result<Arc<admin_api::AdminState>> {
+/// The store's URL: `--store`, else `general_settings.database_url`, else `DATABASE_URL`
+/// (LiteLLM's names); none means SQLite in the data dir.
+pub fn store_url(prepared: &Prepared, flag: Option<&str>) -> Option<String> {
+    flag.map(str::to_string)
+        .or_else(|| prepared.config.general_settings.database_url.clone())
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .filter(|u| !u.trim().is_empty())
+}
+
+/// Pool size and timeouts of a PostgreSQL store (LiteLLM's setting names).
+pub fn pg_options(prepared: &Prepared) -> store::PgOptions {
+    let g = &prepared.config.general_settings;
+    let defaults = store::PgOptions::default();
+    store::PgOptions {
+        pool_size: g
+            .database_connection_pool_limit
+            .map_or(defaults.pool_size, |n| n.max(1) as usize),
+        timeout: g
+            .database_connection_timeout
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .map_or(defaults.timeout, std::time::Duration::from_secs_f64),
+    }
+}
+
+pub fn admin_state(
+    prepared: &Prepared,
+    data_dir: &Path,
+    store_flag: Option<&str>,
+) -> Result<Arc<admin_api::AdminState>> {
     let settings = admin_settings(prepared);
-    let store = store::Store::open(&data_dir.join("tollgate.db"))?
+    let url = store_url(prepared, store_flag);
+    let store = store::Store::open_configured(url.as_deref(), data_dir, &pg_options(prepared))?
         .with_reset_clock(settings.reset_clock())
         .with_default_end_user_budget(settings.default_end_user_budget_id.clone())
         .with_default_end_user_max_budget(settings.default_end_user_max_budget);
@@ -374,6 +411,7 @@ async fn run(cli: Cli) -> Result<()> {
             host,
             concurrency,
             data_dir,
+            store,
             wasm,
             envoy_log_level,
             envoy_admin_port,
@@ -387,6 +425,7 @@ async fn run(cli: Cli) -> Result<()> {
                 host,
                 concurrency,
                 data_dir,
+                store,
                 wasm: default_wasm_path(wasm),
                 envoy_log_level,
             })
@@ -397,12 +436,13 @@ async fn run(cli: Cli) -> Result<()> {
             host,
             port,
             data_dir,
+            store,
             xds_dir,
             wasm,
             exit_on_stdin_eof,
         } => {
             let prepared = prepare(&config)?;
-            let state = admin_state(&prepared, &data_dir)?;
+            let state = admin_state(&prepared, &data_dir, store.as_deref())?;
             let wasm_path = default_wasm_path(wasm.clone());
             // An explicit module must be there; the default one is served when it exists.
             let module = match wasm_module::WasmModule::read(&wasm_path) {

@@ -16,21 +16,26 @@
 
 use crate::duration::{format_iso8601_utc, next_reset_at_str, parse_iso8601_utc};
 use crate::plugin_config::BudgetSettings;
-use crate::records::{BudgetState, SpendBatch, SpendEvent};
+use crate::records::BudgetState;
 use anyhow::{Context, Result};
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 mod budgets;
 pub mod changes;
 mod metrics_snapshot;
 pub use metrics_snapshot::{BudgetSnapshot, BudgetedEntity, EntityKind};
+mod pg;
+mod spend;
+pub mod sql;
 mod teams;
 mod tx;
+
+pub use pg::{PgOptions, Unavailable};
+use sql::{args, Dialect, Exec};
 
 pub use budgets::BudgetRow;
 pub use changes::ChangesSince;
@@ -390,9 +395,34 @@ pub struct SpendApplied {
 }
 
 pub struct Store {
-    conn: Mutex<Connection>,
+    backend: Backend,
     /// From config.yaml; a reload replaces them.
     settings: std::sync::RwLock<StoreSettings>,
+}
+
+/// Where the record is kept.
+enum Backend {
+    /// One file, one writer (the connection's mutex).
+    Sqlite(Mutex<Connection>),
+    /// A database shared by any number of sidecar replicas.
+    Postgres(pg::PgStore),
+}
+
+/// Whether `url` names a PostgreSQL database (`postgresql://` or `postgres://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgresql://") || url.starts_with("postgres://")
+}
+
+/// Runs blocking store work without stalling the async runtime's other tasks: on a worker of
+/// the multi-thread runtime it is moved off the worker ([`tokio::task::block_in_place`]);
+/// elsewhere (a blocking thread, a current-thread test runtime, no runtime) it runs as is.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -525,81 +555,97 @@ fn sql_u64_back(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn get_key(conn: &Connection, token: &str) -> Result<Option<KeyRow>> {
-    let doc: Option<String> = conn
-        .prepare_cached("SELECT doc FROM keys WHERE token = ?1")?
-        .query_row([token], |r| r.get(0))
-        .optional()?;
-    doc.map(|d| load_budgeted(&d)).transpose()
+fn get_key(db: &dyn Exec, token: &str) -> Result<Option<KeyRow>> {
+    db.row("SELECT doc FROM keys WHERE token = ?1", args![token])?
+        .map(|r| load_budgeted(&r.text(0)?))
+        .transpose()
 }
 
-fn put_key_doc(conn: &Connection, row: &KeyRow) -> Result<()> {
-    conn.prepare_cached("UPDATE keys SET doc = ?2 WHERE token = ?1")?
-        .execute(params![row.token, to_doc(row)?])?;
+fn put_key_doc(db: &dyn Exec, row: &KeyRow) -> Result<()> {
+    db.exec(
+        "UPDATE keys SET doc = ?2 WHERE token = ?1",
+        args![&row.token, to_doc(row)?],
+    )?;
     Ok(())
 }
 
-fn get_user(conn: &Connection, user_id: &str) -> Result<Option<UserRow>> {
-    let doc: Option<String> = conn
-        .prepare_cached("SELECT doc FROM users WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))
-        .optional()?;
-    doc.map(|d| load_budgeted(&d)).transpose()
-}
-
-fn put_user_doc(conn: &Connection, row: &UserRow) -> Result<()> {
-    conn.prepare_cached("UPDATE users SET doc = ?2 WHERE user_id = ?1")?
-        .execute(params![row.user_id, to_doc(row)?])?;
+fn insert_key(db: &dyn Exec, row: &KeyRow) -> Result<()> {
+    let mut row = row.clone();
+    row.sync_spend();
+    db.exec(
+        "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
+        args![
+            &row.token,
+            &row.user_id,
+            &row.team_id,
+            &row.key_alias,
+            to_doc(&row)?
+        ],
+    )?;
     Ok(())
 }
 
-fn get_end_user(conn: &Connection, user_id: &str) -> Result<Option<EndUserRow>> {
-    let doc: Option<String> = conn
-        .prepare_cached("SELECT doc FROM end_users WHERE user_id = ?1")?
-        .query_row([user_id], |r| r.get(0))
-        .optional()?;
-    doc.map(|d| load_budgeted(&d)).transpose()
+fn get_user(db: &dyn Exec, user_id: &str) -> Result<Option<UserRow>> {
+    db.row("SELECT doc FROM users WHERE user_id = ?1", args![user_id])?
+        .map(|r| load_budgeted(&r.text(0)?))
+        .transpose()
 }
 
-fn put_end_user(conn: &Connection, row: &EndUserRow) -> Result<()> {
-    conn.prepare_cached(
+fn put_user_doc(db: &dyn Exec, row: &UserRow) -> Result<()> {
+    db.exec(
+        "UPDATE users SET doc = ?2 WHERE user_id = ?1",
+        args![&row.user_id, to_doc(row)?],
+    )?;
+    Ok(())
+}
+
+fn get_end_user(db: &dyn Exec, user_id: &str) -> Result<Option<EndUserRow>> {
+    db.row(
+        "SELECT doc FROM end_users WHERE user_id = ?1",
+        args![user_id],
+    )?
+    .map(|r| load_budgeted(&r.text(0)?))
+    .transpose()
+}
+
+fn put_end_user(db: &dyn Exec, row: &EndUserRow) -> Result<()> {
+    db.exec(
         "INSERT INTO end_users (user_id, doc) VALUES (?1, ?2)
          ON CONFLICT(user_id) DO UPDATE SET doc = excluded.doc",
-    )?
-    .execute(params![row.user_id, to_doc(row)?])?;
+        args![&row.user_id, to_doc(row)?],
+    )?;
     Ok(())
 }
 
-fn get_proxy(conn: &Connection) -> Result<ProxyBudgetRow> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT spend_nanos, budget_duration, budget_reset_at FROM proxy_budget WHERE id = ?1",
-        )?
-        .query_row([PROXY_BUDGET_ID], |r| {
-            Ok(ProxyBudgetRow {
-                spend_nanos: r.get(0)?,
-                budget_duration: r.get(1)?,
-                budget_reset_at_micros: r.get(2)?,
-            })
-        })
-        .optional()?
-        .unwrap_or_default())
+fn get_proxy(db: &dyn Exec) -> Result<ProxyBudgetRow> {
+    let Some(r) = db.row(
+        "SELECT spend_nanos, budget_duration, budget_reset_at FROM proxy_budget WHERE id = ?1",
+        args![PROXY_BUDGET_ID],
+    )?
+    else {
+        return Ok(ProxyBudgetRow::default());
+    };
+    Ok(ProxyBudgetRow {
+        spend_nanos: r.int(0)?,
+        budget_duration: r.opt_text(1)?,
+        budget_reset_at_micros: r.opt_int(2)?,
+    })
 }
 
-fn put_proxy(conn: &Connection, row: &ProxyBudgetRow) -> Result<()> {
-    conn.prepare_cached(
+fn put_proxy(db: &dyn Exec, row: &ProxyBudgetRow) -> Result<()> {
+    db.exec(
         "INSERT INTO proxy_budget (id, spend_nanos, budget_duration, budget_reset_at)
          VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT(id) DO UPDATE SET spend_nanos = excluded.spend_nanos,
              budget_duration = excluded.budget_duration,
              budget_reset_at = excluded.budget_reset_at",
-    )?
-    .execute(params![
-        PROXY_BUDGET_ID,
-        row.spend_nanos,
-        row.budget_duration,
-        row.budget_reset_at_micros
-    ])?;
+        args![
+            PROXY_BUDGET_ID,
+            row.spend_nanos,
+            &row.budget_duration,
+            row.budget_reset_at_micros
+        ],
+    )?;
     Ok(())
 }
 
@@ -621,32 +667,6 @@ fn proxy_lazy_reset(row: &mut ProxyBudgetRow, clock: &ResetClock, now_micros: i6
             true
         }
     }
-}
-
-/// The key an event is de-duplicated by: the filter-minted `event_id`. An event without one
-/// (sent by a filter from before event ids) is keyed by a hash of its whole content, so a
-/// retried batch still dedupes, but two calls differ by their times and never merge.
-fn event_key(e: &SpendEvent) -> String {
-    if !e.event_id.is_empty() {
-        return e.event_id.clone();
-    }
-    let doc = serde_json::to_string(e).unwrap_or_default();
-    format!("tollgate-{}", crate::key_format::hash_key(&doc))
-}
-
-/// What a spend-log row keeps beyond its columns (LiteLLM's `metadata`-like extras). New
-/// [`SpendEvent`] fields go here, so they need no migration.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-struct SpendLogDoc {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    key_alias: Option<String>,
-}
-
-#[derive(Default)]
-struct KeyCharge {
-    nanos: i64,
-    models: BTreeMap<String, i64>,
 }
 
 impl Store {
@@ -671,10 +691,48 @@ impl Store {
         conn.execute_batch(teams::SCHEMA)?;
         conn.execute_batch(changes::SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Store {
-            conn: Mutex::new(conn),
+        Ok(Store::with_backend(Backend::Sqlite(Mutex::new(conn))))
+    }
+
+    /// Connects to PostgreSQL at `url` (`postgresql://…`) and creates or migrates Tollgate's
+    /// schema `tollgate` there.
+    pub fn open_postgres(url: &str, options: &PgOptions) -> Result<Store> {
+        // Connecting blocks on the store's own runtime: off the async workers.
+        let pg = blocking(|| pg::PgStore::open(url, options))?;
+        Ok(Store::with_backend(Backend::Postgres(pg)))
+    }
+
+    /// PostgreSQL when `database_url` is a `postgresql://` URL, else the SQLite file in
+    /// `data_dir`.
+    pub fn open_configured(
+        database_url: Option<&str>,
+        data_dir: &Path,
+        options: &PgOptions,
+    ) -> Result<Store> {
+        match database_url.filter(|u| !u.trim().is_empty()) {
+            Some(url) if is_postgres_url(url) => Store::open_postgres(url, options),
+            Some(url) => Err(anyhow::anyhow!(
+                "database_url must be a postgresql:// URL (got `{}…`); without it the store is {}",
+                url.chars().take(12).collect::<String>(),
+                data_dir.join("tollgate.db").display()
+            )),
+            None => Store::open(&data_dir.join("tollgate.db")),
+        }
+    }
+
+    fn with_backend(backend: Backend) -> Store {
+        Store {
+            backend,
             settings: Default::default(),
-        })
+        }
+    }
+
+    /// Which SQL this store speaks.
+    pub fn dialect(&self) -> Dialect {
+        match self.backend {
+            Backend::Sqlite(_) => Dialect::Sqlite,
+            Backend::Postgres(_) => Dialect::Postgres,
+        }
     }
 
     /// The budget row (`litellm_settings.max_end_user_budget_id`) of customers without their own.
@@ -734,160 +792,119 @@ impl Store {
 
     /// Records that every cached decision is stale (a reload changed what records carry).
     pub fn record_change_all(&self, now_micros: i64) -> Result<()> {
-        changes::record(&self.conn(), &[changes::ALL.to_string()], now_micros)
+        self.transact(now_micros, |tx| {
+            tx.invalidate(changes::ALL);
+            anyhow::Ok(())
+        })?;
+        Ok(())
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A poisoned lock only means another handler panicked mid-call; SQLite's own
-        // transactions keep the data consistent, so carry on.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `f` over a read-only view (no lock beyond the backend's own consistency).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&dyn Exec) -> Result<T>) -> Result<T> {
+        blocking(|| match &self.backend {
+            Backend::Sqlite(conn) => {
+                // A poisoned lock only means another handler panicked mid-call; SQLite's own
+                // transactions keep the data consistent, so carry on.
+                let conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                f(&*conn)
+            }
+            Backend::Postgres(pg) => {
+                let tx = pg.begin(false)?;
+                let value = f(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            }
+        })
     }
 
     pub fn ping(&self) -> Result<()> {
-        self.conn().query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+        self.read(|db| db.row("SELECT 1", &[]).map(|_| ()))
     }
 
     pub fn insert_key(&self, row: &KeyRow) -> Result<()> {
-        let mut row = row.clone();
-        row.sync_spend();
-        self.conn().execute(
-            "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![row.token, row.user_id, row.team_id, row.key_alias, to_doc(&row)?],
-        )?;
-        Ok(())
+        self.write(0, |tx| insert_key(&tx.db, row))
     }
 
     /// The stored key, as it is (no reset applied): for authentication.
     pub fn key(&self, token: &str) -> Result<Option<KeyRow>> {
-        get_key(&self.conn(), token)
+        self.read(|db| get_key(db, token))
     }
 
     /// The key as of `now`: a budget period that has ended is reset (and that is persisted).
     pub fn key_at(&self, token: &str, now_micros: i64) -> Result<Option<KeyRow>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let Some(mut row) = get_key(&tx, token)? else {
-            return Ok(None);
-        };
-        if row.lazy_reset(&self.reset_clock(), now_micros) {
-            put_key_doc(&tx, &row)?;
-            tx.commit()?;
-        }
-        Ok(Some(row))
+        self.write(now_micros, |tx| tx.key(token))
     }
 
     pub fn keys_of_user(&self, user_id: &str) -> Result<Vec<KeyRow>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT doc FROM keys WHERE user_id = ?1 ORDER BY rowid")?;
-        let docs = stmt
-            .query_map([user_id], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        docs.iter().map(|d| load_budgeted(d)).collect()
+        self.read(|db| {
+            db.strings(
+                "SELECT doc FROM keys WHERE user_id = ?1 ORDER BY rowid",
+                args![user_id],
+            )?
+            .iter()
+            .map(|d| load_budgeted(d))
+            .collect()
+        })
     }
 
     /// [`Store::keys_of_user`] with due resets applied and persisted.
     pub fn keys_of_user_at(&self, user_id: &str, now_micros: i64) -> Result<Vec<KeyRow>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let docs = {
-            let mut stmt = tx.prepare("SELECT doc FROM keys WHERE user_id = ?1 ORDER BY rowid")?;
-            let docs = stmt
-                .query_map([user_id], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            docs
-        };
-        let mut rows = Vec::with_capacity(docs.len());
-        let mut changed = false;
-        for d in &docs {
-            let mut row: KeyRow = load_budgeted(d)?;
-            if row.lazy_reset(&self.reset_clock(), now_micros) {
-                put_key_doc(&tx, &row)?;
-                changed = true;
-            }
-            rows.push(row);
-        }
-        if changed {
-            tx.commit()?;
-        }
-        Ok(rows)
+        self.write(now_micros, |tx| tx.keys_of_user(user_id))
     }
 
     pub fn key_alias_taken(&self, alias: &str) -> Result<bool> {
-        Ok(self
-            .conn()
-            .query_row("SELECT 1 FROM keys WHERE key_alias = ?1", [alias], |_| {
-                Ok(())
-            })
-            .optional()?
-            .is_some())
+        self.read(|db| {
+            Ok(db
+                .row("SELECT 1 FROM keys WHERE key_alias = ?1", args![alias])?
+                .is_some())
+        })
     }
 
     /// Inserts a user and, optionally, its first key, in one transaction.
     pub fn insert_user_with_key(&self, user: &UserRow, key: Option<&KeyRow>) -> Result<()> {
         let mut user = user.clone();
         user.sync_spend();
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO users (user_id, user_email, doc) VALUES (?1, ?2, ?3)",
-            params![user.user_id, user.user_email, to_doc(&user)?],
-        )?;
-        if let Some(row) = key {
-            let mut row = row.clone();
-            row.sync_spend();
-            tx.execute(
-                "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![row.token, row.user_id, row.team_id, row.key_alias, to_doc(&row)?],
+        self.write(0, |tx| {
+            tx.db.exec(
+                "INSERT INTO users (user_id, user_email, doc) VALUES (?1, ?2, ?3)",
+                args![&user.user_id, &user.user_email, to_doc(&user)?],
             )?;
-        }
-        tx.commit()?;
-        Ok(())
+            if let Some(row) = key {
+                insert_key(&tx.db, row)?;
+            }
+            Ok(())
+        })
     }
 
     /// The stored user, as it is (no reset applied).
     pub fn user(&self, user_id: &str) -> Result<Option<UserRow>> {
-        get_user(&self.conn(), user_id)
+        self.read(|db| get_user(db, user_id))
     }
 
     /// The user as of `now`, with a due reset applied and persisted.
     pub fn user_at(&self, user_id: &str, now_micros: i64) -> Result<Option<UserRow>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let Some(mut row) = get_user(&tx, user_id)? else {
-            return Ok(None);
-        };
-        if row.lazy_reset(&self.reset_clock(), now_micros) {
-            put_user_doc(&tx, &row)?;
-            tx.commit()?;
-        }
-        Ok(Some(row))
+        self.write(now_micros, |tx| tx.user(user_id))
     }
 
     pub fn user_email_taken(&self, email: &str) -> Result<bool> {
-        Ok(self
-            .conn()
-            .query_row("SELECT 1 FROM users WHERE user_email = ?1", [email], |_| {
-                Ok(())
-            })
-            .optional()?
-            .is_some())
+        self.read(|db| {
+            Ok(db
+                .row("SELECT 1 FROM users WHERE user_email = ?1", args![email])?
+                .is_some())
+        })
     }
 
     /// The end user as of `now`, with a due reset applied and persisted (its period follows the
     /// budget that applies to it).
     pub fn end_user_at(&self, user_id: &str, now_micros: i64) -> Result<Option<EndUserRow>> {
         Ok(self
-            .transact(now_micros, |tx| tx.end_user(user_id))?
-            .value
+            .write(now_micros, |tx| tx.end_user(user_id))?
             .map(|(row, _)| row))
     }
 
     /// Creates or replaces an end user (`/customer/new`, `/customer/update`).
     pub fn put_end_user(&self, row: &EndUserRow) -> Result<()> {
-        let mut row = row.clone();
-        row.sync_spend();
-        put_end_user(&self.conn(), &row)
+        self.write(0, |tx| tx.save_end_user(row))
     }
 
     /// Sets the proxy budget's period from the config (at startup), keeping its spend. A changed
@@ -897,281 +914,39 @@ impl Store {
         budget_duration: Option<&str>,
         now_micros: i64,
     ) -> Result<ProxyBudgetRow> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut row = get_proxy(&tx)?;
-        let duration = budget_duration
-            .filter(|d| !d.is_empty())
-            .map(str::to_string);
-        if row.budget_duration != duration {
-            row.budget_reset_at_micros = duration
-                .as_deref()
-                .map(|d| self.reset_clock().next_reset_micros(d, now_micros));
-            row.budget_duration = duration;
-        }
-        proxy_lazy_reset(&mut row, &self.reset_clock(), now_micros);
-        put_proxy(&tx, &row)?;
-        tx.commit()?;
-        Ok(row)
+        let clock = self.reset_clock();
+        self.write(now_micros, |tx| {
+            let mut row = get_proxy(&tx.db)?;
+            let duration = budget_duration
+                .filter(|d| !d.is_empty())
+                .map(str::to_string);
+            if row.budget_duration != duration {
+                row.budget_reset_at_micros = duration
+                    .as_deref()
+                    .map(|d| clock.next_reset_micros(d, now_micros));
+                row.budget_duration = duration;
+            }
+            proxy_lazy_reset(&mut row, &clock, now_micros);
+            put_proxy(&tx.db, &row)?;
+            Ok(row)
+        })
     }
 
     /// The proxy budget row as of `now` (a due reset applied and persisted).
     pub fn proxy_budget_at(&self, now_micros: i64) -> Result<ProxyBudgetRow> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut row = get_proxy(&tx)?;
-        if proxy_lazy_reset(&mut row, &self.reset_clock(), now_micros) {
-            put_proxy(&tx, &row)?;
-            tx.commit()?;
-        }
-        Ok(row)
+        self.write(now_micros, |tx| tx.proxy_budget())
     }
 
-    /// Records a batch of settled calls and charges them, in one transaction.
-    ///
-    /// Each event is inserted into `spend_logs` unless its `event_id` is already there
-    /// (then it is a duplicate and charges nothing, so a retried batch is harmless). Each new
-    /// event charges: its key (`spend` and `model_spend[model]`), its user if the user row
-    /// exists (team keys included, as LiteLLM does), its end user (created with
-    /// `blocked: false` if unknown) and the proxy budget. Each charged entity first gets its
-    /// lazy reset at `now`.
-    pub fn apply_spend_batch(&self, batch: &SpendBatch, now_micros: i64) -> Result<SpendApplied> {
-        Ok(self.apply_spend_batch_indexed(batch, now_micros)?.0)
-    }
-
-    /// [`Store::apply_spend_batch`], also telling which events (indexes into `batch.events`)
-    /// were newly applied: the metrics count those only, not replayed duplicates.
-    pub fn apply_spend_batch_indexed(
-        &self,
-        batch: &SpendBatch,
-        now_micros: i64,
-    ) -> Result<(SpendApplied, Vec<usize>)> {
-        let mut out = SpendApplied::default();
-        let mut applied_events = Vec::new();
-        let mut keys: HashMap<&str, KeyCharge> = HashMap::new();
-        let mut users: HashMap<&str, i64> = HashMap::new();
-        let mut end_users: HashMap<&str, i64> = HashMap::new();
-        let mut teams: HashMap<&str, i64> = HashMap::new();
-        let mut members: HashMap<(&str, &str), i64> = HashMap::new();
-        let mut proxy: i64 = 0;
-        let mut conn = self.conn();
-        let t = Tx::new(conn.transaction()?, self, now_micros);
-        let tx = &t.tx;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT OR IGNORE INTO spend_logs (event_id, request_id, client_request_id,
-                    api_key, user_id, team_id, end_user, model, model_id, spend_nanos,
-                    prompt_tokens, completion_tokens, total_tokens, cached_tokens, estimated,
-                    status, call_type, start_time, end_time, doc)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                    ?17, ?18, ?19, ?20)",
-            )?;
-            for (index, e) in batch.events.iter().enumerate() {
-                let event_id = event_key(e);
-                let request_id = if e.request_id.is_empty() {
-                    event_id.clone()
-                } else {
-                    e.request_id.clone()
-                };
-                // A cost is never negative; a bad one must not credit anyone.
-                let nanos = e.spend_nanos.max(0);
-                let doc = SpendLogDoc {
-                    key_alias: e.key_alias.clone(),
-                };
-                let inserted = insert.execute(params![
-                    event_id,
-                    request_id,
-                    e.client_request_id,
-                    e.api_key,
-                    e.user_id,
-                    e.team_id,
-                    e.end_user,
-                    e.model,
-                    e.model_id,
-                    nanos,
-                    sql_u64(e.prompt_tokens),
-                    sql_u64(e.completion_tokens),
-                    sql_u64(e.total_tokens),
-                    sql_u64(e.cached_tokens),
-                    e.estimated,
-                    e.status,
-                    e.call_type,
-                    e.start_time_micros,
-                    e.end_time_micros,
-                    to_doc(&doc)?,
-                ])?;
-                if inserted == 0 {
-                    out.duplicates += 1;
-                    continue;
-                }
-                out.applied += 1;
-                applied_events.push(index);
-                proxy = proxy.saturating_add(nanos);
-                if let Some(k) = e.api_key.as_deref().filter(|k| !k.is_empty()) {
-                    let c = keys.entry(k).or_default();
-                    c.nanos = c.nanos.saturating_add(nanos);
-                    let m = c.models.entry(e.model.clone()).or_default();
-                    *m = m.saturating_add(nanos);
-                }
-                if let Some(u) = e.user_id.as_deref().filter(|u| !u.is_empty()) {
-                    let v = users.entry(u).or_default();
-                    *v = v.saturating_add(nanos);
-                }
-                if let Some(u) = e.end_user.as_deref().filter(|u| !u.is_empty()) {
-                    let v = end_users.entry(u).or_default();
-                    *v = v.saturating_add(nanos);
-                }
-                if let Some(team) = e.team_id.as_deref().filter(|t| !t.is_empty()) {
-                    let v = teams.entry(team).or_default();
-                    *v = v.saturating_add(nanos);
-                    if let Some(u) = e.user_id.as_deref().filter(|u| !u.is_empty()) {
-                        let v = members.entry((team, u)).or_default();
-                        *v = v.saturating_add(nanos);
-                    }
-                }
-            }
-        }
-        if out.applied > 0 {
-            let now_iso = format_iso8601_utc(now_micros);
-            for (token, charge) in &keys {
-                // A key deleted since the call: its log row stays, nothing to charge.
-                let Some(mut row) = get_key(tx, token)? else {
-                    continue;
-                };
-                row.lazy_reset(&self.reset_clock(), now_micros);
-                row.add_spend(charge.nanos);
-                for (model, n) in &charge.models {
-                    add_model_spend(&mut row.model_spend, model, *n);
-                }
-                put_key_doc(tx, &row)?;
-            }
-            for (user_id, nanos) in &users {
-                let Some(mut row) = get_user(tx, user_id)? else {
-                    continue;
-                };
-                row.lazy_reset(&self.reset_clock(), now_micros);
-                row.add_spend(*nanos);
-                put_user_doc(tx, &row)?;
-            }
-            for (user_id, nanos) in &end_users {
-                let mut row = match get_end_user(tx, user_id)? {
-                    Some(row) => row,
-                    None => EndUserRow {
-                        user_id: (*user_id).to_string(),
-                        blocked: false,
-                        created_at: now_iso.clone(),
-                        updated_at: now_iso.clone(),
-                        ..Default::default()
-                    },
-                };
-                let budget = t.end_user_budget(&row)?;
-                tx::follow_period(&mut row, budget.as_ref());
-                row.lazy_reset(&self.reset_clock(), now_micros);
-                row.add_spend(*nanos);
-                put_end_user(tx, &row)?;
-            }
-            for (team_id, nanos) in &teams {
-                // A team deleted since the call: nothing to charge.
-                let Some(mut row) = t.team(team_id)? else {
-                    continue;
-                };
-                row.add_spend(*nanos);
-                t.save_team(&row)?;
-            }
-            for ((team_id, user_id), nanos) in &members {
-                // Only members have a team spend (LiteLLM charges the membership row).
-                let Some((mut row, _)) = t.membership(team_id, user_id)? else {
-                    continue;
-                };
-                row.add_spend(*nanos);
-                t.save_membership(&row)?;
-            }
-            let mut row = get_proxy(tx)?;
-            proxy_lazy_reset(&mut row, &self.reset_clock(), now_micros);
-            row.spend_nanos = row.spend_nanos.saturating_add(proxy);
-            put_proxy(tx, &row)?;
-        }
-        t.commit()?;
-        Ok((out, applied_events))
-    }
-
-    /// Spend-log rows matching `q`, newest first (by start time).
-    pub fn spend_logs(&self, q: &SpendLogQuery) -> Result<Vec<SpendEvent>> {
-        use rusqlite::types::Value as Sql;
-        let mut sql = String::from(
-            "SELECT request_id, api_key, user_id, team_id, end_user, model, model_id,
-                spend_nanos, prompt_tokens, completion_tokens, total_tokens, cached_tokens,
-                estimated, status, call_type, start_time, end_time, doc, event_id,
-                client_request_id
-             FROM spend_logs WHERE 1 = 1",
-        );
-        let mut args: Vec<Sql> = Vec::new();
-        match &q.api_key {
-            KeyFilter::Any => {}
-            KeyFilter::Token(t) => {
-                args.push(Sql::Text(t.clone()));
-                sql.push_str(&format!(" AND api_key = ?{}", args.len()));
-            }
-            KeyFilter::Master => sql.push_str(" AND api_key IS NULL"),
-        }
-        if let Some(u) = &q.user_id {
-            args.push(Sql::Text(u.clone()));
-            sql.push_str(&format!(" AND user_id = ?{}", args.len()));
-        }
-        if let Some(r) = &q.request_id {
-            args.push(Sql::Text(r.clone()));
-            sql.push_str(&format!(" AND request_id = ?{}", args.len()));
-        }
-        if let Some(s) = q.start_micros {
-            args.push(Sql::Integer(s));
-            sql.push_str(&format!(" AND start_time >= ?{}", args.len()));
-        }
-        if let Some(e) = q.end_micros {
-            args.push(Sql::Integer(e));
-            sql.push_str(&format!(" AND start_time < ?{}", args.len()));
-        }
-        sql.push_str(" ORDER BY start_time DESC, rowid DESC");
-        if let Some(l) = q.limit {
-            args.push(Sql::Integer(sql_u64(l)));
-            sql.push_str(&format!(" LIMIT ?{}", args.len()));
-        }
-        let conn = self.conn();
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt
-            .query_map(params_from_iter(args), |r| {
-                let doc: SpendLogDoc =
-                    serde_json::from_str(&r.get::<_, String>(17)?).unwrap_or_default();
-                Ok(SpendEvent {
-                    event_id: r.get(18)?,
-                    request_id: r.get(0)?,
-                    client_request_id: r.get(19)?,
-                    api_key: r.get(1)?,
-                    key_alias: doc.key_alias,
-                    user_id: r.get(2)?,
-                    team_id: r.get(3)?,
-                    end_user: r.get(4)?,
-                    model: r.get(5)?,
-                    model_id: r.get(6)?,
-                    spend_nanos: r.get(7)?,
-                    prompt_tokens: sql_u64_back(r.get(8)?),
-                    completion_tokens: sql_u64_back(r.get(9)?),
-                    total_tokens: sql_u64_back(r.get(10)?),
-                    cached_tokens: sql_u64_back(r.get(11)?),
-                    estimated: r.get(12)?,
-                    status: r.get(13)?,
-                    call_type: r.get(14)?,
-                    start_time_micros: r.get(15)?,
-                    end_time_micros: r.get(16)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+    /// One transaction that records no change-log entries.
+    fn write<T>(&self, now_micros: i64, f: impl FnOnce(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        Ok(self.transact(now_micros, f)?.value)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::{SpendBatch, SpendEvent};
 
     #[test]
     fn keys_and_users_round_trip_and_survive_reopen() {

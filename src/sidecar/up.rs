@@ -14,6 +14,8 @@ pub struct UpOptions {
     pub host: String,
     pub concurrency: u16,
     pub data_dir: PathBuf,
+    /// `--store`: a PostgreSQL URL instead of SQLite in `data_dir`.
+    pub store: Option<String>,
     pub wasm: PathBuf,
     pub envoy_log_level: String,
     /// On 127.0.0.1; 0 picks a free one.
@@ -182,7 +184,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     // The store, the bootstrap and the xDS files hold secrets: owner only.
     reload::create_private_dir(&opts.data_dir)?;
     let envoy_bin = find_envoy()?;
-    let state = admin_state(&prepared, &opts.data_dir)?;
+    let state = admin_state(&prepared, &opts.data_dir, opts.store.as_deref())?;
     let sidecar = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let sidecar_port = sidecar.local_addr()?.port();
     // Envoy takes the filter configuration and upstream clusters from files in here, so a

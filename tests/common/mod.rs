@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod istio;
+pub mod postgres;
 pub mod split;
 
 use serde_json::Value;

@@ -43,6 +43,15 @@ impl IntoResponse for AdminError {
 
 impl From<anyhow::Error> for AdminError {
     fn from(e: anyhow::Error) -> Self {
+        // An unreachable database is the store being down, not a fault in the call: 503, so
+        // the filter keeps serving what it knows and retries.
+        if let Some(down) = e.downcast_ref::<crate::sidecar::store::Unavailable>() {
+            return AdminError::Api(ApiError::new(
+                503,
+                "service_unavailable",
+                format!("Service Unavailable, {down}"),
+            ));
+        }
         AdminError::Api(ApiError::new(
             500,
             "internal_server_error",

@@ -2,9 +2,9 @@
 //! default member budgets and keys point at by `budget_id`. A row has no spend of its own: the
 //! entity linked to it keeps the spend, and follows the row's limits and period.
 
+use super::sql::{args, Exec};
 use super::{from_doc, to_doc, Tx};
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -39,38 +39,38 @@ pub struct BudgetRow {
 
 impl Tx<'_> {
     pub fn budget(&self, budget_id: &str) -> Result<Option<BudgetRow>> {
-        let doc: Option<String> = self
-            .tx
-            .prepare_cached("SELECT doc FROM budgets WHERE budget_id = ?1")?
-            .query_row([budget_id], |r| r.get(0))
-            .optional()?;
-        doc.map(|d| from_doc(&d)).transpose()
+        self.db
+            .row(
+                "SELECT doc FROM budgets WHERE budget_id = ?1",
+                args![budget_id],
+            )?
+            .map(|r| from_doc(&r.text(0)?))
+            .transpose()
     }
 
     /// Creates or replaces a budget row.
     pub fn save_budget(&self, row: &BudgetRow) -> Result<()> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO budgets (budget_id, doc) VALUES (?1, ?2)
-                 ON CONFLICT(budget_id) DO UPDATE SET doc = excluded.doc",
-            )?
-            .execute(params![row.budget_id, to_doc(row)?])?;
+        self.db.exec(
+            "INSERT INTO budgets (budget_id, doc) VALUES (?1, ?2)
+             ON CONFLICT(budget_id) DO UPDATE SET doc = excluded.doc",
+            args![&row.budget_id, to_doc(row)?],
+        )?;
         Ok(())
     }
 
     pub fn delete_budget(&self, budget_id: &str) -> Result<bool> {
         Ok(self
-            .tx
-            .execute("DELETE FROM budgets WHERE budget_id = ?1", [budget_id])?
+            .db
+            .exec("DELETE FROM budgets WHERE budget_id = ?1", args![budget_id])?
             > 0)
     }
 
     /// Every budget row, oldest first.
     pub fn budgets(&self) -> Result<Vec<BudgetRow>> {
-        let mut stmt = self.tx.prepare("SELECT doc FROM budgets ORDER BY rowid")?;
-        let docs = stmt
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        docs.iter().map(|d| from_doc(d)).collect()
+        self.db
+            .strings("SELECT doc FROM budgets ORDER BY rowid", &[])?
+            .iter()
+            .map(|d| from_doc(d))
+            .collect()
     }
 }

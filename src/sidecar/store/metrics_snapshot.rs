@@ -1,6 +1,7 @@
 //! What the sidecar's `/metrics` reads from the store at scrape time: every key, user and team
 //! that has a budget, with its spend (LiteLLM's remaining-budget gauges).
 
+use super::sql::Exec;
 use super::teams::TeamRow;
 use super::{load_budgeted, nanos_to_usd as usd, KeyRow, Store, UserRow};
 use anyhow::Result;
@@ -38,14 +39,14 @@ impl Store {
     /// Keys, users and teams with a `max_budget` (as stored: a period that has ended but not
     /// been reset yet still shows its spend until the next call resets it).
     pub fn budget_snapshot(&self) -> Result<BudgetSnapshot> {
-        let conn = self.conn();
-        let docs = |table: &str| -> Result<Vec<String>> {
-            let mut stmt = conn.prepare(&format!("SELECT doc FROM {table} ORDER BY rowid"))?;
-            let rows = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        };
+        self.read(snapshot)
+    }
+}
+
+fn snapshot(db: &dyn Exec) -> Result<BudgetSnapshot> {
+    {
+        let docs =
+            |table: &str| db.strings(&format!("SELECT doc FROM {table} ORDER BY rowid"), &[]);
         let mut out = BudgetSnapshot::default();
         for doc in docs("keys")? {
             let k: KeyRow = load_budgeted(&doc)?;

@@ -1,9 +1,9 @@
 //! Teams (`LiteLLM_TeamTable`) and team memberships (`LiteLLM_TeamMembership`: a member's spend
 //! in the team and its budget row).
 
+use super::sql::{args, Exec};
 use super::{load_budgeted, nanos_to_usd, to_doc, BudgetRow, Budgeted, Tx};
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -133,13 +133,13 @@ impl Budgeted for MembershipRow {
 impl Tx<'_> {
     /// The team as of now (a due budget reset applied and persisted).
     pub fn team(&self, team_id: &str) -> Result<Option<TeamRow>> {
-        let doc: Option<String> = self
-            .tx
-            .prepare_cached("SELECT doc FROM teams WHERE team_id = ?1")?
-            .query_row([team_id], |r| r.get(0))
-            .optional()?;
-        let Some(doc) = doc else { return Ok(None) };
-        let mut row: TeamRow = load_budgeted(&doc)?;
+        let Some(r) = self
+            .db
+            .row("SELECT doc FROM teams WHERE team_id = ?1", args![team_id])?
+        else {
+            return Ok(None);
+        };
+        let mut row: TeamRow = load_budgeted(&r.text(0)?)?;
         if row.lazy_reset(&self.clock, self.now) {
             self.save_team(&row)?;
         }
@@ -149,37 +149,32 @@ impl Tx<'_> {
     pub fn save_team(&self, row: &TeamRow) -> Result<()> {
         let mut row = row.clone();
         row.sync_spend();
-        self.tx
-            .prepare_cached(
-                "INSERT INTO teams (team_id, team_alias, doc) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(team_id) DO UPDATE SET team_alias = excluded.team_alias,
-                     doc = excluded.doc",
-            )?
-            .execute(params![row.team_id, row.team_alias, to_doc(&row)?])?;
+        self.db.exec(
+            "INSERT INTO teams (team_id, team_alias, doc) VALUES (?1, ?2, ?3)
+             ON CONFLICT(team_id) DO UPDATE SET team_alias = excluded.team_alias,
+                 doc = excluded.doc",
+            args![&row.team_id, &row.team_alias, to_doc(&row)?],
+        )?;
         Ok(())
     }
 
     /// Deletes the team and its memberships.
     pub fn delete_team(&self, team_id: &str) -> Result<bool> {
-        self.tx
-            .execute("DELETE FROM team_memberships WHERE team_id = ?1", [team_id])?;
+        self.db.exec(
+            "DELETE FROM team_memberships WHERE team_id = ?1",
+            args![team_id],
+        )?;
         Ok(self
-            .tx
-            .execute("DELETE FROM teams WHERE team_id = ?1", [team_id])?
+            .db
+            .exec("DELETE FROM teams WHERE team_id = ?1", args![team_id])?
             > 0)
     }
 
     /// Every team, oldest first (due resets applied).
     pub fn teams(&self) -> Result<Vec<TeamRow>> {
-        let ids: Vec<String> = {
-            let mut stmt = self
-                .tx
-                .prepare("SELECT team_id FROM teams ORDER BY rowid")?;
-            let ids = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            ids
-        };
+        let ids = self
+            .db
+            .strings("SELECT team_id FROM teams ORDER BY rowid", &[])?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(t) = self.team(&id)? {
@@ -191,13 +186,14 @@ impl Tx<'_> {
 
     /// Teams whose default member budget is `budget_id`.
     pub fn teams_with_member_budget(&self, budget_id: &str) -> Result<Vec<String>> {
-        let mut stmt = self.tx.prepare(
-            "SELECT team_id FROM teams WHERE json_extract(doc, '$.metadata.team_member_budget_id') = ?1",
-        )?;
-        let ids = stmt
-            .query_map([budget_id], |r| r.get::<_, String>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ids)
+        let field = self
+            .db
+            .dialect()
+            .doc_field("metadata.team_member_budget_id");
+        self.db.strings(
+            &format!("SELECT team_id FROM teams WHERE {field} = ?1"),
+            args![budget_id],
+        )
     }
 
     /// The budget row that applies to a membership: its own, else the team's default.
@@ -224,13 +220,14 @@ impl Tx<'_> {
         team_id: &str,
         user_id: &str,
     ) -> Result<Option<(MembershipRow, Option<BudgetRow>)>> {
-        let doc: Option<String> = self
-            .tx
-            .prepare_cached("SELECT doc FROM team_memberships WHERE team_id = ?1 AND user_id = ?2")?
-            .query_row([team_id, user_id], |r| r.get(0))
-            .optional()?;
-        let Some(doc) = doc else { return Ok(None) };
-        let mut row: MembershipRow = load_budgeted(&doc)?;
+        let Some(r) = self.db.row(
+            "SELECT doc FROM team_memberships WHERE team_id = ?1 AND user_id = ?2",
+            args![team_id, user_id],
+        )?
+        else {
+            return Ok(None);
+        };
+        let mut row: MembershipRow = load_budgeted(&r.text(0)?)?;
         let team = self.team(team_id)?;
         let budget = self.membership_budget(&row, team.as_ref())?;
         let duration = budget.as_ref().and_then(|b| b.budget_duration.clone());
@@ -249,27 +246,28 @@ impl Tx<'_> {
     pub fn save_membership(&self, row: &MembershipRow) -> Result<()> {
         let mut row = row.clone();
         row.sync_spend();
-        self.tx
-            .prepare_cached(
-                "INSERT INTO team_memberships (team_id, user_id, budget_id, doc) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(team_id, user_id) DO UPDATE SET budget_id = excluded.budget_id,
-                     doc = excluded.doc",
-            )?
-            .execute(params![row.team_id, row.user_id, row.budget_id, to_doc(&row)?])?;
+        self.db.exec(
+            "INSERT INTO team_memberships (team_id, user_id, budget_id, doc) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(team_id, user_id) DO UPDATE SET budget_id = excluded.budget_id,
+                 doc = excluded.doc",
+            args![&row.team_id, &row.user_id, &row.budget_id, to_doc(&row)?],
+        )?;
         Ok(())
     }
 
     pub fn delete_membership(&self, team_id: &str, user_id: &str) -> Result<bool> {
-        Ok(self.tx.execute(
+        Ok(self.db.exec(
             "DELETE FROM team_memberships WHERE team_id = ?1 AND user_id = ?2",
-            [team_id, user_id],
+            args![team_id, user_id],
         )? > 0)
     }
 
     /// Deletes every membership of a user.
     pub fn delete_memberships_of_user(&self, user_id: &str) -> Result<()> {
-        self.tx
-            .execute("DELETE FROM team_memberships WHERE user_id = ?1", [user_id])?;
+        self.db.exec(
+            "DELETE FROM team_memberships WHERE user_id = ?1",
+            args![user_id],
+        )?;
         Ok(())
     }
 
@@ -278,15 +276,10 @@ impl Tx<'_> {
         &self,
         team_id: &str,
     ) -> Result<Vec<(MembershipRow, Option<BudgetRow>)>> {
-        let users: Vec<String> = {
-            let mut stmt = self.tx.prepare(
-                "SELECT user_id FROM team_memberships WHERE team_id = ?1 ORDER BY rowid",
-            )?;
-            let users = stmt
-                .query_map([team_id], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            users
-        };
+        let users = self.db.strings(
+            "SELECT user_id FROM team_memberships WHERE team_id = ?1 ORDER BY rowid",
+            args![team_id],
+        )?;
         let mut out = Vec::with_capacity(users.len());
         for u in users {
             if let Some(m) = self.membership(team_id, &u)? {
@@ -298,12 +291,13 @@ impl Tx<'_> {
 
     /// `(team_id, user_id)` of memberships whose own budget is `budget_id`.
     pub fn memberships_with_budget(&self, budget_id: &str) -> Result<Vec<(String, String)>> {
-        let mut stmt = self
-            .tx
-            .prepare("SELECT team_id, user_id FROM team_memberships WHERE budget_id = ?1")?;
-        let pairs = stmt
-            .query_map([budget_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(pairs)
+        self.db
+            .rows(
+                "SELECT team_id, user_id FROM team_memberships WHERE budget_id = ?1",
+                args![budget_id],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.text(1)?)))
+            .collect()
     }
 }

@@ -2,17 +2,64 @@
 //! filter is noted with [`Tx::invalidate`] and written to the change log in the same
 //! transaction ([`Store::transact`]).
 
+use super::pg::PgTx;
+use super::sql::{args, Dialect, Exec, Row, Value};
 use super::{
-    changes, get_end_user, get_key, get_proxy, get_user, proxy_lazy_reset, put_proxy, to_doc,
-    BudgetRow, Budgeted, EndUserRow, KeyRow, ProxyBudgetRow, ResetClock, Store, UserRow,
+    blocking, changes, get_end_user, get_key, get_proxy, get_user, proxy_lazy_reset, put_proxy,
+    to_doc, Backend, BudgetRow, Budgeted, EndUserRow, KeyRow, ProxyBudgetRow, ResetClock, Store,
+    UserRow,
 };
 use anyhow::Result;
-use rusqlite::{params, params_from_iter, OptionalExtension};
+
+/// The open transaction of either backend.
+pub(super) enum Db<'c> {
+    Sqlite(rusqlite::Transaction<'c>),
+    Postgres(Box<PgTx>),
+}
+
+impl Db<'_> {
+    fn commit(self) -> Result<()> {
+        match self {
+            Db::Sqlite(tx) => Ok(tx.commit()?),
+            Db::Postgres(tx) => tx.commit(),
+        }
+    }
+}
+
+impl Exec for Db<'_> {
+    fn dialect(&self) -> Dialect {
+        match self {
+            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    fn exec(&self, sql: &str, args: &[Value]) -> Result<u64> {
+        match self {
+            Db::Sqlite(tx) => (**tx).exec(sql, args),
+            Db::Postgres(tx) => tx.exec(sql, args),
+        }
+    }
+
+    fn rows(&self, sql: &str, args: &[Value]) -> Result<Vec<Row>> {
+        match self {
+            Db::Sqlite(tx) => (**tx).rows(sql, args),
+            Db::Postgres(tx) => tx.rows(sql, args),
+        }
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        match self {
+            Db::Sqlite(tx) => (**tx).batch(sql),
+            Db::Postgres(tx) => tx.batch(sql),
+        }
+    }
+}
 
 /// A transaction: reads apply due budget resets (persisted with the change), writes go to
-/// SQLite, and [`Tx::invalidate`] collects the change-log entries.
+/// the store, and [`Tx::invalidate`] collects the change-log entries.
 pub struct Tx<'c> {
-    pub(super) tx: rusqlite::Transaction<'c>,
+    pub(super) db: Db<'c>,
     pub(super) clock: ResetClock,
     pub(super) default_end_user_budget: Option<String>,
     pub(super) default_end_user_max_budget: Option<f64>,
@@ -39,9 +86,9 @@ pub struct KeyQuery {
 }
 
 impl<'c> Tx<'c> {
-    pub(super) fn new(tx: rusqlite::Transaction<'c>, store: &Store, now_micros: i64) -> Tx<'c> {
+    fn new(db: Db<'c>, store: &Store, now_micros: i64) -> Tx<'c> {
         Tx {
-            tx,
+            db,
             clock: store.reset_clock(),
             default_end_user_budget: store.default_end_user_budget_id(),
             default_end_user_max_budget: store.default_end_user_max_budget(),
@@ -50,44 +97,50 @@ impl<'c> Tx<'c> {
         }
     }
 
-    pub(super) fn commit(self) -> Result<()> {
-        self.tx.commit()?;
-        Ok(())
+    /// Runs `f`, records the change-log entries it noted and commits.
+    fn run<T, E: From<anyhow::Error>>(
+        mut self,
+        f: impl FnOnce(&mut Tx<'c>) -> Result<T, E>,
+    ) -> Result<Committed<T>, E> {
+        let value = f(&mut self)?;
+        let mut seen = std::collections::HashSet::new();
+        let entries: Vec<String> = self
+            .entries
+            .drain(..)
+            .filter(|e| seen.insert(e.clone()))
+            .collect();
+        changes::record(&self.db, &entries, self.now).map_err(E::from)?;
+        self.db.commit().map_err(E::from)?;
+        Ok(Committed { value, entries })
     }
 }
 
 impl Store {
     /// Runs `f` in one transaction and commits it with the change-log entries it noted. An
-    /// error rolls everything back.
+    /// error rolls everything back. On PostgreSQL the transaction holds the store's write lock,
+    /// so replicas' transactions apply one after another. Every store transaction goes through
+    /// here (off the async workers, see [`blocking`]).
     pub fn transact<T, E: From<anyhow::Error>>(
         &self,
         now_micros: i64,
         f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
     ) -> Result<Committed<T>, E> {
-        let mut conn = self.conn();
-        let tx = conn
-            .transaction()
-            .map_err(|e| E::from(anyhow::Error::from(e)))?;
-        let mut t = Tx::new(tx, self, now_micros);
-        let value = f(&mut t)?;
-        let mut seen = std::collections::HashSet::new();
-        let entries: Vec<String> = t
-            .entries
-            .drain(..)
-            .filter(|e| seen.insert(e.clone()))
-            .collect();
-        changes::record(&t.tx, &entries, now_micros).map_err(E::from)?;
-        t.tx.commit().map_err(|e| E::from(anyhow::Error::from(e)))?;
-        Ok(Committed { value, entries })
+        blocking(|| match &self.backend {
+            Backend::Sqlite(conn) => {
+                // A poisoned lock only means another handler panicked mid-call; SQLite's own
+                // transactions keep the data consistent, so carry on.
+                let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+                let tx = conn
+                    .transaction()
+                    .map_err(|e| E::from(anyhow::Error::from(e)))?;
+                Tx::new(Db::Sqlite(tx), self, now_micros).run(f)
+            }
+            Backend::Postgres(pg) => {
+                let tx = pg.begin(true).map_err(E::from)?;
+                Tx::new(Db::Postgres(Box::new(tx)), self, now_micros).run(f)
+            }
+        })
     }
-}
-
-fn strings(tx: &rusqlite::Transaction<'_>, sql: &str, args: &[&str]) -> Result<Vec<String>> {
-    let mut stmt = tx.prepare(sql)?;
-    let rows = stmt
-        .query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
 }
 
 impl Tx<'_> {
@@ -113,7 +166,7 @@ impl Tx<'_> {
 
     /// The key as of now (a due budget reset applied).
     pub fn key(&self, token: &str) -> Result<Option<KeyRow>> {
-        let Some(mut row) = get_key(&self.tx, token)? else {
+        let Some(mut row) = get_key(&self.db, token)? else {
             return Ok(None);
         };
         if row.lazy_reset(&self.clock, self.now) {
@@ -124,16 +177,12 @@ impl Tx<'_> {
 
     /// The key with this alias, if any.
     pub fn key_by_alias(&self, alias: &str) -> Result<Option<KeyRow>> {
-        let token: Option<String> = self
-            .tx
-            .query_row(
-                "SELECT token FROM keys WHERE key_alias = ?1 ORDER BY rowid LIMIT 1",
-                [alias],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let token = self.db.row(
+            "SELECT token FROM keys WHERE key_alias = ?1 ORDER BY rowid LIMIT 1",
+            args![alias],
+        )?;
         match token {
-            Some(t) => self.key(&t),
+            Some(t) => self.key(&t.text(0)?),
             None => Ok(None),
         }
     }
@@ -141,13 +190,11 @@ impl Tx<'_> {
     /// Whether a key other than `except_token` has this alias.
     pub fn key_alias_taken(&self, alias: &str, except_token: &str) -> Result<bool> {
         Ok(self
-            .tx
-            .query_row(
+            .db
+            .row(
                 "SELECT 1 FROM keys WHERE key_alias = ?1 AND token != ?2",
-                [alias, except_token],
-                |_| Ok(()),
-            )
-            .optional()?
+                args![alias, except_token],
+            )?
             .is_some())
     }
 
@@ -155,45 +202,37 @@ impl Tx<'_> {
     pub fn save_key(&self, row: &KeyRow) -> Result<()> {
         let mut row = row.clone();
         row.sync_spend();
-        self.tx
-            .prepare_cached(
-                "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(token) DO UPDATE SET user_id = excluded.user_id,
-                     team_id = excluded.team_id, key_alias = excluded.key_alias, doc = excluded.doc",
-            )?
-            .execute(params![
-                row.token,
-                row.user_id,
-                row.team_id,
-                row.key_alias,
+        self.db.exec(
+            "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(token) DO UPDATE SET user_id = excluded.user_id,
+                 team_id = excluded.team_id, key_alias = excluded.key_alias, doc = excluded.doc",
+            args![
+                &row.token,
+                &row.user_id,
+                &row.team_id,
+                &row.key_alias,
                 to_doc(&row)?
-            ])?;
+            ],
+        )?;
         Ok(())
     }
 
     /// Inserts a new key; fails if the token exists.
     pub fn insert_key(&self, row: &KeyRow) -> Result<()> {
-        let mut row = row.clone();
-        row.sync_spend();
-        self.tx.execute(
-            "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![row.token, row.user_id, row.team_id, row.key_alias, to_doc(&row)?],
-        )?;
-        Ok(())
+        super::insert_key(&self.db, row)
     }
 
     pub fn delete_key(&self, token: &str) -> Result<bool> {
         Ok(self
-            .tx
-            .execute("DELETE FROM keys WHERE token = ?1", [token])?
+            .db
+            .exec("DELETE FROM keys WHERE token = ?1", args![token])?
             > 0)
     }
 
     /// Keys matching `q` (oldest first, one page) and how many match in all.
     pub fn keys(&self, q: &KeyQuery) -> Result<(Vec<KeyRow>, u64)> {
-        use rusqlite::types::Value as Sql;
         let mut filter = String::from(" WHERE 1 = 1");
-        let mut args: Vec<Sql> = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
         for (col, v) in [
             ("user_id", &q.user_id),
             ("team_id", &q.team_id),
@@ -201,28 +240,26 @@ impl Tx<'_> {
             ("token", &q.token),
         ] {
             if let Some(v) = v {
-                args.push(Sql::Text(v.clone()));
+                args.push(Value::from(v));
                 filter.push_str(&format!(" AND {col} = ?{}", args.len()));
             }
         }
-        let total: i64 = self.tx.query_row(
-            &format!("SELECT COUNT(*) FROM keys{filter}"),
-            params_from_iter(args.iter()),
-            |r| r.get(0),
-        )?;
-        args.push(Sql::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
+        let total = self
+            .db
+            .row(&format!("SELECT COUNT(*) FROM keys{filter}"), &args)?
+            .map(|r| r.int(0))
+            .transpose()?
+            .unwrap_or(0);
+        args.push(Value::Int(i64::try_from(q.limit).unwrap_or(i64::MAX)));
         let limit_arg = args.len();
-        args.push(Sql::Integer(i64::try_from(q.offset).unwrap_or(i64::MAX)));
+        args.push(Value::Int(i64::try_from(q.offset).unwrap_or(i64::MAX)));
         let offset_arg = args.len();
-        let tokens: Vec<String> = {
-            let mut stmt = self.tx.prepare(&format!(
+        let tokens = self.db.strings(
+            &format!(
                 "SELECT token FROM keys{filter} ORDER BY rowid LIMIT ?{limit_arg} OFFSET ?{offset_arg}"
-            ))?;
-            let tokens = stmt
-                .query_map(params_from_iter(args.iter()), |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
-            tokens
-        };
+            ),
+            &args,
+        )?;
         let mut rows = Vec::with_capacity(tokens.len());
         for t in tokens {
             if let Some(r) = self.key(&t)? {
@@ -257,36 +294,33 @@ impl Tx<'_> {
     }
 
     pub fn tokens_of_user(&self, user_id: &str) -> Result<Vec<String>> {
-        strings(
-            &self.tx,
+        self.db.strings(
             "SELECT token FROM keys WHERE user_id = ?1 ORDER BY rowid",
-            &[user_id],
+            args![user_id],
         )
     }
 
     pub fn tokens_of_team(&self, team_id: &str) -> Result<Vec<String>> {
-        strings(
-            &self.tx,
+        self.db.strings(
             "SELECT token FROM keys WHERE team_id = ?1 ORDER BY rowid",
-            &[team_id],
+            args![team_id],
         )
     }
 
     /// Keys of `user_id` in `team_id` (those a membership change affects).
     pub fn tokens_of_member(&self, team_id: &str, user_id: &str) -> Result<Vec<String>> {
-        strings(
-            &self.tx,
+        self.db.strings(
             "SELECT token FROM keys WHERE team_id = ?1 AND user_id = ?2 ORDER BY rowid",
-            &[team_id, user_id],
+            args![team_id, user_id],
         )
     }
 
     /// Keys linked to a budget row (`budget_id`).
     pub fn tokens_with_budget(&self, budget_id: &str) -> Result<Vec<String>> {
-        strings(
-            &self.tx,
-            "SELECT token FROM keys WHERE json_extract(doc, '$.budget_id') = ?1 ORDER BY rowid",
-            &[budget_id],
+        let field = self.db.dialect().doc_field("budget_id");
+        self.db.strings(
+            &format!("SELECT token FROM keys WHERE {field} = ?1 ORDER BY rowid"),
+            args![budget_id],
         )
     }
 
@@ -294,7 +328,7 @@ impl Tx<'_> {
 
     /// The user as of now (a due budget reset applied).
     pub fn user(&self, user_id: &str) -> Result<Option<UserRow>> {
-        let Some(mut row) = get_user(&self.tx, user_id)? else {
+        let Some(mut row) = get_user(&self.db, user_id)? else {
             return Ok(None);
         };
         if row.lazy_reset(&self.clock, self.now) {
@@ -304,16 +338,12 @@ impl Tx<'_> {
     }
 
     pub fn user_by_email(&self, email: &str) -> Result<Option<UserRow>> {
-        let id: Option<String> = self
-            .tx
-            .query_row(
-                "SELECT user_id FROM users WHERE user_email = ?1 ORDER BY rowid LIMIT 1",
-                [email],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let id = self.db.row(
+            "SELECT user_id FROM users WHERE user_email = ?1 ORDER BY rowid LIMIT 1",
+            args![email],
+        )?;
         match id {
-            Some(id) => self.user(&id),
+            Some(id) => self.user(&id.text(0)?),
             None => Ok(None),
         }
     }
@@ -322,20 +352,19 @@ impl Tx<'_> {
     pub fn save_user(&self, row: &UserRow) -> Result<()> {
         let mut row = row.clone();
         row.sync_spend();
-        self.tx
-            .prepare_cached(
-                "INSERT INTO users (user_id, user_email, doc) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(user_id) DO UPDATE SET user_email = excluded.user_email,
-                     doc = excluded.doc",
-            )?
-            .execute(params![row.user_id, row.user_email, to_doc(&row)?])?;
+        self.db.exec(
+            "INSERT INTO users (user_id, user_email, doc) VALUES (?1, ?2, ?3)
+             ON CONFLICT(user_id) DO UPDATE SET user_email = excluded.user_email,
+                 doc = excluded.doc",
+            args![&row.user_id, &row.user_email, to_doc(&row)?],
+        )?;
         Ok(())
     }
 
     pub fn delete_user(&self, user_id: &str) -> Result<bool> {
         Ok(self
-            .tx
-            .execute("DELETE FROM users WHERE user_id = ?1", [user_id])?
+            .db
+            .exec("DELETE FROM users WHERE user_id = ?1", args![user_id])?
             > 0)
     }
 
@@ -346,24 +375,26 @@ impl Tx<'_> {
         offset: u64,
         limit: u64,
     ) -> Result<(Vec<UserRow>, u64)> {
-        let (filter, args): (&str, Vec<&str>) = match role {
-            Some(r) => (" WHERE json_extract(doc, '$.user_role') = ?1", vec![r]),
-            None => ("", vec![]),
+        let (filter, args): (String, Vec<Value>) = match role {
+            Some(r) => (
+                format!(" WHERE {} = ?1", self.db.dialect().doc_field("user_role")),
+                vec![Value::from(r)],
+            ),
+            None => (String::new(), vec![]),
         };
-        let total: i64 = self.tx.query_row(
-            &format!("SELECT COUNT(*) FROM users{filter}"),
-            params_from_iter(args.iter()),
-            |r| r.get(0),
-        )?;
-        let n = args.len();
-        let ids = strings(
-            &self.tx,
+        let total = self
+            .db
+            .row(&format!("SELECT COUNT(*) FROM users{filter}"), &args)?
+            .map(|r| r.int(0))
+            .transpose()?
+            .unwrap_or(0);
+        let ids = self.db.strings(
             &format!(
                 "SELECT user_id FROM users{filter} ORDER BY rowid LIMIT {} OFFSET {}",
                 i64::try_from(limit).unwrap_or(i64::MAX),
                 i64::try_from(offset).unwrap_or(i64::MAX)
             ),
-            &args[..n],
+            &args,
         )?;
         let mut rows = Vec::with_capacity(ids.len());
         for id in ids {
@@ -415,7 +446,7 @@ impl Tx<'_> {
     /// The customer as of now with the budget that applies (its period followed, a due reset
     /// applied and persisted).
     pub fn end_user(&self, user_id: &str) -> Result<Option<(EndUserRow, Option<BudgetRow>)>> {
-        let Some(mut row) = get_end_user(&self.tx, user_id)? else {
+        let Some(mut row) = get_end_user(&self.db, user_id)? else {
             return Ok(None);
         };
         let budget = self.end_user_budget(&row)?;
@@ -429,23 +460,21 @@ impl Tx<'_> {
     pub fn save_end_user(&self, row: &EndUserRow) -> Result<()> {
         let mut row = row.clone();
         row.sync_spend();
-        super::put_end_user(&self.tx, &row)
+        super::put_end_user(&self.db, &row)
     }
 
     pub fn delete_end_user(&self, user_id: &str) -> Result<bool> {
         Ok(self
-            .tx
-            .execute("DELETE FROM end_users WHERE user_id = ?1", [user_id])?
+            .db
+            .exec("DELETE FROM end_users WHERE user_id = ?1", args![user_id])?
             > 0)
     }
 
     /// Every customer, oldest first, with its budget.
     pub fn end_users(&self) -> Result<Vec<(EndUserRow, Option<BudgetRow>)>> {
-        let ids = strings(
-            &self.tx,
-            "SELECT user_id FROM end_users ORDER BY rowid",
-            &[],
-        )?;
+        let ids = self
+            .db
+            .strings("SELECT user_id FROM end_users ORDER BY rowid", &[])?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(e) = self.end_user(&id)? {
@@ -457,19 +486,21 @@ impl Tx<'_> {
 
     /// Customers linked to a budget row.
     pub fn end_users_with_budget(&self, budget_id: &str) -> Result<Vec<String>> {
-        strings(
-            &self.tx,
-            "SELECT user_id FROM end_users WHERE json_extract(doc, '$.budget_id') = ?1 ORDER BY rowid",
-            &[budget_id],
+        self.db.strings(
+            &format!(
+                "SELECT user_id FROM end_users WHERE {} = ?1 ORDER BY rowid",
+                self.db.dialect().doc_field("budget_id")
+            ),
+            args![budget_id],
         )
     }
 
     // ---- proxy ----
 
     pub fn proxy_budget(&self) -> Result<ProxyBudgetRow> {
-        let mut row = get_proxy(&self.tx)?;
+        let mut row = get_proxy(&self.db)?;
         if proxy_lazy_reset(&mut row, &self.clock, self.now) {
-            put_proxy(&self.tx, &row)?;
+            put_proxy(&self.db, &row)?;
         }
         Ok(row)
     }
