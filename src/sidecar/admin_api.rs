@@ -18,6 +18,7 @@ mod keys;
 mod metrics;
 mod models;
 mod spend;
+mod spend_report;
 mod teams;
 mod users;
 
@@ -157,6 +158,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/spend/logs", get(spend::spend_logs))
         .route("/global/spend", get(spend::global_spend))
         .route(
+            "/user/daily/activity",
+            get(spend_report::user_daily_activity),
+        )
+        .route(
             "/tollgate/internal/v1/keys/{hash}",
             get(internal::internal_key),
         )
@@ -197,7 +202,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
             )
             .route(&format!("{prefix}/list"), get(customers::customer_list));
     }
-    r.fallback(health::fallback)
+    r.merge(crate::sidecar::ui::router())
+        .fallback(health::fallback)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             (limit, spend_limit),
