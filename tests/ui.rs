@@ -50,7 +50,11 @@ impl Drop for Browser {
 impl Browser {
     fn start() -> Browser {
         let chromium = tool("CHROMIUM_BIN", "/usr/bin/chromium", "chromium");
-        let chromedriver = tool("CHROMEDRIVER_BIN", "/usr/bin/chromedriver", "chromium-driver");
+        let chromedriver = tool(
+            "CHROMEDRIVER_BIN",
+            "/usr/bin/chromedriver",
+            "chromium-driver",
+        );
         let port = free_port();
         let driver = Command::new(&chromedriver)
             .arg(format!("--port={port}"))
@@ -87,6 +91,7 @@ impl Browser {
         let profile = browser._profile.path().display().to_string();
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "goog:loggingPrefs": {"browser": "ALL"},
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
@@ -121,10 +126,9 @@ impl Browser {
         };
         match res {
             Ok(r) => Ok(r.into_json::<Value>().map_err(|e| e.to_string())?["value"].clone()),
-            Err(ureq::Error::Status(code, r)) => Err(format!(
-                "{code} {}",
-                r.into_string().unwrap_or_default()
-            )),
+            Err(ureq::Error::Status(code, r)) => {
+                Err(format!("{code} {}", r.into_string().unwrap_or_default()))
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -168,12 +172,13 @@ impl Browser {
         );
     }
 
+    /// The element's text (found again if a redraw replaced it meanwhile).
     fn text(&self, css: &str) -> String {
-        let id = self.find(css);
-        self.call("GET", &format!("/element/{id}/text"), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        poll_until(&format!("text of {css}"), WAIT, || {
+            let id = self.find(css);
+            self.try_call("GET", &format!("/element/{id}/text"), None)
+                .map(|v| v.as_str().unwrap_or_default().to_string())
+        })
     }
 
     /// Waits until the page `name` has been drawn (after a sign-in, reload or navigation).
@@ -329,7 +334,10 @@ fn sign_in_create_a_key_and_see_its_spend() {
     let calls = browser.run(
         "return [...document.querySelectorAll('#calls-table tbody tr td.alias')].map(c => c.textContent)",
     );
-    assert_eq!(calls, json!(["ui-budget-key", "ui-budget-key", "ui-budget-key"]));
+    assert_eq!(
+        calls,
+        json!(["ui-budget-key", "ui-budget-key", "ui-budget-key"])
+    );
     browser.click("#chart-group option[value='key']");
     poll_until("legend by key", WAIT, || {
         let t = browser.text("#chart-legend");
@@ -367,6 +375,12 @@ fn sign_in_create_a_key_and_see_its_spend() {
     stack
         .chat(Some(&raw), "gpt-4o")
         .assert_error(401, "auth_error");
+    // The page never needed anything the policy forbids.
+    let console = browser.call("POST", "/se/log", Some(json!({"type": "browser"})));
+    assert!(
+        !console.to_string().contains("Content Security Policy"),
+        "{console}"
+    );
     eprintln!("screenshot: {}", spend_png.display());
 }
 

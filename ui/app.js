@@ -182,7 +182,7 @@ async function keysPage(page) {
     for (const tr of rows) tr.hidden = q !== "" && !tr.textContent.toLowerCase().includes(q) && !tr.dataset.token.includes(q);
   };
   search.addEventListener("input", filter);
-  const pager = el("span", { class: "muted" }, `${list.total_count} keys, page ${list.current_page} of ${Math.max(1, list.total_pages)} `,
+  const pager = el("span", { class: "muted" }, `${list.total_count} key${list.total_count === 1 ? "" : "s"}, page ${list.current_page} of ${Math.max(1, list.total_pages)} `,
     pageNo > 1 ? el("a", { href: `#keys?page=${pageNo - 1}` }, "previous") : null, " ",
     pageNo < list.total_pages ? el("a", { href: `#keys?page=${pageNo + 1}` }, "next") : null);
   page.replaceChildren(
@@ -353,7 +353,7 @@ async function spendPage(page) {
       card(`Spend, last ${range} days`, usd(meta.total_spend), "range-spend"),
       card("Requests", String(meta.total_api_requests), "range-requests"),
       card("Tokens", String(meta.total_tokens), "range-tokens"),
-      global ? card("Proxy budget", `${usd(global.spend)} of ${global.max_budget ? usd(global.max_budget) : "no limit"}`, "global-spend") : null),
+      global ? card("Proxy spend", global.max_budget ? `${usd(global.spend)} of ${usd(global.max_budget)}` : usd(global.spend), "global-spend") : null),
     el("div", { class: "toolbar" }, el("strong", {}, "Spend per day (UTC)"), groupSelect, rangeSelect),
     el("div", { class: "chart" }, stackedBars(days, series),
       el("div", { class: "legend", id: "chart-legend" }, series.map((s, i) => el("span", {}, swatch(i), s.name, " ", el("span", { class: "muted" }, usd(s.total)))))),

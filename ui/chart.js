@@ -25,7 +25,8 @@ export function swatch(i) {
 }
 
 function money(v) {
-  return "$" + (v >= 1 ? v.toFixed(2) : v.toPrecision(2));
+  if (v === 0) return "$0";
+  return "$" + (v >= 1 ? v.toFixed(2) : String(Number(v.toPrecision(2))));
 }
 
 /// days: ["YYYY-MM-DD", ...]; series: [{name, values: [number per day]}].
