@@ -5,6 +5,7 @@
 #                              on 127.0.0.1 (HOST, PORT change it; TOLLGATE_BIN skips the build)
 #   ./build.sh test            build, then unit tests and the integration tests against real Envoy
 #                              (and a real PostgreSQL, installed from Debian's packages if missing)
+#                              and chromium + chromium-driver for the admin UI's browser test
 #   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md)
 #   ./build.sh examples        regenerate envoy/tollgate.envoy.yaml and envoy/istio.yaml
 #   ./build.sh oci [DIR]       write tollgate.wasm as an OCI image layout (default target/oci/tollgate-wasm)
@@ -65,6 +66,24 @@ setup_validators() {
   fi
 }
 
+# The admin UI's browser test (tests/ui.rs) drives Debian's chromium through chromedriver.
+# CHROMIUM_BIN / CHROMEDRIVER_BIN point it at other builds.
+setup_browser() {
+  local chromium="${CHROMIUM_BIN:-/usr/bin/chromium}" driver="${CHROMEDRIVER_BIN:-/usr/bin/chromedriver}"
+  if [ ! -x "$chromium" ] || [ ! -x "$driver" ]; then
+    log "installing Debian's chromium and chromium-driver (the admin UI's browser test)"
+    command -v apt-get >/dev/null \
+      || die "chromium or chromedriver not found and no apt-get: install them or set CHROMIUM_BIN and CHROMEDRIVER_BIN"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null \
+      || die "installing chromium and chromium-driver failed"
+  fi
+  "$driver" --version >/dev/null 2>&1 || die "chromedriver at $driver does not run"
+  "$chromium" --version >/dev/null 2>&1 || die "chromium at $chromium does not run"
+}
+
 build() {
   setup
   log "building tollgate.wasm (wasm32-wasip1, release)"
@@ -123,6 +142,7 @@ test_all() {
   validate_envoy_configs
   log "validating the Istio manifests against Istio's CRDs and the Kubernetes schemas"
   validate_istio_manifests
+  setup_browser
   log "unit tests (host)"
   cargo test --release --lib --bins
   log "integration tests (real Envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1))"

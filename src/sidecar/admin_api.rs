@@ -18,6 +18,7 @@ mod keys;
 mod metrics;
 mod models;
 mod spend;
+mod spend_report;
 mod teams;
 mod users;
 
@@ -160,6 +161,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/spend/logs", get(spend::spend_logs))
         .route("/global/spend", get(spend::global_spend))
         .route(
+            "/user/daily/activity",
+            get(spend_report::user_daily_activity),
+        )
+        .route(
             &format!("{}{{hash}}", crate::contract::KEYS_PATH),
             get(internal::internal_key),
         )
@@ -200,7 +205,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
             )
             .route(&format!("{prefix}/list"), get(customers::customer_list));
     }
-    r.fallback(health::fallback)
+    r.merge(crate::sidecar::ui::router())
+        .fallback(health::fallback)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             (limit, spend_limit),

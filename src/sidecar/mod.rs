@@ -12,6 +12,7 @@ pub mod reload;
 pub mod render;
 pub mod store;
 pub mod timezone;
+pub mod ui;
 mod up;
 pub mod wasm_module;
 

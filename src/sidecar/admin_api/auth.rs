@@ -224,6 +224,7 @@ pub const ROUTES: &[(&str, RouteKind)] = &[
     ("/budget/info", RouteKind::AdminRead),
     ("/budget/list", RouteKind::AdminRead),
     ("/spend/logs", RouteKind::Spend),
+    ("/user/daily/activity", RouteKind::Spend),
     ("/global/spend", RouteKind::GlobalSpend),
     ("/model/info", RouteKind::Info),
     ("/model_group/info", RouteKind::Info),
