@@ -3,6 +3,7 @@
 
 pub mod admin_api;
 pub mod cost_map;
+mod envoy_admin;
 pub mod istio;
 pub mod litellm_config;
 pub mod metrics;
