@@ -89,7 +89,7 @@ build() {
   log "building tollgate.wasm (wasm32-wasip1, release)"
   cargo build --quiet --lib --release --target wasm32-wasip1
   log "building the tollgate binary"
-  cargo build --quiet --release --bin tollgate
+  cargo build --quiet --release --bins
   log "built $(du -h "$WASM" | cut -f1) $WASM and $BIN"
 }
 
@@ -125,7 +125,7 @@ run() {
     # LITELLM_MASTER_KEY refuses to start without it.
     export LITELLM_MASTER_KEY="${LITELLM_MASTER_KEY:-sk-1234}"
     log "starting the fake OpenAI-compatible upstream on 127.0.0.1:8089"
-    "$BIN" fake-llm --port 8089 >/dev/null &
+    "$(dirname "$BIN")/tollgate-fake-llm" --port 8089 >/dev/null &
     FAKE_PID=$!
     echo "master key: $LITELLM_MASTER_KEY (set LITELLM_MASTER_KEY to change it)"
   fi

@@ -242,7 +242,7 @@ litellm_settings:
 class Fake:
     def __init__(self):
         self.port = free_port()
-        self.proc = spawn([BIN, "fake-llm", "--port", str(self.port)], "fake.log", LOAD_CPUS)
+        self.proc = spawn([os.path.join(os.path.dirname(BIN), "tollgate-fake-llm"), "--port", str(self.port)], "fake.log", LOAD_CPUS)
         wait_until(
             "fake upstream",
             lambda: http("GET", f"http://127.0.0.1:{self.port}/v1/models")[0] == 200,

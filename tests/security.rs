@@ -245,13 +245,22 @@ fn assert_401(r: &common::Resp, path: &str, auth: &Option<String>) {
     assert_eq!(v["error"]["code"], "401", "{}", r.body);
 }
 
-/// A virtual key (role `internal_user`) may read its own key, but every admin-only route refuses
-/// it (401 or 403, LiteLLM's words), and nothing changes.
+/// A virtual key of an internal user may read its own key, but every admin-only route refuses
+/// it (401 or 403, LiteLLM's words), and nothing changes. The keys belong to users, so they
+/// authenticate and the refusals come from the rights table, not from a key without a role.
 #[test]
 fn virtual_key_cannot_reach_admin_only_routes() {
     let s = Stack::start(CONFIG);
-    let (key, _) = s.generate_key(json!({"max_budget": 1}));
-    let (other, _) = s.generate_key(json!({"max_budget": 1}));
+    for user in ["alice", "bob"] {
+        s.post(
+            "/user/new",
+            Some(MASTER_KEY),
+            &json!({"user_id": user, "auto_create_key": false}).to_string(),
+        )
+        .assert_status(200);
+    }
+    let (key, _) = s.generate_key(json!({"max_budget": 1, "user_id": "alice"}));
+    let (other, _) = s.generate_key(json!({"max_budget": 1, "user_id": "bob"}));
     s.get("/key/info", Some(&key)).assert_status(200);
     let attempts: Vec<(&str, Value)> = vec![
         (
@@ -307,18 +316,24 @@ fn virtual_key_cannot_reach_admin_only_routes() {
         );
         tried += 1;
     }
-    // Another key's spend logs are not visible to a virtual key.
-    s.post("/v1/chat/completions", Some(&other), &chat_body(false))
-        .assert_status(200);
-    s.wait_spend_logs(&other, 1);
-    let r = s.get(&format!("/spend/logs?api_key={other}"), Some(&key));
-    assert!(
-        !r.body.contains(&sha256_hex(&other)),
-        "another key's spend logs leaked: {} {}",
-        r.status,
-        r.body
-    );
-    tried += 1;
+    // Another user's spend logs are not visible to a virtual key, which does read its own.
+    for k in [&key, &other] {
+        s.post("/v1/chat/completions", Some(k), &chat_body(false))
+            .assert_status(200);
+        s.wait_spend_logs(k, 1);
+    }
+    for path in [format!("/spend/logs?api_key={other}"), "/spend/logs".into()] {
+        let r = s.get(&path, Some(&key));
+        r.assert_status(200);
+        assert!(
+            !r.body.contains(&sha256_hex(&other)),
+            "another key's spend logs leaked: {}",
+            r.body
+        );
+        tried += 1;
+    }
+    let own = s.get("/spend/logs", Some(&key));
+    assert!(own.body.contains(&sha256_hex(&key)), "{}", own.body);
     // Nothing changed.
     let info = s.key_info(&other);
     assert_eq!(info["max_budget"].as_f64(), Some(1.0), "{info}");

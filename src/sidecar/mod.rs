@@ -3,7 +3,7 @@
 
 pub mod admin_api;
 pub mod cost_map;
-pub mod fake_llm;
+mod envoy_admin;
 pub mod istio;
 pub mod litellm_config;
 pub mod metrics;
@@ -14,6 +14,8 @@ pub mod store;
 pub mod timezone;
 pub mod ui;
 mod up;
+/// Also used by the `tollgate-fake-llm` dev binary.
+pub use up::stop_requested;
 pub mod wasm_module;
 
 use anyhow::{anyhow, Context, Result};
@@ -161,21 +163,6 @@ enum Command {
         tag: String,
         #[arg(long)]
         wasm: Option<PathBuf>,
-    },
-    /// An OpenAI-compatible fake upstream for offline runs and tests.
-    FakeLlm {
-        #[arg(long, default_value = "127.0.0.1")]
-        host: String,
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        #[arg(long, default_value_t = 0)]
-        delay_ms: u64,
-        /// Refuse requests whose bearer is not this key.
-        #[arg(long)]
-        require_api_key: Option<String>,
-        /// Stop when standard input closes.
-        #[arg(long)]
-        exit_on_stdin_eof: bool,
     },
 }
 
@@ -573,24 +560,6 @@ async fn run(cli: Cli) -> Result<()> {
                 out.display()
             );
             Ok(())
-        }
-        Command::FakeLlm {
-            host,
-            port,
-            delay_ms,
-            require_api_key,
-            exit_on_stdin_eof,
-        } => {
-            let serve = fake_llm::run(fake_llm::FakeLlmOptions {
-                host,
-                port,
-                delay_ms,
-                require_api_key,
-            });
-            tokio::select! {
-                r = serve => r,
-                _ = up::stop_requested(exit_on_stdin_eof) => Ok(()),
-            }
         }
     }
 }

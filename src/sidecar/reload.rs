@@ -178,7 +178,7 @@ impl Reloader {
         };
         let deadline = tokio::time::Instant::now() + ENVOY_APPLY_TIMEOUT;
         while tokio::time::Instant::now() < deadline {
-            if let Some(listing) = super::up::admin_get(port, "/clusters").await {
+            if let Some(listing) = super::envoy_admin::admin_get(port, "/clusters").await {
                 if wanted
                     .iter()
                     .all(|u| listing.contains(&format!("{}::", u.cluster)))

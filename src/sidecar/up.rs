@@ -1,11 +1,12 @@
 //! `tollgate up`: the sidecar and a supervised Envoy on one port.
 
+use super::envoy_admin::{admin_get, filter_config_failed, probe};
 use super::{admin_api, admin_state, prepare, reload, render};
 use anyhow::{anyhow, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 pub struct UpOptions {
@@ -100,60 +101,6 @@ fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// One plain HTTP/1.1 GET to 127.0.0.1 (Envoy's admin port): the body of a 200 answer.
-pub async fn admin_get(port: u16, path: &str) -> Option<String> {
-    http_get("127.0.0.1", port, path).await
-}
-
-/// One plain HTTP/1.1 GET: the body of a 200 answer.
-async fn http_get(host: &str, port: u16, path: &str) -> Option<String> {
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect((host, port)).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-        let mut answer = Vec::new();
-        s.read_to_end(&mut answer).await?;
-        Ok::<Vec<u8>, std::io::Error>(answer)
-    };
-    let answer = tokio::time::timeout(Duration::from_secs(2), attempt)
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&answer);
-    if !text.starts_with("HTTP/1.1 200") {
-        return None;
-    }
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-}
-
-/// Whether Envoy reports a refused filter configuration (extension config discovery's
-/// `config_fail` counter).
-async fn filter_config_failed(envoy_admin_port: u16) -> bool {
-    let Some(stats) = admin_get(envoy_admin_port, "/stats?filter=extension_config_discovery").await
-    else {
-        return false;
-    };
-    stats.lines().any(|line| {
-        line.split_once(": ").is_some_and(|(name, value)| {
-            name.ends_with(".config_fail") && value.trim().parse::<u64>().is_ok_and(|n| n > 0)
-        })
-    })
-}
-
-/// One plain HTTP/1.1 GET through Envoy's listener on `host`; true on a 200.
-async fn probe(host: &str, port: u16, path: &str) -> bool {
-    let host = match host {
-        "0.0.0.0" => "127.0.0.1",
-        "::" | "[::]" => "::1",
-        h => h,
-    };
-    http_get(host, port, path).await.is_some()
 }
 
 fn port_in_use(port: u16) -> anyhow::Error {

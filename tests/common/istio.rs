@@ -270,7 +270,7 @@ impl Stack {
         let wasm = tollgate_wasm();
         let envoy = envoy_bin();
         let scratch = TempDir::new("istio");
-        let (fake, fake_port) = start_fake(&bin, scratch.path());
+        let (fake, fake_port) = start_fake(scratch.path());
         let config_path = scratch.path().join("config.yaml");
         std::fs::write(&config_path, render_template(config_template, fake_port))
             .expect("write config.yaml");

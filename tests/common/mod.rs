@@ -1,5 +1,5 @@
 //! Integration-test harness: a real `tollgate up` (sidecar + supervised Envoy running the built
-//! `tollgate.wasm`) in front of one `tollgate fake-llm`, on free ports, with a private data dir.
+//! `tollgate.wasm`) in front of one `tollgate-fake-llm`, on free ports, with a private data dir.
 //!
 //! Artifacts come from the environment that `./build.sh test` sets:
 //! * `TOLLGATE_BIN`  (else the binary Cargo built for this test run),
@@ -110,6 +110,21 @@ pub fn tollgate_bin() -> PathBuf {
     assert!(
         path.is_file(),
         "the tollgate binary {} does not exist: run `./build.sh build` (or set TOLLGATE_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// The fake upstream: `tollgate-fake-llm` beside [`tollgate_bin`] when `TOLLGATE_BIN` is set, else
+/// the one Cargo built for this test run.
+pub fn fake_llm_bin() -> PathBuf {
+    let path = match std::env::var_os("TOLLGATE_BIN") {
+        Some(bin) => PathBuf::from(bin).with_file_name("tollgate-fake-llm"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_tollgate-fake-llm")),
+    };
+    assert!(
+        path.is_file(),
+        "the fake upstream {} does not exist: run `./build.sh build`",
         path.display()
     );
     path
@@ -447,17 +462,17 @@ pub fn send(
 // The stack
 
 /// The fake upstream, on a port it picks itself (no race: read from its first line).
-fn start_fake(bin: &Path, scratch: &Path) -> (Proc, u16) {
+fn start_fake(scratch: &Path) -> (Proc, u16) {
     let fake_err = scratch.join("fake-llm.stderr");
-    let mut fake_cmd = Command::new(bin);
+    let mut fake_cmd = Command::new(fake_llm_bin());
     fake_cmd
-        .args(["fake-llm", "--host", "127.0.0.1", "--port", "0"])
+        .args(["--host", "127.0.0.1", "--port", "0"])
         .args(["--require-api-key", PROVIDER_KEY, "--exit-on-stdin-eof"])
         .stdout(Stdio::piped())
         .stderr(Stdio::from(
             std::fs::File::create(&fake_err).expect("create fake-llm stderr file"),
         ));
-    let mut fake = Proc::spawn("tollgate fake-llm", &mut fake_cmd);
+    let mut fake = Proc::spawn("tollgate-fake-llm", &mut fake_cmd);
     let fake_lines = line_channel(&mut fake.child);
     let fake_port = wait_for_line(
         &mut fake,
@@ -533,7 +548,7 @@ impl Stack {
         let envoy = envoy_bin();
         let scratch = TempDir::new("stack");
 
-        let (fake, fake_port) = start_fake(&bin, scratch.path());
+        let (fake, fake_port) = start_fake(scratch.path());
 
         let config_path = scratch.path().join("config.yaml");
         std::fs::write(&config_path, render_template(&opts.config, fake_port))

@@ -1,4 +1,4 @@
-//! Built-in fake OpenAI-compatible upstream: `tollgate fake-llm --port N`.
+//! Built-in fake OpenAI-compatible upstream: `tollgate-fake-llm --port N`.
 //!
 //! Used for offline runs, by the integration tests and by the benchmarks. It
 //! answers instantly and deterministically, keeps no per-request logs and uses
@@ -1101,7 +1101,9 @@ mod tests {
         assert_eq!(generated_text(3), "ok ok ok");
         assert_eq!(generated_text(0), "");
         assert_eq!(text_input_chars(Some(&json!(["abcd", "efgh"]))), 8);
-        assert_eq!(fake_vector(b"x"), fake_vector(b"x"));
+        // Pinned, so a client that caches embeddings sees the same vector on every run.
+        assert_eq!(fake_vector(b"x").len(), EMBEDDING_DIMS);
+        assert_eq!(fake_vector(b"x")[..3], [-0.597584, 0.617054, 0.286647]);
         assert_ne!(fake_vector(b"x"), fake_vector(b"y"));
         assert!(fake_vector(b"x").iter().all(|v| (-1.0..1.0).contains(v)));
     }
