@@ -417,3 +417,37 @@ fn a_key_alias_is_shown_as_text() {
         0
     );
 }
+
+#[test]
+fn search_filters_and_an_internal_user_sees_only_its_own() {
+    let stack = Stack::default_config();
+    stack.generate_key(json!({"key_alias": "someone-elses-key"}));
+    let alice = stack.admin_post(
+        "/user/new",
+        &json!({"user_id": "alice", "key_alias": "alice-key"}),
+    );
+    alice.assert_status(200);
+    let alice_key = alice.json()["key"].as_str().unwrap().to_string();
+
+    let browser = Browser::start();
+    browser.sign_in(&stack, MASTER_KEY);
+    key_row(&browser, "someone-elses-key");
+    key_row(&browser, "alice-key");
+    let visible = "return [...document.querySelectorAll('#keys-table tbody tr')]
+                     .filter(tr => !tr.hidden).map(tr => tr.cells[0].textContent)";
+    browser.type_into("#key-search", "SOMEONE");
+    assert_eq!(browser.run(visible), json!(["someone-elses-key"]));
+
+    browser.click("#signout");
+    browser.sign_in(&stack, &alice_key);
+    key_row(&browser, "alice-key");
+    browser.type_into("#key-search", "");
+    assert_eq!(browser.run(visible), json!(["alice-key"]));
+    // The admin-only list is refused by the API, and the page says so.
+    browser.show("users");
+    assert!(
+        browser.text("#page").contains("401"),
+        "{}",
+        browser.text("#page")
+    );
+}
