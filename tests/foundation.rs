@@ -1205,12 +1205,16 @@ fn invalid_budgets_are_400() {
 }
 
 #[test]
-fn duplicate_user_is_400() {
+fn duplicate_user_is_409() {
     let s = Stack::default_config();
     s.admin_post("/user/new", &json!({"user_id": "dup-user"}))
         .assert_status(200);
     s.admin_post("/user/new", &json!({"user_id": "dup-user"}))
-        .assert_error(400, "invalid_request_error");
+        .assert_error_message(
+            409,
+            "invalid_request_error",
+            "{'error': 'User with id dup-user already exists'}",
+        );
     s.admin_post(
         "/user/new",
         &json!({"user_id": "mail-1", "user_email": "a@example.com"}),
@@ -1220,7 +1224,7 @@ fn duplicate_user_is_400() {
         "/user/new",
         &json!({"user_id": "mail-2", "user_email": "a@example.com"}),
     )
-    .assert_error(400, "invalid_request_error");
+    .assert_error(409, "invalid_request_error");
 }
 
 #[test]
@@ -1318,7 +1322,7 @@ fn keys_survive_a_restart_on_the_same_data_dir() {
     s.get("/user/info?user_id=persisted-user", Some(MASTER_KEY))
         .assert_status(200);
     s.admin_post("/user/new", &json!({"user_id": "persisted-user"}))
-        .assert_error(400, "invalid_request_error");
+        .assert_error(409, "invalid_request_error");
 }
 
 const ENV_CONFIG: &str = r#"

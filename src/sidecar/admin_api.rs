@@ -8,6 +8,7 @@
 //! the filter polls (`GET /tollgate/internal/v1/changes?since=<seq>`).
 
 mod auth;
+mod block;
 mod budgets;
 mod ceiling;
 mod common;
@@ -30,7 +31,6 @@ pub use internal::{customer_record, key_record, model_budgets};
 
 use super::store::{ResetClock, Store};
 use crate::plugin_config::{BudgetSettings, PluginConfig};
-use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
 
@@ -118,95 +118,20 @@ type Shared = Arc<AdminState>;
 pub fn router(state: Arc<AdminState>) -> Router {
     let limit = state.settings().max_body_bytes.max(1024);
     let spend_limit = state.settings().max_spend_batch_bytes.max(limit);
-    let mut r = Router::new()
-        .route("/key/generate", post(keys::key_generate))
-        .route("/key/info", get(keys::key_info))
-        .route("/key/update", post(keys::key_update))
-        .route("/key/delete", post(keys::key_delete))
-        .route("/key/list", get(keys::key_list))
-        .route("/key/block", post(keys::key_block))
-        .route("/key/unblock", post(keys::key_unblock))
-        .route("/key/regenerate", post(keys::key_regenerate))
-        .route("/key/{key}/regenerate", post(keys::key_regenerate_path))
-        .route("/user/new", post(users::user_new))
-        .route("/user/info", get(users::user_info))
-        .route("/user/update", post(users::user_update))
-        .route("/user/delete", post(users::user_delete))
-        .route("/user/list", get(users::user_list))
-        .route("/team/new", post(teams::team_new))
-        .route("/team/info", get(teams::team_info))
-        .route("/team/list", get(teams::team_list))
-        .route("/team/update", post(teams::team_update))
-        .route("/team/delete", post(teams::team_delete))
-        .route("/team/member_add", post(teams::team_member_add))
-        .route("/team/member_delete", post(teams::team_member_delete))
-        .route("/team/member_update", post(teams::team_member_update))
-        .route("/team/block", post(teams::team_block))
-        .route("/team/unblock", post(teams::team_unblock))
-        .route("/budget/new", post(budgets::budget_new))
-        .route(
-            "/budget/info",
-            post(budgets::budget_info).get(budgets::budget_info_get),
-        )
-        .route("/budget/update", post(budgets::budget_update))
-        .route("/budget/delete", post(budgets::budget_delete))
-        .route("/budget/list", get(budgets::budget_list))
-        .route("/model/info", get(models::model_info))
-        .route("/v1/model/info", get(models::model_info))
-        .route("/model_group/info", get(models::model_group_info))
-        .route("/health/liveliness", get(health::liveliness))
-        .route("/health/liveness", get(health::liveliness))
-        .route("/health/readiness", get(health::readiness))
-        .route("/metrics", get(metrics::metrics))
-        .route("/spend/logs", get(spend::spend_logs))
-        .route("/global/spend", get(spend::global_spend))
-        .route(
-            "/user/daily/activity",
-            get(spend_report::user_daily_activity),
-        )
-        .route(
-            &format!("{}{{hash}}", crate::contract::KEYS_PATH),
-            get(internal::internal_key),
-        )
-        .route(
-            &format!("{}{{id}}", crate::contract::CUSTOMERS_PATH),
-            get(internal::internal_customer),
-        )
-        .route(
-            crate::contract::CHANGES_PATH,
-            get(internal::internal_changes),
-        )
-        .route(
-            crate::contract::SPEND_PATH,
-            post(internal::internal_spend).layer(axum::extract::DefaultBodyLimit::max(spend_limit)),
-        )
-        .route("/tollgate/internal/v1/proxy", get(internal::internal_proxy))
-        .route(
-            crate::provider_keys::PROVIDER_KEYS_PATH,
-            get(internal::internal_provider_keys),
-        );
-    // LiteLLM serves customers under both names.
-    for prefix in ["/customer", "/end_user"] {
-        r = r
-            .route(&format!("{prefix}/new"), post(customers::customer_new))
-            .route(&format!("{prefix}/info"), get(customers::customer_info))
-            .route(
-                &format!("{prefix}/update"),
-                post(customers::customer_update),
-            )
-            .route(
-                &format!("{prefix}/delete"),
-                post(customers::customer_delete),
-            )
-            .route(&format!("{prefix}/block"), post(customers::customer_block))
-            .route(
-                &format!("{prefix}/unblock"),
-                post(customers::customer_unblock),
-            )
-            .route(&format!("{prefix}/list"), get(customers::customer_list));
-    }
-    r.merge(crate::sidecar::ui::router())
-        .fallback(health::fallback)
+    // Each module serves its own routes; they are put together here, once.
+    let r = Router::new()
+        .merge(keys::routes())
+        .merge(users::routes())
+        .merge(teams::routes())
+        .merge(customers::routes())
+        .merge(budgets::routes())
+        .merge(models::routes())
+        .merge(spend::routes())
+        .merge(health::routes())
+        .merge(spend_report::routes())
+        .merge(internal::routes(spend_limit))
+        .merge(crate::sidecar::ui::router());
+    r.fallback(health::fallback)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             (limit, spend_limit),

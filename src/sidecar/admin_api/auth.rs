@@ -423,3 +423,49 @@ mod tests {
         assert_eq!(route_kind("/no/such/route"), RouteKind::AdminWrite);
     }
 }
+
+/// The route name authorization checks for a request path: the path itself, except LiteLLM's
+/// second names (`/end_user/*` is `/customer/*`, `/v1/model/info` is `/model/info`) and
+/// `/key/{key}/regenerate`, which is `/key/regenerate`.
+pub fn route_name(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("/end_user/") {
+        return format!("/customer/{rest}");
+    }
+    if let Some(rest) = path.strip_prefix("/v1/") {
+        if rest == "model/info" {
+            return "/model/info".into();
+        }
+    }
+    if path.starts_with("/key/") && path.ends_with("/regenerate") {
+        return "/key/regenerate".into();
+    }
+    path.to_string()
+}
+
+/// The caller, authenticated and allowed on the request's route ([`authorize`]): an axum
+/// extractor, so a handler only states that it needs one. It runs before the body is read.
+pub struct Authorized(pub Principal);
+
+impl axum::extract::FromRequestParts<super::Shared> for Authorized {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &super::Shared,
+    ) -> Result<Self, Self::Rejection> {
+        authorize(state, &parts.headers, &route_name(parts.uri.path())).map(Authorized)
+    }
+}
+
+#[cfg(test)]
+mod route_name_tests {
+    use super::route_name;
+
+    #[test]
+    fn second_names_map_to_litellms_route() {
+        assert_eq!(route_name("/end_user/block"), "/customer/block");
+        assert_eq!(route_name("/v1/model/info"), "/model/info");
+        assert_eq!(route_name("/key/sk-abc/regenerate"), "/key/regenerate");
+        assert_eq!(route_name("/team/info"), "/team/info");
+    }
+}

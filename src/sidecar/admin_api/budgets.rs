@@ -1,7 +1,7 @@
 //! `/budget/*`: budget rows (litellm-compat.md §5.3) that customers, team memberships, teams'
 //! default member budgets and keys link to. Admin only (viewers may read).
 
-use super::auth::authorize;
+use super::auth::Authorized;
 use super::common::{
     bad_request, changed, check_budget_duration, detail_error, new_uuid, ok, row_json, transact,
     validation_error, AdminError, AdminResult, Fields,
@@ -10,7 +10,6 @@ use super::{AdminState, Shared};
 use crate::duration::format_iso8601_utc;
 use crate::sidecar::store::{BudgetRow, Tx};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -88,11 +87,9 @@ fn invalidate_dependents(tx: &mut Tx<'_>, id: &str) -> Result<(), AdminError> {
 /// `POST /budget/new`: `budget_id` (a uuid if absent), limits, `budget_duration`.
 pub async fn budget_new(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    authorize(&state, &headers, "/budget/new")?;
-    let f = Fields::parse(&body)?;
     let done = transact(&state, |tx| {
         let now = tx.now();
         let id = f.string("budget_id")?.flatten().unwrap_or_else(new_uuid);
@@ -120,11 +117,9 @@ pub async fn budget_new(
 /// `POST /budget/update {"budget_id", ...}`.
 pub async fn budget_update(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    authorize(&state, &headers, "/budget/update")?;
-    let f = Fields::parse(&body)?;
     let Some(Some(id)) = f.string("budget_id")? else {
         return Err(bad_request("budget_id is required"));
     };
@@ -146,11 +141,9 @@ pub async fn budget_update(
 /// `POST /budget/delete {"id"}` (also `budget_id`): answers the deleted row.
 pub async fn budget_delete(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    authorize(&state, &headers, "/budget/delete")?;
-    let f = Fields::parse(&body)?;
     let id = match (f.string("id")?.flatten(), f.string("budget_id")?.flatten()) {
         (Some(id), _) | (None, Some(id)) => id,
         (None, None) => return Err(validation_error(&["body", "id"], "Field required")),
@@ -190,11 +183,9 @@ fn rows_for(state: &AdminState, ids: Vec<String>) -> AdminResult {
 /// `POST /budget/info {"budgets": [...]}`: the rows that exist.
 pub async fn budget_info(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    authorize(&state, &headers, "/budget/info")?;
-    let f = Fields::parse(&body)?;
     let ids = f.string_list("budgets")?.unwrap_or_default();
     rows_for(&state, ids)
 }
@@ -202,10 +193,9 @@ pub async fn budget_info(
 /// `GET /budget/info?budgets=a,b` (or `budget_id=`): the same as the POST form.
 pub async fn budget_info_get(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(_): Authorized,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    authorize(&state, &headers, "/budget/info")?;
     let ids: Vec<String> = q
         .get("budgets")
         .or_else(|| q.get("budget_id"))
@@ -221,12 +211,22 @@ pub async fn budget_info_get(
 }
 
 /// `GET /budget/list`: every budget row.
-pub async fn budget_list(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
-    authorize(&state, &headers, "/budget/list")?;
+pub async fn budget_list(State(state): State<Shared>, Authorized(_): Authorized) -> AdminResult {
     let done = transact(&state, |tx| Ok(tx.budgets()?))?;
     Ok(ok(json!(done
         .value
         .iter()
         .map(row_json)
         .collect::<Vec<_>>())))
+}
+
+/// The `/budget/*` routes.
+pub fn routes() -> axum::Router<Shared> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/budget/new", post(budget_new))
+        .route("/budget/info", post(budget_info).get(budget_info_get))
+        .route("/budget/update", post(budget_update))
+        .route("/budget/delete", post(budget_delete))
+        .route("/budget/list", get(budget_list))
 }

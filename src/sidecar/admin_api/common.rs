@@ -8,7 +8,7 @@ use crate::duration::{
 };
 use crate::errors::ApiError;
 use crate::records::INVALIDATE_HEADER;
-use crate::sidecar::store::{nanos_to_usd, usd_to_nanos, Committed, Tx};
+use crate::sidecar::store::{nanos_to_usd, usd_to_nanos, BudgetRow, Committed, Tx};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -136,6 +136,38 @@ where
 /// Parses a JSON body into a request type; failures answer like FastAPI (422).
 pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, AdminError> {
     serde_json::from_slice(body_text(body)).map_err(|e| validation_error(&["body"], &e.to_string()))
+}
+
+/// A LiteLLM-style JSON body of type `T` as an axum extractor: an empty body reads as `{}`,
+/// a malformed one is FastAPI's 422 ([`parse_body`]).
+pub struct Body<T>(pub T);
+
+/// The request body's bytes (the size limit is the router's); a body that cannot be read is a
+/// 400 in LiteLLM's envelope.
+async fn body_bytes<S: Send + Sync>(
+    req: axum::extract::Request,
+    state: &S,
+) -> Result<axum::body::Bytes, AdminError> {
+    use axum::extract::FromRequest;
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| AdminError::Api(ApiError::bad_request(e.body_text())))
+}
+
+impl<S: Send + Sync, T: for<'de> Deserialize<'de>> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = AdminError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AdminError> {
+        parse_body(&body_bytes(req, state).await?).map(Body)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Fields {
+    type Rejection = AdminError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, AdminError> {
+        Fields::parse(&body_bytes(req, state).await?)
+    }
 }
 
 /// A JSON object body whose fields are read one by one: an update distinguishes a field that
@@ -407,6 +439,57 @@ pub fn transact<T>(
     f: impl FnOnce(&mut Tx<'_>) -> Result<T, AdminError>,
 ) -> Result<Committed<T>, AdminError> {
     state.store.transact(now_micros(), f)
+}
+
+/// What a request sets on a budget row: `None` leaves a field, `Some(None)` clears it.
+#[derive(Default)]
+pub struct BudgetChange {
+    /// The request field `max_budget` came from, for its error message.
+    pub max_budget_field: &'static str,
+    pub max_budget: Option<Option<f64>>,
+    pub budget_duration: Option<Option<String>>,
+    pub rpm_limit: Option<Option<u64>>,
+    pub tpm_limit: Option<Option<u64>>,
+}
+
+/// Creates or updates the budget row `id` names (a new row when `id` is `None`; the named id
+/// when it names nothing) with `change` applied; returns the row's id.
+pub fn upsert_budget_row(
+    settings: &AdminSettings,
+    tx: &Tx<'_>,
+    id: Option<&str>,
+    change: BudgetChange,
+) -> Result<String, AdminError> {
+    let now = tx.now();
+    let mut row = match id {
+        Some(id) => tx.budget(id)?.unwrap_or_else(|| BudgetRow {
+            budget_id: id.to_string(),
+            ..Default::default()
+        }),
+        None => BudgetRow {
+            budget_id: new_uuid(),
+            created_at: format_iso8601_utc(now),
+            ..Default::default()
+        },
+    };
+    if let Some(v) = change.max_budget {
+        check_budget(change.max_budget_field, v)?;
+        row.max_budget = v;
+    }
+    if let Some(v) = change.budget_duration {
+        let (d, at) = check_budget_duration(settings, &v, now)?;
+        row.budget_duration = d;
+        row.budget_reset_at = at;
+    }
+    if let Some(v) = change.rpm_limit {
+        row.rpm_limit = v;
+    }
+    if let Some(v) = change.tpm_limit {
+        row.tpm_limit = v;
+    }
+    row.updated_at = format_iso8601_utc(now);
+    tx.save_budget(&row)?;
+    Ok(row.budget_id)
 }
 
 /// A JSON answer.

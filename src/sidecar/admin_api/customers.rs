@@ -5,7 +5,7 @@
 //! Tollgate enforces `blocked` (LiteLLM only stores it): a blocked customer's requests get
 //! 401 `auth_error` (see `admission::check_customer`).
 
-use super::auth::authorize;
+use super::auth::Authorized;
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, new_uuid, ok,
     row_json, spend_nanos_of, transact, usd, validation_error, AdminError, AdminResult, Fields,
@@ -15,7 +15,6 @@ use crate::duration::format_iso8601_utc;
 use crate::errors::ApiError;
 use crate::sidecar::store::{BudgetRow, EndUserRow, Tx};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -131,11 +130,9 @@ fn check_default_model(state: &AdminState, f: &Fields) -> Result<(), AdminError>
 /// (not both), `budget_duration`, `tpm_limit`, `rpm_limit`, `models`, `spend`, ...
 pub async fn customer_new(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    authorize(&state, &headers, "/customer/new")?;
-    let f = Fields::parse(&body)?;
     let user_id = f.required_string("user_id")?;
     let budget_id = f.string("budget_id")?.flatten();
     if budget_id.is_some() && matches!(f.float("max_budget")?, Some(Some(_))) {
@@ -205,10 +202,9 @@ pub async fn customer_new(
 /// `GET /customer/info?end_user_id=`.
 pub async fn customer_info(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(_): Authorized,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    authorize(&state, &headers, "/customer/info")?;
     let id = q
         .get("end_user_id")
         .cloned()
@@ -227,11 +223,9 @@ pub async fn customer_info(
 /// ignored.
 pub async fn customer_update(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    authorize(&state, &headers, "/customer/update")?;
-    let f = Fields::parse(&body)?;
     let user_id = f.required_string("user_id")?;
     check_default_model(&state, &f)?;
     let done = transact(&state, |tx| {
@@ -305,11 +299,9 @@ fn py_list(ids: &[String]) -> String {
 /// `POST /customer/delete {"user_ids": [...]}`: all must exist (404 otherwise).
 pub async fn customer_delete(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    authorize(&state, &headers, "/customer/delete")?;
-    let f = Fields::parse(&body)?;
     let ids = user_ids(&f)?;
     let done = transact(&state, |tx| {
         let mut missing = Vec::new();
@@ -343,25 +335,25 @@ pub async fn customer_delete(
     ))
 }
 
-async fn set_blocked(
-    state: Shared,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-    blocked: bool,
-) -> AdminResult {
-    let route = if blocked {
-        "/customer/block"
-    } else {
-        "/customer/unblock"
-    };
-    authorize(&state, &headers, route)?;
-    let f = Fields::parse(&body)?;
-    let ids = user_ids(&f)?;
-    let done = transact(&state, |tx| {
+/// A customer's `blocked` flag (`{"user_ids": [...]}`); as LiteLLM's block, an unknown
+/// customer is created, blocked.
+pub struct CustomerBlock;
+
+impl super::block::Blockable for CustomerBlock {
+    const ROUTES: [&'static str; 2] = ["/customer/block", "/customer/unblock"];
+
+    fn set_blocked(
+        _state: &AdminState,
+        tx: &mut Tx<'_>,
+        _principal: &super::auth::Principal,
+        _route: &str,
+        body: &Fields,
+        blocked: bool,
+    ) -> Result<Value, AdminError> {
+        let ids = user_ids(body)?;
         let now = format_iso8601_utc(tx.now());
         let mut out = Vec::new();
         for id in &ids {
-            // As LiteLLM's block: an unknown customer is created, blocked.
             let mut row = match tx.end_user(id)? {
                 Some((row, _)) => row,
                 None if blocked => EndUserRow {
@@ -378,37 +370,17 @@ async fn set_blocked(
             let budget = tx.end_user(id)?.and_then(|(_, b)| b);
             out.push(customer_json(&row, budget.as_ref()));
         }
-        Ok(out)
-    })?;
-    let field = if blocked {
-        "blocked_users"
-    } else {
-        "unblocked_users"
-    };
-    Ok(changed(json!({ field: done.value }), &done.entries))
-}
-
-/// `POST /customer/block {"user_ids": [...]}`.
-pub async fn customer_block(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> AdminResult {
-    set_blocked(state, headers, body, true).await
-}
-
-/// `POST /customer/unblock {"user_ids": [...]}`.
-pub async fn customer_unblock(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> AdminResult {
-    set_blocked(state, headers, body, false).await
+        let field = if blocked {
+            "blocked_users"
+        } else {
+            "unblocked_users"
+        };
+        Ok(json!({ field: out }))
+    }
 }
 
 /// `GET /customer/list`: every customer (admins and admin viewers).
-pub async fn customer_list(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
-    authorize(&state, &headers, "/customer/list")?;
+pub async fn customer_list(State(state): State<Shared>, Authorized(_): Authorized) -> AdminResult {
     let done = transact(&state, |tx| Ok(tx.end_users()?))?;
     let list: Vec<Value> = done
         .value
@@ -416,4 +388,22 @@ pub async fn customer_list(State(state): State<Shared>, headers: HeaderMap) -> A
         .map(|(row, budget)| customer_json(row, budget.as_ref()))
         .collect();
     Ok(ok(Value::Array(list)))
+}
+
+/// The `/customer/*` routes, also served as `/end_user/*` (LiteLLM has both names).
+pub fn routes() -> axum::Router<Shared> {
+    use super::block::{block, unblock};
+    use axum::routing::{get, post};
+    let mut r = axum::Router::new();
+    for prefix in ["/customer", "/end_user"] {
+        r = r
+            .route(&format!("{prefix}/new"), post(customer_new))
+            .route(&format!("{prefix}/info"), get(customer_info))
+            .route(&format!("{prefix}/update"), post(customer_update))
+            .route(&format!("{prefix}/delete"), post(customer_delete))
+            .route(&format!("{prefix}/block"), post(block::<CustomerBlock>))
+            .route(&format!("{prefix}/unblock"), post(unblock::<CustomerBlock>))
+            .route(&format!("{prefix}/list"), get(customer_list));
+    }
+    r
 }

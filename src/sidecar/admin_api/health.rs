@@ -53,3 +53,13 @@ pub async fn fallback(uri: Uri) -> Response {
     }
     (StatusCode::NOT_FOUND, Json(json!({"detail": "Not Found"}))).into_response()
 }
+
+/// The health probes and `/metrics`.
+pub fn routes() -> axum::Router<Shared> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/health/liveliness", get(liveliness))
+        .route("/health/liveness", get(liveliness))
+        .route("/health/readiness", get(readiness))
+        .route("/metrics", get(super::metrics::metrics))
+}

@@ -367,6 +367,30 @@ pub async fn internal_proxy(State(state): State<Shared>, headers: HeaderMap) -> 
     Ok(Json(proxy.state(state.settings().budgets.proxy_max_budget)).into_response())
 }
 
+/// The filter's endpoints; a spend batch may be larger than other bodies (`spend_limit`).
+pub fn routes(spend_limit: usize) -> axum::Router<Shared> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route(
+            &format!("{}{{hash}}", crate::contract::KEYS_PATH),
+            get(internal_key),
+        )
+        .route(
+            &format!("{}{{id}}", crate::contract::CUSTOMERS_PATH),
+            get(internal_customer),
+        )
+        .route(crate::contract::CHANGES_PATH, get(internal_changes))
+        .route(
+            crate::contract::SPEND_PATH,
+            post(internal_spend).layer(axum::extract::DefaultBodyLimit::max(spend_limit)),
+        )
+        .route("/tollgate/internal/v1/proxy", get(internal_proxy))
+        .route(
+            crate::provider_keys::PROVIDER_KEYS_PATH,
+            get(internal_provider_keys),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

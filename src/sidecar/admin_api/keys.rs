@@ -2,11 +2,13 @@
 //! user manages its own keys and those of teams it administers, and creates keys for itself
 //! or for teams it belongs to.
 
+use super::auth::Authorized;
 use super::auth::{authorize, check_team_member_route, Principal};
 use super::ceiling;
+use super::common::Body;
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, expiry, forbidden,
-    not_found, now_micros, ok, parse_body, row_json, set_metadata, spend_nanos_of, transact, usd,
+    not_found, now_micros, ok, row_json, set_metadata, spend_nanos_of, transact, usd,
     validation_error, AdminError, AdminResult, Fields, PeriodAndLimits,
 };
 use super::{AdminState, Shared};
@@ -307,11 +309,9 @@ fn fit_caller(
 
 pub async fn key_generate(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(principal): Authorized,
+    Body(mut req): Body<GenerateKeyRequest>,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/key/generate")?;
-    let mut req: GenerateKeyRequest = parse_body(&body)?;
     let done = transact(&state, |tx| {
         check_generate_rights(&principal, tx, &mut req)?;
         let (raw, mut row) = build_key(&state, tx, req)?;
@@ -394,10 +394,9 @@ pub fn key_status(row: &KeyRow, now: i64) -> &'static str {
 
 pub async fn key_info(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(principal): Authorized,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/key/info")?;
     let asked = match (q.get("key"), &principal) {
         (Some(k), _) => k.clone(),
         (None, Principal::Key { key, .. }) => key.token.clone(),
@@ -626,11 +625,9 @@ fn apply_key_fields(
 /// never expires; `budget_duration` starts a new aligned period; `spend` sets the spend.
 pub async fn key_update(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(principal): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/key/update")?;
-    let f = Fields::parse(&body)?;
     let done = transact(&state, |tx| {
         let mut row = find_key(tx, &f)?;
         if !may_manage(&principal, tx, &row, "/key/update")? {
@@ -658,11 +655,9 @@ pub async fn key_update(
 /// `POST /key/delete {"keys": [raw|hash]}` or `{"key_aliases": [...]}`: all or nothing.
 pub async fn key_delete(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(principal): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/key/delete")?;
-    let f = Fields::parse(&body)?;
     let keys = f.string_list("keys")?;
     let aliases = f.string_list("key_aliases")?;
     let (asked, by_alias) = match (keys, aliases) {
@@ -747,10 +742,9 @@ pub fn flag(v: Option<&str>) -> bool {
 /// user's keys.
 pub async fn key_list(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(principal): Authorized,
     Query(q): Query<KeyListQuery>,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/key/list")?;
     let page = query_number("page", q.page.as_deref(), 1, u64::MAX)?;
     let size = query_number("size", q.size.as_deref(), 10, 100)?;
     let mut query = KeyQuery {
@@ -782,52 +776,33 @@ pub async fn key_list(
     })))
 }
 
-async fn set_blocked(
-    state: Shared,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-    blocked: bool,
-) -> AdminResult {
-    let route = if blocked {
-        "/key/block"
-    } else {
-        "/key/unblock"
-    };
-    let principal = authorize(&state, &headers, route)?;
-    let f = Fields::parse(&body)?;
-    let key = f.required_string("key")?;
-    let done = transact(&state, |tx| {
+/// A key's `blocked` flag (`{"key": raw|hash}`); its owner may set it where LiteLLM lets it.
+pub struct KeyBlock;
+
+impl super::block::Blockable for KeyBlock {
+    const ROUTES: [&'static str; 2] = ["/key/block", "/key/unblock"];
+
+    fn set_blocked(
+        _state: &super::AdminState,
+        tx: &mut crate::sidecar::store::Tx<'_>,
+        principal: &Principal,
+        route: &str,
+        body: &Fields,
+        blocked: bool,
+    ) -> Result<Value, AdminError> {
+        let key = body.required_string("key")?;
         let Some(mut row) = tx.key(&token_of(&key))? else {
             return Err(not_found("Key not found."));
         };
-        if !may_block(&principal, tx, &row)? {
-            return Err(not_key_admin(&principal, route));
+        if !may_block(principal, tx, &row)? {
+            return Err(not_key_admin(principal, route));
         }
         row.blocked = Some(blocked);
         row.updated_at = format_iso8601_utc(tx.now());
         tx.save_key(&row)?;
         tx.invalidate(row.token.clone());
         Ok(row_json(&row))
-    })?;
-    Ok(changed(done.value, &done.entries))
-}
-
-/// `POST /key/block {"key": raw|hash}`.
-pub async fn key_block(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> AdminResult {
-    set_blocked(state, headers, body, true).await
-}
-
-/// `POST /key/unblock {"key": raw|hash}`.
-pub async fn key_unblock(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> AdminResult {
-    set_blocked(state, headers, body, false).await
+    }
 }
 
 async fn regenerate(state: Shared, headers: HeaderMap, f: Fields, key: String) -> AdminResult {
@@ -891,4 +866,20 @@ pub async fn key_regenerate_path(
     authorize(&state, &headers, "/key/regenerate")?;
     let f = Fields::parse(&body)?;
     regenerate(state, headers, f, key).await
+}
+
+/// The `/key/*` routes.
+pub fn routes() -> axum::Router<Shared> {
+    use super::block::{block, unblock};
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/key/generate", post(key_generate))
+        .route("/key/info", get(key_info))
+        .route("/key/update", post(key_update))
+        .route("/key/delete", post(key_delete))
+        .route("/key/list", get(key_list))
+        .route("/key/block", post(block::<KeyBlock>))
+        .route("/key/unblock", post(unblock::<KeyBlock>))
+        .route("/key/regenerate", post(key_regenerate))
+        .route("/key/{key}/regenerate", post(key_regenerate_path))
 }

@@ -3,7 +3,8 @@
 //! model name the caller may use, its deployments merged as LiteLLM merges them.
 //! `/v1/models` is answered by the filter.
 
-use super::auth::{authorize, Principal};
+use super::auth::Authorized;
+use super::auth::Principal;
 use super::common::{now_micros, ok, AdminError, AdminResult};
 use super::internal::key_record;
 use super::Shared;
@@ -11,7 +12,6 @@ use crate::admission::Caller;
 use crate::model_list::{visible_models, ListOptions};
 use crate::plugin_config::Deployment;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -83,10 +83,9 @@ fn allowed_names(
 
 pub async fn model_info(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(principal): Authorized,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/model/info")?;
     let settings = state.settings();
     let plugin = &settings.plugin;
     let routes = ListOptions {
@@ -231,10 +230,9 @@ fn model_group_json(
 /// (wildcard routes expanded into the models they reach, as LiteLLM lists them).
 pub async fn model_group_info(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(principal): Authorized,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/model_group/info")?;
     let settings = state.settings();
     let plugin = &settings.plugin;
     let names = match allowed_names(&state, &principal, ListOptions::default())? {
@@ -251,4 +249,13 @@ pub async fn model_group_info(
         })
         .collect();
     Ok(ok(json!({ "data": data })))
+}
+
+/// `/model/info` (also `/v1/model/info`) and `/model_group/info`.
+pub fn routes() -> axum::Router<Shared> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/model/info", get(model_info))
+        .route("/v1/model/info", get(model_info))
+        .route("/model_group/info", get(model_group_info))
 }

@@ -1,7 +1,8 @@
 //! `/spend/logs` and `/global/spend` (litellm-compat.md §5.3): spend as the sidecar recorded
 //! it from the filter's settled calls.
 
-use super::auth::{authorize, Principal};
+use super::auth::Authorized;
+use super::auth::Principal;
 use super::common::{bad_request, now_micros, AdminError, AdminResult};
 use super::Shared;
 use crate::duration::{format_iso8601_utc, parse_iso8601_utc};
@@ -9,7 +10,6 @@ use crate::key_format::{hash_key, is_token_hash};
 use crate::records::SpendEvent;
 use crate::sidecar::store::{nanos_to_usd, KeyFilter, SpendLogQuery};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
@@ -75,10 +75,9 @@ fn spend_log_json(e: &SpendEvent, master_hash: &str) -> Value {
 /// no user, its own).
 pub async fn spend_logs(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(principal): Authorized,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/spend/logs")?;
     let param = |name: &str| q.get(name).filter(|v| !v.is_empty()).cloned();
     let master_hash = hash_key(&state.settings().master_key);
     let mut query = SpendLogQuery {
@@ -124,14 +123,21 @@ pub async fn spend_logs(
 }
 
 /// `GET /global/spend`: the proxy budget's spend and limit.
-pub async fn global_spend(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
-    authorize(&state, &headers, "/global/spend")?;
+pub async fn global_spend(State(state): State<Shared>, Authorized(_): Authorized) -> AdminResult {
     let proxy = state.store.proxy_budget_at(now_micros())?;
     Ok(Json(json!({
         "spend": proxy.spend_usd(),
         "max_budget": state.settings().budgets.proxy_max_budget.unwrap_or(0.0),
     }))
     .into_response())
+}
+
+/// `/spend/logs` and `/global/spend`.
+pub fn routes() -> axum::Router<Shared> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/spend/logs", get(spend_logs))
+        .route("/global/spend", get(global_spend))
 }
 
 #[cfg(test)]

@@ -206,6 +206,13 @@ pub async fn user_daily_activity(
     Ok(Json(daily_activity(&events, &master_hash)).into_response())
 }
 
+pub fn routes() -> axum::Router<Shared> {
+    axum::Router::new().route(
+        "/user/daily/activity",
+        axum::routing::get(user_daily_activity),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::{event, Api, MASTER};

@@ -2,17 +2,18 @@
 //! Creating, deleting and (un)blocking teams is for admins; a team admin may update its team
 //! and manage its members; members may read it.
 
-use super::auth::{authorize, Principal, INTERNAL_USER};
+use super::auth::Authorized;
+use super::auth::{Principal, INTERNAL_USER};
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, forbidden, new_uuid,
-    ok, parse_body, row_json, set_metadata, spend_nanos_of, transact, validation_error, AdminError,
+    ok, row_json, set_metadata, spend_nanos_of, transact, validation_error, AdminError,
     AdminResult, Fields, PeriodAndLimits,
 };
+use super::common::{upsert_budget_row, Body, BudgetChange};
 use super::{AdminState, Shared};
 use crate::duration::format_iso8601_utc;
 use crate::sidecar::store::{BudgetRow, Member, MembershipRow, TeamRow, Tx, UserRow};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -21,7 +22,7 @@ const TEAM_ROLES: [&str; 2] = ["admin", "user"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct NewTeamRequest {
+pub struct NewTeamRequest {
     team_id: Option<String>,
     team_alias: Option<String>,
     organization_id: Option<String>,
@@ -87,39 +88,23 @@ fn set_member_budget(
     if max_budget.is_none() && duration.is_none() && rpm.is_none() && tpm.is_none() {
         return Ok(());
     }
-    let now = tx.now();
-    let mut row = match team.member_budget_id() {
-        Some(id) => tx.budget(id)?.unwrap_or_else(|| BudgetRow {
-            budget_id: id.to_string(),
-            ..Default::default()
-        }),
-        None => BudgetRow {
-            budget_id: new_uuid(),
-            created_at: format_iso8601_utc(now),
-            ..Default::default()
+    let id = team.member_budget_id().map(str::to_string);
+    let budget_id = upsert_budget_row(
+        &state.settings(),
+        tx,
+        id.as_deref(),
+        BudgetChange {
+            max_budget_field: "team_member_budget",
+            max_budget,
+            budget_duration: duration,
+            rpm_limit: rpm,
+            tpm_limit: tpm,
         },
-    };
-    if let Some(v) = max_budget {
-        check_budget("team_member_budget", v)?;
-        row.max_budget = v;
-    }
-    if let Some(v) = duration {
-        let (d, at) = check_budget_duration(&state.settings(), &v, now)?;
-        row.budget_duration = d;
-        row.budget_reset_at = at;
-    }
-    if let Some(v) = rpm {
-        row.rpm_limit = v;
-    }
-    if let Some(v) = tpm {
-        row.tpm_limit = v;
-    }
-    row.updated_at = format_iso8601_utc(now);
-    tx.save_budget(&row)?;
+    )?;
     set_metadata(
         &mut team.metadata,
         "team_member_budget_id",
-        Some(json!(row.budget_id)),
+        Some(json!(budget_id)),
     );
     Ok(())
 }
@@ -257,11 +242,9 @@ fn membership_json(m: &MembershipRow, budget: Option<&BudgetRow>) -> Value {
 
 pub async fn team_new(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    Body(req): Body<NewTeamRequest>,
 ) -> AdminResult {
-    authorize(&state, &headers, "/team/new")?;
-    let req: NewTeamRequest = parse_body(&body)?;
     check_budget("max_budget", req.max_budget)?;
     check_budget("soft_budget", req.soft_budget)?;
     if let (Some(soft), Some(max)) = (req.soft_budget, req.max_budget) {
@@ -363,10 +346,9 @@ fn check_team_info_access(principal: &Principal, team: &TeamRow) -> Result<(), A
 /// `GET /team/info?team_id=`: `{team_id, team_info, keys, team_memberships}`.
 pub async fn team_info(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(principal): Authorized,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/team/info")?;
     let team_id = q
         .get("team_id")
         .filter(|t| !t.is_empty())
@@ -419,8 +401,10 @@ pub async fn team_info(
 }
 
 /// `GET /team/list`: every team for admins, the caller's teams otherwise.
-pub async fn team_list(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
-    let principal = authorize(&state, &headers, "/team/list")?;
+pub async fn team_list(
+    State(state): State<Shared>,
+    Authorized(principal): Authorized,
+) -> AdminResult {
     let done = transact(&state, |tx| Ok(tx.teams()?))?;
     let teams: Vec<Value> = done
         .value
@@ -602,11 +586,9 @@ fn check_team_admin_edit(
 /// `{"team_id", "data": <row>}` as LiteLLM does.
 pub async fn team_update(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(principal): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/team/update")?;
-    let f = Fields::parse(&body)?;
     let team_id = f.required_string("team_id")?;
     let done = transact(&state, |tx| {
         let mut team = load_team(tx, &team_id)?;
@@ -709,11 +691,9 @@ pub async fn team_update(
 /// `POST /team/delete {"team_ids": [...]}`: the teams, their memberships and their keys.
 pub async fn team_delete(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    authorize(&state, &headers, "/team/delete")?;
-    let f = Fields::parse(&body)?;
     let ids = f
         .string_list("team_ids")?
         .filter(|v| !v.is_empty())
@@ -764,11 +744,9 @@ fn members_of(f: &Fields) -> Result<Vec<Member>, AdminError> {
 /// "budget_duration"}`: the team with `updated_users` and `updated_team_memberships`.
 pub async fn team_member_add(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(principal): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/team/member_add")?;
-    let f = Fields::parse(&body)?;
     let team_id = f.required_string("team_id")?;
     let members = members_of(&f)?;
     let budget = (
@@ -827,11 +805,9 @@ fn member_user_id(tx: &Tx<'_>, f: &Fields, team: &TeamRow) -> Result<String, Adm
 /// `POST /team/member_delete {"team_id", "user_id" | "user_email"}`.
 pub async fn team_member_delete(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(principal): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/team/member_delete")?;
-    let f = Fields::parse(&body)?;
     let team_id = f.required_string("team_id")?;
     let done = transact(&state, |tx| {
         let mut team = load_team(tx, &team_id)?;
@@ -857,17 +833,14 @@ pub async fn team_member_delete(
 /// "max_budget_in_team"?, "budget_duration"?}`.
 pub async fn team_member_update(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(principal): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/team/member_update")?;
-    let f = Fields::parse(&body)?;
     let team_id = f.required_string("team_id")?;
     let done = transact(&state, |tx| {
         let mut team = load_team(tx, &team_id)?;
         require_team_admin(&principal, &team, "/team/member_update")?;
         let user_id = member_user_id(tx, &f, &team)?;
-        let now = tx.now();
         if let Some(Some(role)) = f.string("role")? {
             if !TEAM_ROLES.contains(&role.as_str()) {
                 return Err(validation_error(
@@ -895,29 +868,18 @@ pub async fn team_member_update(
             )
         });
         if max.is_some() || duration.is_some() {
-            let mut row = match membership.budget_id.as_deref() {
-                Some(id) => tx.budget(id)?.unwrap_or_else(|| BudgetRow {
-                    budget_id: id.to_string(),
-                    ..Default::default()
-                }),
-                None => BudgetRow {
-                    budget_id: new_uuid(),
-                    created_at: format_iso8601_utc(now),
+            let id = upsert_budget_row(
+                &state.settings(),
+                tx,
+                membership.budget_id.as_deref(),
+                BudgetChange {
+                    max_budget_field: "max_budget_in_team",
+                    max_budget: max,
+                    budget_duration: duration,
                     ..Default::default()
                 },
-            };
-            if let Some(v) = max {
-                check_budget("max_budget_in_team", v)?;
-                row.max_budget = v;
-            }
-            if let Some(v) = duration {
-                let (d, at) = check_budget_duration(&state.settings(), &v, now)?;
-                row.budget_duration = d;
-                row.budget_reset_at = at;
-            }
-            row.updated_at = format_iso8601_utc(now);
-            tx.save_budget(&row)?;
-            membership.budget_id = Some(row.budget_id);
+            )?;
+            membership.budget_id = Some(id);
         }
         tx.save_membership(&membership)?;
         let budget = tx.membership_budget(&membership, Some(&team))?;
@@ -928,21 +890,22 @@ pub async fn team_member_update(
     Ok(changed(done.value, &done.entries))
 }
 
-async fn set_blocked(
-    state: Shared,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-    blocked: bool,
-) -> AdminResult {
-    let route = if blocked {
-        "/team/block"
-    } else {
-        "/team/unblock"
-    };
-    authorize(&state, &headers, route)?;
-    let f = Fields::parse(&body)?;
-    let team_id = f.required_string("team_id")?;
-    let done = transact(&state, |tx| {
+/// A team's `blocked` flag (`{"team_id"}`): every key of the team is refused (401) until
+/// unblocked.
+pub struct TeamBlock;
+
+impl super::block::Blockable for TeamBlock {
+    const ROUTES: [&'static str; 2] = ["/team/block", "/team/unblock"];
+
+    fn set_blocked(
+        _state: &super::AdminState,
+        tx: &mut crate::sidecar::store::Tx<'_>,
+        _principal: &Principal,
+        _route: &str,
+        body: &Fields,
+        blocked: bool,
+    ) -> Result<Value, AdminError> {
+        let team_id = body.required_string("team_id")?;
         let mut team = load_team(tx, &team_id)?;
         team.blocked = blocked;
         team.updated_at = format_iso8601_utc(tx.now());
@@ -950,24 +913,22 @@ async fn set_blocked(
         let tokens = tx.tokens_of_team(&team_id)?;
         tx.invalidate_all(tokens);
         Ok(row_json(&team))
-    })?;
-    Ok(changed(done.value, &done.entries))
+    }
 }
 
-/// `POST /team/block {"team_id"}`: every key of the team is refused (401) until unblocked.
-pub async fn team_block(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> AdminResult {
-    set_blocked(state, headers, body, true).await
-}
-
-/// `POST /team/unblock {"team_id"}`.
-pub async fn team_unblock(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> AdminResult {
-    set_blocked(state, headers, body, false).await
+/// The `/team/*` routes.
+pub fn routes() -> axum::Router<Shared> {
+    use super::block::{block, unblock};
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/team/new", post(team_new))
+        .route("/team/info", get(team_info))
+        .route("/team/list", get(team_list))
+        .route("/team/update", post(team_update))
+        .route("/team/delete", post(team_delete))
+        .route("/team/member_add", post(team_member_add))
+        .route("/team/member_delete", post(team_member_delete))
+        .route("/team/member_update", post(team_member_update))
+        .route("/team/block", post(block::<TeamBlock>))
+        .route("/team/unblock", post(unblock::<TeamBlock>))
 }

@@ -1,11 +1,13 @@
 //! `/user/*`: internal users (litellm-compat.md §5.3). Creating, changing and listing users
 //! is for admins; a user may read its own info.
 
-use super::auth::{authorize, Principal, INTERNAL_USER, USER_ROLES};
+use super::auth::Authorized;
+use super::auth::{Principal, INTERNAL_USER, USER_ROLES};
+use super::common::Body;
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, forbidden, not_found,
-    now_micros, ok, parse_body, row_json, spend_nanos_of, transact, usd, validation_error,
-    AdminError, AdminResult, Fields, PeriodAndLimits,
+    now_micros, ok, row_json, spend_nanos_of, transact, usd, validation_error, AdminError,
+    AdminResult, Fields, PeriodAndLimits,
 };
 use super::keys::{build_key, flag, GenerateKeyRequest};
 use super::teams::join_team;
@@ -13,14 +15,13 @@ use super::Shared;
 use crate::duration::format_iso8601_utc;
 use crate::sidecar::store::{Tx, UserRow};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct NewUserRequest {
+pub struct NewUserRequest {
     user_id: Option<String>,
     user_email: Option<String>,
     user_alias: Option<String>,
@@ -55,11 +56,9 @@ fn check_role(role: &str) -> Result<(), AdminError> {
 
 pub async fn user_new(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    Body(req): Body<NewUserRequest>,
 ) -> AdminResult {
-    authorize(&state, &headers, "/user/new")?;
-    let req: NewUserRequest = parse_body(&body)?;
     let role = req
         .user_role
         .clone()
@@ -178,10 +177,9 @@ pub async fn user_new(
 
 pub async fn user_info(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(principal): Authorized,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/user/info")?;
     let user_id = match (&principal, q.get("user_id")) {
         (p, Some(id)) if p.is_admin_viewer() => id.clone(),
         (Principal::Master, None) => {
@@ -261,11 +259,9 @@ fn find_or_create_user(
 /// `{"user_id", "data": <row>}` as LiteLLM does.
 pub async fn user_update(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(principal): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    let principal = authorize(&state, &headers, "/user/update")?;
-    let f = Fields::parse(&body)?;
     let done = transact(&state, |tx| {
         let mut user = find_or_create_user(tx, &f, &principal)?;
         let now = tx.now();
@@ -344,11 +340,9 @@ pub fn leave_all_teams(tx: &Tx<'_>, user: &UserRow) -> Result<(), AdminError> {
 /// `POST /user/delete {"user_ids": [...]}`: the users, their keys and their team memberships.
 pub async fn user_delete(
     State(state): State<Shared>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
+    Authorized(_): Authorized,
+    f: Fields,
 ) -> AdminResult {
-    authorize(&state, &headers, "/user/delete")?;
-    let f = Fields::parse(&body)?;
     let ids = f
         .string_list("user_ids")?
         .filter(|v| !v.is_empty())
@@ -375,10 +369,9 @@ pub async fn user_delete(
 /// `GET /user/list?page=1&page_size=25&role=`: `{users, total, page, page_size, total_pages}`.
 pub async fn user_list(
     State(state): State<Shared>,
-    headers: HeaderMap,
+    Authorized(_): Authorized,
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
-    authorize(&state, &headers, "/user/list")?;
     let number = |name: &str, default: u64| -> Result<u64, AdminError> {
         match q.get(name) {
             None => Ok(default),
@@ -402,4 +395,15 @@ pub async fn user_list(
         "page_size": size,
         "total_pages": total.div_ceil(size),
     })))
+}
+
+/// The `/user/*` routes.
+pub fn routes() -> axum::Router<Shared> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/user/new", post(user_new))
+        .route("/user/info", get(user_info))
+        .route("/user/update", post(user_update))
+        .route("/user/delete", post(user_delete))
+        .route("/user/list", get(user_list))
 }

@@ -4,6 +4,7 @@
 mod budgets;
 mod changes;
 mod customers;
+mod handlers;
 mod keys;
 mod metrics;
 mod models;
