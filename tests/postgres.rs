@@ -507,3 +507,32 @@ fn database_restart_under_load_loses_and_duplicates_nothing() {
         eprintln!("PostgreSQL restarted in {:?}", started.elapsed());
     });
 }
+
+/// `tollgate up` with LiteLLM's `DATABASE_URL` through real Envoy: the key, the call's spend
+/// and its log are in PostgreSQL's `tollgate` schema, and no SQLite file is made.
+#[test]
+fn tollgate_up_with_database_url_keeps_its_record_in_postgres() {
+    let pg = shared();
+    let url = pg.database("up");
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let stack = Stack::start_with(StackOptions {
+        config: DEFAULT_CONFIG.to_string(),
+        env: vec![("DATABASE_URL".to_string(), url.clone())],
+        ..Default::default()
+    });
+    let (key, _) = stack.generate_key(json!({"max_budget": 10}));
+    stack.chat(Some(&key), "gpt-4o-mini").assert_status(200);
+    let token = sha256_hex(&key);
+    poll_until(
+        "the call's spend in PostgreSQL",
+        std::time::Duration::from_secs(20),
+        || match logged(pg, &db, &token) {
+            (1, 1, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(
+        !stack.data_dir.join("tollgate.db").exists(),
+        "no SQLite store next to a database_url"
+    );
+}
