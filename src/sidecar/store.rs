@@ -16,7 +16,6 @@
 
 use crate::duration::{format_iso8601_utc, next_reset_at_str, parse_iso8601_utc};
 use crate::plugin_config::BudgetSettings;
-use crate::records::BudgetState;
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -26,7 +25,11 @@ use std::sync::Mutex;
 
 mod budgets;
 pub mod changes;
+mod end_users;
+mod keys;
 mod metrics_snapshot;
+mod proxy;
+mod users;
 pub use metrics_snapshot::{BudgetSnapshot, BudgetedEntity, EntityKind};
 mod pg;
 mod spend;
@@ -39,136 +42,16 @@ use sql::{args, Dialect, Exec};
 
 pub use budgets::BudgetRow;
 pub use changes::ChangesSince;
+pub use end_users::EndUserRow;
+use end_users::{get_end_user, put_end_user};
+use keys::{get_key, insert_key, put_key_doc};
+pub use keys::{KeyQuery, KeyRow};
+use proxy::{get_proxy, proxy_lazy_reset, put_proxy};
+pub use proxy::{ProxyBudgetRow, PROXY_BUDGET_ID};
 pub use teams::{Member, MembershipRow, TeamRow};
-pub use tx::{Committed, KeyQuery, Tx};
-
-/// A virtual key as stored (LiteLLM's `LiteLLM_VerificationToken`, minus nothing we know of).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct KeyRow {
-    pub token: String,
-    pub key_name: String,
-    pub key_alias: Option<String>,
-    pub user_id: Option<String>,
-    pub team_id: Option<String>,
-    pub models: Vec<String>,
-    pub max_budget: Option<f64>,
-    pub soft_budget: Option<f64>,
-    pub budget_duration: Option<String>,
-    /// ISO 8601 UTC: the aligned end of the current budget period.
-    pub budget_reset_at: Option<String>,
-    pub tpm_limit: Option<u64>,
-    pub rpm_limit: Option<u64>,
-    pub max_parallel_requests: Option<u64>,
-    pub metadata: Value,
-    pub aliases: Value,
-    pub config: Value,
-    pub permissions: Value,
-    pub model_max_budget: Value,
-    /// `{"<model>": spend USD}`, charged per spend event.
-    pub model_spend: Value,
-    pub allowed_routes: Vec<String>,
-    pub tags: Option<Vec<String>>,
-    pub key_type: Option<String>,
-    pub budget_id: Option<String>,
-    pub organization_id: Option<String>,
-    pub blocked: Option<bool>,
-    /// ISO 8601 UTC; `None` = never expires.
-    pub expires: Option<String>,
-    /// USD, derived from `spend_nanos` (use [`KeyRow::set_spend_nanos`] to change it).
-    pub spend: f64,
-    /// Authoritative spend, nano-dollars.
-    pub spend_nanos: i64,
-    pub created_at: String,
-    pub updated_at: String,
-    pub created_by: Option<String>,
-    pub updated_by: Option<String>,
-}
-
-/// An internal user (`LiteLLM_UserTable`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct UserRow {
-    pub user_id: String,
-    pub user_email: Option<String>,
-    pub user_alias: Option<String>,
-    pub user_role: Option<String>,
-    pub teams: Vec<String>,
-    pub models: Vec<String>,
-    pub max_budget: Option<f64>,
-    pub budget_duration: Option<String>,
-    /// ISO 8601 UTC.
-    pub budget_reset_at: Option<String>,
-    pub tpm_limit: Option<u64>,
-    pub rpm_limit: Option<u64>,
-    pub max_parallel_requests: Option<u64>,
-    pub metadata: Value,
-    pub model_max_budget: Value,
-    pub model_spend: Value,
-    /// USD, derived from `spend_nanos` (use [`UserRow::set_spend_nanos`] to change it).
-    pub spend: f64,
-    /// Authoritative spend, nano-dollars.
-    pub spend_nanos: i64,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-/// An end user / customer (`LiteLLM_EndUserTable`). LiteLLM keeps the budget in a linked
-/// `LiteLLM_BudgetTable` row (`litellm_budget_table` in responses); here its fields are inline.
-/// Rows are created by `/customer/new` or, with `blocked: false` and no budget, by the first
-/// spend event naming the end user.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EndUserRow {
-    pub user_id: String,
-    pub alias: Option<String>,
-    /// USD, derived from `spend_nanos`.
-    pub spend: f64,
-    /// Authoritative spend, nano-dollars.
-    pub spend_nanos: i64,
-    pub allowed_model_region: Option<String>,
-    pub default_model: Option<String>,
-    pub budget_id: Option<String>,
-    pub blocked: bool,
-    pub models: Vec<String>,
-    pub max_budget: Option<f64>,
-    pub budget_duration: Option<String>,
-    /// ISO 8601 UTC.
-    pub budget_reset_at: Option<String>,
-    pub tpm_limit: Option<u64>,
-    pub rpm_limit: Option<u64>,
-    pub created_at: String,
-    pub updated_at: String,
-}
-
-/// LiteLLM's `litellm-proxy-budget` user row: the proxy-wide budget's spend and period. The
-/// limit itself (`litellm_settings.max_budget`) comes from the config, not from here.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ProxyBudgetRow {
-    pub spend_nanos: i64,
-    pub budget_duration: Option<String>,
-    pub budget_reset_at_micros: Option<i64>,
-}
-
-impl ProxyBudgetRow {
-    pub fn spend_usd(&self) -> f64 {
-        nanos_to_usd(self.spend_nanos)
-    }
-
-    /// As the filter wants it, with the limit from the config.
-    pub fn state(&self, max_budget: Option<f64>) -> BudgetState {
-        BudgetState {
-            max_budget,
-            budget_duration: self.budget_duration.clone(),
-            budget_reset_at_micros: self.budget_reset_at_micros,
-            spend_nanos: self.spend_nanos,
-        }
-    }
-}
-
-/// LiteLLM's user id for the proxy-wide budget row.
-pub const PROXY_BUDGET_ID: &str = "litellm-proxy-budget";
+pub use tx::{Committed, Tx};
+pub use users::UserRow;
+use users::{get_user, put_user_doc};
 
 pub use crate::cost::{nanos_to_usd, usd_to_nanos};
 
@@ -266,80 +149,6 @@ trait Budgeted {
                 true
             }
         }
-    }
-}
-
-impl Budgeted for KeyRow {
-    fn parts(&mut self) -> (&mut i64, &mut f64, Option<&str>, &mut Option<String>) {
-        (
-            &mut self.spend_nanos,
-            &mut self.spend,
-            self.budget_duration.as_deref(),
-            &mut self.budget_reset_at,
-        )
-    }
-}
-
-impl Budgeted for UserRow {
-    fn parts(&mut self) -> (&mut i64, &mut f64, Option<&str>, &mut Option<String>) {
-        (
-            &mut self.spend_nanos,
-            &mut self.spend,
-            self.budget_duration.as_deref(),
-            &mut self.budget_reset_at,
-        )
-    }
-}
-
-impl Budgeted for EndUserRow {
-    fn parts(&mut self) -> (&mut i64, &mut f64, Option<&str>, &mut Option<String>) {
-        (
-            &mut self.spend_nanos,
-            &mut self.spend,
-            self.budget_duration.as_deref(),
-            &mut self.budget_reset_at,
-        )
-    }
-}
-
-impl KeyRow {
-    /// Sets the spend (nanos and the derived USD).
-    pub fn set_spend_nanos(&mut self, nanos: i64) {
-        self.spend_nanos = nanos;
-        self.spend = nanos_to_usd(nanos);
-    }
-
-    /// `budget_reset_at` as unix microseconds.
-    pub fn budget_reset_at_micros(&self) -> Option<i64> {
-        self.budget_reset_at.as_deref().and_then(parse_iso8601_utc)
-    }
-}
-
-impl UserRow {
-    pub fn set_spend_nanos(&mut self, nanos: i64) {
-        self.spend_nanos = nanos;
-        self.spend = nanos_to_usd(nanos);
-    }
-
-    pub fn budget_reset_at_micros(&self) -> Option<i64> {
-        self.budget_reset_at.as_deref().and_then(parse_iso8601_utc)
-    }
-
-    /// The user's budget as the filter wants it.
-    pub fn budget_state(&self) -> BudgetState {
-        BudgetState {
-            max_budget: self.max_budget,
-            budget_duration: self.budget_duration.clone(),
-            budget_reset_at_micros: self.budget_reset_at_micros(),
-            spend_nanos: self.spend_nanos,
-        }
-    }
-}
-
-impl EndUserRow {
-    pub fn set_spend_nanos(&mut self, nanos: i64) {
-        self.spend_nanos = nanos;
-        self.spend = nanos_to_usd(nanos);
     }
 }
 
@@ -553,120 +362,6 @@ fn sql_u64(v: u64) -> i64 {
 
 fn sql_u64_back(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-fn get_key(db: &dyn Exec, token: &str) -> Result<Option<KeyRow>> {
-    db.row("SELECT doc FROM keys WHERE token = ?1", args![token])?
-        .map(|r| load_budgeted(&r.text(0)?))
-        .transpose()
-}
-
-fn put_key_doc(db: &dyn Exec, row: &KeyRow) -> Result<()> {
-    db.exec(
-        "UPDATE keys SET doc = ?2 WHERE token = ?1",
-        args![&row.token, to_doc(row)?],
-    )?;
-    Ok(())
-}
-
-fn insert_key(db: &dyn Exec, row: &KeyRow) -> Result<()> {
-    let mut row = row.clone();
-    row.sync_spend();
-    db.exec(
-        "INSERT INTO keys (token, user_id, team_id, key_alias, doc) VALUES (?1, ?2, ?3, ?4, ?5)",
-        args![
-            &row.token,
-            &row.user_id,
-            &row.team_id,
-            &row.key_alias,
-            to_doc(&row)?
-        ],
-    )?;
-    Ok(())
-}
-
-fn get_user(db: &dyn Exec, user_id: &str) -> Result<Option<UserRow>> {
-    db.row("SELECT doc FROM users WHERE user_id = ?1", args![user_id])?
-        .map(|r| load_budgeted(&r.text(0)?))
-        .transpose()
-}
-
-fn put_user_doc(db: &dyn Exec, row: &UserRow) -> Result<()> {
-    db.exec(
-        "UPDATE users SET doc = ?2 WHERE user_id = ?1",
-        args![&row.user_id, to_doc(row)?],
-    )?;
-    Ok(())
-}
-
-fn get_end_user(db: &dyn Exec, user_id: &str) -> Result<Option<EndUserRow>> {
-    db.row(
-        "SELECT doc FROM end_users WHERE user_id = ?1",
-        args![user_id],
-    )?
-    .map(|r| load_budgeted(&r.text(0)?))
-    .transpose()
-}
-
-fn put_end_user(db: &dyn Exec, row: &EndUserRow) -> Result<()> {
-    db.exec(
-        "INSERT INTO end_users (user_id, doc) VALUES (?1, ?2)
-         ON CONFLICT(user_id) DO UPDATE SET doc = excluded.doc",
-        args![&row.user_id, to_doc(row)?],
-    )?;
-    Ok(())
-}
-
-fn get_proxy(db: &dyn Exec) -> Result<ProxyBudgetRow> {
-    let Some(r) = db.row(
-        "SELECT spend_nanos, budget_duration, budget_reset_at FROM proxy_budget WHERE id = ?1",
-        args![PROXY_BUDGET_ID],
-    )?
-    else {
-        return Ok(ProxyBudgetRow::default());
-    };
-    Ok(ProxyBudgetRow {
-        spend_nanos: r.int(0)?,
-        budget_duration: r.opt_text(1)?,
-        budget_reset_at_micros: r.opt_int(2)?,
-    })
-}
-
-fn put_proxy(db: &dyn Exec, row: &ProxyBudgetRow) -> Result<()> {
-    db.exec(
-        "INSERT INTO proxy_budget (id, spend_nanos, budget_duration, budget_reset_at)
-         VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(id) DO UPDATE SET spend_nanos = excluded.spend_nanos,
-             budget_duration = excluded.budget_duration,
-             budget_reset_at = excluded.budget_reset_at",
-        args![
-            PROXY_BUDGET_ID,
-            row.spend_nanos,
-            &row.budget_duration,
-            row.budget_reset_at_micros
-        ],
-    )?;
-    Ok(())
-}
-
-/// Lazy reset of the proxy row; true when it changed.
-fn proxy_lazy_reset(row: &mut ProxyBudgetRow, clock: &ResetClock, now_micros: i64) -> bool {
-    match clock.due(
-        row.budget_duration.as_deref(),
-        row.budget_reset_at_micros,
-        now_micros,
-    ) {
-        ResetAction::Keep => false,
-        ResetAction::Schedule(next) => {
-            row.budget_reset_at_micros = Some(next);
-            true
-        }
-        ResetAction::Reset(next) => {
-            row.spend_nanos = 0;
-            row.budget_reset_at_micros = Some(next);
-            true
-        }
-    }
 }
 
 impl Store {

@@ -5,7 +5,7 @@
 use super::sql::{Exec, Row, Value};
 use super::{
     add_model_spend, get_end_user, get_key, get_proxy, get_user, proxy_lazy_reset, put_end_user,
-    put_key_doc, put_proxy, put_user_doc, sql_u64, sql_u64_back, to_doc, tx, Budgeted, EndUserRow,
+    put_key_doc, put_proxy, put_user_doc, sql_u64, sql_u64_back, to_doc, Budgeted, EndUserRow,
     KeyFilter, SpendApplied, SpendLogQuery, Store,
 };
 use crate::duration::format_iso8601_utc;
@@ -208,7 +208,7 @@ impl Store {
                         },
                     };
                     let budget = t.end_user_budget(&row)?;
-                    tx::follow_period(&mut row, budget.as_ref());
+                    super::end_users::follow_period(&mut row, budget.as_ref());
                     row.lazy_reset(&clock, now_micros);
                     row.add_spend(*nanos);
                     put_end_user(tx, &row)?;
