@@ -291,7 +291,7 @@ pub fn admit<S: VersionedStore>(
                     ),
                 ),
             };
-            if pending.as_ref().map_or(true, |(rank, _)| error.0 < *rank) {
+            if pending.as_ref().is_none_or(|(rank, _)| error.0 < *rank) {
                 pending = Some(error);
             }
             continue;

@@ -173,7 +173,7 @@ fn parse_raw(mut raw: &[u8]) -> Option<Raw> {
             .iter()
             .find(|(k, _)| k == "content-length")
             .and_then(|(_, v)| v.parse::<usize>().ok());
-        let complete = len.map_or(true, |l| rest.len() >= l);
+        let complete = len.is_none_or(|l| rest.len() >= l);
         (rest.to_vec(), complete)
     };
     Some(Raw {

@@ -927,7 +927,7 @@ fn stream_usage_is_requested_upstream_and_shown_only_when_asked() {
     for e in &events[..events.len() - 1] {
         let chunk: Value = serde_json::from_str(e).expect("SSE data is JSON");
         assert!(
-            chunk.get("usage").map_or(true, Value::is_null),
+            chunk.get("usage").is_none_or(Value::is_null),
             "usage chunk shown to a client that did not ask: {}",
             resp.body
         );

@@ -23,7 +23,7 @@ pub fn fit_within(
     row: &mut KeyRow,
 ) -> Result<(), String> {
     let inherit = before.is_none();
-    let changed = |same: &dyn Fn(&KeyRow) -> bool| before.map_or(true, |b| !same(b));
+    let changed = |same: &dyn Fn(&KeyRow) -> bool| before.is_none_or(|b| !same(b));
 
     if changed(&|b| b.models == row.models) {
         fit_models(caller, plugin, inherit, &mut row.models)?;

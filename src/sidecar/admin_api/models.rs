@@ -104,8 +104,8 @@ pub async fn model_info(
             seen.push(&d.id);
             first
         })
-        .filter(|d| allowed.as_ref().map_or(true, |a| a.contains(&d.model_name)))
-        .filter(|d| id.map_or(true, |i| *i == d.id))
+        .filter(|d| allowed.as_ref().is_none_or(|a| a.contains(&d.model_name)))
+        .filter(|d| id.is_none_or(|i| *i == d.id))
         .map(|d| deployment_json(d, settings.model_info_extra.get(&d.id)))
         .collect();
     Ok(ok(json!({ "data": data })))
@@ -146,7 +146,7 @@ fn model_group_json(
         .collect();
     let larger = |acc: &mut Option<f64>, v: Option<f64>| {
         if let Some(v) = v {
-            if acc.map_or(true, |a| v > a) {
+            if acc.is_none_or(|a| v > a) {
                 *acc = Some(v);
             }
         }
@@ -242,7 +242,7 @@ pub async fn model_group_info(
     let wanted = q.get("model_group");
     let data: Vec<Value> = names
         .iter()
-        .filter(|name| wanted.map_or(true, |w| w == *name))
+        .filter(|name| wanted.is_none_or(|w| w == *name))
         .map(|name| {
             let deployments = crate::admission::route_candidates(plugin, name);
             model_group_json(name, &deployments, &settings)
