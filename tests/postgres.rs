@@ -508,31 +508,119 @@ fn database_restart_under_load_loses_and_duplicates_nothing() {
     });
 }
 
-/// `tollgate up` with LiteLLM's `DATABASE_URL` through real Envoy: the key, the call's spend
-/// and its log are in PostgreSQL's `tollgate` schema, and no SQLite file is made.
-#[test]
-fn tollgate_up_with_database_url_keeps_its_record_in_postgres() {
-    let pg = shared();
-    let url = pg.database("up");
-    let db = url.rsplit('/').next().unwrap().to_string();
+/// `tollgate up` through real Envoy on database `db`: a key generated, a call (a priced model)
+/// charged; the key,
+/// the call's spend and its log are in PostgreSQL's `tollgate` schema, and no SQLite file is
+/// made.
+fn up_keeps_its_record_in_postgres(pg: &Postgres, db: &str, options: StackOptions) -> Stack {
     let stack = Stack::start_with(StackOptions {
         config: DEFAULT_CONFIG.to_string(),
-        env: vec![("DATABASE_URL".to_string(), url.clone())],
-        ..Default::default()
+        ..options
     });
     let (key, _) = stack.generate_key(json!({"max_budget": 10}));
-    stack.chat(Some(&key), "gpt-4o-mini").assert_status(200);
+    stack.chat(Some(&key), "gpt-4o").assert_status(200);
     let token = sha256_hex(&key);
     poll_until(
         "the call's spend in PostgreSQL",
         std::time::Duration::from_secs(20),
-        || match logged(pg, &db, &token) {
-            (1, 1, _) => Ok(()),
+        || match logged(pg, db, &token) {
+            (1, 1, spend) if spend > 0 => Ok(()),
             other => Err(format!("{other:?}")),
         },
     );
     assert!(
         !stack.data_dir.join("tollgate.db").exists(),
-        "no SQLite store next to a database_url"
+        "no SQLite store next to a PostgreSQL one"
     );
+    stack
+}
+
+/// `tollgate up` with LiteLLM's `DATABASE_URL`.
+#[test]
+fn tollgate_up_with_database_url_keeps_its_record_in_postgres() {
+    let pg = shared();
+    let url = pg.database("up");
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let _stack = up_keeps_its_record_in_postgres(
+        pg,
+        &db,
+        StackOptions {
+            env: vec![("DATABASE_URL".to_string(), url)],
+            ..Default::default()
+        },
+    );
+}
+
+/// `tollgate up --store URL`, the URL asking for TLS with the server's name checked: the
+/// sidecar's sessions are encrypted.
+#[test]
+fn tollgate_up_with_store_over_verified_tls_keeps_its_record_in_postgres() {
+    let pg = shared();
+    let url = pg.database("upstore");
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let store = format!(
+        "postgresql://postgres@localhost:{}/{db}?sslmode=verify-full&sslrootcert={}",
+        pg.port,
+        pg.ca_file().display()
+    );
+    let _stack = up_keeps_its_record_in_postgres(
+        pg,
+        &db,
+        StackOptions {
+            args: vec!["--store".to_string(), store],
+            ..Default::default()
+        },
+    );
+    let (sessions, tls) = pg.tls_sessions(&db);
+    assert!(sessions >= 1 && tls, "sessions {sessions}, all TLS {tls}");
+}
+
+/// `sslmode` as libpq reads it, against the fixture's server (TLS on, its certificate for
+/// `localhost` only, signed by the fixture's CA).
+#[test]
+fn sslmode_is_honoured_as_libpq_does() {
+    let pg = shared();
+    let ca = pg.ca_file().display().to_string();
+    let open = |tag: &str, host: &str, query: &str| {
+        let url = pg.database(tag);
+        let db = url.rsplit('/').next().unwrap().to_string();
+        let url = format!("postgresql://postgres@{host}:{}/{db}?{query}", pg.port);
+        (db, Store::open_postgres(&url, &PgOptions::default()))
+    };
+    let verify_ca = format!("sslmode=verify-ca&sslrootcert={ca}");
+    let verify_full = format!("sslmode=verify-full&sslrootcert={ca}");
+    for (tag, host, query, encrypted) in [
+        ("disable", "127.0.0.1", "sslmode=disable", false),
+        ("prefer", "127.0.0.1", "", true),
+        ("require", "127.0.0.1", "sslmode=require", true),
+        // The certificate names `localhost`: verify-ca does not check the name.
+        ("verify_ca", "127.0.0.1", verify_ca.as_str(), true),
+        ("verify_full", "localhost", verify_full.as_str(), true),
+    ] {
+        let (db, store) = open(tag, host, query);
+        let store = store.unwrap_or_else(|e| panic!("{tag}: {e:#}"));
+        let (sessions, tls) = pg.tls_sessions(&db);
+        assert!(sessions >= 1, "{tag}: no session");
+        assert_eq!(tls, encrypted, "{tag}: TLS");
+        drop(store);
+    }
+    for (tag, host, query, why) in [
+        // Without sslrootcert, only the public roots: a private CA is unknown.
+        ("no_ca", "localhost", "sslmode=verify-full", "UnknownIssuer"),
+        (
+            "wrong_name",
+            "127.0.0.1",
+            verify_full.as_str(),
+            "not valid for name",
+        ),
+    ] {
+        let err = match open(tag, host, query).1 {
+            Ok(_) => panic!("{tag}: connected"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.contains("invalid peer certificate") && err.contains(why),
+            "{tag}: {err}"
+        );
+    }
 }

@@ -32,6 +32,7 @@ mod proxy;
 mod users;
 pub use metrics_snapshot::{BudgetSnapshot, BudgetedEntity, EntityKind};
 mod pg;
+mod pg_tls;
 mod spend;
 pub mod sql;
 mod teams;

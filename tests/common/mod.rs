@@ -499,6 +499,8 @@ pub struct StackOptions {
     pub env: Vec<(String, String)>,
     /// Envoy worker threads (`--concurrency`); default 2.
     pub concurrency: Option<u16>,
+    /// More arguments for `tollgate up` (e.g. `--store URL`).
+    pub args: Vec<String>,
 }
 
 /// fake-llm + `tollgate up` (sidecar and Envoy with the filter), stopped on drop.
@@ -583,6 +585,7 @@ impl Stack {
                 // Stacks run side by side: not the fixed default.
                 .args(["--envoy-admin-port", "0"])
                 .arg("--exit-on-stdin-eof")
+                .args(&opts.args)
                 .env("ENVOY_BIN", &envoy)
                 .env_remove("LITELLM_MASTER_KEY")
                 .env_remove("TOLLGATE_WASM")

@@ -2,6 +2,9 @@
 //! user (tests run as root here: PostgreSQL refuses root), on a free 127.0.0.1 port. One shared
 //! server per test binary ([`shared`]); each test takes a fresh database ([`Postgres::database`]).
 //! A test that stops its server starts a private one ([`Postgres::start`]).
+//! Every server has TLS on (`ssl=on`), its certificate signed by a CA made for it
+//! ([`Postgres::ca_file`]), valid for `localhost` only (not `127.0.0.1`), so the tests can tell
+//! `verify-ca` from `verify-full`; clients that do not ask for TLS are not slowed.
 //!
 //! The binaries come from `PG_BIN` (a directory), else Debian's `/usr/lib/postgresql/<v>/bin`
 //! (the newest), else `initdb` on `PATH`; `./build.sh` installs Debian's `postgresql`. A
@@ -130,6 +133,7 @@ impl Postgres {
                 .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
                 .arg(dir.join("data")),
         );
+        write_certificates(&dir);
         let mut pg = Postgres {
             port: free_port(),
             bin,
@@ -180,9 +184,12 @@ impl Postgres {
                 .arg(self.dir.join("server.log"))
                 .args(["-w", "-t", "60", "-o"])
                 .arg(format!(
-                    "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200",
+                    "-p {} -c listen_addresses=127.0.0.1 -k {} -c max_connections=200 \
+                     -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
                     self.port,
-                    self.dir.display()
+                    self.dir.display(),
+                    self.dir.join("data/server.crt").display(),
+                    self.dir.join("data/server.key").display()
                 ))
                 .arg("start"),
         );
@@ -242,6 +249,62 @@ impl Postgres {
 
     pub fn url(&self, db: &str) -> String {
         format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The CA (PEM) that signed the server's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// How database `db`'s open sessions are connected: `(sessions, all over TLS)`.
+    pub fn tls_sessions(&self, db: &str) -> (u64, bool) {
+        let out = self.psql(
+            "postgres",
+            &format!(
+                "SELECT count(*) || ' ' || COALESCE(bool_and(s.ssl), false) \
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{db}'"
+            ),
+        );
+        let (count, ssl) = out.split_once(' ').expect("count and ssl");
+        (count.parse().expect("a count"), ssl == "true")
+    }
+}
+
+/// A CA and a server certificate for `localhost` it signed, in `dir` (ca.crt) and the data dir
+/// (server.crt, server.key: the key readable by the server's user only, as PostgreSQL demands).
+fn write_certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let mut server_params =
+        CertificateParams::new(vec!["localhost".to_string()]).expect("server params");
+    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server = server_params
+        .signed_by(&key, &ca, &ca_key)
+        .expect("server certificate");
+    std::fs::write(dir.join("ca.crt"), ca.pem()).expect("write ca.crt");
+    let data = dir.join("data");
+    std::fs::write(data.join("server.crt"), server.pem()).expect("write server.crt");
+    std::fs::write(data.join("server.key"), key.serialize_pem()).expect("write server.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod server.key");
+    }
+    if is_root() {
+        run_ok(
+            "chown",
+            Command::new("chown")
+                .arg(PG_USER)
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key")),
+        );
     }
 }
 

@@ -159,8 +159,19 @@ INSERT INTO change_counter (id, seq) VALUES (1, 0);
 ",
 ];
 
-fn unavailable(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow::Error::new(Unavailable(e.to_string()))
+/// With its causes: "error performing TLS handshake" alone does not say the certificate was
+/// refused, nor why.
+fn unavailable(e: impl std::error::Error) -> anyhow::Error {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
+    }
+    anyhow::Error::new(Unavailable(message))
 }
 
 /// A driver error: unreachable database → [`Unavailable`], anything else as it is.
@@ -175,9 +186,13 @@ fn pg_error(e: tokio_postgres::Error) -> anyhow::Error {
 impl PgStore {
     /// Connects (lazily: the pool opens connections when asked) and migrates the schema.
     pub fn open(url: &str, options: &PgOptions) -> Result<PgStore> {
-        let config: tokio_postgres::Config = url
+        let tls = super::pg_tls::split_url(url)?;
+        let mut config: tokio_postgres::Config = tls
+            .url
             .parse()
             .map_err(|e| anyhow!("invalid database_url: {e}"))?;
+        config.ssl_mode(tls.mode.negotiation());
+        let connector = super::pg_tls::connector(&tls)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("tollgate-pg")
@@ -187,7 +202,7 @@ impl PgStore {
         let handle = runtime.handle().clone();
         let manager = Manager::from_config(
             config,
-            tokio_postgres::NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
