@@ -3,6 +3,9 @@
 //! budget-refused, rate-limited, upstream 500) the sidecar's `/metrics` (reached through
 //! Envoy) and Envoy's `/stats/prometheus` (its admin port on 127.0.0.1) show exact values.
 //!
+//! Envoy's side also carries the filter's own counters: `tollgate_requests_total{outcome,upstream}`,
+//! `tollgate_tokens_total{direction}` and `tollgate_spend_nanos_total`.
+//!
 //! One call: a 12-letter prompt (10 prompt tokens at the fake) and `max_tokens` 5 (5 completion
 //! tokens) at $0.001 in / $0.002 out = $0.02.
 
@@ -134,6 +137,14 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         &body(),
     )
     .assert_status(500);
+    // A key Tollgate never issued.
+    s.post_with(
+        "/v1/chat/completions",
+        "sk-never-issued-by-tollgate",
+        &[],
+        &body(),
+    )
+    .assert_status(401);
     s.wait_spend_logs(&limited, 1);
     s.wait_spend_logs(&failing, 1);
 
@@ -238,8 +249,8 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         "{text}"
     );
 
-    // Envoy's own stats, on its admin port on loopback: the one upstream 500 and the two
-    // refusals (budget, rate limit) plus the anonymous /metrics, by response class.
+    // Envoy's own stats, on its admin port on loopback: the one upstream 500 and the three
+    // refusals (budget, rate limit, unknown key) plus the anonymous /metrics, by response class.
     let port = envoy_admin_port(&s);
     let classes = |text: &str| {
         let e = parse(text);
@@ -263,14 +274,62 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
             &[],
             None,
         );
-        if r.status == 200 && classes(&r.body)[1] == [3.0] {
+        if r.status == 200 && classes(&r.body)[1] == [4.0] {
             Ok(r.body)
         } else {
             Err(format!("{}: {}", r.status, r.body))
         }
     });
     let [ok, refused, failed] = classes(&envoy);
-    assert_eq!(refused, [3.0], "{envoy}");
+    assert_eq!(refused, [4.0], "{envoy}");
     assert_eq!(failed, [1.0], "{envoy}");
     assert_eq!(ok.len(), 1, "{envoy}");
+
+    // The filter's counters (labels from the bootstrap's `stats_tags`).
+    let e = parse(&envoy);
+    let filter_lines: String = envoy
+        .lines()
+        .filter(|l| l.contains("tollgate_") && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let requests = |outcome: &str, upstream: &str| {
+        one(
+            &e,
+            "tollgate_requests_total",
+            &[("outcome", outcome), ("upstream", upstream)],
+        )
+    };
+    for (outcome, upstream, want) in [
+        ("admitted", "2xx", 2.0),
+        ("admitted", "5xx", 1.0),
+        ("budget", "none", 1.0),
+        ("rate_limit", "none", 1.0),
+        ("auth", "none", 1.0),
+        ("admitted", "4xx", 0.0),
+        ("model_access", "none", 0.0),
+        ("bad_request", "none", 0.0),
+        ("other", "none", 0.0),
+    ] {
+        assert_eq!(
+            requests(outcome, upstream),
+            want,
+            "{outcome} {upstream}: {filter_lines}"
+        );
+    }
+    assert_eq!(
+        values(&e, "tollgate_requests_total", &[])
+            .iter()
+            .sum::<f64>(),
+        6.0,
+        "{filter_lines}"
+    );
+    let tokens = |direction: &str| one(&e, "tollgate_tokens_total", &[("direction", direction)]);
+    assert_eq!(tokens("input"), 20.0, "{filter_lines}");
+    assert_eq!(tokens("output"), 10.0, "{filter_lines}");
+    // Two calls at $0.02.
+    assert_eq!(
+        one(&e, "tollgate_spend_nanos_total", &[]),
+        40_000_000.0,
+        "{filter_lines}"
+    );
 }

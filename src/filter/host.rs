@@ -281,10 +281,33 @@ pub fn set_response_headers(headers: &[(String, String)]) {
     }
 }
 
-/// The request path's host calls, over proxy-wasm.
-pub struct ProxyHost;
+/// Defines the filter's counters (once per VM, when the plugin is configured); a counter that
+/// cannot be defined is logged and left uncounted.
+pub fn define_metrics() -> crate::flow::MetricIds {
+    let mut ids = [None; crate::metrics::METRIC_COUNT];
+    for metric in crate::metrics::Metric::all() {
+        let name = metric.name();
+        match hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, &name) {
+            Ok(id) => {
+                if let Some(slot) = ids.get_mut(metric.index()) {
+                    *slot = Some(id);
+                }
+            }
+            Err(e) => log(
+                LogLevel::Warn,
+                &format!("tollgate: cannot define the metric {name}: {e:?}"),
+            ),
+        }
+    }
+    ids
+}
 
-impl crate::shared_store::VersionedStore for ProxyHost {
+/// The request path's host calls, over proxy-wasm, with the VM's counters.
+pub struct ProxyHost<'a> {
+    pub metric_ids: &'a crate::flow::MetricIds,
+}
+
+impl crate::shared_store::VersionedStore for ProxyHost<'_> {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         SharedData.get(key)
     }
@@ -299,7 +322,7 @@ impl crate::shared_store::VersionedStore for ProxyHost {
     }
 }
 
-impl Host for ProxyHost {
+impl Host for ProxyHost<'_> {
     fn now_micros(&self) -> i64 {
         now_micros()
     }
@@ -373,5 +396,18 @@ impl Host for ProxyHost {
 
     fn enqueue(&self, queue: u32, value: &[u8]) -> bool {
         enqueue(queue, value)
+    }
+
+    fn count(&self, metric: crate::metrics::Metric, n: u64) {
+        let Some(Some(id)) = self.metric_ids.get(metric.index()) else {
+            return;
+        };
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        if let Err(e) = hostcalls::increment_metric(*id, n) {
+            log(
+                LogLevel::Warn,
+                &format!("tollgate: metric increment failed: {e:?}"),
+            );
+        }
     }
 }

@@ -9,12 +9,14 @@ use std::rc::Rc;
 
 pub struct TollgateHttp {
     flow: Flow,
+    shared: Rc<Shared>,
 }
 
 impl TollgateHttp {
     pub fn new(shared: Rc<Shared>) -> Self {
         TollgateHttp {
-            flow: Flow::new(shared),
+            flow: Flow::new(Rc::clone(&shared)),
+            shared,
         }
     }
 }
@@ -34,7 +36,14 @@ impl Context for TollgateHttp {
         body_size: usize,
         _trailers: usize,
     ) {
-        if self.flow.on_call_response(&ProxyHost, token, body_size) == Step::Continue {
+        if self.flow.on_call_response(
+            &ProxyHost {
+                metric_ids: &self.shared.metric_ids,
+            },
+            token,
+            body_size,
+        ) == Step::Continue
+        {
             host::resume_request();
         }
     }
@@ -42,29 +51,47 @@ impl Context for TollgateHttp {
 
 impl HttpContext for TollgateHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        action(self.flow.on_request_headers(&ProxyHost, end_of_stream))
+        action(self.flow.on_request_headers(
+            &ProxyHost {
+                metric_ids: &self.shared.metric_ids,
+            },
+            end_of_stream,
+        ))
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.flow
-                .on_request_body(&ProxyHost, body_size, end_of_stream),
-        )
+        action(self.flow.on_request_body(
+            &ProxyHost {
+                metric_ids: &self.shared.metric_ids,
+            },
+            body_size,
+            end_of_stream,
+        ))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        action(self.flow.on_response_headers(&ProxyHost, end_of_stream))
+        action(self.flow.on_response_headers(
+            &ProxyHost {
+                metric_ids: &self.shared.metric_ids,
+            },
+            end_of_stream,
+        ))
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.flow
-                .on_response_body(&ProxyHost, body_size, end_of_stream),
-        )
+        action(self.flow.on_response_body(
+            &ProxyHost {
+                metric_ids: &self.shared.metric_ids,
+            },
+            body_size,
+            end_of_stream,
+        ))
     }
 
     /// The end of every admitted call, also after an upstream error or a client abort.
     fn on_log(&mut self) {
-        self.flow.on_log(&ProxyHost);
+        self.flow.on_log(&ProxyHost {
+            metric_ids: &self.shared.metric_ids,
+        });
     }
 }

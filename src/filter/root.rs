@@ -263,11 +263,9 @@ impl RootContext for TollgateRoot {
             );
             return false;
         }
-        self.shared = Some(Rc::new(Shared::new(
-            config,
-            host::register_queue(SPEND_QUEUE),
-            instance_id,
-        )));
+        let mut shared = Shared::new(config, host::register_queue(SPEND_QUEUE), instance_id);
+        shared.metric_ids = host::define_metrics();
+        self.shared = Some(Rc::new(shared));
         if let Err(e) = shared_store::ensure_lease(&host::SharedData) {
             host::log(
                 LogLevel::Error,

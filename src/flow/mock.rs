@@ -2,6 +2,7 @@
 //! and a log of every host call made (so tests can count them).
 
 use super::{Host, SidecarCall};
+use crate::metrics::Metric;
 use crate::shared_store::{MemoryStore, StoreError, VersionedStore};
 use std::cell::{Cell, RefCell};
 
@@ -30,6 +31,8 @@ pub struct MockHost {
     /// The sidecar answer being delivered: status and body.
     pub call_answer: RefCell<Option<(u16, Vec<u8>)>>,
     pub queue: RefCell<Vec<Vec<u8>>>,
+    /// Counter increments, in order.
+    pub counted: RefCell<Vec<(Metric, u64)>>,
 }
 
 impl MockHost {
@@ -179,5 +182,10 @@ impl Host for MockHost {
         self.record("enqueue");
         self.queue.borrow_mut().push(value.to_vec());
         true
+    }
+
+    fn count(&self, metric: Metric, n: u64) {
+        self.record("count");
+        self.counted.borrow_mut().push((metric, n));
     }
 }

@@ -15,6 +15,7 @@ mod tests;
 pub use request::{Flow, Step};
 
 use crate::errors::ApiError;
+use crate::metrics::Metric;
 use crate::plugin_config::PluginConfig;
 use crate::provider_keys::ProviderKeys;
 use crate::shared_store::VersionedStore;
@@ -50,6 +51,8 @@ pub trait Host: VersionedStore {
     fn call_response_status(&self) -> Option<u16>;
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>>;
     fn enqueue(&self, queue: u32, value: &[u8]) -> bool;
+    /// Adds `n` to one of the filter's counters (one host call).
+    fn count(&self, metric: Metric, n: u64);
 }
 
 /// A request to the sidecar's internal API.
@@ -76,7 +79,11 @@ pub struct Shared {
     /// The provider keys from the sidecar (VM memory only); `None` until the first answer, and
     /// LLM calls are refused until then.
     pub provider_keys: RefCell<Option<Rc<ProviderKeys>>>,
+    /// The filter's counters as this VM defined them, by [`Metric::index`] (`None`: not defined).
+    pub metric_ids: MetricIds,
 }
+
+pub type MetricIds = [Option<u32>; crate::metrics::METRIC_COUNT];
 
 impl Shared {
     pub fn new(config: PluginConfig, spend_queue: Option<u32>, instance_id: [u8; 16]) -> Self {
@@ -88,6 +95,7 @@ impl Shared {
             instance_id,
             calls: Cell::new(0),
             provider_keys: RefCell::new(None),
+            metric_ids: [None; crate::metrics::METRIC_COUNT],
         }
     }
 

@@ -10,6 +10,7 @@ use crate::cost;
 use crate::credential::extract_credential;
 use crate::errors::ApiError;
 use crate::key_format::{self, constant_time_eq, hash_key, redact_secret};
+use crate::metrics::{Metric, Outcome, StatusClass};
 use crate::model_list;
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
@@ -165,6 +166,10 @@ impl Flow {
 
     fn refuse(&mut self, host: &impl Host, error: &ApiError) -> Step {
         self.phase = Phase::Done;
+        if matches!(self.kind, Kind::Llm(_)) {
+            let outcome = Outcome::of_refusal(error);
+            host.count(Metric::Requests(outcome, StatusClass::None), 1);
+        }
         send_error(host, error);
         Step::Pause
     }
@@ -934,6 +939,21 @@ impl Flow {
         if let Some(queue) = self.shared.spend_queue {
             if let Ok(bytes) = serde_json::to_vec(event) {
                 host.enqueue(queue, &bytes);
+            }
+        }
+        // One increment for the outcome, and one per non-zero usage figure.
+        let class = StatusClass::of(call.upstream_status);
+        host.count(Metric::Requests(Outcome::Admitted, class), 1);
+        for (metric, n) in [
+            (Metric::InputTokens, event.prompt_tokens),
+            (Metric::OutputTokens, event.completion_tokens),
+            (
+                Metric::SpendNanos,
+                u64::try_from(event.spend_nanos).unwrap_or(0),
+            ),
+        ] {
+            if n > 0 {
+                host.count(metric, n);
             }
         }
     }

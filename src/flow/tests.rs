@@ -474,6 +474,7 @@ fn requests_not_ours_pass_untouched() {
 /// `get`/`set` are one host call each.
 mod host_calls {
     use super::*;
+    use crate::metrics::{Metric, Outcome, StatusClass};
 
     fn known_key_request(body: &str, h: &Harness) -> Flow {
         // A first request warms the worker's decoded record (as on a running filter).
@@ -508,10 +509,40 @@ mod host_calls {
         );
         h.host.clear_calls();
         h.respond_json(&mut flow, 200, ANSWER);
+        // The outcome, input tokens, output tokens, spend: four increments.
         assert_eq!(
             counts(&h),
-            "enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
+            "count=4 enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
              shared_get=4 shared_set=4"
+        );
+        let counted = h.host.counted.borrow();
+        assert_eq!(
+            counted[0],
+            (Metric::Requests(Outcome::Admitted, StatusClass::Success), 1)
+        );
+        assert_eq!(
+            counted[1..3].iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+            [Metric::InputTokens, Metric::OutputTokens]
+        );
+        assert_eq!(counted[3].0, Metric::SpendNanos);
+        assert!(counted.iter().all(|(_, n)| *n > 0), "{counted:?}");
+    }
+
+    #[test]
+    fn upstream_error() {
+        let h = Harness::new(config()).with_key(&full_key());
+        let mut flow = known_key_request(CHAT, &h);
+        h.host.clear_calls();
+        h.host.counted.borrow_mut().clear();
+        h.respond_json(&mut flow, 500, r#"{"error":{"message":"down"}}"#);
+        // No usage: the outcome is the one increment.
+        assert_eq!(h.host.count_of("count"), 1);
+        assert_eq!(
+            *h.host.counted.borrow(),
+            [(
+                Metric::Requests(Outcome::Admitted, StatusClass::ServerError),
+                1
+            )]
         );
     }
 
@@ -543,7 +574,7 @@ mod host_calls {
         flow.on_log(&h.host);
         assert_eq!(
             counts(&h),
-            "enqueue=1 now=1 replace_response_body=1 response_body=2 response_headers=1 \
+            "count=4 enqueue=1 now=1 replace_response_body=1 response_body=2 response_headers=1 \
              set_response_headers=1 shared_get=4 shared_set=4"
         );
     }
@@ -557,8 +588,12 @@ mod host_calls {
         known_key_request(CHAT, &h);
         assert_eq!(
             counts(&h),
-            "now=2 request_body=1 request_headers=1 send_response=1 shared_get=5 shared_set=2",
+            "count=1 now=2 request_body=1 request_headers=1 send_response=1 shared_get=5 shared_set=2",
             "budget"
+        );
+        assert_eq!(
+            h.host.counted.borrow().last(),
+            Some(&(Metric::Requests(Outcome::Budget, StatusClass::None), 1))
         );
 
         // The warm-up request takes the one request of the window.
@@ -568,8 +603,12 @@ mod host_calls {
         known_key_request(CHAT, &h);
         assert_eq!(
             counts(&h),
-            "now=2 request_body=1 request_headers=1 send_response=1 shared_get=8 shared_set=6",
+            "count=1 now=2 request_body=1 request_headers=1 send_response=1 shared_get=8 shared_set=6",
             "rate limit"
+        );
+        assert_eq!(
+            h.host.counted.borrow().last(),
+            Some(&(Metric::Requests(Outcome::RateLimit, StatusClass::None), 1))
         );
 
         // No credential: refused on the headers alone.
@@ -584,8 +623,12 @@ mod host_calls {
         assert_eq!(h.reply_status(), Some(401));
         assert_eq!(
             counts(&h),
-            "now=1 request_headers=1 send_response=1",
+            "count=1 now=1 request_headers=1 send_response=1",
             "no key"
+        );
+        assert_eq!(
+            *h.host.counted.borrow(),
+            [(Metric::Requests(Outcome::Auth, StatusClass::None), 1)]
         );
     }
 

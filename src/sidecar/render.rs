@@ -679,6 +679,7 @@ pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Valu
     };
     let mut bootstrap = json!({
         "admin": {"address": socket("127.0.0.1", opts.envoy_admin_port)},
+        "stats_config": filter_stats_config(),
         "static_resources": {
             "listeners": [{
                 "name": "tollgate",
@@ -714,6 +715,15 @@ pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Valu
         bootstrap["dynamic_resources"] = json!({"cds_config": path_source(dir, XDS_CLUSTERS_FILE)});
     }
     Ok(bootstrap)
+}
+
+/// Envoy's default tags plus the filter counters' labels ([`crate::metrics::STATS_TAGS`]).
+fn filter_stats_config() -> Value {
+    let tags: Vec<Value> = crate::metrics::STATS_TAGS
+        .iter()
+        .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
+        .collect();
+    json!({"use_all_default_tags": true, "stats_tags": tags})
 }
 
 /// The same Envoy without Tollgate: every request goes to the first deployment's upstream
