@@ -7,8 +7,6 @@ use crate::plugin_config::{Deployment, PluginConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub use crate::contract::PROVIDER_KEYS_PATH;
-
 /// Every deployment's provider key, by deployment id, and a fingerprint that changes with them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

@@ -252,8 +252,6 @@ pub struct Changes {
     pub provider_keys: Option<String>,
 }
 
-pub use crate::contract::INVALIDATE_HEADER;
-
 /// How the filter stores a cached record in shared data: `<epoch> <seq>\n<json>`, where
 /// `epoch` is the invalidate-everything generation it was stored under and `seq` the change-log
 /// position it reflects (`KeyLookup::Found::seq`).

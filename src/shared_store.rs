@@ -23,7 +23,7 @@ pub trait VersionedStore {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
 }
 
-pub use crate::contract::CREATE_LEASE_KEY;
+use crate::contract::CREATE_LEASE_KEY;
 /// How many CAS attempts before giving up on one update.
 pub const MAX_ATTEMPTS: usize = 64;
 /// A lease older than this (µs) is considered abandoned and may be taken over.

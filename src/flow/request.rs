@@ -5,6 +5,7 @@
 use super::{key_cache, send_error, Host, Shared, SidecarCall};
 use crate::admission::{self, Admitted, Caller};
 use crate::budgets::{self, BudgetTicket, Calendar};
+use crate::contract::INVALIDATE_HEADER;
 use crate::contract::{self, CREDENTIAL_HEADERS};
 use crate::cost;
 use crate::credential::extract_credential;
@@ -14,7 +15,7 @@ use crate::metrics::{Metric, Outcome, StatusClass};
 use crate::model_list;
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
-use crate::records::{CustomerLookup, KeyLookup, SpendEvent, INVALIDATE_HEADER};
+use crate::records::{CustomerLookup, KeyLookup, SpendEvent};
 use crate::response_headers::{merge, oversized_response, success_headers};
 use crate::routes::{self, LlmRoute};
 use crate::usage::{BodyKind, Usage, UsageReader};

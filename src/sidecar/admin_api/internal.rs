@@ -386,7 +386,7 @@ pub fn routes(spend_limit: usize) -> axum::Router<Shared> {
         )
         .route("/tollgate/internal/v1/proxy", get(internal_proxy))
         .route(
-            crate::provider_keys::PROVIDER_KEYS_PATH,
+            crate::contract::PROVIDER_KEYS_PATH,
             get(internal_provider_keys),
         )
 }

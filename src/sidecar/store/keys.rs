@@ -214,37 +214,28 @@ impl Tx<'_> {
             ),
             &args,
         )?;
+        Ok((self.keys_now(tokens)?, u64::try_from(total).unwrap_or(0)))
+    }
+
+    /// These keys as of now (a key deleted meanwhile is left out).
+    fn keys_now(&self, tokens: Vec<String>) -> Result<Vec<KeyRow>> {
         let mut rows = Vec::with_capacity(tokens.len());
         for t in tokens {
             if let Some(r) = self.key(&t)? {
                 rows.push(r);
             }
         }
-        Ok((rows, u64::try_from(total).unwrap_or(0)))
+        Ok(rows)
     }
 
     /// All keys of a user (as of now).
     pub fn keys_of_user(&self, user_id: &str) -> Result<Vec<KeyRow>> {
-        let tokens = self.tokens_of_user(user_id)?;
-        let mut rows = Vec::with_capacity(tokens.len());
-        for t in tokens {
-            if let Some(r) = self.key(&t)? {
-                rows.push(r);
-            }
-        }
-        Ok(rows)
+        self.keys_now(self.tokens_of_user(user_id)?)
     }
 
     /// All keys of a team (as of now).
     pub fn keys_of_team(&self, team_id: &str) -> Result<Vec<KeyRow>> {
-        let tokens = self.tokens_of_team(team_id)?;
-        let mut rows = Vec::with_capacity(tokens.len());
-        for t in tokens {
-            if let Some(r) = self.key(&t)? {
-                rows.push(r);
-            }
-        }
-        Ok(rows)
+        self.keys_now(self.tokens_of_team(team_id)?)
     }
 
     pub fn tokens_of_user(&self, user_id: &str) -> Result<Vec<String>> {

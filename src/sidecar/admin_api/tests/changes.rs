@@ -141,7 +141,7 @@ fn model_info_shows_what_the_caller_may_use() {
 #[test]
 fn provider_keys_go_to_the_internal_bearer_only_with_the_change_log_fingerprint() {
     let api = Api::start(BudgetSettings::default());
-    let path = crate::provider_keys::PROVIDER_KEYS_PATH;
+    let path = crate::contract::PROVIDER_KEYS_PATH;
     let (status, v) = api.call("GET", path, &api.internal, None);
     assert_eq!(status, 200, "{v}");
     let keys: crate::provider_keys::ProviderKeys = serde_json::from_value(v).unwrap();

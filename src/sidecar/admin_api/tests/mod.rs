@@ -15,10 +15,9 @@ mod users;
 
 use super::common::now_micros;
 use super::{router, AdminSettings, AdminState, MAX_SPEND_BATCH_BYTES};
+use crate::contract::INVALIDATE_HEADER;
 use crate::plugin_config::{BudgetSettings, Deployment, PluginConfig};
-use crate::records::{
-    CustomerLookup, KeyLookup, KeyRecord, SpendBatch, SpendEvent, INVALIDATE_HEADER,
-};
+use crate::records::{CustomerLookup, KeyLookup, KeyRecord, SpendBatch, SpendEvent};
 use crate::sidecar::store::{ResetClock, Store};
 use serde_json::{json, Value};
 use std::sync::Arc;
