@@ -16,6 +16,8 @@ pub const CUSTOMERS_PATH: &str = "/tollgate/internal/v1/customers/";
 pub const CHANGES_PATH: &str = "/tollgate/internal/v1/changes";
 /// `POST` a `SpendBatch` ([`spend_batch_body`]).
 pub const SPEND_PATH: &str = "/tollgate/internal/v1/spend";
+/// Fleet mode: `POST` a `LeaseRequest` → `LeaseAnswer`.
+pub const LEASES_PATH: &str = "/tollgate/internal/v1/leases";
 /// `GET` → `ProviderKeys`.
 pub const PROVIDER_KEYS_PATH: &str = "/tollgate/internal/v1/provider-keys";
 
@@ -37,6 +39,9 @@ pub const CREDENTIAL_HEADERS: [&str; 6] = [
 
 /// The filter's shared queue of spend events (JSON `SpendEvent`s).
 pub const SPEND_QUEUE: &str = "tollgate_spend_v1";
+/// Fleet mode: budgets whose lease is due (missing, low, half its TTL gone), enqueued by HTTP
+/// contexts and drained by the root tick into one lease call.
+pub const LEASE_QUEUE: &str = "tollgate_lease_v1";
 
 // Shared data, process-wide for one `vm_id`: every key is prefixed `tollgate:v1:`, since Istio
 // plugins without a `vm_id` share one namespace.
@@ -56,6 +61,12 @@ pub const CREATE_LEASE_KEY: &str = "tollgate:v1:create-lease";
 pub const BUDGET_PREFIX: &str = "tollgate:v1:budget:";
 /// Rate-limit windows: `<prefix><kind>:<value>`.
 pub const RATE_LIMIT_PREFIX: &str = "tollgate:v1:rl:";
+/// Fleet mode: this Envoy process's id (32 hex digits), written once by the first
+/// `on_configure`; it survives config reloads (the VM and its shared data stay) and a restarted
+/// process draws a new one, so it never inherits a dead process's leases.
+pub const ENVOY_ID_KEY: &str = "tollgate:v1:envoy-id";
+/// Fleet mode: the sequence number of this Envoy's last lease report.
+pub const LEASE_SEQ_KEY: &str = "tollgate:v1:lease-seq";
 
 /// The key lookup's path.
 pub fn key_path(hash: &str) -> String {
@@ -141,6 +152,8 @@ mod tests {
             CREATE_LEASE_KEY,
             BUDGET_PREFIX,
             RATE_LIMIT_PREFIX,
+            ENVOY_ID_KEY,
+            LEASE_SEQ_KEY,
         ] {
             assert!(key.starts_with("tollgate:v1:"), "{key}");
         }

@@ -49,6 +49,42 @@ pub struct PluginConfig {
     /// `litellm_settings.block_requests_for_models_without_pricing`: a call to a model with no
     /// price is refused (403 `model_cost_map_missing`).
     pub block_unpriced_models: bool,
+    /// Fleet mode (`general_settings.tollgate_fleet`): budgets are enforced against slices
+    /// leased from the sidecar, so several Envoys share them (FLEET.md). `None`: this Envoy's
+    /// counters alone, exact for one Envoy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSettings>,
+}
+
+/// Fleet mode's settings (`general_settings.tollgate_fleet`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FleetSettings {
+    /// How long a granted slice is valid (`lease_ttl_seconds`, default 10 s).
+    pub lease_ttl_ms: u64,
+    /// What a budget with no valid slice does when the sidecar cannot lend one in time.
+    pub on_no_lease: NoLeasePolicy,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            lease_ttl_ms: 10_000,
+            on_no_lease: NoLeasePolicy::Deny,
+        }
+    }
+}
+
+/// `tollgate_fleet.on_no_lease`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoLeasePolicy {
+    /// 503 for a request on a limited budget (as for an unknown key while the sidecar is down).
+    #[default]
+    Deny,
+    /// This Envoy's own counters against the whole limit (LiteLLM's per-pod fallback: up to N
+    /// times the budget across N Envoys).
+    Local,
 }
 
 /// Budget settings from `litellm_settings` / `general_settings`.

@@ -171,6 +171,11 @@ pub struct SpendEvent {
     pub call_type: String,
     pub start_time_micros: i64,
     pub end_time_micros: i64,
+    /// Fleet mode: the Envoy process whose leases the call was admitted under
+    /// ([`crate::contract::ENVOY_ID_KEY`]); the sidecar adds the spend to that Envoy's leases as
+    /// applied. `None` outside fleet mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub envoy_id: Option<String>,
 }
 
 /// A spend event's id: this filter instance's random id (128 bits, drawn when the VM starts)
@@ -184,6 +189,75 @@ pub fn event_id(instance: &[u8; 16], seq: u64) -> String {
 #[serde(default)]
 pub struct SpendBatch {
     pub events: Vec<SpendEvent>,
+}
+
+/// Fleet mode (`POST /tollgate/internal/v1/leases`, FLEET.md §4.5): one Envoy's cumulative
+/// report on budgets it uses, asking for slices of them. Idempotent: cumulative figures, and
+/// `seq` (monotonic per Envoy) lets the sidecar ignore a stale report (it answers the current
+/// grant).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseRequest {
+    /// [`crate::contract::ENVOY_ID_KEY`]: 128 random bits (hex) per Envoy process.
+    pub envoy_id: String,
+    pub seq: u64,
+    /// Sorted by `scope`, at most one item per scope.
+    pub items: Vec<LeaseItem>,
+}
+
+/// One budget in a [`LeaseRequest`]. Amounts are nano-dollars, cumulative for the period.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseItem {
+    /// The budget's shared-data entry name without [`crate::contract::BUDGET_PREFIX`]:
+    /// `<level>:<id>` ([`crate::budgets::storage_key`]); the lease's identity.
+    pub scope: String,
+    /// The level (`key`, `key_model`, `user`, `team`, `team_member`, `end_user`, `proxy`) and
+    /// the ids naming the budget: `[token]`, `[token, model entry]`, `[user]`, `[team]`,
+    /// `[team, user]`, `[customer]`, `[]`. Ids may contain `:`, so they are not parsed out of
+    /// `scope`.
+    pub level: String,
+    pub ids: Vec<String>,
+    /// The period this Envoy counts in: its entry's `reset_at` (µs); 0 = no period.
+    pub period: i64,
+    /// Settled spend plus reservations in flight on this Envoy in `period`.
+    pub used: i64,
+    /// The grant this Envoy enforces now (0 = none).
+    pub held: i64,
+    /// How much beyond `used` it expects to need over the sizing horizon (at least its largest
+    /// reservation).
+    pub want: i64,
+    /// Idle or stopping: the sidecar lowers the grant to `used`.
+    pub returning: bool,
+}
+
+/// The answer to a [`LeaseRequest`]: one grant per item, same order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseAnswer {
+    pub items: Vec<LeaseGrant>,
+}
+
+/// A slice of one budget for one Envoy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseGrant {
+    pub scope: String,
+    /// The period the grant is for: the budget's current period on the sidecar (µs; 0 = none).
+    /// The filter applies a grant only to an entry in the same period.
+    pub period: i64,
+    /// Cumulative for this Envoy in `period`: never below the `used` it reported, and never
+    /// below an earlier answer's grant for the same period (grants only grow, so answers that
+    /// arrive out of order are applied with `max`).
+    pub grant: i64,
+    /// Valid for this long from when the request was sent: the filter's deadline is
+    /// `sent + ttl_ms − 500 ms`, before the sidecar's own expiry (`now() + ttl` at commit).
+    pub ttl_ms: u64,
+    /// The budget's settled spend across the fleet, and its limit (`None`: tracked only), for
+    /// response headers and refusal messages.
+    pub spend: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_nanos: Option<i64>,
 }
 
 /// Nano-dollars per USD.

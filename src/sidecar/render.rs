@@ -495,6 +495,8 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             .litellm_settings
             .block_requests_for_models_without_pricing
             .unwrap_or(false),
+        // Fleet mode is not offered yet (its settings come with the lease endpoint).
+        fleet: None,
     };
     Ok(Rendered { plugin, upstreams })
 }

@@ -305,5 +305,6 @@ fn spend_event(r: &Row) -> Result<SpendEvent> {
         call_type: r.text(14)?,
         start_time_micros: r.int(15)?,
         end_time_micros: r.int(16)?,
+        envoy_id: None,
     })
 }
