@@ -164,6 +164,14 @@ fn check_key(
     if record.team_id.is_none() && !list_allows(&record.user_models, facts) {
         return Err(ApiError::model_access_denied("user", sent));
     }
+    // The organization's models hold at request time too (LiteLLM checks them only when a
+    // team joins the organization, so a team allowed every model would escape them).
+    if record.organization_id.is_some()
+        && !team_alias
+        && !list_allows(&record.organization_models, facts)
+    {
+        return Err(ApiError::model_access_denied("org", sent));
+    }
     Ok(())
 }
 
@@ -281,7 +289,8 @@ pub fn check_customer(
 /// user, its team, its team membership, then the key's per-model limit (its own, else the
 /// team's, else the deployments' smallest default) and the team's per-model limit; with the
 /// request's customer (end user), its `end_user` limits come after the team membership's:
-/// `api_key`, `user`, `team`, `team_member`, `end_user`, `model_per_key`, `model_per_team`.
+/// `api_key`, `user`, `team`, `team_member`, `end_user`, `model_per_key`, `model_per_team`,
+/// then the organization's `organization` and `model_per_organization`.
 /// Scopes without any limit are left out.
 pub fn descriptors_for(
     config: &PluginConfig,
@@ -374,13 +383,30 @@ pub fn descriptors_for(
             });
         }
     }
+    // LiteLLM's v3 limiter appends the organization's scopes after all the others.
+    if let Some(org) = &record.organization_id {
+        out.push(Descriptor {
+            kind: "organization",
+            value: org.clone(),
+            rpm: record.organization_rpm_limit,
+            tpm: record.organization_tpm_limit,
+            max_parallel: None,
+        });
+        out.push(Descriptor {
+            kind: "model_per_organization",
+            value: format!("{org}:{model}"),
+            rpm: record.organization_model_rpm_limit.get(model).copied(),
+            tpm: record.organization_model_tpm_limit.get(model).copied(),
+            max_parallel: None,
+        });
+    }
     out.retain(|d| d.rpm.is_some() || d.tpm.is_some() || d.max_parallel.is_some());
     out
 }
 
 /// The budgets a request touches, in LiteLLM's check order (§2.2): the key, the key's budget
-/// for this model, the team member and the team, the user (personal keys), the end user, the
-/// proxy. A free model (both prices
+/// for this model, the team member and the team, the organization, the user (personal keys),
+/// the end user, the proxy. A free model (both prices
 /// explicitly 0) touches none.
 pub fn budget_scopes(
     config: &PluginConfig,
@@ -427,6 +453,16 @@ pub fn budget_scopes(
             });
         }
         scopes.extend(team_budget_scopes(record));
+        if let (Some(org), Some(b)) = (&record.organization_id, &record.organization_budget) {
+            scopes.push(Scope {
+                level: Level::Organization,
+                id: org.clone(),
+                max_budget_usd: b.max_budget,
+                duration: b.budget_duration.clone(),
+                seed_spend_nanos: b.spend_nanos,
+                seed_reset_at_micros: b.budget_reset_at_micros,
+            });
+        }
         if let (Some(user_id), Some(user)) = (&record.user_id, &record.user_budget) {
             // LiteLLM charges the user for team keys too, but enforces its budget on personal keys.
             scopes.push(Scope {
@@ -1121,6 +1157,105 @@ mod tests {
         // Access groups work in team lists too.
         record.team_models = vec!["beta".into()];
         assert!(call(&record, BODY).is_ok());
+    }
+
+    #[test]
+    fn organization_models_restrict_its_keys_after_the_team() {
+        let cfg = config();
+        let mut record = team_key("t1");
+        record.organization_id = Some("org".into());
+        record.organization_models = vec!["gpt-b".into()];
+        let call = |record: &KeyRecord, body: &[u8]| {
+            admit(
+                &cfg,
+                &as_caller(record),
+                LlmRoute::ChatCompletions,
+                "/",
+                body,
+                0,
+                0,
+            )
+        };
+        let e = call(&record, BODY).unwrap_err();
+        assert_eq!(
+            (e.status, e.error_type.as_str(), e.param.as_deref()),
+            (403, "org_model_access_denied", Some("model"))
+        );
+        assert!(call(&record, br#"{"model":"gpt-b"}"#).is_ok());
+        // The team's list is checked first.
+        record.team_models = vec!["gpt-b".into()];
+        assert_eq!(
+            call(&record, BODY).unwrap_err().error_type,
+            "team_model_access_denied"
+        );
+        // An empty organization list allows every model; no organization, no check.
+        record.team_models.clear();
+        record.organization_models.clear();
+        assert!(call(&record, BODY).is_ok());
+        record.organization_models = vec!["gpt-b".into()];
+        record.organization_id = None;
+        assert!(call(&record, BODY).is_ok());
+    }
+
+    #[test]
+    fn organization_budget_and_limits_follow_the_team() {
+        let cfg = config();
+        let mut record = team_key("t1");
+        record.organization_id = Some("org".into());
+        record.team_budget = Some(BudgetState {
+            max_budget: Some(5.0),
+            ..Default::default()
+        });
+        record.organization_budget = Some(BudgetState {
+            max_budget: Some(1.0),
+            budget_duration: Some("1d".into()),
+            budget_reset_at_micros: Some(9),
+            spend_nanos: 4,
+        });
+        record.user_budget = Some(BudgetState::default());
+        let priced = Pricing {
+            input_cost_per_token: Some(1.0),
+            ..Default::default()
+        };
+        let scopes = budget_scopes(&cfg, &as_caller(&record), "gpt-a", &priced, None);
+        let levels: Vec<_> = scopes.iter().map(|s| (&s.level, s.id.as_str())).collect();
+        assert_eq!(
+            levels[1..],
+            [
+                (&Level::Team, "t1"),
+                (&Level::Organization, "org"),
+                (&Level::User, "u"),
+            ]
+        );
+        let org = &scopes[2];
+        assert_eq!(
+            (
+                org.max_budget_usd,
+                org.duration.as_deref(),
+                org.seed_spend_nanos
+            ),
+            (Some(1.0), Some("1d"), 4)
+        );
+        assert_eq!(org.seed_reset_at_micros, Some(9));
+
+        record.organization_rpm_limit = Some(8);
+        record.organization_model_tpm_limit = [("gpt-a".to_string(), 9)].into_iter().collect();
+        let d = descriptors_for(&cfg, &as_caller(&record), "gpt-a", None);
+        let got: Vec<_> = d
+            .iter()
+            .map(|d| (d.kind, d.value.as_str(), d.rpm, d.tpm))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("organization", "org", Some(8), None),
+                ("model_per_organization", "org:gpt-a", None, Some(9)),
+            ]
+        );
+        // Without limits the organization adds no scope.
+        record.organization_rpm_limit = None;
+        record.organization_model_tpm_limit.clear();
+        assert!(descriptors_for(&cfg, &as_caller(&record), "gpt-a", None).is_empty());
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub enum Level {
         team: String,
     },
     EndUser,
+    /// An organization (`scope.id` is the organization id): its teams' keys share it.
+    Organization,
     Proxy,
 }
 
@@ -48,6 +50,7 @@ impl Level {
             Level::Team => "team",
             Level::TeamMember { .. } => "team_member",
             Level::EndUser => "end_user",
+            Level::Organization => "organization",
             Level::Proxy => "proxy",
         }
     }
@@ -203,6 +206,10 @@ fn exceeded(scope: &Scope, current_nanos: i64, max: f64, status: u16) -> ApiErro
         ),
         Level::EndUser => format!(
             "ExceededBudget: End User={} over budget. Spend={x}, Budget={y}",
+            scope.id
+        ),
+        Level::Organization => format!(
+            "Budget has been exceeded! Organization={} Current cost: {x}, Max budget: {y}",
             scope.id
         ),
         Level::Proxy => format!("Budget has been exceeded! Current cost: {x}, Max budget: {y}"),
@@ -453,6 +460,26 @@ mod tests {
         assert_eq!(
             e.message,
             "Budget has been exceeded! Current cost: 0.0, Max budget: 0.0"
+        );
+    }
+
+    #[test]
+    fn organization_budget_is_its_own_entry_with_litellms_message() {
+        let s = MemoryStore::default();
+        let org = Scope {
+            level: Level::Organization,
+            id: "org-1".into(),
+            max_budget_usd: Some(0.01),
+            duration: None,
+            seed_spend_nanos: CENT,
+            seed_reset_at_micros: None,
+        };
+        assert_eq!(storage_key(&org), format!("{PREFIX}organization:org-1"));
+        let e = admit(&s, &[org], 0, 1, CAL, 422).unwrap_err();
+        assert_eq!((e.status, e.error_type.as_str()), (422, "budget_exceeded"));
+        assert_eq!(
+            e.message,
+            "Budget has been exceeded! Organization=org-1 Current cost: 0.01, Max budget: 0.01"
         );
     }
 

@@ -97,6 +97,25 @@ pub struct KeyRecord {
     pub team_member_rpm_limit: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team_member_tpm_limit: Option<u64>,
+    /// The organization the key's requests belong to: the key's own `organization_id`, else
+    /// its team's (LiteLLM's `org_id or team.organization_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_id: Option<String>,
+    /// The organization's `models` (empty = all).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub organization_models: Vec<String>,
+    /// The organization's budget (its budget row's `max_budget` and period) and spend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_budget: Option<BudgetState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_rpm_limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub organization_tpm_limit: Option<u64>,
+    /// The organization's per-model limits (`metadata.model_rpm_limit` / `model_tpm_limit`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub organization_model_rpm_limit: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub organization_model_tpm_limit: BTreeMap<String, u64>,
     /// The key's `aliases` (requested name → model it is sent to).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub aliases: BTreeMap<String, String>,
@@ -379,7 +398,16 @@ mod tests {
             ..Default::default()
         };
         let json = serde_json::to_string(&key).unwrap();
-        for absent in ["null", "[]", "{}", "false", "team_", "user_", "models"] {
+        for absent in [
+            "null",
+            "[]",
+            "{}",
+            "false",
+            "team_",
+            "user_",
+            "models",
+            "organization",
+        ] {
             assert!(!json.contains(absent), "{absent} in {json}");
         }
         assert_eq!(serde_json::from_str::<KeyRecord>(&json).unwrap(), key);

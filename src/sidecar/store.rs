@@ -28,6 +28,7 @@ pub mod changes;
 mod end_users;
 mod keys;
 mod metrics_snapshot;
+mod orgs;
 mod proxy;
 mod users;
 pub use metrics_snapshot::{BudgetSnapshot, BudgetedEntity, EntityKind};
@@ -47,6 +48,7 @@ pub use end_users::EndUserRow;
 use end_users::{get_end_user, put_end_user};
 use keys::{get_key, insert_key, put_key_doc};
 pub use keys::{KeyQuery, KeyRow};
+pub use orgs::{OrgMembershipRow, OrgRow};
 use proxy::{get_proxy, proxy_lazy_reset, put_proxy};
 pub use proxy::{ProxyBudgetRow, PROXY_BUDGET_ID};
 pub use teams::{Member, MembershipRow, TeamRow};
@@ -385,6 +387,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(budgets::SCHEMA)?;
         conn.execute_batch(teams::SCHEMA)?;
+        conn.execute_batch(orgs::SCHEMA)?;
         conn.execute_batch(changes::SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Store::with_backend(Backend::Sqlite(Mutex::new(conn))))

@@ -181,8 +181,10 @@ pub fn key_record(tx: &Tx<'_>, row: &KeyRow, state: &AdminState) -> anyhow::Resu
         proxy_budget: Some(proxy.state(state.settings().budgets.proxy_max_budget)),
         ..Default::default()
     };
+    let mut team_org = None;
     if let Some(team_id) = &row.team_id {
         if let Some(team) = tx.team(team_id)? {
+            team_org.clone_from(&team.organization_id);
             record.team_models = team.models.clone();
             record.team_model_aliases = crate::model_access::alias_map(&team.model_aliases);
             record.team_blocked = team.blocked;
@@ -204,6 +206,22 @@ pub fn key_record(tx: &Tx<'_>, row: &KeyRow, state: &AdminState) -> anyhow::Resu
                     record.team_member_tpm_limit = budget.as_ref().and_then(|b| b.tpm_limit);
                 }
             }
+        }
+    }
+    // LiteLLM's `org_id or team.organization_id`.
+    if let Some(org_id) = row.organization_id.clone().or(team_org) {
+        if let Some((org, budget)) = tx.organization(&org_id)? {
+            record.organization_models = org.models.clone();
+            record.organization_budget = budget_state(
+                budget.as_ref(),
+                org.spend_nanos,
+                org.budget_reset_at.as_deref(),
+            );
+            record.organization_rpm_limit = budget.as_ref().and_then(|b| b.rpm_limit);
+            record.organization_tpm_limit = budget.as_ref().and_then(|b| b.tpm_limit);
+            record.organization_model_rpm_limit = model_limits(&org.metadata, "model_rpm_limit");
+            record.organization_model_tpm_limit = model_limits(&org.metadata, "model_tpm_limit");
+            record.organization_id = Some(org_id);
         }
     }
     Ok(record)

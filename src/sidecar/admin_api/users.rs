@@ -334,6 +334,7 @@ pub fn leave_all_teams(tx: &Tx<'_>, user: &UserRow) -> Result<(), AdminError> {
         }
     }
     tx.delete_memberships_of_user(&user.user_id)?;
+    tx.delete_org_memberships_of_user(&user.user_id)?;
     Ok(())
 }
 

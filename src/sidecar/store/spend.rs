@@ -53,8 +53,9 @@ impl Store {
     /// Each event is inserted into `spend_logs` unless its `event_id` is already there
     /// (then it is a duplicate and charges nothing, so a retried batch is harmless). Each new
     /// event charges: its key (`spend` and `model_spend[model]`), its user if the user row
-    /// exists (team keys included, as LiteLLM does), its end user (created with
-    /// `blocked: false` if unknown) and the proxy budget. Each charged entity first gets its
+    /// exists (team keys included, as LiteLLM does), its team, team membership and organization
+    /// (the key's, else the team's), its end user (created with `blocked: false` if unknown)
+    /// and the proxy budget. Each charged entity first gets its
     /// lazy reset at `now`.
     pub fn apply_spend_batch(&self, batch: &SpendBatch, now_micros: i64) -> Result<SpendApplied> {
         Ok(self.apply_spend_batch_indexed(batch, now_micros)?.0)
@@ -174,6 +175,39 @@ impl Store {
             if out.applied == 0 {
                 return Ok(());
             }
+            // An event charges its organization: its key's own, else its team's (LiteLLM's
+            // `org_id or team.organization_id`).
+            let mut orgs: HashMap<String, i64> = HashMap::new();
+            {
+                let mut key_org: HashMap<&str, Option<String>> = HashMap::new();
+                let mut team_org: HashMap<&str, Option<String>> = HashMap::new();
+                for index in &applied_events {
+                    let Some(e) = batch.events.get(*index) else {
+                        continue;
+                    };
+                    let mut org = None;
+                    if let Some(k) = e.api_key.as_deref().filter(|k| !k.is_empty()) {
+                        if !key_org.contains_key(k) {
+                            let found = get_key(tx, k)?.and_then(|r| r.organization_id);
+                            key_org.insert(k, found);
+                        }
+                        org = key_org.get(k).cloned().flatten();
+                    }
+                    if org.is_none() {
+                        if let Some(team) = e.team_id.as_deref().filter(|t| !t.is_empty()) {
+                            if !team_org.contains_key(team) {
+                                let found = t.team(team)?.and_then(|r| r.organization_id);
+                                team_org.insert(team, found);
+                            }
+                            org = team_org.get(team).cloned().flatten();
+                        }
+                    }
+                    if let Some(org) = org {
+                        let v = orgs.entry(org).or_default();
+                        *v = v.saturating_add(e.spend_nanos.max(0));
+                    }
+                }
+            }
             {
                 let now_iso = format_iso8601_utc(now_micros);
                 for (token, charge) in &keys {
@@ -220,6 +254,14 @@ impl Store {
                     };
                     row.add_spend(*nanos);
                     t.save_team(&row)?;
+                }
+                for (org_id, nanos) in &orgs {
+                    // An organization deleted since the call: nothing to charge.
+                    let Some((mut row, _)) = t.organization(org_id)? else {
+                        continue;
+                    };
+                    row.add_spend(*nanos);
+                    t.save_organization(&row)?;
                 }
                 for ((team_id, user_id), nanos) in &members {
                     // Only members have a team spend (LiteLLM charges the membership row).
