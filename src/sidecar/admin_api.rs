@@ -18,6 +18,7 @@ mod internal;
 mod keys;
 mod metrics;
 mod models;
+mod orgs;
 mod spend;
 mod spend_report;
 mod teams;
@@ -123,6 +124,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .merge(keys::routes())
         .merge(users::routes())
         .merge(teams::routes())
+        .merge(orgs::routes())
         .merge(customers::routes())
         .merge(budgets::routes())
         .merge(models::routes())

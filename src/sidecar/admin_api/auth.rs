@@ -179,6 +179,11 @@ pub enum RouteKind {
     GlobalSpend,
     /// `self_managed_routes`: any caller; the handler requires an admin of the team.
     TeamAdmin,
+    /// LiteLLM's `org_admin_only_routes` that change things: any caller passes the route
+    /// check; the handler requires a proxy admin or an `org_admin` of the organization named.
+    OrgAdmin,
+    /// `/organization/info`: as [`RouteKind::OrgAdmin`], and proxy admin viewers may read.
+    OrgAdminRead,
     /// Reads for `proxy_admin` and `proxy_admin_viewer`.
     AdminRead,
     /// Changes for `proxy_admin` only.
@@ -211,6 +216,14 @@ pub const ROUTES: &[(&str, RouteKind)] = &[
     ("/team/member_update", RouteKind::TeamAdmin),
     ("/team/info", RouteKind::Info),
     ("/team/list", RouteKind::Info),
+    ("/organization/new", RouteKind::AdminWrite),
+    ("/organization/update", RouteKind::AdminWrite),
+    ("/organization/delete", RouteKind::AdminWrite),
+    ("/organization/list", RouteKind::Info),
+    ("/organization/info", RouteKind::OrgAdminRead),
+    ("/organization/member_add", RouteKind::OrgAdmin),
+    ("/organization/member_update", RouteKind::OrgAdmin),
+    ("/organization/member_delete", RouteKind::OrgAdmin),
     ("/customer/new", RouteKind::AdminWrite),
     ("/customer/update", RouteKind::AdminWrite),
     ("/customer/delete", RouteKind::AdminWrite),
@@ -252,9 +265,11 @@ pub fn check_route(principal: &Principal, route: &str) -> Result<(), AdminError>
     if role == Some(PROXY_ADMIN_VIEWER) {
         // Reads everything, changes nothing (`_check_proxy_admin_viewer_access`).
         return match kind {
-            RouteKind::Info | RouteKind::Spend | RouteKind::GlobalSpend | RouteKind::AdminRead => {
-                Ok(())
-            }
+            RouteKind::Info
+            | RouteKind::Spend
+            | RouteKind::GlobalSpend
+            | RouteKind::AdminRead
+            | RouteKind::OrgAdminRead => Ok(()),
             _ => Err(AdminError::Api(ApiError::new(
                 403,
                 "auth_error",
@@ -265,7 +280,9 @@ pub fn check_route(principal: &Principal, route: &str) -> Result<(), AdminError>
         };
     }
     let allowed = match kind {
-        RouteKind::Info | RouteKind::TeamAdmin => true,
+        RouteKind::Info | RouteKind::TeamAdmin | RouteKind::OrgAdmin | RouteKind::OrgAdminRead => {
+            true
+        }
         RouteKind::KeyWrite => {
             role == Some(INTERNAL_USER)
                 || (principal.service_account_team().is_some()

@@ -13,8 +13,9 @@ use axum::extract::{Query, State};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-/// `max_budget must be a non-negative finite number. Received: x` (LiteLLM's budget endpoints).
-fn check(field: &str, v: Option<f64>) -> Result<(), AdminError> {
+/// `max_budget must be a non-negative finite number. Received: x` (LiteLLM's budget and
+/// organization endpoints).
+pub(super) fn check(field: &str, v: Option<f64>) -> Result<(), AdminError> {
     match v {
         Some(b) if !b.is_finite() || b < 0.0 => Err(bad_request(&format!(
             "{field} must be a non-negative finite number. Received: {}",
@@ -25,7 +26,12 @@ fn check(field: &str, v: Option<f64>) -> Result<(), AdminError> {
 }
 
 /// Applies the fields of a `/budget/new` or `/budget/update` body; `null` clears.
-fn apply(state: &AdminState, now: i64, row: &mut BudgetRow, f: &Fields) -> Result<(), AdminError> {
+pub(super) fn apply(
+    state: &AdminState,
+    now: i64,
+    row: &mut BudgetRow,
+    f: &Fields,
+) -> Result<(), AdminError> {
     for (field, slot) in [
         ("max_budget", &mut row.max_budget),
         ("soft_budget", &mut row.soft_budget),
@@ -64,7 +70,8 @@ fn apply(state: &AdminState, now: i64, row: &mut BudgetRow, f: &Fields) -> Resul
 
 /// Notes every cached decision that depends on budget row `id`: keys linked to it, keys of
 /// teams whose default member budget it is, keys of members with it as their own, customers
-/// linked to it; everything when it is the proxy's default customer budget.
+/// linked to it, keys governed by organizations whose budget it is; everything when it is the
+/// proxy's default customer budget.
 fn invalidate_dependents(tx: &mut Tx<'_>, id: &str) -> Result<(), AdminError> {
     if tx.default_end_user_budget_id() == Some(id) {
         tx.invalidate("*");
@@ -76,6 +83,9 @@ fn invalidate_dependents(tx: &mut Tx<'_>, id: &str) -> Result<(), AdminError> {
     }
     for (team, user) in tx.memberships_with_budget(id)? {
         entries.extend(tx.tokens_of_member(&team, &user)?);
+    }
+    for org in tx.organizations_with_budget(id)? {
+        entries.extend(tx.tokens_of_organization(&org)?);
     }
     for customer in tx.end_users_with_budget(id)? {
         entries.push(format!("customer:{customer}"));

@@ -11,6 +11,7 @@ use super::common::{
     not_found, now_micros, ok, row_json, set_metadata, spend_nanos_of, transact, usd,
     validation_error, AdminError, AdminResult, Fields, PeriodAndLimits,
 };
+use super::orgs::plain_error;
 use super::{AdminState, Shared};
 use crate::duration::{format_iso8601_utc, parse_iso8601_utc};
 use crate::key_format::{abbreviate, hash_key, is_token_hash, validate_custom_key};
@@ -314,6 +315,7 @@ pub async fn key_generate(
 ) -> AdminResult {
     let done = transact(&state, |tx| {
         check_generate_rights(&principal, tx, &mut req)?;
+        check_key_organization(tx, &principal, &mut req)?;
         let (raw, mut row) = build_key(&state, tx, req)?;
         fit_caller(&state, tx, &principal, None, &mut row)?;
         tx.insert_key(&row)?;
@@ -322,6 +324,43 @@ pub async fn key_generate(
         Ok(key_response(&raw, &row))
     })?;
     Ok(changed(done.value, &done.entries))
+}
+
+/// A key's organization (LiteLLM's `/key/generate`): a team key without one takes its
+/// team's; a named organization must exist, and a caller other than a proxy admin must be a
+/// member of it unless it is the team's.
+fn check_key_organization(
+    tx: &Tx<'_>,
+    principal: &Principal,
+    req: &mut GenerateKeyRequest,
+) -> Result<(), AdminError> {
+    let team_org = match &req.team_id {
+        Some(team) => tx.team(team)?.and_then(|t| t.organization_id),
+        None => None,
+    };
+    let Some(org) = req.organization_id.clone() else {
+        req.organization_id = team_org;
+        return Ok(());
+    };
+    if !principal.is_admin() && team_org.as_deref() != Some(org.as_str()) {
+        let member = match principal.user_id() {
+            Some(user) => tx.org_membership(&org, user)?.is_some(),
+            None => false,
+        };
+        if !member {
+            return Err(plain_error(
+                403,
+                &format!("Caller is not a member of organization_id={org}"),
+            ));
+        }
+    }
+    if tx.organization(&org)?.is_none() {
+        return Err(plain_error(
+            400,
+            &format!("Organization not found for organization_id={org}"),
+        ));
+    }
+    Ok(())
 }
 
 /// May the caller use the key route `route` on this key: an admin; on a team key, a member of

@@ -262,6 +262,16 @@ pub async fn team_new(
                 "Team id = {team_id} already exists. Please use a different team id."
             )));
         }
+        if let Some(org) = &req.organization_id {
+            super::orgs::check_team_in_org(
+                tx,
+                org,
+                &req.models,
+                req.max_budget,
+                req.tpm_limit,
+                req.rpm_limit,
+            )?;
+        }
         let (budget_duration, budget_reset_at) =
             check_budget_duration(&state.settings(), &req.budget_duration, now)?;
         let mut metadata = Value::Object(req.metadata.clone().unwrap_or_default());
@@ -679,6 +689,27 @@ pub async fn team_update(
                 (&mut team, member_budget_after.as_ref()),
             )?;
         }
+        // A team in an organization stays within its limits (checked when any of them is
+        // sent, or the team moves).
+        if let Some(org) = &team.organization_id {
+            let touched = [
+                "organization_id",
+                "models",
+                "max_budget",
+                "tpm_limit",
+                "rpm_limit",
+            ];
+            if touched.iter().any(|field| f.has(field)) {
+                super::orgs::check_team_in_org(
+                    tx,
+                    org,
+                    &team.models,
+                    team.max_budget,
+                    team.tpm_limit,
+                    team.rpm_limit,
+                )?;
+            }
+        }
         team.updated_at = format_iso8601_utc(now);
         tx.save_team(&team)?;
         let tokens = tx.tokens_of_team(&team_id)?;
@@ -703,25 +734,31 @@ pub async fn team_delete(
             load_team(tx, id)?;
         }
         for id in &ids {
-            let team = load_team(tx, id)?;
-            let tokens = tx.tokens_of_team(id)?;
-            for t in &tokens {
-                tx.delete_key(t)?;
-            }
-            tx.invalidate_all(tokens);
-            for m in &team.members_with_roles {
-                if let Some(u) = &m.user_id {
-                    if let Some(mut user) = tx.user(u)? {
-                        user.teams.retain(|t| t != id);
-                        tx.save_user(&user)?;
-                    }
-                }
-            }
-            tx.delete_team(id)?;
+            delete_team_and_keys(tx, id)?;
         }
         Ok(())
     })?;
     Ok(changed(json!({"deleted_teams": ids}), &done.entries))
+}
+
+/// Deletes a team, its memberships and its keys, and takes it off its members' `teams`.
+pub(super) fn delete_team_and_keys(tx: &mut Tx<'_>, id: &str) -> Result<(), AdminError> {
+    let team = load_team(tx, id)?;
+    let tokens = tx.tokens_of_team(id)?;
+    for t in &tokens {
+        tx.delete_key(t)?;
+    }
+    tx.invalidate_all(tokens);
+    for m in &team.members_with_roles {
+        if let Some(u) = &m.user_id {
+            if let Some(mut user) = tx.user(u)? {
+                user.teams.retain(|t| t != id);
+                tx.save_user(&user)?;
+            }
+        }
+    }
+    tx.delete_team(id)?;
+    Ok(())
 }
 
 fn members_of(f: &Fields) -> Result<Vec<Member>, AdminError> {

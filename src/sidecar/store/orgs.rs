@@ -171,13 +171,18 @@ impl Tx<'_> {
         )
     }
 
-    /// Keys whose requests the organization governs: keys naming it, and keys of its teams.
-    pub fn tokens_of_organization(&self, organization_id: &str) -> Result<Vec<String>> {
+    /// Keys whose own `organization_id` is the organization.
+    pub fn keys_naming_organization(&self, organization_id: &str) -> Result<Vec<String>> {
         let field = self.db.dialect().doc_field("organization_id");
-        let mut tokens = self.db.strings(
+        self.db.strings(
             &format!("SELECT token FROM keys WHERE {field} = ?1 ORDER BY rowid"),
             args![organization_id],
-        )?;
+        )
+    }
+
+    /// Keys whose requests the organization governs: keys naming it, and keys of its teams.
+    pub fn tokens_of_organization(&self, organization_id: &str) -> Result<Vec<String>> {
+        let mut tokens = self.keys_naming_organization(organization_id)?;
         for team in self.teams_of_organization(organization_id)? {
             for t in self.tokens_of_team(&team)? {
                 if !tokens.contains(&t) {

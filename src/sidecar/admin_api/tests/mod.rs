@@ -8,6 +8,7 @@ mod handlers;
 mod keys;
 mod metrics;
 mod models;
+mod orgs;
 mod rights;
 mod spend;
 mod teams;
