@@ -148,6 +148,75 @@ fn key_budget_blocks_at_spend_equal_to_max_budget() {
     assert_eq!(s.key_info(&zero)["spend"].as_f64(), Some(0.0));
 }
 
+/// An organization's `max_budget` is shared by its teams' keys: two teams' keys spend it
+/// together and, once it is spent, both get LiteLLM's 422 naming the organization; raising it
+/// (`PATCH /organization/update`) reaches Envoy at once. The organization's `models` hold for
+/// a team key whose team allows every model (403 `org_model_access_denied`).
+#[test]
+fn organization_budget_is_shared_by_its_teams_and_its_models_bind_them() {
+    let s = stack("");
+    s.admin_post(
+        "/organization/new",
+        &json!({"organization_id": "org-1", "organization_alias": "Acme",
+                "max_budget": 0.04, "models": ["priced", "priced-b"]}),
+    )
+    .assert_status(200);
+    for team in ["team-x", "team-y"] {
+        s.admin_post(
+            "/team/new",
+            &json!({"team_id": team, "organization_id": "org-1"}),
+        )
+        .assert_status(200);
+    }
+    let (kx, _) = s.generate_key(json!({"team_id": "team-x"}));
+    let (ky, _) = s.generate_key(json!({"team_id": "team-y"}));
+    chat_ok(&s, &kx, "priced");
+    chat_ok(&s, &ky, "priced-b");
+    let spent = "Budget has been exceeded! Organization=org-1 Current cost: 0.04, Max budget: 0.04";
+    assert_budget_exceeded(&chat(&s, &kx, "priced"), 422, spent);
+    assert_budget_exceeded(&chat(&s, &ky, "priced-b"), 422, spent);
+    assert_eq!(
+        s.fake_requests().len(),
+        2,
+        "refused calls never reach the provider"
+    );
+
+    // The organization's models: "free" is not among them.
+    chat(&s, &ky, "free").assert_error_message(
+        403,
+        "org_model_access_denied",
+        "The requested model 'free' is not available for this API key, or the model name is invalid. Check the models available to you and try again.",
+    );
+
+    // The sidecar charged the organization for both teams.
+    poll_until("organization spend 0.04", Duration::from_secs(10), || {
+        let info = s.get("/organization/info?organization_id=org-1", Some(MASTER_KEY));
+        let spend = info.json()["spend"].as_f64();
+        if spend.is_some_and(|v| (v - 0.04).abs() < 1e-12) {
+            Ok(())
+        } else {
+            Err(format!("{}", info.body))
+        }
+    });
+
+    let raised = s.request(
+        "PATCH",
+        "/organization/update",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &format!("Bearer {MASTER_KEY}")),
+        ],
+        Some(&json!({"organization_id": "org-1", "max_budget": 0.06}).to_string()),
+    );
+    raised.assert_status(200);
+    chat_ok(&s, &ky, "priced");
+    assert_budget_exceeded(
+        &chat(&s, &kx, "priced"),
+        422,
+        "Budget has been exceeded! Organization=org-1 Current cost: 0.06, Max budget: 0.06",
+    );
+}
+
 /// A user's `max_budget` (`/user/new`) applies to all of its (team-less) keys together.
 #[test]
 fn user_budget_blocks_every_key_of_the_user() {

@@ -10,8 +10,8 @@ use common::*;
 use serde_json::{json, Value};
 use tollgate::records::{SpendBatch, SpendEvent};
 use tollgate::sidecar::store::{
-    BudgetRow, EndUserRow, KeyQuery, KeyRow, MembershipRow, PgOptions, SpendLogQuery, Store,
-    TeamRow, UserRow,
+    BudgetRow, EndUserRow, KeyQuery, KeyRow, MembershipRow, OrgMembershipRow, OrgRow, PgOptions,
+    SpendLogQuery, Store, TeamRow, UserRow,
 };
 
 const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
@@ -224,6 +224,100 @@ fn the_admin_queries_run_on_postgres() {
     });
     assert!(failed.is_err(), "duplicate token");
     assert!(store.key("k0").unwrap().is_some(), "rolled back");
+}
+
+/// Organizations on PostgreSQL (schema migration 2): CRUD, members, the keys an organization
+/// governs (its own and its teams', found by JSON field), and spend charged to it once.
+#[test]
+fn organizations_and_their_members_on_postgres() {
+    let store = Store::open_postgres(&shared().database("orgs"), &PgOptions::default()).unwrap();
+    store
+        .transact(T0, |tx| {
+            tx.save_budget(&BudgetRow {
+                budget_id: "b-org".into(),
+                max_budget: Some(1.0),
+                budget_duration: Some("1d".into()),
+                budget_reset_at: Some("2026-01-02T00:00:00Z".into()),
+                ..Default::default()
+            })?;
+            tx.save_organization(&OrgRow {
+                organization_id: "org".into(),
+                organization_alias: Some("Org".into()),
+                budget_id: "b-org".into(),
+                ..Default::default()
+            })?;
+            tx.save_team(&TeamRow {
+                team_id: "t1".into(),
+                organization_id: Some("org".into()),
+                ..Default::default()
+            })?;
+            tx.insert_key(&KeyRow {
+                token: "k-team".into(),
+                team_id: Some("t1".into()),
+                ..Default::default()
+            })?;
+            tx.insert_key(&KeyRow {
+                token: "k-own".into(),
+                organization_id: Some("org".into()),
+                ..Default::default()
+            })?;
+            for (user, role) in [("u1", "org_admin"), ("u2", "internal_user")] {
+                tx.save_org_membership(&OrgMembershipRow {
+                    user_id: user.into(),
+                    organization_id: "org".into(),
+                    user_role: Some(role.into()),
+                    ..Default::default()
+                })?;
+            }
+            anyhow::Ok(())
+        })
+        .unwrap();
+    let batch = SpendBatch {
+        events: vec![
+            SpendEvent {
+                team_id: Some("t1".into()),
+                ..event("o1", "k-team", "u1", 100)
+            },
+            event("o2", "k-own", "u2", 20),
+        ],
+    };
+    store.apply_spend_batch(&batch, T0 + 1).unwrap();
+    store.apply_spend_batch(&batch, T0 + 2).unwrap();
+    store
+        .transact(T0 + 3, |tx| {
+            let (org, budget) = tx.organization("org")?.unwrap();
+            assert_eq!(org.spend_nanos, 120, "charged once");
+            assert_eq!(org.budget_duration.as_deref(), Some("1d"));
+            assert_eq!(budget.unwrap().max_budget, Some(1.0));
+            assert_eq!(tx.organization_ids()?, vec!["org"]);
+            assert_eq!(tx.organizations_with_budget("b-org")?, vec!["org"]);
+            assert_eq!(tx.teams_of_organization("org")?, vec!["t1"]);
+            assert_eq!(tx.tokens_of_organization("org")?, vec!["k-own", "k-team"]);
+            let members: Vec<_> = tx
+                .org_memberships_of_organization("org")?
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect();
+            assert_eq!(members, vec!["u1", "u2"]);
+            assert_eq!(
+                tx.org_membership("org", "u1")?
+                    .unwrap()
+                    .user_role
+                    .as_deref(),
+                Some("org_admin")
+            );
+            let mut m = tx.org_membership("org", "u2")?.unwrap();
+            m.user_role = Some("internal_user_viewer".into());
+            tx.save_org_membership(&m)?;
+            assert_eq!(tx.org_memberships_of_user("u2")?[0].user_role, m.user_role);
+            assert!(tx.delete_org_membership("org", "u1")?);
+            tx.delete_org_memberships_of_user("u2")?;
+            assert!(tx.org_memberships_of_organization("org")?.is_empty());
+            assert!(tx.delete_organization("org")?);
+            assert!(tx.organization("org")?.is_none());
+            anyhow::Ok(())
+        })
+        .unwrap();
 }
 
 fn post(url: &str, auth: &str, body: &str) -> (u16, Value) {

@@ -632,6 +632,48 @@ fn user_rpm_limit_is_shared_by_the_users_keys() {
     );
 }
 
+/// An organization's `rpm_limit` is one window for the keys of all its teams (LiteLLM's v3
+/// `organization` descriptor, value the organization id).
+#[test]
+fn organization_rpm_limit_is_shared_by_its_teams_keys() {
+    let s = stack(None);
+    s.admin_post(
+        "/organization/new",
+        &json!({"organization_id": "rl-org", "organization_alias": "RL", "rpm_limit": 3}),
+    )
+    .assert_status(200);
+    for team in ["rl-a", "rl-b"] {
+        s.admin_post(
+            "/team/new",
+            &json!({"team_id": team, "organization_id": "rl-org"}),
+        )
+        .assert_status(200);
+    }
+    let (ka, _) = s.generate_key(json!({"team_id": "rl-a"}));
+    let (kb, _) = s.generate_key(json!({"team_id": "rl-b"}));
+    for (key, remaining) in [(&ka, 2), (&kb, 1), (&ka, 0)] {
+        let r = chat_ok(&s, key, "gpt-4o-mini");
+        assert_eq!(
+            header_u64(&r, "x-ratelimit-organization-remaining-requests"),
+            Some(remaining),
+            "{:?}",
+            r.headers
+        );
+        assert_eq!(
+            header_u64(&r, "x-ratelimit-organization-limit-requests"),
+            Some(3)
+        );
+    }
+    assert_throttled(
+        &chat(&s, &kb, "gpt-4o-mini"),
+        "organization",
+        "rl-org",
+        "requests",
+        3,
+        0,
+    );
+}
+
 /// Per-model limits of a key (`model_rpm_limit`) and the deployments' `default_api_key_rpm_limit`
 /// count per key and model (`model_per_key`, value `<hash>:<model>`).
 #[test]
