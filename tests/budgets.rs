@@ -195,7 +195,7 @@ fn organization_budget_is_shared_by_its_teams_and_its_models_bind_them() {
         if spend.is_some_and(|v| (v - 0.04).abs() < 1e-12) {
             Ok(())
         } else {
-            Err(format!("{}", info.body))
+            Err(info.body.to_string())
         }
     });
 

@@ -324,7 +324,7 @@ mod tests {
 
     fn org_at(store: &Store, now: i64) -> (OrgRow, Option<BudgetRow>) {
         store
-            .transact(now, |tx| -> Result<_> { Ok(tx.organization("org")?) })
+            .transact(now, |tx| -> Result<_> { tx.organization("org") })
             .unwrap()
             .value
             .unwrap()

@@ -70,7 +70,11 @@ const RIGHTS: &[(&str, &str, &str)] = &[
     ),
     ("GET /team/info?team_id=t", "", "MAVIWTNR"),
     ("GET /team/list", "", "MAVIWTNR"),
-    ("POST /organization/new", r#"{"organization_alias":"o"}"#, "MA"),
+    (
+        "POST /organization/new",
+        r#"{"organization_alias":"o"}"#,
+        "MA",
+    ),
     (
         "PATCH /organization/update",
         r#"{"organization_id":"o"}"#,
