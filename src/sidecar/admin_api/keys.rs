@@ -14,6 +14,7 @@ use super::common::{
 use super::orgs::plain_error;
 use super::{AdminState, Shared};
 use crate::duration::{format_iso8601_utc, parse_iso8601_utc};
+use crate::errors::ApiError;
 use crate::key_format::{abbreviate, hash_key, is_token_hash, validate_custom_key};
 use crate::sidecar::store::{KeyQuery, KeyRow, Tx};
 use axum::extract::{Path, Query, State};
@@ -747,6 +748,7 @@ pub struct KeyListQuery {
     team_id: Option<String>,
     key_alias: Option<String>,
     key_hash: Option<String>,
+    organization_id: Option<String>,
     return_full_object: Option<String>,
 }
 
@@ -791,6 +793,7 @@ pub async fn key_list(
         team_id: q.team_id.filter(|s| !s.is_empty()),
         key_alias: q.key_alias.filter(|s| !s.is_empty()),
         token: q.key_hash.filter(|s| !s.is_empty()).map(|k| token_of(&k)),
+        organization_id: q.organization_id.filter(|s| !s.is_empty()),
         offset: (page - 1).saturating_mul(size),
         limit: size,
     };
@@ -801,7 +804,26 @@ pub async fn key_list(
         }
     }
     let full = flag(q.return_full_object.as_deref());
-    let done = transact(&state, |tx| Ok(tx.keys(&query)?))?;
+    let done = transact(&state, |tx| {
+        // LiteLLM: a non-admin filters by an organization only if it is a member of it.
+        if let Some(org) = query.organization_id.as_deref() {
+            let member = match principal.user_id() {
+                Some(u) => tx.org_membership(org, u)?.is_some(),
+                None => false,
+            };
+            if !principal.is_admin_viewer() && !member {
+                return Err(AdminError::Api(
+                    ApiError::new(
+                        403,
+                        "bad_request_error",
+                        "You are not authorized to check this organization's keys",
+                    )
+                    .with_param("organization_id"),
+                ));
+            }
+        }
+        Ok(tx.keys(&query)?)
+    })?;
     let (rows, total) = done.value;
     let keys: Vec<Value> = rows
         .iter()

@@ -14,6 +14,8 @@ pub struct KeyQuery {
     pub team_id: Option<String>,
     pub key_alias: Option<String>,
     pub token: Option<String>,
+    /// The key's own `organization_id`.
+    pub organization_id: Option<String>,
     pub offset: u64,
     pub limit: u64,
 }
@@ -197,6 +199,11 @@ impl Tx<'_> {
                 args.push(Value::from(v));
                 filter.push_str(&format!(" AND {col} = ?{}", args.len()));
             }
+        }
+        if let Some(org) = &q.organization_id {
+            args.push(Value::from(org));
+            let field = self.db.dialect().doc_field("organization_id");
+            filter.push_str(&format!(" AND {field} = ?{}", args.len()));
         }
         let total = self
             .db

@@ -178,6 +178,20 @@ fn organization_lifecycle_teams_and_key_records() {
         Some(json!({"organization_id": "org-1"})),
     );
     let own_token = own["token"].as_str().unwrap().to_string();
+    // /key/list filters by the key's organization (the team key took its team's).
+    let listed = api.admin("GET", "/key/list?organization_id=org-1", None);
+    assert_eq!(listed["keys"], json!([token, own_token]));
+    let listed = api.admin("GET", "/key/list?organization_id=org-2", None);
+    assert_eq!(listed["keys"], json!([]));
+    let outsider = api.user("outsider", "internal_user");
+    let a = api.call(&outsider, "GET", "/key/list?organization_id=org-1", None);
+    assert_eq!(
+        (a.status, message(&a.body)),
+        (
+            403,
+            "You are not authorized to check this organization's keys".into()
+        )
+    );
     assert_eq!(
         api.record(&own_token).organization_id.as_deref(),
         Some("org-1")
