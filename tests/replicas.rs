@@ -624,7 +624,8 @@ fn kill_9_of_one_replica_behind_one_envoy_loses_and_duplicates_nothing() {
         after.len()
     );
     // A key made after the kill: its lookup may hit the dead replica before Envoy ejects it
-    // (two gateway errors in a row); it is served once the lookup reaches the live one.
+    // (two gateway errors in a row); the filter then asks again, up to three times, so the
+    // live replica answers and not one call is refused.
     let first_refusals = after.iter().filter(|m| m.2 != Outcome::Served).count();
     eprintln!(
         "{} new keys after the kill, {first_refusals} first calls refused; {} calls admitted",
