@@ -673,6 +673,10 @@ impl Stack {
             scratch,
             own_data,
         };
+        assert!(
+            store_args.is_empty() || !stack.data_dir.join("tollgate.db").exists(),
+            "TOLLGATE_TEST_STORE=postgres, yet the sidecar made a SQLite store"
+        );
         // Prove the answers come from Envoy (not some other process on the port).
         let live = stack.get("/health/liveliness", None);
         live.assert_status(200);

@@ -90,7 +90,8 @@ impl Stack {
             text(&wasm),
             "--exit-on-stdin-eof".into(),
         ];
-        command.extend(test_store_args(&data_dir));
+        let store_args = test_store_args(&data_dir);
+        command.extend(store_args.iter().cloned());
         let mut sidecar = Sidecar {
             proc: None,
             command,
@@ -118,6 +119,10 @@ impl Stack {
             own_data: Some(data),
         };
         stack.wait_for_envoy();
+        assert!(
+            store_args.is_empty() || !stack.data_dir.join("tollgate.db").exists(),
+            "TOLLGATE_TEST_STORE=postgres, yet the sidecar made a SQLite store"
+        );
         stack
     }
 
