@@ -150,6 +150,10 @@ enum Command {
         /// Istio: the gateway's service account (only it may call the internal endpoints).
         #[arg(long, default_value = "istio-ingressgateway-service-account")]
         gateway_service_account: String,
+        /// Istio: sidecar pods; more than one needs a PostgreSQL store
+        /// (`general_settings.database_url`).
+        #[arg(long, default_value_t = 1)]
+        replicas: u16,
         /// Istio: the sidecar's container image (see Dockerfile).
         #[arg(long, default_value = concat!("tollgate:", env!("CARGO_PKG_VERSION")))]
         image: String,
@@ -504,6 +508,7 @@ async fn run(cli: Cli) -> Result<()> {
             gateway_namespace,
             gateway_selector,
             gateway_service_account,
+            replicas,
             image,
             xds_dir,
         } => {
@@ -536,6 +541,11 @@ async fn run(cli: Cli) -> Result<()> {
                     let (key, value) = gateway_selector.split_once('=').ok_or_else(|| {
                         anyhow!("--gateway-selector `{gateway_selector}` is not key=value")
                     })?;
+                    if replicas > 1 && prepared.config.general_settings.database_url.is_none() {
+                        return Err(anyhow!(
+                            "--replicas {replicas} needs a store the replicas share: set general_settings.database_url (PostgreSQL); with SQLite the sidecar is one pod"
+                        ));
+                    }
                     let istio_opts = istio::IstioOptions {
                         namespace,
                         gateway_namespace,
@@ -545,6 +555,7 @@ async fn run(cli: Cli) -> Result<()> {
                         wasm_url,
                         wasm_sha256: pinned,
                         config_yaml: std::fs::read_to_string(&config)?,
+                        replicas,
                     };
                     istio::manifests(&rendered, &opts, &istio_opts, &prepared.master_key)?
                 }
