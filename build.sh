@@ -147,7 +147,17 @@ test_all() {
   cargo test --release --lib --bins
   log "integration tests (real Envoy $("$ENVOY_BIN" --version 2>/dev/null | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1))"
   TOLLGATE_BIN="$BIN" TOLLGATE_WASM="$WASM" cargo test --release --test '*' -- --test-threads=2
+  log "the store's suites again on PostgreSQL (TOLLGATE_TEST_STORE=postgres): ${PG_SUITES[*]}"
+  local started=$SECONDS
+  TOLLGATE_TEST_STORE=postgres TOLLGATE_BIN="$BIN" TOLLGATE_WASM="$WASM" \
+    cargo test --release $(printf -- '--test %s ' "${PG_SUITES[@]}") -- --test-threads=2
+  log "the PostgreSQL run took $((SECONDS - started)) s"
 }
+
+# The suites that go through the store (admin API, budgets, limits, spend, durability), run a
+# second time on PostgreSQL: every stack gets a fresh database on one server per test binary
+# (tests/common/mod.rs, `test_store_args`).
+PG_SUITES=(budgets rate_limits durability control_plane foundation money concurrency)
 
 # The committed examples in envoy/ are rendered from envoy/config.yaml; `./build.sh examples`
 # regenerates them and `./build.sh test` fails if they are stale.

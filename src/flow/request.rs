@@ -67,7 +67,14 @@ struct PendingLookup {
     token: u32,
     hash: String,
     raw_last4: String,
+    /// Lookups sent so far for this request.
+    attempts: u8,
 }
+
+/// Key lookups per request before a 503. Sidecar replicas sit behind one cluster: a lookup
+/// that failed is sent again, to the next replica (round robin); the rendered cluster ejects a
+/// replica after two failures in a row, so the third attempt reaches a live one if any.
+const KEY_LOOKUP_ATTEMPTS: u8 = 3;
 
 /// The first half of admission: everything decided before the customer's record is needed.
 struct Prepared<'a> {
@@ -324,6 +331,7 @@ impl Flow {
                     token,
                     hash,
                     raw_last4,
+                    attempts: 1,
                 }))
             }
         }
@@ -356,6 +364,17 @@ impl Flow {
             }
             None => {
                 host.log_warn(&format!("tollgate: key lookup failed (status {status:?})"));
+                if lookup.attempts < KEY_LOOKUP_ATTEMPTS {
+                    let path = contract::key_path(&lookup.hash);
+                    if let Some(token) = self.sidecar_get(host, &path) {
+                        self.phase = Phase::AwaitKey(PendingLookup {
+                            token,
+                            attempts: lookup.attempts + 1,
+                            ..lookup
+                        });
+                        return Step::Pause;
+                    }
+                }
                 return self.refuse(
                     host,
                     &ApiError::service_unavailable(

@@ -274,12 +274,28 @@ fn unknown_key_is_looked_up_once_then_cached() {
     assert_eq!(h.reply_status(), Some(401));
     assert_eq!(h.host.dispatched.borrow().len(), 1);
 
-    // The sidecar down: 503, and the request is not forwarded.
+    // The sidecar down: asked twice more (another replica may answer), then 503, and the
+    // request is not forwarded.
     let h = Harness::new(config());
     let mut flow = h.flow();
     h.send(&mut flow, CHAT, &[]);
+    for attempt in 1..3 {
+        assert_eq!(h.answer(&mut flow, 503, ""), Step::Pause);
+        assert_eq!(h.reply_status(), None, "asked again first");
+        assert_eq!(h.host.dispatched.borrow().len(), attempt + 1);
+    }
     assert_eq!(h.answer(&mut flow, 500, ""), Step::Pause);
     assert_eq!(h.reply_status(), Some(503));
+    assert_eq!(h.host.dispatched.borrow().len(), 3, "three lookups at most");
+
+    // One replica dead, the next one answers: the call goes on.
+    let h = Harness::new(config());
+    let mut flow = h.flow();
+    h.send(&mut flow, CHAT, &[]);
+    assert_eq!(h.answer(&mut flow, 503, ""), Step::Pause);
+    let step = h.answer(&mut flow, 200, &serde_json::to_string(&found).unwrap());
+    assert_eq!(step, Step::Continue);
+    assert_eq!(h.reply_status(), None);
 }
 
 #[test]

@@ -41,6 +41,9 @@ pub struct IstioOptions {
     pub wasm_sha256: String,
     /// config.yaml as written (with `os.environ/` references), for the ConfigMap.
     pub config_yaml: String,
+    /// Sidecar pods. More than one needs a PostgreSQL store (`database_url`): they are then
+    /// stateless (no volume claim, rolling updates) and the gateway ejects a failing one.
+    pub replicas: u16,
 }
 
 impl IstioOptions {
@@ -118,7 +121,7 @@ pub fn documents(
 ) -> Result<Vec<Value>> {
     check_no_inline_secrets(rendered, opts, master_key)?;
     let ns = opts.namespace.as_str();
-    let port = render.sidecar_port;
+    let port = render.first_sidecar()?.port;
     let service_host = opts.service_host();
     let sidecar_cluster = outbound_cluster(port, &service_host);
     let labels = json!({"app": APP});
@@ -145,11 +148,6 @@ pub fn documents(
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": format!("{APP}-config"), "namespace": ns, "labels": labels},
             "data": {"config.yaml": opts.config_yaml}
-        }),
-        json!({
-            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": format!("{APP}-data"), "namespace": ns, "labels": labels},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
         }),
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
@@ -231,6 +229,37 @@ pub fn documents(
             }
         }),
     ];
+
+    let claim = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": format!("{APP}-data"), "namespace": ns, "labels": labels},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    });
+    if opts.replicas > 1 {
+        // Stateless replicas on the shared PostgreSQL store: no claim, rolling updates.
+        let deployment = &mut docs[1]["spec"];
+        deployment["replicas"] = json!(opts.replicas);
+        deployment["strategy"] = json!({"type": "RollingUpdate"});
+        deployment["template"]["spec"]["volumes"][1] = json!({"name": "data", "emptyDir": {}});
+        // As the plain Envoy rendering's sidecar cluster: a replica failing calls in a row is
+        // ejected at once.
+        docs.push(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": APP, "namespace": ns},
+            "spec": {
+                "host": service_host,
+                "trafficPolicy": {"outlierDetection": {
+                    "consecutiveGatewayErrors": 2,
+                    "consecutive5xxErrors": 5,
+                    "interval": "1s",
+                    "baseEjectionTime": "10s",
+                    "maxEjectionPercent": 100
+                }}
+            }
+        }));
+    } else {
+        docs.insert(1, claim);
+    }
 
     let mut routes = Vec::new();
     for u in &rendered.upstreams {
@@ -407,6 +436,7 @@ mod tests {
             wasm_url: None,
             wasm_sha256: "ab".repeat(32),
             config_yaml: config_yaml.into(),
+            replicas: 1,
         }
     }
 
@@ -482,6 +512,38 @@ mod tests {
             http[0]["match"][0]["headers"][CLUSTER_HEADER]["exact"],
             "outbound|443||api.openai.com"
         );
+    }
+
+    /// Issue 15: several stateless sidecar replicas (PostgreSQL store): no volume claim,
+    /// rolling updates, outlier detection on the sidecar Service.
+    #[test]
+    fn several_replicas_are_stateless_and_ejected_when_failing() {
+        let rendered = rendered_with_keys(CONFIG);
+        let key = "sk-resolved-LITELLM_MASTER_KEY-0123456789";
+        let single =
+            documents(&rendered, &RenderOptions::default(), &options(CONFIG), key).unwrap();
+        assert_eq!(find(&single, "PersistentVolumeClaim").len(), 1);
+        assert_eq!(find(&single, "Deployment")[0]["spec"]["replicas"], 1);
+        let opts = IstioOptions {
+            replicas: 3,
+            ..options(CONFIG)
+        };
+        let docs = documents(&rendered, &RenderOptions::default(), &opts, key).unwrap();
+        assert!(find(&docs, "PersistentVolumeClaim").is_empty());
+        let spec = &find(&docs, "Deployment")[0]["spec"];
+        assert_eq!(spec["replicas"], 3);
+        assert_eq!(spec["strategy"]["type"], "RollingUpdate");
+        let volumes = spec["template"]["spec"]["volumes"].as_array().unwrap();
+        assert!(volumes
+            .iter()
+            .all(|v| v.get("persistentVolumeClaim").is_none()));
+        let rule = find(&docs, "DestinationRule")
+            .into_iter()
+            .find(|r| r["spec"]["host"] == "tollgate.llm.svc.cluster.local")
+            .unwrap();
+        let outlier = &rule["spec"]["trafficPolicy"]["outlierDetection"];
+        assert_eq!(outlier["consecutiveGatewayErrors"], 2);
+        assert_eq!(outlier["maxEjectionPercent"], 100);
     }
 
     #[test]

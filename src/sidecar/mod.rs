@@ -116,10 +116,16 @@ enum Command {
         /// Envoy: the address its listener binds (0.0.0.0 for every interface).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
-        #[arg(long, default_value_t = 4001)]
-        sidecar_port: u16,
+        /// A sidecar replica's port on --sidecar-host; repeat it for several replicas
+        /// (default 4001 unless --sidecar is given).
+        #[arg(long)]
+        sidecar_port: Vec<u16>,
         #[arg(long, default_value = "127.0.0.1")]
         sidecar_host: String,
+        /// A sidecar replica as HOST:PORT; repeat it for several replicas (they share a
+        /// PostgreSQL store). Envoy balances over all of them and skips a dead one.
+        #[arg(long)]
+        sidecar: Vec<String>,
         #[arg(long, default_value_t = 9901)]
         envoy_admin_port: u16,
         #[arg(long)]
@@ -144,6 +150,10 @@ enum Command {
         /// Istio: the gateway's service account (only it may call the internal endpoints).
         #[arg(long, default_value = "istio-ingressgateway-service-account")]
         gateway_service_account: String,
+        /// Istio: sidecar pods; more than one needs a PostgreSQL store
+        /// (`general_settings.database_url`).
+        #[arg(long, default_value_t = 1)]
+        replicas: u16,
         /// Istio: the sidecar's container image (see Dockerfile).
         #[arg(long, default_value = concat!("tollgate:", env!("CARGO_PKG_VERSION")))]
         image: String,
@@ -441,8 +451,7 @@ async fn run(cli: Cli) -> Result<()> {
             let xds = match xds_dir {
                 Some(dir) => {
                     let render_opts = render::RenderOptions {
-                        sidecar_host: host.clone(),
-                        sidecar_port: port,
+                        sidecars: vec![render::SidecarEndpoint::new(host.clone(), port)],
                         wasm_path: absolute(&wasm_path),
                         xds_dir: Some(absolute(&dir)),
                         ..Default::default()
@@ -490,6 +499,7 @@ async fn run(cli: Cli) -> Result<()> {
             host,
             sidecar_port,
             sidecar_host,
+            sidecar,
             envoy_admin_port,
             wasm,
             wasm_url,
@@ -498,6 +508,7 @@ async fn run(cli: Cli) -> Result<()> {
             gateway_namespace,
             gateway_selector,
             gateway_service_account,
+            replicas,
             image,
             xds_dir,
         } => {
@@ -506,8 +517,7 @@ async fn run(cli: Cli) -> Result<()> {
                 xds_dir: xds_dir.as_deref().map(absolute),
                 listen_address: host,
                 listen_port: port,
-                sidecar_port,
-                sidecar_host,
+                sidecars: render_sidecars(&sidecar_host, &sidecar_port, &sidecar)?,
                 envoy_admin_port,
                 wasm_path: default_wasm_path(wasm.clone()).display().to_string(),
             };
@@ -531,6 +541,11 @@ async fn run(cli: Cli) -> Result<()> {
                     let (key, value) = gateway_selector.split_once('=').ok_or_else(|| {
                         anyhow!("--gateway-selector `{gateway_selector}` is not key=value")
                     })?;
+                    if replicas > 1 && prepared.config.general_settings.database_url.is_none() {
+                        return Err(anyhow!(
+                            "--replicas {replicas} needs a store the replicas share: set general_settings.database_url (PostgreSQL); with SQLite the sidecar is one pod"
+                        ));
+                    }
                     let istio_opts = istio::IstioOptions {
                         namespace,
                         gateway_namespace,
@@ -540,6 +555,7 @@ async fn run(cli: Cli) -> Result<()> {
                         wasm_url,
                         wasm_sha256: pinned,
                         config_yaml: std::fs::read_to_string(&config)?,
+                        replicas,
                     };
                     istio::manifests(&rendered, &opts, &istio_opts, &prepared.master_key)?
                 }
@@ -562,4 +578,24 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `render`'s sidecar replicas: each --sidecar-port on --sidecar-host, then each --sidecar
+/// HOST:PORT; none given: --sidecar-host:4001.
+fn render_sidecars(
+    host: &str,
+    ports: &[u16],
+    endpoints: &[String],
+) -> Result<Vec<render::SidecarEndpoint>> {
+    let mut sidecars: Vec<render::SidecarEndpoint> = ports
+        .iter()
+        .map(|port| render::SidecarEndpoint::new(host, *port))
+        .collect();
+    for text in endpoints {
+        sidecars.push(render::SidecarEndpoint::parse(text)?);
+    }
+    if sidecars.is_empty() {
+        sidecars.push(render::SidecarEndpoint::new(host, 4001));
+    }
+    Ok(sidecars)
 }

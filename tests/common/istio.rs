@@ -347,6 +347,7 @@ impl Stack {
             agent: agent(),
             up: Proc::spawn("envoy", &mut envoy_cmd),
             sidecar: Some(sidecar),
+            replicas: Vec::new(),
             fake,
             scratch,
             own_data: Some(data),

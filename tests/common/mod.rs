@@ -8,6 +8,12 @@
 //!
 //! A missing artifact FAILS the test with a message saying how to build it; nothing is skipped.
 //!
+//! The store: SQLite in the stack's data dir, unless `TOLLGATE_TEST_STORE=postgres`: then every
+//! stack that names no store itself gets a fresh database on the test binary's PostgreSQL
+//! server ([`postgres::shared`]), kept for its data dir (a restart on the same data dir finds
+//! the same records). `./build.sh test` runs the admin, budget, limit and durability suites
+//! both ways.
+//!
 //! Children are started with a piped stdin and `--exit-on-stdin-eof`, so dropping the stdin (in
 //! `Drop`, or when the test process dies) stops them, and `tollgate up` then kills its Envoy.
 #![allow(dead_code)]
@@ -172,6 +178,37 @@ pub fn envoy_bin() -> PathBuf {
          installs it; these integration tests need a real Envoy",
         venv.display()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store under test
+
+/// The store the suites run on: `TOLLGATE_TEST_STORE` (`sqlite`, the default, or `postgres`).
+pub fn test_store_is_postgres() -> bool {
+    match std::env::var("TOLLGATE_TEST_STORE").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => false,
+        Ok("postgres") => true,
+        Ok(other) => panic!("TOLLGATE_TEST_STORE={other}: expected sqlite or postgres"),
+    }
+}
+
+/// `--store URL` for a sidecar on `data_dir` when the suites run on PostgreSQL (a database of
+/// the test binary's server, made once per data dir and remembered in it), else nothing.
+pub fn test_store_args(data_dir: &Path) -> Vec<String> {
+    if !test_store_is_postgres() {
+        return Vec::new();
+    }
+    let remembered = data_dir.join("test-store-url");
+    let url = match std::fs::read_to_string(&remembered) {
+        Ok(url) => url,
+        Err(_) => {
+            let url = postgres::shared().database("stack");
+            std::fs::create_dir_all(data_dir).expect("create the data dir");
+            std::fs::write(&remembered, &url).expect("remember the store URL");
+            url
+        }
+    };
+    vec!["--store".to_string(), url]
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -513,9 +550,11 @@ pub struct Stack {
     pub agent: ureq::Agent,
     // Field order is drop order: `tollgate up` (and its Envoy) first, then the fake, then dirs.
     // In a split stack ([`Stack::start_split`]) `up` is Envoy itself and `sidecar` is
-    // `tollgate serve`.
+    // `tollgate serve`; in a replica stack ([`Stack::start_replicas`]) `up` is Envoy and
+    // `replicas` are the `tollgate serve` replicas of its sidecar cluster.
     up: Proc,
     sidecar: Option<split::Sidecar>,
+    replicas: Vec<postgres::Replica>,
     fake: Proc,
     scratch: TempDir,
     own_data: Option<TempDir>,
@@ -565,6 +604,14 @@ impl Stack {
             }
         };
 
+        let names_a_store = opts.args.iter().any(|a| a == "--store")
+            || opts.env.iter().any(|(k, _)| k == "DATABASE_URL");
+        let store_args = if names_a_store {
+            Vec::new()
+        } else {
+            test_store_args(&data_dir)
+        };
+
         // Envoy binds the port itself; if another process took it meanwhile, try another.
         let mut attempt = 0;
         let (up, port) = loop {
@@ -585,6 +632,7 @@ impl Stack {
                 // Stacks run side by side: not the fixed default.
                 .args(["--envoy-admin-port", "0"])
                 .arg("--exit-on-stdin-eof")
+                .args(&store_args)
                 .args(&opts.args)
                 .env("ENVOY_BIN", &envoy)
                 .env_remove("LITELLM_MASTER_KEY")
@@ -620,10 +668,15 @@ impl Stack {
             agent: agent(),
             up,
             sidecar: None,
+            replicas: Vec::new(),
             fake,
             scratch,
             own_data,
         };
+        assert!(
+            store_args.is_empty() || !stack.data_dir.join("tollgate.db").exists(),
+            "TOLLGATE_TEST_STORE=postgres, yet the sidecar made a SQLite store"
+        );
         // Prove the answers come from Envoy (not some other process on the port).
         let live = stack.get("/health/liveliness", None);
         live.assert_status(200);
@@ -730,7 +783,7 @@ impl Drop for Stack {
     fn drop(&mut self) {
         // Stop `tollgate up` first: closing its stdin makes it kill Envoy. Envoy itself (split
         // stack) does not read stdin: stop it outright.
-        if self.sidecar.is_some() {
+        if self.sidecar.is_some() || !self.replicas.is_empty() {
             let _ = self.up.child.kill();
         }
         self.up.stop(Duration::from_secs(15));

@@ -356,4 +356,14 @@ impl Replica {
     pub fn kill(&mut self) {
         self.sidecar.kill();
     }
+
+    /// `kill -9` while others hold the replica (its process is reaped when it is dropped).
+    pub fn kill_by_pid(&self) {
+        let pid = self.sidecar.pid().expect("the replica is running");
+        let status = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -9 {pid}");
+    }
 }

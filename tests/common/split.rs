@@ -32,6 +32,10 @@ impl Sidecar {
         drop(proc);
     }
 
+    pub(super) fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(|p| p.child.id())
+    }
+
     pub(super) fn start(&mut self) {
         self.starts += 1;
         let err = self.log_dir.join(format!("serve-{}.stderr", self.starts));
@@ -60,7 +64,6 @@ impl Stack {
     pub fn start_split(config_template: &str) -> Stack {
         let bin = tollgate_bin();
         let wasm = tollgate_wasm();
-        let envoy = envoy_bin();
         let scratch = TempDir::new("split");
         let (fake, fake_port) = start_fake(scratch.path());
         let config_path = scratch.path().join("config.yaml");
@@ -72,60 +75,37 @@ impl Stack {
         let sidecar_port = free_port();
         let text = |p: &Path| p.display().to_string();
 
+        let mut command = vec![
+            text(&bin),
+            "serve".into(),
+            "--config".into(),
+            text(&config_path),
+            "--port".into(),
+            sidecar_port.to_string(),
+            "--data-dir".into(),
+            text(&data_dir),
+            "--xds-dir".into(),
+            text(&xds_dir),
+            "--wasm".into(),
+            text(&wasm),
+            "--exit-on-stdin-eof".into(),
+        ];
+        let store_args = test_store_args(&data_dir);
+        command.extend(store_args.iter().cloned());
         let mut sidecar = Sidecar {
             proc: None,
-            command: vec![
-                text(&bin),
-                "serve".into(),
-                "--config".into(),
-                text(&config_path),
-                "--port".into(),
-                sidecar_port.to_string(),
-                "--data-dir".into(),
-                text(&data_dir),
-                "--xds-dir".into(),
-                text(&xds_dir),
-                "--wasm".into(),
-                text(&wasm),
-                "--exit-on-stdin-eof".into(),
-            ],
+            command,
             log_dir: scratch.path().to_path_buf(),
             starts: 0,
         };
         sidecar.start();
 
-        let port = free_port();
-        let (status, bootstrap, err) = run_to_exit(
-            "tollgate render",
-            Command::new(&bin)
-                .args(["render", "--format", "envoy", "--config"])
-                .arg(&config_path)
-                .args(["--port", &port.to_string()])
-                .args(["--sidecar-port", &sidecar_port.to_string()])
-                .args(["--envoy-admin-port", &free_port().to_string()])
-                .arg("--wasm")
-                .arg(&wasm)
-                .arg("--xds-dir")
-                .arg(&xds_dir)
-                .env_remove("LITELLM_MASTER_KEY"),
-            Duration::from_secs(30),
+        let (port, envoy_proc) = start_envoy(
+            &config_path,
+            &[sidecar_port],
+            Some(&xds_dir),
+            scratch.path(),
         );
-        assert!(status.success(), "tollgate render failed: {err}");
-        let bootstrap_path = scratch.path().join("envoy.yaml");
-        std::fs::write(&bootstrap_path, bootstrap).expect("write envoy.yaml");
-        let envoy_log = scratch.path().join("envoy.log");
-        let mut envoy_cmd = Command::new(&envoy);
-        envoy_cmd
-            .arg("-c")
-            .arg(&bootstrap_path)
-            .args(["--concurrency", "2", "--disable-hot-restart"])
-            .args(["--log-level", "warning"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(&envoy_log).expect("create envoy log"),
-            ));
-        let envoy_proc = Proc::spawn("envoy", &mut envoy_cmd);
-
         let stack = Stack {
             port,
             fake_port,
@@ -133,19 +113,65 @@ impl Stack {
             agent: agent(),
             up: envoy_proc,
             sidecar: Some(sidecar),
+            replicas: Vec::new(),
             fake,
             scratch,
             own_data: Some(data),
         };
+        stack.wait_for_envoy();
+        assert!(
+            store_args.is_empty() || !stack.data_dir.join("tollgate.db").exists(),
+            "TOLLGATE_TEST_STORE=postgres, yet the sidecar made a SQLite store"
+        );
+        stack
+    }
+
+    /// fake-llm, `replicas` `tollgate serve` replicas on the PostgreSQL database `store_url`,
+    /// and ONE Envoy (2 workers) whose sidecar cluster lists them all (`tollgate render
+    /// --sidecar-port A --sidecar-port B ...`, static configuration).
+    pub fn start_replicas(config_template: &str, store_url: &str, replicas: usize) -> Stack {
+        let scratch = TempDir::new("replicas");
+        let (fake, fake_port) = start_fake(scratch.path());
+        let config = render_template(config_template, fake_port);
+        let config_path = scratch.path().join("config.yaml");
+        std::fs::write(&config_path, &config).expect("write config.yaml");
+        let started: Vec<postgres::Replica> = (0..replicas)
+            .map(|_| postgres::Replica::start(&config, store_url, scratch.path()))
+            .collect();
+        let ports: Vec<u16> = started.iter().map(|r| r.port).collect();
+        let (port, envoy_proc) = start_envoy(&config_path, &ports, None, scratch.path());
+        let data = TempDir::new("data");
+        let stack = Stack {
+            port,
+            fake_port,
+            data_dir: data.path().to_path_buf(),
+            agent: agent(),
+            up: envoy_proc,
+            sidecar: None,
+            replicas: started,
+            fake,
+            scratch,
+            own_data: Some(data),
+        };
+        stack.wait_for_envoy();
+        stack
+    }
+
+    /// The replicas of a replica stack.
+    pub fn replicas(&self) -> &[postgres::Replica] {
+        &self.replicas
+    }
+
+    fn wait_for_envoy(&self) {
+        let envoy_log = self.scratch.path().join("envoy.log");
         poll_until("Envoy answers /health/liveliness", READY_TIMEOUT, || {
-            let url = stack.url("/health/liveliness");
-            match stack.agent.get(&url).call() {
+            let url = self.url("/health/liveliness");
+            match self.agent.get(&url).call() {
                 Ok(r) if r.header("server") == Some("envoy") => Ok(()),
                 Ok(r) => Err(format!("status {}", r.status())),
                 Err(e) => Err(format!("{e}: {}", read_file(&envoy_log))),
             }
         });
-        stack
     }
 
     /// `kill -9` of the sidecar of a split stack: no chance to flush or close anything.
@@ -164,4 +190,48 @@ impl Stack {
     pub fn config_path(&self) -> PathBuf {
         self.scratch.path().join("config.yaml")
     }
+}
+
+/// `tollgate render --format envoy` for `sidecar_ports` (with `--xds-dir` if given), and an
+/// Envoy (2 workers) started from it, its log in `scratch/envoy.log`. Its listener port and
+/// process.
+fn start_envoy(
+    config_path: &Path,
+    sidecar_ports: &[u16],
+    xds_dir: Option<&Path>,
+    scratch: &Path,
+) -> (u16, Proc) {
+    let port = free_port();
+    let mut render = Command::new(tollgate_bin());
+    render
+        .args(["render", "--format", "envoy", "--config"])
+        .arg(config_path)
+        .args(["--port", &port.to_string()])
+        .args(["--envoy-admin-port", &free_port().to_string()])
+        .arg("--wasm")
+        .arg(tollgate_wasm())
+        .env_remove("LITELLM_MASTER_KEY");
+    for p in sidecar_ports {
+        render.args(["--sidecar-port", &p.to_string()]);
+    }
+    if let Some(dir) = xds_dir {
+        render.arg("--xds-dir").arg(dir);
+    }
+    let (status, bootstrap, err) =
+        run_to_exit("tollgate render", &mut render, Duration::from_secs(30));
+    assert!(status.success(), "tollgate render failed: {err}");
+    let bootstrap_path = scratch.join("envoy.yaml");
+    std::fs::write(&bootstrap_path, bootstrap).expect("write envoy.yaml");
+    let envoy_log = scratch.join("envoy.log");
+    let mut envoy_cmd = Command::new(envoy_bin());
+    envoy_cmd
+        .arg("-c")
+        .arg(&bootstrap_path)
+        .args(["--concurrency", "2", "--disable-hot-restart"])
+        .args(["--log-level", "warning"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(&envoy_log).expect("create envoy log"),
+        ));
+    (port, Proc::spawn("envoy", &mut envoy_cmd))
 }
