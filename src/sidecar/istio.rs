@@ -118,7 +118,7 @@ pub fn documents(
 ) -> Result<Vec<Value>> {
     check_no_inline_secrets(rendered, opts, master_key)?;
     let ns = opts.namespace.as_str();
-    let port = render.sidecar_port;
+    let port = render.first_sidecar()?.port;
     let service_host = opts.service_host();
     let sidecar_cluster = outbound_cluster(port, &service_host);
     let labels = json!({"app": APP});

@@ -116,10 +116,16 @@ enum Command {
         /// Envoy: the address its listener binds (0.0.0.0 for every interface).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
-        #[arg(long, default_value_t = 4001)]
-        sidecar_port: u16,
+        /// A sidecar replica's port on --sidecar-host; repeat it for several replicas
+        /// (default 4001 unless --sidecar is given).
+        #[arg(long)]
+        sidecar_port: Vec<u16>,
         #[arg(long, default_value = "127.0.0.1")]
         sidecar_host: String,
+        /// A sidecar replica as HOST:PORT; repeat it for several replicas (they share a
+        /// PostgreSQL store). Envoy balances over all of them and skips a dead one.
+        #[arg(long)]
+        sidecar: Vec<String>,
         #[arg(long, default_value_t = 9901)]
         envoy_admin_port: u16,
         #[arg(long)]
@@ -441,8 +447,7 @@ async fn run(cli: Cli) -> Result<()> {
             let xds = match xds_dir {
                 Some(dir) => {
                     let render_opts = render::RenderOptions {
-                        sidecar_host: host.clone(),
-                        sidecar_port: port,
+                        sidecars: vec![render::SidecarEndpoint::new(host.clone(), port)],
                         wasm_path: absolute(&wasm_path),
                         xds_dir: Some(absolute(&dir)),
                         ..Default::default()
@@ -490,6 +495,7 @@ async fn run(cli: Cli) -> Result<()> {
             host,
             sidecar_port,
             sidecar_host,
+            sidecar,
             envoy_admin_port,
             wasm,
             wasm_url,
@@ -506,8 +512,7 @@ async fn run(cli: Cli) -> Result<()> {
                 xds_dir: xds_dir.as_deref().map(absolute),
                 listen_address: host,
                 listen_port: port,
-                sidecar_port,
-                sidecar_host,
+                sidecars: render_sidecars(&sidecar_host, &sidecar_port, &sidecar)?,
                 envoy_admin_port,
                 wasm_path: default_wasm_path(wasm.clone()).display().to_string(),
             };
@@ -562,4 +567,24 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `render`'s sidecar replicas: each --sidecar-port on --sidecar-host, then each --sidecar
+/// HOST:PORT; none given: --sidecar-host:4001.
+fn render_sidecars(
+    host: &str,
+    ports: &[u16],
+    endpoints: &[String],
+) -> Result<Vec<render::SidecarEndpoint>> {
+    let mut sidecars: Vec<render::SidecarEndpoint> = ports
+        .iter()
+        .map(|port| render::SidecarEndpoint::new(host, *port))
+        .collect();
+    for text in endpoints {
+        sidecars.push(render::SidecarEndpoint::parse(text)?);
+    }
+    if sidecars.is_empty() {
+        sidecars.push(render::SidecarEndpoint::new(host, 4001));
+    }
+    Ok(sidecars)
 }

@@ -165,13 +165,45 @@ pub struct Rendered {
     pub upstreams: Vec<Upstream>,
 }
 
+/// One `tollgate serve` replica Envoy reaches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidecarEndpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl SidecarEndpoint {
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        SidecarEndpoint {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// `HOST:PORT` (`[v6]:PORT` for an IPv6 address).
+    pub fn parse(text: &str) -> Result<Self> {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("sidecar `{text}` is not HOST:PORT"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| anyhow!("sidecar `{text}` has an invalid port"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(anyhow!("sidecar `{text}` has no host"));
+        }
+        Ok(SidecarEndpoint::new(host, port))
+    }
+}
+
 /// Options that do not come from config.yaml.
 #[derive(Debug, Clone)]
 pub struct RenderOptions {
     pub listen_address: String,
     pub listen_port: u16,
-    pub sidecar_host: String,
-    pub sidecar_port: u16,
+    /// The sidecar replicas of the `tollgate_sidecar` cluster (any of them answers any call;
+    /// several share one PostgreSQL store). The first one names the filter's authority.
+    pub sidecars: Vec<SidecarEndpoint>,
     pub envoy_admin_port: u16,
     pub wasm_path: String,
     /// Envoy only: a directory whose files (written by `tollgate up` or `tollgate serve
@@ -185,12 +217,21 @@ impl Default for RenderOptions {
         RenderOptions {
             listen_address: "127.0.0.1".into(),
             listen_port: 4000,
-            sidecar_host: "127.0.0.1".into(),
-            sidecar_port: 4001,
+            sidecars: vec![SidecarEndpoint::new("127.0.0.1", 4001)],
             envoy_admin_port: 9901,
             wasm_path: "target/wasm32-wasip1/release/tollgate.wasm".into(),
             xds_dir: None,
         }
+    }
+}
+
+impl RenderOptions {
+    /// The first sidecar, which names the authority of the filter's calls (every replica
+    /// answers whatever authority it is called with).
+    pub fn first_sidecar(&self) -> Result<&SidecarEndpoint> {
+        self.sidecars
+            .first()
+            .ok_or_else(|| anyhow!("no sidecar endpoint given"))
     }
 }
 
@@ -390,6 +431,7 @@ fn wildcard_providers(entry: &ModelEntry) -> Vec<String> {
 }
 
 pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Rendered> {
+    let first_sidecar = opts.first_sidecar()?;
     let cost_map = super::cost_map::current()?;
     let mut deployments = Vec::new();
     let mut upstreams: Vec<Upstream> = Vec::new();
@@ -468,7 +510,7 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
         version: PLUGIN_CONFIG_VERSION,
         master_key_hash: (!master.is_empty()).then(|| hash_key(&master)),
         sidecar_cluster: SIDECAR_CLUSTER.to_string(),
-        sidecar_authority: format!("{}:{}", opts.sidecar_host, opts.sidecar_port),
+        sidecar_authority: format!("{}:{}", first_sidecar.host, first_sidecar.port),
         internal_token: internal_token(&master),
         sidecar_timeout_ms: 2000,
         negative_cache_seconds: 2,
@@ -592,7 +634,21 @@ fn routes() -> Value {
         },
         {
             "match": {"prefix": "/"},
-            "route": {"cluster": SIDECAR_CLUSTER, "timeout": "60s"}
+            "route": {
+                "cluster": SIDECAR_CLUSTER,
+                "timeout": "60s",
+                // Only retries of calls no replica has seen (admin writes are not idempotent),
+                // on another replica.
+                "retry_policy": {
+                    "retry_on": "connect-failure,refused-stream,reset-before-request",
+                    "num_retries": 2,
+                    "retry_host_predicate": [{
+                        "name": "envoy.retry_host_predicates.previous_hosts",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+                    }],
+                    "host_selection_retry_max_attempts": 3
+                }
+            }
         }
     ])
 }
@@ -657,15 +713,7 @@ fn upstream_failure_replies() -> Value {
 
 /// The Envoy bootstrap, as JSON (valid YAML too).
 pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Value> {
-    let mut clusters = vec![json!({
-        "name": SIDECAR_CLUSTER,
-        "type": if is_ip(&opts.sidecar_host) { "STATIC" } else { "LOGICAL_DNS" },
-        "connect_timeout": "2s",
-        "load_assignment": {
-            "cluster_name": SIDECAR_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket(&opts.sidecar_host, opts.sidecar_port)}}]}]
-        }
-    })];
+    let mut clusters = vec![sidecar_cluster(&opts.sidecars)?];
     let tollgate_filter = match &opts.xds_dir {
         Some(dir) => json!({
             "name": "tollgate",
@@ -717,6 +765,50 @@ pub fn envoy_bootstrap(rendered: &Rendered, opts: &RenderOptions) -> Result<Valu
         bootstrap["dynamic_resources"] = json!({"cds_config": path_source(dir, XDS_CLUSTERS_FILE)});
     }
     Ok(bootstrap)
+}
+
+/// The cluster of the sidecar replicas: round robin over them; a replica that fails calls in a
+/// row (connection refused or reset after a `kill -9`, 502/503/504) is ejected at once, for
+/// 10 s and longer each time it fails again, so filter calls and admin calls go to the others.
+/// The filter's own calls (`dispatch_http_call`) take no route, hence no retry policy: their
+/// callers try again on the next tick, or fail closed for an unknown key.
+fn sidecar_cluster(sidecars: &[SidecarEndpoint]) -> Result<Value> {
+    if sidecars.is_empty() {
+        return Err(anyhow!("no sidecar endpoint given"));
+    }
+    let cluster_type = if sidecars.iter().all(|s| is_ip(&s.host)) {
+        "STATIC"
+    } else if sidecars.len() == 1 {
+        "LOGICAL_DNS"
+    } else {
+        // LOGICAL_DNS takes one endpoint only; STRICT_DNS also spreads over every address a
+        // name resolves to (a headless Service).
+        "STRICT_DNS"
+    };
+    let endpoints: Vec<Value> = sidecars
+        .iter()
+        .map(|s| json!({"endpoint": {"address": socket(&s.host, s.port)}}))
+        .collect();
+    Ok(json!({
+        "name": SIDECAR_CLUSTER,
+        "type": cluster_type,
+        "connect_timeout": "2s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": SIDECAR_CLUSTER,
+            "endpoints": [{"lb_endpoints": endpoints}]
+        },
+        // Connection failures count as gateway errors (local-origin errors are not split).
+        "outlier_detection": {
+            "consecutive_gateway_failure": 2,
+            "enforcing_consecutive_gateway_failure": 100,
+            "consecutive_5xx": 5,
+            "enforcing_consecutive_5xx": 100,
+            "interval": "1s",
+            "base_ejection_time": "10s",
+            "max_ejection_percent": 100
+        }
+    }))
 }
 
 /// Envoy's default tags plus the filter counters' labels ([`crate::metrics::STATS_TAGS`]).
@@ -941,6 +1033,89 @@ mod tests {
         for text in [boot.to_string(), filter] {
             assert!(!text.contains("sk-provider-in-config-77"), "{text}");
         }
+    }
+
+    /// Issue 15: several sidecar replicas in one cluster, balanced, a dead one ejected, admin
+    /// calls no replica saw retried on another; the filter's authority stays one value.
+    #[test]
+    fn sidecar_cluster_lists_every_replica() {
+        let loaded = parse(
+            "model_list:\n  - {model_name: m, litellm_params: {model: openai/m, api_base: 'http://127.0.0.1:9/v1'}}\n",
+        )
+        .unwrap();
+        let opts = RenderOptions {
+            sidecars: vec![
+                SidecarEndpoint::new("127.0.0.1", 4101),
+                SidecarEndpoint::parse("127.0.0.2:4102").unwrap(),
+            ],
+            ..Default::default()
+        };
+        let r = plugin_config(&loaded.config, &opts).unwrap();
+        assert_eq!(r.plugin.sidecar_authority, "127.0.0.1:4101");
+        let yaml = serde_yaml_ng::to_string(&envoy_bootstrap(&r, &opts).unwrap()).unwrap();
+        let boot: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        let clusters = boot["static_resources"]["clusters"].as_array().unwrap();
+        let sidecar = clusters
+            .iter()
+            .find(|c| c["name"] == SIDECAR_CLUSTER)
+            .unwrap();
+        assert_eq!(sidecar["type"], "STATIC");
+        assert_eq!(sidecar["lb_policy"], "ROUND_ROBIN");
+        let addresses: Vec<(String, u64)> = sidecar["load_assignment"]["endpoints"][0]
+            ["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let a = &e["endpoint"]["address"]["socket_address"];
+                (
+                    a["address"].as_str().unwrap().to_string(),
+                    a["port_value"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            addresses,
+            vec![("127.0.0.1".into(), 4101), ("127.0.0.2".into(), 4102)]
+        );
+        let outlier = &sidecar["outlier_detection"];
+        assert_eq!(outlier["consecutive_gateway_failure"], 2);
+        assert_eq!(outlier["enforcing_consecutive_gateway_failure"], 100);
+        assert_eq!(outlier["max_ejection_percent"], 100);
+        let routes = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        let to_sidecar = &routes.last().unwrap()["route"];
+        assert_eq!(to_sidecar["cluster"], SIDECAR_CLUSTER);
+        assert_eq!(
+            to_sidecar["retry_policy"]["retry_on"],
+            "connect-failure,refused-stream,reset-before-request"
+        );
+        // Names: one stays LOGICAL_DNS, several resolve each (STRICT_DNS).
+        let named = |hosts: &[&str]| {
+            let opts = RenderOptions {
+                sidecars: hosts
+                    .iter()
+                    .map(|h| SidecarEndpoint::new(*h, 4001))
+                    .collect(),
+                ..Default::default()
+            };
+            sidecar_cluster(&opts.sidecars).unwrap()["type"].clone()
+        };
+        assert_eq!(named(&["tollgate"]), "LOGICAL_DNS");
+        assert_eq!(named(&["a.svc", "127.0.0.1"]), "STRICT_DNS");
+        assert!(SidecarEndpoint::parse("nohost").is_err());
+        assert!(SidecarEndpoint::parse(":1").is_err());
+        assert_eq!(
+            SidecarEndpoint::parse("[::1]:4001").unwrap(),
+            SidecarEndpoint::new("::1", 4001)
+        );
+        let none = RenderOptions {
+            sidecars: Vec::new(),
+            ..Default::default()
+        };
+        assert!(plugin_config(&loaded.config, &none).is_err());
     }
 
     #[test]

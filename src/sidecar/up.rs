@@ -149,8 +149,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
     let render_opts = render::RenderOptions {
         listen_address: opts.host.clone(),
         listen_port: opts.port,
-        sidecar_host: "127.0.0.1".into(),
-        sidecar_port,
+        sidecars: vec![render::SidecarEndpoint::new("127.0.0.1", sidecar_port)],
         envoy_admin_port,
         wasm_path: std::fs::canonicalize(&opts.wasm)?.display().to_string(),
         xds_dir: Some(xds_dir.display().to_string()),
