@@ -126,7 +126,10 @@ pub struct BudgetTicket {
 }
 
 pub fn storage_key(scope: &Scope) -> String {
-    format!("{PREFIX}{}", scope_name(scope.level.tag(), &[scope.id.as_str()]))
+    format!(
+        "{PREFIX}{}",
+        scope_name(scope.level.tag(), &[scope.id.as_str()])
+    )
 }
 
 /// The proxy budget's id (LiteLLM's `litellm-proxy-budget`).

@@ -247,7 +247,13 @@ mod tests {
         let mut dead = lease(40, 40, 10, 0);
         dead.expires_at = NOW - 1;
         let o = Others::of(&[lease(50, 50, 20, 5), dead], NOW);
-        assert_eq!(o, Others { claims: 55, wants: 10 });
+        assert_eq!(
+            o,
+            Others {
+                claims: 55,
+                wants: 10
+            }
+        );
     }
 
     #[test]
@@ -290,11 +296,22 @@ mod tests {
 
     #[test]
     fn a_first_report_is_granted_used_plus_the_size() {
-        let r = renew(1000, 100, Others::default(), None, &report(1, 0, 0, 10), NOW, TTL);
+        let r = renew(
+            1000,
+            100,
+            Others::default(),
+            None,
+            &report(1, 0, 0, 10),
+            NOW,
+            TTL,
+        );
         let Renewal::Renewed(l) = r else {
             panic!("{r:?}")
         };
-        assert_eq!((l.grant, l.used, l.seq, l.expires_at), (10, 0, 1, NOW + TTL));
+        assert_eq!(
+            (l.grant, l.used, l.seq, l.expires_at),
+            (10, 0, 1, NOW + TTL)
+        );
     }
 
     #[test]
@@ -369,7 +386,15 @@ mod tests {
     fn expiry_only_moves_forward() {
         let mut cur = lease(40, 40, 20, 0);
         cur.expires_at = NOW + 3 * TTL;
-        let r = renew(1000, 0, Others::default(), Some(&cur), &report(2, 20, 40, 10), NOW, TTL);
+        let r = renew(
+            1000,
+            0,
+            Others::default(),
+            Some(&cur),
+            &report(2, 20, 40, 10),
+            NOW,
+            TTL,
+        );
         let Renewal::Renewed(l) = r else {
             panic!("{r:?}")
         };
