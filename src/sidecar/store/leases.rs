@@ -461,3 +461,270 @@ impl super::Store {
         self.write(now_micros, |tx| tx.lease(req, settings))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{SpendBatch, SpendEvent};
+    use crate::sidecar::store::{KeyRow, Store};
+    use std::path::Path;
+
+    const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+    const M: i64 = 1_000_000_000; // $1
+    const SETTINGS: LeaseSettings = LeaseSettings {
+        ttl_ms: 10_000,
+        proxy_max_budget: None,
+    };
+
+    fn store_with_key(max: Option<f64>) -> Store {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        store
+            .insert_key(&KeyRow {
+                token: "k1".into(),
+                max_budget: max,
+                ..Default::default()
+            })
+            .unwrap();
+        store
+    }
+
+    fn item(used: i64, held: i64, want: i64) -> LeaseItem {
+        LeaseItem {
+            scope: "key:k1".into(),
+            level: "key".into(),
+            ids: vec!["k1".into()],
+            period: 0,
+            used,
+            held,
+            want,
+            reservation: 1_000_000,
+            returning: false,
+        }
+    }
+
+    fn ask(store: &Store, envoy: &str, seq: u64, it: LeaseItem, now: i64) -> LeaseGrant {
+        let req = LeaseRequest {
+            envoy_id: envoy.into(),
+            seq,
+            items: vec![it],
+        };
+        let mut a = store.lease(&req, SETTINGS, now).unwrap();
+        assert_eq!(a.items.len(), 1);
+        a.items.remove(0)
+    }
+
+    /// (envoy, grant, used, applied) of every lease row, by envoy.
+    fn rows(store: &Store) -> Vec<(String, i64, i64, i64)> {
+        store
+            .read(|db| {
+                db.rows(
+                    "SELECT envoy_id, grant_total, used_total, applied_total FROM lease
+                     ORDER BY envoy_id",
+                    &[],
+                )?
+                .iter()
+                .map(|r| Ok((r.text(0)?, r.int(1)?, r.int(2)?, r.int(3)?)))
+                .collect()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_repeated_or_stale_seq_answers_the_current_grant_unchanged() {
+        let store = store_with_key(Some(1.0));
+        let first = ask(&store, "e1", 5, item(0, 0, 10_000_000), T0);
+        assert_eq!(first.grant, 10_000_000);
+        assert_eq!(
+            (first.max_nanos, first.period, first.ttl_ms),
+            (Some(M), 0, 10_000)
+        );
+        let before = rows(&store);
+        for seq in [5, 4] {
+            let again = ask(&store, "e1", seq, item(3, 10_000_000, 50_000_000), T0 + 1);
+            assert_eq!(again, first);
+        }
+        assert_eq!(rows(&store), before);
+    }
+
+    #[test]
+    fn grants_only_grow_within_a_period_except_when_returned() {
+        let store = store_with_key(Some(1.0));
+        let mut last = 0;
+        for seq in 1..=20u64 {
+            // Demand rises and falls; the grant never goes down.
+            let want = if seq % 2 == 0 { 1_000_000 } else { 15_000_000 };
+            let g = ask(&store, "e1", seq, item(0, last, want), T0 + seq as i64).grant;
+            assert!(g >= last, "seq {seq}: {g} < {last}");
+            last = g;
+        }
+        let r = ask(
+            &store,
+            "e1",
+            21,
+            LeaseItem {
+                returning: true,
+                ..item(4_000, 4_000, 0)
+            },
+            T0 + 30,
+        );
+        assert_eq!(r.grant, 4_000);
+    }
+
+    #[test]
+    fn three_envoys_never_hold_more_than_the_budget() {
+        let store = store_with_key(Some(1.0));
+        let mut held = [0i64; 3];
+        let mut used = [0i64; 3];
+        for round in 0..200i64 {
+            for (e, envoy) in ["a", "b", "c"].iter().enumerate() {
+                // Each uses all it was granted before asking again.
+                used[e] = held[e];
+                let g = ask(
+                    &store,
+                    envoy,
+                    round as u64 + 1,
+                    item(used[e], held[e], 40_000_000),
+                    T0 + round * 1000,
+                );
+                held[e] = g.grant;
+                let total: i64 = rows(&store).iter().map(|r| r.1.max(r.2)).sum();
+                assert!(total <= M, "round {round}: {total} lent of {M}");
+            }
+        }
+        // Lent down to the last nano-dollars: one request's worth is always given while left.
+        let total: i64 = held.iter().sum();
+        assert!(total > M - 3, "{total}");
+    }
+
+    #[test]
+    fn spend_applies_to_the_envoys_lease_once_and_only_for_new_events() {
+        let store = store_with_key(Some(1.0));
+        ask(&store, "e1", 1, item(0, 0, 10_000), T0);
+        ask(&store, "e2", 1, item(0, 0, 10_000), T0);
+        let ev = |id: &str, envoy: Option<&str>, nanos: i64| SpendEvent {
+            event_id: id.into(),
+            api_key: Some("k1".into()),
+            model: "m".into(),
+            spend_nanos: nanos,
+            envoy_id: envoy.map(str::to_string),
+            ..Default::default()
+        };
+        let batch = SpendBatch {
+            events: vec![
+                ev("x1", Some("e1"), 300),
+                ev("x2", Some("e1"), 200),
+                ev("x1", Some("e1"), 300),
+                ev("x3", None, 7),
+            ],
+        };
+        store.apply_spend_batch(&batch, T0 + 1).unwrap();
+        store.apply_spend_batch(&batch, T0 + 2).unwrap();
+        let r = rows(&store);
+        assert_eq!((r[0].0.as_str(), r[0].3), ("e1", 500));
+        assert_eq!((r[1].0.as_str(), r[1].3), ("e2", 0));
+        assert_eq!(store.key("k1").unwrap().unwrap().spend_nanos, 507);
+        // A renewal keeps what was applied.
+        ask(&store, "e1", 2, item(500, 10_000, 10_000), T0 + 3);
+        assert_eq!(rows(&store)[0].3, 500);
+    }
+
+    #[test]
+    fn an_expired_lease_frees_its_grant_and_after_the_grace_its_unapplied_use() {
+        let store = store_with_key(Some(0.1));
+        let m = 100_000_000;
+        // One request of the whole budget: each answer lends all that is left (the floor).
+        let greedy = |held: i64| LeaseItem {
+            reservation: m,
+            ..item(0, held, m)
+        };
+        let e1 = LeaseItem {
+            reservation: m,
+            ..item(0, 0, 30_000_000)
+        };
+        assert_eq!(ask(&store, "e1", 1, e1, T0).grant, 30_000_000);
+        // e1 has used 10 of its 30, none applied yet.
+        ask(&store, "e1", 2, item(10_000_000, 30_000_000, 0), T0 + 1);
+        assert_eq!(ask(&store, "e2", 1, greedy(0), T0 + 2).grant, 70_000_000);
+        // e1's lease lapses: its unused grant is free, its 10 unapplied still held back.
+        let after_ttl = T0 + 1 + 10_000_000;
+        assert_eq!(
+            ask(&store, "e2", 2, greedy(70_000_000), after_ttl).grant,
+            90_000_000
+        );
+        // Past the grace nothing of e1's counts.
+        let after_grace = after_ttl + crate::leases::EXPIRY_GRACE_MICROS;
+        assert_eq!(
+            ask(&store, "e2", 3, greedy(90_000_000), after_grace).grant,
+            m
+        );
+    }
+
+    #[test]
+    fn a_tracked_only_budget_is_granted_its_want_and_keeps_no_row() {
+        let store = store_with_key(None);
+        let g = ask(&store, "e1", 1, item(50, 0, 70), T0);
+        assert_eq!((g.grant, g.max_nanos), (120, None));
+        assert!(rows(&store).is_empty());
+        // A budget whose record is gone is answered the same way.
+        let gone = LeaseItem {
+            scope: "user:nobody".into(),
+            level: "user".into(),
+            ids: vec!["nobody".into()],
+            ..item(5, 0, 7)
+        };
+        assert_eq!(ask(&store, "e1", 2, gone, T0).grant, 12);
+    }
+
+    #[test]
+    fn an_item_from_another_period_is_sized_from_zero_in_the_current_one() {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        store
+            .insert_key(&KeyRow {
+                token: "k1".into(),
+                max_budget: Some(1.0),
+                budget_duration: Some("1d".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let day_end = T0 + 86_400_000_000;
+        let g = ask(
+            &store,
+            "e1",
+            1,
+            LeaseItem {
+                period: T0,
+                ..item(900_000_000, 900_000_000, 10_000_000)
+            },
+            T0 + 5,
+        );
+        assert_eq!((g.period, g.grant), (day_end, 10_000_000));
+    }
+
+    #[test]
+    fn malformed_items_are_named() {
+        let ok = item(0, 0, 0);
+        assert_eq!(item_error(&ok), None);
+        let bad_level = LeaseItem {
+            level: "org".into(),
+            ..ok.clone()
+        };
+        assert!(item_error(&bad_level).unwrap().contains("org"));
+        let bad_ids = LeaseItem {
+            ids: vec![],
+            ..ok.clone()
+        };
+        assert!(item_error(&bad_ids).unwrap().contains("1 ids"));
+        let bad_scope = LeaseItem {
+            scope: "key:k2".into(),
+            ..ok
+        };
+        assert!(item_error(&bad_scope).unwrap().contains("key:k1"));
+        let proxy = LeaseItem {
+            scope: "proxy:litellm-proxy-budget".into(),
+            level: "proxy".into(),
+            ids: vec![],
+            ..item(0, 0, 0)
+        };
+        assert_eq!(item_error(&proxy), None);
+    }
+}
