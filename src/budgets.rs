@@ -126,7 +126,24 @@ pub struct BudgetTicket {
 }
 
 pub fn storage_key(scope: &Scope) -> String {
-    format!("{PREFIX}{}:{}", scope.level.tag(), scope.id)
+    format!(
+        "{PREFIX}{}",
+        scope_name(scope.level.tag(), &[scope.id.as_str()])
+    )
+}
+
+/// The proxy budget's id (LiteLLM's `litellm-proxy-budget`).
+pub const PROXY_BUDGET_ID: &str = "litellm-proxy-budget";
+
+/// A budget's name, the same in the filter's shared data (after [`PREFIX`]) and in the
+/// sidecar's lease rows (fleet mode's `LeaseItem.scope`): `<level>:<ids joined by ':'>`, e.g.
+/// `key:<token>`, `key_model:<token>:<entry>`, `team_member:<team>:<user>`; the proxy's (no
+/// ids) is `proxy:litellm-proxy-budget`.
+pub fn scope_name(level: &str, ids: &[&str]) -> String {
+    if ids.is_empty() && level == "proxy" {
+        return format!("{level}:{PROXY_BUDGET_ID}");
+    }
+    format!("{level}:{}", ids.join(":"))
 }
 
 /// The end of the period that starts at `now` (µs), or 0 when there is no period.
@@ -360,6 +377,54 @@ mod tests {
     }
 
     const CENT: i64 = 10_000_000;
+
+    /// The sidecar names lease rows with [`scope_name`] from a level and its ids: the same
+    /// names as the filter's entries.
+    #[test]
+    fn scope_names_are_the_entry_names() {
+        let scope = |level: Level, id: &str| Scope {
+            level,
+            id: id.into(),
+            ..key_scope(None, None)
+        };
+        let cases = [
+            (key_scope(None, None), "key", vec!["tok"]),
+            (
+                scope(
+                    Level::KeyModel {
+                        token: "tok".into(),
+                        alias: "a".into(),
+                        model: "gpt-4o".into(),
+                    },
+                    "tok:gpt-*",
+                ),
+                "key_model",
+                vec!["tok", "gpt-*"],
+            ),
+            (scope(Level::User, "u1"), "user", vec!["u1"]),
+            (scope(Level::Team, "t1"), "team", vec!["t1"]),
+            (
+                scope(
+                    Level::TeamMember {
+                        user: "u1".into(),
+                        team: "t1".into(),
+                    },
+                    "t1:u1",
+                ),
+                "team_member",
+                vec!["t1", "u1"],
+            ),
+            (scope(Level::EndUser, "c:1"), "end_user", vec!["c:1"]),
+            (scope(Level::Proxy, PROXY_BUDGET_ID), "proxy", vec![]),
+        ];
+        for (scope, level, ids) in cases {
+            assert_eq!(
+                storage_key(&scope),
+                format!("{PREFIX}{}", scope_name(level, &ids)),
+                "{level}"
+            );
+        }
+    }
 
     /// Found by fuzzing (fuzz/fuzz_targets/counters.rs): a stored counter with a huge negative
     /// spend made `max - spend - reserved` overflow; wrapped (release), the reservation clamp got

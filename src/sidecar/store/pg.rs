@@ -157,6 +157,8 @@ CREATE TABLE change_counter (
 );
 INSERT INTO change_counter (id, seq) VALUES (1, 0);
 ",
+    // 2: fleet mode's lease rows.
+    super::leases::PG_MIGRATION,
 ];
 
 /// With its causes: "error performing TLS handshake" alone does not say the certificate was

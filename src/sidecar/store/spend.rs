@@ -75,6 +75,8 @@ impl Store {
         let mut teams: HashMap<&str, i64> = HashMap::new();
         let mut members: HashMap<(&str, &str), i64> = HashMap::new();
         let mut proxy: i64 = 0;
+        // Fleet mode: (envoy, level, ids) → spend its events bring to its leases.
+        let mut lease_charges: BTreeMap<(&str, &'static str, Vec<&str>), i64> = BTreeMap::new();
         let mut event_ids = Vec::with_capacity(batch.events.len());
         let mut rows = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
@@ -170,6 +172,12 @@ impl Store {
                         *v = v.saturating_add(nanos);
                     }
                 }
+                if let Some(envoy) = e.envoy_id.as_deref().filter(|x| !x.is_empty()) {
+                    for (level, ids) in charged_budgets(e) {
+                        let v = lease_charges.entry((envoy, level, ids)).or_default();
+                        *v = v.saturating_add(nanos);
+                    }
+                }
             }
             if out.applied == 0 {
                 return Ok(());
@@ -234,6 +242,7 @@ impl Store {
                 row.spend_nanos = row.spend_nanos.saturating_add(proxy);
                 put_proxy(tx, &row)?;
             }
+            t.apply_lease_charges(&lease_charges)?;
             Ok(())
         })?;
         Ok((out, applied_events))
@@ -280,6 +289,32 @@ impl Store {
         }
         self.read(|db| db.rows(&sql, &args)?.iter().map(spend_event).collect())
     }
+}
+
+/// The budgets an event is charged to, as (level, ids) of their lease scopes (the key's
+/// `model_max_budget` entry is found when the leases are charged).
+fn charged_budgets(e: &SpendEvent) -> Vec<(&'static str, Vec<&str>)> {
+    fn some(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|x| !x.is_empty())
+    }
+    let mut out = vec![("proxy", Vec::new())];
+    if let Some(k) = some(&e.api_key) {
+        out.push(("key", vec![k]));
+        out.push(("key_model", vec![k, e.model.as_str()]));
+    }
+    if let Some(u) = some(&e.user_id) {
+        out.push(("user", vec![u]));
+    }
+    if let Some(c) = some(&e.end_user) {
+        out.push(("end_user", vec![c]));
+    }
+    if let Some(t) = some(&e.team_id) {
+        out.push(("team", vec![t]));
+        if let Some(u) = some(&e.user_id) {
+            out.push(("team_member", vec![t, u]));
+        }
+    }
+    out
 }
 
 fn spend_event(r: &Row) -> Result<SpendEvent> {
