@@ -28,6 +28,10 @@ pub struct MockHost {
     pub reply: RefCell<Option<Reply>>,
     /// Paths dispatched to the sidecar; a call's token is its index plus one.
     pub dispatched: RefCell<Vec<String>>,
+    /// Bodies POSTed to the sidecar, by path, in order.
+    pub posted: RefCell<Vec<(String, Vec<u8>)>>,
+    /// `dispatch` fails (the sidecar cluster cannot be reached).
+    pub dispatch_fails: Cell<bool>,
     /// The sidecar answer being delivered: status and body.
     pub call_answer: RefCell<Option<(u16, Vec<u8>)>>,
     pub queue: RefCell<Vec<Vec<u8>>>,
@@ -163,6 +167,22 @@ impl Host for MockHost {
 
     fn dispatch_get(&self, call: &SidecarCall<'_>) -> Option<u32> {
         self.record("dispatch");
+        if self.dispatch_fails.get() {
+            return None;
+        }
+        let mut dispatched = self.dispatched.borrow_mut();
+        dispatched.push(call.path.to_string());
+        u32::try_from(dispatched.len()).ok()
+    }
+
+    fn dispatch_post(&self, call: &SidecarCall<'_>, body: &[u8]) -> Option<u32> {
+        self.record("dispatch_post");
+        if self.dispatch_fails.get() {
+            return None;
+        }
+        self.posted
+            .borrow_mut()
+            .push((call.path.to_string(), body.to_vec()));
         let mut dispatched = self.dispatched.borrow_mut();
         dispatched.push(call.path.to_string());
         u32::try_from(dispatched.len()).ok()
