@@ -14,6 +14,9 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+/// The queue id tests give the lease queue (the spend queue is 1).
+pub const LEASE_QUEUE_ID: u32 = 2;
+
 #[derive(Default)]
 pub struct MockHost {
     pub store: MemoryStore,
@@ -35,6 +38,8 @@ pub struct MockHost {
     /// The sidecar answer being delivered: status and body.
     pub call_answer: RefCell<Option<(u16, Vec<u8>)>>,
     pub queue: RefCell<Vec<Vec<u8>>>,
+    /// Items enqueued on [`LEASE_QUEUE_ID`].
+    pub lease_queue: RefCell<Vec<Vec<u8>>>,
     /// Counter increments, in order.
     pub counted: RefCell<Vec<(Metric, u64)>>,
 }
@@ -198,9 +203,13 @@ impl Host for MockHost {
         self.call_answer.borrow().as_ref().map(|(_, b)| b.clone())
     }
 
-    fn enqueue(&self, _queue: u32, value: &[u8]) -> bool {
+    fn enqueue(&self, queue: u32, value: &[u8]) -> bool {
         self.record("enqueue");
-        self.queue.borrow_mut().push(value.to_vec());
+        if queue == LEASE_QUEUE_ID {
+            self.lease_queue.borrow_mut().push(value.to_vec());
+        } else {
+            self.queue.borrow_mut().push(value.to_vec());
+        }
         true
     }
 
