@@ -109,7 +109,7 @@ enum Admit<'a> {
     Call(Box<AdmittedCall>),
     /// Fleet mode: these budgets need a slice first; the prepared admission is given back.
     Borrow {
-        prepared: Prepared<'a>,
+        prepared: Box<Prepared<'a>>,
         customer: Option<CustomerLookup>,
         items: Vec<LeaseItem>,
     },
@@ -644,7 +644,7 @@ impl Flow {
                 prepared,
                 customer,
                 items,
-            }) => self.borrow(host, prepared, customer, items, now),
+            }) => self.borrow(host, *prepared, customer, items, now),
             Err(e) => self.refuse(host, &e),
         }
     }
@@ -726,7 +726,7 @@ impl Flow {
             }
             Admission::Borrow(items) => {
                 return Ok(Admit::Borrow {
-                    prepared,
+                    prepared: Box::new(prepared),
                     customer,
                     items,
                 })

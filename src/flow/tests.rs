@@ -968,8 +968,7 @@ mod fleet {
     #[test]
     fn due_renewal_is_enqueued_once_a_second_per_scope() {
         let h = fleet_harness(NoLeasePolicy::Deny);
-        // A slice of about ten reservations: from the fifth request on fewer are left than a
-        // ... reservation is large; low means less than one left.
+        // A slice of three reservations.
         let mut flow = h.flow();
         h.send(&mut flow, CHAT, &[]);
         let want = posted(&h)[0].items[0].want;
@@ -978,7 +977,7 @@ mod fleet {
             Step::Continue
         );
         assert!(h.host.lease_queue.borrow().is_empty());
-        // The second leaves less than one reservation: every budget is due, once.
+        // With three in flight less than one reservation is left: every budget is due, once.
         let mut flows = Vec::new();
         for _ in 0..2 {
             let mut f = h.flow();
