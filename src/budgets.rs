@@ -210,15 +210,6 @@ pub fn scope_name(level: &str, ids: &[&str]) -> String {
     format!("{level}:{}", ids.join(":"))
 }
 
-/// A lease's scope name (FLEET.md): the budget's entry name without [`PREFIX`], from the
-/// level's tag and the ids naming the budget ([`LeaseItem::ids`]). The proxy budget has no id.
-pub fn scope_name(level_tag: &str, ids: &[&str]) -> String {
-    if ids.is_empty() {
-        return format!("{level_tag}:litellm-proxy-budget");
-    }
-    format!("{level_tag}:{}", ids.join(":"))
-}
-
 /// The ids naming a budget in a lease ([`LeaseItem::ids`]).
 pub fn lease_ids(scope: &Scope) -> Vec<String> {
     match &scope.level {
@@ -247,6 +238,7 @@ fn lease_item(scope: &Scope, c: &Counter, want: i64) -> LeaseItem {
         held: c.grant,
         want: want.max(0),
         returning: false,
+        reservation: c.peak.max(0),
     }
 }
 

@@ -772,6 +772,7 @@ mod fleet {
                 held: 0,
                 want: reservation,
                 returning: false,
+                reservation: 0,
             }
         );
         assert_eq!(request.items[1].ids, Vec::<String>::new());
