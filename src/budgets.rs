@@ -8,12 +8,13 @@
 //! Resets are lazy and exact: the first check or charge after `reset_at` starts the new period.
 //!
 //! Fleet mode (FLEET.md §4.4) adds the lease to the entry:
-//! `reset_at spend reserved grant deadline global asked asked_used peak`. `spend` and
+//! `reset_at spend reserved grant deadline global global_at asked asked_used peak`. `spend` and
 //! `reserved` are then this Envoy's use in the period, `grant` the cumulative slice leased from
 //! the sidecar for it, valid until `deadline` (µs). A limited budget admits iff
 //! `now < deadline` and `spend + reserved < grant` (FLEET I2), reserving the full estimate so
 //! a crossing shows in the next report. `global` is the fleet's settled spend from the last
-//! answer; `asked`, `asked_used` and `peak` drive renewals (when the slice was last asked for,
+//! answer and `global_at` this Envoy's `spend` when it came (headers show
+//! `global + spend − global_at`); `asked`, `asked_used` and `peak` drive renewals (when the slice was last asked for,
 //! the use then, and the largest reservation since). Entries written outside fleet mode keep
 //! the 3-field form, and a 3-field entry reads as one without a lease.
 
@@ -104,8 +105,10 @@ pub struct Counter {
     /// `now < deadline` (µs).
     pub grant: i64,
     pub deadline: i64,
-    /// Fleet mode: the budget's settled spend across the fleet, from the last lease answer.
+    /// Fleet mode: the budget's settled spend across the fleet, from the last lease answer,
+    /// and this Envoy's `spend` when it came.
     pub global: i64,
+    pub global_at: i64,
     /// Fleet mode: when a renewal was last enqueued (µs), `spend + reserved` then (for the
     /// demand rate), and the largest reservation since.
     pub asked: i64,
@@ -127,6 +130,7 @@ impl Counter {
             grant: next(),
             deadline: next(),
             global: next(),
+            global_at: next(),
             asked: next(),
             asked_used: next(),
             peak: next(),
@@ -139,6 +143,7 @@ impl Counter {
             self.grant,
             self.deadline,
             self.global,
+            self.global_at,
             self.asked,
             self.asked_used,
             self.peak,
@@ -155,6 +160,13 @@ impl Counter {
     /// This Envoy's use in the period: settled spend plus reservations in flight.
     pub fn used(&self) -> i64 {
         self.spend.saturating_add(self.reserved)
+    }
+
+    /// Fleet mode: the budget's spend across the fleet as far as this Envoy knows: the last
+    /// answer's, plus what this Envoy spent since.
+    pub fn fleet_spend(&self) -> i64 {
+        self.global
+            .saturating_add(self.spend.saturating_sub(self.global_at).max(0))
     }
 
     /// Fleet I2: the slice can admit one more request.
@@ -580,7 +592,10 @@ pub fn admit_in<S: VersionedStore>(
                 renew: due,
             }) => {
                 if matches!(scope.level, Level::Key { .. }) {
-                    ticket.key_spend_nanos = Some(counter.spend);
+                    ticket.key_spend_nanos = Some(match fleet {
+                        Some(_) => counter.fleet_spend(),
+                        None => counter.spend,
+                    });
                     ticket.key_max_budget = scope.max_budget_usd;
                 }
                 ticket.charges.push(Charge {
@@ -683,7 +698,10 @@ pub fn apply_lease_answer<S: VersionedStore>(
             }
             c.grant = c.grant.max(grant.grant);
             c.deadline = c.deadline.max(deadline);
-            c.global = c.global.max(grant.spend);
+            if grant.spend > c.global {
+                c.global = grant.spend;
+                c.global_at = c.spend;
+            }
             write_if_changed(v, &c, true)
         });
         if result == Ok(true) {
@@ -1144,11 +1162,12 @@ mod tests {
                 grant: 4,
                 deadline: 5,
                 global: 6,
-                asked: 7,
-                asked_used: 8,
-                peak: 9,
+                global_at: 7,
+                asked: 8,
+                asked_used: 9,
+                peak: 10,
             };
-            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9");
+            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10");
             assert_eq!(Counter::decode(&c.encode()), c);
             // No lease: the 3-field form, as outside fleet mode.
             let old = Counter {
@@ -1440,6 +1459,27 @@ mod tests {
             let a = ensure_envoy_id(&s, &[1; 16], 1).unwrap();
             assert_eq!(a, "01".repeat(16));
             assert_eq!(ensure_envoy_id(&s, &[2; 16], 2).unwrap(), a);
+        }
+
+        #[test]
+        fn key_spend_is_the_fleets_plus_what_this_envoy_spent_since() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(10.0), None)];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            apply(&s, vec![grant(&scopes[0], 0, 100 * CENT, 300 * CENT)], NOW);
+            let (t, _) = admitted(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(t.key_spend_nanos, Some(300 * CENT));
+            settle(&s, &t, Some(2 * CENT), NOW, CAL);
+            let (t, _) = admitted(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(t.key_spend_nanos, Some(302 * CENT));
+            // A later answer counts those 2 cents in the fleet's figure.
+            apply(
+                &s,
+                vec![grant(&scopes[0], 0, 100 * CENT, 302 * CENT)],
+                NOW + 1,
+            );
+            let (t, _) = admitted(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(t.key_spend_nanos, Some(302 * CENT));
         }
 
         #[test]

@@ -489,7 +489,7 @@ impl Flow {
         items.sort_by(|a, b| a.scope.cmp(&b.scope));
         items.dedup_by(|a, b| a.scope == b.scope);
         let asked: Vec<String> = items.iter().map(|i| i.scope.clone()).collect();
-        let token = self.send_lease_request(host, items);
+        let token = self.send_lease_request(host, items, now);
         let Some(token) = token else {
             let borrowed = self.borrowed(Vec::new());
             return self.finish_admission(host, prepared, customer, now, Some(&borrowed));
@@ -504,10 +504,11 @@ impl Flow {
         Step::Pause
     }
 
-    fn send_lease_request(&self, host: &impl Host, items: Vec<LeaseItem>) -> Option<u32> {
+    /// `None` when it cannot be sent (no Envoy id, no sequence number, no dispatch).
+    fn send_lease_request(&self, host: &impl Host, items: Vec<LeaseItem>, now: i64) -> Option<u32> {
         let shared = &self.shared;
         let envoy_id = shared.envoy_id.clone()?;
-        let seq = budgets::next_lease_seq(host, self.started_micros)?;
+        let seq = budgets::next_lease_seq(host, now)?;
         let body = serde_json::to_vec(&LeaseRequest {
             envoy_id,
             seq,
