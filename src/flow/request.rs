@@ -66,11 +66,23 @@ enum Phase {
         asked: Vec<String>,
         prepared: Box<Prepared<'static>>,
         customer: Option<CustomerLookup>,
+        /// The request's items while it may still be sent once more (a failed first attempt
+        /// is retried: the cluster's round robin picks another sidecar replica).
+        retry: Option<Vec<LeaseItem>>,
     },
     /// Admitted and sent upstream: the response is followed to its end.
     Forwarded(Box<AdmittedCall>),
     /// A response was sent locally; nothing more to do.
     Done,
+}
+
+/// A borrow under way ([`Phase::AwaitLease`] without its token).
+struct LeaseWait {
+    sent_at: i64,
+    asked: Vec<String>,
+    prepared: Prepared<'static>,
+    customer: Option<CustomerLookup>,
+    retry: Option<Vec<LeaseItem>>,
 }
 
 struct PendingLookup {
@@ -307,9 +319,18 @@ impl Flow {
                 asked,
                 prepared,
                 customer,
-            } if expected == token => {
-                self.on_lease_answer(host, sent_at, &asked, *prepared, customer, body_size)
-            }
+                retry,
+            } if expected == token => self.on_lease_answer(
+                host,
+                LeaseWait {
+                    sent_at,
+                    asked,
+                    prepared: *prepared,
+                    customer,
+                    retry,
+                },
+                body_size,
+            ),
             other => {
                 self.phase = other;
                 Step::Pause
@@ -433,15 +454,7 @@ impl Flow {
 
     /// The sidecar's answer to a borrow: grants applied, then the admission runs once more
     /// (budgets still without a slice are refused, or follow `on_no_lease` when unanswered).
-    fn on_lease_answer(
-        &mut self,
-        host: &impl Host,
-        sent_at: i64,
-        asked: &[String],
-        prepared: Prepared<'static>,
-        customer: Option<CustomerLookup>,
-        body_size: usize,
-    ) -> Step {
+    fn on_lease_answer(&mut self, host: &impl Host, wait: LeaseWait, body_size: usize) -> Step {
         let status = host.call_response_status();
         let answer = if status == Some(200) {
             host.call_response_body(body_size)
@@ -450,12 +463,33 @@ impl Flow {
             None
         };
         let now = host.now_micros();
+        let LeaseWait {
+            sent_at,
+            asked,
+            prepared,
+            customer,
+            retry,
+        } = wait;
         let answered = match answer {
-            Some(answer) => budgets::apply_lease_answer(host, &answer, asked, sent_at, now),
+            Some(answer) => budgets::apply_lease_answer(host, &answer, &asked, sent_at, now),
             None => {
                 host.log_warn(&format!(
                     "tollgate: budget lease request failed (status {status:?})"
                 ));
+                if let Some(items) = retry {
+                    // A replica that died or restarted: ask once more before `on_no_lease`.
+                    if let Some(token) = self.send_lease_request(host, items, now) {
+                        self.phase = Phase::AwaitLease {
+                            token,
+                            sent_at: now,
+                            asked,
+                            prepared: Box::new(prepared),
+                            customer,
+                            retry: None,
+                        };
+                        return Step::Pause;
+                    }
+                }
                 Vec::new()
             }
         };
@@ -489,6 +523,7 @@ impl Flow {
         items.sort_by(|a, b| a.scope.cmp(&b.scope));
         items.dedup_by(|a, b| a.scope == b.scope);
         let asked: Vec<String> = items.iter().map(|i| i.scope.clone()).collect();
+        let retry = items.clone();
         let token = self.send_lease_request(host, items, now);
         let Some(token) = token else {
             let borrowed = self.borrowed(Vec::new());
@@ -500,6 +535,7 @@ impl Flow {
             asked,
             prepared: Box::new(prepared.into_owned()),
             customer,
+            retry: Some(retry),
         };
         Step::Pause
     }

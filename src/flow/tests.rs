@@ -915,8 +915,13 @@ mod fleet {
             let (_, on_body) = h.send(&mut flow, CHAT, &[]);
             if !dispatch_fails {
                 assert_eq!(on_body, Step::Pause);
-                // 200 with a body that is not a lease answer counts as no answer.
+                // 200 with a body that is not a lease answer counts as no answer; a failed
+                // borrow is sent once more (another replica), then `on_no_lease` decides.
+                assert_eq!(h.answer(&mut flow, status, "not json"), Step::Pause);
+                assert_eq!(posted(&h).len(), 2, "retried once");
+                assert_eq!(h.reply_status(), None);
                 h.answer(&mut flow, status, "not json");
+                assert_eq!(posted(&h).len(), 2, "not a third time");
             }
             assert_eq!(h.reply_status(), Some(503), "{status}");
             let reply = h.host.reply.borrow().clone().unwrap();
@@ -928,6 +933,7 @@ mod fleet {
             let mut flow = h.flow();
             let (_, on_body) = h.send(&mut flow, CHAT, &[]);
             if !dispatch_fails {
+                assert_eq!(h.answer(&mut flow, status, "not json"), Step::Pause);
                 assert_eq!(h.answer(&mut flow, status, "not json"), Step::Continue);
             } else {
                 assert_eq!(on_body, Step::Continue);
