@@ -6,10 +6,23 @@
 //! Admission reserves the request's maximum cost against every budget (all or nothing), so
 //! concurrent requests cannot together pass a budget; settlement swaps it for the real cost.
 //! Resets are lazy and exact: the first check or charge after `reset_at` starts the new period.
+//!
+//! Fleet mode (FLEET.md §4.4) adds the lease to the entry:
+//! `reset_at spend reserved grant deadline global global_at asked asked_used peak`. `spend` and
+//! `reserved` are then this Envoy's use in the period, `grant` the cumulative slice leased from
+//! the sidecar for it, valid until `deadline` (µs). A limited budget admits iff
+//! `now < deadline` and `spend + reserved < grant` (FLEET I2), reserving the full estimate so
+//! a crossing shows in the next report. `global` is the fleet's settled spend from the last
+//! answer and `global_at` this Envoy's `spend` when it came (headers show
+//! `global + spend − global_at`); `asked`, `asked_used` and `peak` drive renewals (when the slice was last asked for,
+//! the use then, and the largest reservation since). Entries written outside fleet mode keep
+//! the 3-field form, and a 3-field entry reads as one without a lease.
 
 use crate::cost::{nanos_to_usd, py_float};
 use crate::duration::{add_duration, next_reset_at_str, parse_duration, ZoneOffsets, UTC};
 use crate::errors::ApiError;
+use crate::plugin_config::NoLeasePolicy;
+use crate::records::{LeaseAnswer, LeaseItem, LeaseRequest};
 use crate::shared_store::{update, Decision, StoreError, VersionedStore};
 
 use crate::contract::BUDGET_PREFIX as PREFIX;
@@ -42,7 +55,7 @@ pub enum Level {
 }
 
 impl Level {
-    fn tag(&self) -> &'static str {
+    pub fn tag(&self) -> &'static str {
         match self {
             Level::Key { .. } => "key",
             Level::KeyModel { .. } => "key_model",
@@ -91,23 +104,86 @@ pub struct Counter {
     pub reset_at: i64,
     pub spend: i64,
     pub reserved: i64,
+    /// Fleet mode: the slice leased for the period (cumulative, nano-dollars), valid while
+    /// `now < deadline` (µs).
+    pub grant: i64,
+    pub deadline: i64,
+    /// Fleet mode: the budget's settled spend across the fleet, from the last lease answer,
+    /// and this Envoy's `spend` when it came.
+    pub global: i64,
+    pub global_at: i64,
+    /// Fleet mode: when a renewal was last enqueued (µs), `spend + reserved` then (for the
+    /// demand rate), and the largest reservation since.
+    pub asked: i64,
+    pub asked_used: i64,
+    pub peak: i64,
 }
 
 impl Counter {
-    fn decode(bytes: &[u8]) -> Counter {
+    pub fn decode(bytes: &[u8]) -> Counter {
         let mut parts = std::str::from_utf8(bytes)
             .unwrap_or("")
             .split(' ')
             .map(|p| p.parse::<i64>().unwrap_or(0));
+        let mut next = || parts.next().unwrap_or(0);
         Counter {
-            reset_at: parts.next().unwrap_or(0),
-            spend: parts.next().unwrap_or(0),
-            reserved: parts.next().unwrap_or(0),
+            reset_at: next(),
+            spend: next(),
+            reserved: next(),
+            grant: next(),
+            deadline: next(),
+            global: next(),
+            global_at: next(),
+            asked: next(),
+            asked_used: next(),
+            peak: next(),
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
-        format!("{} {} {}", self.reset_at, self.spend, self.reserved).into_bytes()
+    /// The 3-field form while no lease field is set (always outside fleet mode).
+    pub fn encode(&self) -> Vec<u8> {
+        let lease = [
+            self.grant,
+            self.deadline,
+            self.global,
+            self.global_at,
+            self.asked,
+            self.asked_used,
+            self.peak,
+        ];
+        let mut out = format!("{} {} {}", self.reset_at, self.spend, self.reserved);
+        if lease.iter().any(|f| *f != 0) {
+            for f in lease {
+                out.push_str(&format!(" {f}"));
+            }
+        }
+        out.into_bytes()
+    }
+
+    /// This Envoy's use in the period: settled spend plus reservations in flight.
+    pub fn used(&self) -> i64 {
+        self.spend.saturating_add(self.reserved)
+    }
+
+    /// Fleet mode: the budget's spend across the fleet as far as this Envoy knows: the last
+    /// answer's, plus what this Envoy spent since.
+    pub fn fleet_spend(&self) -> i64 {
+        self.global
+            .saturating_add(self.spend.saturating_sub(self.global_at).max(0))
+    }
+
+    /// Fleet I2: the slice can admit one more request.
+    pub fn slice_admits(&self, now: i64) -> bool {
+        now < self.deadline && self.used() < self.grant
+    }
+
+    /// A new period: nothing spent, no lease (reservations in flight stay until settled).
+    fn roll(&mut self, reset_at: i64) {
+        *self = Counter {
+            reset_at,
+            reserved: self.reserved,
+            ..Counter::default()
+        };
     }
 }
 
@@ -129,7 +205,58 @@ pub struct BudgetTicket {
 }
 
 pub fn storage_key(scope: &Scope) -> String {
-    format!("{PREFIX}{}:{}", scope.level.tag(), scope.id)
+    format!(
+        "{PREFIX}{}",
+        scope_name(scope.level.tag(), &[scope.id.as_str()])
+    )
+}
+
+/// The proxy budget's id (LiteLLM's `litellm-proxy-budget`).
+pub const PROXY_BUDGET_ID: &str = "litellm-proxy-budget";
+
+/// A budget's name, the same in the filter's shared data (after [`PREFIX`]) and in the
+/// sidecar's lease rows (fleet mode's `LeaseItem.scope`): `<level>:<ids joined by ':'>`, e.g.
+/// `key:<token>`, `key_model:<token>:<entry>`, `team_member:<team>:<user>`; the proxy's (no
+/// ids) is `proxy:litellm-proxy-budget`.
+pub fn scope_name(level: &str, ids: &[&str]) -> String {
+    if ids.is_empty() && level == "proxy" {
+        return format!("{level}:{PROXY_BUDGET_ID}");
+    }
+    format!("{level}:{}", ids.join(":"))
+}
+
+/// The ids naming a budget in a lease ([`LeaseItem::ids`]).
+pub fn lease_ids(scope: &Scope) -> Vec<String> {
+    match &scope.level {
+        Level::Key { .. } | Level::User | Level::Team | Level::Organization | Level::EndUser => {
+            vec![scope.id.clone()]
+        }
+        Level::KeyModel { token, .. } => {
+            let entry = scope
+                .id
+                .strip_prefix(token.as_str())
+                .and_then(|rest| rest.strip_prefix(':'))
+                .unwrap_or(&scope.id);
+            vec![token.clone(), entry.to_string()]
+        }
+        Level::TeamMember { user, team } => vec![team.clone(), user.clone()],
+        Level::Proxy => Vec::new(),
+    }
+}
+
+/// A budget's lease item as of its entry `c`, asking for `want` beyond its use.
+fn lease_item(scope: &Scope, c: &Counter, want: i64) -> LeaseItem {
+    LeaseItem {
+        scope: format!("{}:{}", scope.level.tag(), scope.id),
+        level: scope.level.tag().to_string(),
+        ids: lease_ids(scope),
+        period: c.reset_at,
+        used: c.used(),
+        held: c.grant,
+        want: want.max(0),
+        returning: false,
+        reservation: c.peak.max(0),
+    }
 }
 
 /// The end of the period that starts at `now` (µs), or 0 when there is no period.
@@ -161,18 +288,20 @@ fn current(
         None => Counter {
             reset_at: scope_seed.1.unwrap_or(0),
             spend: scope_seed.0.max(0),
-            reserved: 0,
+            ..Counter::default()
         },
     };
     match duration {
         None => c.reset_at = 0,
         Some(_) => {
             let ended = c.reset_at != 0 && now >= c.reset_at;
-            if ended {
-                c.spend = 0;
-            }
             if ended || c.reset_at == 0 {
-                c.reset_at = period_end(duration, aligned, now, cal);
+                let end = period_end(duration, aligned, now, cal);
+                if ended {
+                    c.roll(end);
+                } else {
+                    c.reset_at = end;
+                }
             }
         }
     }
@@ -231,7 +360,205 @@ pub fn admit<S: VersionedStore>(
     cal: Calendar<'_>,
     exceeded_status: u16,
 ) -> Result<BudgetTicket, ApiError> {
+    match admit_in(
+        store,
+        scopes,
+        estimate_nanos,
+        now,
+        cal,
+        exceeded_status,
+        None,
+    )? {
+        Admission::Admitted { ticket, .. } => Ok(ticket),
+        // Only fleet mode borrows.
+        Admission::Borrow(_) => Err(no_lease()),
+    }
+}
+
+/// Fleet mode's inputs to an admission.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetCheck<'a> {
+    /// The lease TTL (µs): a slice past half of it is renewed.
+    pub ttl_micros: i64,
+    /// `None`: the first attempt, where a budget without a valid slice asks to borrow.
+    /// `Some`: the attempt after a borrow, with what the sidecar answered.
+    pub after_borrow: Option<&'a Borrowed>,
+}
+
+/// What a borrow got back.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Borrowed {
+    /// The scopes whose grant was applied (the sidecar answered for this Envoy's period), with
+    /// the fleet's settled spend.
+    pub answered: Vec<(String, i64)>,
+    /// For scopes not answered (no answer, an error, another period).
+    pub policy: NoLeasePolicy,
+}
+
+/// The outcome of an admission that did not refuse.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// Reserved on every budget; `renew` are slices now due for renewal (their `asked` set in
+    /// the same write), for the lease queue.
+    Admitted {
+        ticket: BudgetTicket,
+        renew: Vec<LeaseItem>,
+    },
+    /// Fleet mode: budgets without a valid slice (and any due for renewal), to borrow before
+    /// admitting again. Nothing is held.
+    Borrow(Vec<LeaseItem>),
+}
+
+/// 503 when a budget has no slice and the sidecar lent none (`on_no_lease: deny`).
+pub fn no_lease() -> ApiError {
+    ApiError::service_unavailable(
+        "Tollgate could not get a budget lease from the sidecar; try again.",
+    )
+}
+
+/// What one budget's check decided.
+enum Checked {
+    Took {
+        counter: Counter,
+        take: i64,
+        renew: Option<LeaseItem>,
+    },
+    /// Only checked (another budget is being borrowed for): it could admit.
+    Fine,
+    NoSlice(LeaseItem),
+    /// Refused; the spend figure for the message.
+    Exceeded(i64),
+    Unavailable,
+}
+
+/// How far ahead a slice should last (FLEET.md §4.6, `H`).
+const DEMAND_HORIZON_MICROS: i128 = 5_000_000;
+/// A scope is enqueued for renewal at most this often.
+const RENEW_EVERY_MICROS: i64 = 1_000_000;
+
+/// Use expected over the next [`DEMAND_HORIZON_MICROS`], from the use since the last ask.
+fn demand(c: &Counter, now: i64) -> i64 {
+    if c.asked <= 0 || now <= c.asked {
+        return 0;
+    }
+    let grown = i128::from(c.used().saturating_sub(c.asked_used).max(0));
+    let elapsed = i128::from(now.saturating_sub(c.asked));
+    i64::try_from(grown * DEMAND_HORIZON_MICROS / elapsed).unwrap_or(i64::MAX)
+}
+
+/// How much beyond its use a slice should ask for: the largest reservation, or the demand.
+fn want(c: &Counter, take: i64, now: i64) -> i64 {
+    take.max(c.peak).max(demand(c, now))
+}
+
+/// Today's rule: block at `spend + reserved >= max`, reserve what is left at most.
+fn local_rule(stored: Option<&[u8]>, c: Counter, max: i64, estimate: i64) -> Decision<Checked> {
+    if c.used() >= max {
+        return Decision::Keep(Checked::Exceeded(c.used()));
+    }
+    let left = max.saturating_sub(c.spend).saturating_sub(c.reserved);
+    let take = estimate.clamp(0, left);
+    let next = Counter {
+        reserved: c.reserved.saturating_add(take),
+        ..c
+    };
+    write_if_changed(
+        stored,
+        &next,
+        Checked::Took {
+            counter: next,
+            take,
+            renew: None,
+        },
+    )
+}
+
+/// Fleet mode's rule on a limited budget (FLEET I2).
+#[allow(clippy::too_many_arguments)]
+fn fleet_rule(
+    stored: Option<&[u8]>,
+    c: Counter,
+    max: i64,
+    estimate: i64,
+    now: i64,
+    fleet: FleetCheck<'_>,
+    scope: &Scope,
+    checking_only: bool,
+) -> Decision<Checked> {
+    let take = estimate.max(0);
+    if c.slice_admits(now) {
+        if checking_only {
+            return Decision::Keep(Checked::Fine);
+        }
+        // The full estimate, never capped: a crossing of the grant shows in the next report.
+        let mut next = Counter {
+            reserved: c.reserved.saturating_add(take),
+            peak: c.peak.max(take),
+            ..c
+        };
+        let left = next.grant.saturating_sub(next.used());
+        let low = left < take.max(demand(&next, now));
+        let half_gone = next.deadline.saturating_sub(now) < fleet.ttl_micros / 2;
+        let mut renew = None;
+        if (low || half_gone) && now.saturating_sub(next.asked) >= RENEW_EVERY_MICROS {
+            renew = Some(lease_item(scope, &next, want(&next, take, now)));
+            next.asked = now;
+            next.asked_used = next.used();
+            next.peak = take;
+        }
+        return write_if_changed(
+            stored,
+            &next,
+            Checked::Took {
+                counter: next,
+                take,
+                renew,
+            },
+        );
+    }
+    match fleet.after_borrow {
+        None => {
+            // A live slice used up while the fleet has spent the whole budget: no hop can help.
+            if now < c.deadline && c.global >= max {
+                return Decision::Keep(Checked::Exceeded(c.global.saturating_add(c.used())));
+            }
+            let item = lease_item(scope, &c, want(&c, take, now));
+            match stored {
+                // Written now so the period is fixed before the answer comes (a `key_model`
+                // window starts at its first use).
+                None => Decision::Write(c.encode(), Checked::NoSlice(item)),
+                Some(_) => Decision::Keep(Checked::NoSlice(item)),
+            }
+        }
+        Some(borrowed) => {
+            let name = &lease_item(scope, &c, 0).scope;
+            match borrowed.answered.iter().find(|(s, _)| s == name) {
+                Some((_, global)) => {
+                    Decision::Keep(Checked::Exceeded(global.saturating_add(c.used())))
+                }
+                None => match borrowed.policy {
+                    NoLeasePolicy::Deny => Decision::Keep(Checked::Unavailable),
+                    NoLeasePolicy::Local => local_rule(stored, c, max, estimate),
+                },
+            }
+        }
+    }
+}
+
+/// [`admit`], and in fleet mode (`fleet`) against this Envoy's slices: `Borrow` when a limited
+/// budget has no valid slice (all or nothing: nothing is held then).
+pub fn admit_in<S: VersionedStore>(
+    store: &S,
+    scopes: &[Scope],
+    estimate_nanos: i64,
+    now: i64,
+    cal: Calendar<'_>,
+    exceeded_status: u16,
+    fleet: Option<FleetCheck<'_>>,
+) -> Result<Admission, ApiError> {
     let mut ticket = BudgetTicket::default();
+    let mut renew = Vec::new();
+    let mut borrow = Vec::new();
     for scope in scopes {
         let key = storage_key(scope);
         let aligned = !matches!(scope.level, Level::KeyModel { .. });
@@ -240,30 +567,44 @@ pub fn admit<S: VersionedStore>(
             .max_budget_usd
             .filter(|m| !m.is_nan())
             .map(crate::cost::usd_to_budget_nanos);
-        let seed = (scope.seed_spend_nanos, scope.seed_reset_at_micros);
+        // In fleet mode an entry counts this Envoy's use only: it starts from zero.
+        let seed_spend = if fleet.is_some() {
+            0
+        } else {
+            scope.seed_spend_nanos
+        };
+        let seed = (seed_spend, scope.seed_reset_at_micros);
+        let checking_only = !borrow.is_empty();
         let outcome = update(store, &key, now, |v| {
             let c = current(v, seed, duration, aligned, now, cal);
-            let (next, take) = match max {
-                Some(m) if c.spend.saturating_add(c.reserved) >= m => {
-                    return Decision::Keep(Err(c))
+            match (max, fleet) {
+                (None, _) if checking_only => Decision::Keep(Checked::Fine),
+                (None, _) => write_if_changed(
+                    v,
+                    &c,
+                    Checked::Took {
+                        counter: c,
+                        take: 0,
+                        renew: None,
+                    },
+                ),
+                (Some(m), None) => local_rule(v, c, m, estimate_nanos),
+                (Some(m), Some(f)) => {
+                    fleet_rule(v, c, m, estimate_nanos, now, f, scope, checking_only)
                 }
-                Some(m) => {
-                    let left = m.saturating_sub(c.spend).saturating_sub(c.reserved);
-                    let take = estimate_nanos.clamp(0, left);
-                    let next = Counter {
-                        reserved: c.reserved.saturating_add(take),
-                        ..c
-                    };
-                    (next, take)
-                }
-                None => (c, 0),
-            };
-            write_if_changed(v, &next, Ok((next, take)))
+            }
         });
-        match outcome {
-            Ok(Ok((c, take))) => {
+        let refusal = match outcome {
+            Ok(Checked::Took {
+                counter,
+                take,
+                renew: due,
+            }) => {
                 if matches!(scope.level, Level::Key { .. }) {
-                    ticket.key_spend_nanos = Some(c.spend);
+                    ticket.key_spend_nanos = Some(match fleet {
+                        Some(_) => counter.fleet_spend(),
+                        None => counter.spend,
+                    });
                     ticket.key_max_budget = scope.max_budget_usd;
                 }
                 ticket.charges.push(Charge {
@@ -272,24 +613,33 @@ pub fn admit<S: VersionedStore>(
                     duration: scope.duration.clone(),
                     aligned,
                 });
+                renew.extend(due);
+                continue;
             }
-            Ok(Err(c)) => {
-                settle(store, &ticket, None, now, cal);
-                let max_usd = scope.max_budget_usd.unwrap_or(0.0);
-                return Err(exceeded(
-                    scope,
-                    c.spend.saturating_add(c.reserved),
-                    max_usd,
-                    exceeded_status,
-                ));
+            Ok(Checked::Fine) => continue,
+            Ok(Checked::NoSlice(item)) => {
+                borrow.push(item);
+                continue;
             }
-            Err(e) => {
-                settle(store, &ticket, None, now, cal);
-                return Err(store_error(e));
-            }
-        }
+            Ok(Checked::Exceeded(figure)) => exceeded(
+                scope,
+                figure,
+                scope.max_budget_usd.unwrap_or(0.0),
+                exceeded_status,
+            ),
+            Ok(Checked::Unavailable) => no_lease(),
+            Err(e) => store_error(e),
+        };
+        settle(store, &ticket, None, now, cal);
+        return Err(refusal);
     }
-    Ok(ticket)
+    if borrow.is_empty() {
+        return Ok(Admission::Admitted { ticket, renew });
+    }
+    settle(store, &ticket, None, now, cal);
+    // Slices due for renewal ride along with the borrow.
+    borrow.extend(renew);
+    Ok(Admission::Borrow(borrow))
 }
 
 /// Releases every reservation and charges `actual_nanos` (None: nothing, the call did not
@@ -310,8 +660,7 @@ pub fn settle<S: VersionedStore>(
             let mut c = Counter::decode(bytes);
             let duration = charge.duration.as_deref();
             if duration.is_some() && c.reset_at != 0 && now >= c.reset_at {
-                c.spend = 0;
-                c.reset_at = period_end(duration, charge.aligned, now, cal);
+                c.roll(period_end(duration, charge.aligned, now, cal));
             }
             c.reserved = c.reserved.saturating_sub(charge.reserved).max(0);
             c.spend = c.spend.saturating_add(actual_nanos.unwrap_or(0).max(0));
@@ -322,6 +671,144 @@ pub fn settle<S: VersionedStore>(
         }
     }
     key_spend
+}
+
+/// Applies a lease answer to the entries of `asked` (scope names) it names, for a request
+/// sent at `sent_at` (µs): a grant counts only for an entry in the same period, and answers
+/// arriving out of order are applied with `max` (grants only grow within a period). The
+/// deadline is `sent_at + ttl − 500 ms`, before the sidecar's own expiry. Returns the scopes
+/// whose grant was applied, with the fleet's settled spend.
+pub fn apply_lease_answer<S: VersionedStore>(
+    store: &S,
+    answer: &LeaseAnswer,
+    asked: &[String],
+    sent_at: i64,
+    now: i64,
+) -> Vec<(String, i64)> {
+    let mut applied: Vec<(String, i64)> = Vec::new();
+    for grant in &answer.items {
+        if !asked.contains(&grant.scope) || applied.iter().any(|(s, _)| *s == grant.scope) {
+            continue;
+        }
+        let ttl = i64::try_from(grant.ttl_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        let deadline = sent_at
+            .saturating_add(ttl)
+            .saturating_sub(LEASE_MARGIN_MICROS);
+        let key = format!("{PREFIX}{}", grant.scope);
+        let result = update(store, &key, now, |v| {
+            let Some(bytes) = v else {
+                return Decision::Keep(false);
+            };
+            let mut c = Counter::decode(bytes);
+            if c.reset_at != grant.period {
+                return Decision::Keep(false);
+            }
+            c.grant = c.grant.max(grant.grant);
+            c.deadline = c.deadline.max(deadline);
+            if grant.spend > c.global {
+                c.global = grant.spend;
+                c.global_at = c.spend;
+            }
+            write_if_changed(v, &c, true)
+        });
+        if result == Ok(true) {
+            applied.push((grant.scope.clone(), grant.spend));
+        }
+    }
+    applied
+}
+
+/// A slice's deadline is this much before the sidecar's expiry (FLEET.md §4.5).
+const LEASE_MARGIN_MICROS: i64 = 500_000;
+
+/// The root tick's renewal: the queued items (JSON [`LeaseItem`]s, [`Admission::Admitted`]'s
+/// `renew`) de-duplicated by scope (largest `want`), with `period`, `used` and `held` read
+/// from their entries now, sorted by scope. Entries gone or past their period are left out
+/// (the next admission rolls the period and borrows).
+pub fn renewal_items<S: VersionedStore>(store: &S, queued: &[Vec<u8>], now: i64) -> Vec<LeaseItem> {
+    let mut by_scope: std::collections::BTreeMap<String, LeaseItem> = Default::default();
+    for raw in queued {
+        let Ok(item) = serde_json::from_slice::<LeaseItem>(raw) else {
+            continue;
+        };
+        let ids: Vec<&str> = item.ids.iter().map(String::as_str).collect();
+        if scope_name(&item.level, &ids) != item.scope {
+            continue;
+        }
+        match by_scope.get_mut(&item.scope) {
+            Some(known) => known.want = known.want.max(item.want),
+            None => {
+                by_scope.insert(item.scope.clone(), item);
+            }
+        }
+    }
+    by_scope
+        .into_values()
+        .filter_map(|mut item| {
+            let (bytes, _) = store.get(&format!("{PREFIX}{}", item.scope))?;
+            let c = Counter::decode(&bytes);
+            if c.reset_at != 0 && now >= c.reset_at {
+                return None;
+            }
+            item.period = c.reset_at;
+            item.used = c.used();
+            item.held = c.grant;
+            item.returning = false;
+            Some(item)
+        })
+        .collect()
+}
+
+/// The root tick's lease report from the queued renewals ([`renewal_items`]), numbered by
+/// [`next_lease_seq`]; `None` when nothing is due (or the sequence cannot be advanced).
+pub fn renewal_request<S: VersionedStore>(
+    store: &S,
+    queued: &[Vec<u8>],
+    envoy_id: &str,
+    now: i64,
+) -> Option<LeaseRequest> {
+    let items = renewal_items(store, queued, now);
+    if items.is_empty() {
+        return None;
+    }
+    Some(LeaseRequest {
+        envoy_id: envoy_id.to_string(),
+        seq: next_lease_seq(store, now)?,
+        items,
+    })
+}
+
+/// This Envoy process's id ([`crate::contract::ENVOY_ID_KEY`]): the one in shared data, else
+/// `fresh` (hex) written there (created under the store's creation lease, so two VMs
+/// configuring at once agree on one).
+pub fn ensure_envoy_id<S: VersionedStore>(store: &S, fresh: &[u8; 16], now: i64) -> Option<String> {
+    update(store, crate::contract::ENVOY_ID_KEY, now, |v| {
+        match v
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            Some(id) => Decision::Keep(id.to_string()),
+            None => {
+                let id = hex::encode(fresh);
+                Decision::Write(id.clone().into_bytes(), id)
+            }
+        }
+    })
+    .ok()
+}
+
+/// The next lease report's sequence number (CAS increment of `LEASE_SEQ_KEY`).
+pub fn next_lease_seq<S: VersionedStore>(store: &S, now: i64) -> Option<u64> {
+    update(store, crate::contract::LEASE_SEQ_KEY, now, |v| {
+        let seq = v
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            .saturating_add(1);
+        Decision::Write(seq.to_string().into_bytes(), seq)
+    })
+    .ok()
 }
 
 /// Writes `next` only if it differs from what is stored (`stored` is `None` when the entry does
@@ -367,6 +854,54 @@ mod tests {
     }
 
     const CENT: i64 = 10_000_000;
+
+    /// The sidecar names lease rows with [`scope_name`] from a level and its ids: the same
+    /// names as the filter's entries.
+    #[test]
+    fn scope_names_are_the_entry_names() {
+        let scope = |level: Level, id: &str| Scope {
+            level,
+            id: id.into(),
+            ..key_scope(None, None)
+        };
+        let cases = [
+            (key_scope(None, None), "key", vec!["tok"]),
+            (
+                scope(
+                    Level::KeyModel {
+                        token: "tok".into(),
+                        alias: "a".into(),
+                        model: "gpt-4o".into(),
+                    },
+                    "tok:gpt-*",
+                ),
+                "key_model",
+                vec!["tok", "gpt-*"],
+            ),
+            (scope(Level::User, "u1"), "user", vec!["u1"]),
+            (scope(Level::Team, "t1"), "team", vec!["t1"]),
+            (
+                scope(
+                    Level::TeamMember {
+                        user: "u1".into(),
+                        team: "t1".into(),
+                    },
+                    "t1:u1",
+                ),
+                "team_member",
+                vec!["t1", "u1"],
+            ),
+            (scope(Level::EndUser, "c:1"), "end_user", vec!["c:1"]),
+            (scope(Level::Proxy, PROXY_BUDGET_ID), "proxy", vec![]),
+        ];
+        for (scope, level, ids) in cases {
+            assert_eq!(
+                storage_key(&scope),
+                format!("{PREFIX}{}", scope_name(level, &ids)),
+                "{level}"
+            );
+        }
+    }
 
     /// Found by fuzzing (fuzz/fuzz_targets/counters.rs): a stored counter with a huge negative
     /// spend made `max - spend - reserved` overflow; wrapped (release), the reservation clamp got
@@ -599,13 +1134,390 @@ mod tests {
         let scopes = [key_scope(Some(1.0), None)];
         let t = admit(&s, &scopes, CENT, 1, CAL, 422).unwrap();
         settle(&s, &t, None, 2, CAL);
-        assert_eq!(
-            read(&s, &scopes[0]).unwrap(),
-            Counter {
-                reset_at: 0,
-                spend: 0,
-                reserved: 0
+        assert_eq!(read(&s, &scopes[0]).unwrap(), Counter::default());
+    }
+
+    mod fleet {
+        use super::*;
+        use crate::records::LeaseGrant;
+
+        const TTL: i64 = 10_000_000;
+        const NOW: i64 = 1_700_000_003_000_000;
+
+        fn check(after_borrow: Option<&Borrowed>) -> Option<FleetCheck<'_>> {
+            Some(FleetCheck {
+                ttl_micros: TTL,
+                after_borrow,
+            })
+        }
+
+        fn admitted(a: Admission) -> (BudgetTicket, Vec<LeaseItem>) {
+            match a {
+                Admission::Admitted { ticket, renew } => (ticket, renew),
+                Admission::Borrow(items) => panic!("borrow {items:?}"),
             }
-        );
+        }
+
+        fn borrowed(a: Admission) -> Vec<LeaseItem> {
+            match a {
+                Admission::Borrow(items) => items,
+                other => panic!("{other:?}"),
+            }
+        }
+
+        fn grant(scope: &Scope, period: i64, amount: i64, spend: i64) -> LeaseGrant {
+            LeaseGrant {
+                scope: lease_item(scope, &Counter::default(), 0).scope,
+                period,
+                grant: amount,
+                ttl_ms: 10_000,
+                spend,
+                max_nanos: None,
+            }
+        }
+
+        fn apply(s: &MemoryStore, grants: Vec<LeaseGrant>, sent_at: i64) -> Vec<(String, i64)> {
+            let asked: Vec<String> = grants.iter().map(|g| g.scope.clone()).collect();
+            let answer = LeaseAnswer { items: grants };
+            apply_lease_answer(s, &answer, &asked, sent_at, sent_at + 1)
+        }
+
+        #[test]
+        fn entry_round_trips_and_reads_the_old_form() {
+            let c = Counter {
+                reset_at: 1,
+                spend: 2,
+                reserved: 3,
+                grant: 4,
+                deadline: 5,
+                global: 6,
+                global_at: 7,
+                asked: 8,
+                asked_used: 9,
+                peak: 10,
+            };
+            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10");
+            assert_eq!(Counter::decode(&c.encode()), c);
+            // No lease: the 3-field form, as outside fleet mode.
+            let old = Counter {
+                reset_at: 1,
+                spend: 2,
+                reserved: 3,
+                ..Counter::default()
+            };
+            assert_eq!(old.encode(), b"1 2 3");
+            assert_eq!(Counter::decode(b"1 2 3"), old);
+            assert_eq!(Counter::decode(b"garbage"), Counter::default());
+        }
+
+        #[test]
+        fn scope_names_are_the_entry_names() {
+            let mk = |level: Level, id: &str| Scope {
+                level,
+                id: id.into(),
+                max_budget_usd: Some(1.0),
+                duration: None,
+                seed_spend_nanos: 0,
+                seed_reset_at_micros: None,
+            };
+            let scopes = [
+                key_scope(Some(1.0), None),
+                mk(
+                    Level::KeyModel {
+                        token: "tok".into(),
+                        alias: "a".into(),
+                        model: "gpt-4o".into(),
+                    },
+                    "tok:openai/*",
+                ),
+                mk(Level::User, "u:1"),
+                mk(Level::Team, "t"),
+                mk(
+                    Level::TeamMember {
+                        user: "u".into(),
+                        team: "t".into(),
+                    },
+                    "t:u",
+                ),
+                mk(Level::EndUser, "c"),
+                mk(Level::Proxy, "litellm-proxy-budget"),
+            ];
+            for scope in &scopes {
+                let ids = lease_ids(scope);
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let name = scope_name(scope.level.tag(), &ids);
+                assert_eq!(format!("{PREFIX}{name}"), storage_key(scope), "{scope:?}");
+            }
+            assert_eq!(lease_ids(&scopes[1]), ["tok", "openai/*"]);
+            assert_eq!(lease_ids(&scopes[4]), ["t", "u"]);
+            assert!(lease_ids(&scopes[6]).is_empty());
+        }
+
+        #[test]
+        fn admits_only_inside_a_live_slice_and_reserves_the_full_estimate() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            // Cold: no slice, the entry is created (period fixed), nothing reserved.
+            let items =
+                borrowed(admit_in(&s, &scopes, 3 * CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(items.len(), 1);
+            assert_eq!(
+                (
+                    items[0].scope.as_str(),
+                    items[0].level.as_str(),
+                    items[0].want
+                ),
+                ("key:tok", "key", 3 * CENT)
+            );
+            assert_eq!(read(&s, &scopes[0]).unwrap().reserved, 0);
+            // A grant of 5 cents: admitted while used < grant, each reserving 3 cents in full.
+            assert_eq!(
+                apply(&s, vec![grant(&scopes[0], 0, 5 * CENT, 0)], NOW).len(),
+                1
+            );
+            let (t1, _) =
+                admitted(admit_in(&s, &scopes, 3 * CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(t1.charges[0].reserved, 3 * CENT);
+            let (t2, _) =
+                admitted(admit_in(&s, &scopes, 3 * CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(
+                t2.charges[0].reserved,
+                3 * CENT,
+                "not capped at what is left"
+            );
+            assert_eq!(read(&s, &scopes[0]).unwrap().used(), 6 * CENT);
+            // used >= grant: exhausted, borrows again.
+            borrowed(admit_in(&s, &scopes, 3 * CENT, NOW, CAL, 422, check(None)).unwrap());
+            settle(&s, &t1, Some(CENT), NOW, CAL);
+            settle(&s, &t2, Some(CENT), NOW, CAL);
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!((c.spend, c.reserved, c.grant), (2 * CENT, 0, 5 * CENT));
+            // Past the deadline (sent + ttl − 500 ms): borrows.
+            let deadline = NOW + TTL - 500_000;
+            assert_eq!(c.deadline, deadline);
+            admitted(admit_in(&s, &scopes, CENT, deadline - 1, CAL, 422, check(None)).unwrap());
+            borrowed(admit_in(&s, &scopes, CENT, deadline, CAL, 422, check(None)).unwrap());
+        }
+
+        #[test]
+        fn after_a_borrow_refuses_or_follows_the_policy() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            // Answered with nothing: budget exceeded, with the fleet's spend in the message.
+            let answered = apply(&s, vec![grant(&scopes[0], 0, 0, 100 * CENT)], NOW);
+            let b = Borrowed {
+                answered,
+                policy: NoLeasePolicy::Deny,
+            };
+            let e = admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(Some(&b))).unwrap_err();
+            assert_eq!(e.status, 422);
+            assert!(
+                e.message.contains("Current cost: 1.0, Max budget: 1.0"),
+                "{}",
+                e.message
+            );
+            // Unanswered: deny is 503, local is today's rule against the whole budget.
+            let b = Borrowed::default();
+            let e = admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(Some(&b))).unwrap_err();
+            assert_eq!(e.status, 503);
+            assert!(e.message.contains("budget lease"));
+            let b = Borrowed {
+                answered: Vec::new(),
+                policy: NoLeasePolicy::Local,
+            };
+            let (t, _) = admitted(
+                admit_in(&s, &scopes, 200 * CENT, NOW, CAL, 422, check(Some(&b))).unwrap(),
+            );
+            assert_eq!(
+                t.charges[0].reserved,
+                100 * CENT,
+                "capped, as without fleet mode"
+            );
+        }
+
+        #[test]
+        fn a_used_up_budget_is_refused_without_a_hop_until_the_deadline() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            apply(&s, vec![grant(&scopes[0], 0, 0, 100 * CENT)], NOW);
+            let e = admit_in(&s, &scopes, CENT, NOW + 1, CAL, 422, check(None)).unwrap_err();
+            assert_eq!(e.status, 422);
+            borrowed(admit_in(&s, &scopes, CENT, NOW + TTL, CAL, 422, check(None)).unwrap());
+        }
+
+        #[test]
+        fn grants_apply_with_max_and_only_in_their_period() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), Some("10s"))];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            let period = read(&s, &scopes[0]).unwrap().reset_at;
+            assert_eq!(period, 1_700_000_010_000_000);
+            // The later-sent answer first, then an older one with less: max of both.
+            apply(&s, vec![grant(&scopes[0], period, 8 * CENT, 0)], NOW + 2);
+            apply(&s, vec![grant(&scopes[0], period, 5 * CENT, 0)], NOW + 1);
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!((c.grant, c.deadline), (8 * CENT, NOW + 2 + TTL - 500_000));
+            // Another period's grant is ignored.
+            assert!(apply(
+                &s,
+                vec![grant(&scopes[0], period + 10_000_000, 50 * CENT, 0)],
+                NOW + 3
+            )
+            .is_empty());
+            assert_eq!(read(&s, &scopes[0]).unwrap().grant, 8 * CENT);
+            // A new period starts without a lease.
+            let items =
+                borrowed(admit_in(&s, &scopes, CENT, period, CAL, 422, check(None)).unwrap());
+            assert_eq!((items[0].period, items[0].held), (period + 10_000_000, 0));
+        }
+
+        #[test]
+        fn all_or_nothing_across_budgets() {
+            let s = MemoryStore::default();
+            let user = Scope {
+                level: Level::User,
+                id: "u1".into(),
+                max_budget_usd: Some(1.0),
+                duration: None,
+                seed_spend_nanos: 0,
+                seed_reset_at_micros: None,
+            };
+            let scopes = [key_scope(Some(1.0), None), user];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            // Only the key gets a slice: the user still borrows, the key's reservation is given back.
+            apply(&s, vec![grant(&scopes[0], 0, 50 * CENT, 0)], NOW);
+            let items = borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(
+                items.iter().map(|i| i.scope.as_str()).collect::<Vec<_>>(),
+                ["user:u1"]
+            );
+            assert_eq!(read(&s, &scopes[0]).unwrap().reserved, 0);
+        }
+
+        #[test]
+        fn renewal_is_due_when_low_or_half_gone_at_most_once_a_second() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            apply(&s, vec![grant(&scopes[0], 0, 10 * CENT, 0)], NOW);
+            // Plenty left, fresh: nothing due.
+            let (_, renew) =
+                admitted(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert!(renew.is_empty());
+            // Low: 10 − 2·4 = 2 cents left, under the reservation of 4.
+            let (_, renew) =
+                admitted(admit_in(&s, &scopes, 4 * CENT, NOW + 1, CAL, 422, check(None)).unwrap());
+            assert!(renew.is_empty(), "5 left of 10 after this one");
+            let (_, renew) =
+                admitted(admit_in(&s, &scopes, 4 * CENT, NOW + 2, CAL, 422, check(None)).unwrap());
+            assert_eq!(renew.len(), 1);
+            assert_eq!(
+                (renew[0].used, renew[0].held, renew[0].want),
+                (9 * CENT, 10 * CENT, 4 * CENT)
+            );
+            assert_eq!(read(&s, &scopes[0]).unwrap().asked, NOW + 2);
+            // Within the second: not again, though still low.
+            let (_, renew) = admitted(
+                admit_in(&s, &scopes, CENT, NOW + 500_000, CAL, 422, check(None)).unwrap(),
+            );
+            assert!(renew.is_empty());
+            // A bigger grant; past half its TTL (and over a second after the ask): due again.
+            apply(&s, vec![grant(&scopes[0], 0, 100 * CENT, 0)], NOW + 1);
+            let later = NOW + 1 + TTL / 2;
+            let (_, renew) =
+                admitted(admit_in(&s, &scopes, 0, later - 600_000, CAL, 422, check(None)).unwrap());
+            assert!(renew.is_empty(), "not half gone yet");
+            let (_, renew) =
+                admitted(admit_in(&s, &scopes, 0, later, CAL, 422, check(None)).unwrap());
+            assert_eq!(renew.len(), 1);
+        }
+
+        #[test]
+        fn tick_report_dedupes_refreshes_and_sorts() {
+            let s = MemoryStore::default();
+            let user = Scope {
+                level: Level::User,
+                id: "u1".into(),
+                max_budget_usd: Some(1.0),
+                duration: None,
+                seed_spend_nanos: 0,
+                seed_reset_at_micros: None,
+            };
+            let scopes = [user, key_scope(Some(1.0), None)];
+            let items = borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            apply(
+                &s,
+                vec![
+                    grant(&scopes[0], 0, 2 * CENT, 0),
+                    grant(&scopes[1], 0, 3 * CENT, 0),
+                ],
+                NOW,
+            );
+            admitted(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            let mut queued: Vec<Vec<u8>> = items
+                .iter()
+                .map(|i| serde_json::to_vec(i).unwrap())
+                .collect();
+            let mut bigger = items[0].clone();
+            bigger.want = 7;
+            queued.push(serde_json::to_vec(&bigger).unwrap());
+            queued.push(b"not json".to_vec());
+            let mut forged = items[0].clone();
+            forged.scope = "key:other".into();
+            queued.push(serde_json::to_vec(&forged).unwrap());
+            let r = renewal_request(&s, &queued, "e", NOW).unwrap();
+            assert_eq!(r.seq, 1);
+            assert_eq!(
+                r.items.iter().map(|i| i.scope.as_str()).collect::<Vec<_>>(),
+                ["key:tok", "user:u1"]
+            );
+            let user_item = &r.items[1];
+            assert_eq!(
+                (user_item.used, user_item.held, user_item.want),
+                (CENT, 2 * CENT, CENT.max(7))
+            );
+            assert_eq!(renewal_request(&s, &queued, "e", NOW).unwrap().seq, 2);
+            assert!(renewal_request(&s, &[], "e", NOW).is_none());
+        }
+
+        #[test]
+        fn envoy_id_is_created_once() {
+            let s = MemoryStore::default();
+            let a = ensure_envoy_id(&s, &[1; 16], 1).unwrap();
+            assert_eq!(a, "01".repeat(16));
+            assert_eq!(ensure_envoy_id(&s, &[2; 16], 2).unwrap(), a);
+        }
+
+        #[test]
+        fn key_spend_is_the_fleets_plus_what_this_envoy_spent_since() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(10.0), None)];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            apply(&s, vec![grant(&scopes[0], 0, 100 * CENT, 300 * CENT)], NOW);
+            let (t, _) = admitted(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(t.key_spend_nanos, Some(300 * CENT));
+            settle(&s, &t, Some(2 * CENT), NOW, CAL);
+            let (t, _) = admitted(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(t.key_spend_nanos, Some(302 * CENT));
+            // A later answer counts those 2 cents in the fleet's figure.
+            apply(
+                &s,
+                vec![grant(&scopes[0], 0, 100 * CENT, 302 * CENT)],
+                NOW + 1,
+            );
+            let (t, _) = admitted(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(t.key_spend_nanos, Some(302 * CENT));
+        }
+
+        #[test]
+        fn fleet_entries_start_from_zero_not_the_sidecar_seed() {
+            let s = MemoryStore::default();
+            let mut scope = key_scope(Some(1.0), None);
+            scope.seed_spend_nanos = 40 * CENT;
+            let items = borrowed(admit_in(&s, &[scope], CENT, NOW, CAL, 422, check(None)).unwrap());
+            assert_eq!(items[0].used, 0);
+        }
     }
 }

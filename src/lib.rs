@@ -13,6 +13,7 @@ pub mod duration;
 pub mod errors;
 pub mod flow;
 pub mod key_format;
+pub mod leases;
 pub mod metrics;
 pub mod model_access;
 pub mod model_list;

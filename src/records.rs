@@ -231,7 +231,8 @@ pub struct LeaseItem {
     /// The budget's shared-data entry name without [`crate::contract::BUDGET_PREFIX`]:
     /// `<level>:<id>` ([`crate::budgets::storage_key`]); the lease's identity.
     pub scope: String,
-    /// The level (`key`, `key_model`, `user`, `team`, `team_member`, `end_user`, `proxy`) and
+    /// The level (`key`, `key_model`, `user`, `team`, `team_member`, `organization`,
+    /// `end_user`, `proxy`) and
     /// the ids naming the budget: `[token]`, `[token, model entry]`, `[user]`, `[team]`,
     /// `[team, user]`, `[customer]`, `[]`. Ids may contain `:`, so they are not parsed out of
     /// `scope`.
@@ -248,6 +249,16 @@ pub struct LeaseItem {
     pub want: i64,
     /// Idle or stopping: the sidecar lowers the grant to `used`.
     pub returning: bool,
+    /// `ĉ`: the largest reservation of one request on this budget lately (optional; 0 = not
+    /// said, then the sidecar takes `want` for it). It sizes the one-request floor and the cap
+    /// `max(ĉ, 2 % of the limit)` of a grant (FLEET.md §4.6): without it a grant is simply
+    /// `want` while it fits, which is safe but shares less evenly near exhaustion.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reservation: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// The answer to a [`LeaseRequest`]: one grant per item, same order.

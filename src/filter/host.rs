@@ -176,7 +176,7 @@ pub fn enqueue(queue: u32, value: &[u8]) -> bool {
         Err(e) => {
             log(
                 LogLevel::Error,
-                &format!("tollgate: cannot enqueue a spend event: {e:?}"),
+                &format!("tollgate: cannot enqueue on a shared queue: {e:?}"),
             );
             false
         }
@@ -381,6 +381,18 @@ impl Host for ProxyHost<'_> {
             call.authority,
             call.path,
             call.authorization,
+            call.timeout,
+        )
+        .ok()
+    }
+
+    fn dispatch_post(&self, call: &SidecarCall<'_>, body: &[u8]) -> Option<u32> {
+        dispatch_post(
+            call.cluster,
+            call.authority,
+            call.path,
+            call.authorization,
+            body,
             call.timeout,
         )
         .ok()

@@ -1,14 +1,20 @@
 //! The root context (one per worker): plugin configuration, and the spend-event flusher. Every
 //! worker ticks and drains the shared queue, so events go out even if one worker is idle; an
 //! event is dequeued once, and a failed batch is put back.
+//!
+//! Fleet mode: every worker also drains the lease queue into one lease report per tick. A
+//! queued renewal is dequeued by exactly one worker, so no leader election is needed: a due
+//! scope is reported once, by whichever worker took it (HTTP contexts enqueue a scope at most
+//! once a second).
 
 use super::host;
 use super::http::TollgateHttp;
-use crate::contract::{self, CHANGES_SEQ_KEY, PROVIDER_KEYS_PATH, SPEND_QUEUE};
+use crate::budgets;
+use crate::contract::{self, CHANGES_SEQ_KEY, LEASE_QUEUE, PROVIDER_KEYS_PATH, SPEND_QUEUE};
 use crate::flow::{key_cache, Shared};
 use crate::plugin_config::PluginConfig;
 use crate::provider_keys::ProviderKeys;
-use crate::records::Changes;
+use crate::records::{Changes, LeaseAnswer};
 use crate::shared_store::{self, update, Decision, VersionedStore};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
@@ -17,6 +23,10 @@ use std::time::Duration;
 
 /// Most events sent in one batch.
 const MAX_BATCH: usize = 1000;
+/// Most renewals one lease report carries; the rest wait for the next tick.
+const MAX_LEASE_ITEMS: usize = 1000;
+/// Most lease reports one worker has in flight.
+const MAX_LEASE_CALLS: usize = 4;
 /// Most batches one worker has in flight; the queue is drained up to this each tick, so the
 /// flush keeps up with `MAX_BATCH * MAX_IN_FLIGHT` events per second per worker.
 const MAX_IN_FLIGHT: usize = 16;
@@ -31,6 +41,8 @@ pub struct TollgateRoot {
     changes_poll: Option<u32>,
     /// The provider-keys request under way, if any.
     keys_fetch: Option<u32>,
+    /// Fleet mode: lease reports under way: token, when sent (µs), the scopes asked.
+    lease_calls: Vec<(u32, i64, Vec<String>)>,
 }
 
 impl TollgateRoot {
@@ -136,6 +148,65 @@ impl TollgateRoot {
         changes.provider_keys.is_some() && changes.provider_keys != held
     }
 
+    /// Fleet mode: one lease report for the renewals queued since the last tick.
+    fn renew_leases(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        let (Some(queue), Some(envoy_id)) = (shared.lease_queue, shared.envoy_id.as_deref()) else {
+            return;
+        };
+        if shared.config.fleet.is_none() || self.lease_calls.len() >= MAX_LEASE_CALLS {
+            return;
+        }
+        let mut raw = Vec::new();
+        while raw.len() < MAX_LEASE_ITEMS {
+            match host::dequeue(queue) {
+                Some(item) => raw.push(item),
+                None => break,
+            }
+        }
+        if raw.is_empty() {
+            return;
+        }
+        let now = host::now_micros();
+        let Some(request) = budgets::renewal_request(&host::SharedData, &raw, envoy_id, now) else {
+            return;
+        };
+        let Ok(body) = serde_json::to_vec(&request) else {
+            return;
+        };
+        let config = &shared.config;
+        // A report that cannot be sent is dropped: the scopes are enqueued again by the next
+        // admission a second later, and their slices stay valid until their deadlines.
+        if let Ok(token) = host::dispatch_post(
+            &config.sidecar_cluster,
+            &config.sidecar_authority,
+            contract::LEASES_PATH,
+            &format!("Bearer {}", config.internal_token),
+            &body,
+            Duration::from_millis(config.sidecar_timeout_ms.max(1000)),
+        ) {
+            let asked = request.items.into_iter().map(|i| i.scope).collect();
+            self.lease_calls.push((token, now, asked));
+        }
+    }
+
+    fn apply_lease_answer(&self, sent_at: i64, asked: &[String], body_size: usize) {
+        let answer = (host::call_response_status() == Some(200))
+            .then(|| host::call_response_body(body_size))
+            .flatten()
+            .and_then(|b| serde_json::from_slice::<LeaseAnswer>(&b).ok());
+        match answer {
+            Some(answer) => {
+                let now = host::now_micros();
+                budgets::apply_lease_answer(&host::SharedData, &answer, asked, sent_at, now);
+            }
+            None => host::log(
+                LogLevel::Warn,
+                "tollgate: the sidecar did not answer a lease report; slices run to their deadlines",
+            ),
+        }
+    }
+
     fn flush(&mut self) {
         let Some(shared) = &self.shared else { return };
         let Some(queue) = shared.spend_queue else {
@@ -223,6 +294,11 @@ impl Context for TollgateRoot {
             self.apply_provider_keys(body_size);
             return;
         }
+        if let Some(i) = self.lease_calls.iter().position(|(t, _, _)| *t == token) {
+            let (_, sent_at, asked) = self.lease_calls.swap_remove(i);
+            self.apply_lease_answer(sent_at, &asked, body_size);
+            return;
+        }
         let Some(i) = self.in_flight.iter().position(|(t, _)| *t == token) else {
             return;
         };
@@ -263,9 +339,6 @@ impl RootContext for TollgateRoot {
             );
             return false;
         }
-        let mut shared = Shared::new(config, host::register_queue(SPEND_QUEUE), instance_id);
-        shared.metric_ids = host::define_metrics();
-        self.shared = Some(Rc::new(shared));
         if let Err(e) = shared_store::ensure_lease(&host::SharedData) {
             host::log(
                 LogLevel::Error,
@@ -273,6 +346,24 @@ impl RootContext for TollgateRoot {
             );
             return false;
         }
+        let fleet = config.fleet.is_some();
+        let mut shared = Shared::new(config, host::register_queue(SPEND_QUEUE), instance_id);
+        shared.metric_ids = host::define_metrics();
+        if fleet {
+            // Envoy runs `on_configure` on the main thread's VM before the workers', so the
+            // first call creates the id and every VM reads the same one.
+            let mut fresh = [0u8; 16];
+            let id = getrandom::fill(&mut fresh).ok().and_then(|()| {
+                budgets::ensure_envoy_id(&host::SharedData, &fresh, host::now_micros())
+            });
+            let Some(id) = id else {
+                host::log(LogLevel::Error, "tollgate: cannot create this Envoy's id");
+                return false;
+            };
+            shared.envoy_id = Some(id);
+            shared.lease_queue = host::register_queue(LEASE_QUEUE);
+        }
+        self.shared = Some(Rc::new(shared));
         host::set_tick_period(FLUSH_PERIOD);
         self.fetch_provider_keys();
         true
@@ -291,6 +382,7 @@ impl RootContext for TollgateRoot {
         }
         self.poll_changes();
         self.flush();
+        self.renew_leases();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -14,6 +14,9 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+/// The queue id tests give the lease queue (the spend queue is 1).
+pub const LEASE_QUEUE_ID: u32 = 2;
+
 #[derive(Default)]
 pub struct MockHost {
     pub store: MemoryStore,
@@ -28,9 +31,15 @@ pub struct MockHost {
     pub reply: RefCell<Option<Reply>>,
     /// Paths dispatched to the sidecar; a call's token is its index plus one.
     pub dispatched: RefCell<Vec<String>>,
+    /// Bodies POSTed to the sidecar, by path, in order.
+    pub posted: RefCell<Vec<(String, Vec<u8>)>>,
+    /// `dispatch` fails (the sidecar cluster cannot be reached).
+    pub dispatch_fails: Cell<bool>,
     /// The sidecar answer being delivered: status and body.
     pub call_answer: RefCell<Option<(u16, Vec<u8>)>>,
     pub queue: RefCell<Vec<Vec<u8>>>,
+    /// Items enqueued on [`LEASE_QUEUE_ID`].
+    pub lease_queue: RefCell<Vec<Vec<u8>>>,
     /// Counter increments, in order.
     pub counted: RefCell<Vec<(Metric, u64)>>,
 }
@@ -163,6 +172,22 @@ impl Host for MockHost {
 
     fn dispatch_get(&self, call: &SidecarCall<'_>) -> Option<u32> {
         self.record("dispatch");
+        if self.dispatch_fails.get() {
+            return None;
+        }
+        let mut dispatched = self.dispatched.borrow_mut();
+        dispatched.push(call.path.to_string());
+        u32::try_from(dispatched.len()).ok()
+    }
+
+    fn dispatch_post(&self, call: &SidecarCall<'_>, body: &[u8]) -> Option<u32> {
+        self.record("dispatch_post");
+        if self.dispatch_fails.get() {
+            return None;
+        }
+        self.posted
+            .borrow_mut()
+            .push((call.path.to_string(), body.to_vec()));
         let mut dispatched = self.dispatched.borrow_mut();
         dispatched.push(call.path.to_string());
         u32::try_from(dispatched.len()).ok()
@@ -178,9 +203,13 @@ impl Host for MockHost {
         self.call_answer.borrow().as_ref().map(|(_, b)| b.clone())
     }
 
-    fn enqueue(&self, _queue: u32, value: &[u8]) -> bool {
+    fn enqueue(&self, queue: u32, value: &[u8]) -> bool {
         self.record("enqueue");
-        self.queue.borrow_mut().push(value.to_vec());
+        if queue == LEASE_QUEUE_ID {
+            self.lease_queue.borrow_mut().push(value.to_vec());
+        } else {
+            self.queue.borrow_mut().push(value.to_vec());
+        }
         true
     }
 

@@ -47,6 +47,8 @@ pub trait Host: VersionedStore {
     fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// A GET to the sidecar; the token names its answer (`None`: it could not be sent).
     fn dispatch_get(&self, call: &SidecarCall<'_>) -> Option<u32>;
+    /// A POST of a JSON `body` to the sidecar, as [`Host::dispatch_get`].
+    fn dispatch_post(&self, call: &SidecarCall<'_>, body: &[u8]) -> Option<u32>;
     /// The status of the sidecar answer being delivered.
     fn call_response_status(&self) -> Option<u16>;
     fn call_response_body(&self, size: usize) -> Option<Vec<u8>>;
@@ -70,6 +72,10 @@ pub struct Shared {
     /// Spreads requests over the deployments of one model name.
     pub pick: Cell<usize>,
     pub spend_queue: Option<u32>,
+    /// Fleet mode: the queue of slices due for renewal ([`crate::contract::LEASE_QUEUE`]).
+    pub lease_queue: Option<u32>,
+    /// Fleet mode: this Envoy process's id ([`crate::contract::ENVOY_ID_KEY`]).
+    pub envoy_id: Option<String>,
     /// Key records this worker has decoded.
     pub decoded: key_cache::Decoded,
     /// This instance's random id and its call counter: spend event ids
@@ -91,6 +97,8 @@ impl Shared {
             config: Rc::new(config),
             pick: Cell::new(0),
             spend_queue,
+            lease_queue: None,
+            envoy_id: None,
             decoded: key_cache::Decoded::default(),
             instance_id,
             calls: Cell::new(0),

@@ -4,7 +4,7 @@
 
 use super::{key_cache, send_error, Host, Shared, SidecarCall};
 use crate::admission::{self, Admitted, Caller};
-use crate::budgets::{self, BudgetTicket, Calendar};
+use crate::budgets::{self, Admission, Borrowed, BudgetTicket, Calendar, FleetCheck};
 use crate::contract::INVALIDATE_HEADER;
 use crate::contract::{self, CREDENTIAL_HEADERS};
 use crate::cost;
@@ -15,7 +15,7 @@ use crate::metrics::{Metric, Outcome, StatusClass};
 use crate::model_list;
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
-use crate::records::{CustomerLookup, KeyLookup, SpendEvent};
+use crate::records::{CustomerLookup, KeyLookup, LeaseAnswer, LeaseItem, LeaseRequest, SpendEvent};
 use crate::response_headers::{merge, oversized_response, success_headers};
 use crate::routes::{self, LlmRoute};
 use crate::usage::{BodyKind, Usage, UsageReader};
@@ -57,10 +57,32 @@ enum Phase {
         id: String,
         prepared: Box<Prepared<'static>>,
     },
+    /// Fleet mode: admission is prepared, but a budget has no valid slice; the sidecar is
+    /// asked to lend the `asked` scopes (pause-to-borrow, FLEET.md §4.7). Its answer (or its
+    /// absence) runs the admission once more.
+    AwaitLease {
+        token: u32,
+        sent_at: i64,
+        asked: Vec<String>,
+        prepared: Box<Prepared<'static>>,
+        customer: Option<CustomerLookup>,
+        /// The request's items while it may still be sent once more (a failed first attempt
+        /// is retried: the cluster's round robin picks another sidecar replica).
+        retry: Option<Vec<LeaseItem>>,
+    },
     /// Admitted and sent upstream: the response is followed to its end.
     Forwarded(Box<AdmittedCall>),
     /// A response was sent locally; nothing more to do.
     Done,
+}
+
+/// A borrow under way ([`Phase::AwaitLease`] without its token).
+struct LeaseWait {
+    sent_at: i64,
+    asked: Vec<String>,
+    prepared: Prepared<'static>,
+    customer: Option<CustomerLookup>,
+    retry: Option<Vec<LeaseItem>>,
 }
 
 struct PendingLookup {
@@ -99,6 +121,17 @@ impl Prepared<'_> {
             end_user: self.end_user,
         }
     }
+}
+
+/// What an admission attempt came to, short of a refusal.
+enum Admit<'a> {
+    Call(Box<AdmittedCall>),
+    /// Fleet mode: these budgets need a slice first; the prepared admission is given back.
+    Borrow {
+        prepared: Box<Prepared<'a>>,
+        customer: Option<CustomerLookup>,
+        items: Vec<LeaseItem>,
+    },
 }
 
 /// An admitted LLM call, followed to its end.
@@ -255,7 +288,10 @@ impl Flow {
         match self.phase {
             Phase::Pass => return Step::Continue,
             Phase::AwaitKey(_) | Phase::AwaitBody => {}
-            Phase::AwaitCustomer { .. } | Phase::Forwarded(_) | Phase::Done => return Step::Pause,
+            Phase::AwaitCustomer { .. }
+            | Phase::AwaitLease { .. }
+            | Phase::Forwarded(_)
+            | Phase::Done => return Step::Pause,
         }
         self.body_size = body_size;
         let limit = self.shared.config.max_request_body_bytes;
@@ -284,6 +320,24 @@ impl Flow {
                 id,
                 prepared,
             } if expected == token => self.on_customer_lookup(host, &id, *prepared, body_size),
+            Phase::AwaitLease {
+                token: expected,
+                sent_at,
+                asked,
+                prepared,
+                customer,
+                retry,
+            } if expected == token => self.on_lease_answer(
+                host,
+                LeaseWait {
+                    sent_at,
+                    asked,
+                    prepared: *prepared,
+                    customer,
+                    retry,
+                },
+                body_size,
+            ),
             other => {
                 self.phase = other;
                 Step::Pause
@@ -414,7 +468,119 @@ impl Flow {
         };
         key_cache::put_customer(host, &self.shared.decoded, id, &lookup);
         let now = host.now_micros();
-        self.finish_admission(host, prepared, Some(lookup), now)
+        self.finish_admission(host, prepared, Some(lookup), now, None)
+    }
+
+    /// The sidecar's answer to a borrow: grants applied, then the admission runs once more
+    /// (budgets still without a slice are refused, or follow `on_no_lease` when unanswered).
+    fn on_lease_answer(&mut self, host: &impl Host, wait: LeaseWait, body_size: usize) -> Step {
+        let status = host.call_response_status();
+        let answer = if status == Some(200) {
+            host.call_response_body(body_size)
+                .and_then(|b| serde_json::from_slice::<LeaseAnswer>(&b).ok())
+        } else {
+            None
+        };
+        let now = host.now_micros();
+        let LeaseWait {
+            sent_at,
+            asked,
+            prepared,
+            customer,
+            retry,
+        } = wait;
+        let answered = match answer {
+            Some(answer) => budgets::apply_lease_answer(host, &answer, &asked, sent_at, now),
+            None => {
+                host.log_warn(&format!(
+                    "tollgate: budget lease request failed (status {status:?})"
+                ));
+                if let Some(items) = retry {
+                    // A replica that died or restarted: ask once more before `on_no_lease`.
+                    if let Some(token) = self.send_lease_request(host, items, now) {
+                        self.phase = Phase::AwaitLease {
+                            token,
+                            sent_at: now,
+                            asked,
+                            prepared: Box::new(prepared),
+                            customer,
+                            retry: None,
+                        };
+                        return Step::Pause;
+                    }
+                }
+                Vec::new()
+            }
+        };
+        let borrowed = self.borrowed(answered);
+        self.finish_admission(host, prepared, customer, now, Some(&borrowed))
+    }
+
+    fn borrowed(&self, answered: Vec<(String, i64)>) -> Borrowed {
+        Borrowed {
+            answered,
+            policy: self
+                .shared
+                .config
+                .fleet
+                .as_ref()
+                .map(|f| f.on_no_lease)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Pauses to borrow slices of `items`' budgets (one lease request), keeping the prepared
+    /// admission. When the request cannot be sent, `on_no_lease` decides at once.
+    fn borrow(
+        &mut self,
+        host: &impl Host,
+        prepared: Prepared<'_>,
+        customer: Option<CustomerLookup>,
+        mut items: Vec<LeaseItem>,
+        now: i64,
+    ) -> Step {
+        items.sort_by(|a, b| a.scope.cmp(&b.scope));
+        items.dedup_by(|a, b| a.scope == b.scope);
+        let asked: Vec<String> = items.iter().map(|i| i.scope.clone()).collect();
+        let retry = items.clone();
+        let token = self.send_lease_request(host, items, now);
+        let Some(token) = token else {
+            let borrowed = self.borrowed(Vec::new());
+            return self.finish_admission(host, prepared, customer, now, Some(&borrowed));
+        };
+        self.phase = Phase::AwaitLease {
+            token,
+            sent_at: now,
+            asked,
+            prepared: Box::new(prepared.into_owned()),
+            customer,
+            retry: Some(retry),
+        };
+        Step::Pause
+    }
+
+    /// `None` when it cannot be sent (no Envoy id, no sequence number, no dispatch).
+    fn send_lease_request(&self, host: &impl Host, items: Vec<LeaseItem>, now: i64) -> Option<u32> {
+        let shared = &self.shared;
+        let envoy_id = shared.envoy_id.clone()?;
+        let seq = budgets::next_lease_seq(host, now)?;
+        let body = serde_json::to_vec(&LeaseRequest {
+            envoy_id,
+            seq,
+            items,
+        })
+        .ok()?;
+        let config = &shared.config;
+        host.dispatch_post(
+            &SidecarCall {
+                cluster: &config.sidecar_cluster,
+                authority: &config.sidecar_authority,
+                path: contract::LEASES_PATH,
+                authorization: &format!("Bearer {}", config.internal_token),
+                timeout: Duration::from_millis(config.sidecar_timeout_ms.max(100)),
+            },
+            &body,
+        )
     }
 
     /// Runs once the caller is known and the whole body is buffered.
@@ -444,7 +610,7 @@ impl Flow {
                                 None => return self.await_customer(host, prepared),
                             },
                         };
-                        self.finish_admission(host, prepared, customer, now)
+                        self.finish_admission(host, prepared, customer, now, None)
                     }
                 }
             }
@@ -509,46 +675,53 @@ impl Flow {
         }
     }
 
+    /// Admits (`borrowed`: after a borrow, with its outcome) and forwards, borrows, or refuses.
     fn finish_admission(
         &mut self,
         host: &impl Host,
         prepared: Prepared<'_>,
         customer: Option<CustomerLookup>,
         now: i64,
+        borrowed: Option<&Borrowed>,
     ) -> Step {
         let Some(caller) = self.caller.clone() else {
             return Step::Pause;
         };
-        match self.admit(host, &caller, prepared, customer, now) {
-            Ok(call) => {
-                self.phase = Phase::Forwarded(Box::new(call));
+        match self.admit(host, &caller, prepared, customer, now, borrowed) {
+            Ok(Admit::Call(call)) => {
+                self.phase = Phase::Forwarded(call);
                 Step::Continue
             }
+            // Borrowed once already: no second hop (the budgets' rule does not ask again).
+            Ok(Admit::Borrow { .. }) if borrowed.is_some() => {
+                self.refuse(host, &budgets::no_lease())
+            }
+            Ok(Admit::Borrow {
+                prepared,
+                customer,
+                items,
+            }) => self.borrow(host, *prepared, customer, items, now),
             Err(e) => self.refuse(host, &e),
         }
     }
 
     /// The customer's checks, budgets, then limits (LiteLLM's order); on success the request is
     /// rewritten for its deployment.
-    fn admit(
+    fn admit<'a>(
         &self,
         host: &impl Host,
         caller: &Caller,
-        prepared: Prepared<'_>,
+        prepared: Prepared<'a>,
         customer: Option<CustomerLookup>,
         now: i64,
-    ) -> Result<AdmittedCall, ApiError> {
+        borrowed: Option<&Borrowed>,
+    ) -> Result<Admit<'a>, ApiError> {
         let shared = &self.shared;
         let config = &shared.config;
-        let Prepared {
-            route,
-            body,
-            admitted,
-            provider_key,
-            end_user,
-        } = prepared;
-        let request = &admitted.request;
-        let deployment = &admitted.deployment;
+        let route = prepared.route;
+        let request = &prepared.admitted.request;
+        let deployment = &prepared.admitted.deployment;
+        let end_user = &prepared.end_user;
         let customer_record = match &customer {
             Some(CustomerLookup::Found { customer }) => {
                 admission::check_customer(config, customer, &request.model)?;
@@ -588,14 +761,33 @@ impl Flow {
                     output_cap.saturating_mul(request.n()),
                 )
             };
-        let budget = budgets::admit(
+        let fleet = config.fleet.as_ref().map(|f| FleetCheck {
+            ttl_micros: i64::try_from(f.lease_ttl_ms)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
+            after_borrow: borrowed,
+        });
+        let budget = match budgets::admit_in(
             host,
             &scopes,
             reservation,
             now,
             self.calendar(),
             config.budgets.exceeded_status_code,
-        )?;
+            fleet,
+        )? {
+            Admission::Admitted { ticket, renew } => {
+                self.enqueue_renewals(host, &renew);
+                ticket
+            }
+            Admission::Borrow(items) => {
+                return Ok(Admit::Borrow {
+                    prepared: Box::new(prepared),
+                    customer,
+                    items,
+                })
+            }
+        };
         let window = i64::try_from(config.rate_limit_window_seconds.max(1))
             .unwrap_or(60)
             .saturating_mul(1_000_000);
@@ -608,6 +800,15 @@ impl Flow {
                 }
             };
 
+        let Prepared {
+            body,
+            admitted,
+            provider_key,
+            end_user,
+            ..
+        } = prepared;
+        let request = &admitted.request;
+        let deployment = &admitted.deployment;
         let stream = request.stream && route != LlmRoute::Embeddings;
         let add_stream_usage = stream && !request.client_wants_stream_usage();
         let upstream_body = request.upstream_body_from(
@@ -633,7 +834,7 @@ impl Flow {
             ),
             Caller::Master => (None, None, None, None),
         };
-        Ok(AdmittedCall {
+        Ok(Admit::Call(Box::new(AdmittedCall {
             limits,
             budget,
             pricing: deployment.pricing.clone(),
@@ -664,9 +865,22 @@ impl Flow {
                 }
                 .to_string(),
                 start_time_micros: self.started_micros,
+                envoy_id: config.fleet.as_ref().and(shared.envoy_id.clone()),
                 ..Default::default()
             },
-        })
+        })))
+    }
+
+    /// Fleet mode: slices due for renewal go on the lease queue for the root tick.
+    fn enqueue_renewals(&self, host: &impl Host, renew: &[LeaseItem]) {
+        let Some(queue) = self.shared.lease_queue else {
+            return;
+        };
+        for item in renew {
+            if let Ok(bytes) = serde_json::to_vec(item) {
+                host.enqueue(queue, &bytes);
+            }
+        }
     }
 
     /// Points the request at its deployment: credentials, cluster, path, authority, body.

@@ -670,3 +670,430 @@ mod host_calls {
         );
     }
 }
+
+/// Fleet mode: budgets admitted against this Envoy's slices (FLEET.md §4.4–4.7).
+mod fleet {
+    use super::*;
+    use crate::flow::mock::LEASE_QUEUE_ID;
+    use crate::plugin_config::{FleetSettings, NoLeasePolicy};
+    use crate::records::{LeaseAnswer, LeaseGrant, LeaseItem, LeaseRequest};
+
+    const ENVOY: &str = "0123456789abcdef0123456789abcdef";
+    const USD: i64 = 1_000_000_000;
+
+    fn fleet_harness(policy: NoLeasePolicy) -> Harness {
+        let mut config = config();
+        config.fleet = Some(FleetSettings {
+            lease_ttl_ms: 10_000,
+            on_no_lease: policy,
+        });
+        let keys = ProviderKeys::of(&config.deployments);
+        let mut shared = Shared::new(config, Some(1), [7; 16]);
+        shared.lease_queue = Some(LEASE_QUEUE_ID);
+        shared.envoy_id = Some(ENVOY.into());
+        *shared.provider_keys.borrow_mut() = Some(Rc::new(keys));
+        let host = MockHost::default();
+        host.now.set(1_700_000_000_000_000);
+        crate::shared_store::ensure_lease(&host.store).unwrap();
+        Harness {
+            host,
+            shared: Rc::new(shared),
+        }
+        .with_key(&full_key())
+    }
+
+    fn key_scope_name() -> String {
+        format!("key:{}", hash_key(KEY))
+    }
+
+    /// The three budgets of `full_key`, in scope order.
+    fn scope_names() -> Vec<String> {
+        vec![
+            key_scope_name(),
+            "proxy:litellm-proxy-budget".to_string(),
+            "user:alice".to_string(),
+        ]
+    }
+
+    fn posted(h: &Harness) -> Vec<LeaseRequest> {
+        h.host
+            .posted
+            .borrow()
+            .iter()
+            .map(|(path, body)| {
+                assert_eq!(path, crate::contract::LEASES_PATH);
+                serde_json::from_slice(body).unwrap()
+            })
+            .collect()
+    }
+
+    fn answer_body(grant: i64, period: i64, spend: i64) -> String {
+        let items = scope_names()
+            .into_iter()
+            .map(|scope| LeaseGrant {
+                scope,
+                period,
+                grant,
+                ttl_ms: 10_000,
+                spend,
+                max_nanos: None,
+            })
+            .collect();
+        serde_json::to_string(&LeaseAnswer { items }).unwrap()
+    }
+
+    /// The sidecar answers the call with this token.
+    fn answer_token(h: &Harness, flow: &mut Flow, token: u32, status: u16, body: &str) -> Step {
+        *h.host.call_answer.borrow_mut() = Some((status, body.as_bytes().to_vec()));
+        flow.on_call_response(&h.host, token, body.len())
+    }
+
+    fn key_entry(h: &Harness) -> budgets::Counter {
+        let key = format!("{}{}", crate::contract::BUDGET_PREFIX, key_scope_name());
+        budgets::Counter::decode(&h.host.store.get(&key).unwrap().0)
+    }
+
+    /// A cold Envoy: one borrow for every limited budget, then admitted.
+    fn warm(h: &Harness, grant: i64) {
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+        assert_eq!(
+            h.answer(&mut flow, 200, &answer_body(grant, 0, 0)),
+            Step::Continue
+        );
+        h.respond_json(&mut flow, 200, ANSWER);
+    }
+
+    #[test]
+    fn cold_start_borrows_then_admits() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+        let requests = posted(&h);
+        assert_eq!(requests.len(), 1);
+        let request = &requests[0];
+        assert_eq!((request.envoy_id.as_str(), request.seq), (ENVOY, 1));
+        let scopes: Vec<&str> = request.items.iter().map(|i| i.scope.as_str()).collect();
+        assert_eq!(scopes, scope_names());
+        let reservation = request.items[0].want;
+        assert!(reservation > 0);
+        assert_eq!(
+            request.items[0],
+            LeaseItem {
+                scope: key_scope_name(),
+                level: "key".into(),
+                ids: vec![hash_key(KEY)],
+                period: 0,
+                used: 0,
+                held: 0,
+                want: reservation,
+                returning: false,
+                reservation: 0,
+            }
+        );
+        assert_eq!(request.items[1].ids, Vec::<String>::new());
+        // Not forwarded while borrowing.
+        assert_eq!(
+            h.host.request_header("authorization"),
+            Some(format!("Bearer {KEY}"))
+        );
+        h.host.clear_calls();
+        assert_eq!(
+            h.answer(&mut flow, 200, &answer_body(USD, 0, 0)),
+            Step::Continue
+        );
+        // The prepared admission goes on: the body is not read again.
+        assert_eq!(h.host.count_of("request_body"), 0);
+        assert_eq!(h.shared.pick.get(), 1);
+        assert_eq!(
+            h.host.request_header("authorization").as_deref(),
+            Some("Bearer provider-secret")
+        );
+        let c = key_entry(&h);
+        assert_eq!((c.grant, c.reserved), (USD, reservation));
+        assert_eq!(c.deadline, 1_700_000_000_000_000 + 10_000_000 - 500_000);
+        h.respond_json(&mut flow, 200, ANSWER);
+        let events = h.events();
+        assert_eq!(events[0].envoy_id.as_deref(), Some(ENVOY));
+        assert_eq!(events[0].spend_nanos, 20_000);
+        let c = key_entry(&h);
+        assert_eq!((c.spend, c.reserved), (20_000, 0));
+        // Fleet off: no envoy id on the event.
+        let h = Harness::new(config()).with_key(&full_key());
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        h.respond_json(&mut flow, 200, ANSWER);
+        assert_eq!(h.events()[0].envoy_id, None);
+    }
+
+    /// With a live slice a request makes no hop and the same host calls as with fleet mode off
+    /// (`host_calls::known_key_non_streamed_every_check_on`).
+    #[test]
+    fn live_slice_no_hop_same_host_calls_as_fleet_off() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        warm(&h, USD);
+        h.host.clear_calls();
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Continue));
+        assert_eq!(
+            h.host.posted.borrow().len(),
+            1,
+            "only the cold start's borrow"
+        );
+        assert_eq!(
+            host_calls_of(&h),
+            "now=2 replace_request_body=1 request_body=1 request_headers=1 \
+             set_request_header=5 shared_get=6 shared_set=5"
+        );
+        h.host.clear_calls();
+        h.respond_json(&mut flow, 200, ANSWER);
+        assert_eq!(
+            host_calls_of(&h),
+            "count=4 enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
+             shared_get=4 shared_set=4"
+        );
+        assert!(h.host.lease_queue.borrow().is_empty());
+    }
+
+    fn host_calls_of(h: &Harness) -> String {
+        let mut names: Vec<&str> = h.host.calls.borrow().clone();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .iter()
+            .map(|n| format!("{n}={}", h.host.count_of(n)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The borrow's cost, paid once per slice. The first request also creates its rate-limit
+    /// windows (under the creation lease), as with fleet mode off.
+    #[test]
+    fn cold_start_host_calls() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        // Three budget entries read and created (each under the creation lease), the lease
+        // sequence, the POST.
+        assert_eq!(
+            host_calls_of(&h),
+            "dispatch_post=1 now=2 request_body=1 request_headers=1 shared_get=17 shared_set=12"
+        );
+        h.host.clear_calls();
+        h.answer(&mut flow, 200, &answer_body(USD, 0, 0));
+        // Three grants applied, then the admission as usual.
+        assert_eq!(
+            host_calls_of(&h),
+            "call_response_body=1 call_response_status=1 now=1 replace_request_body=1 \
+             set_request_header=5 shared_get=14 shared_set=12"
+        );
+    }
+
+    #[test]
+    fn exhausted_slice_borrows_and_is_refused_when_nothing_is_lent() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        // A slice of one request's reservation.
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        let want = posted(&h)[0].items[0].want;
+        assert_eq!(
+            h.answer(&mut flow, 200, &answer_body(want, 0, 0)),
+            Step::Continue
+        );
+        // In flight, the slice is used up: the next request borrows.
+        let mut second = h.flow();
+        assert_eq!(h.send(&mut second, CHAT, &[]), (Step::Pause, Step::Pause));
+        let requests = posted(&h);
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[1].seq, 2);
+        assert_eq!(
+            (requests[1].items[0].used, requests[1].items[0].held),
+            (want, want)
+        );
+        // Nothing more lent: LiteLLM's budget error, with the fleet's spend.
+        let step = h.answer(&mut second, 200, &answer_body(want, 0, 9 * USD));
+        assert_eq!((step, h.reply_status()), (Step::Pause, Some(422)));
+        let reply = h.host.reply.borrow().clone().unwrap();
+        let body = String::from_utf8_lossy(&reply.body).to_string();
+        assert!(body.contains("budget_exceeded"), "{body}");
+        assert!(body.contains("Max budget: 10.0"), "{body}");
+        // The first call still settles its own reservation.
+        h.respond_json(&mut flow, 200, ANSWER);
+        assert_eq!(key_entry(&h).reserved, 0);
+    }
+
+    #[test]
+    fn sidecar_down_denies_or_falls_back_to_local() {
+        for (status, dispatch_fails) in [(500, false), (200, false), (0, true)] {
+            let h = fleet_harness(NoLeasePolicy::Deny);
+            h.host.dispatch_fails.set(dispatch_fails);
+            let mut flow = h.flow();
+            let (_, on_body) = h.send(&mut flow, CHAT, &[]);
+            if !dispatch_fails {
+                assert_eq!(on_body, Step::Pause);
+                // 200 with a body that is not a lease answer counts as no answer; a failed
+                // borrow is sent once more (another replica), then `on_no_lease` decides.
+                assert_eq!(h.answer(&mut flow, status, "not json"), Step::Pause);
+                assert_eq!(posted(&h).len(), 2, "retried once");
+                assert_eq!(h.reply_status(), None);
+                h.answer(&mut flow, status, "not json");
+                assert_eq!(posted(&h).len(), 2, "not a third time");
+            }
+            assert_eq!(h.reply_status(), Some(503), "{status}");
+            let reply = h.host.reply.borrow().clone().unwrap();
+            assert!(String::from_utf8_lossy(&reply.body).contains("budget lease"));
+            assert_eq!(key_entry(&h).reserved, 0);
+
+            let h = fleet_harness(NoLeasePolicy::Local);
+            h.host.dispatch_fails.set(dispatch_fails);
+            let mut flow = h.flow();
+            let (_, on_body) = h.send(&mut flow, CHAT, &[]);
+            if !dispatch_fails {
+                assert_eq!(h.answer(&mut flow, status, "not json"), Step::Pause);
+                assert_eq!(h.answer(&mut flow, status, "not json"), Step::Continue);
+            } else {
+                assert_eq!(on_body, Step::Continue);
+            }
+            assert_eq!(h.reply_status(), None);
+            assert!(
+                key_entry(&h).reserved > 0,
+                "reserved against the whole budget"
+            );
+        }
+    }
+
+    #[test]
+    fn expired_slice_borrows() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        warm(&h, USD);
+        let deadline = key_entry(&h).deadline;
+        h.host.now.set(deadline - 1);
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]).1, Step::Continue);
+        h.respond_json(&mut flow, 200, ANSWER);
+        h.host.now.set(deadline);
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+        let requests = posted(&h);
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[1].items[0].held, USD);
+        assert_eq!(
+            h.answer(&mut flow, 200, &answer_body(2 * USD, 0, 0)),
+            Step::Continue
+        );
+        let c = key_entry(&h);
+        assert_eq!(
+            (c.grant, c.deadline),
+            (2 * USD, deadline + 10_000_000 - 500_000)
+        );
+    }
+
+    #[test]
+    fn due_renewal_is_enqueued_once_a_second_per_scope() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        // A slice of three reservations.
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        let want = posted(&h)[0].items[0].want;
+        assert_eq!(
+            h.answer(&mut flow, 200, &answer_body(3 * want, 0, 0)),
+            Step::Continue
+        );
+        assert!(h.host.lease_queue.borrow().is_empty());
+        // With three in flight less than one reservation is left: every budget is due, once.
+        let mut flows = Vec::new();
+        for _ in 0..2 {
+            let mut f = h.flow();
+            assert_eq!(h.send(&mut f, CHAT, &[]).1, Step::Continue);
+            flows.push(f);
+        }
+        let queued: Vec<LeaseItem> = h
+            .host
+            .lease_queue
+            .borrow()
+            .iter()
+            .map(|b| serde_json::from_slice(b).unwrap())
+            .collect();
+        assert_eq!(
+            queued.iter().map(|i| i.scope.clone()).collect::<Vec<_>>(),
+            [
+                key_scope_name(),
+                "user:alice".into(),
+                "proxy:litellm-proxy-budget".into()
+            ]
+        );
+        assert_eq!(queued[0].want, want);
+        // Settled and admitted again within the second: still low, not enqueued again.
+        for mut f in flows {
+            h.respond_json(&mut f, 200, ANSWER);
+        }
+        h.host.now.set(h.host.now.get() + 999_999);
+        let mut f = h.flow();
+        assert_eq!(h.send(&mut f, CHAT, &[]).1, Step::Continue);
+        h.respond_json(&mut f, 200, ANSWER);
+        assert_eq!(h.host.lease_queue.borrow().len(), 3);
+        // A second after the ask: due again.
+        h.host.now.set(h.host.now.get() + 1);
+        let mut f = h.flow();
+        assert_eq!(h.send(&mut f, CHAT, &[]).1, Step::Continue);
+        assert_eq!(h.host.lease_queue.borrow().len(), 6);
+        // The tick's report: one item per scope, sorted, with the entries' figures.
+        let now = h.host.now.get();
+        let report =
+            budgets::renewal_request(&h.host.store, &h.host.lease_queue.borrow(), ENVOY, now)
+                .unwrap();
+        assert_eq!(report.items.len(), 3);
+        assert_eq!(report.items[0].scope, key_scope_name());
+        assert_eq!(report.items[0].held, 3 * want);
+        assert_eq!(report.items[0].used, key_entry(&h).used());
+        assert_eq!(report.seq, 2, "after the borrow's");
+    }
+
+    #[test]
+    fn answers_out_of_order_are_applied_with_max() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let mut first = h.flow();
+        h.send(&mut first, CHAT, &[]);
+        h.host.now.set(h.host.now.get() + 100);
+        let mut second = h.flow();
+        h.send(&mut second, CHAT, &[]);
+        assert_eq!(posted(&h).len(), 2);
+        // The later request's answer (more) arrives first.
+        assert_eq!(
+            answer_token(&h, &mut second, 2, 200, &answer_body(2 * USD, 0, 0)),
+            Step::Continue
+        );
+        assert_eq!(
+            answer_token(&h, &mut first, 1, 200, &answer_body(USD, 0, 0)),
+            Step::Continue
+        );
+        let c = key_entry(&h);
+        assert_eq!(c.grant, 2 * USD);
+        assert_eq!(c.deadline, 1_700_000_000_000_100 + 10_000_000 - 500_000);
+    }
+
+    #[test]
+    fn an_answer_for_another_period_is_ignored() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        // The budgets have no period (0); a grant for period 5 does not count.
+        h.answer(&mut flow, 200, &answer_body(USD, 5, 0));
+        assert_eq!(h.reply_status(), Some(503));
+        assert_eq!(key_entry(&h).grant, 0);
+    }
+
+    #[test]
+    fn a_late_answer_to_a_finished_request_is_not_applied_to_it() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        // A token that is not the one awaited changes nothing.
+        assert_eq!(
+            answer_token(&h, &mut flow, 99, 200, &answer_body(USD, 0, 0)),
+            Step::Pause
+        );
+        assert_eq!(key_entry(&h).grant, 0);
+        assert_eq!(h.reply_status(), None);
+    }
+}

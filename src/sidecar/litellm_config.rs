@@ -143,7 +143,24 @@ pub struct GeneralSettings {
     pub max_response_size_mb: Option<f64>,
     /// What team admins may change on `/team/update` (LiteLLM's allow-list; unset: nothing).
     pub team_admin_editable_team_fields: Option<Vec<String>>,
+    /// Tollgate's own: fleet mode (budgets shared by several Envoys through leases). Present,
+    /// even empty (`{}`), it is on.
+    pub tollgate_fleet: Option<FleetConfig>,
 }
+
+/// `general_settings.tollgate_fleet`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// How long a leased slice is valid, 2..=300 s (default 10).
+    pub lease_ttl_seconds: Option<u64>,
+    /// `deny` (default) or `local`.
+    pub on_no_lease: Option<String>,
+}
+
+/// Lease TTLs accepted, seconds: at least two renewal ticks, at most five minutes of a dead
+/// Envoy's slice held back.
+pub const FLEET_TTL_SECONDS: std::ops::RangeInclusive<u64> = 2..=300;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct LitellmSettings {
@@ -394,6 +411,24 @@ fn check_settings(config: &LiteLlmConfig) -> Result<()> {
             ));
         }
     }
+    if let Some(f) = &config.general_settings.tollgate_fleet {
+        if let Some(ttl) = f.lease_ttl_seconds {
+            if !FLEET_TTL_SECONDS.contains(&ttl) {
+                return Err(anyhow!(
+                    "invalid config: general_settings.tollgate_fleet.lease_ttl_seconds: {ttl} must be between {} and {} seconds",
+                    FLEET_TTL_SECONDS.start(),
+                    FLEET_TTL_SECONDS.end()
+                ));
+            }
+        }
+        if let Some(p) = &f.on_no_lease {
+            if !matches!(p.as_str(), "deny" | "local") {
+                return Err(anyhow!(
+                    "invalid config: general_settings.tollgate_fleet.on_no_lease: `{p}` must be one of deny, local"
+                ));
+            }
+        }
+    }
     if let Some(t) = &config.general_settings.token_rate_limit_type {
         if !matches!(t.as_str(), "input" | "output" | "total") {
             return Err(anyhow!(
@@ -624,6 +659,26 @@ litellm_settings:
             (
                 "general_settings: {token_rate_limit_type: tokens}\n",
                 "general_settings.token_rate_limit_type",
+            ),
+            (
+                "general_settings: {tollgate_fleet: {lease_ttl_seconds: 1}}\n",
+                "general_settings.tollgate_fleet.lease_ttl_seconds",
+            ),
+            (
+                "general_settings: {tollgate_fleet: {lease_ttl_seconds: 301}}\n",
+                "general_settings.tollgate_fleet.lease_ttl_seconds",
+            ),
+            (
+                "general_settings: {tollgate_fleet: {on_no_lease: allow}}\n",
+                "general_settings.tollgate_fleet.on_no_lease",
+            ),
+            (
+                "general_settings: {tollgate_fleet: {lease_ttl: 10}}\n",
+                "lease_ttl",
+            ),
+            (
+                "general_settings: {tollgate_fleet: {lease_ttl_seconds: ten}}\n",
+                "lease_ttl_seconds",
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();

@@ -5,7 +5,8 @@ use super::cost_map::{CostMap, COST_MAP_LITELLM_VERSION};
 use super::litellm_config::{LiteLlmConfig, ModelEntry};
 use crate::key_format::hash_key;
 use crate::plugin_config::{
-    BudgetSettings, Deployment, PluginConfig, Pricing, PLUGIN_CONFIG_VERSION,
+    BudgetSettings, Deployment, FleetSettings, NoLeasePolicy, PluginConfig, Pricing,
+    PLUGIN_CONFIG_VERSION,
 };
 use crate::provider_keys::without_provider_keys;
 use crate::rate_limits::TokenCountType;
@@ -537,10 +538,25 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             .litellm_settings
             .block_requests_for_models_without_pricing
             .unwrap_or(false),
-        // Fleet mode is not offered yet (its settings come with the lease endpoint).
-        fleet: None,
+        fleet: fleet_settings(config),
     };
     Ok(Rendered { plugin, upstreams })
+}
+
+/// `general_settings.tollgate_fleet` (values checked by the loader): present turns fleet mode
+/// on.
+fn fleet_settings(config: &LiteLlmConfig) -> Option<FleetSettings> {
+    let f = config.general_settings.tollgate_fleet.as_ref()?;
+    let defaults = FleetSettings::default();
+    Some(FleetSettings {
+        lease_ttl_ms: f
+            .lease_ttl_seconds
+            .map_or(defaults.lease_ttl_ms, |s| s.saturating_mul(1000)),
+        on_no_lease: match f.on_no_lease.as_deref() {
+            Some("local") => NoLeasePolicy::Local,
+            _ => NoLeasePolicy::Deny,
+        },
+    })
 }
 
 fn socket(address: &str, port: u16) -> Value {
@@ -898,6 +914,31 @@ mod tests {
         let text = boot.to_string();
         assert!(text.contains("allow_on_headers_stop_iteration"));
         assert!(text.contains(&d.cluster));
+    }
+
+    /// `general_settings.tollgate_fleet` turns fleet mode on, with its defaults or values;
+    /// without it the plugin config has no fleet settings.
+    #[test]
+    fn fleet_settings_come_from_general_settings() {
+        let fleet = |text: &str| {
+            let loaded = parse(text).unwrap();
+            plugin_config(&loaded.config, &RenderOptions::default())
+                .unwrap()
+                .plugin
+                .fleet
+        };
+        assert_eq!(fleet("model_list: []\n"), None);
+        assert_eq!(
+            fleet("general_settings: {tollgate_fleet: {}}\n"),
+            Some(FleetSettings::default())
+        );
+        assert_eq!(
+            fleet("general_settings:\n  tollgate_fleet: {lease_ttl_seconds: 30, on_no_lease: local}\n"),
+            Some(FleetSettings {
+                lease_ttl_ms: 30_000,
+                on_no_lease: NoLeasePolicy::Local,
+            })
+        );
     }
 
     /// Issue 13 §1: a deployment without explicit prices is priced from LiteLLM's cost map.

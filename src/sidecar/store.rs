@@ -27,6 +27,7 @@ mod budgets;
 pub mod changes;
 mod end_users;
 mod keys;
+pub mod leases;
 mod metrics_snapshot;
 mod orgs;
 mod proxy;
@@ -389,6 +390,7 @@ impl Store {
         conn.execute_batch(teams::SCHEMA)?;
         conn.execute_batch(orgs::SCHEMA)?;
         conn.execute_batch(changes::SCHEMA)?;
+        conn.execute_batch(leases::SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Store::with_backend(Backend::Sqlite(Mutex::new(conn))))
     }

@@ -18,6 +18,7 @@
 //! `Drop`, or when the test process dies) stops them, and `tollgate up` then kills its Envoy.
 #![allow(dead_code)]
 
+pub mod fleet;
 pub mod istio;
 pub mod postgres;
 pub mod split;

@@ -16,6 +16,7 @@
 //! | `GET`    | `/v1/models`           | `list` of a few `model` objects              |
 //! | `GET`    | `/fake/requests`       | the recorded requests (see below)            |
 //! | `DELETE` | `/fake/requests`       | clears the recorded requests, answers `204`  |
+//! | `GET`    | `/fake/stats`          | `{"requests": N}`: API requests received     |
 //!
 //! Anything else answers `404` with an OpenAI error body
 //! (`Invalid URL (METHOD /path)`).
@@ -187,14 +188,19 @@ pub fn router(opts: &FakeLlmOptions) -> Router {
         expected_authorization: opts.require_api_key.as_ref().map(|k| format!("Bearer {k}")),
         next_id: AtomicU64::new(1),
         recorded: Mutex::new(VecDeque::with_capacity(RECORDED_REQUESTS)),
+        received: AtomicU64::new(0),
     });
     Router::new()
         .route("/fake/requests", get(list_recorded).delete(clear_recorded))
+        .route("/fake/stats", get(stats))
         .fallback(api)
         .with_state(shared)
 }
 
 struct Shared {
+    /// API requests received, whatever became of their answer: what a provider would bill,
+    /// counted even when the client's connection died (the fleet tests kill Envoys).
+    received: AtomicU64,
     delay_ms: u64,
     expected_authorization: Option<String>,
     next_id: AtomicU64,
@@ -212,6 +218,7 @@ impl Shared {
     }
 
     fn record(&self, method: &Method, path: &str, headers: &HeaderMap, body: &Bytes) {
+        self.received.fetch_add(1, Ordering::Relaxed);
         let body = if body.len() <= MAX_RECORDED_BODY_BYTES {
             RecordedBody::Bytes(body.clone())
         } else {
@@ -279,6 +286,10 @@ async fn list_recorded(State(shared): State<Arc<Shared>>) -> Response {
     let snapshot: Vec<Recorded> = shared.ring().iter().cloned().collect();
     let list: Vec<Value> = snapshot.iter().map(Recorded::to_json).collect();
     Json(Value::Array(list)).into_response()
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    Json(serde_json::json!({"requests": shared.received.load(Ordering::Relaxed)})).into_response()
 }
 
 async fn clear_recorded(State(shared): State<Arc<Shared>>) -> StatusCode {
@@ -1476,9 +1487,13 @@ mod tests {
         let ok = [("authorization", "Bearer sk-upstream")];
         let reply = post(addr, "/v1/chat/completions", &ok, body).await;
         assert_eq!(reply.status, 200);
-        // Introspection needs no key.
+        // Introspection needs no key, and is not counted.
         let reply = send(addr, "GET", "/fake/requests", &[], "").await;
         assert_eq!(reply.status, 200);
+        let stats = send(addr, "GET", "/fake/stats", &[], "").await;
+        assert_eq!(stats.status, 200);
+        let received = stats.json()["requests"].as_u64().unwrap();
+        assert_eq!(received, 6, "every API request counts, refused or served");
     }
 
     #[tokio::test]

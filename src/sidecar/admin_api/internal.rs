@@ -8,10 +8,11 @@ use crate::duration::parse_iso8601_utc;
 use crate::errors::ApiError;
 use crate::provider_keys::ProviderKeys;
 use crate::records::{
-    BudgetState, Changes, CustomerLookup, CustomerRecord, KeyLookup, KeyRecord, ModelBudget,
-    SpendBatch,
+    BudgetState, Changes, CustomerLookup, CustomerRecord, KeyLookup, KeyRecord, LeaseRequest,
+    ModelBudget, SpendBatch,
 };
 use crate::sidecar::metrics::StoreOp;
+use crate::sidecar::store::leases::LeaseSettings;
 use crate::sidecar::store::{nanos_to_usd, BudgetRow, EndUserRow, KeyRow, Tx, UserRow};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -378,6 +379,47 @@ pub async fn internal_spend(
     Ok(Json(applied).into_response())
 }
 
+/// `POST /tollgate/internal/v1/leases` (fleet mode): one Envoy's cumulative report on the
+/// budgets it uses → a grant per item, in the request's order, made in one store transaction
+/// (`Tx::lease`). A malformed item (unknown level, wrong number of ids, a scope that is not
+/// the name of its level and ids) refuses the whole call with 400.
+pub async fn internal_leases(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> AdminResult {
+    internal_only(&state, &headers)?;
+    let req: LeaseRequest = serde_json::from_slice(&body).map_err(|e| {
+        AdminError::Api(ApiError::bad_request(format!("Invalid lease request: {e}")))
+    })?;
+    if req.envoy_id.is_empty() {
+        return Err(AdminError::Api(ApiError::bad_request(
+            "Invalid lease request: envoy_id is empty",
+        )));
+    }
+    if let Some(why) = req
+        .items
+        .iter()
+        .find_map(crate::sidecar::store::leases::item_error)
+    {
+        return Err(AdminError::Api(ApiError::bad_request(format!(
+            "Invalid lease request: {why}"
+        ))));
+    }
+    let settings = state.settings();
+    let lease_settings = LeaseSettings {
+        ttl_ms: settings
+            .plugin
+            .fleet
+            .clone()
+            .unwrap_or_default()
+            .lease_ttl_ms,
+        proxy_max_budget: settings.budgets.proxy_max_budget,
+    };
+    let answer = state.store.lease(&req, lease_settings, now_micros())?;
+    Ok(Json(answer).into_response())
+}
+
 /// `GET /tollgate/internal/v1/proxy`: the proxy budget's state (the filter seeds its counter).
 pub async fn internal_proxy(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
     internal_only(&state, &headers)?;
@@ -402,6 +444,7 @@ pub fn routes(spend_limit: usize) -> axum::Router<Shared> {
             crate::contract::SPEND_PATH,
             post(internal_spend).layer(axum::extract::DefaultBodyLimit::max(spend_limit)),
         )
+        .route(crate::contract::LEASES_PATH, post(internal_leases))
         .route("/tollgate/internal/v1/proxy", get(internal_proxy))
         .route(
             crate::contract::PROVIDER_KEYS_PATH,

@@ -176,6 +176,8 @@ CREATE TABLE organization_memberships (
 );
 CREATE INDEX organization_memberships_user ON organization_memberships(user_id);
 ",
+    // 3: fleet mode's lease rows.
+    super::leases::PG_MIGRATION,
 ];
 
 /// With its causes: "error performing TLS handshake" alone does not say the certificate was

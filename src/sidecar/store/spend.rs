@@ -76,6 +76,8 @@ impl Store {
         let mut teams: HashMap<&str, i64> = HashMap::new();
         let mut members: HashMap<(&str, &str), i64> = HashMap::new();
         let mut proxy: i64 = 0;
+        // Fleet mode: (envoy, level, ids) → spend its events bring to its leases.
+        let mut lease_charges: BTreeMap<(&str, &'static str, Vec<&str>), i64> = BTreeMap::new();
         let mut event_ids = Vec::with_capacity(batch.events.len());
         let mut rows = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
@@ -171,6 +173,12 @@ impl Store {
                         *v = v.saturating_add(nanos);
                     }
                 }
+                if let Some(envoy) = e.envoy_id.as_deref().filter(|x| !x.is_empty()) {
+                    for (level, ids) in charged_budgets(e) {
+                        let v = lease_charges.entry((envoy, level, ids)).or_default();
+                        *v = v.saturating_add(nanos);
+                    }
+                }
             }
             if out.applied == 0 {
                 return Ok(());
@@ -178,6 +186,8 @@ impl Store {
             // An event charges its organization: its key's own, else its team's (LiteLLM's
             // `org_id or team.organization_id`).
             let mut orgs: HashMap<String, i64> = HashMap::new();
+            // Fleet mode: (envoy, organization) → spend applied to that Envoy's lease.
+            let mut org_leases: BTreeMap<(String, String), i64> = BTreeMap::new();
             {
                 let mut key_org: HashMap<&str, Option<String>> = HashMap::new();
                 let mut team_org: HashMap<&str, Option<String>> = HashMap::new();
@@ -203,6 +213,12 @@ impl Store {
                         }
                     }
                     if let Some(org) = org {
+                        if let Some(envoy) = e.envoy_id.as_deref().filter(|x| !x.is_empty()) {
+                            let v = org_leases
+                                .entry((envoy.to_string(), org.clone()))
+                                .or_default();
+                            *v = v.saturating_add(e.spend_nanos.max(0));
+                        }
                         let v = orgs.entry(org).or_default();
                         *v = v.saturating_add(e.spend_nanos.max(0));
                     }
@@ -276,6 +292,12 @@ impl Store {
                 row.spend_nanos = row.spend_nanos.saturating_add(proxy);
                 put_proxy(tx, &row)?;
             }
+            t.apply_lease_charges(&lease_charges)?;
+            let org_charges: BTreeMap<(&str, &'static str, Vec<&str>), i64> = org_leases
+                .iter()
+                .map(|((envoy, org), n)| ((envoy.as_str(), "organization", vec![org.as_str()]), *n))
+                .collect();
+            t.apply_lease_charges(&org_charges)?;
             Ok(())
         })?;
         Ok((out, applied_events))
@@ -322,6 +344,32 @@ impl Store {
         }
         self.read(|db| db.rows(&sql, &args)?.iter().map(spend_event).collect())
     }
+}
+
+/// The budgets an event is charged to, as (level, ids) of their lease scopes (the key's
+/// `model_max_budget` entry is found when the leases are charged).
+fn charged_budgets(e: &SpendEvent) -> Vec<(&'static str, Vec<&str>)> {
+    fn some(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|x| !x.is_empty())
+    }
+    let mut out = vec![("proxy", Vec::new())];
+    if let Some(k) = some(&e.api_key) {
+        out.push(("key", vec![k]));
+        out.push(("key_model", vec![k, e.model.as_str()]));
+    }
+    if let Some(u) = some(&e.user_id) {
+        out.push(("user", vec![u]));
+    }
+    if let Some(c) = some(&e.end_user) {
+        out.push(("end_user", vec![c]));
+    }
+    if let Some(t) = some(&e.team_id) {
+        out.push(("team", vec![t]));
+        if let Some(u) = some(&e.user_id) {
+            out.push(("team_member", vec![t, u]));
+        }
+    }
+    out
 }
 
 fn spend_event(r: &Row) -> Result<SpendEvent> {

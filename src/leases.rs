@@ -1,0 +1,598 @@
+//! Fleet mode's lease arithmetic for dollar budgets (FLEET.md §4.1, §4.5, §4.6): how much of a
+//! budget each Envoy holds, and how much more it may be lent. Plain functions over plain
+//! numbers (nano-dollars, µs); the sidecar locks and stores, this decides.
+//!
+//! Invariant I1: for a budget with limit `M` and settled spend `S` in one period,
+//! `S + Σ claim ≤ M` over every Envoy's lease, and no grant ever breaks it. A grant may only
+//! use what [`avail`] leaves; an Envoy admits a request while its use is below its grant and
+//! reserves the request's whole estimate, so it passes its grant by less than one request, and
+//! the fleet passes `M` by less than one request per Envoy.
+
+/// How long an expired lease still counts its reported but unapplied use: an Envoy that was
+/// only cut off from the sidecars may deliver those events late, and that spend must not be
+/// lent to another Envoy meanwhile.
+pub const EXPIRY_GRACE_MICROS: i64 = 60_000_000;
+
+/// `L_cap`'s share of the limit: no single grant adds more than `max(ĉ, 2 % of M)`, which
+/// bounds what a dead Envoy or an admin decrease can leave lent out.
+pub const CAP_PERCENT: i64 = 2;
+
+/// One Envoy's lease on one budget in one period, as the sidecar keeps it. Amounts are
+/// cumulative for the period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// What the sidecar has lent this Envoy in total.
+    pub grant: i64,
+    /// The grant the Envoy said it enforces, in its last report.
+    pub held: i64,
+    /// Settled spend plus reservations in flight, in its last report.
+    pub used: i64,
+    /// The part of its spend already applied to the budget's settled spend (from its events).
+    pub applied: i64,
+    /// What it asked for beyond `used` in its last report.
+    pub want: i64,
+    /// Its last report's sequence number.
+    pub seq: u64,
+    /// When the lease lapses unless renewed (µs, the sidecar's clock).
+    pub expires_at: i64,
+}
+
+impl Lease {
+    pub fn live(&self, now: i64) -> bool {
+        now < self.expires_at
+    }
+
+    /// What this lease keeps from the budget: while live, everything it may spend that is not
+    /// applied yet (`max(held, grant, used) − applied`: a lowered grant counts only once a
+    /// report shows the Envoy enforcing it); for [`EXPIRY_GRACE_MICROS`] after expiry, its
+    /// reported use not applied yet; then nothing.
+    pub fn claim(&self, now: i64) -> i64 {
+        if self.live(now) {
+            self.held
+                .max(self.grant)
+                .max(self.used)
+                .saturating_sub(self.applied)
+                .max(0)
+        } else if now < self.expires_at.saturating_add(EXPIRY_GRACE_MICROS) {
+            self.used.saturating_sub(self.applied).max(0)
+        } else {
+            0
+        }
+    }
+}
+
+/// The other Envoys' leases on a budget, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Others {
+    /// Σ [`Lease::claim`].
+    pub claims: i64,
+    /// Σ `want` of the live ones (the demand the sizing shares among).
+    pub wants: i64,
+}
+
+impl Others {
+    pub fn of<'a>(leases: impl IntoIterator<Item = &'a Lease>, now: i64) -> Others {
+        leases.into_iter().fold(Others::default(), |acc, l| Others {
+            claims: acc.claims.saturating_add(l.claim(now)),
+            wants: if l.live(now) {
+                acc.wants.saturating_add(l.want.max(0))
+            } else {
+                acc.wants
+            },
+        })
+    }
+}
+
+/// What is left to lend to an Envoy: `M − S − others' claims − its own unapplied use`.
+/// Negative after an admin decrease below what is already spent and lent.
+pub fn avail(max: i64, spend: i64, others: i64, used: i64, applied: i64) -> i64 {
+    max.saturating_sub(spend)
+        .saturating_sub(others)
+        .saturating_sub(used.saturating_sub(applied).max(0))
+}
+
+/// One Envoy's report on one budget (a `LeaseItem`, already in the budget's current period:
+/// an item from another period reports `used`/`held` 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Report {
+    pub seq: u64,
+    pub used: i64,
+    pub held: i64,
+    pub want: i64,
+    /// `ĉ`: its largest recent reservation; 0 = not said, then `want` stands for it.
+    pub reservation: i64,
+    pub returning: bool,
+}
+
+/// The answer to a report, and the lease to store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// A stale or repeated report (`seq` not above the lease's): the current grant, nothing
+    /// stored.
+    Stale { grant: i64 },
+    /// The new lease (its `grant` is the answer).
+    Renewed(Lease),
+}
+
+impl Renewal {
+    pub fn grant(&self) -> i64 {
+        match self {
+            Renewal::Stale { grant } => *grant,
+            Renewal::Renewed(l) => l.grant,
+        }
+    }
+}
+
+/// How much more to lend (§4.6): `want`, capped by `L_cap = max(ĉ, 2 % of M)` and by the
+/// Envoy's share of what is left: half of `avail` split by demand (`want / Σ wants`), so
+/// half of what is left always stays unlent and slices shrink toward the end; but while
+/// anything is left, one request's worth (`min(ĉ, avail)`) is always given. Never above
+/// `avail`, never negative.
+pub fn size(max: i64, avail: i64, want: i64, reservation: i64, all_wants: i64) -> i64 {
+    if avail <= 0 || want <= 0 {
+        return 0;
+    }
+    let one_request = if reservation > 0 {
+        reservation.min(want)
+    } else {
+        want
+    };
+    let cap = one_request.max(max.max(0) / 100 * CAP_PERCENT);
+    let demand = all_wants.max(want);
+    // avail · want / (2 · W), in i128: nano-dollar products overflow i64.
+    let share = (i128::from(avail) * i128::from(want) / (2 * i128::from(demand))) as i64;
+    let floor = one_request.min(avail);
+    want.min(cap).min(floor.max(share)).min(avail).max(0)
+}
+
+/// Renews one Envoy's lease on a budget with limit `max` and settled spend `spend`, given the
+/// other Envoys' leases, its current lease (`None`: none in this period) and its report.
+///
+/// - A report whose `seq` is not above the lease's is stale: the current grant, unchanged.
+/// - `returning`: the grant drops to what it used (the Envoy lowered its own entry first).
+/// - Otherwise the grant is `used + size(..)`, but never below `used` nor below the grant of a
+///   lease still live (grants only grow within a period, so the filter may apply answers with
+///   `max`). An expired lease's grant is void on both sides (the Envoy's deadline passes
+///   before the sidecar's expiry), so a renewal after expiry starts again from `used`.
+/// - `expires_at = max(old, now + ttl)`.
+pub fn renew(
+    max: i64,
+    spend: i64,
+    others: Others,
+    current: Option<&Lease>,
+    report: &Report,
+    now: i64,
+    ttl_micros: i64,
+) -> Renewal {
+    let old = current.copied().unwrap_or_default();
+    if current.is_some() && report.seq <= old.seq {
+        return Renewal::Stale { grant: old.grant };
+    }
+    let used = report.used.max(old.used).max(0);
+    let want = report.want.max(0);
+    let live_grant = if old.live(now) { old.grant } else { 0 };
+    let grant = if report.returning {
+        used
+    } else {
+        let room = avail(max, spend, others.claims, used, old.applied);
+        let add = size(
+            max,
+            room,
+            want,
+            report.reservation,
+            others.wants.saturating_add(want),
+        );
+        used.saturating_add(add).max(live_grant)
+    };
+    Renewal::Renewed(Lease {
+        grant,
+        held: report.held.max(0),
+        used,
+        applied: old.applied,
+        want: if report.returning { 0 } else { want },
+        seq: report.seq,
+        expires_at: old.expires_at.max(now.saturating_add(ttl_micros)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000_000;
+    const TTL: i64 = 10_000_000;
+
+    fn lease(grant: i64, held: i64, used: i64, applied: i64) -> Lease {
+        Lease {
+            grant,
+            held,
+            used,
+            applied,
+            want: 10,
+            seq: 1,
+            expires_at: NOW + TTL,
+        }
+    }
+
+    fn report(seq: u64, used: i64, held: i64, want: i64) -> Report {
+        Report {
+            seq,
+            used,
+            held,
+            want,
+            reservation: 0,
+            returning: false,
+        }
+    }
+
+    #[test]
+    fn a_live_claim_is_the_largest_of_held_grant_and_used_less_applied() {
+        assert_eq!(lease(50, 30, 20, 5).claim(NOW), 45);
+        assert_eq!(lease(30, 50, 20, 5).claim(NOW), 45);
+        assert_eq!(lease(30, 20, 60, 5).claim(NOW), 55);
+        assert_eq!(lease(30, 20, 10, 40).claim(NOW), 0);
+    }
+
+    #[test]
+    fn an_expired_claim_keeps_unapplied_use_for_the_grace_then_nothing() {
+        let l = lease(50, 50, 20, 5);
+        assert_eq!(l.claim(NOW + TTL), 15);
+        assert_eq!(l.claim(NOW + TTL + EXPIRY_GRACE_MICROS - 1), 15);
+        assert_eq!(l.claim(NOW + TTL + EXPIRY_GRACE_MICROS), 0);
+        assert_eq!(lease(50, 50, 20, 30).claim(NOW + TTL), 0);
+    }
+
+    #[test]
+    fn others_sum_claims_and_live_wants() {
+        let mut dead = lease(40, 40, 10, 0);
+        dead.expires_at = NOW - 1;
+        let o = Others::of(&[lease(50, 50, 20, 5), dead], NOW);
+        assert_eq!(
+            o,
+            Others {
+                claims: 55,
+                wants: 10
+            }
+        );
+    }
+
+    #[test]
+    fn avail_subtracts_spend_others_and_own_unapplied_use() {
+        assert_eq!(avail(100, 30, 20, 15, 5), 40);
+        assert_eq!(avail(100, 30, 20, 5, 15), 50);
+        assert_eq!(avail(10, 30, 20, 0, 0), -40);
+    }
+
+    #[test]
+    fn uncontended_an_envoy_gets_its_want() {
+        // M = 1000, nothing spent, wants 10: well under half of what is left.
+        assert_eq!(size(1000, 1000, 10, 5, 10), 10);
+    }
+
+    #[test]
+    fn a_grant_is_capped_at_two_percent_of_the_limit_or_one_request() {
+        assert_eq!(size(10_000, 10_000, 1_000, 50, 1_000), 200);
+        // One request larger than 2 %: one request.
+        assert_eq!(size(10_000, 10_000, 1_000, 700, 1_000), 700);
+    }
+
+    #[test]
+    fn half_of_what_is_left_stays_unlent_shared_by_demand() {
+        // avail 100, wants 30 (this one) of 60: share 100·30/120 = 25.
+        assert_eq!(size(1_000_000, 100, 30, 5, 60), 25);
+        // Alone: half of what is left.
+        assert_eq!(size(1_000_000, 100, 80, 5, 80), 50);
+    }
+
+    #[test]
+    fn while_anything_is_left_one_request_is_granted() {
+        // The share (10·5/(2·1000) = 0) is below one request (5): one request.
+        assert_eq!(size(1_000_000, 10, 5, 5, 1_000), 5);
+        // Less than one request left: what is left.
+        assert_eq!(size(1_000_000, 3, 5, 5, 1_000), 3);
+        assert_eq!(size(1_000_000, 0, 5, 5, 5), 0);
+        assert_eq!(size(1_000_000, -7, 5, 5, 5), 0);
+    }
+
+    #[test]
+    fn a_first_report_is_granted_used_plus_the_size() {
+        let r = renew(
+            1000,
+            100,
+            Others::default(),
+            None,
+            &report(1, 0, 0, 10),
+            NOW,
+            TTL,
+        );
+        let Renewal::Renewed(l) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (l.grant, l.used, l.seq, l.expires_at),
+            (10, 0, 1, NOW + TTL)
+        );
+    }
+
+    #[test]
+    fn a_stale_or_repeated_report_answers_the_current_grant() {
+        let cur = Lease {
+            seq: 7,
+            ..lease(40, 40, 20, 0)
+        };
+        for seq in [6, 7] {
+            let r = renew(
+                1000,
+                0,
+                Others::default(),
+                Some(&cur),
+                &report(seq, 30, 40, 10),
+                NOW,
+                TTL,
+            );
+            assert_eq!(r, Renewal::Stale { grant: 40 });
+        }
+    }
+
+    #[test]
+    fn grants_never_drop_below_a_live_grant_nor_used() {
+        let cur = lease(40, 40, 20, 0);
+        // Others now claim everything: no room, but the grant stays.
+        let full = Others {
+            claims: 1000,
+            wants: 0,
+        };
+        let r = renew(1000, 0, full, Some(&cur), &report(2, 25, 40, 10), NOW, TTL);
+        assert_eq!(r.grant(), 40);
+        // Used beyond the grant (one request over): the grant follows used.
+        let r = renew(1000, 0, full, Some(&cur), &report(2, 45, 40, 10), NOW, TTL);
+        assert_eq!(r.grant(), 45);
+    }
+
+    #[test]
+    fn an_expired_grant_is_void() {
+        let mut cur = lease(40, 40, 20, 0);
+        cur.expires_at = NOW - 1;
+        let full = Others {
+            claims: 1000,
+            wants: 0,
+        };
+        let r = renew(1000, 0, full, Some(&cur), &report(2, 20, 0, 10), NOW, TTL);
+        assert_eq!(r.grant(), 20);
+    }
+
+    #[test]
+    fn returning_lowers_the_grant_to_used() {
+        let cur = lease(40, 40, 20, 0);
+        let r = renew(
+            1000,
+            0,
+            Others::default(),
+            Some(&cur),
+            &Report {
+                returning: true,
+                ..report(2, 22, 22, 0)
+            },
+            NOW,
+            TTL,
+        );
+        let Renewal::Renewed(l) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((l.grant, l.held, l.want), (22, 22, 0));
+    }
+
+    #[test]
+    fn expiry_only_moves_forward() {
+        let mut cur = lease(40, 40, 20, 0);
+        cur.expires_at = NOW + 3 * TTL;
+        let r = renew(
+            1000,
+            0,
+            Others::default(),
+            Some(&cur),
+            &report(2, 20, 40, 10),
+            NOW,
+            TTL,
+        );
+        let Renewal::Renewed(l) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(l.expires_at, NOW + 3 * TTL);
+    }
+
+    #[test]
+    fn an_admin_decrease_gives_no_room_until_spend_and_claims_are_below_it() {
+        // M lowered from 1000 to 50 while 30 is spent and others claim 40.
+        let o = Others {
+            claims: 40,
+            wants: 10,
+        };
+        let r = renew(50, 30, o, None, &report(1, 0, 0, 10), NOW, TTL);
+        assert_eq!(r.grant(), 0);
+        // Others' claims fell to 10: 10 left, half stays unlent.
+        let o = Others {
+            claims: 10,
+            wants: 10,
+        };
+        let r = renew(50, 30, o, None, &report(1, 0, 0, 10), NOW, TTL);
+        assert_eq!(
+            r.grant(),
+            size(50, 10, 10, 0, 20),
+            "what the sizing gives of 10 left"
+        );
+        assert!(r.grant() > 0 && r.grant() <= 10);
+    }
+
+    /// xorshift64*: a seeded, dependency-free source for the random interleavings below.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// One simulated Envoy: its local entry (grant it enforces, deadline), its spend events not
+    /// applied yet, and the lease row the sidecar keeps for it.
+    #[derive(Default)]
+    struct Envoy {
+        grant: i64,
+        deadline: i64,
+        used: i64,
+        seq: u64,
+        unapplied: Vec<i64>,
+        row: Option<Lease>,
+        reservation: i64,
+    }
+
+    /// Many random interleavings of 3–5 Envoys on one budget: admissions reserving `ĉ` while
+    /// `used < grant` and the lease is valid, renewals through [`renew`], spend applied late and
+    /// in batches, expiries (an Envoy going silent), an admin decrease. I1 holds after every
+    /// grant (unless `M` was lowered under it, when a grant never raises the total claim), and at
+    /// the end total spend ≤ M + N·ĉ (with the decrease, ≤ the old M + N·ĉ).
+    #[test]
+    fn random_fleets_keep_the_escrow_invariant_and_the_overshoot_bound() {
+        let mut exhausted = 0;
+        for seed in 1..=400u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let n = 3 + rng.below(3) as usize;
+            let c_hat = 1 + rng.below(50) as i64;
+            let mut max = 100 + rng.below(5_000) as i64;
+            let initial_max = max;
+            let mut envoys: Vec<Envoy> = (0..n)
+                .map(|_| Envoy {
+                    reservation: c_hat,
+                    ..Default::default()
+                })
+                .collect();
+            let mut spend = 0i64; // S: applied
+            let mut now = NOW;
+            let mut decreased = false;
+            for _ in 0..3_000 {
+                now += rng.below(400_000) as i64;
+                let i = rng.below(n as u64) as usize;
+                match rng.below(10) {
+                    // Admit one request: reserves ĉ, settles later at a cost ≤ ĉ.
+                    0..=4 => {
+                        let e = &mut envoys[i];
+                        if now < e.deadline && e.used < e.grant {
+                            let cost = 1 + rng.below(c_hat as u64) as i64;
+                            e.used += cost;
+                            e.unapplied.push(cost);
+                        }
+                    }
+                    // Report and renew (sometimes returning).
+                    5..=6 => {
+                        let returning = rng.below(8) == 0;
+                        let e = &mut envoys[i];
+                        if returning {
+                            e.grant = e.used;
+                        }
+                        e.seq += 1;
+                        let others = Others::of(
+                            envoys
+                                .iter()
+                                .enumerate()
+                                .filter(|(j, _)| *j != i)
+                                .filter_map(|(_, o)| o.row.as_ref()),
+                            now,
+                        );
+                        let e = &mut envoys[i];
+                        // What the Envoy keeps without any new room: its use, and a grant
+                        // still live.
+                        let kept = e
+                            .row
+                            .filter(|r| r.live(now))
+                            .map_or(0, |r| r.grant)
+                            .max(e.used);
+                        let want = c_hat * (1 + rng.below(20) as i64);
+                        let r = renew(
+                            max,
+                            spend,
+                            others,
+                            e.row.as_ref(),
+                            &Report {
+                                seq: e.seq,
+                                used: e.used,
+                                // An entry past its deadline enforces nothing.
+                                held: if now < e.deadline || returning {
+                                    e.grant
+                                } else {
+                                    0
+                                },
+                                want: if returning { 0 } else { want },
+                                reservation: e.reservation,
+                                returning,
+                            },
+                            now,
+                            TTL,
+                        );
+                        let Renewal::Renewed(row) = r else {
+                            panic!("fresh seq answered stale")
+                        };
+                        assert!(row.grant >= e.used, "seed {seed}: grant below used");
+                        let after = spend + others.claims + row.claim(now);
+                        // I1 at this grant: within M, or nothing new lent (claims count use
+                        // past a grant, < ĉ per Envoy by I2, and a lowered M; then the grant
+                        // only keeps what the Envoy had).
+                        assert!(
+                            after <= max || row.grant <= kept,
+                            "seed {seed}: I1 broken: {after} > {max}, grant {} kept {kept}",
+                            row.grant
+                        );
+                        e.row = Some(row);
+                        // The filter applies the answer with max (a live entry) and its
+                        // deadline precedes the sidecar's expiry.
+                        e.grant = if now < e.deadline && !returning {
+                            e.grant.max(row.grant)
+                        } else {
+                            row.grant
+                        };
+                        e.deadline = now + TTL - 500_000;
+                    }
+                    // Spend applied late, in a batch.
+                    7..=8 => {
+                        let e = &mut envoys[i];
+                        let k = rng.below(e.unapplied.len() as u64 + 1) as usize;
+                        let batch: i64 = e.unapplied.drain(..k).sum();
+                        spend += batch;
+                        if let Some(row) = e.row.as_mut() {
+                            row.applied += batch;
+                        }
+                    }
+                    // An admin decrease, once.
+                    _ => {
+                        if !decreased && rng.below(20) == 0 {
+                            max = max * (1 + rng.below(9) as i64) / 10;
+                            decreased = true;
+                        }
+                    }
+                }
+            }
+            // Everything is applied in the end: total spend is what the Envoys used.
+            let total: i64 = envoys.iter().map(|e| e.used).sum();
+            let bound = initial_max.max(max) + n as i64 * c_hat;
+            assert!(
+                total <= bound,
+                "seed {seed}: spent {total} > M {max} (was {initial_max}) + {n}·{c_hat}"
+            );
+            if !decreased {
+                assert!(total <= max + n as i64 * c_hat, "seed {seed}");
+            }
+            if total >= max - n as i64 * c_hat {
+                exhausted += 1;
+            }
+        }
+        // The fleets did run their budgets out (so the bound was tested at the edge), and
+        // leases did not strand what was left (one request's worth is always lent).
+        assert!(exhausted > 300, "only {exhausted} of 400 budgets ran out");
+    }
+}

@@ -1,0 +1,742 @@
+//! Fleet mode's lease rows (FLEET.md §4.5): per budget, period and Envoy, what the sidecar has
+//! lent and what the Envoy last reported. The arithmetic is [`crate::leases`]; this module finds
+//! a budget's limit, spend and period in the records, and locks and stores.
+//!
+//! One write transaction per lease call. On PostgreSQL every write transaction first takes the
+//! store's one advisory lock ([`super::pg`]), so the grants of all sidecar replicas for a
+//! budget are made one after another, each seeing the rows the previous one committed: the
+//! escrow invariant holds across replicas without a leader. Lease expiry uses PostgreSQL's
+//! clock (one clock for every replica); budget periods use the sidecar's, as the lazy resets
+//! always have, so replicas' clocks must agree on period ends as they do today.
+
+use super::sql::{args, Dialect, Exec, Row};
+use super::Tx;
+use crate::budgets::scope_name;
+use crate::duration::parse_iso8601_utc;
+use crate::leases::{renew, Lease, Others, Renewal, Report};
+use crate::records::{BudgetState, LeaseAnswer, LeaseGrant, LeaseItem, LeaseRequest};
+use anyhow::{anyhow, Result};
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS lease (
+    scope TEXT NOT NULL,
+    period INTEGER NOT NULL,
+    envoy_id TEXT NOT NULL,
+    grant_total INTEGER NOT NULL,
+    held INTEGER NOT NULL,
+    used_total INTEGER NOT NULL,
+    applied_total INTEGER NOT NULL DEFAULT 0,
+    want INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (scope, period, envoy_id)
+);
+";
+
+/// PostgreSQL migration 3.
+pub(super) const PG_MIGRATION: &str = "
+CREATE TABLE lease (
+    scope TEXT NOT NULL,
+    period BIGINT NOT NULL,
+    envoy_id TEXT NOT NULL,
+    grant_total BIGINT NOT NULL,
+    held BIGINT NOT NULL,
+    used_total BIGINT NOT NULL,
+    applied_total BIGINT NOT NULL DEFAULT 0,
+    want BIGINT NOT NULL,
+    seq BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    PRIMARY KEY (scope, period, envoy_id)
+);
+";
+
+/// The budget levels a lease item may name, with how many ids each takes.
+pub const LEVELS: [(&str, usize); 7] = [
+    ("key", 1),
+    ("key_model", 2),
+    ("user", 1),
+    ("team", 1),
+    ("team_member", 2),
+    ("end_user", 1),
+    ("proxy", 0),
+];
+
+/// Why an item is malformed (a 400), or `None`.
+pub fn item_error(item: &LeaseItem) -> Option<String> {
+    let Some((_, n)) = LEVELS.iter().find(|(l, _)| *l == item.level) else {
+        return Some(format!("unknown budget level '{}'", item.level));
+    };
+    if item.ids.len() != *n {
+        return Some(format!(
+            "budget level '{}' takes {n} ids, got {}",
+            item.level,
+            item.ids.len()
+        ));
+    }
+    let ids: Vec<&str> = item.ids.iter().map(String::as_str).collect();
+    let name = scope_name(&item.level, &ids);
+    (item.scope != name).then(|| format!("scope '{}' should be '{name}'", item.scope))
+}
+
+/// What the lease call needs from config.yaml.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaseSettings {
+    pub ttl_ms: u64,
+    /// `litellm_settings.max_budget` (the proxy budget's limit).
+    pub proxy_max_budget: Option<f64>,
+}
+
+/// A budget as the sidecar sees it now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Budget {
+    /// `None`: tracked only.
+    max: Option<i64>,
+    /// Settled spend in `period`.
+    spend: i64,
+    /// The current period's end (µs), 0 = none.
+    period: i64,
+}
+
+fn lease_of(r: &Row) -> Result<(String, Lease)> {
+    Ok((
+        r.text(0)?,
+        Lease {
+            grant: r.int(1)?,
+            held: r.int(2)?,
+            used: r.int(3)?,
+            applied: r.int(4)?,
+            want: r.int(5)?,
+            seq: u64::try_from(r.int(6)?).unwrap_or(0),
+            expires_at: r.int(7)?,
+        },
+    ))
+}
+
+impl Tx<'_> {
+    /// The clock lease rows expire by: PostgreSQL's (shared by all replicas), else this
+    /// transaction's.
+    fn lease_clock(&self) -> Result<i64> {
+        match self.db.dialect() {
+            Dialect::Sqlite => Ok(self.now),
+            Dialect::Postgres => self
+                .db
+                .row(
+                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+                    &[],
+                )?
+                .ok_or_else(|| anyhow!("no clock"))?
+                .int(0),
+        }
+    }
+
+    /// Every Envoy's lease on `scope` in `period`.
+    fn leases(&self, scope: &str, period: i64) -> Result<Vec<(String, Lease)>> {
+        self.db
+            .rows(
+                "SELECT envoy_id, grant_total, held, used_total, applied_total, want, seq,
+                        expires_at
+                 FROM lease WHERE scope = ?1 AND period = ?2",
+                args![scope, period],
+            )?
+            .iter()
+            .map(lease_of)
+            .collect()
+    }
+
+    fn put_lease(&self, scope: &str, period: i64, envoy_id: &str, l: &Lease) -> Result<()> {
+        // `applied_total` is the spend path's: a renewal never writes it.
+        self.db.exec(
+            "INSERT INTO lease (scope, period, envoy_id, grant_total, held, used_total,
+                 applied_total, want, seq, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (scope, period, envoy_id) DO UPDATE SET
+                 grant_total = excluded.grant_total, held = excluded.held,
+                 used_total = excluded.used_total, want = excluded.want, seq = excluded.seq,
+                 expires_at = excluded.expires_at",
+            args![
+                scope,
+                period,
+                envoy_id,
+                l.grant,
+                l.held,
+                l.used,
+                l.applied,
+                l.want,
+                i64::try_from(l.seq).unwrap_or(i64::MAX),
+                l.expires_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The period a budget with `duration` is in: its stored end, else (no end recorded yet)
+    /// the end the filter computes the same way.
+    fn period_of(&self, duration: Option<&str>, reset_at: Option<i64>) -> i64 {
+        match (duration.filter(|d| !d.is_empty()), reset_at) {
+            (None, _) => 0,
+            (Some(_), Some(at)) => at,
+            (Some(d), None) => self.clock.next_reset_micros(d, self.now),
+        }
+    }
+
+    fn budget_of(&self, state: &BudgetState) -> Budget {
+        Budget {
+            max: state
+                .max_budget
+                .filter(|m| !m.is_nan())
+                .map(crate::cost::usd_to_budget_nanos),
+            spend: state.spend_nanos,
+            period: self.period_of(
+                state.budget_duration.as_deref(),
+                state.budget_reset_at_micros,
+            ),
+        }
+    }
+
+    /// A key's `model_max_budget` entry: its window is opened by the first lease call after
+    /// the last one ended (the filter's opens at its first charge) and its spend is what the
+    /// lease rows of the window have applied (no record keeps it).
+    fn key_model_budget(&self, token: &str, entry: &str) -> Result<Option<Budget>> {
+        let Some(key) = self.key(token)? else {
+            return Ok(None);
+        };
+        let entries = crate::sidecar::admin_api::model_budgets(&key.model_max_budget);
+        let Some(b) = entries.get(entry) else {
+            return Ok(None);
+        };
+        let scope = scope_name("key_model", &[token, entry]);
+        let latest = self
+            .db
+            .row(
+                "SELECT MAX(period) FROM lease WHERE scope = ?1",
+                args![&scope],
+            )?
+            .and_then(|r| r.opt_int(0).ok().flatten());
+        let period = match latest {
+            Some(p) if p > self.now => p,
+            _ => crate::duration::parse_duration(&b.budget_duration)
+                .map(|d| {
+                    crate::duration::add_duration(self.now.div_euclid(1_000_000), d)
+                        .saturating_mul(1_000_000)
+                })
+                .unwrap_or(0),
+        };
+        let spend = self
+            .db
+            .row(
+                "SELECT COALESCE(SUM(applied_total), 0) FROM lease WHERE scope = ?1 AND period = ?2",
+                args![&scope, period],
+            )?
+            .map(|r| r.int(0))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(Some(Budget {
+            max: Some(crate::cost::usd_to_budget_nanos(b.max_budget)),
+            spend,
+            period,
+        }))
+    }
+
+    /// The budget an item names, as of now (due resets applied and persisted); `None` when
+    /// its record does not exist.
+    fn lease_budget(&self, item: &LeaseItem, proxy_max: Option<f64>) -> Result<Option<Budget>> {
+        let id = |i: usize| item.ids.get(i).map(String::as_str).unwrap_or("");
+        let state = match item.level.as_str() {
+            "key" => match self.key(id(0))? {
+                Some(row) => {
+                    // A key without its own limits takes its `budget_id` row's (as the
+                    // filter's record does).
+                    let linked = match &row.budget_id {
+                        Some(b) => self.budget(b)?,
+                        None => None,
+                    };
+                    Some(BudgetState {
+                        max_budget: row
+                            .max_budget
+                            .or(linked.as_ref().and_then(|b| b.max_budget)),
+                        budget_duration: row
+                            .budget_duration
+                            .clone()
+                            .or(linked.and_then(|b| b.budget_duration)),
+                        budget_reset_at_micros: row.budget_reset_at_micros(),
+                        spend_nanos: row.spend_nanos,
+                    })
+                }
+                None => None,
+            },
+            "key_model" => return self.key_model_budget(id(0), id(1)),
+            "user" => self.user(id(0))?.map(|u| u.budget_state()),
+            "team" => self.team(id(0))?.map(|t| BudgetState {
+                max_budget: t.max_budget,
+                budget_duration: t.budget_duration.clone(),
+                budget_reset_at_micros: t.budget_reset_at.as_deref().and_then(parse_iso8601_utc),
+                spend_nanos: t.spend_nanos,
+            }),
+            "team_member" => match self.membership(id(0), id(1))? {
+                Some((m, Some(b))) => Some(BudgetState {
+                    max_budget: b.max_budget,
+                    budget_duration: b.budget_duration,
+                    budget_reset_at_micros: m
+                        .budget_reset_at
+                        .as_deref()
+                        .and_then(parse_iso8601_utc),
+                    spend_nanos: m.spend_nanos,
+                }),
+                _ => None,
+            },
+            "end_user" => match self.end_user(id(0))? {
+                Some((row, budget)) => budget.map(|b| BudgetState {
+                    max_budget: b.max_budget,
+                    budget_duration: b.budget_duration,
+                    budget_reset_at_micros: row
+                        .budget_reset_at
+                        .as_deref()
+                        .and_then(parse_iso8601_utc),
+                    spend_nanos: row.spend_nanos,
+                }),
+                // A customer seen for the first time: the default budget, from zero.
+                None => self.default_end_user_budget()?.map(|b| BudgetState {
+                    max_budget: b.max_budget,
+                    budget_duration: b.budget_duration,
+                    budget_reset_at_micros: None,
+                    spend_nanos: 0,
+                }),
+            },
+            "organization" => match self.organization(id(0))? {
+                Some((row, budget)) => budget.map(|b| BudgetState {
+                    max_budget: b.max_budget,
+                    budget_duration: b.budget_duration,
+                    budget_reset_at_micros: row
+                        .budget_reset_at
+                        .as_deref()
+                        .and_then(parse_iso8601_utc),
+                    spend_nanos: row.spend_nanos,
+                }),
+                None => None,
+            },
+            "proxy" => Some(self.proxy_budget()?.state(proxy_max)),
+            _ => None,
+        };
+        Ok(state.map(|s| self.budget_of(&s)))
+    }
+
+    /// Renews one Envoy's leases on the budgets of `req`, in sorted scope order (one
+    /// transaction: rows are locked in one order, and on PostgreSQL the write lock serialises
+    /// replicas). Answers in the request's order.
+    pub fn lease(&self, req: &LeaseRequest, settings: LeaseSettings) -> Result<LeaseAnswer> {
+        let now = self.lease_clock()?;
+        let ttl_micros = i64::try_from(settings.ttl_ms)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000);
+        let mut order: Vec<usize> = (0..req.items.len()).collect();
+        order.sort_by(|a, b| req.items[*a].scope.cmp(&req.items[*b].scope));
+        let mut grants: Vec<Option<LeaseGrant>> = vec![None; req.items.len()];
+        for i in order {
+            let item = &req.items[i];
+            let grant = self.lease_item(&req.envoy_id, req.seq, item, settings, now, ttl_micros)?;
+            grants[i] = Some(grant);
+        }
+        Ok(LeaseAnswer {
+            items: grants.into_iter().flatten().collect(),
+        })
+    }
+
+    fn lease_item(
+        &self,
+        envoy_id: &str,
+        seq: u64,
+        item: &LeaseItem,
+        settings: LeaseSettings,
+        now: i64,
+        ttl_micros: i64,
+    ) -> Result<LeaseGrant> {
+        let budget = self.lease_budget(item, settings.proxy_max_budget)?;
+        let tracked = |spend: i64, period: i64| LeaseGrant {
+            scope: item.scope.clone(),
+            period,
+            grant: item.used.max(0).saturating_add(item.want.max(0)),
+            ttl_ms: settings.ttl_ms,
+            spend,
+            max_nanos: None,
+        };
+        // No record, or no limit: nothing to share; no row.
+        let Some(budget) = budget else {
+            return Ok(tracked(0, item.period));
+        };
+        let Some(max) = budget.max else {
+            return Ok(tracked(budget.spend, budget.period));
+        };
+        // Old periods' rows are history once expired past the grace.
+        self.db.exec(
+            "DELETE FROM lease WHERE scope = ?1 AND period <> ?2 AND expires_at < ?3",
+            args![
+                &item.scope,
+                budget.period,
+                now.saturating_sub(crate::leases::EXPIRY_GRACE_MICROS)
+            ],
+        )?;
+        let rows = self.leases(&item.scope, budget.period)?;
+        let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
+        let others = Others::of(
+            rows.iter().filter(|(e, _)| e != envoy_id).map(|(_, l)| l),
+            now,
+        );
+        // An item from another period has used nothing of this one yet.
+        let same_period = item.period == budget.period;
+        let report = Report {
+            seq,
+            used: if same_period { item.used.max(0) } else { 0 },
+            held: if same_period { item.held.max(0) } else { 0 },
+            want: item.want.max(0),
+            reservation: item.reservation.max(0),
+            returning: item.returning,
+        };
+        let renewal = renew(max, budget.spend, others, mine, &report, now, ttl_micros);
+        if let Renewal::Renewed(lease) = &renewal {
+            self.put_lease(&item.scope, budget.period, envoy_id, lease)?;
+        }
+        Ok(LeaseGrant {
+            scope: item.scope.clone(),
+            period: budget.period,
+            grant: renewal.grant(),
+            ttl_ms: settings.ttl_ms,
+            spend: budget.spend,
+            max_nanos: Some(max),
+        })
+    }
+
+    /// Adds the spend of newly inserted events to the leases of the Envoys that admitted
+    /// them, as applied, in the spend transaction: `(envoy, level, ids) → nanos` for every
+    /// budget the events were charged to (a `key_model` item names the key and the event's
+    /// model; its entry is resolved here). Only a lease in the budget's current period is
+    /// charged; a budget the Envoy holds no lease on is skipped.
+    pub(super) fn apply_lease_charges(
+        &self,
+        charges: &std::collections::BTreeMap<(&str, &'static str, Vec<&str>), i64>,
+    ) -> Result<()> {
+        for ((envoy_id, level, ids), nanos) in charges {
+            let (scope, item) = if *level == "key_model" {
+                let (Some(token), Some(model)) = (ids.first(), ids.get(1)) else {
+                    continue;
+                };
+                let Some(key) = super::get_key(&self.db, token)? else {
+                    continue;
+                };
+                let entries = crate::sidecar::admin_api::model_budgets(&key.model_max_budget);
+                // Access-group entries need the deployments; exact names and globs resolve.
+                let Some((entry, _)) = crate::admission::model_budget_entry(&entries, model, &[])
+                else {
+                    continue;
+                };
+                (scope_name(level, &[token, entry]), None)
+            } else {
+                let item = LeaseItem {
+                    scope: scope_name(level, ids),
+                    level: (*level).to_string(),
+                    ids: ids.iter().map(|s| (*s).to_string()).collect(),
+                    ..Default::default()
+                };
+                (item.scope.clone(), Some(item))
+            };
+            let held = self.db.rows(
+                "SELECT period FROM lease WHERE scope = ?1 AND envoy_id = ?2",
+                args![&scope, *envoy_id],
+            )?;
+            if held.is_empty() {
+                continue;
+            }
+            let period = match &item {
+                Some(item) => self.lease_budget(item, None)?.map(|b| b.period),
+                // A key_model window is the latest one its leases opened.
+                None => held.iter().filter_map(|r| r.int(0).ok()).max(),
+            };
+            let Some(period) = period else { continue };
+            self.db.exec(
+                "UPDATE lease SET applied_total = applied_total + ?1
+                 WHERE scope = ?2 AND period = ?3 AND envoy_id = ?4",
+                args![*nanos, &scope, period, *envoy_id],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl super::Store {
+    /// [`Tx::lease`] in its own write transaction at `now_micros` (the sidecar's clock, for
+    /// budget periods).
+    pub fn lease(
+        &self,
+        req: &LeaseRequest,
+        settings: LeaseSettings,
+        now_micros: i64,
+    ) -> Result<LeaseAnswer> {
+        self.write(now_micros, |tx| tx.lease(req, settings))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{SpendBatch, SpendEvent};
+    use crate::sidecar::store::{KeyRow, Store};
+    use std::path::Path;
+
+    const T0: i64 = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+    const M: i64 = 1_000_000_000; // $1
+    const SETTINGS: LeaseSettings = LeaseSettings {
+        ttl_ms: 10_000,
+        proxy_max_budget: None,
+    };
+
+    fn store_with_key(max: Option<f64>) -> Store {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        store
+            .insert_key(&KeyRow {
+                token: "k1".into(),
+                max_budget: max,
+                ..Default::default()
+            })
+            .unwrap();
+        store
+    }
+
+    fn item(used: i64, held: i64, want: i64) -> LeaseItem {
+        LeaseItem {
+            scope: "key:k1".into(),
+            level: "key".into(),
+            ids: vec!["k1".into()],
+            period: 0,
+            used,
+            held,
+            want,
+            reservation: 1_000_000,
+            returning: false,
+        }
+    }
+
+    fn ask(store: &Store, envoy: &str, seq: u64, it: LeaseItem, now: i64) -> LeaseGrant {
+        let req = LeaseRequest {
+            envoy_id: envoy.into(),
+            seq,
+            items: vec![it],
+        };
+        let mut a = store.lease(&req, SETTINGS, now).unwrap();
+        assert_eq!(a.items.len(), 1);
+        a.items.remove(0)
+    }
+
+    /// (envoy, grant, used, applied) of every lease row, by envoy.
+    fn rows(store: &Store) -> Vec<(String, i64, i64, i64)> {
+        store
+            .read(|db| {
+                db.rows(
+                    "SELECT envoy_id, grant_total, used_total, applied_total FROM lease
+                     ORDER BY envoy_id",
+                    &[],
+                )?
+                .iter()
+                .map(|r| Ok((r.text(0)?, r.int(1)?, r.int(2)?, r.int(3)?)))
+                .collect()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_repeated_or_stale_seq_answers_the_current_grant_unchanged() {
+        let store = store_with_key(Some(1.0));
+        let first = ask(&store, "e1", 5, item(0, 0, 10_000_000), T0);
+        assert_eq!(first.grant, 10_000_000);
+        assert_eq!(
+            (first.max_nanos, first.period, first.ttl_ms),
+            (Some(M), 0, 10_000)
+        );
+        let before = rows(&store);
+        for seq in [5, 4] {
+            let again = ask(&store, "e1", seq, item(3, 10_000_000, 50_000_000), T0 + 1);
+            assert_eq!(again, first);
+        }
+        assert_eq!(rows(&store), before);
+    }
+
+    #[test]
+    fn grants_only_grow_within_a_period_except_when_returned() {
+        let store = store_with_key(Some(1.0));
+        let mut last = 0;
+        for seq in 1..=20u64 {
+            // Demand rises and falls; the grant never goes down.
+            let want = if seq % 2 == 0 { 1_000_000 } else { 15_000_000 };
+            let g = ask(&store, "e1", seq, item(0, last, want), T0 + seq as i64).grant;
+            assert!(g >= last, "seq {seq}: {g} < {last}");
+            last = g;
+        }
+        let r = ask(
+            &store,
+            "e1",
+            21,
+            LeaseItem {
+                returning: true,
+                ..item(4_000, 4_000, 0)
+            },
+            T0 + 30,
+        );
+        assert_eq!(r.grant, 4_000);
+    }
+
+    #[test]
+    fn three_envoys_never_hold_more_than_the_budget() {
+        let store = store_with_key(Some(1.0));
+        let mut held = [0i64; 3];
+        let mut used = [0i64; 3];
+        for round in 0..200i64 {
+            for (e, envoy) in ["a", "b", "c"].iter().enumerate() {
+                // Each uses all it was granted before asking again.
+                used[e] = held[e];
+                let g = ask(
+                    &store,
+                    envoy,
+                    round as u64 + 1,
+                    item(used[e], held[e], 40_000_000),
+                    T0 + round * 1000,
+                );
+                held[e] = g.grant;
+                let total: i64 = rows(&store).iter().map(|r| r.1.max(r.2)).sum();
+                assert!(total <= M, "round {round}: {total} lent of {M}");
+            }
+        }
+        // Lent down to the last nano-dollars: one request's worth is always given while left.
+        let total: i64 = held.iter().sum();
+        assert!(total > M - 3, "{total}");
+    }
+
+    #[test]
+    fn spend_applies_to_the_envoys_lease_once_and_only_for_new_events() {
+        let store = store_with_key(Some(1.0));
+        ask(&store, "e1", 1, item(0, 0, 10_000), T0);
+        ask(&store, "e2", 1, item(0, 0, 10_000), T0);
+        let ev = |id: &str, envoy: Option<&str>, nanos: i64| SpendEvent {
+            event_id: id.into(),
+            api_key: Some("k1".into()),
+            model: "m".into(),
+            spend_nanos: nanos,
+            envoy_id: envoy.map(str::to_string),
+            ..Default::default()
+        };
+        let batch = SpendBatch {
+            events: vec![
+                ev("x1", Some("e1"), 300),
+                ev("x2", Some("e1"), 200),
+                ev("x1", Some("e1"), 300),
+                ev("x3", None, 7),
+            ],
+        };
+        store.apply_spend_batch(&batch, T0 + 1).unwrap();
+        store.apply_spend_batch(&batch, T0 + 2).unwrap();
+        let r = rows(&store);
+        assert_eq!((r[0].0.as_str(), r[0].3), ("e1", 500));
+        assert_eq!((r[1].0.as_str(), r[1].3), ("e2", 0));
+        assert_eq!(store.key("k1").unwrap().unwrap().spend_nanos, 507);
+        // A renewal keeps what was applied.
+        ask(&store, "e1", 2, item(500, 10_000, 10_000), T0 + 3);
+        assert_eq!(rows(&store)[0].3, 500);
+    }
+
+    #[test]
+    fn an_expired_lease_frees_its_grant_and_after_the_grace_its_unapplied_use() {
+        let store = store_with_key(Some(0.1));
+        let m = 100_000_000;
+        // One request of the whole budget: each answer lends all that is left (the floor).
+        let greedy = |held: i64| LeaseItem {
+            reservation: m,
+            ..item(0, held, m)
+        };
+        let e1 = LeaseItem {
+            reservation: m,
+            ..item(0, 0, 30_000_000)
+        };
+        assert_eq!(ask(&store, "e1", 1, e1, T0).grant, 30_000_000);
+        // e1 has used 10 of its 30, none applied yet.
+        ask(&store, "e1", 2, item(10_000_000, 30_000_000, 0), T0 + 1);
+        assert_eq!(ask(&store, "e2", 1, greedy(0), T0 + 2).grant, 70_000_000);
+        // e1's lease lapses: its unused grant is free, its 10 unapplied still held back.
+        let after_ttl = T0 + 1 + 10_000_000;
+        assert_eq!(
+            ask(&store, "e2", 2, greedy(70_000_000), after_ttl).grant,
+            90_000_000
+        );
+        // Past the grace nothing of e1's counts.
+        let after_grace = after_ttl + crate::leases::EXPIRY_GRACE_MICROS;
+        assert_eq!(
+            ask(&store, "e2", 3, greedy(90_000_000), after_grace).grant,
+            m
+        );
+    }
+
+    #[test]
+    fn a_tracked_only_budget_is_granted_its_want_and_keeps_no_row() {
+        let store = store_with_key(None);
+        let g = ask(&store, "e1", 1, item(50, 0, 70), T0);
+        assert_eq!((g.grant, g.max_nanos), (120, None));
+        assert!(rows(&store).is_empty());
+        // A budget whose record is gone is answered the same way.
+        let gone = LeaseItem {
+            scope: "user:nobody".into(),
+            level: "user".into(),
+            ids: vec!["nobody".into()],
+            ..item(5, 0, 7)
+        };
+        assert_eq!(ask(&store, "e1", 2, gone, T0).grant, 12);
+    }
+
+    #[test]
+    fn an_item_from_another_period_is_sized_from_zero_in_the_current_one() {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        store
+            .insert_key(&KeyRow {
+                token: "k1".into(),
+                max_budget: Some(1.0),
+                budget_duration: Some("1d".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let day_end = T0 + 86_400_000_000;
+        let g = ask(
+            &store,
+            "e1",
+            1,
+            LeaseItem {
+                period: T0,
+                ..item(900_000_000, 900_000_000, 10_000_000)
+            },
+            T0 + 5,
+        );
+        assert_eq!((g.period, g.grant), (day_end, 10_000_000));
+    }
+
+    #[test]
+    fn malformed_items_are_named() {
+        let ok = item(0, 0, 0);
+        assert_eq!(item_error(&ok), None);
+        let bad_level = LeaseItem {
+            level: "org".into(),
+            ..ok.clone()
+        };
+        assert!(item_error(&bad_level).unwrap().contains("org"));
+        let bad_ids = LeaseItem {
+            ids: vec![],
+            ..ok.clone()
+        };
+        assert!(item_error(&bad_ids).unwrap().contains("1 ids"));
+        let bad_scope = LeaseItem {
+            scope: "key:k2".into(),
+            ..ok
+        };
+        assert!(item_error(&bad_scope).unwrap().contains("key:k1"));
+        let proxy = LeaseItem {
+            scope: "proxy:litellm-proxy-budget".into(),
+            level: "proxy".into(),
+            ids: vec![],
+            ..item(0, 0, 0)
+        };
+        assert_eq!(item_error(&proxy), None);
+    }
+}

@@ -1,0 +1,439 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Fleet mode (FLEET.md §5) on one machine: three Envoy processes and two sidecar replicas on
+//! one PostgreSQL database share one budget through leases. Every scenario counts what clients
+//! were admitted and what the provider received, and asserts the overshoot bound
+//! `M + N·ĉ (+ the killed Envoy's slice)`, no acknowledged spend lost and no event counted twice.
+//! Figures are printed (`--nocapture`) for the closing note and BENCHMARKS.md.
+
+mod common;
+
+use common::fleet::Fleet;
+use common::postgres::{shared, Postgres};
+use common::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Each call costs exactly its reservation: 8 prompt tokens at $0.001 and 5 completion tokens
+/// at $0.002 = $0.018 (ĉ), so the bound is in whole calls.
+const CONFIG: &str = r#"
+model_list:
+  - model_name: priced
+    litellm_params:
+      model: openai/priced-backend
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+      input_cost_per_token: 0.001
+      output_cost_per_token: 0.002
+general_settings:
+  master_key: @MASTER_KEY@
+  database_connection_timeout: 2
+  tollgate_fleet:
+    lease_ttl_seconds: 10
+"#;
+
+const CALL_USD: f64 = 0.018;
+const ENVOYS: usize = 3;
+/// The budget, in calls.
+const BUDGET_CALLS: usize = 1000;
+
+fn hi() -> String {
+    json!({"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+        .to_string()
+}
+
+/// What the clients saw.
+#[derive(Debug, Default)]
+struct Tally {
+    admitted: usize,
+    /// 422 budget_exceeded.
+    refused: usize,
+    /// Anything else (the status and the body's start), e.g. a 503 while no lease could be had.
+    other: Vec<String>,
+    /// Calls whose connection failed (a killed Envoy): the provider may have served them.
+    broken: usize,
+    /// When each admitted call was answered, by Envoy.
+    admitted_at: Vec<(usize, Duration)>,
+}
+
+/// Load on the fleet: `clients` threads, client `c` sending its n-th call to Envoy
+/// `route(c, n)` (skipping dead Envoys), until `stop` says so. `on_admitted(total)` runs on the
+/// driver thread while the load runs (kills, admin changes); it gets the fleet mutably.
+fn drive(
+    fleet: &mut Fleet,
+    key: &str,
+    clients: usize,
+    route: impl Fn(usize, usize) -> usize + Sync,
+    mut during: impl FnMut(&mut Fleet, usize, Duration),
+    stop: impl Fn(&Tally, Duration, Duration) -> bool,
+) -> Tally {
+    let tally = Mutex::new(Tally::default());
+    let admitted = AtomicUsize::new(0);
+    let last_admission = Mutex::new(Instant::now());
+    let done = AtomicBool::new(false);
+    let started = Instant::now();
+    let ports: Vec<(u16, AtomicBool)> = fleet
+        .envoys
+        .iter()
+        .map(|e| (e.port, AtomicBool::new(true)))
+        .collect();
+    let auth = format!("Bearer {key}");
+    let body = hi();
+    std::thread::scope(|s| {
+        for c in 0..clients {
+            let (tally, admitted, last_admission, done, ports, auth, body, route) = (
+                &tally,
+                &admitted,
+                &last_admission,
+                &done,
+                &ports,
+                &auth,
+                &body,
+                &route,
+            );
+            s.spawn(move || {
+                let agent = agent();
+                let mut n = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let mut i = route(c, n) % ports.len();
+                    n += 1;
+                    for _ in 0..ports.len() {
+                        if ports[i].1.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        i = (i + 1) % ports.len();
+                    }
+                    let url = format!("http://127.0.0.1:{}/v1/chat/completions", ports[i].0);
+                    let answer = agent
+                        .post(&url)
+                        .set("authorization", auth)
+                        .set("content-type", "application/json")
+                        .send_string(body);
+                    let mut t = tally.lock().unwrap();
+                    match answer {
+                        Ok(r) if r.status() == 200 => {
+                            t.admitted += 1;
+                            t.admitted_at.push((i, started.elapsed()));
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                            *last_admission.lock().unwrap() = Instant::now();
+                        }
+                        Err(ureq::Error::Status(422, _)) => {
+                            t.refused += 1;
+                            drop(t);
+                            // A spent budget: do not spin on refusals.
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Ok(r) => t.other.push(format!("{}", r.status())),
+                        Err(ureq::Error::Status(code, r)) => {
+                            let text = r.into_string().unwrap_or_default();
+                            t.other
+                                .push(format!("{code} {}", &text[..text.len().min(160)]));
+                        }
+                        Err(ureq::Error::Transport(_)) => {
+                            t.broken += 1;
+                            drop(t);
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            });
+        }
+        let deadline = started + Duration::from_secs(90);
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let total = admitted.load(Ordering::Relaxed);
+            let quiet = last_admission.lock().unwrap().elapsed();
+            during(fleet, total, started.elapsed());
+            for (i, (_, alive)) in ports.iter().enumerate() {
+                alive.store(fleet.envoy_alive(i), Ordering::Relaxed);
+            }
+            let t = tally.lock().unwrap();
+            if stop(&t, started.elapsed(), quiet) || Instant::now() > deadline {
+                break;
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+    });
+    let t = tally.into_inner().unwrap();
+    let mut other = std::collections::BTreeMap::<&str, usize>::new();
+    for o in &t.other {
+        *other.entry(&o[..o.len().min(60)]).or_default() += 1;
+    }
+    eprintln!(
+        "fleet load: {} admitted, {} refused, {} broken, other {other:?}, in {:?}",
+        t.admitted,
+        t.refused,
+        t.broken,
+        started.elapsed()
+    );
+    t
+}
+
+/// Stop once nothing has been admitted for 2 s.
+fn when_spent(_: &Tally, _: Duration, quiet: Duration) -> bool {
+    quiet > Duration::from_secs(2)
+}
+
+/// Spend logs of `key` in the database once every Envoy has flushed: `(rows, distinct event
+/// ids)`, waiting until the count stops moving.
+fn settled_logs(pg: &Postgres, fleet: &Fleet, key: &str) -> (usize, usize) {
+    let token = sha256_hex(key);
+    let query = format!(
+        "SELECT count(*) || ' ' || count(DISTINCT event_id) FROM tollgate.spend_logs \
+         WHERE api_key = '{token}'"
+    );
+    let mut last = String::new();
+    let mut stable_since = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = pg.psql(&fleet.db, &query);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        } else if stable_since.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "spend logs keep moving: {last}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (rows, distinct) = last.split_once(' ').expect("two counts");
+    (rows.parse().unwrap(), distinct.parse().unwrap())
+}
+
+fn budget_key(fleet: &Fleet, calls: usize) -> String {
+    fleet.generate_key(json!({"max_budget": calls as f64 * CALL_USD}))
+}
+
+/// The shared checks of a run in which no Envoy died: the bound, no false refusals beyond one
+/// sliver per Envoy, every admitted call logged exactly once.
+fn assert_bound_and_books(pg: &Postgres, fleet: &Fleet, key: &str, t: &Tally, budget: usize) {
+    assert!(
+        t.other.is_empty(),
+        "unexpected answers: {:?}",
+        &t.other[..t.other.len().min(3)]
+    );
+    assert!(
+        t.admitted <= budget + ENVOYS,
+        "overshoot beyond N·ĉ: {} admitted for a budget of {budget} calls",
+        t.admitted
+    );
+    assert!(
+        t.admitted + ENVOYS >= budget,
+        "false refusals: only {} admitted for a budget of {budget} calls",
+        t.admitted
+    );
+    assert_eq!(
+        fleet.provider_requests() as usize,
+        t.admitted,
+        "the provider saw exactly the admitted calls"
+    );
+    let (rows, distinct) = settled_logs(pg, fleet, key);
+    assert_eq!(rows, distinct, "no event counted twice");
+    assert_eq!(rows, t.admitted, "every admitted call is in the spend logs");
+}
+
+/// Three Envoys, even load: together they spend the budget once (≤ M + N·ĉ), not three times.
+#[test]
+fn three_envoys_share_one_budget() {
+    let mut fleet = Fleet::start("fleet-even", CONFIG, ENVOYS, 2);
+    let key = budget_key(&fleet, BUDGET_CALLS);
+    let t = drive(
+        &mut fleet,
+        &key,
+        6,
+        |c, _| c % ENVOYS,
+        |_, _, _| {},
+        when_spent,
+    );
+    assert_bound_and_books(shared(), &fleet, &key, &t, BUDGET_CALLS);
+}
+
+/// Skewed load (80/15/5 %): slices follow demand; the bound and the books hold.
+#[test]
+fn a_skewed_load_shares_the_budget_by_demand() {
+    let mut fleet = Fleet::start("fleet-skew", CONFIG, ENVOYS, 2);
+    let key = budget_key(&fleet, BUDGET_CALLS);
+    let route = |c: usize, n: usize| match (c * 7 + n) % 20 {
+        0..=15 => 0,
+        16..=18 => 1,
+        _ => 2,
+    };
+    let t = drive(&mut fleet, &key, 6, route, |_, _, _| {}, when_spent);
+    assert_bound_and_books(shared(), &fleet, &key, &t, BUDGET_CALLS);
+}
+
+/// `kill -9` of one Envoy at half the budget: the others carry on; once its lease expires its
+/// unused slice is lent again. The provider serves at most M + N·ĉ + the dead Envoy's slice.
+#[test]
+fn kill_9_of_an_envoy_at_half_the_budget() {
+    let mut fleet = Fleet::start("fleet-kill-envoy", CONFIG, ENVOYS, 2);
+    let key = budget_key(&fleet, BUDGET_CALLS);
+    let killed_at = std::cell::Cell::new(None::<Duration>);
+    let t = drive(
+        &mut fleet,
+        &key,
+        6,
+        |c, _| c % ENVOYS,
+        |fleet, admitted, elapsed| {
+            if killed_at.get().is_none() && admitted >= BUDGET_CALLS / 2 {
+                fleet.kill_envoy(2);
+                killed_at.set(Some(elapsed));
+            }
+        },
+        // Past the lease TTL (10 s), so the dead Envoy's slice can come back.
+        |_, elapsed, quiet| {
+            quiet > Duration::from_secs(2)
+                && killed_at
+                    .get()
+                    .is_some_and(|k| elapsed > k + Duration::from_secs(14))
+        },
+    );
+    let served = fleet.provider_requests() as usize;
+    let l_cap = (BUDGET_CALLS / 50).max(1);
+    eprintln!(
+        "kill -9 of an Envoy: provider served {served}, clients saw {} admitted",
+        t.admitted
+    );
+    assert!(
+        served <= BUDGET_CALLS + ENVOYS + l_cap,
+        "overshoot beyond M + N·ĉ + the dead Envoy's slice: {served} served"
+    );
+    let (rows, distinct) = settled_logs(shared(), &fleet, &key);
+    assert_eq!(rows, distinct, "no event counted twice");
+    // What the killed Envoy answered in its last flush period (1 s tick, plus a batch in
+    // flight: 1.5 s) may be lost with it, as in single-Envoy mode; everything else must be
+    // logged.
+    let killed_at = killed_at.get().expect("the load reached half the budget");
+    let unflushed = t
+        .admitted_at
+        .iter()
+        .filter(|(envoy, at)| *envoy == 2 && *at + Duration::from_millis(1500) > killed_at)
+        .count();
+    eprintln!("kill -9 of an Envoy: {rows} logged, {unflushed} answered by it in its last 1.5 s");
+    for ms in [250u64, 500, 1000, 2000, 4000] {
+        let n = t
+            .admitted_at
+            .iter()
+            .filter(|(envoy, at)| *envoy == 2 && *at + Duration::from_millis(ms) > killed_at)
+            .count();
+        eprintln!("  answered by the killed Envoy in its last {ms} ms: {n}");
+    }
+    assert!(
+        rows + unflushed >= t.admitted,
+        "acknowledged spend lost: {rows} logged, {} admitted, {unflushed} maybe unflushed",
+        t.admitted
+    );
+    assert!(
+        rows <= served,
+        "logged calls the provider never saw: {rows} > {served}"
+    );
+}
+
+/// `kill -9` of a sidecar replica under load: Envoy's cluster skips it; nothing acknowledged is
+/// lost, nothing counts twice, the bound holds.
+#[test]
+fn kill_9_of_a_replica_under_load() {
+    let mut fleet = Fleet::start("fleet-kill-replica", CONFIG, ENVOYS, 2);
+    let key = budget_key(&fleet, BUDGET_CALLS);
+    let mut killed = false;
+    let t = drive(
+        &mut fleet,
+        &key,
+        6,
+        |c, _| c % ENVOYS,
+        |fleet, admitted, _| {
+            if !killed && admitted >= BUDGET_CALLS / 2 {
+                fleet.kill_replica(0);
+                killed = true;
+            }
+        },
+        when_spent,
+    );
+    assert!(killed, "the load reached half the budget");
+    assert_bound_and_books(shared(), &fleet, &key, &t, BUDGET_CALLS);
+}
+
+/// A budget lowered through Envoy 0 mid-run is enforced by every Envoy: at most the new budget
+/// plus one slice per Envoy (the unused slices lent before the change, FLEET.md §4.10).
+#[test]
+fn a_lowered_budget_holds_across_the_fleet() {
+    let mut fleet = Fleet::start("fleet-lower", CONFIG, ENVOYS, 2);
+    let key = budget_key(&fleet, BUDGET_CALLS);
+    let lowered = BUDGET_CALLS / 2;
+    let mut changed = false;
+    let t = drive(
+        &mut fleet,
+        &key,
+        6,
+        |c, _| c % ENVOYS,
+        |fleet, admitted, _| {
+            if !changed && admitted >= BUDGET_CALLS / 4 {
+                let r = fleet.post(
+                    0,
+                    "/key/update",
+                    &format!("Bearer {MASTER_KEY}"),
+                    &json!({"key": key, "max_budget": lowered as f64 * CALL_USD}).to_string(),
+                );
+                r.assert_status(200);
+                changed = true;
+            }
+        },
+        when_spent,
+    );
+    let l_cap = (BUDGET_CALLS / 50).max(1);
+    eprintln!("lowered budget: {} admitted for {lowered}", t.admitted);
+    assert!(t.other.is_empty(), "unexpected answers: {:?}", t.other);
+    assert!(
+        t.admitted <= lowered + ENVOYS + ENVOYS * l_cap,
+        "overshoot beyond M' + N·ĉ + N·L_cap: {}",
+        t.admitted
+    );
+    let (rows, distinct) = settled_logs(shared(), &fleet, &key);
+    assert_eq!((rows, distinct), (t.admitted, t.admitted));
+}
+
+/// `pg_ctl restart -m immediate` under load: Envoys keep admitting inside their slices, lease
+/// calls and spend batches fail and are retried; afterwards nothing is lost or counted twice
+/// and the bound holds.
+#[test]
+fn a_database_restart_under_load() {
+    // Its own server: a restart would disturb the other tests' databases.
+    let pg = Postgres::start();
+    let mut fleet = Fleet::start_on(&pg, "fleet-pg-restart", CONFIG, ENVOYS, 2);
+    let key = budget_key(&fleet, BUDGET_CALLS);
+    let mut restarted = false;
+    let t = drive(
+        &mut fleet,
+        &key,
+        6,
+        |c, _| c % ENVOYS,
+        |_, admitted, _| {
+            if !restarted && admitted >= BUDGET_CALLS / 3 {
+                let started = Instant::now();
+                pg.stop_immediate();
+                pg.start_again();
+                eprintln!("PostgreSQL restarted in {:?}", started.elapsed());
+                restarted = true;
+            }
+        },
+        |_, _, quiet| quiet > Duration::from_secs(4),
+    );
+    assert!(restarted);
+    let unavailable: Vec<&String> = t.other.iter().filter(|o| !o.starts_with("503")).collect();
+    assert!(
+        unavailable.is_empty(),
+        "unexpected answers: {unavailable:?}"
+    );
+    eprintln!(
+        "database restart: {} answered 503 (no lease)",
+        t.other.len()
+    );
+    assert!(
+        t.admitted <= BUDGET_CALLS + ENVOYS,
+        "overshoot: {}",
+        t.admitted
+    );
+    let (rows, distinct) = settled_logs(&pg, &fleet, &key);
+    assert_eq!((rows, distinct), (t.admitted, t.admitted));
+}
