@@ -444,6 +444,55 @@ fn two_replicas_lend_one_budget_without_passing_it() {
         ),
         "e0 4000\ne1 0\ne2 0"
     );
+
+    // A key's model budget: its window and spend live in the lease rows (PostgreSQL's SQL).
+    let (status, generated) = post(
+        &a.url("/key/generate"),
+        &master(),
+        &json!({"model_max_budget": {"gpt-4o": {"budget_limit": 0.5, "time_period": "1d"}}})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{generated}");
+    let token = sha256_hex(generated["key"].as_str().expect("key"));
+    let ids = vec![token.clone(), "gpt-4o".to_string()];
+    let req = |seq: u64, used: i64| LeaseRequest {
+        envoy_id: "e0".into(),
+        seq,
+        items: vec![LeaseItem {
+            scope: format!("key_model:{token}:gpt-4o"),
+            level: "key_model".into(),
+            ids: ids.clone(),
+            used,
+            want: 1_000,
+            ..Default::default()
+        }],
+    };
+    let (status, v) = post(
+        &b.url(tollgate::contract::LEASES_PATH),
+        &internal(),
+        &serde_json::to_string(&req(1, 0)).unwrap(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let first: LeaseAnswer = serde_json::from_value(v).unwrap();
+    assert_eq!(first.items[0].max_nanos, Some(500_000_000));
+    assert_eq!(first.items[0].grant, 1_000);
+    let mut e = event("tg-km-1", &token, "nobody", 700);
+    e.envoy_id = Some("e0".into());
+    let (status, _) = post(
+        &a.url("/tollgate/internal/v1/spend"),
+        &internal(),
+        &serde_json::to_string(&SpendBatch { events: vec![e] }).unwrap(),
+    );
+    assert_eq!(status, 200);
+    let (status, v) = post(
+        &a.url(tollgate::contract::LEASES_PATH),
+        &internal(),
+        &serde_json::to_string(&req(2, 700)).unwrap(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let second: LeaseAnswer = serde_json::from_value(v).unwrap();
+    assert_eq!(second.items[0].period, first.items[0].period, "one window");
+    assert_eq!(second.items[0].spend, 700, "applied from the event");
 }
 
 /// A database that is down: the sidecar answers 503 in LiteLLM's envelope, and serves again
