@@ -703,10 +703,26 @@ pub fn apply_lease_answer<S: VersionedStore>(
             };
             let mut c = Counter::decode(bytes);
             if c.reset_at != grant.period {
-                return Decision::Keep(false);
+                // A key×model window is the sidecar's (opened by the first lease call after
+                // the last one ended), not this Envoy's first charge: adopt it while it runs.
+                let adoptable = grant.scope.starts_with("key_model:") && grant.period > now;
+                if !adoptable {
+                    return Decision::Keep(false);
+                }
+                c.reset_at = grant.period;
+                c.grant = 0;
+                c.deadline = 0;
             }
-            c.grant = c.grant.max(grant.grant);
-            c.deadline = c.deadline.max(deadline);
+            if now >= c.deadline {
+                // Expired (or never lent): the sidecar no longer counts the old grant, so the
+                // answer's stands as it is.
+                c.grant = grant.grant;
+                c.deadline = deadline;
+            } else {
+                // Live: grants only grow, so answers arriving out of order are taken by `max`.
+                c.grant = c.grant.max(grant.grant);
+                c.deadline = c.deadline.max(deadline);
+            }
             if grant.spend > c.global {
                 c.global = grant.spend;
                 c.global_at = c.spend;
@@ -1371,6 +1387,58 @@ mod tests {
             let items =
                 borrowed(admit_in(&s, &scopes, CENT, period, CAL, 422, check(None)).unwrap());
             assert_eq!((items[0].period, items[0].held), (period + 10_000_000, 0));
+        }
+
+        #[test]
+        fn an_expired_slice_takes_the_answer_as_it_is() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            apply(&s, vec![grant(&scopes[0], 0, 8 * CENT, 0)], NOW);
+            // Past its deadline the sidecar no longer counts the old grant: a smaller new one
+            // replaces it (a `max` would keep lending what nobody counts any more).
+            let later = NOW + TTL;
+            let answer = LeaseAnswer {
+                items: vec![grant(&scopes[0], 0, 3 * CENT, 0)],
+            };
+            let asked = vec![answer.items[0].scope.clone()];
+            apply_lease_answer(&s, &answer, &asked, later, later + 1);
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!((c.grant, c.deadline), (3 * CENT, later + TTL - 500_000));
+        }
+
+        #[test]
+        fn a_key_model_entry_adopts_the_sidecars_window() {
+            let s = MemoryStore::default();
+            let scope = Scope {
+                level: Level::KeyModel {
+                    token: "tok".into(),
+                    alias: "key".into(),
+                    model: "gpt-4o".into(),
+                },
+                id: "tok:gpt-4o".into(),
+                max_budget_usd: Some(1.0),
+                duration: Some("1d".into()),
+                seed_spend_nanos: 0,
+                seed_reset_at_micros: None,
+            };
+            let scopes = [scope];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            let own = read(&s, &scopes[0]).unwrap().reset_at;
+            let sidecars = own - 5_000_000;
+            assert_eq!(
+                apply(&s, vec![grant(&scopes[0], sidecars, 4 * CENT, 0)], NOW).len(),
+                1
+            );
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!((c.reset_at, c.grant), (sidecars, 4 * CENT));
+            // A window that has already ended is not adopted.
+            assert!(apply(&s, vec![grant(&scopes[0], NOW - 1, 9 * CENT, 0)], NOW).is_empty());
+            // Other levels never move their period.
+            let key = [key_scope(Some(1.0), Some("10s"))];
+            borrowed(admit_in(&s, &key, CENT, NOW, CAL, 422, check(None)).unwrap());
+            let period = read(&s, &key[0]).unwrap().reset_at;
+            assert!(apply(&s, vec![grant(&key[0], period - 1, 9 * CENT, 0)], NOW).is_empty());
         }
 
         #[test]

@@ -229,7 +229,9 @@ pub struct LeaseRequest {
 #[serde(default)]
 pub struct LeaseItem {
     /// The budget's shared-data entry name without [`crate::contract::BUDGET_PREFIX`]:
-    /// `<level>:<id>` ([`crate::budgets::storage_key`]); the lease's identity.
+    /// `<level>:<id>` ([`crate::budgets::storage_key`]); the lease's identity. Made from
+    /// `level` and `ids` by [`crate::budgets::scope_name`] (the sidecar refuses an item whose
+    /// scope is not that name).
     pub scope: String,
     /// The level (`key`, `key_model`, `user`, `team`, `team_member`, `organization`,
     /// `end_user`, `proxy`) and
@@ -238,7 +240,10 @@ pub struct LeaseItem {
     /// `scope`.
     pub level: String,
     pub ids: Vec<String>,
-    /// The period this Envoy counts in: its entry's `reset_at` (µs); 0 = no period.
+    /// The period this Envoy counts in: its entry's `reset_at` (µs); 0 = no period. An item
+    /// in another period than the sidecar's current one is sized as having used nothing of it.
+    /// `key_model` budgets: the sidecar keeps the window (opened by the first lease call after
+    /// the last window ended), so the filter takes the answer's `period` for them.
     pub period: i64,
     /// Settled spend plus reservations in flight on this Envoy in `period`.
     pub used: i64,
@@ -278,7 +283,9 @@ pub struct LeaseGrant {
     pub period: i64,
     /// Cumulative for this Envoy in `period`: never below the `used` it reported, and never
     /// below an earlier answer's grant for the same period (grants only grow, so answers that
-    /// arrive out of order are applied with `max`).
+    /// arrive out of order are applied with `max`). Two exceptions: `returning` (the grant
+    /// drops to `used`), and a lease that expired (no renewal within `ttl_ms`): its old grant
+    /// is void on both sides, so an entry past its deadline takes the next answer as it is.
     pub grant: i64,
     /// Valid for this long from when the request was sent: the filter's deadline is
     /// `sent + ttl_ms − 500 ms`, before the sidecar's own expiry (`now() + ttl` at commit).

@@ -8,7 +8,7 @@ mod common;
 use common::postgres::{shared, Postgres, Replica};
 use common::*;
 use serde_json::{json, Value};
-use tollgate::records::{SpendBatch, SpendEvent};
+use tollgate::records::{LeaseAnswer, LeaseItem, LeaseRequest, SpendBatch, SpendEvent};
 use tollgate::sidecar::store::{
     BudgetRow, EndUserRow, KeyQuery, KeyRow, MembershipRow, OrgMembershipRow, OrgRow, PgOptions,
     SpendLogQuery, Store, TeamRow, UserRow,
@@ -438,6 +438,157 @@ fn two_replicas_share_keys_changes_and_charge_each_event_once() {
     );
 }
 
+/// Fleet mode on two replicas: three Envoys renew leases on one small key budget through both
+/// replicas at once, each using all it was lent before asking again. Each Envoy's grants only
+/// grow, so the sum of each one's largest answer bounds what they held together at any moment:
+/// it never passes the budget (the advisory lock serialises grants across replicas). A spend
+/// batch carrying an Envoy id, posted to both replicas at once, is applied to its lease once.
+#[test]
+fn two_replicas_lend_one_budget_without_passing_it() {
+    let pg = shared();
+    let url = pg.database("leases");
+    let scratch = TempDir::new("pg-leases");
+    let a = Replica::start(&config(), &url, scratch.path());
+    let b = Replica::start(&config(), &url, scratch.path());
+    let (status, generated) = post(
+        &a.url("/key/generate"),
+        &master(),
+        &json!({"max_budget": 0.001}).to_string(),
+    );
+    assert_eq!(status, 200, "{generated}");
+    let token = sha256_hex(generated["key"].as_str().expect("key"));
+    let max: i64 = 1_000_000;
+    let scope = format!("key:{token}");
+    let ask = |replica: &Replica, envoy: &str, seq: u64, used: i64| -> i64 {
+        let req = LeaseRequest {
+            envoy_id: envoy.into(),
+            seq,
+            items: vec![LeaseItem {
+                scope: scope.clone(),
+                level: "key".into(),
+                ids: vec![token.clone()],
+                used,
+                held: used,
+                want: 60_000,
+                reservation: 20_000,
+                ..Default::default()
+            }],
+        };
+        let (status, v) = post(
+            &replica.url(tollgate::contract::LEASES_PATH),
+            &internal(),
+            &serde_json::to_string(&req).unwrap(),
+        );
+        assert_eq!(status, 200, "{v}");
+        let answer: LeaseAnswer = serde_json::from_value(v).unwrap();
+        assert_eq!(answer.items[0].max_nanos, Some(max));
+        answer.items[0].grant
+    };
+    let largest: Vec<i64> = std::thread::scope(|s| {
+        let hs: Vec<_> = ["e0", "e1", "e2"]
+            .iter()
+            .map(|envoy| {
+                let (a, b, ask) = (&a, &b, &ask);
+                s.spawn(move || {
+                    let mut grant = 0;
+                    for seq in 1..=60u64 {
+                        let replica = if seq % 2 == 0 { a } else { b };
+                        let g = ask(replica, envoy, seq, grant);
+                        assert!(g >= grant, "{envoy} seq {seq}: {g} < {grant}");
+                        grant = g;
+                    }
+                    grant
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("envoy")).collect()
+    });
+    let lent: i64 = largest.iter().sum();
+    assert!(lent <= max, "{largest:?} lent {lent} of {max}");
+    // Lent down to less than one request per Envoy.
+    assert!(lent > max - 3 * 20_000, "{largest:?}");
+    let db = url.rsplit('/').next().unwrap();
+    let in_db = pg.psql(
+        db,
+        &format!(
+            "SELECT sum(greatest(grant_total, held, used_total) - applied_total) FROM tollgate.lease WHERE scope = '{scope}'"
+        ),
+    );
+    assert_eq!(in_db, lent.to_string());
+
+    let batch = SpendBatch {
+        events: (0..4)
+            .map(|i| SpendEvent {
+                envoy_id: Some("e0".into()),
+                ..event(&format!("tg-e0-{i}"), &token, "nobody", 1_000)
+            })
+            .collect(),
+    };
+    let body = serde_json::to_string(&batch).unwrap();
+    std::thread::scope(|s| {
+        for r in [&a, &b] {
+            let (u, body) = (r.url("/tollgate/internal/v1/spend"), body.clone());
+            s.spawn(move || assert_eq!(post(&u, &internal(), &body).0, 200));
+        }
+    });
+    assert_eq!(
+        pg.psql(
+            db,
+            &format!("SELECT envoy_id || ' ' || applied_total FROM tollgate.lease WHERE scope = '{scope}' ORDER BY envoy_id")
+        ),
+        "e0 4000\ne1 0\ne2 0"
+    );
+
+    // A key's model budget: its window and spend live in the lease rows (PostgreSQL's SQL).
+    let (status, generated) = post(
+        &a.url("/key/generate"),
+        &master(),
+        &json!({"model_max_budget": {"gpt-4o": {"budget_limit": 0.5, "time_period": "1d"}}})
+            .to_string(),
+    );
+    assert_eq!(status, 200, "{generated}");
+    let token = sha256_hex(generated["key"].as_str().expect("key"));
+    let ids = vec![token.clone(), "gpt-4o".to_string()];
+    let req = |seq: u64, used: i64| LeaseRequest {
+        envoy_id: "e0".into(),
+        seq,
+        items: vec![LeaseItem {
+            scope: format!("key_model:{token}:gpt-4o"),
+            level: "key_model".into(),
+            ids: ids.clone(),
+            used,
+            want: 1_000,
+            ..Default::default()
+        }],
+    };
+    let (status, v) = post(
+        &b.url(tollgate::contract::LEASES_PATH),
+        &internal(),
+        &serde_json::to_string(&req(1, 0)).unwrap(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let first: LeaseAnswer = serde_json::from_value(v).unwrap();
+    assert_eq!(first.items[0].max_nanos, Some(500_000_000));
+    assert_eq!(first.items[0].grant, 1_000);
+    let mut e = event("tg-km-1", &token, "nobody", 700);
+    e.envoy_id = Some("e0".into());
+    let (status, _) = post(
+        &a.url("/tollgate/internal/v1/spend"),
+        &internal(),
+        &serde_json::to_string(&SpendBatch { events: vec![e] }).unwrap(),
+    );
+    assert_eq!(status, 200);
+    let (status, v) = post(
+        &a.url(tollgate::contract::LEASES_PATH),
+        &internal(),
+        &serde_json::to_string(&req(2, 700)).unwrap(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let second: LeaseAnswer = serde_json::from_value(v).unwrap();
+    assert_eq!(second.items[0].period, first.items[0].period, "one window");
+    assert_eq!(second.items[0].spend, 700, "applied from the event");
+}
+
 /// A database that is down: the sidecar answers 503 in LiteLLM's envelope, and serves again
 /// once the database is back.
 #[test]
@@ -459,6 +610,12 @@ fn a_database_that_is_down_answers_503_and_recovers() {
         &a.url("/tollgate/internal/v1/spend"),
         &internal(),
         "{\"events\":[]}",
+    );
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = post(
+        &a.url(tollgate::contract::LEASES_PATH),
+        &internal(),
+        "{\"envoy_id\":\"e\",\"seq\":1,\"items\":[]}",
     );
     assert_eq!(status, 503, "{body}");
 

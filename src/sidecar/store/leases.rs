@@ -224,7 +224,8 @@ impl Tx<'_> {
         let spend = self
             .db
             .row(
-                "SELECT COALESCE(SUM(applied_total), 0) FROM lease WHERE scope = ?1 AND period = ?2",
+                "SELECT CAST(COALESCE(SUM(applied_total), 0) AS BIGINT) FROM lease
+                 WHERE scope = ?1 AND period = ?2",
                 args![&scope, period],
             )?
             .map(|r| r.int(0))

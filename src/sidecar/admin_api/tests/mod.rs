@@ -6,6 +6,7 @@ mod changes;
 mod customers;
 mod handlers;
 mod keys;
+mod leases;
 mod metrics;
 mod models;
 mod orgs;
