@@ -66,9 +66,9 @@ enum Phase {
         asked: Vec<String>,
         prepared: Box<Prepared<'static>>,
         customer: Option<CustomerLookup>,
-        /// The request's items while it may still be sent once more (a failed first attempt
-        /// is retried: the cluster's round robin picks another sidecar replica).
-        retry: Option<Vec<LeaseItem>>,
+        /// The request's items and how many more times a failed attempt is sent again
+        /// ([`BORROW_RETRIES`]).
+        retry: (Vec<LeaseItem>, u8),
     },
     /// Admitted and sent upstream: the response is followed to its end.
     Forwarded(Box<AdmittedCall>),
@@ -82,8 +82,13 @@ struct LeaseWait {
     asked: Vec<String>,
     prepared: Prepared<'static>,
     customer: Option<CustomerLookup>,
-    retry: Option<Vec<LeaseItem>>,
+    retry: (Vec<LeaseItem>, u8),
 }
+
+/// A failed borrow is sent again up to this many times before `on_no_lease` decides: the
+/// cluster's round robin moves to another sidecar replica, and a dead one is ejected after two
+/// failures in a row, so the third attempt reaches a live one (as key lookups do).
+const BORROW_RETRIES: u8 = 2;
 
 struct PendingLookup {
     token: u32,
@@ -495,16 +500,17 @@ impl Flow {
                 host.log_warn(&format!(
                     "tollgate: budget lease request failed (status {status:?})"
                 ));
-                if let Some(items) = retry {
-                    // A replica that died or restarted: ask once more before `on_no_lease`.
-                    if let Some(token) = self.send_lease_request(host, items, now) {
+                let (items, left) = retry;
+                if left > 0 {
+                    // A replica that died or restarted: ask again before `on_no_lease`.
+                    if let Some(token) = self.send_lease_request(host, items.clone(), now) {
                         self.phase = Phase::AwaitLease {
                             token,
                             sent_at: now,
                             asked,
                             prepared: Box::new(prepared),
                             customer,
-                            retry: None,
+                            retry: (items, left - 1),
                         };
                         return Step::Pause;
                     }
@@ -554,7 +560,7 @@ impl Flow {
             asked,
             prepared: Box::new(prepared.into_owned()),
             customer,
-            retry: Some(retry),
+            retry: (retry, BORROW_RETRIES),
         };
         Step::Pause
     }
