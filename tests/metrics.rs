@@ -4,7 +4,10 @@
 //! Envoy) and Envoy's `/stats/prometheus` (its admin port on 127.0.0.1) show exact values.
 //!
 //! Envoy's side also carries the filter's own counters: `tollgate_requests_total{outcome,upstream}`,
-//! `tollgate_tokens_total{direction}` and `tollgate_spend_nanos_total`.
+//! `tollgate_tokens_total{direction}`, `tollgate_spend_nanos_total`, and its sidecar traffic:
+//! `tollgate_key_lookups_total{result}`, `tollgate_spend_events_queued_total`,
+//! `tollgate_spend_batches_total{result}`, `tollgate_lease_borrows_total{result}` and
+//! `tollgate_lease_renewals_total{result}` (zero here: fleet mode is off).
 //!
 //! One call: a 12-letter prompt (10 prompt tokens at the fake) and `max_tokens` 5 (5 completion
 //! tokens) at $0.001 in / $0.002 out = $0.02.
@@ -274,7 +277,13 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
             &[],
             None,
         );
-        if r.status == 200 && classes(&r.body)[1] == [4.0] {
+        // A batch is counted when the sidecar's answer reaches the filter, after it applied it.
+        let flushed = values(
+            &parse(&r.body),
+            "tollgate_spend_batches_total",
+            &[("result", "flushed")],
+        );
+        if r.status == 200 && classes(&r.body)[1] == [4.0] && flushed.first() >= Some(&1.0) {
             Ok(r.body)
         } else {
             Err(format!("{}: {}", r.status, r.body))
@@ -332,4 +341,34 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         40_000_000.0,
         "{filter_lines}"
     );
+
+    // The sidecar traffic: each of the four keys looked up once at the sidecar (the unknown
+    // one answered "not found"), the second calls of the first two found in shared data.
+    let lookups = |result: &str| one(&e, "tollgate_key_lookups_total", &[("result", result)]);
+    assert_eq!(lookups("sidecar"), 4.0, "{filter_lines}");
+    assert_eq!(lookups("cached"), 2.0, "{filter_lines}");
+    assert_eq!(lookups("failed"), 0.0, "{filter_lines}");
+    // One event per admitted call, sent in at least one batch, none put back.
+    assert_eq!(
+        one(&e, "tollgate_spend_events_queued_total", &[]),
+        3.0,
+        "{filter_lines}"
+    );
+    let batches = |result: &str| one(&e, "tollgate_spend_batches_total", &[("result", result)]);
+    assert!(batches("flushed") >= 1.0, "{filter_lines}");
+    assert_eq!(batches("retried"), 0.0, "{filter_lines}");
+    for result in ["granted", "refused", "failed"] {
+        assert_eq!(
+            one(&e, "tollgate_lease_borrows_total", &[("result", result)]),
+            0.0,
+            "{filter_lines}"
+        );
+    }
+    for result in ["sent", "failed"] {
+        assert_eq!(
+            one(&e, "tollgate_lease_renewals_total", &[("result", result)]),
+            0.0,
+            "{filter_lines}"
+        );
+    }
 }
