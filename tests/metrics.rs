@@ -118,7 +118,10 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
     let (budgeted, _) = s.generate_key(json!({
         "max_budget": 0.02, "key_alias": "metrics-a", "team_id": "t-metrics", "user_id": "u-metrics"
     }));
-    let (limited, _) = s.generate_key(json!({"rpm_limit": 1, "key_alias": "metrics-b"}));
+    let (limited, _) = s.generate_key(json!({
+        "rpm_limit": 1, "key_alias": "metrics-b",
+        "model_rpm_limit": {"priced": 3}, "model_tpm_limit": {"priced": 1000}
+    }));
     let (failing, _) = s.generate_key(json!({"key_alias": "metrics-c"}));
 
     // Admitted, then refused for its budget once the first call's spend is settled.
@@ -128,8 +131,8 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
     let refused = s.post_with("/v1/chat/completions", &budgeted, &[], &body());
     assert_eq!(refused.status / 100, 4, "{}", refused.body);
     // Admitted, then rate-limited.
-    s.post_with("/v1/chat/completions", &limited, &[], &body())
-        .assert_status(200);
+    let limited_ok = s.post_with("/v1/chat/completions", &limited, &[], &body());
+    limited_ok.assert_status(200);
     s.post_with("/v1/chat/completions", &limited, &[], &body())
         .assert_status(429);
     // The upstream fails.
@@ -209,6 +212,40 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         &[("hashed_api_key", &hash_c)]
     )
     .is_empty());
+    // What the key's per-model limits had left when its successful call was admitted (the
+    // headers it got), and LiteLLM's `sys.maxsize` for a key without such limits.
+    let remaining = |name: &str, hash: &str| {
+        one(
+            &m,
+            name,
+            &[
+                ("hashed_api_key", hash),
+                ("model", "priced"),
+                ("model_id", "priced-id"),
+            ],
+        )
+    };
+    let header = |name: &str| -> f64 {
+        limited_ok
+            .header(name)
+            .unwrap_or_else(|| panic!("{name}: {:?}", limited_ok.headers))
+            .parse()
+            .unwrap()
+    };
+    let requests_left = "litellm_remaining_api_key_requests_for_model";
+    let tokens_left = "litellm_remaining_api_key_tokens_for_model";
+    assert_eq!(remaining(requests_left, &hash_b), 2.0, "{text}");
+    assert_eq!(
+        remaining(requests_left, &hash_b),
+        header("x-litellm-key-remaining-requests-priced")
+    );
+    let tokens = remaining(tokens_left, &hash_b);
+    assert!(tokens > 0.0 && tokens < 1000.0, "{text}");
+    assert_eq!(tokens, header("x-litellm-key-remaining-tokens-priced"));
+    assert_eq!(remaining(requests_left, &hash_a), i64::MAX as f64, "{text}");
+    assert_eq!(remaining(tokens_left, &hash_a), i64::MAX as f64, "{text}");
+    // Set on successful calls only (the failed key has none).
+    assert!(values(&m, requests_left, &[("hashed_api_key", &hash_c)]).is_empty());
     assert_eq!(
         one(&m, "tollgate_spend_events_total", &[("result", "applied")]),
         3.0,

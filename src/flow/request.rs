@@ -848,6 +848,11 @@ impl Flow {
             ),
             Caller::Master => (None, None, None, None),
         };
+        let model_remaining = |t| rate_limits::model_remaining(&limits.statuses, t);
+        let (model_remaining_requests, model_remaining_tokens) = (
+            model_remaining(rate_limits::LimitType::Requests),
+            model_remaining(rate_limits::LimitType::Tokens),
+        );
         Ok(Admit::Call(Box::new(AdmittedCall {
             limits,
             budget,
@@ -880,6 +885,8 @@ impl Flow {
                 .to_string(),
                 start_time_micros: self.started_micros,
                 envoy_id: config.fleet.as_ref().and(shared.envoy_id.clone()),
+                model_remaining_requests,
+                model_remaining_tokens,
                 ..Default::default()
             },
         })))

@@ -168,6 +168,30 @@ fn upstream_body(host: &MockHost) -> serde_json::Value {
     serde_json::from_slice(&host.request_body.borrow()).unwrap()
 }
 
+/// The event carries what the key's per-model limits had left at admission (the sidecar's
+/// `litellm_remaining_api_key_*_for_model`), and nothing without such limits.
+#[test]
+fn event_carries_the_model_limits_left() {
+    let mut key = full_key();
+    key.model_rpm_limit.insert("gpt-4o".into(), 5);
+    key.model_tpm_limit.insert("gpt-4o".into(), 10_000);
+    for (record, want_requests) in [(key, Some(4)), (full_key(), None)] {
+        let h = Harness::new(config()).with_key(&record);
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Continue));
+        h.respond_json(&mut flow, 200, ANSWER);
+        let event = &h.events()[0];
+        assert_eq!(event.model_remaining_requests, want_requests);
+        assert_eq!(
+            event
+                .model_remaining_tokens
+                .is_some_and(|t| t > 0 && t < 10_000),
+            want_requests.is_some(),
+            "{event:?}"
+        );
+    }
+}
+
 #[test]
 fn known_key_is_admitted_rewritten_charged_and_settled() {
     let h = Harness::new(config()).with_key(&full_key());
