@@ -63,6 +63,56 @@ pub enum Metric {
     OutputTokens,
     /// Spend of admitted calls, nano-dollars.
     SpendNanos,
+    /// Key lookups by where the record came from.
+    KeyLookups(Lookup),
+    /// Spend events put on the shared queue (one per admitted call).
+    SpendEventsQueued,
+    /// Spend batches by what became of them.
+    SpendBatches(Batch),
+    /// Fleet mode: borrows (a request's lease call) by outcome.
+    LeaseBorrows(Borrow),
+    /// Fleet mode: the root tick's renewal reports by outcome.
+    LeaseRenewals(Renewal),
+}
+
+/// Where a virtual key's record came from (the `result` label of `tollgate_key_lookups_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Found in shared data (a record or a recent "no such key").
+    Cached,
+    /// The sidecar answered (found or not).
+    Sidecar,
+    /// The sidecar could not be asked or did not answer (after the retry): the call got a 503.
+    Failed,
+}
+
+/// What became of a spend batch (`tollgate_spend_batches_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batch {
+    /// The sidecar took it (200).
+    Flushed,
+    /// Not sent, or not taken: put back on the queue for a later tick.
+    Retried,
+}
+
+/// A borrow's outcome (`tollgate_lease_borrows_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Borrow {
+    /// The sidecar answered and the call's budgets admitted it.
+    Granted,
+    /// The sidecar answered, but the budgets still refused the call.
+    Refused,
+    /// No usable answer (not sent, an error, or no answer twice): `on_no_lease` decided.
+    Failed,
+}
+
+/// A renewal report's outcome (`tollgate_lease_renewals_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Sent and answered with a lease answer.
+    Sent,
+    /// Not sent, or no usable answer (the slices run to their deadlines).
+    Failed,
 }
 
 const OUTCOMES: [Outcome; 7] = [
@@ -81,8 +131,25 @@ const CLASSES: [StatusClass; 5] = [
     StatusClass::Other,
     StatusClass::None,
 ];
-/// Number of distinct counters: every (outcome, class) pair plus the three usage counters.
-pub const METRIC_COUNT: usize = OUTCOMES.len() * CLASSES.len() + 3;
+/// The counters without an (outcome, class) pair, in [`Metric::index`] order after those.
+const OTHERS: [Metric; 14] = [
+    Metric::InputTokens,
+    Metric::OutputTokens,
+    Metric::SpendNanos,
+    Metric::KeyLookups(Lookup::Cached),
+    Metric::KeyLookups(Lookup::Sidecar),
+    Metric::KeyLookups(Lookup::Failed),
+    Metric::SpendEventsQueued,
+    Metric::SpendBatches(Batch::Flushed),
+    Metric::SpendBatches(Batch::Retried),
+    Metric::LeaseBorrows(Borrow::Granted),
+    Metric::LeaseBorrows(Borrow::Refused),
+    Metric::LeaseBorrows(Borrow::Failed),
+    Metric::LeaseRenewals(Renewal::Sent),
+    Metric::LeaseRenewals(Renewal::Failed),
+];
+/// Number of distinct counters: every (outcome, class) pair plus the others.
+pub const METRIC_COUNT: usize = OUTCOMES.len() * CLASSES.len() + OTHERS.len();
 
 impl Metric {
     /// Every counter, in [`Metric::index`] order (each is defined once per VM).
@@ -90,26 +157,26 @@ impl Metric {
         OUTCOMES
             .iter()
             .flat_map(|o| CLASSES.iter().map(move |c| Metric::Requests(*o, *c)))
-            .chain([
-                Metric::InputTokens,
-                Metric::OutputTokens,
-                Metric::SpendNanos,
-            ])
+            .chain(OTHERS)
     }
 
     pub fn index(self) -> usize {
-        let position = |o: Outcome| OUTCOMES.iter().position(|x| *x == o).unwrap_or(0);
-        let class = |c: StatusClass| CLASSES.iter().position(|x| *x == c).unwrap_or(0);
+        let pairs = OUTCOMES.len() * CLASSES.len();
         match self {
-            Metric::Requests(o, c) => position(o) * CLASSES.len() + class(c),
-            Metric::InputTokens => METRIC_COUNT - 3,
-            Metric::OutputTokens => METRIC_COUNT - 2,
-            Metric::SpendNanos => METRIC_COUNT - 1,
+            Metric::Requests(o, c) => {
+                let outcome = OUTCOMES.iter().position(|x| *x == o).unwrap_or(0);
+                let class = CLASSES.iter().position(|x| *x == c).unwrap_or(0);
+                outcome * CLASSES.len() + class
+            }
+            other => pairs + OTHERS.iter().position(|x| *x == other).unwrap_or(0),
         }
     }
 
     /// The Envoy stat name (Prometheus: `tollgate_requests_total{outcome,upstream}`,
-    /// `tollgate_tokens_total{direction}`, `tollgate_spend_nanos_total`).
+    /// `tollgate_tokens_total{direction}`, `tollgate_spend_nanos_total`,
+    /// `tollgate_key_lookups_total{result}`, `tollgate_spend_events_queued_total`,
+    /// `tollgate_spend_batches_total{result}`, `tollgate_lease_borrows_total{result}`,
+    /// `tollgate_lease_renewals_total{result}`).
     pub fn name(self) -> String {
         match self {
             Metric::Requests(o, c) => {
@@ -134,13 +201,44 @@ impl Metric {
             Metric::InputTokens => "tollgate.tokens_total.direction.input".into(),
             Metric::OutputTokens => "tollgate.tokens_total.direction.output".into(),
             Metric::SpendNanos => "tollgate.spend_nanos_total".into(),
+            Metric::KeyLookups(l) => {
+                let result = match l {
+                    Lookup::Cached => "cached",
+                    Lookup::Sidecar => "sidecar",
+                    Lookup::Failed => "failed",
+                };
+                format!("tollgate.key_lookups_total.result.{result}")
+            }
+            Metric::SpendEventsQueued => "tollgate.spend_events_queued_total".into(),
+            Metric::SpendBatches(b) => {
+                let result = match b {
+                    Batch::Flushed => "flushed",
+                    Batch::Retried => "retried",
+                };
+                format!("tollgate.spend_batches_total.result.{result}")
+            }
+            Metric::LeaseBorrows(b) => {
+                let result = match b {
+                    Borrow::Granted => "granted",
+                    Borrow::Refused => "refused",
+                    Borrow::Failed => "failed",
+                };
+                format!("tollgate.lease_borrows_total.result.{result}")
+            }
+            Metric::LeaseRenewals(r) => {
+                let result = match r {
+                    Renewal::Sent => "sent",
+                    Renewal::Failed => "failed",
+                };
+                format!("tollgate.lease_renewals_total.result.{result}")
+            }
         }
     }
 }
 
 /// Envoy `stats_tags` that make the name segments above Prometheus labels: (tag name, regex
 /// whose first group is cut from the name and whose second is the value).
-pub const STATS_TAGS: [(&str, &str); 3] = [
+pub const STATS_TAGS: [(&str, &str); 4] = [
     (
         "outcome",
         r"^(?:wasmcustom\.)?tollgate\.requests_total(\.outcome\.([a-z_]+))",
@@ -152,6 +250,10 @@ pub const STATS_TAGS: [(&str, &str); 3] = [
     (
         "direction",
         r"^(?:wasmcustom\.)?tollgate\.tokens_total(\.direction\.([a-z]+))$",
+    ),
+    (
+        "result",
+        r"^(?:wasmcustom\.)?tollgate\.(?:key_lookups|spend_batches|lease_borrows|lease_renewals)_total(\.result\.([a-z]+))$",
     ),
 ];
 

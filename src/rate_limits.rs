@@ -55,6 +55,14 @@ pub struct LimitStatus {
     pub remaining: u64,
 }
 
+/// What is left of the key's per-model limit of `limit_type` (`model_per_key`), if it has one.
+pub fn model_remaining(statuses: &[LimitStatus], limit_type: LimitType) -> Option<u64> {
+    statuses
+        .iter()
+        .find(|s| s.kind == "model_per_key" && s.limit_type == limit_type)
+        .map(|s| s.remaining)
+}
+
 /// What admission took in one scope's entry, to give back or settle when the request ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Held {

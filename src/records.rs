@@ -195,6 +195,13 @@ pub struct SpendEvent {
     /// applied. `None` outside fleet mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envoy_id: Option<String>,
+    /// What was left of the key's rpm / tpm limit for this model (`model_rpm_limit` /
+    /// `model_tpm_limit`) when the call was admitted; `None` without such a limit. The sidecar's
+    /// `litellm_remaining_api_key_{requests,tokens}_for_model`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_remaining_requests: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_remaining_tokens: Option<u64>,
 }
 
 /// A spend event's id: this filter instance's random id (128 bits, drawn when the VM starts)

@@ -4,7 +4,10 @@
 //! Envoy) and Envoy's `/stats/prometheus` (its admin port on 127.0.0.1) show exact values.
 //!
 //! Envoy's side also carries the filter's own counters: `tollgate_requests_total{outcome,upstream}`,
-//! `tollgate_tokens_total{direction}` and `tollgate_spend_nanos_total`.
+//! `tollgate_tokens_total{direction}`, `tollgate_spend_nanos_total`, and its sidecar traffic:
+//! `tollgate_key_lookups_total{result}`, `tollgate_spend_events_queued_total`,
+//! `tollgate_spend_batches_total{result}`, `tollgate_lease_borrows_total{result}` and
+//! `tollgate_lease_renewals_total{result}` (zero here: fleet mode is off).
 //!
 //! One call: a 12-letter prompt (10 prompt tokens at the fake) and `max_tokens` 5 (5 completion
 //! tokens) at $0.001 in / $0.002 out = $0.02.
@@ -115,7 +118,10 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
     let (budgeted, _) = s.generate_key(json!({
         "max_budget": 0.02, "key_alias": "metrics-a", "team_id": "t-metrics", "user_id": "u-metrics"
     }));
-    let (limited, _) = s.generate_key(json!({"rpm_limit": 1, "key_alias": "metrics-b"}));
+    let (limited, _) = s.generate_key(json!({
+        "rpm_limit": 1, "key_alias": "metrics-b",
+        "model_rpm_limit": {"priced": 3}, "model_tpm_limit": {"priced": 1000}
+    }));
     let (failing, _) = s.generate_key(json!({"key_alias": "metrics-c"}));
 
     // Admitted, then refused for its budget once the first call's spend is settled.
@@ -125,8 +131,8 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
     let refused = s.post_with("/v1/chat/completions", &budgeted, &[], &body());
     assert_eq!(refused.status / 100, 4, "{}", refused.body);
     // Admitted, then rate-limited.
-    s.post_with("/v1/chat/completions", &limited, &[], &body())
-        .assert_status(200);
+    let limited_ok = s.post_with("/v1/chat/completions", &limited, &[], &body());
+    limited_ok.assert_status(200);
     s.post_with("/v1/chat/completions", &limited, &[], &body())
         .assert_status(429);
     // The upstream fails.
@@ -206,6 +212,40 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         &[("hashed_api_key", &hash_c)]
     )
     .is_empty());
+    // What the key's per-model limits had left when its successful call was admitted (the
+    // headers it got), and LiteLLM's `sys.maxsize` for a key without such limits.
+    let remaining = |name: &str, hash: &str| {
+        one(
+            &m,
+            name,
+            &[
+                ("hashed_api_key", hash),
+                ("model", "priced"),
+                ("model_id", "priced-id"),
+            ],
+        )
+    };
+    let header = |name: &str| -> f64 {
+        limited_ok
+            .header(name)
+            .unwrap_or_else(|| panic!("{name}: {:?}", limited_ok.headers))
+            .parse()
+            .unwrap()
+    };
+    let requests_left = "litellm_remaining_api_key_requests_for_model";
+    let tokens_left = "litellm_remaining_api_key_tokens_for_model";
+    assert_eq!(remaining(requests_left, &hash_b), 2.0, "{text}");
+    assert_eq!(
+        remaining(requests_left, &hash_b),
+        header("x-litellm-key-remaining-requests-priced")
+    );
+    let tokens = remaining(tokens_left, &hash_b);
+    assert!(tokens > 0.0 && tokens < 1000.0, "{text}");
+    assert_eq!(tokens, header("x-litellm-key-remaining-tokens-priced"));
+    assert_eq!(remaining(requests_left, &hash_a), i64::MAX as f64, "{text}");
+    assert_eq!(remaining(tokens_left, &hash_a), i64::MAX as f64, "{text}");
+    // Set on successful calls only (the failed key has none).
+    assert!(values(&m, requests_left, &[("hashed_api_key", &hash_c)]).is_empty());
     assert_eq!(
         one(&m, "tollgate_spend_events_total", &[("result", "applied")]),
         3.0,
@@ -274,7 +314,13 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
             &[],
             None,
         );
-        if r.status == 200 && classes(&r.body)[1] == [4.0] {
+        // A batch is counted when the sidecar's answer reaches the filter, after it applied it.
+        let flushed = values(
+            &parse(&r.body),
+            "tollgate_spend_batches_total",
+            &[("result", "flushed")],
+        );
+        if r.status == 200 && classes(&r.body)[1] == [4.0] && flushed.first() >= Some(&1.0) {
             Ok(r.body)
         } else {
             Err(format!("{}: {}", r.status, r.body))
@@ -332,4 +378,34 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         40_000_000.0,
         "{filter_lines}"
     );
+
+    // The sidecar traffic: each of the four keys looked up once at the sidecar (the unknown
+    // one answered "not found"), the second calls of the first two found in shared data.
+    let lookups = |result: &str| one(&e, "tollgate_key_lookups_total", &[("result", result)]);
+    assert_eq!(lookups("sidecar"), 4.0, "{filter_lines}");
+    assert_eq!(lookups("cached"), 2.0, "{filter_lines}");
+    assert_eq!(lookups("failed"), 0.0, "{filter_lines}");
+    // One event per admitted call, sent in at least one batch, none put back.
+    assert_eq!(
+        one(&e, "tollgate_spend_events_queued_total", &[]),
+        3.0,
+        "{filter_lines}"
+    );
+    let batches = |result: &str| one(&e, "tollgate_spend_batches_total", &[("result", result)]);
+    assert!(batches("flushed") >= 1.0, "{filter_lines}");
+    assert_eq!(batches("retried"), 0.0, "{filter_lines}");
+    for result in ["granted", "refused", "failed"] {
+        assert_eq!(
+            one(&e, "tollgate_lease_borrows_total", &[("result", result)]),
+            0.0,
+            "{filter_lines}"
+        );
+    }
+    for result in ["sent", "failed"] {
+        assert_eq!(
+            one(&e, "tollgate_lease_renewals_total", &[("result", result)]),
+            0.0,
+            "{filter_lines}"
+        );
+    }
 }

@@ -411,15 +411,20 @@ impl Host for ProxyHost<'_> {
     }
 
     fn count(&self, metric: crate::metrics::Metric, n: u64) {
-        let Some(Some(id)) = self.metric_ids.get(metric.index()) else {
-            return;
-        };
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        if let Err(e) = hostcalls::increment_metric(*id, n) {
-            log(
-                LogLevel::Warn,
-                &format!("tollgate: metric increment failed: {e:?}"),
-            );
-        }
+        count(self.metric_ids, metric, n);
+    }
+}
+
+/// Adds `n` to one of the VM's counters (also the root context's, for its own traffic).
+pub fn count(ids: &crate::flow::MetricIds, metric: crate::metrics::Metric, n: u64) {
+    let Some(Some(id)) = ids.get(metric.index()) else {
+        return;
+    };
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    if let Err(e) = hostcalls::increment_metric(*id, n) {
+        log(
+            LogLevel::Warn,
+            &format!("tollgate: metric increment failed: {e:?}"),
+        );
     }
 }

@@ -12,6 +12,7 @@ use super::http::TollgateHttp;
 use crate::budgets;
 use crate::contract::{self, CHANGES_SEQ_KEY, LEASE_QUEUE, PROVIDER_KEYS_PATH, SPEND_QUEUE};
 use crate::flow::{key_cache, Shared};
+use crate::metrics::{Batch, Metric, Renewal};
 use crate::plugin_config::PluginConfig;
 use crate::provider_keys::ProviderKeys;
 use crate::records::{Changes, LeaseAnswer};
@@ -46,6 +47,13 @@ pub struct TollgateRoot {
 }
 
 impl TollgateRoot {
+    /// Adds one to a counter of this VM.
+    fn count(&self, metric: Metric) {
+        if let Some(shared) = &self.shared {
+            host::count(&shared.metric_ids, metric, 1);
+        }
+    }
+
     /// Asks the sidecar what changed since the last position this Envoy applied, so changes
     /// made through another Envoy (or directly on the sidecar) take effect here too.
     fn poll_changes(&mut self) {
@@ -177,7 +185,7 @@ impl TollgateRoot {
         let config = &shared.config;
         // A report that cannot be sent is dropped: the scopes are enqueued again by the next
         // admission a second later, and their slices stay valid until their deadlines.
-        if let Ok(token) = host::dispatch_post(
+        match host::dispatch_post(
             &config.sidecar_cluster,
             &config.sidecar_authority,
             contract::LEASES_PATH,
@@ -185,8 +193,11 @@ impl TollgateRoot {
             &body,
             Duration::from_millis(config.sidecar_timeout_ms.max(1000)),
         ) {
-            let asked = request.items.into_iter().map(|i| i.scope).collect();
-            self.lease_calls.push((token, now, asked));
+            Ok(token) => {
+                let asked = request.items.into_iter().map(|i| i.scope).collect();
+                self.lease_calls.push((token, now, asked));
+            }
+            Err(()) => self.count(Metric::LeaseRenewals(Renewal::Failed)),
         }
     }
 
@@ -197,13 +208,17 @@ impl TollgateRoot {
             .and_then(|b| serde_json::from_slice::<LeaseAnswer>(&b).ok());
         match answer {
             Some(answer) => {
+                self.count(Metric::LeaseRenewals(Renewal::Sent));
                 let now = host::now_micros();
                 budgets::apply_lease_answer(&host::SharedData, &answer, asked, sent_at, now);
             }
-            None => host::log(
-                LogLevel::Warn,
-                "tollgate: the sidecar did not answer a lease report; slices run to their deadlines",
-            ),
+            None => {
+                self.count(Metric::LeaseRenewals(Renewal::Failed));
+                host::log(
+                    LogLevel::Warn,
+                    "tollgate: the sidecar did not answer a lease report; slices run to their deadlines",
+                );
+            }
         }
     }
 
@@ -249,6 +264,7 @@ impl TollgateRoot {
                 true
             }
             Err(()) => {
+                self.count(Metric::SpendBatches(Batch::Retried));
                 requeue(queue, &raw);
                 false
             }
@@ -268,7 +284,9 @@ impl Context for TollgateRoot {
     /// for the next configuration to send. The sidecar ignores events it already has.
     fn on_done(&mut self) -> bool {
         if let Some(queue) = self.shared.as_ref().and_then(|s| s.spend_queue) {
-            for (_, raw) in self.in_flight.drain(..) {
+            let in_flight = std::mem::take(&mut self.in_flight);
+            for (_, raw) in in_flight {
+                self.count(Metric::SpendBatches(Batch::Retried));
                 requeue(queue, &raw);
             }
         }
@@ -303,7 +321,10 @@ impl Context for TollgateRoot {
             return;
         };
         let (_, raw) = self.in_flight.swap_remove(i);
-        if host::call_response_status() != Some(200) {
+        if host::call_response_status() == Some(200) {
+            self.count(Metric::SpendBatches(Batch::Flushed));
+        } else {
+            self.count(Metric::SpendBatches(Batch::Retried));
             host::log(
                 LogLevel::Warn,
                 "tollgate: the sidecar did not take a spend batch; retrying",

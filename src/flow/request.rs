@@ -11,7 +11,7 @@ use crate::cost;
 use crate::credential::extract_credential;
 use crate::errors::ApiError;
 use crate::key_format::{self, constant_time_eq, hash_key, redact_secret};
-use crate::metrics::{Metric, Outcome, StatusClass};
+use crate::metrics::{Borrow, Lookup, Metric, Outcome, StatusClass};
 use crate::model_list;
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
 use crate::rate_limits::{self, Ticket};
@@ -374,18 +374,21 @@ impl Flow {
         };
         match key_cache::get(host, &self.shared.decoded, &hash, self.started_micros) {
             key_cache::Cached::Known(record) => {
+                host.count(Metric::KeyLookups(Lookup::Cached), 1);
                 self.caller = Some(Caller::VirtualKey { record, raw_last4 });
                 Ok(None)
             }
-            key_cache::Cached::Unknown => Err(ApiError::invalid_api_key()),
+            key_cache::Cached::Unknown => {
+                host.count(Metric::KeyLookups(Lookup::Cached), 1);
+                Err(ApiError::invalid_api_key())
+            }
             key_cache::Cached::Missing => {
-                let token = self
-                    .sidecar_get(host, &contract::key_path(&hash))
-                    .ok_or_else(|| {
-                        ApiError::service_unavailable(
-                            "Tollgate could not verify this key: the key service is unreachable.",
-                        )
-                    })?;
+                let Some(token) = self.sidecar_get(host, &contract::key_path(&hash)) else {
+                    host.count(Metric::KeyLookups(Lookup::Failed), 1);
+                    return Err(ApiError::service_unavailable(
+                        "Tollgate could not verify this key: the key service is unreachable.",
+                    ));
+                };
                 Ok(Some(PendingLookup {
                     token,
                     hash,
@@ -404,6 +407,9 @@ impl Flow {
         } else {
             None
         };
+        if parsed.is_some() {
+            host.count(Metric::KeyLookups(Lookup::Sidecar), 1);
+        }
         match parsed {
             Some(KeyLookup::Found { key, seq }) => {
                 key_cache::put(host, &self.shared.decoded, &lookup.hash, &key, seq);
@@ -434,6 +440,7 @@ impl Flow {
                         return Step::Pause;
                     }
                 }
+                host.count(Metric::KeyLookups(Lookup::Failed), 1);
                 return self.refuse(
                     host,
                     &ApiError::service_unavailable(
@@ -494,6 +501,7 @@ impl Flow {
             customer,
             retry,
         } = wait;
+        let got_answer = answer.is_some();
         let answered = match answer {
             Some(answer) => budgets::apply_lease_answer(host, &answer, &asked, sent_at, now),
             None => {
@@ -519,7 +527,7 @@ impl Flow {
             }
         };
         let borrowed = self.borrowed(answered);
-        self.finish_admission(host, prepared, customer, now, Some(&borrowed))
+        self.finish_admission(host, prepared, customer, now, Some((&borrowed, got_answer)))
     }
 
     fn borrowed(&self, answered: Vec<(String, i64)>) -> Borrowed {
@@ -552,7 +560,7 @@ impl Flow {
         let token = self.send_lease_request(host, items, now);
         let Some(token) = token else {
             let borrowed = self.borrowed(Vec::new());
-            return self.finish_admission(host, prepared, customer, now, Some(&borrowed));
+            return self.finish_admission(host, prepared, customer, now, Some((&borrowed, false)));
         };
         self.phase = Phase::AwaitLease {
             token,
@@ -681,19 +689,25 @@ impl Flow {
         }
     }
 
-    /// Admits (`borrowed`: after a borrow, with its outcome) and forwards, borrows, or refuses.
+    /// Admits (`after_borrow`: after a borrow, with its outcome and whether the sidecar
+    /// answered it) and forwards, borrows, or refuses.
     fn finish_admission(
         &mut self,
         host: &impl Host,
         prepared: Prepared<'_>,
         customer: Option<CustomerLookup>,
         now: i64,
-        borrowed: Option<&Borrowed>,
+        after_borrow: Option<(&Borrowed, bool)>,
     ) -> Step {
         let Some(caller) = self.caller.clone() else {
             return Step::Pause;
         };
-        match self.admit(host, &caller, prepared, customer, now, borrowed) {
+        let borrowed = after_borrow.map(|(b, _)| b);
+        let admitted = self.admit(host, &caller, prepared, customer, now, borrowed);
+        if let Some((_, answered)) = after_borrow {
+            host.count(Metric::LeaseBorrows(borrow_outcome(answered, &admitted)), 1);
+        }
+        match admitted {
             Ok(Admit::Call(call)) => {
                 self.phase = Phase::Forwarded(call);
                 Step::Continue
@@ -840,6 +854,11 @@ impl Flow {
             ),
             Caller::Master => (None, None, None, None),
         };
+        let model_remaining = |t| rate_limits::model_remaining(&limits.statuses, t);
+        let (model_remaining_requests, model_remaining_tokens) = (
+            model_remaining(rate_limits::LimitType::Requests),
+            model_remaining(rate_limits::LimitType::Tokens),
+        );
         Ok(Admit::Call(Box::new(AdmittedCall {
             limits,
             budget,
@@ -872,6 +891,8 @@ impl Flow {
                 .to_string(),
                 start_time_micros: self.started_micros,
                 envoy_id: config.fleet.as_ref().and(shared.envoy_id.clone()),
+                model_remaining_requests,
+                model_remaining_tokens,
                 ..Default::default()
             },
         })))
@@ -1178,7 +1199,9 @@ impl Flow {
             .map_or_else(|| event.event_id.clone(), str::to_string);
         if let Some(queue) = self.shared.spend_queue {
             if let Ok(bytes) = serde_json::to_vec(event) {
-                host.enqueue(queue, &bytes);
+                if host.enqueue(queue, &bytes) {
+                    host.count(Metric::SpendEventsQueued, 1);
+                }
             }
         }
         // One increment for the outcome, and one per non-zero usage figure.
@@ -1196,6 +1219,20 @@ impl Flow {
                 host.count(metric, n);
             }
         }
+    }
+}
+
+/// A borrow's outcome: no answer is a failure whatever `on_no_lease` then decided; with an
+/// answer, a budget refusal (or a slice still missing) is a refusal, anything else (admitted,
+/// or refused later for a rate limit) a grant.
+fn borrow_outcome(answered: bool, admitted: &Result<Admit<'_>, ApiError>) -> Borrow {
+    if !answered {
+        return Borrow::Failed;
+    }
+    match admitted {
+        Ok(Admit::Borrow { .. }) => Borrow::Refused,
+        Err(e) if e.error_type == "budget_exceeded" || *e == budgets::no_lease() => Borrow::Refused,
+        _ => Borrow::Granted,
     }
 }
 

@@ -118,6 +118,17 @@ impl Harness {
         Flow::new(Rc::clone(&self.shared))
     }
 
+    /// The sum of one counter's increments so far.
+    fn counted(&self, metric: crate::metrics::Metric) -> u64 {
+        self.host
+            .counted
+            .borrow()
+            .iter()
+            .filter(|(m, _)| *m == metric)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// The sidecar answers the latest dispatched call.
     fn answer(&self, flow: &mut Flow, status: u16, body: &str) -> Step {
         let token = u32::try_from(self.host.dispatched.borrow().len()).unwrap();
@@ -155,6 +166,30 @@ impl Harness {
 
 fn upstream_body(host: &MockHost) -> serde_json::Value {
     serde_json::from_slice(&host.request_body.borrow()).unwrap()
+}
+
+/// The event carries what the key's per-model limits had left at admission (the sidecar's
+/// `litellm_remaining_api_key_*_for_model`), and nothing without such limits.
+#[test]
+fn event_carries_the_model_limits_left() {
+    let mut key = full_key();
+    key.model_rpm_limit.insert("gpt-4o".into(), 5);
+    key.model_tpm_limit.insert("gpt-4o".into(), 10_000);
+    for (record, want_requests) in [(key, Some(4)), (full_key(), None)] {
+        let h = Harness::new(config()).with_key(&record);
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Continue));
+        h.respond_json(&mut flow, 200, ANSWER);
+        let event = &h.events()[0];
+        assert_eq!(event.model_remaining_requests, want_requests);
+        assert_eq!(
+            event
+                .model_remaining_tokens
+                .is_some_and(|t| t > 0 && t < 10_000),
+            want_requests.is_some(),
+            "{event:?}"
+        );
+    }
 }
 
 #[test]
@@ -490,7 +525,7 @@ fn requests_not_ours_pass_untouched() {
 /// `get`/`set` are one host call each.
 mod host_calls {
     use super::*;
-    use crate::metrics::{Metric, Outcome, StatusClass};
+    use crate::metrics::{Lookup, Metric, Outcome, StatusClass};
 
     fn known_key_request(body: &str, h: &Harness) -> Flow {
         // A first request warms the worker's decoded record (as on a running filter).
@@ -520,27 +555,34 @@ mod host_calls {
         let mut flow = known_key_request(CHAT, &h);
         assert_eq!(
             counts(&h),
-            "now=2 replace_request_body=1 request_body=1 request_headers=1 \
+            "count=1 now=2 replace_request_body=1 request_body=1 request_headers=1 \
              set_request_header=5 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
         h.respond_json(&mut flow, 200, ANSWER);
-        // The outcome, input tokens, output tokens, spend: four increments.
+        // The event queued, the outcome, input tokens, output tokens, spend: five increments.
         assert_eq!(
             counts(&h),
-            "count=4 enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
+            "count=5 enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
              shared_get=4 shared_set=4"
         );
         let counted = h.host.counted.borrow();
         assert_eq!(
-            counted[0],
+            counted[..2],
+            [
+                (Metric::KeyLookups(Lookup::Cached), 1),
+                (Metric::SpendEventsQueued, 1)
+            ]
+        );
+        assert_eq!(
+            counted[2],
             (Metric::Requests(Outcome::Admitted, StatusClass::Success), 1)
         );
         assert_eq!(
-            counted[1..3].iter().map(|(m, _)| *m).collect::<Vec<_>>(),
+            counted[3..5].iter().map(|(m, _)| *m).collect::<Vec<_>>(),
             [Metric::InputTokens, Metric::OutputTokens]
         );
-        assert_eq!(counted[3].0, Metric::SpendNanos);
+        assert_eq!(counted[5].0, Metric::SpendNanos);
         assert!(counted.iter().all(|(_, n)| *n > 0), "{counted:?}");
     }
 
@@ -551,14 +593,17 @@ mod host_calls {
         h.host.clear_calls();
         h.host.counted.borrow_mut().clear();
         h.respond_json(&mut flow, 500, r#"{"error":{"message":"down"}}"#);
-        // No usage: the outcome is the one increment.
-        assert_eq!(h.host.count_of("count"), 1);
+        // No usage: the event queued and the outcome are the two increments.
+        assert_eq!(h.host.count_of("count"), 2);
         assert_eq!(
             *h.host.counted.borrow(),
-            [(
-                Metric::Requests(Outcome::Admitted, StatusClass::ServerError),
-                1
-            )]
+            [
+                (Metric::SpendEventsQueued, 1),
+                (
+                    Metric::Requests(Outcome::Admitted, StatusClass::ServerError),
+                    1
+                )
+            ]
         );
     }
 
@@ -570,7 +615,7 @@ mod host_calls {
         let mut flow = known_key_request(body, &h);
         assert_eq!(
             counts(&h),
-            "now=2 replace_request_body=1 request_body=1 request_headers=1 \
+            "count=1 now=2 replace_request_body=1 request_body=1 request_headers=1 \
              set_request_header=5 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
@@ -590,7 +635,7 @@ mod host_calls {
         flow.on_log(&h.host);
         assert_eq!(
             counts(&h),
-            "count=4 enqueue=1 now=1 replace_response_body=1 response_body=2 response_headers=1 \
+            "count=5 enqueue=1 now=1 replace_response_body=1 response_body=2 response_headers=1 \
              set_response_headers=1 shared_get=4 shared_set=4"
         );
     }
@@ -604,7 +649,7 @@ mod host_calls {
         known_key_request(CHAT, &h);
         assert_eq!(
             counts(&h),
-            "count=1 now=2 request_body=1 request_headers=1 send_response=1 shared_get=5 shared_set=2",
+            "count=2 now=2 request_body=1 request_headers=1 send_response=1 shared_get=5 shared_set=2",
             "budget"
         );
         assert_eq!(
@@ -619,7 +664,7 @@ mod host_calls {
         known_key_request(CHAT, &h);
         assert_eq!(
             counts(&h),
-            "count=1 now=2 request_body=1 request_headers=1 send_response=1 shared_get=8 shared_set=6",
+            "count=2 now=2 request_body=1 request_headers=1 send_response=1 shared_get=8 shared_set=6",
             "rate limit"
         );
         assert_eq!(
@@ -646,6 +691,56 @@ mod host_calls {
             *h.host.counted.borrow(),
             [(Metric::Requests(Outcome::Auth, StatusClass::None), 1)]
         );
+    }
+
+    /// Where each key record came from, and one queued event per finished call.
+    #[test]
+    fn key_lookups_and_queued_events() {
+        let lookups = |h: &Harness| {
+            [Lookup::Cached, Lookup::Sidecar, Lookup::Failed]
+                .map(|l| h.counted(Metric::KeyLookups(l)))
+        };
+        // A new key: one sidecar lookup, then the record is in shared data.
+        let h = Harness::new(config());
+        let found = KeyLookup::Found {
+            key: Box::new(full_key()),
+            seq: 1,
+        };
+        for i in 0..3 {
+            let mut flow = h.flow();
+            h.send(&mut flow, CHAT, &[]);
+            if i == 0 {
+                h.answer(&mut flow, 200, &serde_json::to_string(&found).unwrap());
+            }
+            h.respond_json(&mut flow, 200, ANSWER);
+        }
+        assert_eq!(lookups(&h), [2, 1, 0]);
+        assert_eq!(h.counted(Metric::SpendEventsQueued), 3);
+        assert_eq!(h.host.queue.borrow().len(), 3);
+
+        // An unknown key: the sidecar says so once, then the negative cache answers.
+        let h = Harness::new(config());
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        h.answer(&mut flow, 200, r#"{"status":"not_found"}"#);
+        let mut again = h.flow();
+        h.send(&mut again, CHAT, &[]);
+        assert_eq!(lookups(&h), [1, 1, 0]);
+        assert_eq!(h.counted(Metric::SpendEventsQueued), 0);
+
+        // No answer after the retries, or no dispatch at all: one failure each.
+        let h = Harness::new(config());
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        while h.reply_status().is_none() {
+            h.answer(&mut flow, 503, "");
+        }
+        assert_eq!(lookups(&h), [0, 0, 1]);
+        h.host.dispatch_fails.set(true);
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        assert_eq!(h.reply_status(), Some(503));
+        assert_eq!(lookups(&h), [0, 0, 2]);
     }
 
     #[test]
@@ -675,6 +770,7 @@ mod host_calls {
 mod fleet {
     use super::*;
     use crate::flow::mock::LEASE_QUEUE_ID;
+    use crate::metrics::{Borrow, Metric};
     use crate::plugin_config::{FleetSettings, NoLeasePolicy};
     use crate::records::{LeaseAnswer, LeaseGrant, LeaseItem, LeaseRequest};
 
@@ -842,14 +938,14 @@ mod fleet {
         );
         assert_eq!(
             host_calls_of(&h),
-            "now=2 replace_request_body=1 request_body=1 request_headers=1 \
+            "count=1 now=2 replace_request_body=1 request_body=1 request_headers=1 \
              set_request_header=5 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
         h.respond_json(&mut flow, 200, ANSWER);
         assert_eq!(
             host_calls_of(&h),
-            "count=4 enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
+            "count=5 enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
              shared_get=4 shared_set=4"
         );
         assert!(h.host.lease_queue.borrow().is_empty());
@@ -877,15 +973,19 @@ mod fleet {
         // sequence, the POST.
         assert_eq!(
             host_calls_of(&h),
-            "dispatch_post=1 now=2 request_body=1 request_headers=1 shared_get=17 shared_set=12"
+            "count=1 dispatch_post=1 now=2 request_body=1 request_headers=1 shared_get=17 shared_set=12"
         );
         h.host.clear_calls();
         h.answer(&mut flow, 200, &answer_body(USD, 0, 0));
         // Three grants applied, then the admission as usual.
         assert_eq!(
             host_calls_of(&h),
-            "call_response_body=1 call_response_status=1 now=1 replace_request_body=1 \
+            "call_response_body=1 call_response_status=1 count=1 now=1 replace_request_body=1 \
              set_request_header=5 shared_get=14 shared_set=12"
+        );
+        assert_eq!(
+            h.host.counted.borrow().last(),
+            Some(&(Metric::LeaseBorrows(Borrow::Granted), 1))
         );
     }
 
@@ -917,6 +1017,9 @@ mod fleet {
         let body = String::from_utf8_lossy(&reply.body).to_string();
         assert!(body.contains("budget_exceeded"), "{body}");
         assert!(body.contains("Max budget: 10.0"), "{body}");
+        let borrows = [Borrow::Granted, Borrow::Refused, Borrow::Failed]
+            .map(|b| h.counted(Metric::LeaseBorrows(b)));
+        assert_eq!(borrows, [1, 1, 0]);
         // The first call still settles its own reservation.
         h.respond_json(&mut flow, 200, ANSWER);
         assert_eq!(key_entry(&h).reserved, 0);
@@ -945,6 +1048,9 @@ mod fleet {
             let reply = h.host.reply.borrow().clone().unwrap();
             assert!(String::from_utf8_lossy(&reply.body).contains("budget lease"));
             assert_eq!(key_entry(&h).reserved, 0);
+            // One failed borrow (the retry is part of it), whatever `on_no_lease` decides.
+            let failed = Metric::LeaseBorrows(Borrow::Failed);
+            assert_eq!(h.counted(failed), 1);
 
             let h = fleet_harness(NoLeasePolicy::Local);
             h.host.dispatch_fails.set(dispatch_fails);
@@ -962,6 +1068,8 @@ mod fleet {
                 key_entry(&h).reserved > 0,
                 "reserved against the whole budget"
             );
+            assert_eq!(h.counted(failed), 1);
+            assert_eq!(h.counted(Metric::LeaseBorrows(Borrow::Granted)), 0);
         }
     }
 

@@ -73,6 +73,16 @@ pub struct TokenLabels {
     pub api_provider: String,
 }
 
+/// Labels of `litellm_remaining_api_key_{requests,tokens}_for_model` (`model`: the model
+/// group, i.e. the requested public name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyModelLabels {
+    hashed_api_key: String,
+    api_key_alias: String,
+    model: String,
+    model_id: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyBudgetLabels {
     hashed_api_key: String,
@@ -127,6 +137,8 @@ pub struct SidecarMetrics {
     store_latency: Family<StoreOpLabels, Histogram>,
     spend_batches: Counter,
     spend_events: Family<SpendEventLabels, Counter>,
+    remaining_requests_for_model: Family<KeyModelLabels, Gauge>,
+    remaining_tokens_for_model: Family<KeyModelLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -145,6 +157,8 @@ impl Default for SidecarMetrics {
             store_latency: Family::new_with_constructor(latency_histogram),
             spend_batches: Counter::default(),
             spend_events: Family::default(),
+            remaining_requests_for_model: Family::default(),
+            remaining_tokens_for_model: Family::default(),
         }
     }
 }
@@ -257,6 +271,22 @@ impl SidecarMetrics {
             self.spend
                 .get_or_create(&SpendLabels::from(&labels))
                 .inc_by(super::store::nanos_to_usd(e.spend_nanos.max(0)));
+            // As LiteLLM: set on each successful call from what its limiter reported at
+            // admission, `sys.maxsize` when the key has no limit for the model.
+            let key_model = KeyModelLabels {
+                hashed_api_key: labels.hashed_api_key.clone(),
+                api_key_alias: labels.api_key_alias.clone(),
+                model: labels.requested_model.clone(),
+                model_id: labels.model_id.clone(),
+            };
+            let remaining =
+                |r: Option<u64>| r.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+            self.remaining_requests_for_model
+                .get_or_create(&key_model)
+                .set(remaining(e.model_remaining_requests));
+            self.remaining_tokens_for_model
+                .get_or_create(&key_model)
+                .set(remaining(e.model_remaining_tokens));
         }
     }
 
@@ -301,6 +331,16 @@ impl SidecarMetrics {
             "litellm_output_tokens_metric",
             "Total number of output tokens from LLM requests",
             self.output_tokens.clone(),
+        );
+        r.register(
+            "litellm_remaining_api_key_requests_for_model",
+            "Remaining Requests API Key can make for model (model based rpm limit on key)",
+            self.remaining_requests_for_model.clone(),
+        );
+        r.register(
+            "litellm_remaining_api_key_tokens_for_model",
+            "Remaining Tokens API Key can make for model (model based tpm limit on key)",
+            self.remaining_tokens_for_model.clone(),
         );
         let key_remaining = Family::<KeyBudgetLabels, FloatGauge>::default();
         let key_max = Family::<KeyBudgetLabels, FloatGauge>::default();
@@ -445,6 +485,53 @@ mod tests {
             }
         }
         assert!(checked >= 10, "{checked}");
+    }
+
+    #[test]
+    fn remaining_for_model_is_the_last_successful_calls_or_max() {
+        let m = SidecarMetrics::default();
+        let event = |remaining: Option<u64>, status: &str| SpendEvent {
+            api_key: Some("abc".into()),
+            key_alias: Some("k".into()),
+            model: "m".into(),
+            model_id: "m-id".into(),
+            status: status.into(),
+            model_remaining_requests: remaining,
+            model_remaining_tokens: remaining.map(|r| r * 100),
+            ..Default::default()
+        };
+        let plugin = PluginConfig::default();
+        let labels = "{hashed_api_key=\"abc\",api_key_alias=\"k\",model=\"m\",model_id=\"m-id\"}";
+        let text = |m: &SidecarMetrics| m.encode(&BudgetSnapshot::default(), 0).unwrap();
+        m.record_spend_batch(
+            &[&event(Some(4), "success"), &event(Some(3), "success")],
+            0,
+            &plugin,
+        );
+        // A failed call does not set them.
+        m.record_spend_batch(&[&event(Some(1), "failure")], 0, &plugin);
+        let t = text(&m);
+        assert!(
+            t.contains(&format!(
+                "litellm_remaining_api_key_requests_for_model{labels} 3\n"
+            )),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "litellm_remaining_api_key_tokens_for_model{labels} 300\n"
+            )),
+            "{t}"
+        );
+        m.record_spend_batch(&[&event(None, "success")], 0, &plugin);
+        let t = text(&m);
+        assert!(
+            t.contains(&format!(
+                "litellm_remaining_api_key_requests_for_model{labels} {}\n",
+                i64::MAX
+            )),
+            "{t}"
+        );
     }
 
     #[test]

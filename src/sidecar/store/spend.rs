@@ -395,6 +395,9 @@ fn spend_event(r: &Row) -> Result<SpendEvent> {
         call_type: r.text(14)?,
         start_time_micros: r.int(15)?,
         end_time_micros: r.int(16)?,
+        // Not kept in the spend log: only for the live gauges.
         envoy_id: None,
+        model_remaining_requests: None,
+        model_remaining_tokens: None,
     })
 }
