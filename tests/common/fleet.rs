@@ -153,46 +153,19 @@ impl Drop for Fleet {
     }
 }
 
-/// Envoy `index` of the fleet: rendered by `tollgate render --format envoy` with every replica
-/// in its sidecar cluster, one worker.
+/// Envoy `index` of the fleet: rendered with every replica in its sidecar cluster, one worker.
 fn start_envoy(
     scratch: &Path,
     config_path: &Path,
     replicas: &[Replica],
     index: usize,
 ) -> FleetEnvoy {
-    let port = free_port();
-    let mut render = Command::new(tollgate_bin());
-    render
-        .args(["render", "--format", "envoy", "--config"])
-        .arg(config_path)
-        .args(["--port", &port.to_string()])
-        .args(["--envoy-admin-port", &free_port().to_string()])
-        .arg("--wasm")
-        .arg(tollgate_wasm())
-        .env_remove("LITELLM_MASTER_KEY");
-    for replica in replicas {
-        render.args(["--sidecar-port", &replica.port.to_string()]);
-    }
-    let (status, bootstrap, err) =
-        run_to_exit("tollgate render", &mut render, Duration::from_secs(30));
-    assert!(status.success(), "tollgate render failed: {err}");
-    let bootstrap_path = scratch.join(format!("envoy-{index}.yaml"));
-    std::fs::write(&bootstrap_path, bootstrap).expect("write envoy.yaml");
-    let log = scratch.join(format!("envoy-{index}.log"));
-    let mut cmd = Command::new(envoy_bin());
-    cmd.arg("-c")
-        .arg(&bootstrap_path)
-        .args(["--concurrency", "1", "--disable-hot-restart"])
-        .args(["--log-level", "warning"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(&log).expect("create envoy log"),
-        ));
-    let proc = Proc::spawn("envoy", &mut cmd);
+    let ports: Vec<u16> = replicas.iter().map(|r| r.port).collect();
+    let name = format!("envoy-{index}");
+    let (port, proc) = super::split::start_envoy(config_path, &ports, None, scratch, &name, 1);
     FleetEnvoy {
         port,
         proc: Some(proc),
-        log,
+        log: scratch.join(format!("{name}.log")),
     }
 }

@@ -105,6 +105,8 @@ impl Stack {
             &[sidecar_port],
             Some(&xds_dir),
             scratch.path(),
+            "envoy",
+            2,
         );
         let stack = Stack {
             port,
@@ -139,7 +141,8 @@ impl Stack {
             .map(|_| postgres::Replica::start(&config, store_url, scratch.path()))
             .collect();
         let ports: Vec<u16> = started.iter().map(|r| r.port).collect();
-        let (port, envoy_proc) = start_envoy(&config_path, &ports, None, scratch.path());
+        let (port, envoy_proc) =
+            start_envoy(&config_path, &ports, None, scratch.path(), "envoy", 2);
         let data = TempDir::new("data");
         let stack = Stack {
             port,
@@ -193,13 +196,15 @@ impl Stack {
 }
 
 /// `tollgate render --format envoy` for `sidecar_ports` (with `--xds-dir` if given), and an
-/// Envoy (2 workers) started from it, its log in `scratch/envoy.log`. Its listener port and
-/// process.
-fn start_envoy(
+/// Envoy with `workers` worker threads started from it, its bootstrap and log in
+/// `scratch/<name>.yaml` and `scratch/<name>.log`. Its listener port and process.
+pub(super) fn start_envoy(
     config_path: &Path,
     sidecar_ports: &[u16],
     xds_dir: Option<&Path>,
     scratch: &Path,
+    name: &str,
+    workers: u16,
 ) -> (u16, Proc) {
     let port = free_port();
     let mut render = Command::new(tollgate_bin());
@@ -220,14 +225,18 @@ fn start_envoy(
     let (status, bootstrap, err) =
         run_to_exit("tollgate render", &mut render, Duration::from_secs(30));
     assert!(status.success(), "tollgate render failed: {err}");
-    let bootstrap_path = scratch.join("envoy.yaml");
+    let bootstrap_path = scratch.join(format!("{name}.yaml"));
     std::fs::write(&bootstrap_path, bootstrap).expect("write envoy.yaml");
-    let envoy_log = scratch.join("envoy.log");
+    let envoy_log = scratch.join(format!("{name}.log"));
     let mut envoy_cmd = Command::new(envoy_bin());
     envoy_cmd
         .arg("-c")
         .arg(&bootstrap_path)
-        .args(["--concurrency", "2", "--disable-hot-restart"])
+        .args([
+            "--concurrency",
+            &workers.to_string(),
+            "--disable-hot-restart",
+        ])
         .args(["--log-level", "warning"])
         .stdout(Stdio::null())
         .stderr(Stdio::from(
