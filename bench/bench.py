@@ -48,6 +48,9 @@ MAIN = os.environ.get("BENCH_MAIN", "1") == "1"
 FLOOR = os.environ.get("BENCH_FLOOR", "1") == "1"
 # Other builds of tollgate.wasm (comma-separated paths) measured beside this one, alternating:
 # A/B of a change within one run.
+# BENCH_FLEET=1: the same run with fleet mode on (`general_settings.tollgate_fleet`): every
+# budget is enforced against a leased slice (one Envoy, so the cost of the request path only).
+FLEET = os.environ.get("BENCH_FLEET", "0") == "1"
 COMPARE_WASM = [p.strip() for p in os.environ.get("BENCH_COMPARE_WASM", "").split(",") if p.strip()]
 FLOOR_CALLS = env_int("BENCH_FLOOR_CALLS", 200)  # extra host calls per request when pricing one
 LITELLM = os.environ.get("BENCH_LITELLM", "0") == "1"
@@ -220,6 +223,7 @@ def pin(pid, cpus):
 
 def write_config(fake_port):
     path = os.path.join(WORK, "config.yaml")
+    fleet = "  tollgate_fleet:\n    lease_ttl_seconds: 10\n" if FLEET else ""
     with open(path, "w") as f:
         f.write(
             f"""model_list:
@@ -232,10 +236,11 @@ def write_config(fake_port):
       output_cost_per_token: 0.0000002
 general_settings:
   master_key: os.environ/LITELLM_MASTER_KEY
-litellm_settings:
+{fleet}litellm_settings:
   max_budget: 1000000
 """
         )
+
     return path
 
 
