@@ -246,10 +246,12 @@ pub fn lease_ids(scope: &Scope) -> Vec<String> {
 
 /// A budget's lease item as of its entry `c`, asking for `want` beyond its use.
 fn lease_item(scope: &Scope, c: &Counter, want: i64) -> LeaseItem {
+    let ids = lease_ids(scope);
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
     LeaseItem {
-        scope: format!("{}:{}", scope.level.tag(), scope.id),
+        scope: scope_name(scope.level.tag(), &names),
         level: scope.level.tag().to_string(),
-        ids: lease_ids(scope),
+        ids,
         period: c.reset_at,
         used: c.used(),
         held: c.grant,
