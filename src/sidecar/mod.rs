@@ -176,10 +176,18 @@ enum Command {
     },
 }
 
+/// Threads that may run store work at once (see `main`).
+const MAX_BLOCKING_THREADS: usize = 16;
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Store calls leave the worker with `block_in_place`, which hands the worker's core to a
+        // thread from the blocking pool. Tokio's default pool (512 threads) grew to 200+ threads
+        // and ~90 MB under a 32-connection admin load; the store serialises writes anyway, so a
+        // small pool costs no throughput and bounds memory.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
     {
