@@ -399,3 +399,66 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         );
     }
 }
+
+/// Fleet mode on one Envoy (SQLite store): each budget's first call borrows a slice, and a
+/// borrow the sidecar can no longer grant is counted as refused.
+#[test]
+fn fleet_lease_borrows_are_counted_by_result() {
+    let config = CONFIG.replace(
+        "general_settings:\n",
+        "general_settings:\n  tollgate_fleet: {}\n",
+    );
+    let s = Stack::start(&config);
+    // $100: the first call borrows a slice.
+    let (roomy, _) = s.generate_key(json!({"max_budget": 100.0}));
+    // 1000 nano-dollars: the first call is lent what is left and admitted (a slice admits
+    // while anything of it is unused), the second finds nothing left to lend.
+    let (tiny, _) = s.generate_key(json!({"max_budget": 0.000001}));
+    s.post_with("/v1/chat/completions", &roomy, &[], &body())
+        .assert_status(200);
+    s.post_with("/v1/chat/completions", &tiny, &[], &body())
+        .assert_status(200);
+    s.wait_key_spend(&tiny, 0.02);
+    let refused = s.post_with("/v1/chat/completions", &tiny, &[], &body());
+    assert_eq!(refused.status / 100, 4, "{}", refused.body);
+    // The master key has no budget to borrow for.
+    s.post_with("/v1/chat/completions", MASTER_KEY, &[], &body())
+        .assert_status(200);
+
+    let port = envoy_admin_port(&s);
+    let e = poll_until(
+        "the borrows on /stats/prometheus",
+        Duration::from_secs(10),
+        || {
+            let r = common::prometheus::envoy_stats(port);
+            let e = parse(&r.body);
+            let admitted = values(
+                &e,
+                "tollgate_requests_total",
+                &[("outcome", "admitted"), ("upstream", "2xx")],
+            );
+            if admitted == [3.0] {
+                Ok(e)
+            } else {
+                Err(format!("{}: {}", r.status, r.body))
+            }
+        },
+    );
+    let borrows = |result: &str| one(&e, "tollgate_lease_borrows_total", &[("result", result)]);
+    assert_eq!(borrows("granted"), 2.0);
+    assert_eq!(borrows("refused"), 1.0);
+    assert_eq!(borrows("failed"), 0.0);
+    assert_eq!(
+        one(
+            &e,
+            "tollgate_requests_total",
+            &[("outcome", "budget"), ("upstream", "none")]
+        ),
+        1.0
+    );
+    // Every renewal report sent was answered.
+    assert_eq!(
+        one(&e, "tollgate_lease_renewals_total", &[("result", "failed")]),
+        0.0
+    );
+}
