@@ -406,19 +406,24 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
 fn fleet_lease_borrows_are_counted_by_result() {
     let config = CONFIG.replace(
         "general_settings:\n",
-        "general_settings:\n  tollgate_fleet: {}\n",
+        "general_settings:\n  tollgate_fleet: {lease_ttl_seconds: 2}\n",
     );
     let s = Stack::start(&config);
     // $100: the first call borrows a slice.
     let (roomy, _) = s.generate_key(json!({"max_budget": 100.0}));
     // 1000 nano-dollars: the first call is lent what is left and admitted (a slice admits
-    // while anything of it is unused), the second finds nothing left to lend.
+    // while anything of it is unused), the second, once that slice has expired, finds
+    // nothing left to lend.
     let (tiny, _) = s.generate_key(json!({"max_budget": 0.000001}));
     s.post_with("/v1/chat/completions", &roomy, &[], &body())
         .assert_status(200);
     s.post_with("/v1/chat/completions", &tiny, &[], &body())
         .assert_status(200);
     s.wait_key_spend(&tiny, 0.02);
+    // The slice expires (a renewal of it, sent on the next tick, lasts 2 s from its sending),
+    // so the next call asks the sidecar again instead of refusing on what a renewal answer
+    // told it.
+    std::thread::sleep(Duration::from_millis(3500));
     let refused = s.post_with("/v1/chat/completions", &tiny, &[], &body());
     assert_eq!(refused.status / 100, 4, "{}", refused.body);
     // The master key has no budget to borrow for.
