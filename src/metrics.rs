@@ -1,7 +1,8 @@
-//! The filter's counters (Envoy stats through proxy-wasm). Names carry their labels as
-//! `.<tag>.<value>` segments that the rendered bootstrap's `stats_tags` turn into Prometheus
-//! labels. Labels stay low-cardinality: no per-key or per-model values (per-key figures come
-//! from the sidecar's `/metrics`).
+//! The filter's counters and histograms (Envoy stats through proxy-wasm). Names carry their
+//! labels as `<tag>=.=<value>;.;` segments before the metric's own name, Istio's convention:
+//! the rendered bootstrap's `stats_tags`, or Istio's `extraStatTags`, turn them into
+//! Prometheus labels with the same regex ([`stats_tag_regex`]). Labels stay low-cardinality:
+//! no per-key or per-model values (per-key figures come from the sidecar's `/metrics`).
 
 use crate::errors::ApiError;
 
@@ -73,6 +74,17 @@ pub enum Metric {
     LeaseBorrows(Borrow),
     /// Fleet mode: the root tick's renewal reports by outcome.
     LeaseRenewals(Renewal),
+    /// Histogram: µs from an LLM call's request headers to its admission decision (forwarded
+    /// or refused), by outcome: waiting for the body and the sidecar (key and customer
+    /// lookups, borrows), up to the clock reading the decision was taken on.
+    AdmissionTime(Outcome),
+}
+
+/// How Envoy keeps a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Histogram,
 }
 
 /// Where a virtual key's record came from (the `result` label of `tollgate_key_lookups_total`).
@@ -148,27 +160,37 @@ const OTHERS: [Metric; 14] = [
     Metric::LeaseRenewals(Renewal::Sent),
     Metric::LeaseRenewals(Renewal::Failed),
 ];
-/// Number of distinct counters: every (outcome, class) pair plus the others.
-pub const METRIC_COUNT: usize = OUTCOMES.len() * CLASSES.len() + OTHERS.len();
+/// Number of distinct metrics: every (outcome, class) pair, the others, and one admission-time
+/// histogram per outcome.
+pub const METRIC_COUNT: usize = OUTCOMES.len() * CLASSES.len() + OTHERS.len() + OUTCOMES.len();
 
 impl Metric {
-    /// Every counter, in [`Metric::index`] order (each is defined once per VM).
+    /// Every metric, in [`Metric::index`] order (each is defined once per VM).
     pub fn all() -> impl Iterator<Item = Metric> {
         OUTCOMES
             .iter()
             .flat_map(|o| CLASSES.iter().map(move |c| Metric::Requests(*o, *c)))
             .chain(OTHERS)
+            .chain(OUTCOMES.iter().map(|o| Metric::AdmissionTime(*o)))
     }
 
     pub fn index(self) -> usize {
         let pairs = OUTCOMES.len() * CLASSES.len();
+        let outcome_index = |o| OUTCOMES.iter().position(|x| *x == o).unwrap_or(0);
         match self {
             Metric::Requests(o, c) => {
-                let outcome = OUTCOMES.iter().position(|x| *x == o).unwrap_or(0);
                 let class = CLASSES.iter().position(|x| *x == c).unwrap_or(0);
-                outcome * CLASSES.len() + class
+                outcome_index(o) * CLASSES.len() + class
             }
+            Metric::AdmissionTime(o) => pairs + OTHERS.len() + outcome_index(o),
             other => pairs + OTHERS.iter().position(|x| *x == other).unwrap_or(0),
+        }
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Metric::AdmissionTime(_) => Kind::Histogram,
+            _ => Kind::Counter,
         }
     }
 
@@ -176,19 +198,20 @@ impl Metric {
     /// `tollgate_tokens_total{direction}`, `tollgate_spend_nanos_total`,
     /// `tollgate_key_lookups_total{result}`, `tollgate_spend_events_queued_total`,
     /// `tollgate_spend_batches_total{result}`, `tollgate_lease_borrows_total{result}`,
-    /// `tollgate_lease_renewals_total{result}`).
+    /// `tollgate_lease_renewals_total{result}`, and the histogram
+    /// `tollgate_admission_time_us{outcome}`).
     pub fn name(self) -> String {
+        let outcome = |o| match o {
+            Outcome::Admitted => "admitted",
+            Outcome::Auth => "auth",
+            Outcome::ModelAccess => "model_access",
+            Outcome::Budget => "budget",
+            Outcome::RateLimit => "rate_limit",
+            Outcome::BadRequest => "bad_request",
+            Outcome::Other => "other",
+        };
         match self {
             Metric::Requests(o, c) => {
-                let outcome = match o {
-                    Outcome::Admitted => "admitted",
-                    Outcome::Auth => "auth",
-                    Outcome::ModelAccess => "model_access",
-                    Outcome::Budget => "budget",
-                    Outcome::RateLimit => "rate_limit",
-                    Outcome::BadRequest => "bad_request",
-                    Outcome::Other => "other",
-                };
                 let class = match c {
                     StatusClass::Success => "2xx",
                     StatusClass::ClientError => "4xx",
@@ -196,10 +219,13 @@ impl Metric {
                     StatusClass::Other => "other",
                     StatusClass::None => "none",
                 };
-                format!("tollgate.requests_total.outcome.{outcome}.upstream.{class}")
+                tagged(
+                    "requests_total",
+                    &[("outcome", outcome(o)), ("upstream", class)],
+                )
             }
-            Metric::InputTokens => "tollgate.tokens_total.direction.input".into(),
-            Metric::OutputTokens => "tollgate.tokens_total.direction.output".into(),
+            Metric::InputTokens => tagged("tokens_total", &[("direction", "input")]),
+            Metric::OutputTokens => tagged("tokens_total", &[("direction", "output")]),
             Metric::SpendNanos => "tollgate.spend_nanos_total".into(),
             Metric::KeyLookups(l) => {
                 let result = match l {
@@ -207,7 +233,7 @@ impl Metric {
                     Lookup::Sidecar => "sidecar",
                     Lookup::Failed => "failed",
                 };
-                format!("tollgate.key_lookups_total.result.{result}")
+                tagged("key_lookups_total", &[("result", result)])
             }
             Metric::SpendEventsQueued => "tollgate.spend_events_queued_total".into(),
             Metric::SpendBatches(b) => {
@@ -215,7 +241,7 @@ impl Metric {
                     Batch::Flushed => "flushed",
                     Batch::Retried => "retried",
                 };
-                format!("tollgate.spend_batches_total.result.{result}")
+                tagged("spend_batches_total", &[("result", result)])
             }
             Metric::LeaseBorrows(b) => {
                 let result = match b {
@@ -223,39 +249,55 @@ impl Metric {
                     Borrow::Refused => "refused",
                     Borrow::Failed => "failed",
                 };
-                format!("tollgate.lease_borrows_total.result.{result}")
+                tagged("lease_borrows_total", &[("result", result)])
             }
             Metric::LeaseRenewals(r) => {
                 let result = match r {
                     Renewal::Sent => "sent",
                     Renewal::Failed => "failed",
                 };
-                format!("tollgate.lease_renewals_total.result.{result}")
+                tagged("lease_renewals_total", &[("result", result)])
             }
+            Metric::AdmissionTime(o) => tagged("admission_time_us", &[("outcome", outcome(o))]),
         }
     }
 }
 
-/// Envoy `stats_tags` that make the name segments above Prometheus labels: (tag name, regex
-/// whose first group is cut from the name and whose second is the value).
-pub const STATS_TAGS: [(&str, &str); 4] = [
-    (
-        "outcome",
-        r"^(?:wasmcustom\.)?tollgate\.requests_total(\.outcome\.([a-z_]+))",
-    ),
-    (
-        "upstream",
-        r"^(?:wasmcustom\.)?tollgate\.requests_total\.outcome\.[a-z_]+(\.upstream\.([a-z0-9]+))$",
-    ),
-    (
-        "direction",
-        r"^(?:wasmcustom\.)?tollgate\.tokens_total(\.direction\.([a-z]+))$",
-    ),
-    (
-        "result",
-        r"^(?:wasmcustom\.)?tollgate\.(?:key_lookups|spend_batches|lease_borrows|lease_renewals)_total(\.result\.([a-z]+))$",
-    ),
-];
+impl Metric {
+    /// The Prometheus name Envoy gives the stat once its tags are extracted (a histogram's
+    /// series add `_bucket`, `_sum` and `_count`).
+    pub fn prometheus_name(self) -> String {
+        let name = self.name();
+        let base = name.rsplit(";.;").next().unwrap_or(&name);
+        let base = base.strip_prefix("tollgate.").unwrap_or(base);
+        format!("tollgate_{base}")
+    }
+}
+
+/// `tollgate.<tag>=.=<value>;.;…<name>`: Istio's tag convention, so one regex per tag
+/// ([`stats_tag_regex`]) cuts each pair out and leaves `tollgate.<name>`.
+fn tagged(name: &str, tags: &[(&str, &str)]) -> String {
+    let mut out = String::from("tollgate.");
+    for (tag, value) in tags {
+        out.push_str(&format!("{tag}=.={value};.;"));
+    }
+    out.push_str(name);
+    out
+}
+
+/// The labels the filter's stat names carry ([`tagged`]): Envoy `stats_tags` in the rendered
+/// bootstrap, `extraStatTags` in Istio's proxy config.
+pub const STATS_TAGS: [&str; 4] = ["outcome", "upstream", "direction", "result"];
+
+/// The tag-extraction regex for one of [`STATS_TAGS`]: the first group is cut from the name,
+/// the second is the value. The regex Istio's bootstrap makes of each `extraStatTags` entry.
+pub fn stats_tag_regex(tag: &str) -> String {
+    format!(r"({tag}=\.=(.*?);\.;)")
+}
+
+/// The prefix of the filter's stat names as Envoy's stats matcher sees them (proxy-wasm puts
+/// custom metrics in the `wasmcustom` namespace); Istio keeps only included names.
+pub const STATS_PREFIX: &str = "wasmcustom.tollgate.";
 
 #[cfg(test)]
 mod tests {
@@ -271,6 +313,47 @@ mod tests {
         }
         let names: HashSet<String> = all.iter().map(|m| m.name()).collect();
         assert_eq!(names.len(), METRIC_COUNT);
+        assert_eq!(
+            all.iter().filter(|m| m.kind() == Kind::Histogram).count(),
+            OUTCOMES.len()
+        );
+    }
+
+    /// Each tag's regex, applied as Envoy applies `stats_tags`, leaves `tollgate.<name>` and
+    /// the label values.
+    #[test]
+    fn names_carry_their_labels_in_istios_convention() {
+        let name = Metric::Requests(Outcome::RateLimit, StatusClass::None).name();
+        assert_eq!(
+            name,
+            "tollgate.outcome=.=rate_limit;.;upstream=.=none;.;requests_total"
+        );
+        let mut rest = name.clone();
+        let mut labels = Vec::new();
+        for tag in STATS_TAGS {
+            let pattern = format!("{tag}=.=");
+            if let Some(start) = rest.find(&pattern) {
+                let value_start = start + pattern.len();
+                let end = value_start + rest[value_start..].find(";.;").unwrap();
+                labels.push((tag, rest[value_start..end].to_string()));
+                rest.replace_range(start..end + 3, "");
+            }
+            assert_eq!(stats_tag_regex(tag), format!(r"({tag}=\.=(.*?);\.;)"));
+        }
+        assert_eq!(rest, "tollgate.requests_total");
+        assert_eq!(
+            labels,
+            [
+                ("outcome", "rate_limit".into()),
+                ("upstream", "none".into())
+            ]
+        );
+        assert_eq!(
+            Metric::AdmissionTime(Outcome::Admitted).name(),
+            "tollgate.outcome=.=admitted;.;admission_time_us"
+        );
+        assert_eq!(Metric::SpendNanos.name(), "tollgate.spend_nanos_total");
+        assert!(Metric::all().all(|m| m.name().starts_with(&STATS_PREFIX["wasmcustom.".len()..])));
     }
 
     #[test]

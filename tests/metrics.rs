@@ -14,9 +14,9 @@
 
 mod common;
 
+use common::prometheus::{one, parse, values};
 use common::{poll_until, sha256_hex, Stack, MASTER_KEY};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 const CONFIG: &str = r#"
@@ -41,51 +41,6 @@ fn body() -> String {
         "messages": [{"role": "user", "content": "abcdefghijkl"}]
     })
     .to_string()
-}
-
-/// One exposition line: name, labels, value.
-type Series = (String, BTreeMap<String, String>, f64);
-
-/// The series of a Prometheus text exposition (label values without escapes, as here).
-fn parse(text: &str) -> Vec<Series> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            let (head, value) = l.rsplit_once(' ').unwrap();
-            let (name, labels) = match head.split_once('{') {
-                Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                None => (head, ""),
-            };
-            let labels = labels
-                .split("\",")
-                .filter(|p| !p.is_empty())
-                .map(|p| {
-                    let (k, v) = p.split_once("=\"").unwrap();
-                    (k.to_string(), v.trim_end_matches('"').to_string())
-                })
-                .collect();
-            (name.to_string(), labels, value.parse().unwrap())
-        })
-        .collect()
-}
-
-/// The values of `name`'s series whose labels include all of `want`.
-fn values(all: &[Series], name: &str, want: &[(&str, &str)]) -> Vec<f64> {
-    all.iter()
-        .filter(|(n, labels, _)| {
-            n == name
-                && want
-                    .iter()
-                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, _, v)| *v)
-        .collect()
-}
-
-fn one(all: &[Series], name: &str, want: &[(&str, &str)]) -> f64 {
-    let v = values(all, name, want);
-    assert_eq!(v.len(), 1, "{name} {want:?}: {v:?}");
-    v[0]
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -306,21 +261,20 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         })
     };
     // Counted when each answer completes: poll for the last one.
-    let envoy = poll_until("Envoy's /stats/prometheus", Duration::from_secs(10), || {
-        let r = common::send(
-            &common::agent(),
-            "GET",
-            &format!("http://127.0.0.1:{port}/stats/prometheus"),
-            &[],
-            None,
-        );
+    let envoy = poll_until("Envoy's /stats/prometheus", Duration::from_secs(15), || {
+        let r = common::prometheus::envoy_stats(port);
         // A batch is counted when the sidecar's answer reaches the filter, after it applied it.
-        let flushed = values(
-            &parse(&r.body),
-            "tollgate_spend_batches_total",
-            &[("result", "flushed")],
-        );
-        if r.status == 200 && classes(&r.body)[1] == [4.0] && flushed.first() >= Some(&1.0) {
+        let e = parse(&r.body);
+        let flushed = values(&e, "tollgate_spend_batches_total", &[("result", "flushed")]);
+        // Histograms are merged at Envoy's stats flush (every 5 s).
+        let timed: f64 = values(&e, "tollgate_admission_time_us_count", &[])
+            .iter()
+            .sum();
+        if r.status == 200
+            && classes(&r.body)[1] == [4.0]
+            && flushed.first() >= Some(&1.0)
+            && timed == 6.0
+        {
             Ok(r.body)
         } else {
             Err(format!("{}: {}", r.status, r.body))
@@ -369,6 +323,42 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         6.0,
         "{filter_lines}"
     );
+    // Admission time: one sample per call, by outcome, in Envoy's buckets (µs).
+    let timed = |outcome: &str| {
+        one(
+            &e,
+            "tollgate_admission_time_us_count",
+            &[("outcome", outcome)],
+        )
+    };
+    assert_eq!(timed("admitted"), 3.0, "{filter_lines}");
+    for outcome in ["budget", "rate_limit", "auth"] {
+        assert_eq!(timed(outcome), 1.0, "{outcome}: {filter_lines}");
+    }
+    let buckets = values(
+        &e,
+        "tollgate_admission_time_us_bucket",
+        &[("outcome", "admitted")],
+    );
+    assert!(buckets.len() >= 10, "{filter_lines}");
+    assert_eq!(
+        one(
+            &e,
+            "tollgate_admission_time_us_bucket",
+            &[("outcome", "admitted"), ("le", "+Inf")]
+        ),
+        3.0,
+        "{filter_lines}"
+    );
+    // The unknown key and the first call of each key waited for the sidecar's lookup.
+    assert!(
+        one(
+            &e,
+            "tollgate_admission_time_us_sum",
+            &[("outcome", "admitted")]
+        ) > 0.0,
+        "{filter_lines}"
+    );
     let tokens = |direction: &str| one(&e, "tollgate_tokens_total", &[("direction", direction)]);
     assert_eq!(tokens("input"), 20.0, "{filter_lines}");
     assert_eq!(tokens("output"), 10.0, "{filter_lines}");
@@ -408,4 +398,72 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
             "{filter_lines}"
         );
     }
+}
+
+/// Fleet mode on one Envoy (SQLite store): each budget's first call borrows a slice, and a
+/// borrow the sidecar can no longer grant is counted as refused.
+#[test]
+fn fleet_lease_borrows_are_counted_by_result() {
+    let config = CONFIG.replace(
+        "general_settings:\n",
+        "general_settings:\n  tollgate_fleet: {lease_ttl_seconds: 2}\n",
+    );
+    let s = Stack::start(&config);
+    // $100: the first call borrows a slice.
+    let (roomy, _) = s.generate_key(json!({"max_budget": 100.0}));
+    // 1000 nano-dollars: the first call is lent what is left and admitted (a slice admits
+    // while anything of it is unused), the second, once that slice has expired, finds
+    // nothing left to lend.
+    let (tiny, _) = s.generate_key(json!({"max_budget": 0.000001}));
+    s.post_with("/v1/chat/completions", &roomy, &[], &body())
+        .assert_status(200);
+    s.post_with("/v1/chat/completions", &tiny, &[], &body())
+        .assert_status(200);
+    s.wait_key_spend(&tiny, 0.02);
+    // The slice expires (a renewal of it, sent on the next tick, lasts 2 s from its sending),
+    // so the next call asks the sidecar again instead of refusing on what a renewal answer
+    // told it.
+    std::thread::sleep(Duration::from_millis(3500));
+    let refused = s.post_with("/v1/chat/completions", &tiny, &[], &body());
+    assert_eq!(refused.status / 100, 4, "{}", refused.body);
+    // The master key has no budget to borrow for.
+    s.post_with("/v1/chat/completions", MASTER_KEY, &[], &body())
+        .assert_status(200);
+
+    let port = envoy_admin_port(&s);
+    let e = poll_until(
+        "the borrows on /stats/prometheus",
+        Duration::from_secs(10),
+        || {
+            let r = common::prometheus::envoy_stats(port);
+            let e = parse(&r.body);
+            let admitted = values(
+                &e,
+                "tollgate_requests_total",
+                &[("outcome", "admitted"), ("upstream", "2xx")],
+            );
+            if admitted == [3.0] {
+                Ok(e)
+            } else {
+                Err(format!("{}: {}", r.status, r.body))
+            }
+        },
+    );
+    let borrows = |result: &str| one(&e, "tollgate_lease_borrows_total", &[("result", result)]);
+    assert_eq!(borrows("granted"), 2.0);
+    assert_eq!(borrows("refused"), 1.0);
+    assert_eq!(borrows("failed"), 0.0);
+    assert_eq!(
+        one(
+            &e,
+            "tollgate_requests_total",
+            &[("outcome", "budget"), ("upstream", "none")]
+        ),
+        1.0
+    );
+    // Every renewal report sent was answered.
+    assert_eq!(
+        one(&e, "tollgate_lease_renewals_total", &[("result", "failed")]),
+        0.0
+    );
 }

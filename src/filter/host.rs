@@ -281,13 +281,22 @@ pub fn set_response_headers(headers: &[(String, String)]) {
     }
 }
 
-/// Defines the filter's counters (once per VM, when the plugin is configured); a counter that
-/// cannot be defined is logged and left uncounted.
+/// Defines the filter's metrics (once per VM, when the plugin is configured); a metric that
+/// cannot be defined is logged and left unrecorded.
 pub fn define_metrics() -> crate::flow::MetricIds {
+    use crate::metrics::Kind;
+    use proxy_wasm::types::MetricType;
     let mut ids = [None; crate::metrics::METRIC_COUNT];
+    if cfg!(feature = "bench-no-filter-metrics") {
+        return ids;
+    }
     for metric in crate::metrics::Metric::all() {
         let name = metric.name();
-        match hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, &name) {
+        let kind = match metric.kind() {
+            Kind::Counter => MetricType::Counter,
+            Kind::Histogram => MetricType::Histogram,
+        };
+        match hostcalls::define_metric(kind, &name) {
             Ok(id) => {
                 if let Some(slot) = ids.get_mut(metric.index()) {
                     *slot = Some(id);
@@ -412,6 +421,18 @@ impl Host for ProxyHost<'_> {
 
     fn count(&self, metric: crate::metrics::Metric, n: u64) {
         count(self.metric_ids, metric, n);
+    }
+
+    fn record(&self, metric: crate::metrics::Metric, value: u64) {
+        let Some(Some(id)) = self.metric_ids.get(metric.index()) else {
+            return;
+        };
+        if let Err(e) = hostcalls::record_metric(*id, value) {
+            log(
+                LogLevel::Warn,
+                &format!("tollgate: metric record failed: {e:?}"),
+            );
+        }
     }
 }
 

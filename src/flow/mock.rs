@@ -42,10 +42,12 @@ pub struct MockHost {
     pub lease_queue: RefCell<Vec<Vec<u8>>>,
     /// Counter increments, in order.
     pub counted: RefCell<Vec<(Metric, u64)>>,
+    /// Histogram values, in order.
+    pub recorded: RefCell<Vec<(Metric, u64)>>,
 }
 
 impl MockHost {
-    fn record(&self, name: &'static str) {
+    fn log_call(&self, name: &'static str) {
         self.calls.borrow_mut().push(name);
     }
 
@@ -88,79 +90,79 @@ fn set_in(map: &RefCell<Vec<(String, String)>>, name: &str, value: Option<&str>)
 
 impl VersionedStore for MockHost {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.record("shared_get");
+        self.log_call("shared_get");
         self.store.get(key)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        self.record("shared_set");
+        self.log_call("shared_set");
         self.store.set(key, value, cas)
     }
 }
 
 impl Host for MockHost {
     fn now_micros(&self) -> i64 {
-        self.record("now");
+        self.log_call("now");
         self.now.get()
     }
 
     fn log_warn(&self, _message: &str) {
-        self.record("log");
+        self.log_call("log");
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
-        self.record("request_headers");
+        self.log_call("request_headers");
         self.request_headers.borrow().clone()
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
-        self.record("set_request_header");
+        self.log_call("set_request_header");
         set_in(&self.request_headers, name, value);
     }
 
     fn request_body(&self, size: usize) -> Vec<u8> {
-        self.record("request_body");
+        self.log_call("request_body");
         let body = self.request_body.borrow();
         body[..size.min(body.len())].to_vec()
     }
 
     fn replace_request_body(&self, _current_size: usize, body: &[u8]) {
-        self.record("replace_request_body");
+        self.log_call("replace_request_body");
         *self.request_body.borrow_mut() = body.to_vec();
     }
 
     fn response_headers(&self) -> Vec<(String, String)> {
-        self.record("response_headers");
+        self.log_call("response_headers");
         self.response_headers.borrow().clone()
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
-        self.record("response_header");
+        self.log_call("response_header");
         self.response_header_value(name)
     }
 
     fn set_response_header(&self, name: &str, value: Option<&str>) {
-        self.record("set_response_header");
+        self.log_call("set_response_header");
         set_in(&self.response_headers, name, value);
     }
 
     fn set_response_headers(&self, headers: &[(String, String)]) {
-        self.record("set_response_headers");
+        self.log_call("set_response_headers");
         *self.response_headers.borrow_mut() = headers.to_vec();
     }
 
     fn response_body(&self, _size: usize) -> Vec<u8> {
-        self.record("response_body");
+        self.log_call("response_body");
         self.response_chunk.borrow().clone()
     }
 
     fn replace_response_body(&self, _current_size: usize, body: &[u8]) {
-        self.record("replace_response_body");
+        self.log_call("replace_response_body");
         *self.response_chunk.borrow_mut() = body.to_vec();
     }
 
     fn send_response(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
-        self.record("send_response");
+        self.log_call("send_response");
         let mut all = vec![("content-type".to_string(), "application/json".to_string())];
         all.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         *self.reply.borrow_mut() = Some(Reply {
@@ -171,7 +173,7 @@ impl Host for MockHost {
     }
 
     fn dispatch_get(&self, call: &SidecarCall<'_>) -> Option<u32> {
-        self.record("dispatch");
+        self.log_call("dispatch");
         if self.dispatch_fails.get() {
             return None;
         }
@@ -181,7 +183,7 @@ impl Host for MockHost {
     }
 
     fn dispatch_post(&self, call: &SidecarCall<'_>, body: &[u8]) -> Option<u32> {
-        self.record("dispatch_post");
+        self.log_call("dispatch_post");
         if self.dispatch_fails.get() {
             return None;
         }
@@ -194,17 +196,17 @@ impl Host for MockHost {
     }
 
     fn call_response_status(&self) -> Option<u16> {
-        self.record("call_response_status");
+        self.log_call("call_response_status");
         self.call_answer.borrow().as_ref().map(|(s, _)| *s)
     }
 
     fn call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
-        self.record("call_response_body");
+        self.log_call("call_response_body");
         self.call_answer.borrow().as_ref().map(|(_, b)| b.clone())
     }
 
     fn enqueue(&self, queue: u32, value: &[u8]) -> bool {
-        self.record("enqueue");
+        self.log_call("enqueue");
         if queue == LEASE_QUEUE_ID {
             self.lease_queue.borrow_mut().push(value.to_vec());
         } else {
@@ -214,7 +216,12 @@ impl Host for MockHost {
     }
 
     fn count(&self, metric: Metric, n: u64) {
-        self.record("count");
+        self.log_call("count");
         self.counted.borrow_mut().push((metric, n));
+    }
+
+    fn record(&self, metric: Metric, value: u64) {
+        self.log_call("record");
+        self.recorded.borrow_mut().push((metric, value));
     }
 }

@@ -55,6 +55,8 @@ pub trait Host: VersionedStore {
     fn enqueue(&self, queue: u32, value: &[u8]) -> bool;
     /// Adds `n` to one of the filter's counters (one host call).
     fn count(&self, metric: Metric, n: u64);
+    /// Records `value` in one of the filter's histograms (one host call).
+    fn record(&self, metric: Metric, value: u64);
 }
 
 /// A request to the sidecar's internal API.
@@ -85,7 +87,7 @@ pub struct Shared {
     /// The provider keys from the sidecar (VM memory only); `None` until the first answer, and
     /// LLM calls are refused until then.
     pub provider_keys: RefCell<Option<Rc<ProviderKeys>>>,
-    /// The filter's counters as this VM defined them, by [`Metric::index`] (`None`: not defined).
+    /// The filter's metrics as this VM defined them, by [`Metric::index`] (`None`: not defined).
     pub metric_ids: MetricIds,
 }
 

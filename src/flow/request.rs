@@ -190,6 +190,9 @@ pub struct Flow {
     body_complete: bool,
     body_size: usize,
     started_micros: i64,
+    /// The latest clock reading of an LLM call's admission: a refusal's end of
+    /// `tollgate_admission_time_us` (reused, not read again, where one is fresh).
+    clock_micros: i64,
     /// Envoy refused the body itself (over its buffer limit, plain text): the answer is
     /// rewritten into LiteLLM's envelope.
     envoy_413: bool,
@@ -206,6 +209,7 @@ impl Flow {
             body_complete: false,
             body_size: 0,
             started_micros: 0,
+            clock_micros: 0,
             envoy_413: false,
         }
     }
@@ -215,9 +219,25 @@ impl Flow {
         if matches!(self.kind, Kind::Llm(_)) {
             let outcome = Outcome::of_refusal(error);
             host.count(Metric::Requests(outcome, StatusClass::None), 1);
+            self.record_admission_time(host, outcome, self.clock_micros);
         }
         send_error(host, error);
         Step::Pause
+    }
+
+    /// `tollgate_admission_time_us`: headers to the decision taken at `decided_micros`.
+    fn record_admission_time(&self, host: &impl Host, outcome: Outcome, decided_micros: i64) {
+        let micros = decided_micros.saturating_sub(self.started_micros);
+        host.record(
+            Metric::AdmissionTime(outcome),
+            u64::try_from(micros).unwrap_or(0),
+        );
+    }
+
+    /// Reads the clock for an admission step (see `clock_micros`).
+    fn now(&mut self, host: &impl Host) -> i64 {
+        self.clock_micros = host.now_micros();
+        self.clock_micros
     }
 
     fn calendar(&self) -> Calendar<'_> {
@@ -253,7 +273,7 @@ impl Flow {
             self.headers = HeaderSnapshot::default();
             return Step::Continue;
         };
-        self.started_micros = host.now_micros();
+        self.started_micros = self.now(host);
         // The body may be rewritten: admission sets its new length while these headers are paused.
         self.body_complete = end_of_stream;
         // A body announced as too large is refused before any of it is buffered (Envoy would
@@ -301,6 +321,7 @@ impl Flow {
         self.body_size = body_size;
         let limit = self.shared.config.max_request_body_bytes;
         if body_size > limit {
+            self.now(host);
             return self.refuse(host, &ApiError::body_too_large(limit));
         }
         if !end_of_stream {
@@ -419,10 +440,11 @@ impl Flow {
                 });
             }
             Some(KeyLookup::NotFound) => {
+                let now = self.now(host);
                 key_cache::put_unknown(
                     host,
                     &lookup.hash,
-                    host.now_micros(),
+                    now,
                     self.shared.config.negative_cache_seconds,
                 );
                 return self.refuse(host, &ApiError::invalid_api_key());
@@ -441,6 +463,7 @@ impl Flow {
                     }
                 }
                 host.count(Metric::KeyLookups(Lookup::Failed), 1);
+                self.now(host);
                 return self.refuse(
                     host,
                     &ApiError::service_unavailable(
@@ -471,6 +494,7 @@ impl Flow {
             None
         };
         let Some(lookup) = parsed else {
+            self.now(host);
             return self.refuse(
                 host,
                 &ApiError::service_unavailable(
@@ -479,7 +503,7 @@ impl Flow {
             );
         };
         key_cache::put_customer(host, &self.shared.decoded, id, &lookup);
-        let now = host.now_micros();
+        let now = self.now(host);
         self.finish_admission(host, prepared, Some(lookup), now, None)
     }
 
@@ -493,7 +517,7 @@ impl Flow {
         } else {
             None
         };
-        let now = host.now_micros();
+        let now = self.now(host);
         let LeaseWait {
             sent_at,
             asked,
@@ -613,7 +637,7 @@ impl Flow {
             }
             Kind::Llm(route) => {
                 let shared = Rc::clone(&self.shared);
-                let now = host.now_micros();
+                let now = self.now(host);
                 match self.prepare(host, &shared, &caller, route, now) {
                     Err(e) => self.refuse(host, &e),
                     Ok(prepared) => {
@@ -709,6 +733,7 @@ impl Flow {
         }
         match admitted {
             Ok(Admit::Call(call)) => {
+                self.record_admission_time(host, Outcome::Admitted, now);
                 self.phase = Phase::Forwarded(call);
                 Step::Continue
             }

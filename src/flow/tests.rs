@@ -555,7 +555,7 @@ mod host_calls {
         let mut flow = known_key_request(CHAT, &h);
         assert_eq!(
             counts(&h),
-            "count=1 now=2 replace_request_body=1 request_body=1 request_headers=1 \
+            "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
              set_request_header=5 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
@@ -615,7 +615,7 @@ mod host_calls {
         let mut flow = known_key_request(body, &h);
         assert_eq!(
             counts(&h),
-            "count=1 now=2 replace_request_body=1 request_body=1 request_headers=1 \
+            "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
              set_request_header=5 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
@@ -649,7 +649,7 @@ mod host_calls {
         known_key_request(CHAT, &h);
         assert_eq!(
             counts(&h),
-            "count=2 now=2 request_body=1 request_headers=1 send_response=1 shared_get=5 shared_set=2",
+            "count=2 now=2 record=1 request_body=1 request_headers=1 send_response=1 shared_get=5 shared_set=2",
             "budget"
         );
         assert_eq!(
@@ -664,7 +664,7 @@ mod host_calls {
         known_key_request(CHAT, &h);
         assert_eq!(
             counts(&h),
-            "count=2 now=2 request_body=1 request_headers=1 send_response=1 shared_get=8 shared_set=6",
+            "count=2 now=2 record=1 request_body=1 request_headers=1 send_response=1 shared_get=8 shared_set=6",
             "rate limit"
         );
         assert_eq!(
@@ -684,12 +684,56 @@ mod host_calls {
         assert_eq!(h.reply_status(), Some(401));
         assert_eq!(
             counts(&h),
-            "count=1 now=1 request_headers=1 send_response=1",
+            "count=1 now=1 record=1 request_headers=1 send_response=1",
             "no key"
         );
         assert_eq!(
             *h.host.counted.borrow(),
             [(Metric::Requests(Outcome::Auth, StatusClass::None), 1)]
+        );
+    }
+
+    /// `tollgate_admission_time_us`: from the request headers to the decision, on the clock
+    /// readings admission takes anyway; the sidecar's lookups count, a cached key waits 0.
+    #[test]
+    fn admission_time_spans_the_sidecar_lookups() {
+        let h = Harness::new(config());
+        let found = KeyLookup::Found {
+            key: Box::new(full_key()),
+            seq: 1,
+        };
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        h.host.now.set(h.host.now.get() + 1_500);
+        h.answer(&mut flow, 200, &serde_json::to_string(&found).unwrap());
+        let mut cached = h.flow();
+        h.send(&mut cached, CHAT, &[]);
+        // An unknown key, answered by the sidecar after 700 µs.
+        let unknown = Harness::new(config());
+        let mut flow = unknown.flow();
+        unknown.send(&mut flow, CHAT, &[]);
+        unknown.host.now.set(unknown.host.now.get() + 700);
+        unknown.answer(&mut flow, 200, r#"{"status":"not_found"}"#);
+        // No answer after the retries, 3 × 100 µs.
+        let failed = Harness::new(config());
+        let mut flow = failed.flow();
+        failed.send(&mut flow, CHAT, &[]);
+        while failed.reply_status().is_none() {
+            failed.host.now.set(failed.host.now.get() + 100);
+            failed.answer(&mut flow, 503, "");
+        }
+        let admitted = Metric::AdmissionTime(Outcome::Admitted);
+        assert_eq!(
+            *h.host.recorded.borrow(),
+            [(admitted, 1_500), (admitted, 0)]
+        );
+        assert_eq!(
+            *unknown.host.recorded.borrow(),
+            [(Metric::AdmissionTime(Outcome::Auth), 700)]
+        );
+        assert_eq!(
+            *failed.host.recorded.borrow(),
+            [(Metric::AdmissionTime(Outcome::Other), 300)]
         );
     }
 
@@ -760,7 +804,7 @@ mod host_calls {
         // read and parsed again, the customer read back from shared data: two more calls).
         assert_eq!(
             counts(&h),
-            "call_response_body=1 call_response_status=1 now=1 replace_request_body=1 \
+            "call_response_body=1 call_response_status=1 now=1 record=1 replace_request_body=1 \
              set_request_header=5 shared_get=5 shared_set=6"
         );
     }
@@ -938,7 +982,7 @@ mod fleet {
         );
         assert_eq!(
             host_calls_of(&h),
-            "count=1 now=2 replace_request_body=1 request_body=1 request_headers=1 \
+            "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
              set_request_header=5 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
@@ -980,7 +1024,7 @@ mod fleet {
         // Three grants applied, then the admission as usual.
         assert_eq!(
             host_calls_of(&h),
-            "call_response_body=1 call_response_status=1 count=1 now=1 replace_request_body=1 \
+            "call_response_body=1 call_response_status=1 count=1 now=1 record=1 replace_request_body=1 \
              set_request_header=5 shared_get=14 shared_set=12"
         );
         assert_eq!(

@@ -403,6 +403,29 @@ pub fn documents(
     Ok(docs)
 }
 
+/// The gateway's proxy config for the filter's metrics (Istio's `ProxyConfig`, for the gateway
+/// pods' `proxy.istio.io/config` annotation): Istio's Envoy keeps only the stats its
+/// `proxyStatsMatcher` includes, and makes labels only of the tags its bootstrap has a regex
+/// for; `extraStatTags` adds the regex [`crate::metrics::stats_tag_regex`] for each. (No
+/// EnvoyFilter can set either: Istio stopped applying `BOOTSTRAP` patches in 1.21.)
+pub fn gateway_proxy_config() -> Value {
+    json!({
+        "proxyStatsMatcher": {"inclusionPrefixes": [crate::metrics::STATS_PREFIX]},
+        "extraStatTags": crate::metrics::STATS_TAGS,
+    })
+}
+
+/// A strategic-merge patch of the gateway's Deployment that sets [`gateway_proxy_config`]
+/// (`kubectl -n istio-system patch deployment istio-ingressgateway --patch-file FILE`; the
+/// gateway pods restart with it).
+pub fn gateway_patch() -> Result<String> {
+    let proxy_config = serde_yaml_ng::to_string(&gateway_proxy_config())?;
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        "proxy.istio.io/config": proxy_config
+    }}}}});
+    Ok(serde_yaml_ng::to_string(&patch)?)
+}
+
 /// The documents as one YAML stream, separated by `---`.
 pub fn manifests(
     rendered: &Rendered,
@@ -544,6 +567,37 @@ mod tests {
         let outlier = &rule["spec"]["trafficPolicy"]["outlierDetection"];
         assert_eq!(outlier["consecutiveGatewayErrors"], 2);
         assert_eq!(outlier["maxEjectionPercent"], 100);
+    }
+
+    /// The gateway keeps the filter's stats and labels them: every metric name starts with
+    /// the included prefix (as Envoy's stats matcher sees it) and every tag is extracted.
+    #[test]
+    fn gateway_proxy_config_includes_and_tags_the_filter_metrics() {
+        let patch: Value = serde_yaml_ng::from_str(&gateway_patch().unwrap()).unwrap();
+        let annotation = patch["spec"]["template"]["metadata"]["annotations"]
+            ["proxy.istio.io/config"]
+            .as_str()
+            .unwrap();
+        let config: Value = serde_yaml_ng::from_str(annotation).unwrap();
+        assert_eq!(config, gateway_proxy_config());
+        let prefix = config["proxyStatsMatcher"]["inclusionPrefixes"][0]
+            .as_str()
+            .unwrap();
+        let tags: Vec<&str> = config["extraStatTags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        for metric in crate::metrics::Metric::all() {
+            let name = format!("wasmcustom.{}", metric.name());
+            assert!(name.starts_with(prefix), "{name}");
+            for pair in name.split(";.;").filter(|p| p.contains("=.=")) {
+                let before = pair.split("=.=").next().unwrap();
+                let tag = before.rsplit('.').next().unwrap();
+                assert!(tags.contains(&tag), "{name}: {tag}");
+            }
+        }
     }
 
     #[test]

@@ -468,23 +468,63 @@ mod tests {
         m.encode(&budgets, 7).unwrap()
     }
 
-    /// The dashboard in the repo queries only series the sidecar exports.
+    /// The dashboard in the repo queries only series Tollgate exports (the sidecar's, or the
+    /// filter's on Envoy), and has a panel for every one of them.
     #[test]
-    fn dashboard_uses_exported_names() {
+    fn dashboard_uses_exported_names_and_shows_every_one() {
+        use crate::metrics::{Kind, Metric};
         let text = exposition();
         let dashboard = include_str!("../../dashboards/tollgate.json");
-        let mut checked = 0;
-        for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-            if word.starts_with("litellm_") || word.starts_with("tollgate_") {
-                assert!(
-                    text.lines().any(|l| l.starts_with(&format!("{word}{{"))
-                        || l.starts_with(&format!("{word} "))),
-                    "{word} is not exported:\n{text}"
+        let parsed: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+        let filter: Vec<(String, Kind)> = Metric::all()
+            .map(|m| (m.prometheus_name(), m.kind()))
+            .collect();
+        let from_filter = |word: &str| {
+            filter.iter().any(|(name, kind)| {
+                word == name
+                    || (*kind == Kind::Histogram
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|suffix| word == format!("{name}{suffix}")))
+            })
+        };
+        let mut words = Vec::new();
+        for panel in parsed["panels"].as_array().unwrap() {
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{}", panel["title"]);
+            for target in targets {
+                let expr = target["expr"].as_str().unwrap();
+                words.extend(
+                    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .filter(|w| w.starts_with("litellm_") || w.starts_with("tollgate_"))
+                        .map(str::to_string),
                 );
-                checked += 1;
             }
         }
-        assert!(checked >= 10, "{checked}");
+        for word in &words {
+            let from_sidecar = text
+                .lines()
+                .any(|l| l.starts_with(&format!("{word}{{")) || l.starts_with(&format!("{word} ")));
+            assert!(
+                from_sidecar || from_filter(word),
+                "{word} is not exported:\n{text}"
+            );
+        }
+        let families = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next());
+        let exported: Vec<String> = families
+            .map(str::to_string)
+            .chain(filter.iter().map(|(name, _)| name.clone()))
+            .collect();
+        assert!(exported.len() >= 20, "{exported:?}");
+        for name in exported {
+            assert!(
+                words.iter().any(|w| w.starts_with(&name)),
+                "no panel shows {name}"
+            );
+        }
     }
 
     #[test]

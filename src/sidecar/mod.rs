@@ -41,6 +41,9 @@ enum Format {
     /// The same Envoy without Tollgate, proxying to the first model's upstream (for benchmarks).
     EnvoyBare,
     Istio,
+    /// Istio: a patch of the gateway's Deployment (`kubectl patch --patch-file`) so its Envoy
+    /// keeps and labels the filter's metrics.
+    IstioGateway,
     Plugin,
 }
 
@@ -567,6 +570,7 @@ async fn run(cli: Cli) -> Result<()> {
                     };
                     istio::manifests(&rendered, &opts, &istio_opts, &prepared.master_key)?
                 }
+                Format::IstioGateway => istio::gateway_patch()?,
                 Format::Plugin => serde_json::to_string_pretty(
                     &crate::provider_keys::without_provider_keys(&rendered.plugin),
                 )?,

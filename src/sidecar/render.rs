@@ -827,11 +827,11 @@ fn sidecar_cluster(sidecars: &[SidecarEndpoint]) -> Result<Value> {
     }))
 }
 
-/// Envoy's default tags plus the filter counters' labels ([`crate::metrics::STATS_TAGS`]).
+/// Envoy's default tags plus the filter metrics' labels ([`crate::metrics::STATS_TAGS`]).
 fn filter_stats_config() -> Value {
     let tags: Vec<Value> = crate::metrics::STATS_TAGS
         .iter()
-        .map(|(name, regex)| json!({"tag_name": name, "regex": regex}))
+        .map(|tag| json!({"tag_name": tag, "regex": crate::metrics::stats_tag_regex(tag)}))
         .collect();
     json!({"use_all_default_tags": true, "stats_tags": tags})
 }

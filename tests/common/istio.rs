@@ -13,7 +13,12 @@
 //! * VirtualService routes become Envoy routes in order: header `exact` and uri `prefix`
 //!   matches, `directResponse`, destination `host`+`port` as cluster `outbound|PORT||HOST`,
 //!   request header removal, timeout;
-//! * ServiceEntries and the sidecar's Service become `outbound|PORT||HOST` clusters.
+//! * ServiceEntries and the sidecar's Service become `outbound|PORT||HOST` clusters;
+//! * the gateway's proxy config (the `proxy.istio.io/config` annotation of
+//!   `tollgate render --format istio-gateway`) becomes the bootstrap's `stats_config` as Istio's
+//!   template (`tools/packaging/common/envoy_bootstrap.json`) makes it: no Envoy default tags,
+//!   a `(TAG=\.=(.*?);\.;)` regex per `extraStatTags` entry, and a stats matcher keeping only
+//!   `reporter=`, the `proxyStatsMatcher` inclusions, `component` and `istio`.
 //!
 //! What stands in for the cluster: Kubernetes DNS and EDS (the sidecar's Service host is
 //! mapped to 127.0.0.1:its port) and ADS (the ECDS resource is read from a file).
@@ -49,6 +54,8 @@ general_settings:
 pub struct IstioStack {
     pub stack: Stack,
     pub manifests: String,
+    /// The gateway Envoy's admin port (its `/stats/prometheus`).
+    pub admin_port: u16,
 }
 
 fn docs_of(manifests: &str) -> Vec<Value> {
@@ -118,9 +125,54 @@ fn agent_convert(typed_struct: &Value, sidecar_port: u16, cache: &Path) -> Value
     wasm
 }
 
-/// The Envoy configuration Istio gives the gateway for these manifests.
+/// The bootstrap's `stats_config` Istio makes of the gateway's proxy config.
+fn istio_stats_config(proxy_config: &Value) -> Value {
+    use serde_json::json;
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut tags = vec![
+        json!({"tag_name": "cluster_name", "regex": "^cluster\\.((.+?(\\..+?\\.svc\\.cluster\\.local)?)\\.)"}),
+    ];
+    for tag in strings(&proxy_config["extraStatTags"]) {
+        tags.push(json!({"tag_name": tag, "regex": format!("({tag}=\\.=(.*?);\\.;)")}));
+    }
+    let matcher = &proxy_config["proxyStatsMatcher"];
+    let mut patterns = vec![json!({"prefix": "reporter="})];
+    patterns.extend(
+        strings(&matcher["inclusionPrefixes"])
+            .into_iter()
+            .map(|p| json!({"prefix": p})),
+    );
+    patterns.extend(
+        strings(&matcher["inclusionSuffixes"])
+            .into_iter()
+            .map(|p| json!({"suffix": p})),
+    );
+    patterns.extend(
+        strings(&matcher["inclusionRegexps"])
+            .into_iter()
+            .map(|p| json!({"safe_regex": {"regex": p}})),
+    );
+    patterns.push(json!({"prefix": "component"}));
+    patterns.push(json!({"prefix": "istio"}));
+    json!({
+        "use_all_default_tags": false,
+        "stats_tags": tags,
+        "stats_matcher": {"inclusion_list": {"patterns": patterns}}
+    })
+}
+
+/// The Envoy configuration Istio gives the gateway for these manifests and its proxy config.
 fn istio_envoy_config(
     docs: &[Value],
+    proxy_config: &Value,
     listen_port: u16,
     admin_port: u16,
     sidecar_port: u16,
@@ -257,6 +309,7 @@ fn istio_envoy_config(
     json!({
         "node": {"id": format!("router~127.0.0.1~istio-ingressgateway.istio-system~istio-system.svc.cluster.local"), "cluster": "istio-ingressgateway.istio-system"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "stats_config": istio_stats_config(proxy_config),
         "static_resources": {"listeners": [listener], "clusters": clusters}
     })
 }
@@ -302,6 +355,27 @@ impl Stack {
             "tollgate render --format istio failed: {err}"
         );
         let docs = docs_of(&manifests);
+        let (status, gateway_patch, err) = run_to_exit(
+            "tollgate render --format istio-gateway",
+            Command::new(&bin)
+                .args(["render", "--format", "istio-gateway", "--config"])
+                .arg(&config_path)
+                .env(PROVIDER_KEY_ENV, PROVIDER_KEY)
+                .env(MASTER_KEY_ENV, MASTER_KEY)
+                .env_remove("LITELLM_MASTER_KEY"),
+            Duration::from_secs(30),
+        );
+        assert!(
+            status.success(),
+            "tollgate render --format istio-gateway failed: {err}"
+        );
+        let patch: Value = serde_yaml_ng::from_str(&gateway_patch).expect("the gateway patch");
+        let proxy_config: Value = serde_yaml_ng::from_str(
+            patch["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]
+                .as_str()
+                .expect("the proxy.istio.io/config annotation"),
+        )
+        .expect("the gateway's proxy config");
 
         // The sidecar as the Deployment runs it (environment from the Secret).
         let mut command = vec!["env".to_string()];
@@ -323,7 +397,15 @@ impl Stack {
         sidecar.start();
 
         let port = free_port();
-        let bootstrap = istio_envoy_config(&docs, port, free_port(), sidecar_port, scratch.path());
+        let admin_port = free_port();
+        let bootstrap = istio_envoy_config(
+            &docs,
+            &proxy_config,
+            port,
+            admin_port,
+            sidecar_port,
+            scratch.path(),
+        );
         let bootstrap_path = scratch.path().join("envoy.json");
         std::fs::write(&bootstrap_path, bootstrap.to_string()).expect("write envoy.json");
         let envoy_log = scratch.path().join("envoy.log");
@@ -371,6 +453,10 @@ impl Stack {
                 Err(e) => Err(format!("{e}: {}", read_file(&envoy_log))),
             }
         });
-        IstioStack { stack, manifests }
+        IstioStack {
+            stack,
+            manifests,
+            admin_port,
+        }
     }
 }

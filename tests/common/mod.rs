@@ -21,6 +21,7 @@
 pub mod fleet;
 pub mod istio;
 pub mod postgres;
+pub mod prometheus;
 pub mod split;
 
 use serde_json::Value;
