@@ -524,3 +524,89 @@ fn model_listings_expand_wildcards_as_litellm() {
     let mine = s.get("/model_group/info", Some(&key)).json();
     assert_eq!(mine["data"].as_array().map(Vec::len), Some(1), "{mine}");
 }
+
+/// Two models and the proxy's aliases for them, as LiteLLM's docs write them.
+const ALIASES: &str = r#"
+model_list:
+  - model_name: mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+  - model_name: big
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+litellm_settings:
+  model_alias_map:
+    gpt4-mini: mini
+router_settings:
+  routing_strategy: simple-shuffle
+  model_group_alias:
+    small: mini
+    quiet:
+      model: big
+      hidden: true
+general_settings:
+  master_key: @MASTER_KEY@
+"#;
+
+/// `litellm_settings.model_alias_map` and `router_settings.model_group_alias`: an alias is
+/// sent to its target's deployment at the target's price; a key may call it when its list
+/// allows the alias or the target; `/v1/models` lists the router's aliases that are not
+/// `hidden`.
+#[test]
+fn proxy_aliases_route_to_their_target_before_access_checks() {
+    let s = Stack::start(ALIASES);
+    let (key, _) = s.generate_key(json!({"models": ["mini"]}));
+    for alias in ["gpt4-mini", "small", "mini"] {
+        s.clear_fake_requests();
+        let r = chat(&s, &key, alias);
+        r.assert_status(200);
+        let seen = s.fake_requests();
+        assert_eq!(seen.len(), 1, "{alias}: {seen:?}");
+        assert_eq!(seen[0]["body"]["model"], "gpt-4o-mini", "{alias}");
+        assert_eq!(
+            header_nanos(&r, "x-litellm-response-cost"),
+            Some(gpt_4o_mini_cost(&r)),
+            "{alias}: {:?}",
+            r.headers
+        );
+    }
+    // The hidden alias goes to `big`, which this key may not use under either name.
+    chat(&s, &key, "quiet").assert_error_message(
+        403,
+        "key_model_access_denied",
+        "The requested model 'quiet' is not available for this API key, or the model name is invalid. Check the models available to you and try again.",
+    );
+    // A key listing the alias itself may call it.
+    let (by_alias, _) = s.generate_key(json!({"models": ["quiet"]}));
+    s.clear_fake_requests();
+    chat(&s, &by_alias, "quiet").assert_status(200);
+    assert_eq!(s.fake_requests()[0]["body"]["model"], "gpt-4o");
+    chat(&s, &by_alias, "big").assert_error(403, "key_model_access_denied");
+
+    assert_eq!(
+        listed(&s, "/v1/models", MASTER_KEY),
+        ["mini", "big", "small"]
+    );
+    let info = s.get("/model_group/info?model_group=small", Some(MASTER_KEY));
+    info.assert_status(200);
+    let g = &info.json()["data"][0];
+    assert_eq!(g["model_group"], "small");
+    assert_eq!(g["input_cost_per_token"].as_f64(), Some(GPT_4O_MINI_IN));
+}
+
+/// A `model_group_alias` entry of a shape LiteLLM cannot use stops startup, naming it.
+#[test]
+fn malformed_model_group_alias_is_refused_at_startup() {
+    let stderr = up_must_fail(
+        &format!("{UNPRICED}router_settings:\n  model_group_alias:\n    fast: [mini]\n"),
+        &[],
+    );
+    assert!(
+        stderr.contains("router_settings.model_group_alias.fast"),
+        "{stderr}"
+    );
+}

@@ -7,6 +7,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::plugin_config::{GroupAlias, ProxyAliases};
+
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct LiteLlmConfig {
     #[serde(default)]
@@ -17,7 +19,8 @@ pub struct LiteLlmConfig {
     pub litellm_settings: LitellmSettings,
     #[serde(default)]
     pub environment_variables: BTreeMap<String, ScalarValue>,
-    /// Accepted and not used: routing is Envoy's job.
+    /// Only `model_group_alias` is used ([`proxy_aliases`]); the rest is accepted and not
+    /// used: routing is Envoy's job.
     #[serde(default)]
     pub router_settings: Option<serde_yaml_ng::Value>,
 }
@@ -436,7 +439,71 @@ fn check_settings(config: &LiteLlmConfig) -> Result<()> {
             ));
         }
     }
+    proxy_aliases(config)?;
     Ok(())
+}
+
+/// `litellm_settings.model_alias_map` and `router_settings.model_group_alias` (entries
+/// `alias: target` or `alias: {model: target, hidden: bool}`, as LiteLLM's
+/// `RouterModelGroupAliasItem`); any other shape is refused, naming the entry.
+pub fn proxy_aliases(config: &LiteLlmConfig) -> Result<ProxyAliases> {
+    use serde_yaml_ng::Value as Yaml;
+    let mut aliases = ProxyAliases {
+        model_alias_map: config
+            .litellm_settings
+            .model_alias_map
+            .clone()
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let Some(entries) = config
+        .router_settings
+        .as_ref()
+        .and_then(|r| r.get("model_group_alias"))
+        .filter(|v| !v.is_null())
+    else {
+        return Ok(aliases);
+    };
+    let Yaml::Mapping(entries) = entries else {
+        return Err(anyhow!(
+            "invalid config: router_settings.model_group_alias must be a mapping of alias to model group"
+        ));
+    };
+    for (alias, entry) in entries {
+        let Yaml::String(alias) = alias else {
+            return Err(anyhow!(
+                "invalid config: router_settings.model_group_alias: alias {alias:?} is not a string"
+            ));
+        };
+        let wrong = || {
+            anyhow!(
+                "invalid config: router_settings.model_group_alias.{alias}: expected a model group name or {{model: <name>, hidden: true|false}}"
+            )
+        };
+        let item = match entry {
+            Yaml::String(model) => GroupAlias {
+                model: model.clone(),
+                hidden: false,
+            },
+            Yaml::Mapping(item) => GroupAlias {
+                model: item
+                    .get("model")
+                    .and_then(Yaml::as_str)
+                    .ok_or_else(wrong)?
+                    .to_string(),
+                hidden: match item.get("hidden") {
+                    None | Some(Yaml::Null) => false,
+                    Some(h) => h.as_bool().ok_or_else(wrong)?,
+                },
+            },
+            _ => return Err(wrong()),
+        };
+        if item.model.is_empty() {
+            return Err(wrong());
+        }
+        aliases.model_group_alias.insert(alias.clone(), item);
+    }
+    Ok(aliases)
 }
 
 /// Prices and budgets must be finite: YAML's `.inf` / `.nan` would reach the filter as JSON
@@ -729,6 +796,46 @@ litellm_settings:
     }
 
     /// Issue 12 item 11: a config with no models warns loudly.
+    #[test]
+    fn proxy_aliases_are_read_and_bad_shapes_refused() {
+        let loaded = parse(
+            "litellm_settings:\n  model_alias_map: {gpt4: gpt-4o}\nrouter_settings:\n  routing_strategy: simple-shuffle\n  model_group_alias:\n    claude: claude-3\n    secret: {model: gpt-4o, hidden: true}\n    open: {model: gpt-4o}\n",
+        )
+        .unwrap();
+        assert!(
+            !loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("alias") || w.contains("routing")),
+            "{:?}",
+            loaded.warnings
+        );
+        let a = proxy_aliases(&loaded.config).unwrap();
+        assert_eq!(
+            a.model_alias_map.get("gpt4").map(String::as_str),
+            Some("gpt-4o")
+        );
+        assert_eq!(a.group_target("claude"), Some("claude-3"));
+        assert!(a.model_group_alias["secret"].hidden);
+        assert!(!a.model_group_alias["open"].hidden);
+        let listed: Vec<&str> = a.listed_group_aliases().map(|(n, _)| n).collect();
+        assert_eq!(listed, ["claude", "open"]);
+        for bad in [
+            "router_settings: {model_group_alias: [a, b]}\n",
+            "router_settings: {model_group_alias: {x: 3}}\n",
+            "router_settings: {model_group_alias: {x: {hidden: true}}}\n",
+            "router_settings: {model_group_alias: {x: {model: m, hidden: maybe}}}\n",
+            "router_settings: {model_group_alias: {x: \"\"}}\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("router_settings.model_group_alias"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(parse("litellm_settings: {model_alias_map: {a: [b]}}\n").is_err());
+    }
+
     #[test]
     fn no_models_warns() {
         let loaded =

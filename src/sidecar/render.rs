@@ -539,6 +539,7 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             .block_requests_for_models_without_pricing
             .unwrap_or(false),
         fleet: fleet_settings(config),
+        aliases: super::litellm_config::proxy_aliases(config)?,
     };
     Ok(Rendered { plugin, upstreams })
 }
