@@ -610,3 +610,30 @@ fn malformed_model_group_alias_is_refused_at_startup() {
         "{stderr}"
     );
 }
+
+/// `default_key_generate_params` and `upperbound_key_generate_params` as LiteLLM's docs write
+/// them: a key made without a budget gets the default one, and it binds; more than the bound
+/// is refused with LiteLLM's message.
+#[test]
+fn key_generate_defaults_and_upper_bounds_from_the_config() {
+    let config = format!(
+        "{UNPRICED}litellm_settings:\n  default_key_generate_params:\n    max_budget: 0.000001\n  upperbound_key_generate_params:\n    max_budget: 1\n    rpm_limit: 50\n"
+    );
+    let s = Stack::start(&config);
+    let (key, made) = s.generate_key(json!({}));
+    assert_eq!(made["max_budget"].as_f64(), Some(0.000001), "{made}");
+    assert_eq!(made["rpm_limit"].as_u64(), Some(50), "{made}");
+    chat(&s, &key, "mini").assert_status(200);
+    common::poll_until("key spend", Duration::from_secs(10), || {
+        match chat(&s, &key, "mini").status {
+            422 => Ok(()),
+            other => Err(format!("status {other}")),
+        }
+    });
+    s.admin_post("/key/generate", &json!({"max_budget": 2}))
+        .assert_error_message(
+        400,
+        "invalid_request_error",
+        "{'error': 'max_budget is over max limit set in config - user_value=2.0; max_value=1.0'}",
+    );
+}

@@ -177,10 +177,11 @@ pub struct LitellmSettings {
     pub max_end_user_budget: Option<f64>,
     pub max_internal_user_budget: Option<f64>,
     pub internal_user_budget_duration: Option<String>,
-    pub default_key_generate_params: Option<serde_yaml_ng::Value>,
-    pub upperbound_key_generate_params: Option<serde_yaml_ng::Value>,
+    pub default_key_generate_params: Option<KeyGenerateDefaults>,
+    pub upperbound_key_generate_params: Option<KeyGenerateBounds>,
+    /// LiteLLM applies it to users made by SSO and SCIM, which Tollgate does not have.
     pub default_internal_user_params: Option<serde_yaml_ng::Value>,
-    pub default_team_params: Option<serde_yaml_ng::Value>,
+    pub default_team_params: Option<TeamDefaults>,
     pub block_requests_for_models_without_pricing: Option<bool>,
     pub drop_params: Option<bool>,
     pub set_verbose: Option<bool>,
@@ -192,6 +193,46 @@ pub struct LitellmSettings {
     pub failure_callback: Option<serde_yaml_ng::Value>,
     pub model_alias_map: Option<BTreeMap<String, String>>,
     pub require_auth_for_metrics_endpoint: Option<bool>,
+}
+
+/// `litellm_settings.default_key_generate_params`: what `/key/generate` fills in where the
+/// request leaves a field unset (LiteLLM's `_common_key_generation_helper`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct KeyGenerateDefaults {
+    pub max_budget: Option<f64>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub max_parallel_requests: Option<u64>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
+    pub budget_duration: Option<String>,
+    pub duration: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `litellm_settings.upperbound_key_generate_params` (LiteLLM's
+/// `LiteLLM_UpperboundKeyGenerateParams`): the most a key may be given.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct KeyGenerateBounds {
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    pub duration: Option<String>,
+    pub max_parallel_requests: Option<u64>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
+}
+
+/// `litellm_settings.default_team_params`: what `/team/new` fills in where the request
+/// leaves a field unset.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct TeamDefaults {
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
+    pub team_member_permissions: Option<Vec<String>>,
+    pub organization_id: Option<String>,
 }
 
 /// A loaded config plus the warnings a user should see at startup.
@@ -294,6 +335,48 @@ pub fn parse(text: &str) -> Result<Loaded> {
         ls.max_internal_user_budget,
         "litellm_settings.max_internal_user_budget",
     )?;
+    for (v, field) in [
+        (
+            ls.default_key_generate_params
+                .as_ref()
+                .and_then(|d| d.max_budget),
+            "litellm_settings.default_key_generate_params.max_budget",
+        ),
+        (
+            ls.upperbound_key_generate_params
+                .as_ref()
+                .and_then(|d| d.max_budget),
+            "litellm_settings.upperbound_key_generate_params.max_budget",
+        ),
+        (
+            ls.default_team_params.as_ref().and_then(|d| d.max_budget),
+            "litellm_settings.default_team_params.max_budget",
+        ),
+    ] {
+        finite(v, field)?;
+    }
+    for (d, field) in [
+        (
+            ls.default_key_generate_params
+                .as_ref()
+                .and_then(|d| d.duration.as_deref()),
+            "litellm_settings.default_key_generate_params.duration",
+        ),
+        (
+            ls.upperbound_key_generate_params
+                .as_ref()
+                .and_then(|d| d.duration.as_deref()),
+            "litellm_settings.upperbound_key_generate_params.duration",
+        ),
+    ] {
+        if let Some(d) = d.filter(|d| *d != "-1") {
+            crate::duration::parse_duration(d)
+                .map_err(|e| anyhow!("invalid config: {field}: invalid duration '{d}': {e}"))?;
+        }
+    }
+    if ls.default_internal_user_params.is_some() {
+        warnings.push("litellm_settings.default_internal_user_params is ignored: LiteLLM applies it to users made by SSO or SCIM, which Tollgate does not have".to_string());
+    }
     Ok(Loaded { config, warnings })
 }
 
@@ -335,6 +418,13 @@ fn known_keys_at(path: &str) -> &'static [&'static str] {
         [_] => field_names::<LiteLlmConfig>(),
         ["general_settings", _] => field_names::<GeneralSettings>(),
         ["litellm_settings", _] => field_names::<LitellmSettings>(),
+        ["litellm_settings", "default_key_generate_params", _] => {
+            field_names::<KeyGenerateDefaults>()
+        }
+        ["litellm_settings", "upperbound_key_generate_params", _] => {
+            field_names::<KeyGenerateBounds>()
+        }
+        ["litellm_settings", "default_team_params", _] => field_names::<TeamDefaults>(),
         ["model_list", _, _] => field_names::<ModelEntry>(),
         ["model_list", _, "litellm_params", _] => field_names::<LitellmParams>(),
         _ => &[],
@@ -353,6 +443,9 @@ pub fn nearest_key<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
 }
 
 fn unknown_key_warning(path: &str) -> String {
+    // serde_ignored writes `?` for a `Some`: not part of the key's place in the file.
+    let path = path.replace(".?.", ".");
+    let path = path.as_str();
     let key = path.rsplit('.').next().unwrap_or(path);
     match nearest_key(key, known_keys_at(path)) {
         Some(k) => format!("unknown config key `{path}` is ignored; did you mean `{k}`?"),
@@ -388,6 +481,28 @@ fn check_settings(config: &LiteLlmConfig) -> Result<()> {
         ),
     ]
     .into_iter()
+    .chain(
+        [
+            (
+                "litellm_settings.default_key_generate_params.budget_duration",
+                ls.default_key_generate_params
+                    .as_ref()
+                    .map(|d| &d.budget_duration),
+            ),
+            (
+                "litellm_settings.upperbound_key_generate_params.budget_duration",
+                ls.upperbound_key_generate_params
+                    .as_ref()
+                    .map(|d| &d.budget_duration),
+            ),
+            (
+                "litellm_settings.default_team_params.budget_duration",
+                ls.default_team_params.as_ref().map(|d| &d.budget_duration),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(field, v)| Some((field.to_string(), v?))),
+    )
     .chain(config.model_list.iter().enumerate().map(|(i, m)| {
         (
             format!("model_list[{i}].litellm_params.budget_duration"),
@@ -834,6 +949,55 @@ litellm_settings:
             );
         }
         assert!(parse("litellm_settings: {model_alias_map: {a: [b]}}\n").is_err());
+    }
+
+    #[test]
+    fn key_and_team_defaults_are_read_and_checked() {
+        let loaded = parse(
+            "litellm_settings:\n  default_key_generate_params: {max_budget: 5, models: [a], allowed_routes: [x]}\n  upperbound_key_generate_params: {max_budget: 10, duration: 30d}\n  default_team_params: {max_budget: 1, team_member_permissions: [/key/generate]}\n  default_internal_user_params: {user_role: internal_user}\n",
+        )
+        .unwrap();
+        let ls = &loaded.config.litellm_settings;
+        let d = ls.default_key_generate_params.clone().unwrap();
+        assert_eq!(
+            (d.max_budget, d.models),
+            (Some(5.0), Some(vec!["a".to_string()]))
+        );
+        assert_eq!(
+            ls.upperbound_key_generate_params
+                .clone()
+                .unwrap()
+                .duration
+                .as_deref(),
+            Some("30d")
+        );
+        assert_eq!(
+            ls.default_team_params.clone().unwrap().max_budget,
+            Some(1.0)
+        );
+        let w = loaded.warnings.join("\n");
+        assert!(
+            w.contains("`litellm_settings.default_key_generate_params.allowed_routes` is ignored"),
+            "{w}"
+        );
+        assert!(w.contains("default_internal_user_params is ignored"), "{w}");
+        for (bad, field) in [
+            (
+                "litellm_settings: {upperbound_key_generate_params: {duration: 30x}}\n",
+                "upperbound_key_generate_params.duration",
+            ),
+            (
+                "litellm_settings: {default_team_params: {budget_duration: 1x}}\n",
+                "default_team_params.budget_duration",
+            ),
+            (
+                "litellm_settings: {default_key_generate_params: {max_budget: .inf}}\n",
+                "default_key_generate_params.max_budget",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 
     #[test]
