@@ -374,6 +374,35 @@ pub fn parse(text: &str) -> Result<Loaded> {
                 .map_err(|e| anyhow!("invalid config: {field}: invalid duration '{d}': {e}"))?;
         }
     }
+    // Settings LiteLLM honours that Tollgate reads and does not (yet) apply: each would
+    // otherwise change budgets or who is charged without a word.
+    let gs = &config.general_settings;
+    for (set, what) in [
+        (
+            gs.user_header_name.is_some(),
+            "general_settings.user_header_name is not supported: customers are identified only by x-litellm-customer-id / x-litellm-end-user-id and the body's user fields",
+        ),
+        (
+            gs.enforce_user_param == Some(true),
+            "general_settings.enforce_user_param is not supported: requests without `user` are not refused",
+        ),
+        (
+            gs.apply_user_budget_to_team_keys == Some(true),
+            "general_settings.apply_user_budget_to_team_keys is not supported: a user's max_budget binds its personal keys only",
+        ),
+        (
+            gs.disable_reset_budget == Some(true),
+            "general_settings.disable_reset_budget is not supported: budgets still reset at budget_reset_at",
+        ),
+        (
+            ls.budget_rollover == Some(true),
+            "litellm_settings.budget_rollover is not supported: a reset starts the next period at 0",
+        ),
+    ] {
+        if set {
+            warnings.push(format!("WARNING: {what}"));
+        }
+    }
     if ls.default_internal_user_params.is_some() {
         warnings.push("litellm_settings.default_internal_user_params is ignored: LiteLLM applies it to users made by SSO or SCIM, which Tollgate does not have".to_string());
     }
@@ -998,6 +1027,29 @@ litellm_settings:
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(field), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn unsupported_budget_settings_warn() {
+        let loaded = parse(
+            "general_settings: {user_header_name: x-user, enforce_user_param: true, apply_user_budget_to_team_keys: true, disable_reset_budget: true}\nlitellm_settings: {budget_rollover: true}\n",
+        )
+        .unwrap();
+        let w = loaded.warnings.join("\n");
+        for field in [
+            "user_header_name",
+            "enforce_user_param",
+            "apply_user_budget_to_team_keys",
+            "disable_reset_budget",
+            "budget_rollover",
+        ] {
+            assert!(
+                w.contains(&format!("{field} is not supported")),
+                "{field}: {w}"
+            );
+        }
+        let quiet = parse("general_settings: {enforce_user_param: false}\n").unwrap();
+        assert!(!quiet.warnings.join("\n").contains("not supported"));
     }
 
     #[test]
