@@ -54,6 +54,10 @@ pub struct PluginConfig {
     /// counters alone, exact for one Envoy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetSettings>,
+    /// Headers naming the request's customer after LiteLLM's standard two, lowercase:
+    /// `general_settings.user_header_mappings`' `customer` entries, else `user_header_name`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub customer_id_headers: Vec<String>,
     /// The proxy's own model aliases, for every caller.
     #[serde(skip_serializing_if = "ProxyAliases::is_empty")]
     pub aliases: ProxyAliases,

@@ -637,3 +637,34 @@ fn key_generate_defaults_and_upper_bounds_from_the_config() {
         "{'error': 'max_budget is over max limit set in config - user_value=2.0; max_value=1.0'}",
     );
 }
+
+/// `general_settings.user_header_name` (LiteLLM's deprecated name for a customer header):
+/// the header names the customer, whose budget then applies.
+#[test]
+fn user_header_name_names_the_customer() {
+    let config = format!("{UNPRICED}  user_header_name: X-My-User\n");
+    let s = Stack::start(&config);
+    s.admin_post(
+        "/budget/new",
+        &json!({"budget_id": "zero", "max_budget": 0.0}),
+    )
+    .assert_status(200);
+    s.admin_post(
+        "/customer/new",
+        &json!({"user_id": "broke", "budget_id": "zero"}),
+    )
+    .assert_status(200);
+    let (key, _) = s.generate_key(json!({}));
+    s.post_with(
+        "/v1/chat/completions",
+        &key,
+        &[("x-my-user", "broke")],
+        &body("mini", 5),
+    )
+    .assert_error_message(
+        422,
+        "budget_exceeded",
+        "ExceededBudget: End User=broke over budget. Spend=0.0, Budget=0.0",
+    );
+    chat(&s, &key, "mini").assert_status(200);
+}

@@ -129,6 +129,7 @@ pub struct GeneralSettings {
     pub disable_reset_budget: Option<bool>,
     pub enforce_user_param: Option<bool>,
     pub user_header_name: Option<String>,
+    pub user_header_mappings: Option<Vec<UserHeaderMapping>>,
     pub token_rate_limit_type: Option<String>,
     pub always_include_stream_usage: Option<bool>,
     pub user_api_key_cache_ttl: Option<f64>,
@@ -149,6 +150,36 @@ pub struct GeneralSettings {
     /// Tollgate's own: fleet mode (budgets shared by several Envoys through leases). Present,
     /// even empty (`{}`), it is on.
     pub tollgate_fleet: Option<FleetConfig>,
+}
+
+/// One `general_settings.user_header_mappings` entry: a header and the role its value names.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserHeaderMapping {
+    pub header_name: String,
+    pub litellm_user_role: String,
+}
+
+/// The headers naming a request's customer besides LiteLLM's standard two, lowercase, in
+/// LiteLLM's order (`get_end_user_id_from_request_body`): the `customer` entries of
+/// `user_header_mappings`, else the deprecated `user_header_name`.
+pub fn customer_id_headers(config: &LiteLlmConfig) -> Vec<String> {
+    let gs = &config.general_settings;
+    let mapped: Vec<String> = gs
+        .user_header_mappings
+        .iter()
+        .flatten()
+        .filter(|m| m.litellm_user_role.eq_ignore_ascii_case("customer"))
+        .map(|m| m.header_name.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if !mapped.is_empty() {
+        return mapped;
+    }
+    gs.user_header_name
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
 }
 
 /// `general_settings.tollgate_fleet`.
@@ -378,10 +409,6 @@ pub fn parse(text: &str) -> Result<Loaded> {
     // otherwise change budgets or who is charged without a word.
     let gs = &config.general_settings;
     for (set, what) in [
-        (
-            gs.user_header_name.is_some(),
-            "general_settings.user_header_name is not supported: customers are identified only by x-litellm-customer-id / x-litellm-end-user-id and the body's user fields",
-        ),
         (
             gs.enforce_user_param == Some(true),
             "general_settings.enforce_user_param is not supported: requests without `user` are not refused",
@@ -1032,12 +1059,11 @@ litellm_settings:
     #[test]
     fn unsupported_budget_settings_warn() {
         let loaded = parse(
-            "general_settings: {user_header_name: x-user, enforce_user_param: true, apply_user_budget_to_team_keys: true, disable_reset_budget: true}\nlitellm_settings: {budget_rollover: true}\n",
+            "general_settings: {enforce_user_param: true, apply_user_budget_to_team_keys: true, disable_reset_budget: true}\nlitellm_settings: {budget_rollover: true}\n",
         )
         .unwrap();
         let w = loaded.warnings.join("\n");
         for field in [
-            "user_header_name",
             "enforce_user_param",
             "apply_user_budget_to_team_keys",
             "disable_reset_budget",
@@ -1050,6 +1076,24 @@ litellm_settings:
         }
         let quiet = parse("general_settings: {enforce_user_param: false}\n").unwrap();
         assert!(!quiet.warnings.join("\n").contains("not supported"));
+    }
+
+    #[test]
+    fn customer_headers_come_from_mappings_else_user_header_name() {
+        let headers = |text: &str| customer_id_headers(&parse(text).unwrap().config);
+        assert!(headers("general_settings: {}\n").is_empty());
+        assert_eq!(
+            headers("general_settings: {user_header_name: X-My-User}\n"),
+            ["x-my-user"]
+        );
+        assert_eq!(
+            headers("general_settings:\n  user_header_name: x-old\n  user_header_mappings:\n    - {header_name: X-Staff, litellm_user_role: internal_user}\n    - {header_name: X-Customer, litellm_user_role: customer}\n"),
+            ["x-customer"]
+        );
+        assert_eq!(
+            headers("general_settings:\n  user_header_name: x-old\n  user_header_mappings:\n    - {header_name: X-Staff, litellm_user_role: internal_user}\n"),
+            ["x-old"]
+        );
     }
 
     #[test]

@@ -540,6 +540,7 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             .unwrap_or(false),
         fleet: fleet_settings(config),
         aliases: super::litellm_config::proxy_aliases(config)?,
+        customer_id_headers: super::litellm_config::customer_id_headers(config),
     };
     Ok(Rendered { plugin, upstreams })
 }
