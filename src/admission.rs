@@ -94,6 +94,10 @@ pub fn admit<'a>(
             &request.model,
             now_micros,
         )?;
+        // LiteLLM's `_enforce_user_param_check` (after its key checks, before routing).
+        if config.enforce_user_param && !request.object.contains_key("user") {
+            return Err(ApiError::user_param_missing());
+        }
     }
     // Everything after access (routing, prices, budgets, limits, spend) is the target's.
     request.model = aliased.dispatched;
@@ -888,6 +892,36 @@ mod tests {
         };
         let e = admit_with_proxy_aliases(team_key, "a-alias").unwrap_err();
         assert_eq!(e.error_type, "team_model_access_denied");
+    }
+
+    #[test]
+    fn enforce_user_param_refuses_a_key_without_user() {
+        let mut cfg = config();
+        cfg.enforce_user_param = true;
+        let admit_body = |caller: &Caller, body: &[u8]| {
+            admit(
+                &cfg,
+                caller,
+                LlmRoute::ChatCompletions,
+                "/chat/completions",
+                body,
+                0,
+                0,
+            )
+            .map(|_| ())
+        };
+        let e = admit_body(&key(&[]), br#"{"model":"gpt-a"}"#).unwrap_err();
+        assert_eq!((e.status, e.error_type.as_str()), (401, "auth_error"));
+        assert_eq!(
+            e.message,
+            "Authentication Error, 'user' param not passed in. 'enforce_user_param'=True"
+        );
+        // Model access is checked first; `user` present (even null) passes; the master key
+        // is not checked.
+        let e = admit_body(&key(&["gpt-b"]), br#"{"model":"gpt-a"}"#).unwrap_err();
+        assert_eq!(e.error_type, "key_model_access_denied");
+        assert!(admit_body(&key(&[]), br#"{"model":"gpt-a","user":null}"#).is_ok());
+        assert!(admit_body(&Caller::Master, br#"{"model":"gpt-a"}"#).is_ok());
     }
 
     #[test]

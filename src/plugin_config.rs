@@ -54,6 +54,9 @@ pub struct PluginConfig {
     /// counters alone, exact for one Envoy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetSettings>,
+    /// `general_settings.enforce_user_param`: a virtual key's LLM request must carry `user`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub enforce_user_param: bool,
     /// Headers naming the request's customer after LiteLLM's standard two, lowercase:
     /// `general_settings.user_header_mappings`' `customer` entries, else `user_header_name`.
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -668,3 +668,24 @@ fn user_header_name_names_the_customer() {
     );
     chat(&s, &key, "mini").assert_status(200);
 }
+
+/// `general_settings.enforce_user_param`: a key's call without `user` is refused with
+/// LiteLLM's 401; with it, or with the master key, it goes through.
+#[test]
+fn enforce_user_param_refuses_calls_without_user() {
+    let config = format!("{UNPRICED}  enforce_user_param: true\n");
+    let s = Stack::start(&config);
+    let (key, _) = s.generate_key(json!({}));
+    s.clear_fake_requests();
+    chat(&s, &key, "mini").assert_error_message(
+        401,
+        "auth_error",
+        "Authentication Error, 'user' param not passed in. 'enforce_user_param'=True",
+    );
+    assert!(s.fake_requests().is_empty());
+    let with_user =
+        json!({"model": "mini", "user": "u1", "messages": [{"role": "user", "content": PROMPT}]});
+    s.post_with("/v1/chat/completions", &key, &[], &with_user.to_string())
+        .assert_status(200);
+    chat(&s, MASTER_KEY, "mini").assert_status(200);
+}

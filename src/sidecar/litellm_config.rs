@@ -410,10 +410,6 @@ pub fn parse(text: &str) -> Result<Loaded> {
     let gs = &config.general_settings;
     for (set, what) in [
         (
-            gs.enforce_user_param == Some(true),
-            "general_settings.enforce_user_param is not supported: requests without `user` are not refused",
-        ),
-        (
             gs.apply_user_budget_to_team_keys == Some(true),
             "general_settings.apply_user_budget_to_team_keys is not supported: a user's max_budget binds its personal keys only",
         ),
@@ -1059,12 +1055,11 @@ litellm_settings:
     #[test]
     fn unsupported_budget_settings_warn() {
         let loaded = parse(
-            "general_settings: {enforce_user_param: true, apply_user_budget_to_team_keys: true, disable_reset_budget: true}\nlitellm_settings: {budget_rollover: true}\n",
+            "general_settings: {apply_user_budget_to_team_keys: true, disable_reset_budget: true}\nlitellm_settings: {budget_rollover: true}\n",
         )
         .unwrap();
         let w = loaded.warnings.join("\n");
         for field in [
-            "enforce_user_param",
             "apply_user_budget_to_team_keys",
             "disable_reset_budget",
             "budget_rollover",
@@ -1074,7 +1069,7 @@ litellm_settings:
                 "{field}: {w}"
             );
         }
-        let quiet = parse("general_settings: {enforce_user_param: false}\n").unwrap();
+        let quiet = parse("general_settings: {disable_reset_budget: false}\n").unwrap();
         assert!(!quiet.warnings.join("\n").contains("not supported"));
     }
 

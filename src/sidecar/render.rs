@@ -541,6 +541,7 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
         fleet: fleet_settings(config),
         aliases: super::litellm_config::proxy_aliases(config)?,
         customer_id_headers: super::litellm_config::customer_id_headers(config),
+        enforce_user_param: config.general_settings.enforce_user_param == Some(true),
     };
     Ok(Rendered { plugin, upstreams })
 }
