@@ -497,11 +497,13 @@ pub fn budget_scopes(
             });
         }
         if let (Some(user_id), Some(user)) = (&record.user_id, &record.user_budget) {
-            // LiteLLM charges the user for team keys too, but enforces its budget on personal keys.
+            // LiteLLM charges the user for team keys too, but enforces its budget on personal
+            // keys only, unless `general_settings.apply_user_budget_to_team_keys`.
             scopes.push(Scope {
                 level: Level::User,
                 id: user_id.clone(),
-                max_budget_usd: if record.team_id.is_none() {
+                max_budget_usd: if record.team_id.is_none() || config.apply_user_budget_to_team_keys
+                {
                     user.max_budget
                 } else {
                     None
@@ -1318,6 +1320,29 @@ mod tests {
         record.organization_models = vec!["gpt-b".into()];
         record.organization_id = None;
         assert!(call(&record, BODY).is_ok());
+    }
+
+    #[test]
+    fn user_budget_binds_team_keys_only_when_configured() {
+        let mut record = team_key("t1");
+        record.user_budget = Some(BudgetState {
+            max_budget: Some(2.0),
+            ..Default::default()
+        });
+        let priced = Pricing {
+            input_cost_per_token: Some(1.0),
+            ..Default::default()
+        };
+        let user_limit = |cfg: &PluginConfig| {
+            budget_scopes(cfg, &as_caller(&record), "gpt-a", &priced, None)
+                .into_iter()
+                .find(|s| s.level == Level::User)
+                .map(|s| s.max_budget_usd)
+        };
+        let mut cfg = config();
+        assert_eq!(user_limit(&cfg), Some(None));
+        cfg.apply_user_budget_to_team_keys = true;
+        assert_eq!(user_limit(&cfg), Some(Some(2.0)));
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub struct PluginConfig {
     /// counters alone, exact for one Envoy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetSettings>,
+    /// `general_settings.apply_user_budget_to_team_keys`: a user's `max_budget` binds its team
+    /// keys too (else its personal keys only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub apply_user_budget_to_team_keys: bool,
     /// `general_settings.enforce_user_param`: a virtual key's LLM request must carry `user`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub enforce_user_param: bool,

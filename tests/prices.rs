@@ -689,3 +689,25 @@ fn enforce_user_param_refuses_calls_without_user() {
         .assert_status(200);
     chat(&s, MASTER_KEY, "mini").assert_status(200);
 }
+
+/// `general_settings.apply_user_budget_to_team_keys`: a user's budget binds its team keys too.
+#[test]
+fn user_budget_binds_team_keys_when_configured() {
+    let config = format!("{UNPRICED}  apply_user_budget_to_team_keys: true\n");
+    let s = Stack::start(&config);
+    s.admin_post("/team/new", &json!({"team_id": "t"}))
+        .assert_status(200);
+    s.admin_post("/user/new", &json!({"user_id": "u", "max_budget": 0.0}))
+        .assert_status(200);
+    let (key, _) = s.generate_key(json!({"user_id": "u", "team_id": "t"}));
+    chat(&s, &key, "mini").assert_error_message(
+        422,
+        "budget_exceeded",
+        "ExceededBudget: User=u over budget. Spend=0.0, Budget=0.0",
+    );
+    // Without a user budget the team key is served.
+    s.admin_post("/user/new", &json!({"user_id": "v"}))
+        .assert_status(200);
+    let (free, _) = s.generate_key(json!({"user_id": "v", "team_id": "t"}));
+    chat(&s, &free, "mini").assert_status(200);
+}

@@ -410,10 +410,6 @@ pub fn parse(text: &str) -> Result<Loaded> {
     let gs = &config.general_settings;
     for (set, what) in [
         (
-            gs.apply_user_budget_to_team_keys == Some(true),
-            "general_settings.apply_user_budget_to_team_keys is not supported: a user's max_budget binds its personal keys only",
-        ),
-        (
             gs.disable_reset_budget == Some(true),
             "general_settings.disable_reset_budget is not supported: budgets still reset at budget_reset_at",
         ),
@@ -1055,15 +1051,11 @@ litellm_settings:
     #[test]
     fn unsupported_budget_settings_warn() {
         let loaded = parse(
-            "general_settings: {apply_user_budget_to_team_keys: true, disable_reset_budget: true}\nlitellm_settings: {budget_rollover: true}\n",
+            "general_settings: {disable_reset_budget: true}\nlitellm_settings: {budget_rollover: true}\n",
         )
         .unwrap();
         let w = loaded.warnings.join("\n");
-        for field in [
-            "apply_user_budget_to_team_keys",
-            "disable_reset_budget",
-            "budget_rollover",
-        ] {
+        for field in ["disable_reset_budget", "budget_rollover"] {
             assert!(
                 w.contains(&format!("{field} is not supported")),
                 "{field}: {w}"
