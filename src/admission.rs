@@ -46,39 +46,58 @@ pub fn admit<'a>(
     pick: usize,
 ) -> Result<Admitted<'a>, ApiError> {
     let mut request = request_body::parse(body)?;
-    let aliased = match caller {
-        Caller::VirtualKey { record, .. } => crate::model_access::resolve_aliases(
-            &request.model,
-            &record.team_model_aliases,
-            &record.aliases,
-        ),
-        Caller::Master => crate::model_access::AliasedModel {
-            dispatched: request.model.clone(),
-            checked: request.model.clone(),
-            team_alias: false,
-        },
+    let no_aliases = std::collections::BTreeMap::new();
+    let (team_aliases, key_aliases) = match caller {
+        Caller::VirtualKey { record, .. } => (&record.team_model_aliases, &record.aliases),
+        Caller::Master => (&no_aliases, &no_aliases),
     };
+    let aliased = crate::model_access::resolve_aliases(
+        &request.model,
+        team_aliases,
+        key_aliases,
+        &config.aliases,
+    );
     let candidates = route_candidates(config, &aliased.dispatched);
 
     if let Caller::VirtualKey { record, raw_last4 } = caller {
-        let groups = if aliased.checked == aliased.dispatched {
-            groups_in(&candidates)
-        } else {
-            groups_in(&route_candidates(config, &aliased.checked))
+        let groups_of = |name: &str| {
+            if name == aliased.dispatched {
+                groups_in(&candidates)
+            } else {
+                groups_in(&route_candidates(config, name))
+            }
         };
+        let groups = groups_of(&aliased.checked);
+        let also_groups = aliased.also_checked.as_deref().map(groups_of);
         let facts = ModelFacts {
             requested: &aliased.checked,
             access_groups: &groups,
             provider: crate::model_access::provider_of_requested(&aliased.checked),
         };
+        let also_facts = aliased
+            .also_checked
+            .as_deref()
+            .zip(also_groups.as_deref())
+            .map(|(name, groups)| ModelFacts {
+                requested: name,
+                access_groups: groups,
+                provider: crate::model_access::provider_of_requested(name),
+            });
         check_key(
             record,
             raw_last4,
-            &facts,
-            aliased.team_alias,
+            &CheckedNames {
+                facts,
+                also: also_facts,
+                team_alias: aliased.team_alias,
+            },
             &request.model,
             now_micros,
         )?;
+        // LiteLLM's `_enforce_user_param_check` (after its key checks, before routing).
+        if config.enforce_user_param && !request.object.contains_key("user") {
+            return Err(ApiError::user_param_missing());
+        }
     }
     // Everything after access (routing, prices, budgets, limits, spend) is the target's.
     request.model = aliased.dispatched;
@@ -128,20 +147,36 @@ fn groups_in(deployments: &[std::borrow::Cow<'_, Deployment>]) -> Vec<String> {
     groups
 }
 
-/// The key's checks on `facts.requested` (the alias-resolved name to check); `team_alias`:
-/// that name is a team alias, which every list allows. Denials name what the client sent.
+/// The names a request's access is checked by (see [`crate::model_access::AliasedModel`]).
+struct CheckedNames<'a> {
+    /// The alias-resolved name to check.
+    facts: ModelFacts<'a>,
+    /// The proxy alias's target, which a list may allow instead.
+    also: Option<ModelFacts<'a>>,
+    /// `facts.requested` is a team alias, which every list allows.
+    team_alias: bool,
+}
+
+impl CheckedNames<'_> {
+    fn allowed_by(&self, list: &[String]) -> bool {
+        self.team_alias
+            || list_allows(list, &self.facts)
+            || self.also.as_ref().is_some_and(|f| list_allows(list, f))
+    }
+}
+
+/// The key's checks on the alias-resolved names. Denials name what the client sent.
 fn check_key(
     record: &KeyRecord,
     raw_last4: &str,
-    facts: &ModelFacts<'_>,
-    team_alias: bool,
+    names: &CheckedNames<'_>,
     sent: &str,
     now_micros: i64,
 ) -> Result<(), ApiError> {
     if record.blocked {
         return Err(ApiError::key_blocked());
     }
-    if !team_alias && !list_allows(key_models(record), facts) {
+    if !names.allowed_by(key_models(record)) {
         return Err(ApiError::model_access_denied("key", sent));
     }
     if let Some(expires) = record.expires_at_micros {
@@ -157,19 +192,17 @@ fn check_key(
         if record.team_blocked {
             return Err(team_blocked(team_id));
         }
-        if !team_alias && !list_allows(&record.team_models, facts) {
+        if !names.allowed_by(&record.team_models) {
             return Err(ApiError::model_access_denied("team", sent));
         }
     }
-    if record.team_id.is_none() && !list_allows(&record.user_models, facts) {
+    // (A key without a team has no team aliases.)
+    if record.team_id.is_none() && !names.allowed_by(&record.user_models) {
         return Err(ApiError::model_access_denied("user", sent));
     }
     // The organization's models hold at request time too (LiteLLM checks them only when a
     // team joins the organization, so a team allowed every model would escape them).
-    if record.organization_id.is_some()
-        && !team_alias
-        && !list_allows(&record.organization_models, facts)
-    {
+    if record.organization_id.is_some() && !names.allowed_by(&record.organization_models) {
         return Err(ApiError::model_access_denied("org", sent));
     }
     Ok(())
@@ -464,11 +497,13 @@ pub fn budget_scopes(
             });
         }
         if let (Some(user_id), Some(user)) = (&record.user_id, &record.user_budget) {
-            // LiteLLM charges the user for team keys too, but enforces its budget on personal keys.
+            // LiteLLM charges the user for team keys too, but enforces its budget on personal
+            // keys only, unless `general_settings.apply_user_budget_to_team_keys`.
             scopes.push(Scope {
                 level: Level::User,
                 id: user_id.clone(),
-                max_budget_usd: if record.team_id.is_none() {
+                max_budget_usd: if record.team_id.is_none() || config.apply_user_budget_to_team_keys
+                {
                     user.max_budget
                 } else {
                     None
@@ -799,6 +834,96 @@ mod tests {
             e.message,
             "The requested model 'other' is not available for this API key, or the model name is invalid. Check the models available to you and try again."
         );
+    }
+
+    fn admit_with_proxy_aliases(
+        caller: Caller,
+        model: &str,
+    ) -> Result<Admitted<'static>, ApiError> {
+        let mut cfg = config();
+        cfg.aliases.model_alias_map = aliases(&[("a-alias", "gpt-a")]);
+        cfg.aliases.model_group_alias.insert(
+            "b-hidden".into(),
+            crate::plugin_config::GroupAlias {
+                model: "gpt-b".into(),
+                hidden: true,
+            },
+        );
+        let cfg: &'static PluginConfig = Box::leak(Box::new(cfg));
+        let body = format!(r#"{{"model":"{model}"}}"#);
+        admit(
+            cfg,
+            &caller,
+            LlmRoute::ChatCompletions,
+            "/chat/completions",
+            body.as_bytes(),
+            0,
+            0,
+        )
+    }
+
+    #[test]
+    fn proxy_aliases_route_to_their_target_for_keys_allowed_either_name() {
+        // The master key: sent to the target.
+        let a = admit_with_proxy_aliases(Caller::Master, "a-alias").unwrap();
+        assert_eq!(
+            (a.deployment.id.as_str(), a.request.model.as_str()),
+            ("gpt-a-id", "gpt-a")
+        );
+        let a = admit_with_proxy_aliases(Caller::Master, "b-hidden").unwrap();
+        assert_eq!(a.request.model, "gpt-b");
+        // A key listing the target, its access group, or the alias itself may call the alias.
+        for models in [&["gpt-a"][..], &["beta"], &["a-alias"]] {
+            let a = admit_with_proxy_aliases(key(models), "a-alias").unwrap();
+            assert_eq!(a.request.model, "gpt-a", "{models:?}");
+        }
+        let a = admit_with_proxy_aliases(key(&["gpt-b"]), "b-hidden").unwrap();
+        assert_eq!(a.deployment.model_name, "gpt-b");
+        // A key allowed neither is refused, named by what it sent.
+        let e = admit_with_proxy_aliases(key(&["gpt-b"]), "a-alias").unwrap_err();
+        assert_eq!(e.error_type, "key_model_access_denied");
+        assert!(e.message.contains("'a-alias'"), "{}", e.message);
+        // A team's list is checked the same way.
+        let team_key = Caller::VirtualKey {
+            record: std::rc::Rc::new(KeyRecord {
+                team_id: Some("t".into()),
+                team_models: vec!["gpt-b".into()],
+                ..Default::default()
+            }),
+            raw_last4: "abcd".into(),
+        };
+        let e = admit_with_proxy_aliases(team_key, "a-alias").unwrap_err();
+        assert_eq!(e.error_type, "team_model_access_denied");
+    }
+
+    #[test]
+    fn enforce_user_param_refuses_a_key_without_user() {
+        let mut cfg = config();
+        cfg.enforce_user_param = true;
+        let admit_body = |caller: &Caller, body: &[u8]| {
+            admit(
+                &cfg,
+                caller,
+                LlmRoute::ChatCompletions,
+                "/chat/completions",
+                body,
+                0,
+                0,
+            )
+            .map(|_| ())
+        };
+        let e = admit_body(&key(&[]), br#"{"model":"gpt-a"}"#).unwrap_err();
+        assert_eq!((e.status, e.error_type.as_str()), (401, "auth_error"));
+        assert_eq!(
+            e.message,
+            "Authentication Error, 'user' param not passed in. 'enforce_user_param'=True"
+        );
+        // Model access is checked first; `user` present (even null) passes; the master key
+        // is not checked.
+        let e = admit_body(&key(&["gpt-b"]), br#"{"model":"gpt-a"}"#).unwrap_err();
+        assert_eq!(e.error_type, "key_model_access_denied");
+        assert!(admit_body(&key(&[]), br#"{"model":"gpt-a","user":null}"#).is_ok());
+        assert!(admit_body(&Caller::Master, br#"{"model":"gpt-a"}"#).is_ok());
     }
 
     #[test]
@@ -1195,6 +1320,29 @@ mod tests {
         record.organization_models = vec!["gpt-b".into()];
         record.organization_id = None;
         assert!(call(&record, BODY).is_ok());
+    }
+
+    #[test]
+    fn user_budget_binds_team_keys_only_when_configured() {
+        let mut record = team_key("t1");
+        record.user_budget = Some(BudgetState {
+            max_budget: Some(2.0),
+            ..Default::default()
+        });
+        let priced = Pricing {
+            input_cost_per_token: Some(1.0),
+            ..Default::default()
+        };
+        let user_limit = |cfg: &PluginConfig| {
+            budget_scopes(cfg, &as_caller(&record), "gpt-a", &priced, None)
+                .into_iter()
+                .find(|s| s.level == Level::User)
+                .map(|s| s.max_budget_usd)
+        };
+        let mut cfg = config();
+        assert_eq!(user_limit(&cfg), Some(None));
+        cfg.apply_user_budget_to_team_keys = true;
+        assert_eq!(user_limit(&cfg), Some(Some(2.0)));
     }
 
     #[test]

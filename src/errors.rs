@@ -117,6 +117,15 @@ impl ApiError {
         )
     }
 
+    /// `general_settings.enforce_user_param`: an LLM request without `user`.
+    pub fn user_param_missing() -> Self {
+        Self::new(
+            401,
+            "auth_error",
+            "Authentication Error, 'user' param not passed in. 'enforce_user_param'=True",
+        )
+    }
+
     pub fn expired_key(key_last4_param: &str, expiry: &str, now: &str) -> Self {
         Self::new(
             401,

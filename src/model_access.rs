@@ -75,41 +75,61 @@ pub fn list_allows(list: &[String], facts: &ModelFacts<'_>) -> bool {
         })
 }
 
-/// A request's model name after the caller's aliases (LiteLLM's `_can_object_call_model` and
-/// `_update_model_if_team_alias_exists` / `_update_model_if_key_alias_exists`).
+/// A request's model name after the aliases (LiteLLM's `_can_object_call_model` and
+/// `resolve_served_model`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AliasedModel {
-    /// The model the request is sent to: the team's alias target, then the key's.
+    /// The model the request is sent to: the team's alias target, then the key's, then the
+    /// proxy's `model_alias_map`, the key's again, and last the router's `model_group_alias`.
     pub dispatched: String,
-    /// The name the access lists are checked against: the dispatched name when a key alias
-    /// applied, else the requested one.
+    /// The name the access lists are checked against: the key alias's target (before the
+    /// router's alias) when a key alias applied, else the requested one.
     pub checked: String,
+    /// With no key alias applied, LiteLLM also allows the call when a list allows the
+    /// proxy's alias target of the requested name (`model_alias_map`, else
+    /// `model_group_alias`): either name may be the one an admin listed.
+    pub also_checked: Option<String>,
     /// `checked` is one of the team's aliases, which LiteLLM allows whatever the lists say
     /// (`_model_in_team_aliases`): the team's admin chose where it goes.
     pub team_alias: bool,
 }
 
-/// Resolves `requested` through the team's `model_aliases`, then the key's `aliases`.
+/// Resolves `requested` through the team's `model_aliases`, the key's `aliases` and the
+/// proxy's aliases, in LiteLLM's order.
 pub fn resolve_aliases(
     requested: &str,
     team_aliases: &std::collections::BTreeMap<String, String>,
     key_aliases: &std::collections::BTreeMap<String, String>,
+    proxy: &crate::plugin_config::ProxyAliases,
 ) -> AliasedModel {
-    let after_team = team_aliases
-        .get(requested)
-        .map_or(requested, String::as_str);
-    let after_key = key_aliases
-        .get(after_team)
-        .map_or(after_team, String::as_str);
-    let checked = if after_key != after_team {
-        after_key
+    let through = |map: &'_ std::collections::BTreeMap<String, String>, name: &str| -> String {
+        map.get(name).map_or(name, String::as_str).to_string()
+    };
+    let after_team = through(team_aliases, requested);
+    let after_key = through(key_aliases, &after_team);
+    let after_global = through(&proxy.model_alias_map, &after_key);
+    let after_key_again = through(key_aliases, &after_global);
+    let key_alias_applied = after_key != after_team || after_key_again != after_global;
+    let dispatched = proxy
+        .group_target(&after_key_again)
+        .map_or_else(|| after_key_again.clone(), str::to_string);
+    let (checked, also_checked) = if key_alias_applied {
+        (after_key_again, None)
     } else {
-        requested
+        let target = proxy
+            .model_alias_map
+            .get(requested)
+            .map(String::as_str)
+            .or_else(|| proxy.group_target(requested))
+            .filter(|t| *t != requested)
+            .map(str::to_string);
+        (requested.to_string(), target)
     };
     AliasedModel {
-        dispatched: after_key.to_string(),
-        checked: checked.to_string(),
-        team_alias: team_aliases.contains_key(checked),
+        team_alias: team_aliases.contains_key(&checked),
+        dispatched,
+        checked,
+        also_checked,
     }
 }
 
@@ -209,26 +229,91 @@ mod tests {
             .collect()
     }
 
+    fn none() -> crate::plugin_config::ProxyAliases {
+        crate::plugin_config::ProxyAliases::default()
+    }
+
+    fn proxy(
+        global: &[(&str, &str)],
+        group: &[(&str, &str, bool)],
+    ) -> crate::plugin_config::ProxyAliases {
+        crate::plugin_config::ProxyAliases {
+            model_alias_map: map(global),
+            model_group_alias: group
+                .iter()
+                .map(|(a, t, hidden)| {
+                    let alias = crate::plugin_config::GroupAlias {
+                        model: t.to_string(),
+                        hidden: *hidden,
+                    };
+                    (a.to_string(), alias)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn proxy_aliases_apply_after_the_callers_and_allow_either_name() {
+        let p = proxy(&[("gpt4", "gpt-4o")], &[("claude", "claude-group", false)]);
+        // The global map: sent to the target, lists may allow the alias or the target.
+        let r = resolve_aliases("gpt4", &map(&[]), &map(&[]), &p);
+        assert_eq!(
+            (r.dispatched.as_str(), r.checked.as_str()),
+            ("gpt-4o", "gpt4")
+        );
+        assert_eq!(r.also_checked.as_deref(), Some("gpt-4o"));
+        // The router's alias: the same, applied last.
+        let r = resolve_aliases("claude", &map(&[]), &map(&[]), &p);
+        assert_eq!(r.dispatched, "claude-group");
+        assert_eq!(r.also_checked.as_deref(), Some("claude-group"));
+        // A team alias to a global alias goes on to its target; lists see the team alias.
+        let r = resolve_aliases("fast", &map(&[("fast", "gpt4")]), &map(&[]), &p);
+        assert_eq!(r.dispatched, "gpt-4o");
+        assert!(r.team_alias);
+        // A key alias whose target is a router alias: checked by the key alias's target.
+        let r = resolve_aliases("mine", &map(&[]), &map(&[("mine", "claude")]), &p);
+        assert_eq!(
+            (r.dispatched.as_str(), r.checked.as_str()),
+            ("claude-group", "claude")
+        );
+        assert_eq!(r.also_checked, None);
+        // The global map's target goes through the key's aliases again, then the router's.
+        let p = proxy(&[("gpt4", "mid")], &[("last", "gpt-final", true)]);
+        let r = resolve_aliases("gpt4", &map(&[]), &map(&[("mid", "last")]), &p);
+        assert_eq!(
+            (r.dispatched.as_str(), r.checked.as_str()),
+            ("gpt-final", "last")
+        );
+        // An unaliased name is checked as it is.
+        let r = resolve_aliases("gpt-4o", &map(&[]), &map(&[]), &p);
+        assert_eq!((r.dispatched.as_str(), r.also_checked), ("gpt-4o", None));
+    }
+
     #[test]
     fn team_alias_is_checked_by_its_own_name() {
-        let r = resolve_aliases("fast", &map(&[("fast", "gpt-b")]), &map(&[]));
+        let r = resolve_aliases("fast", &map(&[("fast", "gpt-b")]), &map(&[]), &none());
         assert_eq!(r.dispatched, "gpt-b");
         assert_eq!(r.checked, "fast");
         assert!(r.team_alias);
-        let r = resolve_aliases("gpt-b", &map(&[("fast", "gpt-b")]), &map(&[]));
+        let r = resolve_aliases("gpt-b", &map(&[("fast", "gpt-b")]), &map(&[]), &none());
         assert_eq!((r.dispatched.as_str(), r.team_alias), ("gpt-b", false));
     }
 
     #[test]
     fn key_alias_is_checked_by_its_target_after_the_team_alias() {
-        let r = resolve_aliases("mine", &map(&[]), &map(&[("mine", "gpt-a")]));
+        let r = resolve_aliases("mine", &map(&[]), &map(&[("mine", "gpt-a")]), &none());
         assert_eq!(
             (r.dispatched.as_str(), r.checked.as_str()),
             ("gpt-a", "gpt-a")
         );
         assert!(!r.team_alias);
         // The team's alias applies first; the key's then maps its target.
-        let r = resolve_aliases("fast", &map(&[("fast", "mid")]), &map(&[("mid", "gpt-a")]));
+        let r = resolve_aliases(
+            "fast",
+            &map(&[("fast", "mid")]),
+            &map(&[("mid", "gpt-a")]),
+            &none(),
+        );
         assert_eq!(
             (r.dispatched.as_str(), r.checked.as_str()),
             ("gpt-a", "gpt-a")

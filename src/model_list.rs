@@ -161,6 +161,22 @@ pub fn visible_models(config: &PluginConfig, caller: &Caller, options: ListOptio
             }
         }
     }
+    // The router's aliases that are not `hidden`, as model groups of their own (LiteLLM's
+    // `get_model_list` lists them), when their target routes and the caller may use them.
+    for (alias, target) in config.aliases.listed_group_aliases() {
+        let candidates = crate::admission::route_candidates(config, target);
+        let mut groups: Vec<String> = Vec::new();
+        for d in &candidates {
+            for g in &d.access_groups {
+                if !groups.contains(g) {
+                    groups.push(g.clone());
+                }
+            }
+        }
+        if !candidates.is_empty() && !names.iter().any(|n| n == alias) && allowed(alias, &groups) {
+            names.push(alias.to_string());
+        }
+    }
     if options.include_model_access_groups {
         names.extend(access_groups);
     }
@@ -183,7 +199,12 @@ pub fn listed_models(config: &PluginConfig, caller: &Caller, options: ListOption
             .chain(record.aliases.keys());
         let mut added: Vec<String> = Vec::new();
         for alias in aliases {
-            let target = resolve_aliases(alias, &record.team_model_aliases, &record.aliases);
+            let target = resolve_aliases(
+                alias,
+                &record.team_model_aliases,
+                &record.aliases,
+                &config.aliases,
+            );
             if !names.contains(alias)
                 && !added.contains(alias)
                 && names.contains(&target.dispatched)
@@ -342,6 +363,36 @@ mod tests {
             listed_models(&cfg, &key(record), ListOptions::default()),
             ["gpt-b", "fast"]
         );
+    }
+
+    #[test]
+    fn router_aliases_are_listed_unless_hidden() {
+        let mut cfg = config();
+        for (alias, target, hidden) in [("a-alias", "gpt-a", false), ("b-hidden", "gpt-b", true)] {
+            cfg.aliases.model_group_alias.insert(
+                alias.into(),
+                crate::plugin_config::GroupAlias {
+                    model: target.into(),
+                    hidden,
+                },
+            );
+        }
+        let all = listed_models(&cfg, &Caller::Master, ListOptions::default());
+        assert_eq!(all[..3], ["gpt-a", "gpt-b", "a-alias"], "{all:?}");
+        assert!(!all.iter().any(|m| m == "b-hidden"), "{all:?}");
+        // A key sees an alias its list allows: by the alias's name or the target's group.
+        for (list, expected) in [
+            (&["beta"][..], &["gpt-a", "a-alias"][..]),
+            (&["a-alias"], &["a-alias"]),
+            (&["gpt-b"], &["gpt-b"]),
+        ] {
+            let k = key(models(list));
+            assert_eq!(
+                listed_models(&cfg, &k, ListOptions::default()),
+                expected,
+                "{list:?}"
+            );
+        }
     }
 
     #[test]

@@ -54,6 +54,66 @@ pub struct PluginConfig {
     /// counters alone, exact for one Envoy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetSettings>,
+    /// `general_settings.apply_user_budget_to_team_keys`: a user's `max_budget` binds its team
+    /// keys too (else its personal keys only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub apply_user_budget_to_team_keys: bool,
+    /// `general_settings.enforce_user_param`: a virtual key's LLM request must carry `user`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub enforce_user_param: bool,
+    /// Headers naming the request's customer after LiteLLM's standard two, lowercase:
+    /// `general_settings.user_header_mappings`' `customer` entries, else `user_header_name`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub customer_id_headers: Vec<String>,
+    /// The proxy's own model aliases, for every caller.
+    #[serde(skip_serializing_if = "ProxyAliases::is_empty")]
+    pub aliases: ProxyAliases,
+}
+
+/// The config's model aliases: `litellm_settings.model_alias_map` (applied after the team's
+/// and the key's aliases) and `router_settings.model_group_alias` (applied last, by the
+/// router), as LiteLLM's `resolve_served_model` applies them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxyAliases {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_alias_map: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub model_group_alias: BTreeMap<String, GroupAlias>,
+}
+
+/// One `router_settings.model_group_alias` entry (`alias: target` or
+/// `alias: {model: target, hidden: true}`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GroupAlias {
+    /// The model group the alias routes to.
+    pub model: String,
+    /// Left out of `/v1/models`, `/model/info` and `/model_group/info`, still callable.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hidden: bool,
+}
+
+impl ProxyAliases {
+    pub fn is_empty(&self) -> bool {
+        self.model_alias_map.is_empty() && self.model_group_alias.is_empty()
+    }
+
+    /// The router's target for `model` (`model_group_alias`), if it is an alias.
+    pub fn group_target(&self, model: &str) -> Option<&str> {
+        self.model_group_alias
+            .get(model)
+            .map(|a| a.model.as_str())
+            .filter(|m| !m.is_empty())
+    }
+
+    /// The `model_group_alias` names the listings show (not `hidden`), in name order.
+    pub fn listed_group_aliases(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.model_group_alias
+            .iter()
+            .filter(|(_, a)| !a.hidden && !a.model.is_empty())
+            .map(|(name, a)| (name.as_str(), a.model.as_str()))
+    }
 }
 
 /// Fleet mode's settings (`general_settings.tollgate_fleet`).

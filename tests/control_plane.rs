@@ -252,3 +252,95 @@ fn team_member_rate_limit_applies_per_member() {
     // another member of the same team has a window of its own
     chat_as(&stack, &k2, "gpt-4o-mini", None).assert_status(200);
 }
+
+/// Issue 13 §3 through `tollgate up` and Envoy, as a LiteLLM admin script calls it: a user
+/// made with `team_id` is a member with a working team key and LiteLLM's default member
+/// permissions, reads its team; `/user/update` creates an unknown user; organizations are
+/// created, read, updated, listed, given members and deleted, and bind their teams' keys.
+#[test]
+fn litellm_admin_scripts_for_teams_users_and_organizations() {
+    let stack = Stack::default_config();
+    let master = [
+        ("authorization", format!("Bearer {MASTER_KEY}")),
+        ("content-type", "application/json".to_string()),
+    ];
+    let master: Vec<(&str, &str)> = master.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let send = |method: &str, path: &str, body: serde_json::Value| {
+        stack.request(method, path, &master, Some(&body.to_string()))
+    };
+
+    send(
+        "POST",
+        "/organization/new",
+        json!({"organization_id": "org-1", "organization_alias": "Acme", "models": ["gpt-4o-mini"], "max_budget": 10.0}),
+    )
+    .assert_status(200);
+    let info = stack.get("/organization/info?organization_id=org-1", Some(MASTER_KEY));
+    info.assert_status(200);
+    assert_eq!(info.json()["organization_alias"], "Acme");
+    send(
+        "PATCH",
+        "/organization/update",
+        json!({"organization_id": "org-1", "organization_alias": "Acme2"}),
+    )
+    .assert_status(200);
+    let list = stack.get("/organization/list?org_alias=acme2", Some(MASTER_KEY));
+    list.assert_status(200);
+    assert_eq!(list.json()[0]["organization_id"], "org-1");
+
+    stack
+        .admin_post(
+            "/team/new",
+            &json!({"team_id": "t", "organization_id": "org-1"}),
+        )
+        .assert_status(200);
+    let member = stack.admin_post("/user/new", &json!({"user_id": "m", "team_id": "t"}));
+    member.assert_status(200);
+    let member_key = member.json()["key"].as_str().unwrap().to_string();
+    // The member's key is a team key of the organization: its models bind the team.
+    chat_as(&stack, &member_key, "gpt-4o-mini", None).assert_status(200);
+    chat_as(&stack, &member_key, "gpt-4o", None).assert_error(403, "org_model_access_denied");
+    // LiteLLM's default member permissions: read the team, not create its keys.
+    let team = stack.get("/team/info?team_id=t", Some(&member_key));
+    team.assert_status(200);
+    assert_eq!(team.json()["team_info"]["organization_id"], "org-1");
+    stack
+        .post(
+            "/key/generate",
+            Some(&member_key),
+            &json!({"team_id": "t"}).to_string(),
+        )
+        .assert_error(401, "team_member_permission_error");
+    stack
+        .admin_post(
+            "/team/member_update",
+            &json!({"team_id": "t", "user_id": "m", "max_budget_in_team": 1.0}),
+        )
+        .assert_status(200);
+
+    // The admin's `/user/update` on an unknown user creates it (LiteLLM 1.110.2 upserts).
+    stack
+        .admin_post(
+            "/user/update",
+            &json!({"user_id": "new", "max_budget": 2.0}),
+        )
+        .assert_status(200);
+    let user = stack.get("/user/info?user_id=new", Some(MASTER_KEY));
+    user.assert_status(200);
+    assert_eq!(user.json()["user_info"]["max_budget"], 2.0);
+
+    send(
+        "POST",
+        "/organization/member_add",
+        json!({"organization_id": "org-1", "member": [{"role": "org_admin", "user_id": "new"}]}),
+    )
+    .assert_status(200);
+    // Deleting the organization takes its team's keys with it.
+    send(
+        "DELETE",
+        "/organization/delete",
+        json!({"organization_ids": ["org-1"]}),
+    )
+    .assert_status(200);
+    chat_as(&stack, &member_key, "gpt-4o-mini", None).assert_error(401, "token_not_found_in_db");
+}

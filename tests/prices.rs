@@ -524,3 +524,190 @@ fn model_listings_expand_wildcards_as_litellm() {
     let mine = s.get("/model_group/info", Some(&key)).json();
     assert_eq!(mine["data"].as_array().map(Vec::len), Some(1), "{mine}");
 }
+
+/// Two models and the proxy's aliases for them, as LiteLLM's docs write them.
+const ALIASES: &str = r#"
+model_list:
+  - model_name: mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+  - model_name: big
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+litellm_settings:
+  model_alias_map:
+    gpt4-mini: mini
+router_settings:
+  routing_strategy: simple-shuffle
+  model_group_alias:
+    small: mini
+    quiet:
+      model: big
+      hidden: true
+general_settings:
+  master_key: @MASTER_KEY@
+"#;
+
+/// `litellm_settings.model_alias_map` and `router_settings.model_group_alias`: an alias is
+/// sent to its target's deployment at the target's price; a key may call it when its list
+/// allows the alias or the target; `/v1/models` lists the router's aliases that are not
+/// `hidden`.
+#[test]
+fn proxy_aliases_route_to_their_target_before_access_checks() {
+    let s = Stack::start(ALIASES);
+    let (key, _) = s.generate_key(json!({"models": ["mini"]}));
+    for alias in ["gpt4-mini", "small", "mini"] {
+        s.clear_fake_requests();
+        let r = chat(&s, &key, alias);
+        r.assert_status(200);
+        let seen = s.fake_requests();
+        assert_eq!(seen.len(), 1, "{alias}: {seen:?}");
+        assert_eq!(seen[0]["body"]["model"], "gpt-4o-mini", "{alias}");
+        assert_eq!(
+            header_nanos(&r, "x-litellm-response-cost"),
+            Some(gpt_4o_mini_cost(&r)),
+            "{alias}: {:?}",
+            r.headers
+        );
+    }
+    // The hidden alias goes to `big`, which this key may not use under either name.
+    chat(&s, &key, "quiet").assert_error_message(
+        403,
+        "key_model_access_denied",
+        "The requested model 'quiet' is not available for this API key, or the model name is invalid. Check the models available to you and try again.",
+    );
+    // A key listing the alias itself may call it.
+    let (by_alias, _) = s.generate_key(json!({"models": ["quiet"]}));
+    s.clear_fake_requests();
+    chat(&s, &by_alias, "quiet").assert_status(200);
+    assert_eq!(s.fake_requests()[0]["body"]["model"], "gpt-4o");
+    chat(&s, &by_alias, "big").assert_error(403, "key_model_access_denied");
+
+    assert_eq!(
+        listed(&s, "/v1/models", MASTER_KEY),
+        ["mini", "big", "small"]
+    );
+    let info = s.get("/model_group/info?model_group=small", Some(MASTER_KEY));
+    info.assert_status(200);
+    let g = &info.json()["data"][0];
+    assert_eq!(g["model_group"], "small");
+    assert_eq!(g["input_cost_per_token"].as_f64(), Some(GPT_4O_MINI_IN));
+}
+
+/// A `model_group_alias` entry of a shape LiteLLM cannot use stops startup, naming it.
+#[test]
+fn malformed_model_group_alias_is_refused_at_startup() {
+    let stderr = up_must_fail(
+        &format!("{UNPRICED}router_settings:\n  model_group_alias:\n    fast: [mini]\n"),
+        &[],
+    );
+    assert!(
+        stderr.contains("router_settings.model_group_alias.fast"),
+        "{stderr}"
+    );
+}
+
+/// `default_key_generate_params` and `upperbound_key_generate_params` as LiteLLM's docs write
+/// them: a key made without a budget gets the default one, and it binds; more than the bound
+/// is refused with LiteLLM's message.
+#[test]
+fn key_generate_defaults_and_upper_bounds_from_the_config() {
+    let config = format!(
+        "{UNPRICED}litellm_settings:\n  default_key_generate_params:\n    max_budget: 0.000001\n  upperbound_key_generate_params:\n    max_budget: 1\n    rpm_limit: 50\n"
+    );
+    let s = Stack::start(&config);
+    let (key, made) = s.generate_key(json!({}));
+    assert_eq!(made["max_budget"].as_f64(), Some(0.000001), "{made}");
+    assert_eq!(made["rpm_limit"].as_u64(), Some(50), "{made}");
+    chat(&s, &key, "mini").assert_status(200);
+    common::poll_until("key spend", Duration::from_secs(10), || {
+        match chat(&s, &key, "mini").status {
+            422 => Ok(()),
+            other => Err(format!("status {other}")),
+        }
+    });
+    s.admin_post("/key/generate", &json!({"max_budget": 2}))
+        .assert_error_message(
+        400,
+        "invalid_request_error",
+        "{'error': 'max_budget is over max limit set in config - user_value=2.0; max_value=1.0'}",
+    );
+}
+
+/// `general_settings.user_header_name` (LiteLLM's deprecated name for a customer header):
+/// the header names the customer, whose budget then applies.
+#[test]
+fn user_header_name_names_the_customer() {
+    let config = format!("{UNPRICED}  user_header_name: X-My-User\n");
+    let s = Stack::start(&config);
+    s.admin_post(
+        "/budget/new",
+        &json!({"budget_id": "zero", "max_budget": 0.0}),
+    )
+    .assert_status(200);
+    s.admin_post(
+        "/customer/new",
+        &json!({"user_id": "broke", "budget_id": "zero"}),
+    )
+    .assert_status(200);
+    let (key, _) = s.generate_key(json!({}));
+    s.post_with(
+        "/v1/chat/completions",
+        &key,
+        &[("x-my-user", "broke")],
+        &body("mini", 5),
+    )
+    .assert_error_message(
+        422,
+        "budget_exceeded",
+        "ExceededBudget: End User=broke over budget. Spend=0.0, Budget=0.0",
+    );
+    chat(&s, &key, "mini").assert_status(200);
+}
+
+/// `general_settings.enforce_user_param`: a key's call without `user` is refused with
+/// LiteLLM's 401; with it, or with the master key, it goes through.
+#[test]
+fn enforce_user_param_refuses_calls_without_user() {
+    let config = format!("{UNPRICED}  enforce_user_param: true\n");
+    let s = Stack::start(&config);
+    let (key, _) = s.generate_key(json!({}));
+    s.clear_fake_requests();
+    chat(&s, &key, "mini").assert_error_message(
+        401,
+        "auth_error",
+        "Authentication Error, 'user' param not passed in. 'enforce_user_param'=True",
+    );
+    assert!(s.fake_requests().is_empty());
+    let with_user =
+        json!({"model": "mini", "user": "u1", "messages": [{"role": "user", "content": PROMPT}]});
+    s.post_with("/v1/chat/completions", &key, &[], &with_user.to_string())
+        .assert_status(200);
+    chat(&s, MASTER_KEY, "mini").assert_status(200);
+}
+
+/// `general_settings.apply_user_budget_to_team_keys`: a user's budget binds its team keys too.
+#[test]
+fn user_budget_binds_team_keys_when_configured() {
+    let config = format!("{UNPRICED}  apply_user_budget_to_team_keys: true\n");
+    let s = Stack::start(&config);
+    s.admin_post("/team/new", &json!({"team_id": "t"}))
+        .assert_status(200);
+    s.admin_post("/user/new", &json!({"user_id": "u", "max_budget": 0.0}))
+        .assert_status(200);
+    let (key, _) = s.generate_key(json!({"user_id": "u", "team_id": "t"}));
+    chat(&s, &key, "mini").assert_error_message(
+        422,
+        "budget_exceeded",
+        "ExceededBudget: User=u over budget. Spend=0.0, Budget=0.0",
+    );
+    // Without a user budget the team key is served.
+    s.admin_post("/user/new", &json!({"user_id": "v"}))
+        .assert_status(200);
+    let (free, _) = s.generate_key(json!({"user_id": "v", "team_id": "t"}));
+    chat(&s, &free, "mini").assert_status(200);
+}

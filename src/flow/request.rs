@@ -675,10 +675,12 @@ impl Flow {
             Some(keys) => keys.key_for(&admitted.deployment.id).map(str::to_string),
             None => return Err(ApiError::provider_keys_pending()),
         };
+        // LiteLLM's standard customer headers, then the configured ones.
         let end_user = admission::end_user_id(
-            self.headers
-                .get("x-litellm-customer-id")
-                .or_else(|| self.headers.get("x-litellm-end-user-id")),
+            ["x-litellm-customer-id", "x-litellm-end-user-id"]
+                .into_iter()
+                .chain(config.customer_id_headers.iter().map(String::as_str))
+                .find_map(|name| self.headers.get(name).filter(|v| !v.trim().is_empty())),
             &admitted.request,
         );
         Ok(Prepared {

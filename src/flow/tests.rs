@@ -409,6 +409,37 @@ fn customer_lookup_completes_the_prepared_admission() {
     assert_eq!(h.host.dispatched.borrow().len(), 1);
 }
 
+/// `user_header_name` / `user_header_mappings`: the configured header names the customer
+/// after LiteLLM's standard ones and before the body's `user`.
+#[test]
+fn configured_customer_header_names_the_customer() {
+    let mut cfg = config();
+    cfg.customer_id_headers = vec!["x-my-user".into()];
+    let body =
+        r#"{"model":"gpt-4o","user":"from-body","messages":[{"role":"user","content":"hi"}]}"#;
+    for (headers, customer) in [
+        (&[("x-my-user", "from-header")][..], "from-header"),
+        (
+            &[
+                ("x-my-user", "from-header"),
+                ("x-litellm-customer-id", "standard"),
+            ],
+            "standard",
+        ),
+        (&[("x-my-user", " ")], "from-body"),
+        (&[], "from-body"),
+    ] {
+        let h = Harness::new(cfg.clone()).with_key(&full_key());
+        let mut flow = h.flow();
+        h.send(&mut flow, body, headers);
+        assert_eq!(
+            h.host.dispatched.borrow().as_slice(),
+            [format!("/tollgate/internal/v1/customers/{customer}")],
+            "{headers:?}"
+        );
+    }
+}
+
 #[test]
 fn budget_refusal_answers_locally_and_holds_nothing() {
     let mut key = full_key();

@@ -15,6 +15,7 @@ mod common;
 mod customers;
 mod health;
 mod internal;
+mod key_defaults;
 mod keys;
 mod metrics;
 mod models;
@@ -66,6 +67,12 @@ pub struct AdminSettings {
     /// `general_settings.team_admin_editable_team_fields`: what a team admin may change on
     /// `/team/update` (empty: nothing, as in LiteLLM).
     pub team_admin_editable_team_fields: Vec<String>,
+    /// `litellm_settings.default_key_generate_params`.
+    pub key_generate_defaults: crate::sidecar::litellm_config::KeyGenerateDefaults,
+    /// `litellm_settings.upperbound_key_generate_params`.
+    pub key_generate_bounds: crate::sidecar::litellm_config::KeyGenerateBounds,
+    /// `litellm_settings.default_team_params`.
+    pub team_defaults: crate::sidecar::litellm_config::TeamDefaults,
 }
 
 impl AdminSettings {

@@ -7,6 +7,8 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::plugin_config::{GroupAlias, ProxyAliases};
+
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct LiteLlmConfig {
     #[serde(default)]
@@ -17,7 +19,8 @@ pub struct LiteLlmConfig {
     pub litellm_settings: LitellmSettings,
     #[serde(default)]
     pub environment_variables: BTreeMap<String, ScalarValue>,
-    /// Accepted and not used: routing is Envoy's job.
+    /// Only `model_group_alias` is used ([`proxy_aliases`]); the rest is accepted and not
+    /// used: routing is Envoy's job.
     #[serde(default)]
     pub router_settings: Option<serde_yaml_ng::Value>,
 }
@@ -126,6 +129,7 @@ pub struct GeneralSettings {
     pub disable_reset_budget: Option<bool>,
     pub enforce_user_param: Option<bool>,
     pub user_header_name: Option<String>,
+    pub user_header_mappings: Option<Vec<UserHeaderMapping>>,
     pub token_rate_limit_type: Option<String>,
     pub always_include_stream_usage: Option<bool>,
     pub user_api_key_cache_ttl: Option<f64>,
@@ -146,6 +150,36 @@ pub struct GeneralSettings {
     /// Tollgate's own: fleet mode (budgets shared by several Envoys through leases). Present,
     /// even empty (`{}`), it is on.
     pub tollgate_fleet: Option<FleetConfig>,
+}
+
+/// One `general_settings.user_header_mappings` entry: a header and the role its value names.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserHeaderMapping {
+    pub header_name: String,
+    pub litellm_user_role: String,
+}
+
+/// The headers naming a request's customer besides LiteLLM's standard two, lowercase, in
+/// LiteLLM's order (`get_end_user_id_from_request_body`): the `customer` entries of
+/// `user_header_mappings`, else the deprecated `user_header_name`.
+pub fn customer_id_headers(config: &LiteLlmConfig) -> Vec<String> {
+    let gs = &config.general_settings;
+    let mapped: Vec<String> = gs
+        .user_header_mappings
+        .iter()
+        .flatten()
+        .filter(|m| m.litellm_user_role.eq_ignore_ascii_case("customer"))
+        .map(|m| m.header_name.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    if !mapped.is_empty() {
+        return mapped;
+    }
+    gs.user_header_name
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
 }
 
 /// `general_settings.tollgate_fleet`.
@@ -174,10 +208,11 @@ pub struct LitellmSettings {
     pub max_end_user_budget: Option<f64>,
     pub max_internal_user_budget: Option<f64>,
     pub internal_user_budget_duration: Option<String>,
-    pub default_key_generate_params: Option<serde_yaml_ng::Value>,
-    pub upperbound_key_generate_params: Option<serde_yaml_ng::Value>,
+    pub default_key_generate_params: Option<KeyGenerateDefaults>,
+    pub upperbound_key_generate_params: Option<KeyGenerateBounds>,
+    /// LiteLLM applies it to users made by SSO and SCIM, which Tollgate does not have.
     pub default_internal_user_params: Option<serde_yaml_ng::Value>,
-    pub default_team_params: Option<serde_yaml_ng::Value>,
+    pub default_team_params: Option<TeamDefaults>,
     pub block_requests_for_models_without_pricing: Option<bool>,
     pub drop_params: Option<bool>,
     pub set_verbose: Option<bool>,
@@ -189,6 +224,46 @@ pub struct LitellmSettings {
     pub failure_callback: Option<serde_yaml_ng::Value>,
     pub model_alias_map: Option<BTreeMap<String, String>>,
     pub require_auth_for_metrics_endpoint: Option<bool>,
+}
+
+/// `litellm_settings.default_key_generate_params`: what `/key/generate` fills in where the
+/// request leaves a field unset (LiteLLM's `_common_key_generation_helper`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct KeyGenerateDefaults {
+    pub max_budget: Option<f64>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub max_parallel_requests: Option<u64>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
+    pub budget_duration: Option<String>,
+    pub duration: Option<String>,
+    pub models: Option<Vec<String>>,
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `litellm_settings.upperbound_key_generate_params` (LiteLLM's
+/// `LiteLLM_UpperboundKeyGenerateParams`): the most a key may be given.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct KeyGenerateBounds {
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    pub duration: Option<String>,
+    pub max_parallel_requests: Option<u64>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
+}
+
+/// `litellm_settings.default_team_params`: what `/team/new` fills in where the request
+/// leaves a field unset.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct TeamDefaults {
+    pub max_budget: Option<f64>,
+    pub budget_duration: Option<String>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
+    pub team_member_permissions: Option<Vec<String>>,
+    pub organization_id: Option<String>,
 }
 
 /// A loaded config plus the warnings a user should see at startup.
@@ -291,6 +366,65 @@ pub fn parse(text: &str) -> Result<Loaded> {
         ls.max_internal_user_budget,
         "litellm_settings.max_internal_user_budget",
     )?;
+    for (v, field) in [
+        (
+            ls.default_key_generate_params
+                .as_ref()
+                .and_then(|d| d.max_budget),
+            "litellm_settings.default_key_generate_params.max_budget",
+        ),
+        (
+            ls.upperbound_key_generate_params
+                .as_ref()
+                .and_then(|d| d.max_budget),
+            "litellm_settings.upperbound_key_generate_params.max_budget",
+        ),
+        (
+            ls.default_team_params.as_ref().and_then(|d| d.max_budget),
+            "litellm_settings.default_team_params.max_budget",
+        ),
+    ] {
+        finite(v, field)?;
+    }
+    for (d, field) in [
+        (
+            ls.default_key_generate_params
+                .as_ref()
+                .and_then(|d| d.duration.as_deref()),
+            "litellm_settings.default_key_generate_params.duration",
+        ),
+        (
+            ls.upperbound_key_generate_params
+                .as_ref()
+                .and_then(|d| d.duration.as_deref()),
+            "litellm_settings.upperbound_key_generate_params.duration",
+        ),
+    ] {
+        if let Some(d) = d.filter(|d| *d != "-1") {
+            crate::duration::parse_duration(d)
+                .map_err(|e| anyhow!("invalid config: {field}: invalid duration '{d}': {e}"))?;
+        }
+    }
+    // Settings LiteLLM honours that Tollgate reads and does not (yet) apply: each would
+    // otherwise change budgets or who is charged without a word.
+    let gs = &config.general_settings;
+    for (set, what) in [
+        (
+            gs.disable_reset_budget == Some(true),
+            "general_settings.disable_reset_budget is not supported: budgets still reset at budget_reset_at",
+        ),
+        (
+            ls.budget_rollover == Some(true),
+            "litellm_settings.budget_rollover is not supported: a reset starts the next period at 0",
+        ),
+    ] {
+        if set {
+            warnings.push(format!("WARNING: {what}"));
+        }
+    }
+    if ls.default_internal_user_params.is_some() {
+        warnings.push("litellm_settings.default_internal_user_params is ignored: LiteLLM applies it to users made by SSO or SCIM, which Tollgate does not have".to_string());
+    }
     Ok(Loaded { config, warnings })
 }
 
@@ -332,6 +466,13 @@ fn known_keys_at(path: &str) -> &'static [&'static str] {
         [_] => field_names::<LiteLlmConfig>(),
         ["general_settings", _] => field_names::<GeneralSettings>(),
         ["litellm_settings", _] => field_names::<LitellmSettings>(),
+        ["litellm_settings", "default_key_generate_params", _] => {
+            field_names::<KeyGenerateDefaults>()
+        }
+        ["litellm_settings", "upperbound_key_generate_params", _] => {
+            field_names::<KeyGenerateBounds>()
+        }
+        ["litellm_settings", "default_team_params", _] => field_names::<TeamDefaults>(),
         ["model_list", _, _] => field_names::<ModelEntry>(),
         ["model_list", _, "litellm_params", _] => field_names::<LitellmParams>(),
         _ => &[],
@@ -350,6 +491,9 @@ pub fn nearest_key<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
 }
 
 fn unknown_key_warning(path: &str) -> String {
+    // serde_ignored writes `?` for a `Some`: not part of the key's place in the file.
+    let path = path.replace(".?.", ".");
+    let path = path.as_str();
     let key = path.rsplit('.').next().unwrap_or(path);
     match nearest_key(key, known_keys_at(path)) {
         Some(k) => format!("unknown config key `{path}` is ignored; did you mean `{k}`?"),
@@ -385,6 +529,28 @@ fn check_settings(config: &LiteLlmConfig) -> Result<()> {
         ),
     ]
     .into_iter()
+    .chain(
+        [
+            (
+                "litellm_settings.default_key_generate_params.budget_duration",
+                ls.default_key_generate_params
+                    .as_ref()
+                    .map(|d| &d.budget_duration),
+            ),
+            (
+                "litellm_settings.upperbound_key_generate_params.budget_duration",
+                ls.upperbound_key_generate_params
+                    .as_ref()
+                    .map(|d| &d.budget_duration),
+            ),
+            (
+                "litellm_settings.default_team_params.budget_duration",
+                ls.default_team_params.as_ref().map(|d| &d.budget_duration),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(field, v)| Some((field.to_string(), v?))),
+    )
     .chain(config.model_list.iter().enumerate().map(|(i, m)| {
         (
             format!("model_list[{i}].litellm_params.budget_duration"),
@@ -436,7 +602,71 @@ fn check_settings(config: &LiteLlmConfig) -> Result<()> {
             ));
         }
     }
+    proxy_aliases(config)?;
     Ok(())
+}
+
+/// `litellm_settings.model_alias_map` and `router_settings.model_group_alias` (entries
+/// `alias: target` or `alias: {model: target, hidden: bool}`, as LiteLLM's
+/// `RouterModelGroupAliasItem`); any other shape is refused, naming the entry.
+pub fn proxy_aliases(config: &LiteLlmConfig) -> Result<ProxyAliases> {
+    use serde_yaml_ng::Value as Yaml;
+    let mut aliases = ProxyAliases {
+        model_alias_map: config
+            .litellm_settings
+            .model_alias_map
+            .clone()
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let Some(entries) = config
+        .router_settings
+        .as_ref()
+        .and_then(|r| r.get("model_group_alias"))
+        .filter(|v| !v.is_null())
+    else {
+        return Ok(aliases);
+    };
+    let Yaml::Mapping(entries) = entries else {
+        return Err(anyhow!(
+            "invalid config: router_settings.model_group_alias must be a mapping of alias to model group"
+        ));
+    };
+    for (alias, entry) in entries {
+        let Yaml::String(alias) = alias else {
+            return Err(anyhow!(
+                "invalid config: router_settings.model_group_alias: alias {alias:?} is not a string"
+            ));
+        };
+        let wrong = || {
+            anyhow!(
+                "invalid config: router_settings.model_group_alias.{alias}: expected a model group name or {{model: <name>, hidden: true|false}}"
+            )
+        };
+        let item = match entry {
+            Yaml::String(model) => GroupAlias {
+                model: model.clone(),
+                hidden: false,
+            },
+            Yaml::Mapping(item) => GroupAlias {
+                model: item
+                    .get("model")
+                    .and_then(Yaml::as_str)
+                    .ok_or_else(wrong)?
+                    .to_string(),
+                hidden: match item.get("hidden") {
+                    None | Some(Yaml::Null) => false,
+                    Some(h) => h.as_bool().ok_or_else(wrong)?,
+                },
+            },
+            _ => return Err(wrong()),
+        };
+        if item.model.is_empty() {
+            return Err(wrong());
+        }
+        aliases.model_group_alias.insert(alias.clone(), item);
+    }
+    Ok(aliases)
 }
 
 /// Prices and budgets must be finite: YAML's `.inf` / `.nan` would reach the filter as JSON
@@ -729,6 +959,130 @@ litellm_settings:
     }
 
     /// Issue 12 item 11: a config with no models warns loudly.
+    #[test]
+    fn proxy_aliases_are_read_and_bad_shapes_refused() {
+        let loaded = parse(
+            "litellm_settings:\n  model_alias_map: {gpt4: gpt-4o}\nrouter_settings:\n  routing_strategy: simple-shuffle\n  model_group_alias:\n    claude: claude-3\n    secret: {model: gpt-4o, hidden: true}\n    open: {model: gpt-4o}\n",
+        )
+        .unwrap();
+        assert!(
+            !loaded
+                .warnings
+                .iter()
+                .any(|w| w.contains("alias") || w.contains("routing")),
+            "{:?}",
+            loaded.warnings
+        );
+        let a = proxy_aliases(&loaded.config).unwrap();
+        assert_eq!(
+            a.model_alias_map.get("gpt4").map(String::as_str),
+            Some("gpt-4o")
+        );
+        assert_eq!(a.group_target("claude"), Some("claude-3"));
+        assert!(a.model_group_alias["secret"].hidden);
+        assert!(!a.model_group_alias["open"].hidden);
+        let listed: Vec<&str> = a.listed_group_aliases().map(|(n, _)| n).collect();
+        assert_eq!(listed, ["claude", "open"]);
+        for bad in [
+            "router_settings: {model_group_alias: [a, b]}\n",
+            "router_settings: {model_group_alias: {x: 3}}\n",
+            "router_settings: {model_group_alias: {x: {hidden: true}}}\n",
+            "router_settings: {model_group_alias: {x: {model: m, hidden: maybe}}}\n",
+            "router_settings: {model_group_alias: {x: \"\"}}\n",
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("router_settings.model_group_alias"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(parse("litellm_settings: {model_alias_map: {a: [b]}}\n").is_err());
+    }
+
+    #[test]
+    fn key_and_team_defaults_are_read_and_checked() {
+        let loaded = parse(
+            "litellm_settings:\n  default_key_generate_params: {max_budget: 5, models: [a], allowed_routes: [x]}\n  upperbound_key_generate_params: {max_budget: 10, duration: 30d}\n  default_team_params: {max_budget: 1, team_member_permissions: [/key/generate]}\n  default_internal_user_params: {user_role: internal_user}\n",
+        )
+        .unwrap();
+        let ls = &loaded.config.litellm_settings;
+        let d = ls.default_key_generate_params.clone().unwrap();
+        assert_eq!(
+            (d.max_budget, d.models),
+            (Some(5.0), Some(vec!["a".to_string()]))
+        );
+        assert_eq!(
+            ls.upperbound_key_generate_params
+                .clone()
+                .unwrap()
+                .duration
+                .as_deref(),
+            Some("30d")
+        );
+        assert_eq!(
+            ls.default_team_params.clone().unwrap().max_budget,
+            Some(1.0)
+        );
+        let w = loaded.warnings.join("\n");
+        assert!(
+            w.contains("`litellm_settings.default_key_generate_params.allowed_routes` is ignored"),
+            "{w}"
+        );
+        assert!(w.contains("default_internal_user_params is ignored"), "{w}");
+        for (bad, field) in [
+            (
+                "litellm_settings: {upperbound_key_generate_params: {duration: 30x}}\n",
+                "upperbound_key_generate_params.duration",
+            ),
+            (
+                "litellm_settings: {default_team_params: {budget_duration: 1x}}\n",
+                "default_team_params.budget_duration",
+            ),
+            (
+                "litellm_settings: {default_key_generate_params: {max_budget: .inf}}\n",
+                "default_key_generate_params.max_budget",
+            ),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn unsupported_budget_settings_warn() {
+        let loaded = parse(
+            "general_settings: {disable_reset_budget: true}\nlitellm_settings: {budget_rollover: true}\n",
+        )
+        .unwrap();
+        let w = loaded.warnings.join("\n");
+        for field in ["disable_reset_budget", "budget_rollover"] {
+            assert!(
+                w.contains(&format!("{field} is not supported")),
+                "{field}: {w}"
+            );
+        }
+        let quiet = parse("general_settings: {disable_reset_budget: false}\n").unwrap();
+        assert!(!quiet.warnings.join("\n").contains("not supported"));
+    }
+
+    #[test]
+    fn customer_headers_come_from_mappings_else_user_header_name() {
+        let headers = |text: &str| customer_id_headers(&parse(text).unwrap().config);
+        assert!(headers("general_settings: {}\n").is_empty());
+        assert_eq!(
+            headers("general_settings: {user_header_name: X-My-User}\n"),
+            ["x-my-user"]
+        );
+        assert_eq!(
+            headers("general_settings:\n  user_header_name: x-old\n  user_header_mappings:\n    - {header_name: X-Staff, litellm_user_role: internal_user}\n    - {header_name: X-Customer, litellm_user_role: customer}\n"),
+            ["x-customer"]
+        );
+        assert_eq!(
+            headers("general_settings:\n  user_header_name: x-old\n  user_header_mappings:\n    - {header_name: X-Staff, litellm_user_role: internal_user}\n"),
+            ["x-old"]
+        );
+    }
+
     #[test]
     fn no_models_warns() {
         let loaded =

@@ -376,6 +376,12 @@ pub fn admin_settings(prepared: &Prepared) -> admin_api::AdminSettings {
             .team_admin_editable_team_fields
             .clone()
             .unwrap_or_default(),
+        key_generate_defaults: ls.default_key_generate_params.clone().unwrap_or_default(),
+        key_generate_bounds: ls
+            .upperbound_key_generate_params
+            .clone()
+            .unwrap_or_default(),
+        team_defaults: ls.default_team_params.clone().unwrap_or_default(),
     }
 }
 

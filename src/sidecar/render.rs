@@ -539,6 +539,11 @@ pub fn plugin_config(config: &LiteLlmConfig, opts: &RenderOptions) -> Result<Ren
             .block_requests_for_models_without_pricing
             .unwrap_or(false),
         fleet: fleet_settings(config),
+        aliases: super::litellm_config::proxy_aliases(config)?,
+        customer_id_headers: super::litellm_config::customer_id_headers(config),
+        enforce_user_param: config.general_settings.enforce_user_param == Some(true),
+        apply_user_budget_to_team_keys: config.general_settings.apply_user_budget_to_team_keys
+            == Some(true),
     };
     Ok(Rendered { plugin, upstreams })
 }

@@ -201,6 +201,12 @@ impl Fields {
         self.0.contains_key(name)
     }
 
+    /// The whole body as a request type, as [`Body`] reads it.
+    pub fn body<T: for<'de> Deserialize<'de>>(&self) -> Result<T, AdminError> {
+        serde_json::from_value(Value::Object(self.0.clone()))
+            .map_err(|e| validation_error(&["body"], &e.to_string()))
+    }
+
     /// The raw value: `None` absent, `Some(Null)` null.
     pub fn raw(&self, name: &str) -> Option<&Value> {
         self.0.get(name)
@@ -339,6 +345,14 @@ pub fn check_budget_duration(
             Ok((Some(d.clone()), Some(reset_at)))
         }
     }
+}
+
+/// A `duration` / `budget_duration` as seconds from `now_secs` (months by the calendar), as
+/// LiteLLM's `duration_in_seconds` measures it; `None` when it does not parse.
+pub fn duration_seconds(d: &str, now_secs: i64) -> Option<i64> {
+    parse_duration(d)
+        .ok()
+        .map(|p| add_duration(now_secs, p).saturating_sub(now_secs))
 }
 
 /// `expires` for a key `duration`: exact, not aligned (§5.2). `None` / `"-1"`: never.

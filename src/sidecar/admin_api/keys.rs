@@ -5,7 +5,6 @@
 use super::auth::Authorized;
 use super::auth::{authorize, check_team_member_route, Principal};
 use super::ceiling;
-use super::common::Body;
 use super::common::{
     bad_request, changed, check_budget, check_budget_duration, detail_error, expiry, forbidden,
     not_found, now_micros, ok, row_json, set_metadata, spend_nanos_of, transact, usd,
@@ -312,11 +311,22 @@ fn fit_caller(
 pub async fn key_generate(
     State(state): State<Shared>,
     Authorized(principal): Authorized,
-    Body(mut req): Body<GenerateKeyRequest>,
+    fields: Fields,
 ) -> AdminResult {
+    let mut req: GenerateKeyRequest = fields.body()?;
+    let settings = state.settings();
     let done = transact(&state, |tx| {
         check_generate_rights(&principal, tx, &mut req)?;
         check_key_organization(tx, &principal, &mut req)?;
+        // The config's defaults and bounds apply after the caller's rights are checked on
+        // what it asked for (LiteLLM's order).
+        super::key_defaults::key_generate_settings(
+            &settings.key_generate_defaults,
+            &settings.key_generate_bounds,
+            &mut req,
+            fields.has("budget_duration"),
+            tx.now() / 1_000_000,
+        )?;
         let (raw, mut row) = build_key(&state, tx, req)?;
         fit_caller(&state, tx, &principal, None, &mut row)?;
         tx.insert_key(&row)?;
@@ -491,6 +501,13 @@ fn apply_key_fields(
     alias_is_selector: bool,
 ) -> Result<(), AdminError> {
     let now = tx.now();
+    // `upperbound_key_generate_params` bounds what an update gives too (no filling in).
+    super::key_defaults::enforce_key_bounds(
+        &state.settings().key_generate_bounds,
+        &mut super::key_defaults::Bounded::of_fields(f),
+        false,
+        now / 1_000_000,
+    )?;
     if !alias_is_selector {
         if let Some(alias) = f.string("key_alias")? {
             if let Some(a) = &alias {

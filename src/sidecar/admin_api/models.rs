@@ -108,6 +108,30 @@ pub async fn model_info(
         .filter(|d| id.is_none_or(|i| *i == d.id))
         .map(|d| deployment_json(d, settings.model_info_extra.get(&d.id)))
         .collect();
+    // The router's listed aliases, each as its target's deployments under the alias's name
+    // (LiteLLM's `get_model_list`).
+    let mut data = data;
+    for (alias, target) in plugin.aliases.listed_group_aliases() {
+        if allowed
+            .as_ref()
+            .is_some_and(|a| !a.iter().any(|n| n == alias))
+        {
+            continue;
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for d in crate::admission::route_candidates(plugin, target) {
+            if seen.contains(&d.id) || id.is_some_and(|i| *i != d.id) {
+                continue;
+            }
+            seen.push(d.id.clone());
+            let mut aliased = d.into_owned();
+            aliased.model_name = alias.to_string();
+            data.push(deployment_json(
+                &aliased,
+                settings.model_info_extra.get(&aliased.id),
+            ));
+        }
+    }
     Ok(ok(json!({ "data": data })))
 }
 
@@ -244,7 +268,9 @@ pub async fn model_group_info(
         .iter()
         .filter(|name| wanted.is_none_or(|w| w == *name))
         .map(|name| {
-            let deployments = crate::admission::route_candidates(plugin, name);
+            // A router alias describes its target's deployments under its own name.
+            let target = plugin.aliases.group_target(name).unwrap_or(name);
+            let deployments = crate::admission::route_candidates(plugin, target);
             model_group_json(name, &deployments, &settings)
         })
         .collect();

@@ -9,7 +9,7 @@ use super::common::{
     ok, row_json, set_metadata, spend_nanos_of, transact, validation_error, AdminError,
     AdminResult, Fields, PeriodAndLimits,
 };
-use super::common::{upsert_budget_row, Body, BudgetChange};
+use super::common::{upsert_budget_row, BudgetChange};
 use super::{AdminState, Shared};
 use crate::duration::format_iso8601_utc;
 use crate::sidecar::store::{BudgetRow, Member, MembershipRow, TeamRow, Tx, UserRow};
@@ -25,14 +25,14 @@ const TEAM_ROLES: [&str; 2] = ["admin", "user"];
 pub struct NewTeamRequest {
     team_id: Option<String>,
     team_alias: Option<String>,
-    organization_id: Option<String>,
+    pub organization_id: Option<String>,
     #[serde(deserialize_with = "super::common::null_default")]
     models: Vec<String>,
-    max_budget: Option<f64>,
+    pub max_budget: Option<f64>,
     soft_budget: Option<f64>,
-    budget_duration: Option<String>,
-    tpm_limit: Option<u64>,
-    rpm_limit: Option<u64>,
+    pub budget_duration: Option<String>,
+    pub tpm_limit: Option<u64>,
+    pub rpm_limit: Option<u64>,
     max_parallel_requests: Option<u64>,
     #[serde(deserialize_with = "super::common::null_default")]
     members_with_roles: Vec<Member>,
@@ -46,7 +46,7 @@ pub struct NewTeamRequest {
     team_member_rpm_limit: Option<u64>,
     team_member_tpm_limit: Option<u64>,
     #[serde(deserialize_with = "super::common::null_default")]
-    team_member_permissions: Vec<String>,
+    pub team_member_permissions: Vec<String>,
     #[serde(deserialize_with = "super::common::null_default")]
     blocked: bool,
 }
@@ -243,8 +243,14 @@ fn membership_json(m: &MembershipRow, budget: Option<&BudgetRow>) -> Value {
 pub async fn team_new(
     State(state): State<Shared>,
     Authorized(_): Authorized,
-    Body(req): Body<NewTeamRequest>,
+    fields: Fields,
 ) -> AdminResult {
+    let mut req: NewTeamRequest = fields.body()?;
+    super::key_defaults::apply_team_defaults(
+        &state.settings().team_defaults,
+        &mut req,
+        fields.has("budget_duration"),
+    );
     check_budget("max_budget", req.max_budget)?;
     check_budget("soft_budget", req.soft_budget)?;
     if let (Some(soft), Some(max)) = (req.soft_budget, req.max_budget) {

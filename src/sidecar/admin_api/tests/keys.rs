@@ -365,3 +365,81 @@ fn generate_checks_the_team_and_the_new_token_is_invalidated() {
         vec![a.body["token"].as_str().unwrap().to_string()]
     );
 }
+
+/// `litellm_settings.default_key_generate_params` fills what `/key/generate` leaves unset;
+/// `upperbound_key_generate_params` fills the rest and refuses more, on `/key/update` too,
+/// with LiteLLM's message.
+#[test]
+fn config_defaults_and_upper_bounds_for_keys() {
+    use crate::sidecar::litellm_config::{KeyGenerateBounds, KeyGenerateDefaults};
+    let state = test_state(BudgetSettings::default(), None, |s| {
+        s.key_generate_defaults = KeyGenerateDefaults {
+            max_budget: Some(5.0),
+            budget_duration: Some("30d".into()),
+            models: Some(vec!["gpt-a".into()]),
+            metadata: Some(json!({"from": "defaults"}).as_object().unwrap().clone()),
+            ..Default::default()
+        };
+        s.key_generate_bounds = KeyGenerateBounds {
+            max_budget: Some(10.0),
+            rpm_limit: Some(100),
+            duration: Some("30d".into()),
+            ..Default::default()
+        };
+    });
+    let master = format!("Bearer {MASTER}");
+    let generate = |body: Value| oneshot(&state, "POST", "/key/generate", &master, Some(body));
+    let k = generate(json!({}));
+    assert_eq!(k.status, 200, "{}", k.body);
+    assert_eq!(k.body["max_budget"], 5.0);
+    assert_eq!(k.body["budget_duration"], "30d");
+    assert_eq!(k.body["models"], json!(["gpt-a"]));
+    assert_eq!(k.body["metadata"]["from"], "defaults");
+    // The bounds fill what neither the request nor the defaults set.
+    assert_eq!(k.body["rpm_limit"], 100);
+    assert!(k.body["expires"].is_string(), "{}", k.body);
+    // What the request sets wins; an explicit null `budget_duration` never resets.
+    let k = generate(json!({"max_budget": 7, "models": ["gpt-b"], "budget_duration": null}));
+    assert_eq!(k.status, 200, "{}", k.body);
+    assert_eq!(k.body["max_budget"], 7.0);
+    assert_eq!(k.body["models"], json!(["gpt-b"]));
+    assert_eq!(k.body["budget_duration"], Value::Null);
+    let raw = k.body["key"].as_str().unwrap().to_string();
+    for (body, text) in [
+        (
+            json!({"max_budget": 200}),
+            "max_budget is over max limit set in config - user_value=200.0; max_value=10.0",
+        ),
+        (
+            json!({"rpm_limit": 101}),
+            "rpm_limit is over max limit set in config - user_value=101; max_value=100",
+        ),
+        (
+            json!({"duration": "-1"}),
+            "duration is over max limit set in config - user_value=-1; max_value=30d",
+        ),
+        (
+            json!({"duration": "31d"}),
+            "duration is over max limit set in config - user_value=31d; max_value=30d",
+        ),
+    ] {
+        let a = generate(body.clone());
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+        assert_eq!(message(&a.body), format!("{{'error': '{text}'}}"), "{body}");
+        let mut update = body.clone();
+        update["key"] = json!(raw);
+        let a = oneshot(&state, "POST", "/key/update", &master, Some(update));
+        assert_eq!(a.status, 400, "{body}: {}", a.body);
+        assert_eq!(message(&a.body), format!("{{'error': '{text}'}}"), "{body}");
+    }
+    // Within the bounds, an update passes and fills nothing in.
+    let a = oneshot(
+        &state,
+        "POST",
+        "/key/update",
+        &master,
+        Some(json!({"key": raw, "max_budget": 10, "duration": "1d"})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["rpm_limit"], 100);
+}

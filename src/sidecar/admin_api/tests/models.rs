@@ -117,3 +117,77 @@ fn model_group_info_shows_a_key_its_own_models() {
     let nobody = oneshot(&state, "GET", "/model_group/info", "Bearer sk-nope", None);
     assert_eq!(nobody.status, 401, "{}", nobody.body);
 }
+
+/// `router_settings.model_group_alias`: a listed alias is a model group of its own, described
+/// by its target's deployments; a hidden one is left out.
+#[test]
+fn router_aliases_are_model_groups_unless_hidden() {
+    let state = test_state(BudgetSettings::default(), None, |s| {
+        settings(s);
+        for (alias, target, hidden) in [("fast", "gpt-a", false), ("secret", "gpt-b", true)] {
+            s.plugin.aliases.model_group_alias.insert(
+                alias.into(),
+                crate::plugin_config::GroupAlias {
+                    model: target.into(),
+                    hidden,
+                },
+            );
+        }
+    });
+    let master = format!("Bearer {MASTER}");
+    let all = oneshot(&state, "GET", "/model_group/info", &master, None);
+    let names = groups(&all);
+    assert!(names.contains(&"fast".to_string()), "{names:?}");
+    assert!(!names.contains(&"secret".to_string()), "{names:?}");
+    let fast = oneshot(
+        &state,
+        "GET",
+        "/model_group/info?model_group=fast",
+        &master,
+        None,
+    );
+    let g = &fast.body["data"][0];
+    assert_eq!(g["model_group"], "fast");
+    assert_eq!(g["providers"], json!(["openai", "azure"]));
+    assert_eq!(g["input_cost_per_token"], json!(3e-6));
+
+    let info = oneshot(&state, "GET", "/model/info", &master, None);
+    let rows: Vec<(String, String)> = info.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["model_name"].as_str().unwrap().to_string(),
+                d["model_info"]["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        rows.contains(&("fast".into(), "gpt-a-id".into())),
+        "{rows:?}"
+    );
+    assert!(
+        rows.contains(&("fast".into(), "gpt-a-2".into())),
+        "{rows:?}"
+    );
+    assert!(!rows.iter().any(|(n, _)| n == "secret"), "{rows:?}");
+
+    // A key sees the alias when its list allows the target's access group.
+    let k = oneshot(
+        &state,
+        "POST",
+        "/key/generate",
+        &master,
+        Some(json!({"models": ["beta"]})),
+    );
+    let raw = k.body["key"].as_str().unwrap().to_string();
+    let mine = oneshot(
+        &state,
+        "GET",
+        "/model_group/info",
+        &format!("Bearer {raw}"),
+        None,
+    );
+    assert_eq!(groups(&mine), ["gpt-a", "fast"]);
+}

@@ -400,3 +400,40 @@ fn team_member_permissions_gate_team_key_routes() {
     );
     assert_eq!(a.status, 404, "{}", a.body);
 }
+
+/// `litellm_settings.default_team_params` fills what `/team/new` leaves unset.
+#[test]
+fn config_defaults_for_new_teams() {
+    let state = test_state(BudgetSettings::default(), None, |s| {
+        s.team_defaults = crate::sidecar::litellm_config::TeamDefaults {
+            max_budget: Some(50.0),
+            budget_duration: Some("7d".into()),
+            rpm_limit: Some(20),
+            team_member_permissions: Some(vec!["/key/generate".into()]),
+            ..Default::default()
+        };
+    });
+    let master = format!("Bearer {MASTER}");
+    let t = oneshot(
+        &state,
+        "POST",
+        "/team/new",
+        &master,
+        Some(json!({"team_id": "a"})),
+    );
+    assert_eq!(t.status, 200, "{}", t.body);
+    assert_eq!(t.body["max_budget"], 50.0);
+    assert_eq!(t.body["budget_duration"], "7d");
+    assert_eq!(t.body["rpm_limit"], 20);
+    assert_eq!(t.body["team_member_permissions"], json!(["/key/generate"]));
+    let t = oneshot(
+        &state,
+        "POST",
+        "/team/new",
+        &master,
+        Some(json!({"team_id": "b", "max_budget": 1, "budget_duration": null})),
+    );
+    assert_eq!(t.status, 200, "{}", t.body);
+    assert_eq!(t.body["max_budget"], 1.0);
+    assert_eq!(t.body["budget_duration"], Value::Null);
+}
