@@ -2,7 +2,7 @@
 //! where does the request go. Pure: the filter feeds it bytes and applies the answer.
 
 use crate::budgets::{Level, Scope};
-use crate::duration::format_python_utc;
+use crate::time::format_python_utc;
 use crate::errors::ApiError;
 use crate::model_access::{list_allows, ModelFacts};
 use crate::plugin_config::{Deployment, PluginConfig, Pricing};

@@ -97,7 +97,7 @@ pub struct BudgetSettings {
     /// `litellm_settings.budget_exceeded_status_code` (422).
     pub exceeded_status_code: u16,
     /// `litellm_settings.timezone` as UTC offsets over time (resolved by the sidecar).
-    pub timezone: crate::duration::ZoneOffsets,
+    pub timezone: crate::time::ZoneOffsets,
     /// `litellm_settings.budget_reset_time`, seconds after midnight.
     pub reset_time_of_day_seconds: u32,
     /// `general_settings.disable_budget_reservation`.
@@ -115,7 +115,7 @@ impl Default for BudgetSettings {
             proxy_max_budget: None,
             proxy_budget_duration: None,
             exceeded_status_code: 422,
-            timezone: crate::duration::ZoneOffsets::default(),
+            timezone: crate::time::ZoneOffsets::default(),
             reset_time_of_day_seconds: 0,
             disable_reservation: false,
             default_output_tokens: 16384,

@@ -14,8 +14,8 @@
 //! charged, a `budget_reset_at` that has passed zeroes its spend and moves `budget_reset_at` to
 //! the next aligned time ([`ResetClock`]), and that is persisted.
 
-use crate::duration::{format_iso8601_utc, next_reset_at_str, parse_iso8601_utc};
 use crate::plugin_config::BudgetSettings;
+use crate::time::{format_iso8601_utc, next_reset_at_str, parse_iso8601_utc};
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -63,7 +63,7 @@ pub use crate::cost::{nanos_to_usd, usd_to_nanos};
 /// `budget_reset_time`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResetClock {
-    pub timezone: std::sync::Arc<crate::duration::ZoneOffsets>,
+    pub timezone: std::sync::Arc<crate::time::ZoneOffsets>,
     pub reset_time_of_day_seconds: u32,
 }
 

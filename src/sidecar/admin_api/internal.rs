@@ -4,7 +4,7 @@
 use super::auth::internal_only;
 use super::common::{model_limits, now_micros, transact, AdminError, AdminResult};
 use super::{AdminState, Shared};
-use crate::duration::parse_iso8601_utc;
+use crate::time::parse_iso8601_utc;
 use crate::errors::ApiError;
 use crate::provider_keys::ProviderKeys;
 use crate::records::{
@@ -100,7 +100,7 @@ pub fn validate_model_max_budget(v: &Value) -> Result<(), String> {
         let duration = get("budget_duration", "time_period");
         match duration {
             Some(Value::String(d)) => {
-                crate::duration::validate_budget_duration(d)
+                crate::time::validate_budget_duration(d)
                     .map_err(|why| format!("{model}: {why}"))?;
             }
             Some(other) => {

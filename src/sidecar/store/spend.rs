@@ -8,8 +8,8 @@ use super::{
     put_key_doc, put_proxy, put_user_doc, sql_u64, sql_u64_back, to_doc, Budgeted, EndUserRow,
     KeyFilter, SpendApplied, SpendLogQuery, Store,
 };
-use crate::duration::format_iso8601_utc;
 use crate::records::{SpendBatch, SpendEvent};
+use crate::time::format_iso8601_utc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
