@@ -105,8 +105,6 @@ pub struct BudgetSettings {
     /// Output tokens assumed for a reservation when the request sets no `max_tokens`
     /// (LiteLLM's `DEFAULT_MAX_OUTPUT_TOKENS_FALLBACK`, capped by the model's `max_output_tokens`).
     pub default_output_tokens: u64,
-    /// `litellm_settings.max_end_user_budget_id`'s budget, applied to customers without their own.
-    pub default_end_user_budget: Option<crate::records::BudgetState>,
 }
 
 impl Default for BudgetSettings {
@@ -119,7 +117,6 @@ impl Default for BudgetSettings {
             reset_time_of_day_seconds: 0,
             disable_reservation: false,
             default_output_tokens: 16384,
-            default_end_user_budget: None,
         }
     }
 }
