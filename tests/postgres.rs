@@ -76,17 +76,17 @@ fn the_store_on_postgres_counts_a_batch_once_and_shares_its_change_log() {
         "0",
         "nothing outside the tollgate schema"
     );
-    a.insert_user_with_key(
-        &UserRow {
+    a.transact(0, |tx| {
+        tx.save_user(&UserRow {
             user_id: "u1".into(),
             ..Default::default()
-        },
-        Some(&KeyRow {
+        })?;
+        tx.insert_key(&KeyRow {
             token: "k1".into(),
             user_id: Some("u1".into()),
             ..Default::default()
-        }),
-    )
+        })
+    })
     .unwrap();
     assert!(b.key("k1").unwrap().is_some(), "b sees a's key");
     let batch = SpendBatch {
@@ -95,17 +95,19 @@ fn the_store_on_postgres_counts_a_batch_once_and_shares_its_change_log() {
             .chain([event("e0", "k1", "u1", 1_000)])
             .collect(),
     };
-    let first = a.apply_spend_batch(&batch, T0).unwrap();
+    let (first, _) = a.apply_spend_batch_indexed(&batch, T0).unwrap();
     assert_eq!((first.applied, first.duplicates), (100, 1));
-    let again = b.apply_spend_batch(&batch, T0).unwrap();
+    let (again, _) = b.apply_spend_batch_indexed(&batch, T0).unwrap();
     assert_eq!((again.applied, again.duplicates), (0, 101));
     assert_eq!(b.key("k1").unwrap().unwrap().spend_nanos, 100_000);
     assert_eq!(b.user("u1").unwrap().unwrap().spend_nanos, 100_000);
     assert_eq!(a.proxy_budget_at(T0).unwrap().spend_nanos, 100_000);
-    assert_eq!(
-        a.end_user_at("cust", T0).unwrap().unwrap().spend_nanos,
-        100_000
-    );
+    let (cust, _) = a
+        .transact(T0, |tx| tx.end_user("cust"))
+        .unwrap()
+        .value
+        .unwrap();
+    assert_eq!(cust.spend_nanos, 100_000);
     assert_eq!(b.spend_logs(&SpendLogQuery::default()).unwrap().len(), 100);
 
     let before = b.changes_since(None).unwrap().seq;
@@ -281,8 +283,8 @@ fn organizations_and_their_members_on_postgres() {
             event("o2", "k-own", "u2", 20),
         ],
     };
-    store.apply_spend_batch(&batch, T0 + 1).unwrap();
-    store.apply_spend_batch(&batch, T0 + 2).unwrap();
+    store.apply_spend_batch_indexed(&batch, T0 + 1).unwrap();
+    store.apply_spend_batch_indexed(&batch, T0 + 2).unwrap();
     store
         .transact(T0 + 3, |tx| {
             let (org, budget) = tx.organization("org")?.unwrap();

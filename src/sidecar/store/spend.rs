@@ -55,14 +55,10 @@ impl Store {
     /// event charges: its key (`spend` and `model_spend[model]`), its user if the user row
     /// exists (team keys included, as LiteLLM does), its team, team membership and organization
     /// (the key's, else the team's), its end user (created with `blocked: false` if unknown)
-    /// and the proxy budget. Each charged entity first gets its
-    /// lazy reset at `now`.
-    pub fn apply_spend_batch(&self, batch: &SpendBatch, now_micros: i64) -> Result<SpendApplied> {
-        Ok(self.apply_spend_batch_indexed(batch, now_micros)?.0)
-    }
-
-    /// [`Store::apply_spend_batch`], also telling which events (indexes into `batch.events`)
-    /// were newly applied: the metrics count those only, not replayed duplicates.
+    /// and the proxy budget. Each charged entity first gets its lazy reset at `now`.
+    ///
+    /// Also tells which events (indexes into `batch.events`) were newly applied: the metrics
+    /// count those only, not replayed duplicates.
     pub fn apply_spend_batch_indexed(
         &self,
         batch: &SpendBatch,
