@@ -155,10 +155,12 @@ test_all() {
   log "the PostgreSQL run took $((SECONDS - started)) s"
 }
 
-# The suites that go through the store (admin API, budgets, limits, spend, durability), run a
-# second time on PostgreSQL: every stack gets a fresh database on one server per test binary
-# (tests/common/mod.rs, `test_store_args`).
-PG_SUITES=(budgets rate_limits durability control_plane foundation money concurrency)
+# The suites that go through the store (admin API and UI, budgets, limits, spend, durability,
+# config reloads, metrics), run a second time on PostgreSQL: every stack gets a fresh database
+# on one server per test binary (tests/common/mod.rs, `test_store_args`). Not here: the
+# PostgreSQL-only suites (postgres, replicas, fleet, already in the first run) and build_sh.
+PG_SUITES=(budgets rate_limits durability control_plane foundation money concurrency
+  security adversarial prices failure_policy reload metrics ui istio)
 
 # The committed examples in envoy/ are rendered from envoy/config.yaml; `./build.sh examples`
 # regenerates them and `./build.sh test` fails if they are stale.

@@ -103,14 +103,23 @@ fn raw_keys_are_never_stored_or_logged() {
     let mut paths = Vec::new();
     files(&s.data_dir, &mut paths);
     files(s.scratch_dir(), &mut paths);
-    assert!(
-        paths.iter().any(
-            |p| p.extension().is_some_and(|e| e == "db" || e == "sqlite")
-                || p.to_string_lossy().contains("sqlite")
-                || p.to_string_lossy().ends_with(".db-wal")
+    match common::test_store_database(&s.data_dir) {
+        // On PostgreSQL the store is what the database holds, and the server's log.
+        Some(db) => {
+            let pg = common::postgres::shared();
+            let dumped = s.scratch_dir().join("store-dump.sql");
+            std::fs::write(&dumped, pg.dump(&db)).unwrap();
+            paths.extend([dumped, pg.server_log()]);
+        }
+        None => assert!(
+            paths.iter().any(
+                |p| p.extension().is_some_and(|e| e == "db" || e == "sqlite")
+                    || p.to_string_lossy().contains("sqlite")
+                    || p.to_string_lossy().ends_with(".db-wal")
+            ),
+            "no SQLite file found among {paths:?}"
         ),
-        "no SQLite file found among {paths:?}"
-    );
+    }
     let mut hashes_found = 0;
     for path in &paths {
         let bytes = std::fs::read(path).unwrap_or_default();
