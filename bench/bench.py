@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Tollgate benchmarks: bare Envoy vs Envoy + tollgate.wasm (every check on) vs LiteLLM proxy, and
-scaling curves over keys, request-body sizes and Envoy workers. Run by bench/run.sh
+"""Tollgate benchmarks: bare Envoy vs Envoy + tollgate.wasm (every check on) vs LiteLLM proxy,
+scaling curves over keys, request-body sizes and Envoy workers, and the store (SQLite vs a real
+PostgreSQL: spend ingest, admin operations, the request path). Run by bench/run.sh
 (`./build.sh bench`); BENCHMARKS.md explains the setup and every knob.
 
 Standard library only. Every server runs on 127.0.0.1, in its own process group, and is stopped
@@ -731,6 +732,15 @@ class Serve:
         return http(method, self.base + path, body, {"Authorization": f"Bearer {MASTER_KEY}"})
 
 
+def cpu_list(spec):
+    """taskset's CPU list syntax ("1", "0-3", "0,2") as a set."""
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def internal_token():
     """The filter's bearer for the sidecar's internal API (`sidecar::render::internal_token`)."""
     return hashlib.sha256(f"tollgate-internal:{MASTER_KEY}".encode()).hexdigest()
@@ -776,9 +786,13 @@ def hammer(port, seconds, worker):
             n += 1
         conn.close()
 
+    # The clients run beside wrk (LOAD_CPUS): threads inherit the mask of the thread that starts them.
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpu_list(LOAD_CPUS))
     threads = [threading.Thread(target=loop, args=(t,)) for t in range(STORE_POSTERS)]
     for th in threads:
         th.start()
+    os.sched_setaffinity(0, mask)
     for th in threads:
         th.join()
     if crashed:
