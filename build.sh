@@ -6,7 +6,8 @@
 #   ./build.sh test            build, then unit tests and the integration tests against real Envoy
 #                              (and a real PostgreSQL, installed from Debian's packages if missing)
 #                              and chromium + chromium-driver for the admin UI's browser test
-#   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md)
+#   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md; the store curve
+#                              starts a real PostgreSQL, installed as for `test` if missing)
 #   ./build.sh examples        regenerate envoy/tollgate.envoy.yaml and envoy/istio.yaml
 #   ./build.sh oci [DIR]       write tollgate.wasm as an OCI image layout (default target/oci/tollgate-wasm)
 #   ./build.sh validate-istio  check `tollgate render --format istio` against Istio's CRDs and k8s schemas
@@ -154,10 +155,12 @@ test_all() {
   log "the PostgreSQL run took $((SECONDS - started)) s"
 }
 
-# The suites that go through the store (admin API, budgets, limits, spend, durability), run a
-# second time on PostgreSQL: every stack gets a fresh database on one server per test binary
-# (tests/common/mod.rs, `test_store_args`).
-PG_SUITES=(budgets rate_limits durability control_plane foundation money concurrency)
+# The suites that go through the store (admin API and UI, budgets, limits, spend, durability,
+# config reloads, metrics), run a second time on PostgreSQL: every stack gets a fresh database
+# on one server per test binary (tests/common/mod.rs, `test_store_args`). Not here: the
+# PostgreSQL-only suites (postgres, replicas, fleet, already in the first run) and build_sh.
+PG_SUITES=(budgets rate_limits durability control_plane foundation money concurrency
+  security adversarial prices failure_policy reload metrics ui istio)
 
 # The committed examples in envoy/ are rendered from envoy/config.yaml; `./build.sh examples`
 # regenerates them and `./build.sh test` fails if they are stale.
@@ -215,7 +218,7 @@ case "${1:-build}" in
   examples) build; render_examples envoy ;;
   validate-istio) build; validate_istio_manifests ;;
   oci) shift; build; "$BIN" wasm-image --wasm "$WASM" --out "${1:-$ROOT/target/oci/tollgate-wasm}" ;;
-  bench) build; [ -x bench/run.sh ] || die "bench/run.sh not found"; bench/run.sh ;;
+  bench) build; setup_postgres; [ -x bench/run.sh ] || die "bench/run.sh not found"; bench/run.sh ;;
   fuzz) shift; fuzz/run.sh "$@" ;;
   *) die "usage: ./build.sh [build|run [CONFIG]|test|bench|examples|oci [DIR]|validate-istio]" ;;
 esac

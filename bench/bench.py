@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Tollgate benchmarks: bare Envoy vs Envoy + tollgate.wasm (every check on) vs LiteLLM proxy, and
-scaling curves over keys, request-body sizes and Envoy workers. Run by bench/run.sh
+"""Tollgate benchmarks: bare Envoy vs Envoy + tollgate.wasm (every check on) vs LiteLLM proxy,
+scaling curves over keys, request-body sizes and Envoy workers, and the store (SQLite vs a real
+PostgreSQL: spend ingest, admin operations, the request path). Run by bench/run.sh
 (`./build.sh bench`); BENCHMARKS.md explains the setup and every knob.
 
 Standard library only. Every server runs on 127.0.0.1, in its own process group, and is stopped
@@ -8,6 +9,7 @@ when the script ends; every load run is bounded by wrk's -d.
 """
 import datetime
 import hashlib
+from http.client import HTTPConnection, HTTPException
 import json
 import os
 import platform
@@ -51,6 +53,10 @@ FLOOR = os.environ.get("BENCH_FLOOR", "1") == "1"
 # BENCH_FLEET=1: the same run with fleet mode on (`general_settings.tollgate_fleet`): every
 # budget is enforced against a leased slice (one Envoy, so the cost of the request path only).
 FLEET = os.environ.get("BENCH_FLEET", "0") == "1"
+# The store curve (BENCH_SCALING=store): concurrent posters / admin callers per sidecar, events per
+# spend batch (the filter sends up to 100 per batch).
+STORE_POSTERS = env_int("BENCH_STORE_POSTERS", 4)
+STORE_BATCH = env_int("BENCH_STORE_BATCH", 100)
 COMPARE_WASM = [p.strip() for p in os.environ.get("BENCH_COMPARE_WASM", "").split(",") if p.strip()]
 FLOOR_CALLS = env_int("BENCH_FLOOR_CALLS", 200)  # extra host calls per request when pricing one
 LITELLM = os.environ.get("BENCH_LITELLM", "0") == "1"
@@ -73,15 +79,16 @@ KEY_LIMITS = {
 if SCALING in ("", "none", "0"):
     SCALING_PARTS = []
 elif SCALING == "all":
-    SCALING_PARTS = ["keys", "bodies", "workers", "hostcall"]
+    SCALING_PARTS = ["keys", "bodies", "workers", "hostcall", "store"]
 else:
     SCALING_PARTS = [p.strip() for p in SCALING.split(",") if p.strip()]
 for p in SCALING_PARTS:
-    if p not in ("keys", "bodies", "workers", "hostcall"):
-        sys.exit(f"bench: BENCH_SCALING: unknown part {p!r} (keys, bodies, workers, hostcall, all, none)")
+    if p not in ("keys", "bodies", "workers", "hostcall", "store"):
+        sys.exit(f"bench: BENCH_SCALING: unknown part {p!r} (keys, bodies, workers, hostcall, store, all, none)")
 
 WORK = tempfile.mkdtemp(prefix="tollgate-bench-")
 PROCS = []  # Popen objects, each the leader of its own process group
+PG_SERVERS = []  # PostgreSQL servers (daemons started by pg_ctl), stopped when the script ends
 RESULTS = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 LINES = []
 
@@ -139,6 +146,8 @@ def stop(p):
 def stop_all():
     for p in list(PROCS):
         stop(p)
+    for pg in list(PG_SERVERS):
+        pg.stop()
 
 
 def free_port():
@@ -334,7 +343,7 @@ class Tollgate:
 
     name = "Envoy + tollgate.wasm"
 
-    def __init__(self, fake, workers=1, data_dir=None, wasm=WASM, name=None):
+    def __init__(self, fake, workers=1, data_dir=None, wasm=WASM, name=None, store=None):
         if name:
             self.name = name
         self.port = free_port()
@@ -343,7 +352,8 @@ class Tollgate:
         self.proc = spawn(
             [BIN, "up", "--config", fake.config, "--port", str(self.port), "--host", "127.0.0.1",
              "--concurrency", str(workers), "--data-dir", self.data_dir, "--wasm", wasm,
-             "--envoy-log-level", "error", "--envoy-admin-port", str(free_port())],
+             "--envoy-log-level", "error", "--envoy-admin-port", str(free_port())]
+            + (["--store", store] if store else []),
             f"up-{self.port}.log", ENVOY_CPUS, env=env,
         )
         self.base = f"http://127.0.0.1:{self.port}"
@@ -626,6 +636,313 @@ def hostcall_price(fake):
     RESULTS["hostcall"] = {"calls": FLOOR_CALLS, "cpu_us_per_req": cpu, "us_per_call": per_call}
 
 
+# ---------------------------------------------------------------- the store (SQLite vs PostgreSQL)
+
+
+def pg_bin_dir():
+    """PostgreSQL's programs as the tests find them (tests/common/postgres.rs): PG_BIN, else the
+    newest /usr/lib/postgresql/<v>/bin (Debian's package, which `./build.sh bench` installs)."""
+    if os.environ.get("PG_BIN"):
+        return os.environ["PG_BIN"]
+    versions = []
+    for v in os.listdir("/usr/lib/postgresql") if os.path.isdir("/usr/lib/postgresql") else []:
+        if v.isdigit() and os.path.exists(f"/usr/lib/postgresql/{v}/bin/initdb"):
+            versions.append((int(v), f"/usr/lib/postgresql/{v}/bin"))
+    if versions:
+        return max(versions)[1]
+    found = subprocess.run(["sh", "-c", "command -v initdb"], capture_output=True, text=True).stdout.strip()
+    if not found:
+        raise SystemExit("bench: PostgreSQL not found (PG_BIN, /usr/lib/postgresql/*/bin or initdb on PATH)")
+    return os.path.dirname(found)
+
+
+class PgServer:
+    """A real PostgreSQL for the store curve, started as `./build.sh test` starts one: initdb and
+    pg_ctl in a scratch dir, as the `postgres` user when we are root (PostgreSQL refuses root),
+    127.0.0.1 only. Durable as in production: fsync and synchronous_commit on (the defaults, set
+    explicitly), so an acknowledged spend batch is on disk."""
+
+    USER = "postgres"
+
+    def __init__(self):
+        self.bin = pg_bin_dir()
+        self.root = os.geteuid() == 0
+        self.dir = tempfile.mkdtemp(prefix="tollgate-bench-pg-")
+        if self.root:
+            if subprocess.run(["id", self.USER], capture_output=True).returncode != 0:
+                subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                                self.USER], check=True)
+            subprocess.run(["chown", "-R", self.USER, self.dir], check=True)
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        # --no-sync makes initdb itself faster; the server below runs with fsync on.
+        self.run("initdb", "-A", "trust", "-U", "postgres", "--no-sync", "-D", self.data)
+        PG_SERVERS.append(self)
+        self.run("pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "server.log"), "-w", "-t", "60", "-o",
+                 f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c max_connections=200 "
+                 f"-c fsync=on -c synchronous_commit=on -c full_page_writes=on", "start")
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            self.pid = int(f.readline())
+        # The database shares the load generator's core, like the sidecar: both are off the
+        # request path.
+        pin(self.pid, LOAD_CPUS)
+
+    def run(self, program, *args):
+        cmd = [os.path.join(self.bin, program), *args]
+        if self.root:
+            cmd = ["runuser", "-u", self.USER, "--"] + cmd
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise SystemExit(f"bench: {program} failed: {r.stdout}{r.stderr}")
+        return r.stdout
+
+    def database(self, name):
+        subprocess.run([os.path.join(self.bin, "psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(self.port),
+                        "-U", "postgres", "-d", "postgres", "-c", f"CREATE DATABASE {name}"],
+                       check=True, capture_output=True, timeout=60)
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def pids(self):
+        return tree(self.pid)
+
+    def stop(self):
+        if self in PG_SERVERS:
+            PG_SERVERS.remove(self)
+            try:
+                self.run("pg_ctl", "-D", self.data, "-w", "-m", "fast", "stop")
+            finally:
+                subprocess.run(["rm", "-rf", self.dir])
+
+
+class Serve:
+    """One `tollgate serve` replica (the sidecar alone, no Envoy) on a store: what the store curve
+    posts spend batches and admin calls to. Pinned to the Envoy CPUs, which no Envoy uses then."""
+
+    def __init__(self, fake, store=None):
+        self.port = free_port()
+        self.data_dir = os.path.join(WORK, f"serve-{self.port}")
+        args = [BIN, "serve", "--config", fake.config, "--port", str(self.port), "--data-dir", self.data_dir]
+        env = dict(os.environ, LITELLM_MASTER_KEY=MASTER_KEY)
+        self.proc = spawn(args + (["--store", store] if store else []), f"serve-{self.port}.log", ENVOY_CPUS, env=env)
+        self.base = f"http://127.0.0.1:{self.port}"
+        wait_until("tollgate serve", lambda: http("GET", self.base + "/health/liveliness")[0] == 200,
+                   proc=self.proc)
+
+    def admin(self, method, path, body=None):
+        return http(method, self.base + path, body, {"Authorization": f"Bearer {MASTER_KEY}"})
+
+
+def cpu_list(spec):
+    """taskset's CPU list syntax ("1", "0-3", "0,2") as a set."""
+    cpus = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def internal_token():
+    """The filter's bearer for the sidecar's internal API (`sidecar::render::internal_token`)."""
+    return hashlib.sha256(f"tollgate-internal:{MASTER_KEY}".encode()).hexdigest()
+
+
+def spend_event(event_id, token, now_us):
+    """A spend event as the filter encodes it (`records::SpendEvent`, `contract::spend_batch_body`):
+    a priced call of the bench model by the bench key and its end user."""
+    return {"event_id": event_id, "request_id": event_id, "api_key": token, "end_user": "bench-customer",
+            "model": "bench-model", "model_id": "bench-model", "spend_nanos": 1500, "prompt_tokens": 11,
+            "completion_tokens": 2, "total_tokens": 13, "cached_tokens": 0, "status": "success",
+            "call_type": "acompletion", "start_time_micros": now_us - 500, "end_time_micros": now_us}
+
+
+def hammer(port, seconds, worker):
+    """STORE_POSTERS threads, each on its own keep-alive connection, calling worker(conn, thread,
+    n) until `seconds` have passed; the sum of what the calls return (units done) and the
+    number of calls that failed."""
+    import threading
+    deadline = time.time() + seconds
+    done, failed, crashed = [0] * STORE_POSTERS, [0] * STORE_POSTERS, []
+
+    def loop(t):
+        try:
+            calls(t)
+        except Exception as e:  # a bug in the bench, not a failed call: reported after the join
+            crashed.append(e)
+
+    def calls(t):
+        conn = HTTPConnection("127.0.0.1", port, timeout=30)
+        n = 0
+        while time.time() < deadline:
+            try:
+                units = worker(conn, t, n)
+            except (OSError, HTTPException):
+                conn.close()
+                conn = HTTPConnection("127.0.0.1", port, timeout=30)
+                units = None
+            if units is None:
+                failed[t] += 1
+            else:
+                done[t] += units
+            n += 1
+        conn.close()
+
+    # The clients run beside wrk (LOAD_CPUS): threads inherit the mask of the thread that starts them.
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpu_list(LOAD_CPUS))
+    threads = [threading.Thread(target=loop, args=(t,)) for t in range(STORE_POSTERS)]
+    for th in threads:
+        th.start()
+    os.sched_setaffinity(0, mask)
+    for th in threads:
+        th.join()
+    if crashed:
+        raise SystemExit(f"bench: a store client crashed: {crashed[0]!r}")
+    return sum(done), sum(failed)
+
+
+def call(conn, method, path, body, auth):
+    conn.request(method, path, body=body, headers={"Authorization": auth, "Content-Type": "application/json"})
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
+def spend_ingest(serve, token, tag, seconds):
+    """Spend batches of STORE_BATCH fresh events posted to the sidecar's internal spend route, as
+    the filter's root context posts them; events applied per second (counted from the answers)."""
+    auth = f"Bearer {internal_token()}"
+
+    def post(conn, t, n):
+        now_us = int(time.time() * 1e6)
+        batch = {"events": [spend_event(f"tg-bench-{tag}-{t}-{n}-{i}", token, now_us) for i in range(STORE_BATCH)]}
+        status, body = call(conn, "POST", "/tollgate/internal/v1/spend", json.dumps(batch, separators=(",", ":")),
+                            auth)
+        return json.loads(body)["applied"] if status == 200 else None
+
+    return hammer(serve.port, seconds, post)
+
+
+def admin_mix(serve, tag, seconds):
+    """`/key/generate` then `/key/update` of the key made, alternating per thread: admin
+    operations per second (each one a store transaction plus its change-log entry)."""
+    auth = f"Bearer {MASTER_KEY}"
+    made = {}
+
+    def op(conn, t, n):
+        if n % 2 == 0:
+            body = dict(KEY_LIMITS, key_alias=f"bench-{tag}-{t}-{n}")
+            status, resp = call(conn, "POST", "/key/generate", json.dumps(body), auth)
+            if status == 200:
+                made[t] = json.loads(resp)["key"]
+        elif t in made:
+            status, _ = call(conn, "POST", "/key/update",
+                             json.dumps({"key": made[t], "max_budget": 1000 + n, "rpm_limit": 1000 + n}), auth)
+        else:
+            return None
+        return 1 if status == 200 else None
+
+    return hammer(serve.port, seconds, op)
+
+
+def store_scaling(fake):
+    log("store: SQLite vs PostgreSQL (spend ingest, admin operations, request path)")
+    pg = PgServer()
+    pg_version = subprocess.run([os.path.join(pg.bin, "postgres"), "--version"], capture_output=True,
+                                text=True).stdout.strip()
+    # Part 1: one `tollgate serve` per store, alternating rounds.
+    serves = {"SQLite": Serve(fake), "PostgreSQL": Serve(fake, pg.database("bench_serve"))}
+    tokens = {}
+    for name, sv in serves.items():
+        status, resp = sv.admin("POST", "/key/generate", dict(KEY_LIMITS))
+        if status != 200:
+            raise SystemExit(f"bench: /key/generate on {name} answered {status}: {resp[:300]!r}")
+        tokens[name] = hashlib.sha256(json.loads(resp)["key"].encode()).hexdigest()
+    ingest = {n: [] for n in serves}
+    admin = {n: [] for n in serves}
+    for rnd in range(ROUNDS):
+        for name, sv in serves.items():
+            db_pids = pg.pids() if name == "PostgreSQL" else []
+            side0, db0, t0 = cpu_seconds([sv.proc.pid]), cpu_seconds(db_pids), time.time()
+            events, failed = spend_ingest(sv, tokens[name], f"{name}-{rnd}", SCALING_SECONDS)
+            wall = time.time() - t0
+            ingest[name].append({"per_s": events / wall, "events": events, "failed": failed,
+                                 "side_us": (cpu_seconds([sv.proc.pid]) - side0) / max(events, 1) * 1e6,
+                                 "db_us": (cpu_seconds(db_pids) - db0) / max(events, 1) * 1e6})
+            side0, db0, t0 = cpu_seconds([sv.proc.pid]), cpu_seconds(db_pids), time.time()
+            ops, failed = admin_mix(sv, f"{name}-{rnd}", SCALING_SECONDS)
+            wall = time.time() - t0
+            admin[name].append({"per_s": ops / wall, "ops": ops, "failed": failed,
+                                "side_us": (cpu_seconds([sv.proc.pid]) - side0) / max(ops, 1) * 1e6,
+                                "db_us": (cpu_seconds(db_pids) - db0) / max(ops, 1) * 1e6})
+            log(f"store round {rnd + 1} {name}: {ingest[name][-1]['per_s']:.0f} spend events/s, "
+                f"{admin[name][-1]['per_s']:.0f} admin ops/s")
+    for sv in serves.values():
+        stop(sv.proc)
+    # Part 2: the request path with each store (`tollgate up`, the main table's load).
+    small = body_file("small.json", SMALL_BODY)
+    ups = {"SQLite": Tollgate(fake, name="tollgate up, SQLite"),
+           "PostgreSQL": Tollgate(fake, name="tollgate up, PostgreSQL", store=pg.database("bench_up"))}
+    for tg in ups.values():
+        tg.generate_key()
+    path = {n: [] for n in ups}
+    for _ in range(ROUNDS):
+        for name, tg in ups.items():
+            db_pids = pg.pids() if name == "PostgreSQL" else []
+            db0 = cpu_seconds(db_pids)
+            t = wrk(tg.port, CONNS, SCALING_SECONDS, small, tg.auth, tg.all_pids(), tg.side_pids())
+            db = cpu_seconds(db_pids) - db0
+            lat = wrk(tg.port, 1, SCALING_SECONDS, small, tg.auth)
+            path[name].append({"rps": t["rps"], "p50": lat["p50"], "p99": lat["p99"],
+                               "cpu_us": t["cpu"] / max(t["requests"], 1) * 1e6,
+                               "side_us": t["cpu_side"] / max(t["requests"], 1) * 1e6,
+                               "db_us": db / max(t["requests"], 1) * 1e6,
+                               "errors": t["non2xx"] + t["errors"] + lat["non2xx"] + lat["errors"]})
+    for tg in ups.values():
+        stop(tg.proc)
+    pg.stop()
+
+    def m(runs, field):
+        return statistics.median(r[field] for r in runs)
+
+    out("## The store: SQLite vs PostgreSQL")
+    out()
+    out(f"{pg_version}, started for the run like `./build.sh test` starts one (initdb + pg_ctl in a scratch "
+        f"dir, 127.0.0.1) with fsync, synchronous_commit and full_page_writes on; SQLite in WAL mode with "
+        f"synchronous=FULL. The sidecar answers a spend batch only after its COMMIT. Median of {ROUNDS} "
+        f"alternating round(s) of {SCALING_SECONDS} s per figure. The sidecar on CPU {ENVOY_CPUS} (no Envoy "
+        f"runs during the first table), the load generator and PostgreSQL on CPU {LOAD_CPUS}.")
+    out()
+    out(f"One `tollgate serve` replica, {STORE_POSTERS} concurrent clients on keep-alive connections: spend "
+        f"batches of {STORE_BATCH} fresh events each (the filter's encoding, posted to "
+        f"`/tollgate/internal/v1/spend` with the internal bearer), then `/key/generate` + `/key/update` "
+        f"alternating (each a key with budget and limits):")
+    out()
+    out("| store | spend events/s | sidecar CPU µs/event | database CPU µs/event | admin ops/s "
+        "| sidecar CPU µs/op | database CPU µs/op | failed calls |")
+    out("|---|---|---|---|---|---|---|---|")
+    for name in serves:
+        i, a = ingest[name], admin[name]
+        failed = sum(r["failed"] for r in i) + sum(r["failed"] for r in a)
+        db_i = f"{m(i, 'db_us'):.1f}" if name == "PostgreSQL" else "(in the sidecar)"
+        db_a = f"{m(a, 'db_us'):.0f}" if name == "PostgreSQL" else "(in the sidecar)"
+        out(f"| {name} | {m(i, 'per_s'):.0f} | {m(i, 'side_us'):.1f} | {db_i} | {m(a, 'per_s'):.0f} "
+            f"| {m(a, 'side_us'):.0f} | {db_a} | {failed} |")
+    out()
+    out(f"The request path with each store: `tollgate up` (1 Envoy worker), the main table's non-streamed "
+        f"load with every check on (a spend event per call, batched to the sidecar), {CONNS} connections for "
+        f"throughput, 1 for latency:")
+    out()
+    out("| store | rps @32 | p50 µs @1 | p99 µs @1 | CPU µs/req (Envoy + sidecar) | of which sidecar "
+        "| database CPU µs/req | errors |")
+    out("|---|---|---|---|---|---|---|---|")
+    for name in ups:
+        r = path[name]
+        out(f"| {name} | {m(r, 'rps'):.0f} | {m(r, 'p50'):.0f} | {m(r, 'p99'):.0f} | {m(r, 'cpu_us'):.0f} "
+            f"| {m(r, 'side_us'):.0f} | {m(r, 'db_us'):.0f} | {sum(x['errors'] for x in r)} |")
+    out()
+    RESULTS["store"] = {"postgres": pg_version, "ingest": ingest, "admin": admin, "request_path": path,
+                        "posters": STORE_POSTERS, "batch": STORE_BATCH}
+
+
 def seed_keys(data_dir, template_raw, first, last):
     """Insert keys sk-bench-<first..last> into the sidecar's SQLite store, each a copy of the
     template key's document (so every field is what /key/generate writes) with its own token."""
@@ -893,7 +1210,8 @@ def main():
     timings = {}
     parts = ([("main", main_comparison)] if MAIN else []) + [
         (p, {"keys": keys_scaling, "bodies": bodies_scaling, "workers": workers_scaling,
-             "hostcall": hostcall_price}[p]) for p in SCALING_PARTS]
+             "hostcall": hostcall_price,
+             "store": store_scaling}[p]) for p in SCALING_PARTS]
     for name, fn in parts:
         t0 = time.time()
         fn(fake)

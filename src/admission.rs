@@ -2,7 +2,6 @@
 //! where does the request go. Pure: the filter feeds it bytes and applies the answer.
 
 use crate::budgets::{Level, Scope};
-use crate::duration::format_python_utc;
 use crate::errors::ApiError;
 use crate::model_access::{list_allows, ModelFacts};
 use crate::plugin_config::{Deployment, PluginConfig, Pricing};
@@ -10,6 +9,7 @@ use crate::rate_limits::{estimate_tokens, output_floor, Descriptor};
 use crate::records::{BudgetState, CustomerLookup, CustomerRecord, KeyRecord, ModelBudget};
 use crate::request_body::{self, LlmRequest};
 use crate::routes::{upstream_path, LlmRoute};
+use crate::time::format_python_utc;
 
 /// Who sent the request, as established from the headers.
 #[derive(Debug, Clone, PartialEq)]
@@ -439,14 +439,13 @@ pub fn descriptors_for(
 
 /// The budgets a request touches, in LiteLLM's check order (§2.2): the key, the key's budget
 /// for this model, the team member and the team, the organization, the user (personal keys),
-/// the end user, the proxy. A free model (both prices
-/// explicitly 0) touches none.
+/// the proxy. The end user's comes from the sidecar ([`budget_scopes_with_customer`]). A free
+/// model (both prices explicitly 0) touches none.
 pub fn budget_scopes(
     config: &PluginConfig,
     caller: &Caller,
     model: &str,
     pricing: &Pricing,
-    end_user: Option<&str>,
 ) -> Vec<Scope> {
     if crate::cost::is_free(pricing) {
         return Vec::new();
@@ -513,16 +512,6 @@ pub fn budget_scopes(
                 seed_reset_at_micros: user.budget_reset_at_micros,
             });
         }
-    }
-    if let (Some(id), Some(budget)) = (end_user, &config.budgets.default_end_user_budget) {
-        scopes.push(Scope {
-            level: Level::EndUser,
-            id: id.to_string(),
-            max_budget_usd: budget.max_budget,
-            duration: budget.budget_duration.clone(),
-            seed_spend_nanos: 0,
-            seed_reset_at_micros: None,
-        });
     }
     if let Some(max) = config.budgets.proxy_max_budget {
         let seed = match caller {
@@ -616,8 +605,8 @@ pub fn customer_budget_scope(end_user_id: &str, lookup: &CustomerLookup) -> Opti
     })
 }
 
-/// [`budget_scopes`] with the customer's budget from the sidecar's answer in LiteLLM's place
-/// (after the user's, before the proxy's), replacing the config's default customer budget.
+/// [`budget_scopes`] with the customer's budget from the sidecar's answer (its own, else
+/// `max_end_user_budget_id`'s) in LiteLLM's place: after the user's, before the proxy's.
 /// Free models touch no budget.
 pub fn budget_scopes_with_customer(
     config: &PluginConfig,
@@ -626,23 +615,17 @@ pub fn budget_scopes_with_customer(
     pricing: &Pricing,
     customer: Option<(&str, &CustomerLookup)>,
 ) -> Vec<Scope> {
-    let mut scopes = budget_scopes(config, caller, model, pricing, customer.map(|c| c.0));
+    let mut scopes = budget_scopes(config, caller, model, pricing);
     if crate::cost::is_free(pricing) {
         return scopes;
     }
-    let Some(scope) = customer.and_then(|(id, lookup)| customer_budget_scope(id, lookup)) else {
-        scopes.retain(|s| customer.is_none() || s.level != Level::EndUser);
-        return scopes;
-    };
-    if let Some(slot) = scopes.iter_mut().find(|s| s.level == Level::EndUser) {
-        *slot = scope;
-        return scopes;
+    if let Some(scope) = customer.and_then(|(id, lookup)| customer_budget_scope(id, lookup)) {
+        let at = scopes
+            .iter()
+            .position(|s| s.level == Level::Proxy)
+            .unwrap_or(scopes.len());
+        scopes.insert(at, scope);
     }
-    let at = scopes
-        .iter()
-        .position(|s| s.level == Level::Proxy)
-        .unwrap_or(scopes.len());
-    scopes.insert(at, scope);
     scopes
 }
 
@@ -1135,7 +1118,7 @@ mod tests {
             record: std::rc::Rc::new(record),
             raw_last4: "abcd".into(),
         };
-        let scopes = budget_scopes(&cfg, &caller, "gpt-a", &Pricing::default(), None);
+        let scopes = budget_scopes(&cfg, &caller, "gpt-a", &Pricing::default());
         let levels: Vec<_> = scopes.iter().map(|s| s.id.as_str()).collect();
         assert_eq!(levels, vec!["t", "u", "litellm-proxy-budget"]);
         let free = Pricing {
@@ -1143,7 +1126,7 @@ mod tests {
             output_cost_per_token: Some(0.0),
             ..Default::default()
         };
-        assert!(budget_scopes(&cfg, &caller, "gpt-a", &free, None).is_empty());
+        assert!(budget_scopes(&cfg, &caller, "gpt-a", &free).is_empty());
     }
 
     /// An unpriced model: refused always with `block_requests_for_models_without_pricing`, and
@@ -1334,7 +1317,7 @@ mod tests {
             ..Default::default()
         };
         let user_limit = |cfg: &PluginConfig| {
-            budget_scopes(cfg, &as_caller(&record), "gpt-a", &priced, None)
+            budget_scopes(cfg, &as_caller(&record), "gpt-a", &priced)
                 .into_iter()
                 .find(|s| s.level == Level::User)
                 .map(|s| s.max_budget_usd)
@@ -1365,7 +1348,7 @@ mod tests {
             input_cost_per_token: Some(1.0),
             ..Default::default()
         };
-        let scopes = budget_scopes(&cfg, &as_caller(&record), "gpt-a", &priced, None);
+        let scopes = budget_scopes(&cfg, &as_caller(&record), "gpt-a", &priced);
         let levels: Vec<_> = scopes.iter().map(|s| (&s.level, s.id.as_str())).collect();
         assert_eq!(
             levels[1..],
@@ -1563,10 +1546,6 @@ mod tests {
     #[test]
     fn customer_budget_scope_from_the_lookup() {
         let mut cfg = config();
-        cfg.budgets.default_end_user_budget = Some(BudgetState {
-            max_budget: Some(9.0),
-            ..Default::default()
-        });
         cfg.budgets.proxy_max_budget = Some(100.0);
         let found = CustomerLookup::Found {
             customer: Box::new(CustomerRecord {

@@ -19,11 +19,11 @@
 //! the 3-field form, and a 3-field entry reads as one without a lease.
 
 use crate::cost::{nanos_to_usd, py_float};
-use crate::duration::{add_duration, next_reset_at_str, parse_duration, ZoneOffsets, UTC};
 use crate::errors::ApiError;
 use crate::plugin_config::NoLeasePolicy;
 use crate::records::{LeaseAnswer, LeaseItem, LeaseRequest};
 use crate::shared_store::{update, Decision, StoreError, VersionedStore};
+use crate::time::{add_duration, next_reset_at_str, parse_duration, ZoneOffsets, UTC};
 
 use crate::contract::BUDGET_PREFIX as PREFIX;
 

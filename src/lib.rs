@@ -9,7 +9,6 @@ pub mod budgets;
 pub mod contract;
 pub mod cost;
 pub mod credential;
-pub mod duration;
 pub mod errors;
 pub mod flow;
 pub mod key_format;
@@ -25,6 +24,7 @@ pub mod request_body;
 pub mod response_headers;
 pub mod routes;
 pub mod shared_store;
+pub mod time;
 pub mod token_estimate;
 pub mod usage;
 

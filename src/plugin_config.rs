@@ -157,7 +157,7 @@ pub struct BudgetSettings {
     /// `litellm_settings.budget_exceeded_status_code` (422).
     pub exceeded_status_code: u16,
     /// `litellm_settings.timezone` as UTC offsets over time (resolved by the sidecar).
-    pub timezone: crate::duration::ZoneOffsets,
+    pub timezone: crate::time::ZoneOffsets,
     /// `litellm_settings.budget_reset_time`, seconds after midnight.
     pub reset_time_of_day_seconds: u32,
     /// `general_settings.disable_budget_reservation`.
@@ -165,8 +165,6 @@ pub struct BudgetSettings {
     /// Output tokens assumed for a reservation when the request sets no `max_tokens`
     /// (LiteLLM's `DEFAULT_MAX_OUTPUT_TOKENS_FALLBACK`, capped by the model's `max_output_tokens`).
     pub default_output_tokens: u64,
-    /// `litellm_settings.max_end_user_budget_id`'s budget, applied to customers without their own.
-    pub default_end_user_budget: Option<crate::records::BudgetState>,
 }
 
 impl Default for BudgetSettings {
@@ -175,11 +173,10 @@ impl Default for BudgetSettings {
             proxy_max_budget: None,
             proxy_budget_duration: None,
             exceeded_status_code: 422,
-            timezone: crate::duration::ZoneOffsets::default(),
+            timezone: crate::time::ZoneOffsets::default(),
             reset_time_of_day_seconds: 0,
             disable_reservation: false,
             default_output_tokens: 16384,
-            default_end_user_budget: None,
         }
     }
 }

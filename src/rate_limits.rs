@@ -11,9 +11,9 @@
 //! Tollgate does better than LiteLLM in one place: `retry-after` and `reset_at` give the real
 //! end of the window, not a full window from now.
 
-use crate::duration::civil_from_unix;
 use crate::errors::ApiError;
 use crate::shared_store::{update, Decision, StoreError, VersionedStore};
+use crate::time::civil_from_unix;
 
 use crate::contract::RATE_LIMIT_PREFIX as PREFIX;
 

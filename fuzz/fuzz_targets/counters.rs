@@ -15,7 +15,7 @@ mod common;
 use common::Input;
 use libfuzzer_sys::fuzz_target;
 use tollgate::budgets::{self, Calendar, Level, Scope};
-use tollgate::duration::ZoneOffsets;
+use tollgate::time::ZoneOffsets;
 use tollgate::rate_limits::{self, Descriptor};
 use tollgate::shared_store::{MemoryStore, VersionedStore};
 

@@ -14,7 +14,7 @@ mod common;
 
 use common::Input;
 use libfuzzer_sys::fuzz_target;
-use tollgate::duration::{
+use tollgate::time::{
     add_duration, checked_add_duration, civil_from_unix, format_iso8601_utc, format_python_utc,
     next_reset_at, next_reset_at_str, parse_duration, parse_iso8601_utc, parse_time_of_day,
     parse_utc_offset, unix_from_civil, ZoneOffsets, validate_budget_duration, validate_budget_duration_at,

@@ -1,5 +1,10 @@
 //! Thin wrappers over `proxy_wasm::hostcalls` that turn every host error into a logged no-op
 //! or an `Option`, so no host failure can panic the VM.
+//!
+//! Writes whose SDK wrapper has no error to return (proxy-wasm 0.2's `hostcalls.rs` maps every
+//! status but `Ok` to a trap, which no code here can catch) drop their `Result` with `let _`:
+//! a logging arm there could never run. The calls that can fail (`enqueue_shared_queue`,
+//! `dispatch_http_call`, `increment_metric`, `set_shared_data`'s CAS) handle each error.
 
 use crate::flow::{Host, SidecarCall};
 use proxy_wasm::hostcalls;
@@ -25,12 +30,7 @@ pub fn now_micros() -> i64 {
 }
 
 pub fn set_request_header(name: &str, value: Option<&str>) {
-    if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
-        log(
-            LogLevel::Warn,
-            &format!("tollgate: cannot set header {name}: {e:?}"),
-        );
-    }
+    let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
 }
 
 pub fn request_body(size: usize) -> Vec<u8> {
@@ -41,32 +41,17 @@ pub fn request_body(size: usize) -> Vec<u8> {
 }
 
 pub fn replace_request_body(current_size: usize, body: &[u8]) {
-    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, current_size, body) {
-        log(
-            LogLevel::Warn,
-            &format!("tollgate: cannot replace request body: {e:?}"),
-        );
-    }
+    let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, current_size, body);
 }
 
 pub fn resume_request() {
-    if let Err(e) = hostcalls::resume_http_request() {
-        log(
-            LogLevel::Warn,
-            &format!("tollgate: cannot resume request: {e:?}"),
-        );
-    }
+    let _ = hostcalls::resume_http_request();
 }
 
 fn send_response(status: u16, extra: &[(&str, &str)], body: &[u8]) {
     let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
     headers.extend_from_slice(extra);
-    if let Err(e) = hostcalls::send_http_response(u32::from(status), headers, Some(body)) {
-        log(
-            LogLevel::Error,
-            &format!("tollgate: cannot send local response: {e:?}"),
-        );
-    }
+    let _ = hostcalls::send_http_response(u32::from(status), headers, Some(body));
 }
 
 /// A GET to the sidecar cluster; the token identifies the answer in `on_http_call_response`.
@@ -135,12 +120,7 @@ impl crate::shared_store::VersionedStore for SharedData {
 }
 
 pub fn set_response_header(name: &str, value: Option<&str>) {
-    if let Err(e) = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value) {
-        log(
-            LogLevel::Warn,
-            &format!("tollgate: cannot set response header {name}: {e:?}"),
-        );
-    }
+    let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
 }
 
 pub fn response_body(size: usize) -> Vec<u8> {
@@ -151,23 +131,11 @@ pub fn response_body(size: usize) -> Vec<u8> {
 }
 
 pub fn replace_response_body(current_size: usize, body: &[u8]) {
-    if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, current_size, body) {
-        log(
-            LogLevel::Warn,
-            &format!("tollgate: cannot replace response body: {e:?}"),
-        );
-    }
+    let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, current_size, body);
 }
 
 pub fn register_queue(name: &str) -> Option<u32> {
-    hostcalls::register_shared_queue(name)
-        .map_err(|e| {
-            log(
-                LogLevel::Error,
-                &format!("tollgate: cannot register queue {name}: {e:?}"),
-            )
-        })
-        .ok()
+    hostcalls::register_shared_queue(name).ok()
 }
 
 pub fn enqueue(queue: u32, value: &[u8]) -> bool {
@@ -188,12 +156,7 @@ pub fn dequeue(queue: u32) -> Option<Vec<u8>> {
 }
 
 pub fn set_tick_period(period: Duration) {
-    if let Err(e) = hostcalls::set_tick_period(period) {
-        log(
-            LogLevel::Error,
-            &format!("tollgate: cannot set tick period: {e:?}"),
-        );
-    }
+    let _ = hostcalls::set_tick_period(period);
 }
 
 /// A POST of JSON to the sidecar cluster.
@@ -273,16 +236,11 @@ pub fn set_response_headers(headers: &[(String, String)]) {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    if let Err(e) = hostcalls::set_map(MapType::HttpResponseHeaders, pairs) {
-        log(
-            LogLevel::Warn,
-            &format!("tollgate: cannot set response headers: {e:?}"),
-        );
-    }
+    let _ = hostcalls::set_map(MapType::HttpResponseHeaders, pairs);
 }
 
-/// Defines the filter's metrics (once per VM, when the plugin is configured); a metric that
-/// cannot be defined is logged and left unrecorded.
+/// Defines the filter's metrics (once per VM, when the plugin is configured). The SDK traps
+/// where Envoy refuses one, so `Err` never comes back; a missing id is simply not recorded.
 pub fn define_metrics() -> crate::flow::MetricIds {
     use crate::metrics::Kind;
     use proxy_wasm::types::MetricType;
@@ -296,16 +254,10 @@ pub fn define_metrics() -> crate::flow::MetricIds {
             Kind::Counter => MetricType::Counter,
             Kind::Histogram => MetricType::Histogram,
         };
-        match hostcalls::define_metric(kind, &name) {
-            Ok(id) => {
-                if let Some(slot) = ids.get_mut(metric.index()) {
-                    *slot = Some(id);
-                }
+        if let Ok(id) = hostcalls::define_metric(kind, &name) {
+            if let Some(slot) = ids.get_mut(metric.index()) {
+                *slot = Some(id);
             }
-            Err(e) => log(
-                LogLevel::Warn,
-                &format!("tollgate: cannot define the metric {name}: {e:?}"),
-            ),
         }
     }
     ids

@@ -242,7 +242,6 @@ fn known_key_is_admitted_rewritten_charged_and_settled() {
         },
         "gpt-4o",
         &h.shared.config.deployments[0].pricing,
-        None,
     );
     let counter = budgets::read(&h.host.store, &key_scope[0]).unwrap();
     assert_eq!((counter.spend, counter.reserved), (20_000, 0));
@@ -482,7 +481,6 @@ fn rate_limit_refusal_gives_the_budget_reservation_back() {
         &caller,
         "gpt-4o",
         &h.shared.config.deployments[0].pricing,
-        None,
     );
     let reserved_one = budgets::read(&h.host.store, &scopes[0]).unwrap().reserved;
     h.respond_json(&mut first, 200, ANSWER);

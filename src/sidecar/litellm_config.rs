@@ -401,7 +401,7 @@ pub fn parse(text: &str) -> Result<Loaded> {
         ),
     ] {
         if let Some(d) = d.filter(|d| *d != "-1") {
-            crate::duration::parse_duration(d)
+            crate::time::parse_duration(d)
                 .map_err(|e| anyhow!("invalid config: {field}: invalid duration '{d}': {e}"))?;
         }
     }
@@ -559,12 +559,12 @@ fn check_settings(config: &LiteLlmConfig) -> Result<()> {
     }));
     for (field, value) in durations {
         if let Some(v) = value {
-            crate::duration::validate_budget_duration(v)
+            crate::time::validate_budget_duration(v)
                 .map_err(|why| anyhow!("invalid config: {field}: {why}"))?;
         }
     }
     if let Some(t) = &ls.budget_reset_time {
-        if crate::duration::parse_time_of_day(t).is_none() {
+        if crate::time::parse_time_of_day(t).is_none() {
             return Err(anyhow!(
                 "invalid config: litellm_settings.budget_reset_time: `{t}` is not a time of day (use \"HH:MM\" or \"HH:MM:SS\")"
             ));

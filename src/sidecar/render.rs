@@ -270,7 +270,7 @@ pub fn budget_settings(config: &LiteLlmConfig) -> BudgetSettings {
         reset_time_of_day_seconds: ls
             .budget_reset_time
             .as_deref()
-            .and_then(crate::duration::parse_time_of_day)
+            .and_then(crate::time::parse_time_of_day)
             .unwrap_or(0),
         disable_reservation: gs.disable_budget_reservation.unwrap_or(false),
         ..Default::default()

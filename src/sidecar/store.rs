@@ -14,8 +14,8 @@
 //! charged, a `budget_reset_at` that has passed zeroes its spend and moves `budget_reset_at` to
 //! the next aligned time ([`ResetClock`]), and that is persisted.
 
-use crate::duration::{format_iso8601_utc, next_reset_at_str, parse_iso8601_utc};
 use crate::plugin_config::BudgetSettings;
+use crate::time::{format_iso8601_utc, next_reset_at_str, parse_iso8601_utc};
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -38,10 +38,12 @@ mod pg_tls;
 mod spend;
 pub mod sql;
 mod teams;
+#[cfg(test)]
+mod test_support;
 mod tx;
 
 pub use pg::{PgOptions, Unavailable};
-use sql::{args, Dialect, Exec};
+use sql::{Dialect, Exec};
 
 pub use budgets::BudgetRow;
 pub use changes::ChangesSince;
@@ -63,7 +65,7 @@ pub use crate::cost::{nanos_to_usd, usd_to_nanos};
 /// `budget_reset_time`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResetClock {
-    pub timezone: std::sync::Arc<crate::duration::ZoneOffsets>,
+    pub timezone: std::sync::Arc<crate::time::ZoneOffsets>,
     pub reset_time_of_day_seconds: u32,
 }
 
@@ -522,90 +524,14 @@ impl Store {
         self.read(|db| db.row("SELECT 1", &[]).map(|_| ()))
     }
 
-    pub fn insert_key(&self, row: &KeyRow) -> Result<()> {
-        self.write(0, |tx| insert_key(&tx.db, row))
-    }
-
     /// The stored key, as it is (no reset applied): for authentication.
     pub fn key(&self, token: &str) -> Result<Option<KeyRow>> {
         self.read(|db| get_key(db, token))
     }
 
-    /// The key as of `now`: a budget period that has ended is reset (and that is persisted).
-    pub fn key_at(&self, token: &str, now_micros: i64) -> Result<Option<KeyRow>> {
-        self.write(now_micros, |tx| tx.key(token))
-    }
-
-    pub fn keys_of_user(&self, user_id: &str) -> Result<Vec<KeyRow>> {
-        self.read(|db| {
-            db.strings(
-                "SELECT doc FROM keys WHERE user_id = ?1 ORDER BY rowid",
-                args![user_id],
-            )?
-            .iter()
-            .map(|d| load_budgeted(d))
-            .collect()
-        })
-    }
-
-    /// [`Store::keys_of_user`] with due resets applied and persisted.
-    pub fn keys_of_user_at(&self, user_id: &str, now_micros: i64) -> Result<Vec<KeyRow>> {
-        self.write(now_micros, |tx| tx.keys_of_user(user_id))
-    }
-
-    pub fn key_alias_taken(&self, alias: &str) -> Result<bool> {
-        self.read(|db| {
-            Ok(db
-                .row("SELECT 1 FROM keys WHERE key_alias = ?1", args![alias])?
-                .is_some())
-        })
-    }
-
-    /// Inserts a user and, optionally, its first key, in one transaction.
-    pub fn insert_user_with_key(&self, user: &UserRow, key: Option<&KeyRow>) -> Result<()> {
-        let mut user = user.clone();
-        user.sync_spend();
-        self.write(0, |tx| {
-            tx.db.exec(
-                "INSERT INTO users (user_id, user_email, doc) VALUES (?1, ?2, ?3)",
-                args![&user.user_id, &user.user_email, to_doc(&user)?],
-            )?;
-            if let Some(row) = key {
-                insert_key(&tx.db, row)?;
-            }
-            Ok(())
-        })
-    }
-
     /// The stored user, as it is (no reset applied).
     pub fn user(&self, user_id: &str) -> Result<Option<UserRow>> {
         self.read(|db| get_user(db, user_id))
-    }
-
-    /// The user as of `now`, with a due reset applied and persisted.
-    pub fn user_at(&self, user_id: &str, now_micros: i64) -> Result<Option<UserRow>> {
-        self.write(now_micros, |tx| tx.user(user_id))
-    }
-
-    pub fn user_email_taken(&self, email: &str) -> Result<bool> {
-        self.read(|db| {
-            Ok(db
-                .row("SELECT 1 FROM users WHERE user_email = ?1", args![email])?
-                .is_some())
-        })
-    }
-
-    /// The end user as of `now`, with a due reset applied and persisted (its period follows the
-    /// budget that applies to it).
-    pub fn end_user_at(&self, user_id: &str, now_micros: i64) -> Result<Option<EndUserRow>> {
-        Ok(self
-            .write(now_micros, |tx| tx.end_user(user_id))?
-            .map(|(row, _)| row))
-    }
-
-    /// Creates or replaces an end user (`/customer/new`, `/customer/update`).
-    pub fn put_end_user(&self, row: &EndUserRow) -> Result<()> {
-        self.write(0, |tx| tx.save_end_user(row))
     }
 
     /// Sets the proxy budget's period from the config (at startup), keeping its spend. A changed

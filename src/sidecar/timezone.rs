@@ -3,7 +3,7 @@
 //! LiteLLM hands the name to Python's `ZoneInfo`; here the IANA database bundled into the
 //! sidecar (jiff's copy of tzdata) resolves it, so the filter never needs a tz database.
 
-use crate::duration::{parse_utc_offset, ZoneOffsets};
+use crate::time::{parse_utc_offset, ZoneOffsets};
 
 /// First instant the table covers: 1970-01-01T00:00:00Z.
 const TABLE_START: i64 = 0;
@@ -50,7 +50,7 @@ fn offsets_of(tz: &jiff::tz::TimeZone) -> Result<ZoneOffsets, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::duration::{next_reset_at_str, unix_from_civil};
+    use crate::time::{next_reset_at_str, unix_from_civil};
 
     fn u(y: i64, mo: u32, d: u32, h: u32, mi: u32) -> i64 {
         unix_from_civil(y, mo, d, h, mi, 0)

@@ -377,7 +377,9 @@ impl Stack {
         )
         .expect("the gateway's proxy config");
 
-        // The sidecar as the Deployment runs it (environment from the Secret).
+        // The sidecar as the Deployment runs it (environment from the Secret), on the suites'
+        // store (`TOLLGATE_TEST_STORE`).
+        let store_args = test_store_args(&data_dir);
         let mut command = vec!["env".to_string()];
         command.extend(secrets.iter().cloned());
         command.extend([
@@ -393,6 +395,7 @@ impl Stack {
             text(&wasm),
             "--exit-on-stdin-eof".into(),
         ]);
+        command.extend(store_args.iter().cloned());
         let mut sidecar = split::Sidecar::new(command, scratch.path().to_path_buf());
         sidecar.start();
 
@@ -453,6 +456,10 @@ impl Stack {
                 Err(e) => Err(format!("{e}: {}", read_file(&envoy_log))),
             }
         });
+        assert!(
+            store_args.is_empty() || !stack.data_dir.join("tollgate.db").exists(),
+            "TOLLGATE_TEST_STORE=postgres, yet the sidecar made a SQLite store"
+        );
         IstioStack {
             stack,
             manifests,

@@ -11,8 +11,8 @@
 //! The store: SQLite in the stack's data dir, unless `TOLLGATE_TEST_STORE=postgres`: then every
 //! stack that names no store itself gets a fresh database on the test binary's PostgreSQL
 //! server ([`postgres::shared`]), kept for its data dir (a restart on the same data dir finds
-//! the same records). `./build.sh test` runs the admin, budget, limit and durability suites
-//! both ways.
+//! the same records). `./build.sh test` runs every suite that goes through the store both ways
+//! (`PG_SUITES` in build.sh).
 //!
 //! Children are started with a piped stdin and `--exit-on-stdin-eof`, so dropping the stdin (in
 //! `Drop`, or when the test process dies) stops them, and `tollgate up` then kills its Envoy.
@@ -211,6 +211,12 @@ pub fn test_store_args(data_dir: &Path) -> Vec<String> {
         }
     };
     vec!["--store".to_string(), url]
+}
+
+/// The PostgreSQL database [`test_store_args`] made for `data_dir`, if any: its name.
+pub fn test_store_database(data_dir: &Path) -> Option<String> {
+    let url = std::fs::read_to_string(data_dir.join("test-store-url")).ok()?;
+    url.rsplit('/').next().map(str::to_string)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -236,6 +236,21 @@ impl Postgres {
         .to_string()
     }
 
+    /// Everything database `db` holds, as `pg_dump` writes it (plain SQL).
+    pub fn dump(&self, db: &str) -> String {
+        run_ok(
+            "pg_dump",
+            Command::new(self.bin.join("pg_dump"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-d", db]),
+        )
+    }
+
+    /// The server's log file.
+    pub fn server_log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
     /// A fresh database; its `postgresql://` URL.
     pub fn database(&self, tag: &str) -> String {
         let name = format!(

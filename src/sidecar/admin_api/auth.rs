@@ -6,10 +6,10 @@
 use super::common::{py_repr, AdminError};
 use super::AdminState;
 use crate::credential::extract_credential;
-use crate::duration::{format_python_utc, parse_iso8601_utc};
 use crate::errors::ApiError;
 use crate::key_format::hash_key;
 use crate::sidecar::store::{KeyRow, TeamRow, UserRow};
+use crate::time::{format_python_utc, parse_iso8601_utc};
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 

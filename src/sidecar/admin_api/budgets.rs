@@ -7,8 +7,8 @@ use super::common::{
     validation_error, AdminError, AdminResult, Fields,
 };
 use super::{AdminState, Shared};
-use crate::duration::format_iso8601_utc;
 use crate::sidecar::store::{BudgetRow, Tx};
+use crate::time::format_iso8601_utc;
 use axum::extract::{Query, State};
 use serde_json::{json, Value};
 use std::collections::HashMap;

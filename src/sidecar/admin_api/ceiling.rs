@@ -6,11 +6,11 @@
 
 use super::common::model_limits;
 use super::internal::model_budgets;
-use crate::duration::{parse_duration, parse_iso8601_utc, ParsedDuration};
 use crate::model_access::{allows_all, list_allows, provider_of_requested, ModelFacts};
 use crate::plugin_config::PluginConfig;
 use crate::records::{BudgetState, KeyRecord};
 use crate::sidecar::store::KeyRow;
+use crate::time::{parse_duration, parse_iso8601_utc, ParsedDuration};
 use serde_json::{Map, Value};
 
 /// Fits `row` inside `caller`. `before` is the key as stored (update, regenerate): aspects it

@@ -4,11 +4,9 @@
 
 use super::AdminSettings;
 use crate::contract::INVALIDATE_HEADER;
-use crate::duration::{
-    add_duration, format_iso8601_utc, parse_duration, validate_budget_duration_at,
-};
 use crate::errors::ApiError;
 use crate::sidecar::store::{nanos_to_usd, usd_to_nanos, BudgetRow, Committed, Tx};
+use crate::time::{add_duration, format_iso8601_utc, parse_duration, validate_budget_duration_at};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;

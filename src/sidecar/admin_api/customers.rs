@@ -11,9 +11,9 @@ use super::common::{
     row_json, spend_nanos_of, transact, usd, validation_error, AdminError, AdminResult, Fields,
 };
 use super::{AdminState, Shared};
-use crate::duration::format_iso8601_utc;
 use crate::errors::ApiError;
 use crate::sidecar::store::{BudgetRow, EndUserRow, Tx};
+use crate::time::format_iso8601_utc;
 use axum::extract::{Query, State};
 use serde_json::{json, Value};
 use std::collections::HashMap;

@@ -4,7 +4,6 @@
 use super::auth::internal_only;
 use super::common::{model_limits, now_micros, transact, AdminError, AdminResult};
 use super::{AdminState, Shared};
-use crate::duration::parse_iso8601_utc;
 use crate::errors::ApiError;
 use crate::provider_keys::ProviderKeys;
 use crate::records::{
@@ -14,6 +13,7 @@ use crate::records::{
 use crate::sidecar::metrics::StoreOp;
 use crate::sidecar::store::leases::LeaseSettings;
 use crate::sidecar::store::{nanos_to_usd, BudgetRow, EndUserRow, KeyRow, Tx, UserRow};
+use crate::time::parse_iso8601_utc;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
@@ -100,7 +100,7 @@ pub fn validate_model_max_budget(v: &Value) -> Result<(), String> {
         let duration = get("budget_duration", "time_period");
         match duration {
             Some(Value::String(d)) => {
-                crate::duration::validate_budget_duration(d)
+                crate::time::validate_budget_duration(d)
                     .map_err(|why| format!("{model}: {why}"))?;
             }
             Some(other) => {
@@ -420,13 +420,6 @@ pub async fn internal_leases(
     Ok(Json(answer).into_response())
 }
 
-/// `GET /tollgate/internal/v1/proxy`: the proxy budget's state (the filter seeds its counter).
-pub async fn internal_proxy(State(state): State<Shared>, headers: HeaderMap) -> AdminResult {
-    internal_only(&state, &headers)?;
-    let proxy = state.store.proxy_budget_at(now_micros())?;
-    Ok(Json(proxy.state(state.settings().budgets.proxy_max_budget)).into_response())
-}
-
 /// The filter's endpoints; a spend batch may be larger than other bodies (`spend_limit`).
 pub fn routes(spend_limit: usize) -> axum::Router<Shared> {
     use axum::routing::{get, post};
@@ -445,7 +438,6 @@ pub fn routes(spend_limit: usize) -> axum::Router<Shared> {
             post(internal_spend).layer(axum::extract::DefaultBodyLimit::max(spend_limit)),
         )
         .route(crate::contract::LEASES_PATH, post(internal_leases))
-        .route("/tollgate/internal/v1/proxy", get(internal_proxy))
         .route(
             crate::contract::PROVIDER_KEYS_PATH,
             get(internal_provider_keys),

@@ -12,10 +12,10 @@ use super::common::{
 };
 use super::orgs::plain_error;
 use super::{AdminState, Shared};
-use crate::duration::{format_iso8601_utc, parse_iso8601_utc};
 use crate::errors::ApiError;
 use crate::key_format::{abbreviate, hash_key, is_token_hash, validate_custom_key};
 use crate::sidecar::store::{KeyQuery, KeyRow, Tx};
+use crate::time::{format_iso8601_utc, parse_iso8601_utc};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use base64::Engine;

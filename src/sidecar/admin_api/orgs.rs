@@ -11,9 +11,9 @@ use super::common::{
     upsert_budget_row, validation_error, AdminError, AdminResult, BudgetChange, Fields,
 };
 use super::Shared;
-use crate::duration::format_iso8601_utc;
 use crate::errors::ApiError;
 use crate::sidecar::store::{BudgetRow, OrgMembershipRow, OrgRow, Tx, UserRow};
+use crate::time::format_iso8601_utc;
 use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::{json, Value};

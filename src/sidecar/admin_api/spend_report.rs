@@ -5,10 +5,10 @@
 use super::auth::{authorize, Principal};
 use super::common::{bad_request, AdminError, AdminResult};
 use super::Shared;
-use crate::duration::{format_iso8601_utc, parse_iso8601_utc};
 use crate::key_format::{hash_key, is_token_hash};
 use crate::records::SpendEvent;
 use crate::sidecar::store::{nanos_to_usd, KeyFilter, SpendLogQuery};
+use crate::time::{format_iso8601_utc, parse_iso8601_utc};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;

@@ -11,8 +11,8 @@ use super::common::{
 };
 use super::common::{upsert_budget_row, BudgetChange};
 use super::{AdminState, Shared};
-use crate::duration::format_iso8601_utc;
 use crate::sidecar::store::{BudgetRow, Member, MembershipRow, TeamRow, Tx, UserRow};
+use crate::time::format_iso8601_utc;
 use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

@@ -12,8 +12,8 @@ use super::common::{
 use super::keys::{build_key, flag, GenerateKeyRequest};
 use super::teams::join_team;
 use super::Shared;
-use crate::duration::format_iso8601_utc;
 use crate::sidecar::store::{Tx, UserRow};
+use crate::time::format_iso8601_utc;
 use axum::extract::{Query, State};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};

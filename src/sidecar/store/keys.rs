@@ -2,7 +2,7 @@
 
 use super::sql::{args, Exec, Value};
 use super::{load_budgeted, nanos_to_usd, to_doc, Budgeted, Tx};
-use crate::duration::parse_iso8601_utc;
+use crate::time::parse_iso8601_utc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;

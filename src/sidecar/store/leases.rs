@@ -12,9 +12,9 @@
 use super::sql::{args, Dialect, Exec, Row};
 use super::Tx;
 use crate::budgets::scope_name;
-use crate::duration::parse_iso8601_utc;
 use crate::leases::{renew, Lease, Others, Renewal, Report};
 use crate::records::{BudgetState, LeaseAnswer, LeaseGrant, LeaseItem, LeaseRequest};
+use crate::time::parse_iso8601_utc;
 use anyhow::{anyhow, Result};
 
 pub(super) const SCHEMA: &str = "
@@ -214,9 +214,9 @@ impl Tx<'_> {
             .and_then(|r| r.opt_int(0).ok().flatten());
         let period = match latest {
             Some(p) if p > self.now => p,
-            _ => crate::duration::parse_duration(&b.budget_duration)
+            _ => crate::time::parse_duration(&b.budget_duration)
                 .map(|d| {
-                    crate::duration::add_duration(self.now.div_euclid(1_000_000), d)
+                    crate::time::add_duration(self.now.div_euclid(1_000_000), d)
                         .saturating_mul(1_000_000)
                 })
                 .unwrap_or(0),

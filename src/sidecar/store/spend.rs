@@ -8,8 +8,8 @@ use super::{
     put_key_doc, put_proxy, put_user_doc, sql_u64, sql_u64_back, to_doc, Budgeted, EndUserRow,
     KeyFilter, SpendApplied, SpendLogQuery, Store,
 };
-use crate::duration::format_iso8601_utc;
 use crate::records::{SpendBatch, SpendEvent};
+use crate::time::format_iso8601_utc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,14 +55,10 @@ impl Store {
     /// event charges: its key (`spend` and `model_spend[model]`), its user if the user row
     /// exists (team keys included, as LiteLLM does), its team, team membership and organization
     /// (the key's, else the team's), its end user (created with `blocked: false` if unknown)
-    /// and the proxy budget. Each charged entity first gets its
-    /// lazy reset at `now`.
-    pub fn apply_spend_batch(&self, batch: &SpendBatch, now_micros: i64) -> Result<SpendApplied> {
-        Ok(self.apply_spend_batch_indexed(batch, now_micros)?.0)
-    }
-
-    /// [`Store::apply_spend_batch`], also telling which events (indexes into `batch.events`)
-    /// were newly applied: the metrics count those only, not replayed duplicates.
+    /// and the proxy budget. Each charged entity first gets its lazy reset at `now`.
+    ///
+    /// Also tells which events (indexes into `batch.events`) were newly applied: the metrics
+    /// count those only, not replayed duplicates.
     pub fn apply_spend_batch_indexed(
         &self,
         batch: &SpendBatch,
