@@ -659,7 +659,11 @@ impl Stack {
                 Err(why) => {
                     drop(up);
                     let stderr = read_file(&up_err);
-                    if attempt < 3 && stderr.contains("is in use; pick another") {
+                    // Taken between `free_port` and Envoy's bind (other processes on this
+                    // machine): `tollgate up` says so, or Envoy's listener fails with EADDRINUSE.
+                    let port_taken = stderr.contains("is in use; pick another")
+                        || stderr.contains("cannot listen() errno=98");
+                    if attempt < 3 && port_taken {
                         continue;
                     }
                     panic!(
