@@ -391,6 +391,7 @@ impl Tx<'_> {
             want: item.want.max(0),
             reservation: item.reservation.max(0),
             returning: item.returning,
+            ..Default::default()
         };
         let renewal = renew(max, budget.spend, others, mine, &report, now, ttl_micros);
         if let Renewal::Renewed(lease) = &renewal {
