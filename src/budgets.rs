@@ -258,6 +258,7 @@ fn lease_item(scope: &Scope, c: &Counter, want: i64) -> LeaseItem {
         want: want.max(0),
         returning: false,
         reservation: c.peak.max(0),
+        ..Default::default()
     }
 }
 

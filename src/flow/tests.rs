@@ -885,6 +885,7 @@ mod fleet {
                 want: reservation,
                 returning: false,
                 reservation: 0,
+                ..Default::default()
             }
         );
         assert_eq!(request.items[1].ids, Vec::<String>::new());
