@@ -434,19 +434,9 @@ enum Checked {
     Unavailable,
 }
 
-/// How far ahead a slice should last (FLEET.md §4.6, `H`).
-const DEMAND_HORIZON_MICROS: i128 = 5_000_000;
-/// A scope is enqueued for renewal at most this often.
-const RENEW_EVERY_MICROS: i64 = 1_000_000;
-
-/// Use expected over the next [`DEMAND_HORIZON_MICROS`], from the use since the last ask.
+/// Use expected over the sizing horizon, from the use since the last ask.
 fn demand(c: &Counter, now: i64) -> i64 {
-    if c.asked <= 0 || now <= c.asked {
-        return 0;
-    }
-    let grown = i128::from(c.used().saturating_sub(c.asked_used).max(0));
-    let elapsed = i128::from(now.saturating_sub(c.asked));
-    i64::try_from(grown * DEMAND_HORIZON_MICROS / elapsed).unwrap_or(i64::MAX)
+    crate::leases::demand(c.asked, c.asked_used, c.used(), now)
 }
 
 /// How much beyond its use a slice should ask for: the largest reservation, or the demand.
@@ -503,7 +493,8 @@ fn fleet_rule(
         let low = left < take.max(demand(&next, now));
         let half_gone = next.deadline.saturating_sub(now) < fleet.ttl_micros / 2;
         let mut renew = None;
-        if (low || half_gone) && now.saturating_sub(next.asked) >= RENEW_EVERY_MICROS {
+        if (low || half_gone) && now.saturating_sub(next.asked) >= crate::leases::RENEW_EVERY_MICROS
+        {
             renew = Some(lease_item(scope, &next, want(&next, take, now)));
             next.asked = now;
             next.asked_used = next.used();
@@ -699,6 +690,12 @@ pub fn apply_lease_answer<S: VersionedStore>(
         let deadline = sent_at
             .saturating_add(ttl)
             .saturating_sub(LEASE_MARGIN_MICROS);
+        if crate::leases::is_rate_scope(&grant.scope) {
+            if crate::rate_leases::apply_grant(store, grant, deadline, now) {
+                applied.push((grant.scope.clone(), grant.spend));
+            }
+            continue;
+        }
         let key = format!("{PREFIX}{}", grant.scope);
         let result = update(store, &key, now, |v| {
             let Some(bytes) = v else {
@@ -766,6 +763,9 @@ pub fn renewal_items<S: VersionedStore>(store: &S, queued: &[Vec<u8>], now: i64)
     by_scope
         .into_values()
         .filter_map(|mut item| {
+            if crate::leases::is_rate_level(&item.level) {
+                return crate::rate_leases::refresh_item(store, item, now);
+            }
             let (bytes, _) = store.get(&format!("{PREFIX}{}", item.scope))?;
             let c = Counter::decode(&bytes);
             if c.reset_at != 0 && now >= c.reset_at {

@@ -273,6 +273,22 @@ pub fn rate_window(latest_end: Option<i64>, now: i64, window_micros: i64) -> i64
     }
 }
 
+/// How far ahead a slice should last (FLEET.md §4.6, `H`).
+const DEMAND_HORIZON_MICROS: i128 = 5_000_000;
+/// The filter enqueues a scope for renewal at most this often.
+pub const RENEW_EVERY_MICROS: i64 = 1_000_000;
+
+/// Use expected over the next [`DEMAND_HORIZON_MICROS`], from the use since the last ask (at
+/// `asked`, when the use was `asked_used`); 0 before any ask.
+pub fn demand(asked: i64, asked_used: i64, used: i64, now: i64) -> i64 {
+    if asked <= 0 || now <= asked {
+        return 0;
+    }
+    let grown = i128::from(used.saturating_sub(asked_used).max(0));
+    let elapsed = i128::from(now.saturating_sub(asked));
+    i64::try_from(grown * DEMAND_HORIZON_MICROS / elapsed).unwrap_or(i64::MAX)
+}
+
 /// The lease levels of rate limits (`LeaseItem.level`), with what each lends.
 pub const RATE_LEVELS: [&str; 3] = ["rpm", "tpm", "parallel"];
 

@@ -14,6 +14,7 @@ use crate::key_format::{self, constant_time_eq, hash_key, redact_secret};
 use crate::metrics::{Borrow, Lookup, Metric, Outcome, StatusClass};
 use crate::model_list;
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
+use crate::rate_leases::{self, Leased};
 use crate::rate_limits::{self, Ticket};
 use crate::records::{CustomerLookup, KeyLookup, LeaseAnswer, LeaseItem, LeaseRequest, SpendEvent};
 use crate::response_headers::{merge, oversized_response, success_headers};
@@ -800,25 +801,56 @@ impl Flow {
                 self.enqueue_renewals(host, &renew);
                 ticket
             }
-            Admission::Borrow(items) => {
+            Admission::Borrow(mut items) => {
+                // Rate limits without a valid slice ride along: one hop for everything.
+                items.extend(rate_leases::to_borrow(
+                    host,
+                    &plan.descriptors,
+                    plan.token_estimate,
+                    now,
+                ));
                 return Ok(Admit::Borrow {
                     prepared: Box::new(prepared),
                     customer,
                     items,
-                })
+                });
             }
         };
         let window = i64::try_from(config.rate_limit_window_seconds.max(1))
             .unwrap_or(60)
             .saturating_mul(1_000_000);
-        let limits =
-            match rate_limits::admit(host, &plan.descriptors, plan.token_estimate, now, window) {
-                Ok(t) => t,
-                Err(e) => {
-                    budgets::settle(host, &budget, None, now, self.calendar());
-                    return Err(e);
+        let leased = match fleet {
+            Some(f) => {
+                match rate_leases::admit(host, &plan.descriptors, plan.token_estimate, now, f) {
+                    Ok(Leased::Admitted { ticket, renew }) => {
+                        self.enqueue_renewals(host, &renew);
+                        Ok(Some(ticket))
+                    }
+                    Ok(Leased::Borrow(items)) => {
+                        budgets::settle(host, &budget, None, now, self.calendar());
+                        return Ok(Admit::Borrow {
+                            prepared: Box::new(prepared),
+                            customer,
+                            items,
+                        });
+                    }
+                    // `on_no_lease: local`: this Envoy's own counters.
+                    Ok(Leased::Local) => Ok(None),
+                    Err(e) => Err(e),
                 }
-            };
+            }
+            None => Ok(None),
+        };
+        let limits = match leased.and_then(|t| match t {
+            Some(t) => Ok(t),
+            None => rate_limits::admit(host, &plan.descriptors, plan.token_estimate, now, window),
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                budgets::settle(host, &budget, None, now, self.calendar());
+                return Err(e);
+            }
+        };
 
         let Prepared {
             body,
@@ -1231,7 +1263,13 @@ fn borrow_outcome(answered: bool, admitted: &Result<Admit<'_>, ApiError>) -> Bor
     }
     match admitted {
         Ok(Admit::Borrow { .. }) => Borrow::Refused,
-        Err(e) if e.error_type == "budget_exceeded" || *e == budgets::no_lease() => Borrow::Refused,
+        Err(e)
+            if e.error_type == "budget_exceeded"
+                || e.error_type == "throttling_error"
+                || *e == budgets::no_lease() =>
+        {
+            Borrow::Refused
+        }
         _ => Borrow::Granted,
     }
 }

@@ -823,18 +823,40 @@ mod fleet {
             .collect()
     }
 
+    /// The rate limits of `full_key` (rpm, tpm and slots of the key, the user's rpm), leased
+    /// in fleet mode, in scope order.
+    fn rate_scope_names() -> Vec<String> {
+        let token = hash_key(KEY);
+        vec![
+            format!("parallel:api_key:{token}"),
+            format!("rpm:api_key:{token}"),
+            "rpm:user:alice".to_string(),
+            format!("tpm:api_key:{token}"),
+        ]
+    }
+
+    /// What the tests' answers lend of every rate limit: plenty.
+    const RATE_GRANT: i64 = 1_000_000;
+
+    /// Grants of `grant` on every budget, and of [`RATE_GRANT`] on every rate limit.
     fn answer_body(grant: i64, period: i64, spend: i64) -> String {
-        let items = scope_names()
-            .into_iter()
-            .map(|scope| LeaseGrant {
-                scope,
-                period,
-                grant,
-                ttl_ms: 10_000,
-                spend,
-                max_nanos: None,
-            })
-            .collect();
+        let budgets = scope_names().into_iter().map(|scope| LeaseGrant {
+            scope,
+            period,
+            grant,
+            ttl_ms: 10_000,
+            spend,
+            max_nanos: None,
+        });
+        let rates = rate_scope_names().into_iter().map(|scope| LeaseGrant {
+            scope,
+            period: 0,
+            grant: RATE_GRANT,
+            ttl_ms: 10_000,
+            spend: 0,
+            max_nanos: None,
+        });
+        let items = budgets.chain(rates).collect();
         serde_json::to_string(&LeaseAnswer { items }).unwrap()
     }
 
@@ -869,8 +891,12 @@ mod fleet {
         assert_eq!(requests.len(), 1);
         let request = &requests[0];
         assert_eq!((request.envoy_id.as_str(), request.seq), (ENVOY, 1));
-        let scopes: Vec<&str> = request.items.iter().map(|i| i.scope.as_str()).collect();
-        assert_eq!(scopes, scope_names());
+        let scopes: Vec<String> = request.items.iter().map(|i| i.scope.clone()).collect();
+        // Budgets and rate limits in one borrow, in scope order.
+        let mut all = scope_names();
+        all.extend(rate_scope_names());
+        all.sort();
+        assert_eq!(scopes, all);
         let reservation = request.items[0].want;
         assert!(reservation > 0);
         assert_eq!(
@@ -888,7 +914,13 @@ mod fleet {
                 ..Default::default()
             }
         );
-        assert_eq!(request.items[1].ids, Vec::<String>::new());
+        let proxy = request.items.iter().find(|i| i.level == "proxy").unwrap();
+        assert_eq!(proxy.ids, Vec::<String>::new());
+        let rpm = request.items.iter().find(|i| i.level == "rpm").unwrap();
+        assert_eq!(
+            (rpm.ids.clone(), rpm.limit, rpm.want, rpm.used),
+            (vec!["api_key".to_string(), hash_key(KEY)], Some(100), 1, 0)
+        );
         // Not forwarded while borrowing.
         assert_eq!(
             h.host.request_header("authorization"),
@@ -923,8 +955,10 @@ mod fleet {
         assert_eq!(h.events()[0].envoy_id, None);
     }
 
-    /// With a live slice a request makes no hop and the same host calls as with fleet mode off
-    /// (`host_calls::known_key_non_streamed_every_check_on`).
+    /// With a live slice a request makes no hop, and the host calls of fleet mode off
+    /// (`host_calls::known_key_non_streamed_every_check_on`) but one compare-and-set per leased
+    /// rate limit instead of one per scope: the key's rpm, tpm and slots are three slices (4
+    /// entries here, 2 windows with fleet mode off).
     #[test]
     fn live_slice_no_hop_same_host_calls_as_fleet_off() {
         let h = fleet_harness(NoLeasePolicy::Deny);
@@ -940,14 +974,14 @@ mod fleet {
         assert_eq!(
             host_calls_of(&h),
             "count=1 now=2 replace_request_body=1 request_body=1 request_headers=1 \
-             set_request_header=5 shared_get=6 shared_set=5"
+             set_request_header=5 shared_get=8 shared_set=7"
         );
         h.host.clear_calls();
         h.respond_json(&mut flow, 200, ANSWER);
         assert_eq!(
             host_calls_of(&h),
             "count=5 enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
-             shared_get=4 shared_set=4"
+             shared_get=5 shared_set=5"
         );
         assert!(h.host.lease_queue.borrow().is_empty());
     }
@@ -970,19 +1004,20 @@ mod fleet {
         let h = fleet_harness(NoLeasePolicy::Deny);
         let mut flow = h.flow();
         h.send(&mut flow, CHAT, &[]);
-        // Three budget entries read and created (each under the creation lease), the lease
-        // sequence, the POST.
+        // Three budget entries read and created (each under the creation lease), four rate
+        // slices read, the lease sequence, the POST.
         assert_eq!(
             host_calls_of(&h),
-            "count=1 dispatch_post=1 now=2 request_body=1 request_headers=1 shared_get=17 shared_set=12"
+            "count=1 dispatch_post=1 now=2 request_body=1 request_headers=1 shared_get=21 shared_set=12"
         );
         h.host.clear_calls();
         h.answer(&mut flow, 200, &answer_body(USD, 0, 0));
-        // Three grants applied, then the admission as usual.
+        // Seven grants applied (the four rate slices created under the creation lease), then
+        // the admission as usual.
         assert_eq!(
             host_calls_of(&h),
             "call_response_body=1 call_response_status=1 count=1 now=1 replace_request_body=1 \
-             set_request_header=5 shared_get=14 shared_set=12"
+             set_request_header=5 shared_get=26 shared_set=22"
         );
         assert_eq!(
             h.host.counted.borrow().last(),
