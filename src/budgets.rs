@@ -8,7 +8,7 @@
 //! Resets are lazy and exact: the first check or charge after `reset_at` starts the new period.
 //!
 //! Fleet mode (FLEET.md §4.4) adds the lease to the entry:
-//! `reset_at spend reserved grant deadline global global_at asked asked_used peak`. `spend` and
+//! `reset_at spend reserved grant deadline global global_at asked asked_used peak waiting`. `spend` and
 //! `reserved` are then this Envoy's use in the period, `grant` the cumulative slice leased from
 //! the sidecar for it, valid until `deadline` (µs). A limited budget admits iff
 //! `now < deadline` and `spend + reserved < grant` (FLEET I2), reserving the full estimate so
@@ -117,6 +117,11 @@ pub struct Counter {
     pub asked: i64,
     pub asked_used: i64,
     pub peak: i64,
+    /// Fleet mode: the reservations of requests that paused to borrow for this slice since the
+    /// last answer. A borrow asks for all of them: concurrent requests on a cold (or used-up)
+    /// slice each send a borrow, the answers are taken by `max`, so an answer sized for one
+    /// request would admit one of them and refuse the rest.
+    pub waiting: i64,
 }
 
 impl Counter {
@@ -137,6 +142,7 @@ impl Counter {
             asked: next(),
             asked_used: next(),
             peak: next(),
+            waiting: next(),
         }
     }
 
@@ -150,6 +156,7 @@ impl Counter {
             self.asked,
             self.asked_used,
             self.peak,
+            self.waiting,
         ];
         let mut out = format!("{} {} {}", self.reset_at, self.spend, self.reserved);
         if lease.iter().any(|f| *f != 0) {
@@ -516,13 +523,15 @@ fn fleet_rule(
             if now < c.deadline && c.global >= max {
                 return Decision::Keep(Checked::Exceeded(c.global.saturating_add(c.used())));
             }
-            let item = lease_item(scope, &c, want(&c, take, now));
-            match stored {
-                // Written now so the period is fixed before the answer comes (a `key_model`
-                // window starts at its first use).
-                None => Decision::Write(c.encode(), Checked::NoSlice(item)),
-                Some(_) => Decision::Keep(Checked::NoSlice(item)),
-            }
+            let c = Counter {
+                waiting: c.waiting.saturating_add(take),
+                ..c
+            };
+            let item = lease_item(scope, &c, want(&c, take, now).max(c.waiting));
+            // Written now (a new entry, or one rolled into a new period) so the period is
+            // fixed before the answer comes: the answer is for the period the item names (a
+            // `key_model` window starts at its first use).
+            write_if_changed(stored, &c, Checked::NoSlice(item))
         }
         Some(borrowed) => {
             let name = &lease_item(scope, &c, 0).scope;
@@ -727,6 +736,7 @@ pub fn apply_lease_answer<S: VersionedStore>(
                 c.global = grant.spend;
                 c.global_at = c.spend;
             }
+            c.waiting = 0;
             write_if_changed(v, &c, true)
         });
         if result == Ok(true) {
@@ -1214,8 +1224,9 @@ mod tests {
                 asked: 8,
                 asked_used: 9,
                 peak: 10,
+                waiting: 11,
             };
-            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10");
+            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10 11");
             assert_eq!(Counter::decode(&c.encode()), c);
             // No lease: the 3-field form, as outside fleet mode.
             let old = Counter {
@@ -1355,6 +1366,27 @@ mod tests {
             );
         }
 
+        /// Concurrent first requests each borrow; the answers are taken by `max`, so each
+        /// borrow asks for every request waiting, and the largest answer admits them all
+        /// (sized for one request each, all but one would be refused: a false 422).
+        #[test]
+        fn concurrent_borrows_ask_for_every_waiting_request() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            let wants: Vec<i64> = (0..3)
+                .map(|_| {
+                    borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap())[0]
+                        .want
+                })
+                .collect();
+            assert_eq!(wants, [CENT, 2 * CENT, 3 * CENT]);
+            apply(&s, vec![grant(&scopes[0], 0, 3 * CENT, 0)], NOW + 1);
+            assert_eq!(read(&s, &scopes[0]).unwrap().waiting, 0);
+            for _ in 0..3 {
+                admitted(admit_in(&s, &scopes, CENT, NOW + 2, CAL, 422, check(None)).unwrap());
+            }
+        }
+
         #[test]
         fn a_used_up_budget_is_refused_without_a_hop_until_the_deadline() {
             let s = MemoryStore::default();
@@ -1390,6 +1422,12 @@ mod tests {
             let items =
                 borrowed(admit_in(&s, &scopes, CENT, period, CAL, 422, check(None)).unwrap());
             assert_eq!((items[0].period, items[0].held), (period + 10_000_000, 0));
+            // The entry moved to the new period with the borrow, so its answer applies (it
+            // was ignored while the entry stayed in the old one: a 503 after every reset).
+            assert_eq!(read(&s, &scopes[0]).unwrap().reset_at, period + 10_000_000);
+            let next = grant(&scopes[0], period + 10_000_000, 5 * CENT, 0);
+            assert_eq!(apply(&s, vec![next], period + 1).len(), 1);
+            admitted(admit_in(&s, &scopes, CENT, period + 2, CAL, 422, check(None)).unwrap());
         }
 
         #[test]
