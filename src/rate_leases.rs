@@ -4,7 +4,7 @@
 //!
 //! Each limit of a scope is one shared-data entry [`RATE_LEASE_PREFIX`]`<level>:<kind>:<value>`
 //! (`level` = `rpm`, `tpm`, `parallel`): `period used released grant deadline global global_at
-//! asked asked_used peak` ([`Slice`]). `used` counts what this Envoy took (requests, tokens
+//! asked asked_used peak waiting` ([`Slice`]). `used` counts what this Envoy took (requests, tokens
 //! reserved, slots acquired) and `released` what it gave back (tpm refunds, slots released),
 //! both cumulative in the period (the rpm/tpm window the sidecar opened; 0 for slots). A limit
 //! admits iff `now < deadline`, the window runs, and `used + take ≤ grant`: exact, since a
@@ -66,6 +66,9 @@ pub struct Slice {
     pub asked: i64,
     pub asked_used: i64,
     pub peak: i64,
+    /// What requests paused to borrow for this slice since the last answer take: a borrow
+    /// asks for all of it (as `budgets::Counter::waiting`).
+    pub waiting: i64,
 }
 
 impl Slice {
@@ -86,12 +89,13 @@ impl Slice {
             asked: next(),
             asked_used: next(),
             peak: next(),
+            waiting: next(),
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         format!(
-            "{} {} {} {} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {} {} {}",
             self.period,
             self.used,
             self.released,
@@ -101,7 +105,8 @@ impl Slice {
             self.global_at,
             self.asked,
             self.asked_used,
-            self.peak
+            self.peak,
+            self.waiting
         )
         .into_bytes()
     }
@@ -296,13 +301,15 @@ pub fn admit<S: VersionedStore>(
                     if lent == Lent::Rpm && s.valid(now) && s.fleet_holding() >= spent {
                         return Decision::Keep(Checked::Refused(s));
                     }
-                    Decision::Keep(Checked::NoSlice(lease_item(
-                        lent,
-                        d,
-                        limit,
-                        &s,
-                        s.want(take, now),
-                    )))
+                    let next = Slice {
+                        waiting: s.waiting.saturating_add(take),
+                        ..s
+                    };
+                    let want = next.want(take, now).max(next.waiting);
+                    Decision::Write(
+                        next.encode(),
+                        Checked::NoSlice(lease_item(lent, d, limit, &next, want)),
+                    )
                 }
                 Some(borrowed) => Decision::Keep(after_borrow(borrowed, &scope, s)),
             }
@@ -472,6 +479,7 @@ pub fn apply_grant<S: VersionedStore>(
         }
         s.global = grant.spend;
         s.global_at = s.holding();
+        s.waiting = 0;
         Decision::Write(s.encode(), true)
     })
     .unwrap_or(false)
@@ -573,6 +581,7 @@ mod tests {
             asked: 8,
             asked_used: 9,
             peak: 10,
+            waiting: 11,
         };
         assert_eq!(Slice::decode(&s.encode()), s);
         assert_eq!(Slice::decode(b"garbage"), Slice::default());
@@ -598,7 +607,12 @@ mod tests {
             (items[2].limit, items[2].want, items[2].ids.len()),
             (Some(1000), 7, 2)
         );
-        assert!(s.get(&entry_key("rpm:api_key:hash")).is_none());
+        // Nothing taken; the borrow is counted as waiting, so concurrent ones ask for all.
+        assert_eq!(slice(&s, "rpm:api_key:hash").used, 0);
+        let Ok(Leased::Borrow(again)) = admit(&s, &d, 7, NOW, check(None)) else {
+            panic!()
+        };
+        assert_eq!((again[0].want, again[2].want), (2, 14));
     }
 
     #[test]

@@ -578,7 +578,11 @@ fn rate_limits_hold_across_the_fleet() {
     let started = Instant::now();
     for window in 0..2 {
         let t = drive_for(&fleet, &key, 6, Duration::from_secs(5), &[]);
-        assert!(t.other.is_empty(), "unexpected answers: {:?}", t.other);
+        assert!(
+            t.other.is_empty(),
+            "unexpected answers: {:?}",
+            &t.other[..t.other.len().min(3)]
+        );
         assert!(
             t.admitted <= rpm,
             "window {window}: {} admitted for rpm {rpm}",
@@ -610,7 +614,11 @@ fn rate_limits_hold_across_the_fleet() {
         Duration::from_secs(5),
         &[("x-fake-usage", usage)],
     );
-    assert!(t.other.is_empty(), "unexpected answers: {:?}", t.other);
+    assert!(
+        t.other.is_empty(),
+        "unexpected answers: {:?}",
+        &t.other[..t.other.len().min(3)]
+    );
     assert!(
         t.admitted * 6 <= tpm,
         "{} calls of 6 tokens admitted for tpm {tpm}",
@@ -659,7 +667,12 @@ fn budget_resets_cross_the_fleet() {
         |_, _, _| {},
         |_, elapsed, _| elapsed > Duration::from_secs(29),
     );
-    assert!(t.other.is_empty(), "unexpected answers: {:?}", t.other);
+    assert!(
+        t.other.is_empty(),
+        "{} unexpected answers: {:?}",
+        t.other.len(),
+        &t.other[..t.other.len().min(3)]
+    );
     let (rows, distinct) = settled_logs(shared(), &fleet, &key);
     assert_eq!((rows, distinct), (t.admitted, t.admitted));
     let starts = shared().psql(
