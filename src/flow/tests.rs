@@ -882,6 +882,57 @@ mod fleet {
         h.respond_json(&mut flow, 200, ANSWER);
     }
 
+    /// A used-up rpm slice borrows for that limit alone, after giving back the budgets'
+    /// reservations; when nothing more is lent, LiteLLM's 429.
+    #[test]
+    fn a_used_up_rate_slice_borrows_then_is_refused_with_a_429() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let rpm_scope = format!("rpm:api_key:{}", hash_key(KEY));
+        let mut answer: LeaseAnswer = serde_json::from_str(&answer_body(USD, 0, 0)).unwrap();
+        for g in answer.items.iter_mut().filter(|g| g.scope == rpm_scope) {
+            g.grant = 1;
+        }
+        let answer = serde_json::to_string(&answer).unwrap();
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        assert_eq!(h.answer(&mut flow, 200, &answer), Step::Continue);
+        h.respond_json(&mut flow, 200, ANSWER);
+        let spent = key_entry(&h).spend;
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+        let requests = posted(&h);
+        let scopes: Vec<&str> = requests[1].items.iter().map(|i| i.scope.as_str()).collect();
+        assert_eq!(scopes, [rpm_scope.as_str()]);
+        assert_eq!(
+            (requests[1].items[0].used, requests[1].items[0].held),
+            (1, 1)
+        );
+        assert_eq!(
+            (key_entry(&h).spend, key_entry(&h).reserved),
+            (spent, 0),
+            "the budget's reservation is given back while borrowing"
+        );
+        let none = LeaseAnswer {
+            items: vec![LeaseGrant {
+                scope: rpm_scope.clone(),
+                period: 0,
+                grant: 1,
+                ttl_ms: 10_000,
+                spend: 100,
+                max_nanos: Some(100),
+            }],
+        };
+        h.answer(&mut flow, 200, &serde_json::to_string(&none).unwrap());
+        let reply = h.host.reply.borrow().clone().unwrap();
+        assert_eq!(reply.status, 429);
+        assert!(
+            String::from_utf8_lossy(&reply.body).contains("Limit type: requests"),
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(key_entry(&h).reserved, 0);
+    }
+
     #[test]
     fn cold_start_borrows_then_admits() {
         let h = fleet_harness(NoLeasePolicy::Deny);
