@@ -403,6 +403,15 @@ pub struct Borrowed {
     pub answered: Vec<(String, i64)>,
     /// For scopes not answered (no answer, an error, another period).
     pub policy: NoLeasePolicy,
+    /// The scopes the borrow asked for (budgets and rate limits). A scope not among them
+    /// that cannot admit (its slice ran out or expired while the request waited) asks again.
+    pub asked: Vec<String>,
+}
+
+impl Borrowed {
+    pub fn asked(&self, scope: &str) -> bool {
+        self.asked.iter().any(|s| s == scope)
+    }
 }
 
 /// The outcome of an admission that did not refuse.
@@ -517,7 +526,10 @@ fn fleet_rule(
             },
         );
     }
-    match fleet.after_borrow {
+    // A budget the borrow did not ask for (its slice ran out or expired while this request
+    // waited for the others) is borrowed for in another round.
+    let name = lease_item(scope, &c, 0).scope;
+    match fleet.after_borrow.filter(|b| b.asked(&name)) {
         None => {
             // A live slice used up while the fleet has spent the whole budget: no hop can help.
             if now < c.deadline && c.global >= max {
@@ -533,18 +545,13 @@ fn fleet_rule(
             // `key_model` window starts at its first use).
             write_if_changed(stored, &c, Checked::NoSlice(item))
         }
-        Some(borrowed) => {
-            let name = &lease_item(scope, &c, 0).scope;
-            match borrowed.answered.iter().find(|(s, _)| s == name) {
-                Some((_, global)) => {
-                    Decision::Keep(Checked::Exceeded(global.saturating_add(c.used())))
-                }
-                None => match borrowed.policy {
-                    NoLeasePolicy::Deny => Decision::Keep(Checked::Unavailable),
-                    NoLeasePolicy::Local => local_rule(stored, c, max, estimate),
-                },
-            }
-        }
+        Some(borrowed) => match borrowed.answered.iter().find(|(s, _)| *s == name) {
+            Some((_, global)) => Decision::Keep(Checked::Exceeded(global.saturating_add(c.used()))),
+            None => match borrowed.policy {
+                NoLeasePolicy::Deny => Decision::Keep(Checked::Unavailable),
+                NoLeasePolicy::Local => local_rule(stored, c, max, estimate),
+            },
+        },
     }
 }
 
@@ -1336,9 +1343,11 @@ mod tests {
             borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
             // Answered with nothing: budget exceeded, with the fleet's spend in the message.
             let answered = apply(&s, vec![grant(&scopes[0], 0, 0, 100 * CENT)], NOW);
+            let asked = vec![lease_item(&scopes[0], &Counter::default(), 0).scope];
             let b = Borrowed {
                 answered,
                 policy: NoLeasePolicy::Deny,
+                asked: asked.clone(),
             };
             let e = admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(Some(&b))).unwrap_err();
             assert_eq!(e.status, 422);
@@ -1348,13 +1357,32 @@ mod tests {
                 e.message
             );
             // Unanswered: deny is 503, local is today's rule against the whole budget.
-            let b = Borrowed::default();
+            let b = Borrowed {
+                asked: asked.clone(),
+                ..Borrowed::default()
+            };
             let e = admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(Some(&b))).unwrap_err();
             assert_eq!(e.status, 503);
             assert!(e.message.contains("budget lease"));
+            // Not asked in this borrow (its slice ran out meanwhile): another round.
+            let fresh = MemoryStore::default();
+            let not_asked = Borrowed::default();
+            borrowed(
+                admit_in(
+                    &fresh,
+                    &scopes,
+                    CENT,
+                    NOW,
+                    CAL,
+                    422,
+                    check(Some(&not_asked)),
+                )
+                .unwrap(),
+            );
             let b = Borrowed {
                 answered: Vec::new(),
                 policy: NoLeasePolicy::Local,
+                asked,
             };
             let (t, _) = admitted(
                 admit_in(&s, &scopes, 200 * CENT, NOW, CAL, 422, check(Some(&b))).unwrap(),

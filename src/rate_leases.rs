@@ -311,6 +311,18 @@ pub fn admit<S: VersionedStore>(
                         Checked::NoSlice(lease_item(lent, d, limit, &next, want)),
                     )
                 }
+                // Not asked in that borrow (ran out while the request waited): another round.
+                Some(borrowed) if !borrowed.asked(&scope) => {
+                    let next = Slice {
+                        waiting: s.waiting.saturating_add(take),
+                        ..s
+                    };
+                    let want = next.want(take, now).max(next.waiting);
+                    Decision::Write(
+                        next.encode(),
+                        Checked::NoSlice(lease_item(lent, d, limit, &next, want)),
+                    )
+                }
                 Some(borrowed) => Decision::Keep(after_borrow(borrowed, &scope, s)),
             }
         });
@@ -636,6 +648,7 @@ mod tests {
         let answered = Borrowed {
             answered: vec![("rpm:api_key:hash".into(), 10)],
             policy: NoLeasePolicy::Deny,
+            asked: vec!["rpm:api_key:hash".into()],
         };
         assert!(apply(&s, grant("rpm:api_key:hash", WINDOW_END, 3, 10)));
         let e = admit(&s, &d, 1, NOW + 3, check(Some(&answered))).unwrap_err();
@@ -738,9 +751,14 @@ mod tests {
         assert!(apply(&s, grant("rpm:api_key:hash", WINDOW_END, 5, 0)));
         assert!(apply(&s, grant("parallel:api_key:hash", 0, 5, 0)));
         assert!(apply(&s, grant("tpm:api_key:hash", WINDOW_END, 10, 100)));
+        let asked: Vec<String> = ["parallel", "rpm", "tpm"]
+            .iter()
+            .map(|l| format!("{l}:api_key:hash"))
+            .collect();
         let answered = Borrowed {
             answered: vec![("tpm:api_key:hash".into(), 100)],
             policy: NoLeasePolicy::Deny,
+            asked: asked.clone(),
         };
         let e = admit(&s, &d, 50, NOW + 1, check(Some(&answered))).unwrap_err();
         assert!(e.message.contains("Limit type: tokens"), "{}", e.message);
@@ -750,6 +768,7 @@ mod tests {
         let unanswered = Borrowed {
             answered: vec![],
             policy: NoLeasePolicy::Local,
+            asked,
         };
         assert_eq!(
             admit(&s, &d, 50, NOW + 2, check(Some(&unanswered))),

@@ -86,6 +86,10 @@ struct LeaseWait {
     retry: (Vec<LeaseItem>, u8),
 }
 
+/// Borrow rounds per request: one, and more only for slices that ran out while it waited for
+/// the others (each round asks only for what cannot admit then).
+const MAX_BORROWS: u8 = 3;
+
 /// A failed borrow is sent again up to this many times before `on_no_lease` decides: the
 /// cluster's round robin moves to another sidecar replica, and a dead one is ejected after two
 /// failures in a row, so the third attempt reaches a live one (as key lookups do).
@@ -194,6 +198,8 @@ pub struct Flow {
     /// Envoy refused the body itself (over its buffer limit, plain text): the answer is
     /// rewritten into LiteLLM's envelope.
     envoy_413: bool,
+    /// Fleet mode: borrows this request has made ([`MAX_BORROWS`]).
+    borrows: u8,
 }
 
 impl Flow {
@@ -208,6 +214,7 @@ impl Flow {
             body_size: 0,
             started_micros: 0,
             envoy_413: false,
+            borrows: 0,
         }
     }
 
@@ -527,13 +534,14 @@ impl Flow {
                 Vec::new()
             }
         };
-        let borrowed = self.borrowed(answered);
+        let borrowed = self.borrowed(answered, asked);
         self.finish_admission(host, prepared, customer, now, Some((&borrowed, got_answer)))
     }
 
-    fn borrowed(&self, answered: Vec<(String, i64)>) -> Borrowed {
+    fn borrowed(&self, answered: Vec<(String, i64)>, asked: Vec<String>) -> Borrowed {
         Borrowed {
             answered,
+            asked,
             policy: self
                 .shared
                 .config
@@ -558,9 +566,10 @@ impl Flow {
         items.dedup_by(|a, b| a.scope == b.scope);
         let asked: Vec<String> = items.iter().map(|i| i.scope.clone()).collect();
         let retry = items.clone();
+        self.borrows = self.borrows.saturating_add(1);
         let token = self.send_lease_request(host, items, now);
         let Some(token) = token else {
-            let borrowed = self.borrowed(Vec::new());
+            let borrowed = self.borrowed(Vec::new(), asked);
             return self.finish_admission(host, prepared, customer, now, Some((&borrowed, false)));
         };
         self.phase = Phase::AwaitLease {
@@ -713,8 +722,9 @@ impl Flow {
                 self.phase = Phase::Forwarded(call);
                 Step::Continue
             }
-            // Borrowed once already: no second hop (the budgets' rule does not ask again).
-            Ok(Admit::Borrow { .. }) if borrowed.is_some() => {
+            // A slice not asked for last time ran out while this request waited: another
+            // round, a bounded number of times.
+            Ok(Admit::Borrow { .. }) if self.borrows >= MAX_BORROWS => {
                 self.refuse(host, &budgets::no_lease())
             }
             Ok(Admit::Borrow {
@@ -1262,7 +1272,8 @@ fn borrow_outcome(answered: bool, admitted: &Result<Admit<'_>, ApiError>) -> Bor
         return Borrow::Failed;
     }
     match admitted {
-        Ok(Admit::Borrow { .. }) => Borrow::Refused,
+        // Answered; another slice needs a round.
+        Ok(Admit::Borrow { .. }) => Borrow::Granted,
         Err(e)
             if e.error_type == "budget_exceeded"
                 || e.error_type == "throttling_error"

@@ -933,6 +933,57 @@ mod fleet {
         assert_eq!(key_entry(&h).reserved, 0);
     }
 
+    /// A slice that runs out while the request waits for another's borrow gets a second round
+    /// (it was not asked for), not a 503.
+    #[test]
+    fn a_slice_used_up_during_a_borrow_is_borrowed_in_another_round() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        warm(&h, USD);
+        let set = |key: &str, f: &dyn Fn(&[u8]) -> Vec<u8>| {
+            let (bytes, _) = h.host.store.get(key).unwrap();
+            h.host.store.set(key, &f(&bytes), None).unwrap();
+        };
+        // The key's budget slice is used up: the next request borrows for it alone.
+        let key_budget = format!("{}{}", crate::contract::BUDGET_PREFIX, key_scope_name());
+        set(&key_budget, &|b| {
+            let mut c = budgets::Counter::decode(b);
+            c.grant = c.used();
+            c.encode()
+        });
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+        assert_eq!(posted(&h)[1].items.len(), 1);
+        // Meanwhile the key's rpm slice runs out.
+        let rpm_scope = format!("rpm:api_key:{}", hash_key(KEY));
+        set(
+            &format!("{}{rpm_scope}", crate::contract::RATE_LEASE_PREFIX),
+            &|b| {
+                let mut s = crate::rate_leases::Slice::decode(b);
+                s.grant = s.used;
+                s.encode()
+            },
+        );
+        let budget_only = LeaseAnswer {
+            items: vec![LeaseGrant {
+                scope: key_scope_name(),
+                period: 0,
+                grant: 2 * USD,
+                ttl_ms: 10_000,
+                spend: 0,
+                max_nanos: None,
+            }],
+        };
+        let body = serde_json::to_string(&budget_only).unwrap();
+        assert_eq!(h.answer(&mut flow, 200, &body), Step::Pause);
+        let requests = posted(&h);
+        let scopes: Vec<&str> = requests[2].items.iter().map(|i| i.scope.as_str()).collect();
+        assert_eq!(scopes, [rpm_scope.as_str()]);
+        assert_eq!(
+            h.answer(&mut flow, 200, &answer_body(2 * USD, 0, 0)),
+            Step::Continue
+        );
+    }
+
     #[test]
     fn cold_start_borrows_then_admits() {
         let h = fleet_harness(NoLeasePolicy::Deny);
