@@ -510,8 +510,19 @@ impl Flow {
             retry,
         } = wait;
         let got_answer = answer.is_some();
+        let mut asked = asked;
         let answered = match answer {
-            Some(answer) => budgets::apply_lease_answer(host, &answer, &asked, sent_at, now),
+            Some(answer) => {
+                // A slice the sidecar lent more of, but that requests admitted meanwhile used
+                // up again (answers are applied with `max`, and others resumed first), is not
+                // refused: it counts as not asked, so it gets another round.
+                let answered = budgets::apply_lease_answer(host, &answer, &asked, sent_at, now);
+                let lent = lent_scopes(&answer, &retry.0);
+                asked.retain(|scope| {
+                    !(lent.contains(scope) && answered.iter().any(|(s, _)| s == scope))
+                });
+                answered
+            }
             None => {
                 host.log_warn(&format!(
                     "tollgate: budget lease request failed (status {status:?})"
@@ -1262,6 +1273,21 @@ impl Flow {
             }
         }
     }
+}
+
+/// The scopes an answer lent more of than their items had used (in the item's period; a grant
+/// for another period lends anything above zero).
+fn lent_scopes(answer: &LeaseAnswer, items: &[LeaseItem]) -> Vec<String> {
+    answer
+        .items
+        .iter()
+        .filter(|g| {
+            items.iter().any(|i| {
+                i.scope == g.scope && g.grant > if i.period == g.period { i.used } else { 0 }
+            })
+        })
+        .map(|g| g.scope.clone())
+        .collect()
 }
 
 /// A borrow's outcome: no answer is a failure whatever `on_no_lease` then decided; with an

@@ -984,6 +984,42 @@ mod fleet {
         );
     }
 
+    /// An answer that lent more, used up meanwhile by requests that resumed first, is not a
+    /// refusal: another round.
+    #[test]
+    fn an_answer_used_up_by_others_before_it_came_asks_again() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let rpm_scope = format!("rpm:api_key:{}", hash_key(KEY));
+        let mut answer: LeaseAnswer = serde_json::from_str(&answer_body(USD, 0, 0)).unwrap();
+        for g in answer.items.iter_mut().filter(|g| g.scope == rpm_scope) {
+            g.grant = 1;
+        }
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        h.answer(&mut flow, 200, &serde_json::to_string(&answer).unwrap());
+        h.respond_json(&mut flow, 200, ANSWER);
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+        // Others take 2 more (their answers came first) before this one lends up to 3.
+        let entry = format!("{}{rpm_scope}", crate::contract::RATE_LEASE_PREFIX);
+        let mut slice = crate::rate_leases::Slice::decode(&h.host.store.get(&entry).unwrap().0);
+        (slice.used, slice.grant) = (3, 3);
+        h.host.store.set(&entry, &slice.encode(), None).unwrap();
+        let more = LeaseAnswer {
+            items: vec![LeaseGrant {
+                scope: rpm_scope.clone(),
+                period: 0,
+                grant: 3,
+                ttl_ms: 10_000,
+                spend: 3,
+                max_nanos: Some(100),
+            }],
+        };
+        let step = h.answer(&mut flow, 200, &serde_json::to_string(&more).unwrap());
+        assert_eq!((step, h.reply_status()), (Step::Pause, None));
+        assert_eq!(posted(&h)[2].items[0].scope, rpm_scope);
+    }
+
     #[test]
     fn cold_start_borrows_then_admits() {
         let h = fleet_harness(NoLeasePolicy::Deny);
