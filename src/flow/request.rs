@@ -517,10 +517,14 @@ impl Flow {
                 // up again (answers are applied with `max`, and others resumed first), is not
                 // refused: it counts as not asked, so it gets another round.
                 let answered = budgets::apply_lease_answer(host, &answer, &asked, sent_at, now);
-                let lent = lent_scopes(&answer, &retry.0);
-                asked.retain(|scope| {
-                    !(lent.contains(scope) && answered.iter().any(|(s, _)| s == scope))
-                });
+                // On the last round the slice's own refusal stands (near exhaustion the
+                // answers lend slivers that others keep taking).
+                if self.borrows < MAX_BORROWS {
+                    let lent = lent_scopes(&answer, &retry.0);
+                    asked.retain(|scope| {
+                        !(lent.contains(scope) && answered.iter().any(|(s, _)| s == scope))
+                    });
+                }
                 answered
             }
             None => {
