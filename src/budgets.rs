@@ -8,7 +8,7 @@
 //! Resets are lazy and exact: the first check or charge after `reset_at` starts the new period.
 //!
 //! Fleet mode (FLEET.md §4.4) adds the lease to the entry:
-//! `reset_at spend reserved grant deadline global global_at asked asked_used peak`. `spend` and
+//! `reset_at spend reserved grant deadline global global_at asked asked_used peak waiting`. `spend` and
 //! `reserved` are then this Envoy's use in the period, `grant` the cumulative slice leased from
 //! the sidecar for it, valid until `deadline` (µs). A limited budget admits iff
 //! `now < deadline` and `spend + reserved < grant` (FLEET I2), reserving the full estimate so
@@ -117,6 +117,11 @@ pub struct Counter {
     pub asked: i64,
     pub asked_used: i64,
     pub peak: i64,
+    /// Fleet mode: the reservations of requests that paused to borrow for this slice since the
+    /// last answer. A borrow asks for all of them: concurrent requests on a cold (or used-up)
+    /// slice each send a borrow, the answers are taken by `max`, so an answer sized for one
+    /// request would admit one of them and refuse the rest.
+    pub waiting: i64,
 }
 
 impl Counter {
@@ -137,6 +142,7 @@ impl Counter {
             asked: next(),
             asked_used: next(),
             peak: next(),
+            waiting: next(),
         }
     }
 
@@ -150,6 +156,7 @@ impl Counter {
             self.asked,
             self.asked_used,
             self.peak,
+            self.waiting,
         ];
         let mut out = format!("{} {} {}", self.reset_at, self.spend, self.reserved);
         if lease.iter().any(|f| *f != 0) {
@@ -258,6 +265,7 @@ fn lease_item(scope: &Scope, c: &Counter, want: i64) -> LeaseItem {
         want: want.max(0),
         returning: false,
         reservation: c.peak.max(0),
+        ..Default::default()
     }
 }
 
@@ -395,6 +403,15 @@ pub struct Borrowed {
     pub answered: Vec<(String, i64)>,
     /// For scopes not answered (no answer, an error, another period).
     pub policy: NoLeasePolicy,
+    /// The scopes the borrow asked for (budgets and rate limits). A scope not among them
+    /// that cannot admit (its slice ran out or expired while the request waited) asks again.
+    pub asked: Vec<String>,
+}
+
+impl Borrowed {
+    pub fn asked(&self, scope: &str) -> bool {
+        self.asked.iter().any(|s| s == scope)
+    }
 }
 
 /// The outcome of an admission that did not refuse.
@@ -433,19 +450,9 @@ enum Checked {
     Unavailable,
 }
 
-/// How far ahead a slice should last (FLEET.md §4.6, `H`).
-const DEMAND_HORIZON_MICROS: i128 = 5_000_000;
-/// A scope is enqueued for renewal at most this often.
-const RENEW_EVERY_MICROS: i64 = 1_000_000;
-
-/// Use expected over the next [`DEMAND_HORIZON_MICROS`], from the use since the last ask.
+/// Use expected over the sizing horizon, from the use since the last ask.
 fn demand(c: &Counter, now: i64) -> i64 {
-    if c.asked <= 0 || now <= c.asked {
-        return 0;
-    }
-    let grown = i128::from(c.used().saturating_sub(c.asked_used).max(0));
-    let elapsed = i128::from(now.saturating_sub(c.asked));
-    i64::try_from(grown * DEMAND_HORIZON_MICROS / elapsed).unwrap_or(i64::MAX)
+    crate::leases::demand(c.asked, c.asked_used, c.used(), now)
 }
 
 /// How much beyond its use a slice should ask for: the largest reservation, or the demand.
@@ -502,7 +509,8 @@ fn fleet_rule(
         let low = left < take.max(demand(&next, now));
         let half_gone = next.deadline.saturating_sub(now) < fleet.ttl_micros / 2;
         let mut renew = None;
-        if (low || half_gone) && now.saturating_sub(next.asked) >= RENEW_EVERY_MICROS {
+        if (low || half_gone) && now.saturating_sub(next.asked) >= crate::leases::RENEW_EVERY_MICROS
+        {
             renew = Some(lease_item(scope, &next, want(&next, take, now)));
             next.asked = now;
             next.asked_used = next.used();
@@ -518,32 +526,32 @@ fn fleet_rule(
             },
         );
     }
-    match fleet.after_borrow {
+    // A budget the borrow did not ask for (its slice ran out or expired while this request
+    // waited for the others) is borrowed for in another round.
+    let name = lease_item(scope, &c, 0).scope;
+    match fleet.after_borrow.filter(|b| b.asked(&name)) {
         None => {
             // A live slice used up while the fleet has spent the whole budget: no hop can help.
             if now < c.deadline && c.global >= max {
                 return Decision::Keep(Checked::Exceeded(c.global.saturating_add(c.used())));
             }
-            let item = lease_item(scope, &c, want(&c, take, now));
-            match stored {
-                // Written now so the period is fixed before the answer comes (a `key_model`
-                // window starts at its first use).
-                None => Decision::Write(c.encode(), Checked::NoSlice(item)),
-                Some(_) => Decision::Keep(Checked::NoSlice(item)),
-            }
+            let c = Counter {
+                waiting: c.waiting.saturating_add(take),
+                ..c
+            };
+            let item = lease_item(scope, &c, want(&c, take, now).max(c.waiting));
+            // Written now (a new entry, or one rolled into a new period) so the period is
+            // fixed before the answer comes: the answer is for the period the item names (a
+            // `key_model` window starts at its first use).
+            write_if_changed(stored, &c, Checked::NoSlice(item))
         }
-        Some(borrowed) => {
-            let name = &lease_item(scope, &c, 0).scope;
-            match borrowed.answered.iter().find(|(s, _)| s == name) {
-                Some((_, global)) => {
-                    Decision::Keep(Checked::Exceeded(global.saturating_add(c.used())))
-                }
-                None => match borrowed.policy {
-                    NoLeasePolicy::Deny => Decision::Keep(Checked::Unavailable),
-                    NoLeasePolicy::Local => local_rule(stored, c, max, estimate),
-                },
-            }
-        }
+        Some(borrowed) => match borrowed.answered.iter().find(|(s, _)| *s == name) {
+            Some((_, global)) => Decision::Keep(Checked::Exceeded(global.saturating_add(c.used()))),
+            None => match borrowed.policy {
+                NoLeasePolicy::Deny => Decision::Keep(Checked::Unavailable),
+                NoLeasePolicy::Local => local_rule(stored, c, max, estimate),
+            },
+        },
     }
 }
 
@@ -698,6 +706,12 @@ pub fn apply_lease_answer<S: VersionedStore>(
         let deadline = sent_at
             .saturating_add(ttl)
             .saturating_sub(LEASE_MARGIN_MICROS);
+        if crate::leases::is_rate_scope(&grant.scope) {
+            if crate::rate_leases::apply_grant(store, grant, deadline, now) {
+                applied.push((grant.scope.clone(), grant.spend));
+            }
+            continue;
+        }
         let key = format!("{PREFIX}{}", grant.scope);
         let result = update(store, &key, now, |v| {
             let Some(bytes) = v else {
@@ -729,6 +743,7 @@ pub fn apply_lease_answer<S: VersionedStore>(
                 c.global = grant.spend;
                 c.global_at = c.spend;
             }
+            c.waiting = 0;
             write_if_changed(v, &c, true)
         });
         if result == Ok(true) {
@@ -765,6 +780,9 @@ pub fn renewal_items<S: VersionedStore>(store: &S, queued: &[Vec<u8>], now: i64)
     by_scope
         .into_values()
         .filter_map(|mut item| {
+            if crate::leases::is_rate_level(&item.level) {
+                return crate::rate_leases::refresh_item(store, item, now);
+            }
             let (bytes, _) = store.get(&format!("{PREFIX}{}", item.scope))?;
             let c = Counter::decode(&bytes);
             if c.reset_at != 0 && now >= c.reset_at {
@@ -1213,8 +1231,9 @@ mod tests {
                 asked: 8,
                 asked_used: 9,
                 peak: 10,
+                waiting: 11,
             };
-            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10");
+            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10 11");
             assert_eq!(Counter::decode(&c.encode()), c);
             // No lease: the 3-field form, as outside fleet mode.
             let old = Counter {
@@ -1324,9 +1343,11 @@ mod tests {
             borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
             // Answered with nothing: budget exceeded, with the fleet's spend in the message.
             let answered = apply(&s, vec![grant(&scopes[0], 0, 0, 100 * CENT)], NOW);
+            let asked = vec![lease_item(&scopes[0], &Counter::default(), 0).scope];
             let b = Borrowed {
                 answered,
                 policy: NoLeasePolicy::Deny,
+                asked: asked.clone(),
             };
             let e = admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(Some(&b))).unwrap_err();
             assert_eq!(e.status, 422);
@@ -1336,13 +1357,32 @@ mod tests {
                 e.message
             );
             // Unanswered: deny is 503, local is today's rule against the whole budget.
-            let b = Borrowed::default();
+            let b = Borrowed {
+                asked: asked.clone(),
+                ..Borrowed::default()
+            };
             let e = admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(Some(&b))).unwrap_err();
             assert_eq!(e.status, 503);
             assert!(e.message.contains("budget lease"));
+            // Not asked in this borrow (its slice ran out meanwhile): another round.
+            let fresh = MemoryStore::default();
+            let not_asked = Borrowed::default();
+            borrowed(
+                admit_in(
+                    &fresh,
+                    &scopes,
+                    CENT,
+                    NOW,
+                    CAL,
+                    422,
+                    check(Some(&not_asked)),
+                )
+                .unwrap(),
+            );
             let b = Borrowed {
                 answered: Vec::new(),
                 policy: NoLeasePolicy::Local,
+                asked,
             };
             let (t, _) = admitted(
                 admit_in(&s, &scopes, 200 * CENT, NOW, CAL, 422, check(Some(&b))).unwrap(),
@@ -1352,6 +1392,27 @@ mod tests {
                 100 * CENT,
                 "capped, as without fleet mode"
             );
+        }
+
+        /// Concurrent first requests each borrow; the answers are taken by `max`, so each
+        /// borrow asks for every request waiting, and the largest answer admits them all
+        /// (sized for one request each, all but one would be refused: a false 422).
+        #[test]
+        fn concurrent_borrows_ask_for_every_waiting_request() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            let wants: Vec<i64> = (0..3)
+                .map(|_| {
+                    borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap())[0]
+                        .want
+                })
+                .collect();
+            assert_eq!(wants, [CENT, 2 * CENT, 3 * CENT]);
+            apply(&s, vec![grant(&scopes[0], 0, 3 * CENT, 0)], NOW + 1);
+            assert_eq!(read(&s, &scopes[0]).unwrap().waiting, 0);
+            for _ in 0..3 {
+                admitted(admit_in(&s, &scopes, CENT, NOW + 2, CAL, 422, check(None)).unwrap());
+            }
         }
 
         #[test]
@@ -1389,6 +1450,12 @@ mod tests {
             let items =
                 borrowed(admit_in(&s, &scopes, CENT, period, CAL, 422, check(None)).unwrap());
             assert_eq!((items[0].period, items[0].held), (period + 10_000_000, 0));
+            // The entry moved to the new period with the borrow, so its answer applies (it
+            // was ignored while the entry stayed in the old one: a 503 after every reset).
+            assert_eq!(read(&s, &scopes[0]).unwrap().reset_at, period + 10_000_000);
+            let next = grant(&scopes[0], period + 10_000_000, 5 * CENT, 0);
+            assert_eq!(apply(&s, vec![next], period + 1).len(), 1);
+            admitted(admit_in(&s, &scopes, CENT, period + 2, CAL, 422, check(None)).unwrap());
         }
 
         #[test]

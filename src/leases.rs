@@ -1,6 +1,15 @@
-//! Fleet mode's lease arithmetic for dollar budgets (FLEET.md §4.1, §4.5, §4.6): how much of a
-//! budget each Envoy holds, and how much more it may be lent. Plain functions over plain
-//! numbers (nano-dollars, µs); the sidecar locks and stores, this decides.
+//! Fleet mode's lease arithmetic (FLEET.md §4.1, §4.5, §4.6): how much of a budget or of a
+//! rate limit each Envoy holds, and how much more it may be lent. Plain functions over plain
+//! numbers (nano-dollars, requests, tokens, slots; µs); the sidecar locks and stores, this
+//! decides.
+//!
+//! Rate limits ([`Pool::Window`], [`Pool::Slots`]) are leased with the same arithmetic, in their own units: an rpm
+//! window is a budget of `rpm` requests whose period is the window, with nothing ever settled
+//! (`S = 0`; requests are not refunded); tpm the same in tokens; `max_parallel_requests` a pool
+//! of `P` slots without a period. For them `used` counts what the Envoy took (requests, tokens
+//! reserved, slots acquired) and `applied` what it gave back (tpm refunds, slots released), both
+//! cumulative and reported by the Envoy itself, so `claim = max(held, grant, used) − given back`
+//! and `Σ claim ≤ limit` bounds the requests of a window, its tokens, and the slots in flight.
 //!
 //! Invariant I1: for a budget with limit `M` and settled spend `S` in one period,
 //! `S + Σ claim ≤ M` over every Envoy's lease, and no grant ever breaks it. A grant may only
@@ -47,16 +56,27 @@ impl Lease {
     /// report shows the Envoy enforcing it); for [`EXPIRY_GRACE_MICROS`] after expiry, its
     /// reported use not applied yet; then nothing.
     pub fn claim(&self, now: i64) -> i64 {
-        if self.live(now) {
-            self.held
-                .max(self.grant)
-                .max(self.used)
-                .saturating_sub(self.applied)
-                .max(0)
-        } else if now < self.expires_at.saturating_add(EXPIRY_GRACE_MICROS) {
-            self.used.saturating_sub(self.applied).max(0)
-        } else {
-            0
+        self.claim_in(Pool::Budget, now)
+    }
+
+    /// [`Lease::claim`] for a lease of `pool`. A rate lease keeps its whole claim after expiry
+    /// (an Envoy may have used all of its grant before its deadline, after its last report, and
+    /// nothing settles a rate lease but the Envoy's own next report): a window's until its rows
+    /// go with the window, a slot pool's for [`EXPIRY_GRACE_MICROS`].
+    pub fn claim_in(&self, pool: Pool, now: i64) -> i64 {
+        let whole = self
+            .held
+            .max(self.grant)
+            .max(self.used)
+            .saturating_sub(self.applied)
+            .max(0);
+        let graced = now < self.expires_at.saturating_add(EXPIRY_GRACE_MICROS);
+        match pool {
+            _ if self.live(now) => whole,
+            Pool::Window => whole,
+            Pool::Slots if graced => whole,
+            Pool::Budget if graced => self.used.saturating_sub(self.applied).max(0),
+            Pool::Budget | Pool::Slots => 0,
         }
     }
 }
@@ -72,8 +92,13 @@ pub struct Others {
 
 impl Others {
     pub fn of<'a>(leases: impl IntoIterator<Item = &'a Lease>, now: i64) -> Others {
+        Others::of_in(Pool::Budget, leases, now)
+    }
+
+    /// [`Others::of`] for leases of `pool`.
+    pub fn of_in<'a>(pool: Pool, leases: impl IntoIterator<Item = &'a Lease>, now: i64) -> Others {
         leases.into_iter().fold(Others::default(), |acc, l| Others {
-            claims: acc.claims.saturating_add(l.claim(now)),
+            claims: acc.claims.saturating_add(l.claim_in(pool, now)),
             wants: if l.live(now) {
                 acc.wants.saturating_add(l.want.max(0))
             } else {
@@ -91,6 +116,24 @@ pub fn avail(max: i64, spend: i64, others: i64, used: i64, applied: i64) -> i64 
         .saturating_sub(used.saturating_sub(applied).max(0))
 }
 
+/// What a lease lends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Pool {
+    /// A dollar budget: `applied` is settled spend, from the spend events; a grant adds at most
+    /// `max(ĉ, 2 % of M)`.
+    #[default]
+    Budget,
+    /// An rpm/tpm window: `applied` is what the Envoy reported giving back
+    /// ([`Report::released`]: tpm refunds); no 2 % cap (a rate grant left unused by a dead Envoy
+    /// only under-delivers, and 2 % of a small rpm would be one request per hop). An expired
+    /// lease keeps claiming its use until the window's rows go (use in a window stays used).
+    Window,
+    /// A parallel-slot pool (no period): as [`Pool::Window`], `applied` being the slots given
+    /// back; an expired lease's slots still out come back after [`EXPIRY_GRACE_MICROS`] (a
+    /// killed Envoy's calls are gone by then).
+    Slots,
+}
+
 /// One Envoy's report on one budget (a `LeaseItem`, already in the budget's current period:
 /// an item from another period reports `used`/`held` 0).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -102,6 +145,9 @@ pub struct Report {
     /// `ĉ`: its largest recent reservation; 0 = not said, then `want` stands for it.
     pub reservation: i64,
     pub returning: bool,
+    /// Rate pools: what it has given back in total (tpm refunds, slots released).
+    pub released: i64,
+    pub pool: Pool,
 }
 
 /// The answer to a report, and the lease to store.
@@ -129,6 +175,18 @@ impl Renewal {
 /// anything is left, one request's worth (`min(ĉ, avail)`) is always given. Never above
 /// `avail`, never negative.
 pub fn size(max: i64, avail: i64, want: i64, reservation: i64, all_wants: i64) -> i64 {
+    size_in(Pool::Budget, max, avail, want, reservation, all_wants)
+}
+
+/// [`size`] for a lease of `pool` (rate pools: no cap but `avail`).
+pub fn size_in(
+    pool: Pool,
+    max: i64,
+    avail: i64,
+    want: i64,
+    reservation: i64,
+    all_wants: i64,
+) -> i64 {
     if avail <= 0 || want <= 0 {
         return 0;
     }
@@ -137,7 +195,10 @@ pub fn size(max: i64, avail: i64, want: i64, reservation: i64, all_wants: i64) -
     } else {
         want
     };
-    let cap = one_request.max(max.max(0) / 100 * CAP_PERCENT);
+    let cap = match pool {
+        Pool::Budget => one_request.max(max.max(0) / 100 * CAP_PERCENT),
+        Pool::Window | Pool::Slots => max,
+    };
     let demand = all_wants.max(want);
     // avail · want / (2 · W), in i128: nano-dollar products overflow i64.
     let share = (i128::from(avail) * i128::from(want) / (2 * i128::from(demand))) as i64;
@@ -155,6 +216,7 @@ pub fn size(max: i64, avail: i64, want: i64, reservation: i64, all_wants: i64) -
 ///   `max`). An expired lease's grant is void on both sides (the Envoy's deadline passes
 ///   before the sidecar's expiry), so a renewal after expiry starts again from `used`.
 /// - `expires_at = max(old, now + ttl)`.
+/// - Rate pools: `spend` is 0 and the lease's `applied` is the largest `released` reported.
 pub fn renew(
     max: i64,
     spend: i64,
@@ -170,12 +232,18 @@ pub fn renew(
     }
     let used = report.used.max(old.used).max(0);
     let want = report.want.max(0);
+    let applied = match report.pool {
+        Pool::Budget => old.applied,
+        // Given back can never exceed taken.
+        Pool::Window | Pool::Slots => report.released.max(old.applied).clamp(0, used),
+    };
     let live_grant = if old.live(now) { old.grant } else { 0 };
     let grant = if report.returning {
         used
     } else {
-        let room = avail(max, spend, others.claims, used, old.applied);
-        let add = size(
+        let room = avail(max, spend, others.claims, used, applied);
+        let add = size_in(
+            report.pool,
             max,
             room,
             want,
@@ -188,11 +256,52 @@ pub fn renew(
         grant,
         held: report.held.max(0),
         used,
-        applied: old.applied,
+        applied,
         want: if report.returning { 0 } else { want },
         seq: report.seq,
         expires_at: old.expires_at.max(now.saturating_add(ttl_micros)),
     })
+}
+
+/// The end (µs) of the rpm/tpm window in force at `now`: the latest one a lease opened, while
+/// it runs; else a new one from `now` (the first lease call after a window ended opens the
+/// next, as LiteLLM's first request does). Windows follow one another and never overlap.
+pub fn rate_window(latest_end: Option<i64>, now: i64, window_micros: i64) -> i64 {
+    match latest_end {
+        Some(end) if end > now => end,
+        _ => now.saturating_add(window_micros.max(1)),
+    }
+}
+
+/// How far ahead a slice should last (FLEET.md §4.6, `H`).
+const DEMAND_HORIZON_MICROS: i128 = 5_000_000;
+/// The filter enqueues a scope for renewal at most this often.
+pub const RENEW_EVERY_MICROS: i64 = 1_000_000;
+
+/// Use expected over the next [`DEMAND_HORIZON_MICROS`], from the use since the last ask (at
+/// `asked`, when the use was `asked_used`); 0 before any ask.
+pub fn demand(asked: i64, asked_used: i64, used: i64, now: i64) -> i64 {
+    if asked <= 0 || now <= asked {
+        return 0;
+    }
+    let grown = i128::from(used.saturating_sub(asked_used).max(0));
+    let elapsed = i128::from(now.saturating_sub(asked));
+    i64::try_from(grown * DEMAND_HORIZON_MICROS / elapsed).unwrap_or(i64::MAX)
+}
+
+/// The lease levels of rate limits (`LeaseItem.level`), with what each lends.
+pub const RATE_LEVELS: [&str; 3] = ["rpm", "tpm", "parallel"];
+
+/// A rate-limit lease level (else a budget's).
+pub fn is_rate_level(level: &str) -> bool {
+    RATE_LEVELS.contains(&level)
+}
+
+/// A rate-limit lease's scope name (`<level>:<kind>:<value>`, [`crate::budgets::scope_name`]).
+pub fn is_rate_scope(scope: &str) -> bool {
+    scope
+        .split_once(':')
+        .is_some_and(|(level, _)| is_rate_level(level))
 }
 
 #[cfg(test)]
@@ -222,6 +331,7 @@ mod tests {
             want,
             reservation: 0,
             returning: false,
+            ..Default::default()
         }
     }
 
@@ -424,6 +534,124 @@ mod tests {
         assert!(r.grant() > 0 && r.grant() <= 10);
     }
 
+    fn rate(seq: u64, used: i64, held: i64, want: i64, released: i64) -> Report {
+        Report {
+            reservation: 1,
+            released,
+            pool: Pool::Slots,
+            ..report(seq, used, held, want)
+        }
+    }
+
+    #[test]
+    fn a_rate_grant_is_not_capped_at_two_percent() {
+        // rpm 60: 2 % would be one request per grant.
+        assert_eq!(size_in(Pool::Window, 60, 60, 10, 1, 10), 10);
+        assert_eq!(size_in(Pool::Budget, 60, 60, 10, 1, 10), 1);
+        // Half of what is left stays unlent, as for budgets.
+        assert_eq!(size_in(Pool::Slots, 60, 60, 100, 1, 100), 30);
+    }
+
+    #[test]
+    fn a_rate_lease_takes_what_was_given_back_from_the_report() {
+        // 4 slots, this Envoy took 3 and gave 2 back: 1 in flight, 3 free.
+        let r = renew(
+            4,
+            0,
+            Others::default(),
+            None,
+            &rate(1, 3, 3, 10, 2),
+            NOW,
+            TTL,
+        );
+        let Renewal::Renewed(l) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(l.applied, 2);
+        // used 3 + half of the 3 free (the one-request floor is 1).
+        assert_eq!(l.grant, 3 + 1);
+        assert_eq!(l.claim(NOW), 2);
+        // A stale `released` never lowers what was given back; more than taken is clamped.
+        let next = renew(
+            4,
+            0,
+            Others::default(),
+            Some(&l),
+            &rate(2, 3, 4, 1, 1),
+            NOW,
+            TTL,
+        );
+        let Renewal::Renewed(n) = next else {
+            panic!("{next:?}")
+        };
+        assert_eq!(n.applied, 2);
+        let over = renew(
+            4,
+            0,
+            Others::default(),
+            Some(&n),
+            &rate(3, 3, 4, 1, 9),
+            NOW,
+            TTL,
+        );
+        let Renewal::Renewed(o) = over else {
+            panic!("{over:?}")
+        };
+        assert_eq!(o.applied, 3);
+    }
+
+    #[test]
+    fn an_rpm_window_is_lent_to_the_last_request() {
+        // Two Envoys on rpm 5, each asking for 10: never more than 5 lent in all, and all 5 are.
+        let mut rows = [None::<Lease>, None];
+        let mut used = [0i64; 2];
+        for seq in 1..=20u64 {
+            for i in 0..2 {
+                let others = Others::of(rows[1 - i].iter(), NOW);
+                let held = rows[i].map_or(0, |l| l.grant);
+                used[i] = held;
+                let r = renew(
+                    5,
+                    0,
+                    others,
+                    rows[i].as_ref(),
+                    &rate(seq, used[i], held, 10, 0),
+                    NOW,
+                    TTL,
+                );
+                let Renewal::Renewed(l) = r else {
+                    panic!("{r:?}")
+                };
+                rows[i] = Some(l);
+                let lent: i64 = rows.iter().flatten().map(|l| l.claim(NOW)).sum();
+                assert!(lent <= 5, "{lent}");
+            }
+        }
+        assert_eq!(rows.iter().flatten().map(|l| l.grant).sum::<i64>(), 5);
+    }
+
+    #[test]
+    fn an_expired_rate_lease_keeps_its_whole_claim() {
+        let mut l = lease(50, 50, 20, 5);
+        l.expires_at = NOW - 1;
+        assert_eq!(l.claim_in(Pool::Window, NOW), 45);
+        assert_eq!(l.claim_in(Pool::Slots, NOW), 45);
+        assert_eq!(l.claim(NOW), 15);
+        l.expires_at = NOW - EXPIRY_GRACE_MICROS - 1;
+        assert_eq!(l.claim_in(Pool::Window, NOW), 45, "until the window goes");
+        assert_eq!(l.claim_in(Pool::Slots, NOW), 0);
+        assert_eq!(l.claim(NOW), 0);
+    }
+
+    #[test]
+    fn rate_windows_follow_one_another() {
+        assert_eq!(rate_window(None, NOW, TTL), NOW + TTL);
+        assert_eq!(rate_window(Some(NOW + 5), NOW, TTL), NOW + 5);
+        assert_eq!(rate_window(Some(NOW), NOW, TTL), NOW + TTL);
+        assert!(is_rate_scope("rpm:api_key:abc") && is_rate_scope("parallel:user:u:x"));
+        assert!(!is_rate_scope("key:abc") && !is_rate_scope("rpm"));
+    }
+
     /// xorshift64*: a seeded, dependency-free source for the random interleavings below.
     struct Rng(u64);
 
@@ -531,6 +759,7 @@ mod tests {
                                 want: if returning { 0 } else { want },
                                 reservation: e.reservation,
                                 returning,
+                                ..Default::default()
                             },
                             now,
                             TTL,
@@ -594,5 +823,119 @@ mod tests {
         // The fleets did run their budgets out (so the bound was tested at the edge), and
         // leases did not strand what was left (one request's worth is always lent).
         assert!(exhausted > 300, "only {exhausted} of 400 budgets ran out");
+    }
+
+    /// Rate leases over random interleavings of 3–5 Envoys on one limit: rpm (take 1, nothing
+    /// given back), tpm (take an estimate ≤ t̂ while it fits the grant, refund part of it at
+    /// settlement) and parallel slots (take 1, give it back when the call ends, within 30 s).
+    /// Each Envoy reports what it took and gave back; at every moment what is taken and not
+    /// given back, over the fleet, is within the limit (rpm and tpm: in the window; slots: in
+    /// flight), exactly, and the limit is lent out to the end.
+    #[test]
+    fn random_fleets_never_pass_a_rate_limit() {
+        #[derive(Default, Clone)]
+        struct RateEnvoy {
+            grant: i64,
+            deadline: i64,
+            used: i64,
+            released: i64,
+            seq: u64,
+            row: Option<Lease>,
+            /// Calls in flight: (tokens or slots to give back, when the call ends).
+            calls: Vec<(i64, i64)>,
+        }
+        let mut lent_out = 0;
+        for seed in 1..=300u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let n = 3 + rng.below(3) as usize;
+            let mode = seed % 3; // 0 rpm, 1 tpm, 2 slots
+            let pool = if mode == 2 { Pool::Slots } else { Pool::Window };
+            let limit = 1 + rng.below(if mode == 2 { 12 } else { 400 }) as i64;
+            let t_hat = if mode == 1 {
+                1 + rng.below(30) as i64
+            } else {
+                1
+            };
+            let mut envoys = vec![RateEnvoy::default(); n];
+            let mut now = NOW;
+            for _ in 0..3_000 {
+                now += rng.below(400_000) as i64;
+                let i = rng.below(n as u64) as usize;
+                // Calls that have ended give back.
+                for e in envoys.iter_mut() {
+                    let ended: i64 = e.calls.iter().filter(|c| c.1 <= now).map(|c| c.0).sum();
+                    e.calls.retain(|c| c.1 > now);
+                    e.released += ended;
+                }
+                match rng.below(10) {
+                    0..=5 => {
+                        let e = &mut envoys[i];
+                        let take = 1 + rng.below(t_hat as u64) as i64;
+                        if now < e.deadline && e.used + take <= e.grant {
+                            e.used += take;
+                            let back = match mode {
+                                0 => 0,
+                                1 => rng.below(take as u64 + 1) as i64,
+                                _ => 1,
+                            };
+                            let ends = now + rng.below(30_000_000) as i64;
+                            e.calls.push((back, ends));
+                        }
+                    }
+                    _ => {
+                        let others = Others::of_in(
+                            pool,
+                            envoys
+                                .iter()
+                                .enumerate()
+                                .filter(|(j, _)| *j != i)
+                                .filter_map(|(_, o)| o.row.as_ref()),
+                            now,
+                        );
+                        let e = &mut envoys[i];
+                        e.seq += 1;
+                        let r = renew(
+                            limit,
+                            0,
+                            others,
+                            e.row.as_ref(),
+                            &Report {
+                                seq: e.seq,
+                                used: e.used,
+                                held: if now < e.deadline { e.grant } else { 0 },
+                                want: t_hat * (1 + rng.below(20) as i64),
+                                reservation: t_hat,
+                                released: e.released,
+                                pool,
+                                returning: false,
+                            },
+                            now,
+                            TTL,
+                        );
+                        let Renewal::Renewed(row) = r else {
+                            panic!("fresh seq answered stale")
+                        };
+                        e.row = Some(row);
+                        e.grant = if now < e.deadline {
+                            e.grant.max(row.grant)
+                        } else {
+                            row.grant
+                        };
+                        e.deadline = now + TTL - 500_000;
+                    }
+                }
+                let held: i64 = envoys.iter().map(|e| e.used - e.released).sum();
+                assert!(held <= limit, "seed {seed} mode {mode}: {held} > {limit}");
+            }
+            let taken: i64 = envoys.iter().map(|e| e.used).sum();
+            if mode == 0 && taken == limit {
+                lent_out += 1;
+            }
+        }
+        // rpm windows were used to the last request (one is always lent while any is left).
+        assert!(
+            lent_out > 80,
+            "only {lent_out} of 100 rpm windows were used up"
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod model_access;
 pub mod model_list;
 pub mod plugin_config;
 pub mod provider_keys;
+pub mod rate_leases;
 pub mod rate_limits;
 pub mod records;
 pub mod request_body;

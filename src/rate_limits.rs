@@ -69,8 +69,11 @@ pub struct Held {
     pub key: String,
     /// A parallel slot is held.
     pub slot: bool,
-    /// A tpm reservation: the window it was made in (start, µs) and its tokens.
+    /// A tpm reservation: the window it was made in (start, µs; fleet mode: its end) and its
+    /// tokens.
     pub tokens: Option<(i64, u64)>,
+    /// Fleet mode: `key` is a leased slice ([`crate::rate_leases`]).
+    pub leased: bool,
 }
 
 /// What admission took, to be given back or settled when the request ends.
@@ -140,7 +143,7 @@ fn format_reset_at(micros: i64) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
-fn too_many(
+pub(crate) fn too_many(
     d: &Descriptor,
     limit_type: LimitType,
     limit: u64,
@@ -169,7 +172,7 @@ fn too_many(
     e
 }
 
-fn store_error(_: StoreError) -> ApiError {
+pub(crate) fn store_error(_: StoreError) -> ApiError {
     ApiError::service_unavailable("Tollgate could not update its rate-limit counters; try again.")
 }
 
@@ -326,7 +329,12 @@ pub fn admit<S: VersionedStore>(
             (counted.start, token_estimate)
         });
         if slot || tokens.is_some() {
-            ticket.held.push(Held { key, slot, tokens });
+            ticket.held.push(Held {
+                key,
+                slot,
+                tokens,
+                leased: false,
+            });
         }
     }
     if let Some((_, e)) = pending {
@@ -365,6 +373,10 @@ pub fn release<S: VersionedStore>(
     now: i64,
 ) {
     for h in &ticket.held {
+        if h.leased {
+            crate::rate_leases::release(store, h, actual_tokens, now);
+            continue;
+        }
         let _ = update(store, &h.key, now, |v| {
             let Some(bytes) = v else {
                 return Decision::Keep(());

@@ -231,7 +231,15 @@ pub struct LeaseRequest {
     pub items: Vec<LeaseItem>,
 }
 
-/// One budget in a [`LeaseRequest`]. Amounts are nano-dollars, cumulative for the period.
+/// One budget or rate limit in a [`LeaseRequest`]. Amounts are nano-dollars (budgets) or
+/// requests, tokens, slots (rate limits), cumulative for the period.
+///
+/// Rate limits (FLEET.md §4.3): `level` is `rpm`, `tpm` or `parallel`, `ids` the descriptor's
+/// `[kind, value]` (`["api_key", <token>]`, `["model_per_key", "<token>:<model>"]`, ...),
+/// `limit` the limit the filter enforces, `period` the window's end (rpm/tpm; the sidecar opens
+/// windows, the filter takes the answer's) or 0 (slots), `used` what this Envoy took in it
+/// (requests, tokens reserved, slots acquired) and `released` what it gave back (tpm refunds,
+/// slots released).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LeaseItem {
@@ -267,6 +275,13 @@ pub struct LeaseItem {
     /// `want` while it fits, which is safe but shares less evenly near exhaustion.
     #[serde(skip_serializing_if = "is_zero")]
     pub reservation: i64,
+    /// Rate limits: the limit (requests, tokens, slots) this Envoy enforces; the sidecar lends
+    /// at most this much in all (a lowered limit counts from the next lease call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// Rate limits: given back in total in `period` (tpm refunds, slots released).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub released: i64,
 }
 
 fn is_zero(n: &i64) -> bool {
@@ -298,7 +313,8 @@ pub struct LeaseGrant {
     /// `sent + ttl_ms − 500 ms`, before the sidecar's own expiry (`now() + ttl` at commit).
     pub ttl_ms: u64,
     /// The budget's settled spend across the fleet, and its limit (`None`: tracked only), for
-    /// response headers and refusal messages.
+    /// response headers and refusal messages. Rate limits: what the fleet holds of the limit
+    /// (taken and not given back, as last reported), and the limit.
     pub spend: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_nanos: Option<i64>,

@@ -437,3 +437,273 @@ fn a_database_restart_under_load() {
     let (rows, distinct) = settled_logs(&pg, &fleet, &key);
     assert_eq!((rows, distinct), (t.admitted, t.admitted));
 }
+
+/// Fleet mode with a 10 s rpm/tpm window (`rate_limit_window_size`), for the rate-limit
+/// scenarios: the windows are the sidecar's, opened by the first lease call after the last one
+/// ended.
+const RATE_CONFIG: &str = r#"
+model_list:
+  - model_name: priced
+    litellm_params:
+      model: openai/priced-backend
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+      input_cost_per_token: 0.001
+      output_cost_per_token: 0.002
+general_settings:
+  master_key: @MASTER_KEY@
+  database_connection_timeout: 2
+  rate_limit_window_size: 10
+  tollgate_fleet:
+    lease_ttl_seconds: 10
+"#;
+
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the clients of a rate-limit run saw.
+#[derive(Debug, Default)]
+struct RateTally {
+    admitted: usize,
+    /// 429s, by `rate_limit_type`.
+    throttled: std::collections::BTreeMap<String, usize>,
+    /// Anything else (status and the body's start).
+    other: Vec<String>,
+}
+
+/// `clients` threads sending to the Envoys in turn (client `c` to Envoy `c % 3`) for `run`,
+/// with `headers` on every call.
+fn drive_for(
+    fleet: &Fleet,
+    key: &str,
+    clients: usize,
+    run: Duration,
+    headers: &[(&str, &str)],
+) -> RateTally {
+    let tally = Mutex::new(RateTally::default());
+    let auth = format!("Bearer {key}");
+    let body = hi();
+    let until = Instant::now() + run;
+    std::thread::scope(|s| {
+        for c in 0..clients {
+            let (tally, auth, body) = (&tally, &auth, &body);
+            let url = fleet.url(c % ENVOYS, "/v1/chat/completions");
+            s.spawn(move || {
+                let agent = agent();
+                while Instant::now() < until {
+                    let mut request = agent
+                        .post(&url)
+                        .set("authorization", auth)
+                        .set("content-type", "application/json");
+                    for (name, value) in headers {
+                        request = request.set(name, value);
+                    }
+                    let answer = request.send_string(body);
+                    let mut t = tally.lock().unwrap();
+                    match answer {
+                        Ok(r) if r.status() == 200 => t.admitted += 1,
+                        Err(ureq::Error::Status(429, r)) => {
+                            let kind = r.header("rate_limit_type").unwrap_or("?").to_string();
+                            *t.throttled.entry(kind).or_default() += 1;
+                            drop(t);
+                            // Refused: do not spin.
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Ok(r) => t.other.push(format!("{}", r.status())),
+                        Err(ureq::Error::Status(code, r)) => {
+                            let text = r.into_string().unwrap_or_default();
+                            t.other
+                                .push(format!("{code} {}", &text[..text.len().min(160)]));
+                        }
+                        Err(e) => t.other.push(format!("transport: {e}")),
+                    }
+                }
+            });
+        }
+    });
+    let t = tally.into_inner().unwrap();
+    eprintln!(
+        "rate load: {} admitted, throttled {:?}, other {:?}",
+        t.admitted,
+        t.throttled,
+        &t.other[..t.other.len().min(3)]
+    );
+    t
+}
+
+/// rpm, tpm and `max_parallel_requests` across three Envoys and two replicas: each is enforced
+/// for the fleet, exactly (without fleet mode each Envoy would admit the whole limit).
+#[test]
+fn rate_limits_hold_across_the_fleet() {
+    let fleet = Fleet::start("fleet-rates", RATE_CONFIG, ENVOYS, 2);
+
+    // max_parallel_requests 4, calls held open 300 ms, 9 clients: never more than 4 at the
+    // provider (the fake counts what it answers at once). First, while the fake has seen
+    // nothing else.
+    let parallel = fleet.generate_key(json!({"max_parallel_requests": 4}));
+    let t = drive_for(
+        &fleet,
+        &parallel,
+        9,
+        Duration::from_secs(5),
+        &[("x-fake-delay-ms", "300")],
+    );
+    let stats = {
+        let url = format!("http://127.0.0.1:{}/fake/stats", fleet.fake_port);
+        send(&fleet.agent, "GET", &url, &[], None).json()
+    };
+    let max_in_flight = stats["max_in_flight"].as_u64().unwrap();
+    eprintln!("max_parallel_requests 4: {max_in_flight} in flight at most at the provider");
+    assert!(t.other.is_empty(), "unexpected answers: {:?}", t.other);
+    assert!(
+        max_in_flight <= 4,
+        "{max_in_flight} calls in flight for a limit of 4"
+    );
+    assert!(
+        t.admitted >= 20,
+        "the slots were not shared: only {} admitted in 5 s",
+        t.admitted
+    );
+    assert!(
+        t.throttled
+            .get("max_parallel_requests")
+            .copied()
+            .unwrap_or(0)
+            > 0
+    );
+
+    // rpm 30 in a 10 s window, 6 clients pushing for 5 s (inside one window): exactly 30,
+    // then, in the next window, 30 again.
+    let rpm = 30;
+    let key = fleet.generate_key(json!({"rpm_limit": rpm}));
+    let started = Instant::now();
+    for window in 0..2 {
+        let t = drive_for(&fleet, &key, 6, Duration::from_secs(5), &[]);
+        assert!(
+            t.other.is_empty(),
+            "unexpected answers: {:?}",
+            &t.other[..t.other.len().min(3)]
+        );
+        assert!(
+            t.admitted <= rpm,
+            "window {window}: {} admitted for rpm {rpm}",
+            t.admitted
+        );
+        assert!(
+            t.admitted + ENVOYS >= rpm,
+            "window {window}: only {} admitted for rpm {rpm}: the window was not lent out",
+            t.admitted
+        );
+        assert!(t.throttled.get("requests").copied().unwrap_or(0) > 0);
+        // Into the next window (opened by the first call after this one ends).
+        if let Some(rest) =
+            (RATE_WINDOW + Duration::from_millis(500)).checked_sub(started.elapsed())
+        {
+            std::thread::sleep(rest);
+        }
+    }
+
+    // tpm 120 with calls of exactly their estimate (1 prompt token by LiteLLM's chars/4 + 5
+    // completion tokens): 20 calls' worth across the fleet in one window.
+    let tpm = 120;
+    let key = fleet.generate_key(json!({"tpm_limit": tpm}));
+    let usage = r#"{"prompt_tokens":1,"completion_tokens":5,"total_tokens":6}"#;
+    let t = drive_for(
+        &fleet,
+        &key,
+        6,
+        Duration::from_secs(5),
+        &[("x-fake-usage", usage)],
+    );
+    assert!(
+        t.other.is_empty(),
+        "unexpected answers: {:?}",
+        &t.other[..t.other.len().min(3)]
+    );
+    assert!(
+        t.admitted * 6 <= tpm,
+        "{} calls of 6 tokens admitted for tpm {tpm}",
+        t.admitted
+    );
+    assert!(
+        t.admitted * 6 + ENVOYS * 6 >= tpm,
+        "only {} calls of 6 tokens admitted for tpm {tpm}",
+        t.admitted
+    );
+    assert!(t.throttled.get("tokens").copied().unwrap_or(0) > 0);
+}
+
+/// `budget_duration: 10s` (resets aligned at :00, :10, :20, ... as LiteLLM computes them; the
+/// shortest period worth a test) crossing resets under load on three Envoys: in every period
+/// at most M + N·ĉ is admitted, and each new period's slices are lent (the budget is used
+/// again after each reset). Calls are put in the period their start falls in (the spend logs'
+/// `start_time`, Envoy's clock); a call started within 100 ms before a reset may have been
+/// admitted after it, and is counted in both periods.
+#[test]
+fn budget_resets_cross_the_fleet() {
+    let mut fleet = Fleet::start("fleet-resets", CONFIG, ENVOYS, 2);
+    let calls = 30;
+    let key = fleet.generate_key(json!({
+        "max_budget": calls as f64 * CALL_USD,
+        "budget_duration": "10s",
+    }));
+    // Start 200 ms into a period, and run through two whole periods after it.
+    let period = 10_000_000i64;
+    let now_micros = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    };
+    let into = now_micros().rem_euclid(period);
+    std::thread::sleep(Duration::from_micros(
+        (period - into + 200_000).rem_euclid(period) as u64,
+    ));
+    let first = now_micros().div_euclid(period);
+    let t = drive(
+        &mut fleet,
+        &key,
+        6,
+        |c, _| c % ENVOYS,
+        |_, _, _| {},
+        |_, elapsed, _| elapsed > Duration::from_secs(29),
+    );
+    assert!(
+        t.other.is_empty(),
+        "{} unexpected answers: {:?}",
+        t.other.len(),
+        &t.other[..t.other.len().min(3)]
+    );
+    let (rows, distinct) = settled_logs(shared(), &fleet, &key);
+    assert_eq!((rows, distinct), (t.admitted, t.admitted));
+    let starts = shared().psql(
+        &fleet.db,
+        &format!(
+            "SELECT string_agg(start_time::text, ' ') FROM tollgate.spend_logs \
+             WHERE api_key = '{}'",
+            sha256_hex(&key)
+        ),
+    );
+    let starts: Vec<i64> = starts.split(' ').map(|s| s.parse().unwrap()).collect();
+    for p in first..first + 3 {
+        let (begin, end) = (p * period, (p + 1) * period);
+        let certain = starts.iter().filter(|s| (begin..end).contains(*s)).count();
+        let straddling = starts
+            .iter()
+            .filter(|s| (begin - 100_000..begin).contains(*s))
+            .count();
+        eprintln!(
+            "period {}: {certain} admitted (+{straddling} started just before its reset) of {calls}",
+            p - first
+        );
+        assert!(
+            certain + straddling <= calls + ENVOYS,
+            "period {}: {certain} + {straddling} admitted for a budget of {calls} calls",
+            p - first
+        );
+        assert!(
+            certain + ENVOYS >= calls,
+            "period {}: only {certain} admitted: the new period's slices were not lent",
+            p - first
+        );
+    }
+}

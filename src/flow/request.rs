@@ -14,6 +14,7 @@ use crate::key_format::{self, constant_time_eq, hash_key, redact_secret};
 use crate::metrics::{Borrow, Lookup, Metric, Outcome, StatusClass};
 use crate::model_list;
 use crate::plugin_config::{Pricing, CLUSTER_HEADER};
+use crate::rate_leases::{self, Leased};
 use crate::rate_limits::{self, Ticket};
 use crate::records::{CustomerLookup, KeyLookup, LeaseAnswer, LeaseItem, LeaseRequest, SpendEvent};
 use crate::response_headers::{merge, oversized_response, success_headers};
@@ -84,6 +85,10 @@ struct LeaseWait {
     customer: Option<CustomerLookup>,
     retry: (Vec<LeaseItem>, u8),
 }
+
+/// Borrow rounds per request: one, and more only for slices that ran out while it waited for
+/// the others (each round asks only for what cannot admit then).
+const MAX_BORROWS: u8 = 3;
 
 /// A failed borrow is sent again up to this many times before `on_no_lease` decides: the
 /// cluster's round robin moves to another sidecar replica, and a dead one is ejected after two
@@ -196,6 +201,8 @@ pub struct Flow {
     /// Envoy refused the body itself (over its buffer limit, plain text): the answer is
     /// rewritten into LiteLLM's envelope.
     envoy_413: bool,
+    /// Fleet mode: borrows this request has made ([`MAX_BORROWS`]).
+    borrows: u8,
 }
 
 impl Flow {
@@ -211,6 +218,7 @@ impl Flow {
             started_micros: 0,
             clock_micros: 0,
             envoy_413: false,
+            borrows: 0,
         }
     }
 
@@ -526,8 +534,23 @@ impl Flow {
             retry,
         } = wait;
         let got_answer = answer.is_some();
+        let mut asked = asked;
         let answered = match answer {
-            Some(answer) => budgets::apply_lease_answer(host, &answer, &asked, sent_at, now),
+            Some(answer) => {
+                // A slice the sidecar lent more of, but that requests admitted meanwhile used
+                // up again (answers are applied with `max`, and others resumed first), is not
+                // refused: it counts as not asked, so it gets another round.
+                let answered = budgets::apply_lease_answer(host, &answer, &asked, sent_at, now);
+                // On the last round the slice's own refusal stands (near exhaustion the
+                // answers lend slivers that others keep taking).
+                if self.borrows < MAX_BORROWS {
+                    let lent = lent_scopes(&answer, &retry.0);
+                    asked.retain(|scope| {
+                        !(lent.contains(scope) && answered.iter().any(|(s, _)| s == scope))
+                    });
+                }
+                answered
+            }
             None => {
                 host.log_warn(&format!(
                     "tollgate: budget lease request failed (status {status:?})"
@@ -550,13 +573,14 @@ impl Flow {
                 Vec::new()
             }
         };
-        let borrowed = self.borrowed(answered);
+        let borrowed = self.borrowed(answered, asked);
         self.finish_admission(host, prepared, customer, now, Some((&borrowed, got_answer)))
     }
 
-    fn borrowed(&self, answered: Vec<(String, i64)>) -> Borrowed {
+    fn borrowed(&self, answered: Vec<(String, i64)>, asked: Vec<String>) -> Borrowed {
         Borrowed {
             answered,
+            asked,
             policy: self
                 .shared
                 .config
@@ -581,9 +605,10 @@ impl Flow {
         items.dedup_by(|a, b| a.scope == b.scope);
         let asked: Vec<String> = items.iter().map(|i| i.scope.clone()).collect();
         let retry = items.clone();
+        self.borrows = self.borrows.saturating_add(1);
         let token = self.send_lease_request(host, items, now);
         let Some(token) = token else {
-            let borrowed = self.borrowed(Vec::new());
+            let borrowed = self.borrowed(Vec::new(), asked);
             return self.finish_admission(host, prepared, customer, now, Some((&borrowed, false)));
         };
         self.phase = Phase::AwaitLease {
@@ -739,8 +764,9 @@ impl Flow {
                 self.phase = Phase::Forwarded(call);
                 Step::Continue
             }
-            // Borrowed once already: no second hop (the budgets' rule does not ask again).
-            Ok(Admit::Borrow { .. }) if borrowed.is_some() => {
+            // A slice not asked for last time ran out while this request waited: another
+            // round, a bounded number of times.
+            Ok(Admit::Borrow { .. }) if self.borrows >= MAX_BORROWS => {
                 self.refuse(host, &budgets::no_lease())
             }
             Ok(Admit::Borrow {
@@ -827,25 +853,56 @@ impl Flow {
                 self.enqueue_renewals(host, &renew);
                 ticket
             }
-            Admission::Borrow(items) => {
+            Admission::Borrow(mut items) => {
+                // Rate limits without a valid slice ride along: one hop for everything.
+                items.extend(rate_leases::to_borrow(
+                    host,
+                    &plan.descriptors,
+                    plan.token_estimate,
+                    now,
+                ));
                 return Ok(Admit::Borrow {
                     prepared: Box::new(prepared),
                     customer,
                     items,
-                })
+                });
             }
         };
         let window = i64::try_from(config.rate_limit_window_seconds.max(1))
             .unwrap_or(60)
             .saturating_mul(1_000_000);
-        let limits =
-            match rate_limits::admit(host, &plan.descriptors, plan.token_estimate, now, window) {
-                Ok(t) => t,
-                Err(e) => {
-                    budgets::settle(host, &budget, None, now, self.calendar());
-                    return Err(e);
+        let leased = match fleet {
+            Some(f) => {
+                match rate_leases::admit(host, &plan.descriptors, plan.token_estimate, now, f) {
+                    Ok(Leased::Admitted { ticket, renew }) => {
+                        self.enqueue_renewals(host, &renew);
+                        Ok(Some(ticket))
+                    }
+                    Ok(Leased::Borrow(items)) => {
+                        budgets::settle(host, &budget, None, now, self.calendar());
+                        return Ok(Admit::Borrow {
+                            prepared: Box::new(prepared),
+                            customer,
+                            items,
+                        });
+                    }
+                    // `on_no_lease: local`: this Envoy's own counters.
+                    Ok(Leased::Local) => Ok(None),
+                    Err(e) => Err(e),
                 }
-            };
+            }
+            None => Ok(None),
+        };
+        let limits = match leased.and_then(|t| match t {
+            Some(t) => Ok(t),
+            None => rate_limits::admit(host, &plan.descriptors, plan.token_estimate, now, window),
+        }) {
+            Ok(t) => t,
+            Err(e) => {
+                budgets::settle(host, &budget, None, now, self.calendar());
+                return Err(e);
+            }
+        };
 
         let Prepared {
             body,
@@ -1249,6 +1306,21 @@ impl Flow {
     }
 }
 
+/// The scopes an answer lent more of than their items had used (in the item's period; a grant
+/// for another period lends anything above zero).
+fn lent_scopes(answer: &LeaseAnswer, items: &[LeaseItem]) -> Vec<String> {
+    answer
+        .items
+        .iter()
+        .filter(|g| {
+            items.iter().any(|i| {
+                i.scope == g.scope && g.grant > if i.period == g.period { i.used } else { 0 }
+            })
+        })
+        .map(|g| g.scope.clone())
+        .collect()
+}
+
 /// A borrow's outcome: no answer is a failure whatever `on_no_lease` then decided; with an
 /// answer, a budget refusal (or a slice still missing) is a refusal, anything else (admitted,
 /// or refused later for a rate limit) a grant.
@@ -1257,8 +1329,15 @@ fn borrow_outcome(answered: bool, admitted: &Result<Admit<'_>, ApiError>) -> Bor
         return Borrow::Failed;
     }
     match admitted {
-        Ok(Admit::Borrow { .. }) => Borrow::Refused,
-        Err(e) if e.error_type == "budget_exceeded" || *e == budgets::no_lease() => Borrow::Refused,
+        // Answered; another slice needs a round.
+        Ok(Admit::Borrow { .. }) => Borrow::Granted,
+        Err(e)
+            if e.error_type == "budget_exceeded"
+                || e.error_type == "throttling_error"
+                || *e == budgets::no_lease() =>
+        {
+            Borrow::Refused
+        }
         _ => Borrow::Granted,
     }
 }

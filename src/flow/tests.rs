@@ -896,18 +896,40 @@ mod fleet {
             .collect()
     }
 
+    /// The rate limits of `full_key` (rpm, tpm and slots of the key, the user's rpm), leased
+    /// in fleet mode, in scope order.
+    fn rate_scope_names() -> Vec<String> {
+        let token = hash_key(KEY);
+        vec![
+            format!("parallel:api_key:{token}"),
+            format!("rpm:api_key:{token}"),
+            "rpm:user:alice".to_string(),
+            format!("tpm:api_key:{token}"),
+        ]
+    }
+
+    /// What the tests' answers lend of every rate limit: plenty.
+    const RATE_GRANT: i64 = 1_000_000;
+
+    /// Grants of `grant` on every budget, and of [`RATE_GRANT`] on every rate limit.
     fn answer_body(grant: i64, period: i64, spend: i64) -> String {
-        let items = scope_names()
-            .into_iter()
-            .map(|scope| LeaseGrant {
-                scope,
-                period,
-                grant,
-                ttl_ms: 10_000,
-                spend,
-                max_nanos: None,
-            })
-            .collect();
+        let budgets = scope_names().into_iter().map(|scope| LeaseGrant {
+            scope,
+            period,
+            grant,
+            ttl_ms: 10_000,
+            spend,
+            max_nanos: None,
+        });
+        let rates = rate_scope_names().into_iter().map(|scope| LeaseGrant {
+            scope,
+            period: 0,
+            grant: RATE_GRANT,
+            ttl_ms: 10_000,
+            spend: 0,
+            max_nanos: None,
+        });
+        let items = budgets.chain(rates).collect();
         serde_json::to_string(&LeaseAnswer { items }).unwrap()
     }
 
@@ -933,6 +955,144 @@ mod fleet {
         h.respond_json(&mut flow, 200, ANSWER);
     }
 
+    /// A used-up rpm slice borrows for that limit alone, after giving back the budgets'
+    /// reservations; when nothing more is lent, LiteLLM's 429.
+    #[test]
+    fn a_used_up_rate_slice_borrows_then_is_refused_with_a_429() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let rpm_scope = format!("rpm:api_key:{}", hash_key(KEY));
+        let mut answer: LeaseAnswer = serde_json::from_str(&answer_body(USD, 0, 0)).unwrap();
+        for g in answer.items.iter_mut().filter(|g| g.scope == rpm_scope) {
+            g.grant = 1;
+        }
+        let answer = serde_json::to_string(&answer).unwrap();
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        assert_eq!(h.answer(&mut flow, 200, &answer), Step::Continue);
+        h.respond_json(&mut flow, 200, ANSWER);
+        let spent = key_entry(&h).spend;
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+        let requests = posted(&h);
+        let scopes: Vec<&str> = requests[1].items.iter().map(|i| i.scope.as_str()).collect();
+        assert_eq!(scopes, [rpm_scope.as_str()]);
+        assert_eq!(
+            (requests[1].items[0].used, requests[1].items[0].held),
+            (1, 1)
+        );
+        assert_eq!(
+            (key_entry(&h).spend, key_entry(&h).reserved),
+            (spent, 0),
+            "the budget's reservation is given back while borrowing"
+        );
+        let none = LeaseAnswer {
+            items: vec![LeaseGrant {
+                scope: rpm_scope.clone(),
+                period: 0,
+                grant: 1,
+                ttl_ms: 10_000,
+                spend: 100,
+                max_nanos: Some(100),
+            }],
+        };
+        h.answer(&mut flow, 200, &serde_json::to_string(&none).unwrap());
+        let reply = h.host.reply.borrow().clone().unwrap();
+        assert_eq!(reply.status, 429);
+        assert!(
+            String::from_utf8_lossy(&reply.body).contains("Limit type: requests"),
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(key_entry(&h).reserved, 0);
+    }
+
+    /// A slice that runs out while the request waits for another's borrow gets a second round
+    /// (it was not asked for), not a 503.
+    #[test]
+    fn a_slice_used_up_during_a_borrow_is_borrowed_in_another_round() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        warm(&h, USD);
+        let set = |key: &str, f: &dyn Fn(&[u8]) -> Vec<u8>| {
+            let (bytes, _) = h.host.store.get(key).unwrap();
+            h.host.store.set(key, &f(&bytes), None).unwrap();
+        };
+        // The key's budget slice is used up: the next request borrows for it alone.
+        let key_budget = format!("{}{}", crate::contract::BUDGET_PREFIX, key_scope_name());
+        set(&key_budget, &|b| {
+            let mut c = budgets::Counter::decode(b);
+            c.grant = c.used();
+            c.encode()
+        });
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+        assert_eq!(posted(&h)[1].items.len(), 1);
+        // Meanwhile the key's rpm slice runs out.
+        let rpm_scope = format!("rpm:api_key:{}", hash_key(KEY));
+        set(
+            &format!("{}{rpm_scope}", crate::contract::RATE_LEASE_PREFIX),
+            &|b| {
+                let mut s = crate::rate_leases::Slice::decode(b);
+                s.grant = s.used;
+                s.encode()
+            },
+        );
+        let budget_only = LeaseAnswer {
+            items: vec![LeaseGrant {
+                scope: key_scope_name(),
+                period: 0,
+                grant: 2 * USD,
+                ttl_ms: 10_000,
+                spend: 0,
+                max_nanos: None,
+            }],
+        };
+        let body = serde_json::to_string(&budget_only).unwrap();
+        assert_eq!(h.answer(&mut flow, 200, &body), Step::Pause);
+        let requests = posted(&h);
+        let scopes: Vec<&str> = requests[2].items.iter().map(|i| i.scope.as_str()).collect();
+        assert_eq!(scopes, [rpm_scope.as_str()]);
+        assert_eq!(
+            h.answer(&mut flow, 200, &answer_body(2 * USD, 0, 0)),
+            Step::Continue
+        );
+    }
+
+    /// An answer that lent more, used up meanwhile by requests that resumed first, is not a
+    /// refusal: another round.
+    #[test]
+    fn an_answer_used_up_by_others_before_it_came_asks_again() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let rpm_scope = format!("rpm:api_key:{}", hash_key(KEY));
+        let mut answer: LeaseAnswer = serde_json::from_str(&answer_body(USD, 0, 0)).unwrap();
+        for g in answer.items.iter_mut().filter(|g| g.scope == rpm_scope) {
+            g.grant = 1;
+        }
+        let mut flow = h.flow();
+        h.send(&mut flow, CHAT, &[]);
+        h.answer(&mut flow, 200, &serde_json::to_string(&answer).unwrap());
+        h.respond_json(&mut flow, 200, ANSWER);
+        let mut flow = h.flow();
+        assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
+        // Others take 2 more (their answers came first) before this one lends up to 3.
+        let entry = format!("{}{rpm_scope}", crate::contract::RATE_LEASE_PREFIX);
+        let mut slice = crate::rate_leases::Slice::decode(&h.host.store.get(&entry).unwrap().0);
+        (slice.used, slice.grant) = (3, 3);
+        h.host.store.set(&entry, &slice.encode(), None).unwrap();
+        let more = LeaseAnswer {
+            items: vec![LeaseGrant {
+                scope: rpm_scope.clone(),
+                period: 0,
+                grant: 3,
+                ttl_ms: 10_000,
+                spend: 3,
+                max_nanos: Some(100),
+            }],
+        };
+        let step = h.answer(&mut flow, 200, &serde_json::to_string(&more).unwrap());
+        assert_eq!((step, h.reply_status()), (Step::Pause, None));
+        assert_eq!(posted(&h)[2].items[0].scope, rpm_scope);
+    }
+
     #[test]
     fn cold_start_borrows_then_admits() {
         let h = fleet_harness(NoLeasePolicy::Deny);
@@ -942,8 +1102,12 @@ mod fleet {
         assert_eq!(requests.len(), 1);
         let request = &requests[0];
         assert_eq!((request.envoy_id.as_str(), request.seq), (ENVOY, 1));
-        let scopes: Vec<&str> = request.items.iter().map(|i| i.scope.as_str()).collect();
-        assert_eq!(scopes, scope_names());
+        let scopes: Vec<String> = request.items.iter().map(|i| i.scope.clone()).collect();
+        // Budgets and rate limits in one borrow, in scope order.
+        let mut all = scope_names();
+        all.extend(rate_scope_names());
+        all.sort();
+        assert_eq!(scopes, all);
         let reservation = request.items[0].want;
         assert!(reservation > 0);
         assert_eq!(
@@ -958,9 +1122,16 @@ mod fleet {
                 want: reservation,
                 returning: false,
                 reservation: 0,
+                ..Default::default()
             }
         );
-        assert_eq!(request.items[1].ids, Vec::<String>::new());
+        let proxy = request.items.iter().find(|i| i.level == "proxy").unwrap();
+        assert_eq!(proxy.ids, Vec::<String>::new());
+        let rpm = request.items.iter().find(|i| i.level == "rpm").unwrap();
+        assert_eq!(
+            (rpm.ids.clone(), rpm.limit, rpm.want, rpm.used),
+            (vec!["api_key".to_string(), hash_key(KEY)], Some(100), 1, 0)
+        );
         // Not forwarded while borrowing.
         assert_eq!(
             h.host.request_header("authorization"),
@@ -995,8 +1166,10 @@ mod fleet {
         assert_eq!(h.events()[0].envoy_id, None);
     }
 
-    /// With a live slice a request makes no hop and the same host calls as with fleet mode off
-    /// (`host_calls::known_key_non_streamed_every_check_on`).
+    /// With a live slice a request makes no hop, and the host calls of fleet mode off
+    /// (`host_calls::known_key_non_streamed_every_check_on`) but one compare-and-set per leased
+    /// rate limit instead of one per scope: the key's rpm, tpm and slots are three slices (4
+    /// entries here, 2 windows with fleet mode off).
     #[test]
     fn live_slice_no_hop_same_host_calls_as_fleet_off() {
         let h = fleet_harness(NoLeasePolicy::Deny);
@@ -1012,14 +1185,14 @@ mod fleet {
         assert_eq!(
             host_calls_of(&h),
             "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
-             set_request_header=5 shared_get=6 shared_set=5"
+             set_request_header=5 shared_get=8 shared_set=7"
         );
         h.host.clear_calls();
         h.respond_json(&mut flow, 200, ANSWER);
         assert_eq!(
             host_calls_of(&h),
             "count=5 enqueue=1 now=1 response_body=1 response_headers=1 set_response_headers=1 \
-             shared_get=4 shared_set=4"
+             shared_get=5 shared_set=5"
         );
         assert!(h.host.lease_queue.borrow().is_empty());
     }
@@ -1042,19 +1215,20 @@ mod fleet {
         let h = fleet_harness(NoLeasePolicy::Deny);
         let mut flow = h.flow();
         h.send(&mut flow, CHAT, &[]);
-        // Three budget entries read and created (each under the creation lease), the lease
-        // sequence, the POST.
+        // Three budget entries read and created (each under the creation lease), four rate
+        // slices read, the lease sequence, the POST.
         assert_eq!(
             host_calls_of(&h),
-            "count=1 dispatch_post=1 now=2 request_body=1 request_headers=1 shared_get=17 shared_set=12"
+            "count=1 dispatch_post=1 now=2 request_body=1 request_headers=1 shared_get=21 shared_set=12"
         );
         h.host.clear_calls();
         h.answer(&mut flow, 200, &answer_body(USD, 0, 0));
-        // Three grants applied, then the admission as usual.
+        // Seven grants applied (the four rate slices created under the creation lease), then
+        // the admission as usual.
         assert_eq!(
             host_calls_of(&h),
             "call_response_body=1 call_response_status=1 count=1 now=1 record=1 replace_request_body=1 \
-             set_request_header=5 shared_get=14 shared_set=12"
+             set_request_header=5 shared_get=26 shared_set=22"
         );
         assert_eq!(
             h.host.counted.borrow().last(),

@@ -16,7 +16,7 @@
 //! | `GET`    | `/v1/models`           | `list` of a few `model` objects              |
 //! | `GET`    | `/fake/requests`       | the recorded requests (see below)            |
 //! | `DELETE` | `/fake/requests`       | clears the recorded requests, answers `204`  |
-//! | `GET`    | `/fake/stats`          | `{"requests": N}`: API requests received     |
+//! | `GET`    | `/fake/stats`          | `{"requests": N, "max_in_flight": M}`: API requests received, most answered at once |
 //!
 //! Anything else answers `404` with an OpenAI error body
 //! (`Invalid URL (METHOD /path)`).
@@ -189,6 +189,8 @@ pub fn router(opts: &FakeLlmOptions) -> Router {
         next_id: AtomicU64::new(1),
         recorded: Mutex::new(VecDeque::with_capacity(RECORDED_REQUESTS)),
         received: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        max_in_flight: AtomicU64::new(0),
     });
     Router::new()
         .route("/fake/requests", get(list_recorded).delete(clear_recorded))
@@ -201,6 +203,10 @@ struct Shared {
     /// API requests received, whatever became of their answer: what a provider would bill,
     /// counted even when the client's connection died (the fleet tests kill Envoys).
     received: AtomicU64,
+    /// API requests being answered now, and the most at once: what a provider saw of
+    /// `max_parallel_requests` (the fleet tests hold calls open with `x-fake-delay-ms`).
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
     delay_ms: u64,
     expected_authorization: Option<String>,
     next_id: AtomicU64,
@@ -289,7 +295,28 @@ async fn list_recorded(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    Json(serde_json::json!({"requests": shared.received.load(Ordering::Relaxed)})).into_response()
+    Json(serde_json::json!({
+        "requests": shared.received.load(Ordering::Relaxed),
+        "max_in_flight": shared.max_in_flight.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+/// One API request being answered (counted in `in_flight` until dropped).
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> InFlight<'a> {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn clear_recorded(State(shared): State<Arc<Shared>>) -> StatusCode {
@@ -309,6 +336,7 @@ async fn api(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     };
     let full_path = parts.uri.path();
     shared.record(&parts.method, full_path, &parts.headers, &bytes);
+    let _answering = InFlight::enter(&shared);
 
     let delay = header_str(&parts.headers, "x-fake-delay-ms")
         .and_then(|v| v.parse::<u64>().ok())
@@ -1494,6 +1522,21 @@ mod tests {
         assert_eq!(stats.status, 200);
         let received = stats.json()["requests"].as_u64().unwrap();
         assert_eq!(received, 6, "every API request counts, refused or served");
+    }
+
+    #[tokio::test]
+    async fn stats_count_requests_answered_at_once() {
+        let addr = start(FakeLlmOptions::default()).await;
+        let body =
+            serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let slow = [("x-fake-delay-ms", "300")];
+        let call = || post(addr, "/v1/chat/completions", &slow, body.clone());
+        let (a, b, c) = tokio::join!(call(), call(), call());
+        assert_eq!((a.status, b.status, c.status), (200, 200, 200));
+        post(addr, "/v1/chat/completions", &[], body.clone()).await;
+        let stats = send(addr, "GET", "/fake/stats", &[], "").await;
+        assert_eq!(stats.json()["max_in_flight"], 3);
+        assert_eq!(stats.json()["requests"], 4);
     }
 
     #[tokio::test]

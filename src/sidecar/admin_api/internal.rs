@@ -415,6 +415,9 @@ pub async fn internal_leases(
             .unwrap_or_default()
             .lease_ttl_ms,
         proxy_max_budget: settings.budgets.proxy_max_budget,
+        rate_window_micros: i64::try_from(settings.plugin.rate_limit_window_seconds.max(1))
+            .unwrap_or(60)
+            .saturating_mul(1_000_000),
     };
     let answer = state.store.lease(&req, lease_settings, now_micros())?;
     Ok(Json(answer).into_response())

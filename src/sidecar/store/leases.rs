@@ -12,7 +12,7 @@
 use super::sql::{args, Dialect, Exec, Row};
 use super::Tx;
 use crate::budgets::scope_name;
-use crate::leases::{renew, Lease, Others, Renewal, Report};
+use crate::leases::{is_rate_level, rate_window, renew, Lease, Others, Pool, Renewal, Report};
 use crate::records::{BudgetState, LeaseAnswer, LeaseGrant, LeaseItem, LeaseRequest};
 use crate::time::parse_iso8601_utc;
 use anyhow::{anyhow, Result};
@@ -50,15 +50,20 @@ CREATE TABLE lease (
 );
 ";
 
-/// The budget levels a lease item may name, with how many ids each takes.
-pub const LEVELS: [(&str, usize); 7] = [
+/// The levels a lease item may name, with how many ids each takes: budgets, then rate limits
+/// (`[descriptor kind, value]`, the limit in the item).
+pub const LEVELS: [(&str, usize); 11] = [
     ("key", 1),
     ("key_model", 2),
     ("user", 1),
     ("team", 1),
     ("team_member", 2),
     ("end_user", 1),
+    ("organization", 1),
     ("proxy", 0),
+    ("rpm", 2),
+    ("tpm", 2),
+    ("parallel", 2),
 ];
 
 /// Why an item is malformed (a 400), or `None`.
@@ -73,6 +78,9 @@ pub fn item_error(item: &LeaseItem) -> Option<String> {
             item.ids.len()
         ));
     }
+    if is_rate_level(&item.level) && item.limit.is_none_or(|l| l < 0) {
+        return Some(format!("a '{}' item needs its limit", item.level));
+    }
     let ids: Vec<&str> = item.ids.iter().map(String::as_str).collect();
     let name = scope_name(&item.level, &ids);
     (item.scope != name).then(|| format!("scope '{}' should be '{name}'", item.scope))
@@ -84,6 +92,8 @@ pub struct LeaseSettings {
     pub ttl_ms: u64,
     /// `litellm_settings.max_budget` (the proxy budget's limit).
     pub proxy_max_budget: Option<f64>,
+    /// The rpm/tpm window (`rate_limit_window_size`, µs).
+    pub rate_window_micros: i64,
 }
 
 /// A budget as the sidecar sees it now.
@@ -143,16 +153,35 @@ impl Tx<'_> {
             .collect()
     }
 
-    fn put_lease(&self, scope: &str, period: i64, envoy_id: &str, l: &Lease) -> Result<()> {
-        // `applied_total` is the spend path's: a renewal never writes it.
-        self.db.exec(
+    /// Stores a lease. A budget's `applied_total` is the spend path's, so a renewal never
+    /// writes it; a rate lease's (`pool` not [`Pool::Budget`]) is what the Envoy reported.
+    fn put_lease(
+        &self,
+        scope: &str,
+        period: i64,
+        envoy_id: &str,
+        l: &Lease,
+        pool: Pool,
+    ) -> Result<()> {
+        let sql = if pool == Pool::Budget {
             "INSERT INTO lease (scope, period, envoy_id, grant_total, held, used_total,
                  applied_total, want, seq, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (scope, period, envoy_id) DO UPDATE SET
                  grant_total = excluded.grant_total, held = excluded.held,
                  used_total = excluded.used_total, want = excluded.want, seq = excluded.seq,
-                 expires_at = excluded.expires_at",
+                 expires_at = excluded.expires_at"
+        } else {
+            "INSERT INTO lease (scope, period, envoy_id, grant_total, held, used_total,
+                 applied_total, want, seq, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (scope, period, envoy_id) DO UPDATE SET
+                 grant_total = excluded.grant_total, held = excluded.held,
+                 used_total = excluded.used_total, applied_total = excluded.applied_total,
+                 want = excluded.want, seq = excluded.seq, expires_at = excluded.expires_at"
+        };
+        self.db.exec(
+            sql,
             args![
                 scope,
                 period,
@@ -351,6 +380,9 @@ impl Tx<'_> {
         now: i64,
         ttl_micros: i64,
     ) -> Result<LeaseGrant> {
+        if is_rate_level(&item.level) {
+            return self.rate_lease_item(envoy_id, seq, item, settings, now, ttl_micros);
+        }
         let budget = self.lease_budget(item, settings.proxy_max_budget)?;
         let tracked = |spend: i64, period: i64| LeaseGrant {
             scope: item.scope.clone(),
@@ -391,10 +423,11 @@ impl Tx<'_> {
             want: item.want.max(0),
             reservation: item.reservation.max(0),
             returning: item.returning,
+            ..Default::default()
         };
         let renewal = renew(max, budget.spend, others, mine, &report, now, ttl_micros);
         if let Renewal::Renewed(lease) = &renewal {
-            self.put_lease(&item.scope, budget.period, envoy_id, lease)?;
+            self.put_lease(&item.scope, budget.period, envoy_id, lease, Pool::Budget)?;
         }
         Ok(LeaseGrant {
             scope: item.scope.clone(),
@@ -403,6 +436,83 @@ impl Tx<'_> {
             ttl_ms: settings.ttl_ms,
             spend: budget.spend,
             max_nanos: Some(max),
+        })
+    }
+
+    /// A rate limit's lease (FLEET.md §4.3): the limit is the item's, nothing is ever settled
+    /// (`S = 0`), and what the Envoy gave back comes in its report. rpm/tpm leases are keyed by
+    /// the window in force (opened by the first lease call after the last one ended, on
+    /// PostgreSQL's clock); slot leases by period 0.
+    fn rate_lease_item(
+        &self,
+        envoy_id: &str,
+        seq: u64,
+        item: &LeaseItem,
+        settings: LeaseSettings,
+        now: i64,
+        ttl_micros: i64,
+    ) -> Result<LeaseGrant> {
+        let limit = item.limit.unwrap_or(0).max(0);
+        let pool = if item.level == "parallel" {
+            Pool::Slots
+        } else {
+            Pool::Window
+        };
+        let period = if pool == Pool::Slots {
+            0
+        } else {
+            let latest = self
+                .db
+                .row(
+                    "SELECT MAX(period) FROM lease WHERE scope = ?1",
+                    args![&item.scope],
+                )?
+                .and_then(|r| r.opt_int(0).ok().flatten());
+            rate_window(latest, now, settings.rate_window_micros)
+        };
+        // Past windows are history; a slot pool's rows stay (cumulative per Envoy).
+        self.db.exec(
+            "DELETE FROM lease WHERE scope = ?1 AND period <> ?2",
+            args![&item.scope, period],
+        )?;
+        let rows = self.leases(&item.scope, period)?;
+        let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
+        let others = Others::of_in(
+            pool,
+            rows.iter().filter(|(e, _)| e != envoy_id).map(|(_, l)| l),
+            now,
+        );
+        let same_period = item.period == period;
+        let report = Report {
+            seq,
+            used: if same_period { item.used.max(0) } else { 0 },
+            held: if same_period { item.held.max(0) } else { 0 },
+            want: item.want.max(0),
+            reservation: item.reservation.max(0),
+            returning: item.returning,
+            released: if same_period { item.released.max(0) } else { 0 },
+            pool,
+        };
+        let renewal = renew(limit, 0, others, mine, &report, now, ttl_micros);
+        let held_by_me = match &renewal {
+            Renewal::Renewed(lease) => {
+                self.put_lease(&item.scope, period, envoy_id, lease, pool)?;
+                lease.used.saturating_sub(lease.applied)
+            }
+            Renewal::Stale { .. } => mine.map_or(0, |l| l.used.saturating_sub(l.applied)),
+        };
+        let held_by_others: i64 = rows
+            .iter()
+            .filter(|(e, _)| e != envoy_id)
+            .map(|(_, l)| l.used.saturating_sub(l.applied).max(0))
+            .sum();
+        Ok(LeaseGrant {
+            scope: item.scope.clone(),
+            period,
+            grant: renewal.grant(),
+            ttl_ms: settings.ttl_ms,
+            spend: held_by_others.saturating_add(held_by_me.max(0)),
+            max_nanos: Some(limit),
         })
     }
 
@@ -487,6 +597,7 @@ mod tests {
     const SETTINGS: LeaseSettings = LeaseSettings {
         ttl_ms: 10_000,
         proxy_max_budget: None,
+        rate_window_micros: 60_000_000,
     };
 
     fn store_with_key(max: Option<f64>) -> Store {
@@ -512,6 +623,7 @@ mod tests {
             want,
             reservation: 1_000_000,
             returning: false,
+            ..Default::default()
         }
     }
 
@@ -739,5 +851,99 @@ mod tests {
             ..item(0, 0, 0)
         };
         assert_eq!(item_error(&proxy), None);
+    }
+
+    fn rate_item(level: &str, used: i64, held: i64, released: i64, period: i64) -> LeaseItem {
+        LeaseItem {
+            scope: format!("{level}:api_key:k1"),
+            level: level.into(),
+            ids: vec!["api_key".into(), "k1".into()],
+            period,
+            used,
+            held,
+            want: 10,
+            reservation: 1,
+            limit: Some(6),
+            released,
+            returning: false,
+        }
+    }
+
+    #[test]
+    fn an_rpm_window_is_shared_exactly_and_the_next_window_starts_fresh() {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        let window_end = T0 + 1 + SETTINGS.rate_window_micros;
+        let mut held = [0i64; 3];
+        for seq in 1..=10u64 {
+            for (e, envoy) in ["a", "b", "c"].iter().enumerate() {
+                let period = if seq == 1 { 0 } else { window_end };
+                // Each used all it was lent.
+                let g = ask(
+                    &store,
+                    envoy,
+                    seq,
+                    rate_item("rpm", held[e], held[e], 0, period),
+                    T0 + seq as i64,
+                );
+                assert_eq!((g.period, g.max_nanos), (window_end, Some(6)));
+                held[e] = g.grant;
+                assert!(held.iter().sum::<i64>() <= 6, "{held:?}");
+            }
+        }
+        assert_eq!(held.iter().sum::<i64>(), 6, "lent to the last request");
+        // The window is over: the next lease call opens the next one, from nothing; the old
+        // window's rows go.
+        let later = window_end + 1;
+        let g = ask(
+            &store,
+            "a",
+            11,
+            rate_item("rpm", held[0], held[0], 0, window_end),
+            later,
+        );
+        assert_eq!(g.period, later + SETTINGS.rate_window_micros);
+        assert!(g.grant > 0 && g.grant <= 3, "{}", g.grant);
+        assert_eq!(rows(&store).len(), 1);
+    }
+
+    #[test]
+    fn released_slots_are_lent_again() {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        // e1 takes everything it can get of 6 slots, then e2 asks.
+        let mut e1 = 0;
+        for seq in 1..=6 {
+            e1 = ask(&store, "e1", seq, rate_item("parallel", e1, e1, 0, 0), T0).grant;
+        }
+        assert_eq!(e1, 6);
+        assert_eq!(
+            ask(&store, "e2", 1, rate_item("parallel", 0, 0, 0, 0), T0).grant,
+            0
+        );
+        // e1 reports 4 of its 6 given back: of the 4 free, half is shared by demand with e2
+        // (which also wants 10): e1 is lent 1 more; e2 then gets one of the 3 left (the
+        // one-slot floor).
+        assert_eq!(
+            ask(&store, "e1", 7, rate_item("parallel", 6, 6, 4, 0), T0).grant,
+            7
+        );
+        let g = ask(&store, "e2", 2, rate_item("parallel", 0, 0, 0, 0), T0);
+        assert_eq!((g.period, g.grant, g.spend), (0, 1, 2));
+    }
+
+    #[test]
+    fn a_rate_item_needs_its_limit() {
+        let no_limit = LeaseItem {
+            limit: None,
+            ..rate_item("rpm", 0, 0, 0, 0)
+        };
+        assert!(item_error(&no_limit).unwrap().contains("limit"));
+        assert_eq!(item_error(&rate_item("tpm", 0, 0, 0, 0)), None);
+        let org = LeaseItem {
+            scope: "organization:o1".into(),
+            level: "organization".into(),
+            ids: vec!["o1".into()],
+            ..item(0, 0, 0)
+        };
+        assert_eq!(item_error(&org), None, "organizations are a lease level");
     }
 }
