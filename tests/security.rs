@@ -109,7 +109,13 @@ fn raw_keys_are_never_stored_or_logged() {
             let pg = common::postgres::shared();
             let dumped = s.scratch_dir().join("store-dump.sql");
             std::fs::write(&dumped, pg.dump(&db)).unwrap();
-            paths.extend([dumped, pg.server_log()]);
+            let log = pg.server_log();
+            assert!(
+                log.is_file(),
+                "no PostgreSQL server log at {}",
+                log.display()
+            );
+            paths.extend([dumped, log]);
         }
         None => assert!(
             paths.iter().any(
