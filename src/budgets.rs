@@ -124,25 +124,32 @@ pub struct Counter {
     pub waiting: i64,
 }
 
+/// The first `N` space-separated integers of a shared-data entry; a missing or malformed field
+/// reads 0 (older, shorter entries decode with their lease fields unset).
+pub fn int_fields<const N: usize>(bytes: &[u8]) -> [i64; N] {
+    let mut parts = std::str::from_utf8(bytes)
+        .unwrap_or("")
+        .split(' ')
+        .map(|p| p.parse::<i64>().unwrap_or(0));
+    std::array::from_fn(|_| parts.next().unwrap_or(0))
+}
+
 impl Counter {
     pub fn decode(bytes: &[u8]) -> Counter {
-        let mut parts = std::str::from_utf8(bytes)
-            .unwrap_or("")
-            .split(' ')
-            .map(|p| p.parse::<i64>().unwrap_or(0));
-        let mut next = || parts.next().unwrap_or(0);
+        let [reset_at, spend, reserved, grant, deadline, global, global_at, asked, asked_used, peak, waiting] =
+            int_fields(bytes);
         Counter {
-            reset_at: next(),
-            spend: next(),
-            reserved: next(),
-            grant: next(),
-            deadline: next(),
-            global: next(),
-            global_at: next(),
-            asked: next(),
-            asked_used: next(),
-            peak: next(),
-            waiting: next(),
+            reset_at,
+            spend,
+            reserved,
+            grant,
+            deadline,
+            global,
+            global_at,
+            asked,
+            asked_used,
+            peak,
+            waiting,
         }
     }
 

@@ -73,23 +73,20 @@ pub struct Slice {
 
 impl Slice {
     pub fn decode(bytes: &[u8]) -> Slice {
-        let mut parts = std::str::from_utf8(bytes)
-            .unwrap_or("")
-            .split(' ')
-            .map(|p| p.parse::<i64>().unwrap_or(0));
-        let mut next = || parts.next().unwrap_or(0);
+        let [period, used, released, grant, deadline, global, global_at, asked, asked_used, peak, waiting] =
+            crate::budgets::int_fields(bytes);
         Slice {
-            period: next(),
-            used: next(),
-            released: next(),
-            grant: next(),
-            deadline: next(),
-            global: next(),
-            global_at: next(),
-            asked: next(),
-            asked_used: next(),
-            peak: next(),
-            waiting: next(),
+            period,
+            used,
+            released,
+            grant,
+            deadline,
+            global,
+            global_at,
+            asked,
+            asked_used,
+            peak,
+            waiting,
         }
     }
 

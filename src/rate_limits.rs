@@ -95,16 +95,14 @@ struct Window {
 
 impl Window {
     fn decode(bytes: Option<&[u8]>) -> Window {
-        let mut parts = bytes
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .unwrap_or("")
-            .split(' ')
-            .map(|p| p.parse::<i64>().unwrap_or(0));
+        let [start, requests, tokens, in_flight] =
+            crate::budgets::int_fields(bytes.unwrap_or_default());
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Window {
-            start: parts.next().unwrap_or(0),
-            requests: u64::try_from(parts.next().unwrap_or(0)).unwrap_or(0),
-            tokens: u64::try_from(parts.next().unwrap_or(0)).unwrap_or(0),
-            in_flight: u64::try_from(parts.next().unwrap_or(0)).unwrap_or(0),
+            start,
+            requests: count(requests),
+            tokens: count(tokens),
+            in_flight: count(in_flight),
         }
     }
 
