@@ -17,6 +17,8 @@
 //! reserves the request's whole estimate, so it passes its grant by less than one request, and
 //! the fleet passes `M` by less than one request per Envoy.
 
+use crate::plugin_config::LostLeasePolicy;
+
 /// How long an expired lease still counts its reported but unapplied use: an Envoy that was
 /// only cut off from the sidecars may deliver those events late, and that spend must not be
 /// lent to another Envoy meanwhile.
@@ -44,6 +46,10 @@ pub struct Lease {
     pub seq: u64,
     /// When the lease lapses unless renewed (µs, the sidecar's clock).
     pub expires_at: i64,
+    /// Budgets: the use total the budget was charged up to when the lease was found lost
+    /// ([`lost_charge`]: its applied spend plus the estimate); 0 = never. Spend applied later
+    /// is charged only beyond it ([`beyond_lost`]).
+    pub lost: i64,
 }
 
 impl Lease {
@@ -64,21 +70,64 @@ impl Lease {
     /// nothing settles a rate lease but the Envoy's own next report): a window's until its rows
     /// go with the window, a slot pool's for [`EXPIRY_GRACE_MICROS`].
     pub fn claim_in(&self, pool: Pool, now: i64) -> i64 {
+        let settled = self.settled(pool);
         let whole = self
             .held
             .max(self.grant)
             .max(self.used)
-            .saturating_sub(self.applied)
+            .saturating_sub(settled)
             .max(0);
         let graced = now < self.expires_at.saturating_add(EXPIRY_GRACE_MICROS);
         match pool {
             _ if self.live(now) => whole,
             Pool::Window => whole,
             Pool::Slots if graced => whole,
-            Pool::Budget if graced => self.used.saturating_sub(self.applied).max(0),
+            Pool::Budget if graced => self.used.saturating_sub(settled).max(0),
             Pool::Budget | Pool::Slots => 0,
         }
     }
+
+    /// How much of its use the budget has been charged for: what its events brought, or more
+    /// once it was charged as lost (rate pools: what the Envoy gave back).
+    pub fn settled(&self, pool: Pool) -> i64 {
+        match pool {
+            Pool::Budget => self.applied.max(self.lost),
+            Pool::Window | Pool::Slots => self.applied,
+        }
+    }
+}
+
+/// The use total a lost budget lease is charged up to under `policy` (FLEET.md §4.8):
+/// `charge_reserved` its last report's use, `charge_grant` everything it could have spent
+/// (`max(held, grant, used)`), `release` nothing.
+pub fn lost_target(lease: &Lease, policy: LostLeasePolicy) -> i64 {
+    match policy {
+        LostLeasePolicy::ChargeReserved => lease.used,
+        LostLeasePolicy::ChargeGrant => lease.held.max(lease.grant).max(lease.used),
+        LostLeasePolicy::Release => 0,
+    }
+}
+
+/// What to charge a budget for a lease at `now`: nothing while it is live or its events may
+/// still arrive (the [`EXPIRY_GRACE_MICROS`] after expiry, during which [`Lease::claim`] keeps
+/// its unapplied use from being lent); then the part of [`lost_target`] the budget has not
+/// been charged for yet, by events or by an earlier lost charge. Charging it and storing
+/// `lost = lost_target` makes a second finding charge 0.
+pub fn lost_charge(lease: &Lease, policy: LostLeasePolicy, now: i64) -> i64 {
+    if now < lease.expires_at.saturating_add(EXPIRY_GRACE_MICROS) {
+        return 0;
+    }
+    lost_target(lease, policy)
+        .saturating_sub(lease.settled(Pool::Budget))
+        .max(0)
+}
+
+/// Of `nanos` of spend newly applied to a budget lease (as it was before), the part to charge
+/// the budget: what the events of an Envoy that was only cut off bring beyond the lost charge
+/// already made for them. The rest nets the estimate, so nothing is charged twice.
+pub fn beyond_lost(lease: &Lease, nanos: i64) -> i64 {
+    let covered = lease.lost.saturating_sub(lease.applied).max(0);
+    nanos.saturating_sub(covered.min(nanos.max(0)))
 }
 
 /// The other Envoys' leases on a budget, summed.
@@ -210,7 +259,8 @@ pub fn size_in(
 /// other Envoys' leases, its current lease (`None`: none in this period) and its report.
 ///
 /// - A report whose `seq` is not above the lease's is stale: the current grant, unchanged.
-/// - `returning`: the grant drops to what it used (the Envoy lowered its own entry first).
+/// - `returning`: the grant drops to what it used (the Envoy lowered its own entry first);
+///   for a budget that use is taken as reported, even below an earlier report's.
 /// - Otherwise the grant is `used + size(..)`, but never below `used` nor below the grant of a
 ///   lease still live (grants only grow within a period, so the filter may apply answers with
 ///   `max`). An expired lease's grant is void on both sides (the Envoy's deadline passes
@@ -230,10 +280,17 @@ pub fn renew(
     if current.is_some() && report.seq <= old.seq {
         return Renewal::Stale { grant: old.grant };
     }
-    let used = report.used.max(old.used).max(0);
+    // A budget lease given back says what the Envoy finally used (its reservations settled
+    // since lower reports): its events will bring that much, so a later lost charge is 0.
+    let used = if report.returning && report.pool == Pool::Budget {
+        report.used.max(0)
+    } else {
+        report.used.max(old.used).max(0)
+    };
     let want = report.want.max(0);
     let applied = match report.pool {
-        Pool::Budget => old.applied,
+        // Spend applied by events (and charged as lost) counts as settled.
+        Pool::Budget => old.settled(Pool::Budget),
         // Given back can never exceed taken.
         Pool::Window | Pool::Slots => report.released.max(old.applied).clamp(0, used),
     };
@@ -256,10 +313,14 @@ pub fn renew(
         grant,
         held: report.held.max(0),
         used,
-        applied,
+        applied: match report.pool {
+            Pool::Budget => old.applied,
+            Pool::Window | Pool::Slots => applied,
+        },
         want: if report.returning { 0 } else { want },
         seq: report.seq,
         expires_at: old.expires_at.max(now.saturating_add(ttl_micros)),
+        lost: old.lost,
     })
 }
 
@@ -320,6 +381,7 @@ mod tests {
             want: 10,
             seq: 1,
             expires_at: NOW + TTL,
+            lost: 0,
         }
     }
 
@@ -937,5 +999,186 @@ mod tests {
             lent_out > 80,
             "only {lent_out} of 100 rpm windows were used up"
         );
+    }
+
+    #[test]
+    fn a_lost_lease_is_charged_after_the_grace_by_policy_once() {
+        // Granted 50, held 40, used 30 at its last report, 10 applied.
+        let l = lease(50, 40, 30, 10);
+        let after_grace = NOW + TTL + EXPIRY_GRACE_MICROS;
+        for (policy, charge) in [
+            (LostLeasePolicy::ChargeReserved, 20),
+            (LostLeasePolicy::ChargeGrant, 40),
+            (LostLeasePolicy::Release, 0),
+        ] {
+            assert_eq!(lost_charge(&l, policy, NOW), 0, "live");
+            assert_eq!(
+                lost_charge(&l, policy, after_grace - 1),
+                0,
+                "events may come"
+            );
+            assert_eq!(lost_charge(&l, policy, after_grace), charge, "{policy:?}");
+            // Charged: `lost` is the target; finding it again charges nothing.
+            let charged = Lease {
+                lost: lost_target(&l, policy),
+                ..l
+            };
+            assert_eq!(lost_charge(&charged, policy, after_grace + 1), 0);
+        }
+        // Everything it used arrived: nothing to charge.
+        let whole = lease(50, 40, 30, 30);
+        let reserved = LostLeasePolicy::ChargeReserved;
+        assert_eq!(lost_charge(&whole, reserved, after_grace), 0);
+    }
+
+    #[test]
+    fn late_events_net_the_lost_charge_first() {
+        // Charged as lost up to 30 with 10 applied: the next 20 applied are already charged.
+        let l = Lease {
+            lost: 30,
+            ..lease(50, 40, 30, 10)
+        };
+        assert_eq!(beyond_lost(&l, 15), 0);
+        assert_eq!(beyond_lost(&Lease { applied: 25, ..l }, 15), 10);
+        assert_eq!(beyond_lost(&Lease { applied: 30, ..l }, 15), 15);
+        assert_eq!(beyond_lost(&lease(50, 40, 30, 10), 15), 15, "never lost");
+        // The charged part counts as settled: the claim does not count it again.
+        assert_eq!(l.claim(NOW), 20);
+        assert_eq!(l.claim(NOW + TTL), 0);
+        assert_eq!(l.settled(Pool::Budget), 30);
+        assert_eq!(l.settled(Pool::Window), 10);
+    }
+
+    #[test]
+    fn a_renewal_after_a_lost_charge_lends_from_what_was_charged() {
+        // An Envoy cut off and charged as lost for 30 reports again (used 35): only its 5
+        // beyond the charge is its own unsettled use; the charge is in the budget's spend.
+        let lost = Lease {
+            lost: 30,
+            expires_at: NOW - EXPIRY_GRACE_MICROS - 1,
+            ..lease(50, 40, 30, 10)
+        };
+        let r = renew(
+            100,
+            30,
+            Others::default(),
+            Some(&lost),
+            &report(2, 35, 0, 10),
+            NOW,
+            TTL,
+        );
+        let Renewal::Renewed(l) = r else {
+            panic!("{r:?}")
+        };
+        // avail = 100 − 30 − 5 = 65: want 10 fits under the 2 % cap (2)? no: one request (10).
+        assert_eq!((l.used, l.applied, l.lost), (35, 10, 30));
+        assert_eq!(l.claim(NOW), l.grant - 30);
+    }
+
+    /// Random histories of one Envoy's budget lease: reports, events applied late and in any
+    /// batches, some lost with the Envoy, the lease found lost at random times (before or
+    /// after its grace, more than once), then late events from an Envoy that was only cut off.
+    /// The budget is charged exactly `max(applied events, lost target)`: every reported use
+    /// once (`charge_reserved`), or the grant (`charge_grant`), never an event twice.
+    #[test]
+    fn random_lost_leases_are_charged_once_and_netted() {
+        for seed in 1..=500u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let policy = match seed % 3 {
+                0 => LostLeasePolicy::ChargeReserved,
+                1 => LostLeasePolicy::ChargeGrant,
+                _ => LostLeasePolicy::Release,
+            };
+            let mut l = Lease {
+                grant: 1_000,
+                held: 1_000,
+                expires_at: NOW + TTL,
+                ..Default::default()
+            };
+            let mut now = NOW;
+            let mut spent = 0i64; // what the Envoy admitted
+            let mut pending: Vec<i64> = Vec::new(); // its events not applied
+            let mut charged = 0i64; // what the budget was charged
+            let mut reported_at_loss = 0i64;
+            for _ in 0..200 {
+                now += rng.below(3_000_000) as i64;
+                match rng.below(6) {
+                    0 | 1 if spent < l.grant => {
+                        let cost = 1 + rng.below(20) as i64;
+                        spent += cost;
+                        pending.push(cost);
+                    }
+                    2 => l.used = spent, // a report (the lease keeps its expiry)
+                    3 => {
+                        let k = rng.below(pending.len() as u64 + 1) as usize;
+                        for n in pending.drain(..k) {
+                            charged += beyond_lost(&l, n);
+                            l.applied += n;
+                        }
+                    }
+                    4 => {
+                        let c = lost_charge(&l, policy, now);
+                        if c > 0 {
+                            charged += c;
+                            l.lost = lost_target(&l, policy);
+                            reported_at_loss = l.used;
+                        }
+                    }
+                    _ => {}
+                }
+                assert_eq!(
+                    charged,
+                    l.applied.max(l.lost),
+                    "seed {seed}: charged twice or not at all"
+                );
+            }
+            // Everything still in flight arrives late (the Envoy was only cut off).
+            for n in pending.drain(..) {
+                charged += beyond_lost(&l, n);
+                l.applied += n;
+            }
+            assert_eq!(charged, spent.max(l.lost), "seed {seed}");
+            if policy == LostLeasePolicy::ChargeReserved {
+                assert!(l.lost <= spent && reported_at_loss <= spent, "seed {seed}");
+            }
+            if policy == LostLeasePolicy::Release {
+                assert_eq!(charged, spent, "seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_returned_budget_lease_keeps_its_final_use_so_nothing_is_charged_as_lost() {
+        // Reported 30 with calls in flight; they settled at 22 and the lease is given back.
+        let old = lease(50, 50, 30, 22);
+        let r = renew(
+            1000,
+            22,
+            Others::default(),
+            Some(&old),
+            &Report {
+                returning: true,
+                ..report(2, 22, 22, 0)
+            },
+            NOW,
+            TTL,
+        );
+        let Renewal::Renewed(l) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((l.grant, l.used), (22, 22));
+        let later = l.expires_at + EXPIRY_GRACE_MICROS;
+        assert_eq!(lost_charge(&l, LostLeasePolicy::ChargeReserved, later), 0);
+        // Not given back: the largest report stands.
+        let r = renew(
+            1000,
+            22,
+            Others::default(),
+            Some(&old),
+            &report(2, 22, 50, 0),
+            NOW,
+            TTL,
+        );
+        assert_eq!(r.grant(), 50);
     }
 }

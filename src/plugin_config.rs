@@ -124,6 +124,8 @@ pub struct FleetSettings {
     pub lease_ttl_ms: u64,
     /// What a budget with no valid slice does when the sidecar cannot lend one in time.
     pub on_no_lease: NoLeasePolicy,
+    /// What the sidecar charges for a dead Envoy's lease (read by the sidecar only).
+    pub on_lost_lease: LostLeasePolicy,
 }
 
 impl Default for FleetSettings {
@@ -131,6 +133,7 @@ impl Default for FleetSettings {
         FleetSettings {
             lease_ttl_ms: 10_000,
             on_no_lease: NoLeasePolicy::Deny,
+            on_lost_lease: LostLeasePolicy::ChargeReserved,
         }
     }
 }
@@ -145,6 +148,22 @@ pub enum NoLeasePolicy {
     /// This Envoy's own counters against the whole limit (LiteLLM's per-pod fallback: up to N
     /// times the budget across N Envoys).
     Local,
+}
+
+/// `tollgate_fleet.on_lost_lease`: what a budget lease is charged once it lapsed and its
+/// grace for late events ended without the Envoy's events (FLEET.md §4.8, Envoy `kill -9`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostLeasePolicy {
+    /// Its last report's use not applied yet (`used − applied`): admitted calls whose spend
+    /// events died with the Envoy.
+    #[default]
+    ChargeReserved,
+    /// Its whole unused grant too: never over the budget, at the price of charging calls that
+    /// were never made.
+    ChargeGrant,
+    /// Nothing: the unlogged use is forgiven.
+    Release,
 }
 
 /// Budget settings from `litellm_settings` / `general_settings`.

@@ -270,6 +270,7 @@ fn kill_9_of_an_envoy_at_half_the_budget() {
     let mut fleet = Fleet::start("fleet-kill-envoy", CONFIG, ENVOYS, 2);
     let key = budget_key(&fleet, BUDGET_CALLS);
     let killed_at = std::cell::Cell::new(None::<Duration>);
+    let killed_instant = std::cell::Cell::new(None::<Instant>);
     let t = drive(
         &mut fleet,
         &key,
@@ -279,6 +280,7 @@ fn kill_9_of_an_envoy_at_half_the_budget() {
             if killed_at.get().is_none() && admitted >= BUDGET_CALLS / 2 {
                 fleet.kill_envoy(2);
                 killed_at.set(Some(elapsed));
+                killed_instant.set(Some(Instant::now()));
             }
         },
         // Past the lease TTL (10 s), so the dead Envoy's slice can come back.
@@ -328,6 +330,80 @@ fn kill_9_of_an_envoy_at_half_the_budget() {
         rows <= served,
         "logged calls the provider never saw: {rows} > {served}"
     );
+    charged_once_as_lost(&fleet, &key, killed_instant.get().expect("killed"), served);
+}
+
+/// `on_lost_lease: charge_reserved` (the default) after the kill above: once the dead Envoy's
+/// lease has lapsed and its grace for late events ended (TTL 10 s + 60 s), the next lease
+/// call charges what it reported used and never logged, once, as one `lost:` spend-log row
+/// (every call here costs its reservation, so the live Envoys' leases have nothing
+/// unlogged). The key's spend then equals its spend log, counted once, within the bound.
+fn charged_once_as_lost(fleet: &Fleet, key: &str, killed: Instant, served: usize) {
+    let pg = shared();
+    let token = sha256_hex(key);
+    let scope = format!("key:{token}");
+    let ripe = killed + Duration::from_secs(10 + 60 + 2);
+    std::thread::sleep(ripe.saturating_duration_since(Instant::now()));
+    let unlogged = |db: &str| {
+        let q = format!(
+            "SELECT count(*) || ' ' || coalesce(sum(used_total - applied_total), 0) \
+             FROM tollgate.lease WHERE scope = '{scope}' AND used_total > applied_total"
+        );
+        let out = pg.psql(db, &q);
+        let (n, nanos) = out.split_once(' ').expect("two figures");
+        (n.parse::<usize>().unwrap(), nanos.parse::<i64>().unwrap())
+    };
+    let lost_rows = |db: &str| {
+        let q = format!(
+            "SELECT count(*) || ' ' || coalesce(sum(spend_nanos), 0) FROM tollgate.spend_logs \
+             WHERE api_key = '{token}' AND event_id LIKE 'lost:%'"
+        );
+        let out = pg.psql(db, &q);
+        let (n, nanos) = out.split_once(' ').expect("two figures");
+        (n.parse::<usize>().unwrap(), nanos.parse::<i64>().unwrap())
+    };
+    let (dead, nanos) = unlogged(&fleet.db);
+    assert!(
+        dead <= 1,
+        "only the killed Envoy's lease has unlogged use: {dead}"
+    );
+    assert_eq!(
+        lost_rows(&fleet.db),
+        (0, 0),
+        "nothing charged before a call finds it"
+    );
+    // Any call on the key finds it (a 422 too: the budget is spent).
+    for round in 0..2 {
+        let r = fleet.post(0, "/v1/chat/completions", &format!("Bearer {key}"), &hi());
+        assert!(matches!(r.status, 200 | 422), "{}", r.status);
+        let (n, charged) = lost_rows(&fleet.db);
+        eprintln!(
+            "on_lost_lease (round {round}): the killed Envoy reported {nanos} nano-dollars \
+             ({} calls) it never logged; {n} lost row(s) charged {charged}",
+            nanos as f64 / (CALL_USD * 1e9)
+        );
+        assert_eq!((n, charged), (dead, nanos), "charged once, as one row");
+    }
+    std::thread::sleep(Duration::from_secs(3)); // the extra calls' events
+    let q = format!(
+        "SELECT (doc::json->>'spend_nanos') || ' ' || \
+         (SELECT coalesce(sum(spend_nanos), 0) FROM tollgate.spend_logs WHERE api_key = '{token}') \
+         FROM tollgate.keys WHERE token = '{token}'"
+    );
+    let out = pg.psql(&fleet.db, &q);
+    let (spend, logged) = out.split_once(' ').expect("two figures");
+    let (spend, logged): (i64, i64) = (spend.parse().unwrap(), logged.parse().unwrap());
+    assert_eq!(
+        spend, logged,
+        "the key's spend is its spend log, each row once"
+    );
+    let l_cap = (BUDGET_CALLS / 50).max(1);
+    let bound = (BUDGET_CALLS + ENVOYS + l_cap + 2) as f64 * CALL_USD * 1e9;
+    assert!(
+        spend as f64 <= bound + 1.0,
+        "charged {spend} > bound {bound}"
+    );
+    eprintln!("on_lost_lease: the key was charged {spend} for {served} calls served");
 }
 
 /// `kill -9` of a sidecar replica under load: Envoy's cluster skips it; nothing acknowledged is

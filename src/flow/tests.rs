@@ -855,6 +855,7 @@ mod fleet {
         config.fleet = Some(FleetSettings {
             lease_ttl_ms: 10_000,
             on_no_lease: policy,
+            ..Default::default()
         });
         let keys = ProviderKeys::of(&config.deployments);
         let mut shared = Shared::new(config, Some(1), [7; 16]);

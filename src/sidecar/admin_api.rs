@@ -80,6 +80,15 @@ impl AdminSettings {
     pub fn reset_clock(&self) -> ResetClock {
         ResetClock::from_budget_settings(&self.budgets)
     }
+
+    /// Fleet mode's `on_lost_lease` (the default without fleet mode: no leases to lose).
+    pub fn lost_lease_policy(&self) -> crate::plugin_config::LostLeasePolicy {
+        self.plugin
+            .fleet
+            .as_ref()
+            .map(|f| f.on_lost_lease)
+            .unwrap_or_default()
+    }
 }
 
 /// Default for [`AdminSettings::max_spend_batch_bytes`].
@@ -116,6 +125,7 @@ impl AdminState {
             settings.reset_clock(),
             settings.default_end_user_budget_id.clone(),
             settings.default_end_user_max_budget,
+            settings.lost_lease_policy(),
         );
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     }

@@ -190,6 +190,8 @@ pub struct FleetConfig {
     pub lease_ttl_seconds: Option<u64>,
     /// `deny` (default) or `local`.
     pub on_no_lease: Option<String>,
+    /// `charge_reserved` (default), `charge_grant` or `release`.
+    pub on_lost_lease: Option<String>,
 }
 
 /// Lease TTLs accepted, seconds: at least two renewal ticks, at most five minutes of a dead
@@ -594,6 +596,13 @@ fn check_settings(config: &LiteLlmConfig) -> Result<()> {
                 ));
             }
         }
+        if let Some(p) = &f.on_lost_lease {
+            if !matches!(p.as_str(), "charge_reserved" | "charge_grant" | "release") {
+                return Err(anyhow!(
+                    "invalid config: general_settings.tollgate_fleet.on_lost_lease: `{p}` must be one of charge_reserved, charge_grant, release"
+                ));
+            }
+        }
     }
     if let Some(t) = &config.general_settings.token_rate_limit_type {
         if !matches!(t.as_str(), "input" | "output" | "total") {
@@ -901,6 +910,10 @@ litellm_settings:
             (
                 "general_settings: {tollgate_fleet: {on_no_lease: allow}}\n",
                 "general_settings.tollgate_fleet.on_no_lease",
+            ),
+            (
+                "general_settings: {tollgate_fleet: {on_lost_lease: forgive}}\n",
+                "general_settings.tollgate_fleet.on_lost_lease",
             ),
             (
                 "general_settings: {tollgate_fleet: {lease_ttl: 10}}\n",

@@ -310,7 +310,8 @@ pub fn admin_state(
     let store = store::Store::open_configured(url.as_deref(), data_dir, &pg_options(prepared))?
         .with_reset_clock(settings.reset_clock())
         .with_default_end_user_budget(settings.default_end_user_budget_id.clone())
-        .with_default_end_user_max_budget(settings.default_end_user_max_budget);
+        .with_default_end_user_max_budget(settings.default_end_user_max_budget)
+        .with_lost_lease_policy(settings.lost_lease_policy());
     // LiteLLM upserts its `litellm-proxy-budget` row at startup with the configured period.
     store.configure_proxy_budget(
         settings.budgets.proxy_budget_duration.as_deref(),

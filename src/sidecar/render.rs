@@ -5,8 +5,8 @@ use super::cost_map::{CostMap, COST_MAP_LITELLM_VERSION};
 use super::litellm_config::{LiteLlmConfig, ModelEntry};
 use crate::key_format::hash_key;
 use crate::plugin_config::{
-    BudgetSettings, Deployment, FleetSettings, NoLeasePolicy, PluginConfig, Pricing,
-    PLUGIN_CONFIG_VERSION,
+    BudgetSettings, Deployment, FleetSettings, LostLeasePolicy, NoLeasePolicy, PluginConfig,
+    Pricing, PLUGIN_CONFIG_VERSION,
 };
 use crate::provider_keys::without_provider_keys;
 use crate::rate_limits::TokenCountType;
@@ -561,6 +561,11 @@ fn fleet_settings(config: &LiteLlmConfig) -> Option<FleetSettings> {
             Some("local") => NoLeasePolicy::Local,
             _ => NoLeasePolicy::Deny,
         },
+        on_lost_lease: match f.on_lost_lease.as_deref() {
+            Some("charge_grant") => LostLeasePolicy::ChargeGrant,
+            Some("release") => LostLeasePolicy::Release,
+            _ => LostLeasePolicy::ChargeReserved,
+        },
     })
 }
 
@@ -938,11 +943,17 @@ mod tests {
             Some(FleetSettings::default())
         );
         assert_eq!(
-            fleet("general_settings:\n  tollgate_fleet: {lease_ttl_seconds: 30, on_no_lease: local}\n"),
+            fleet("general_settings:\n  tollgate_fleet: {lease_ttl_seconds: 30, on_no_lease: local, on_lost_lease: charge_grant}\n"),
             Some(FleetSettings {
                 lease_ttl_ms: 30_000,
                 on_no_lease: NoLeasePolicy::Local,
+                on_lost_lease: LostLeasePolicy::ChargeGrant,
             })
+        );
+        assert_eq!(
+            fleet("general_settings: {tollgate_fleet: {on_lost_lease: release}}\n")
+                .map(|f| f.on_lost_lease),
+            Some(LostLeasePolicy::Release)
         );
     }
 

@@ -248,6 +248,8 @@ struct StoreSettings {
     /// `litellm_settings.max_end_user_budget`: the customers' default budget when no
     /// `max_end_user_budget_id` is set (LiteLLM 1.110.2 reads it and does nothing).
     default_end_user_max_budget: Option<f64>,
+    /// `general_settings.tollgate_fleet.on_lost_lease`.
+    lost_lease: crate::plugin_config::LostLeasePolicy,
 }
 
 const SCHEMA: &str = "
@@ -393,6 +395,7 @@ impl Store {
         conn.execute_batch(orgs::SCHEMA)?;
         conn.execute_batch(changes::SCHEMA)?;
         conn.execute_batch(leases::SCHEMA)?;
+        leases::migrate_sqlite(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Store::with_backend(Backend::Sqlite(Mutex::new(conn))))
     }
@@ -456,17 +459,25 @@ impl Store {
         self
     }
 
+    /// What a dead Envoy's budget leases are charged (fleet mode).
+    pub fn with_lost_lease_policy(self, policy: crate::plugin_config::LostLeasePolicy) -> Store {
+        self.settings_mut().lost_lease = policy;
+        self
+    }
+
     /// A reloaded config.yaml's settings, in force from the next call on.
     pub fn reconfigure(
         &self,
         clock: ResetClock,
         default_end_user_budget: Option<String>,
         default_end_user_max_budget: Option<f64>,
+        lost_lease: crate::plugin_config::LostLeasePolicy,
     ) {
         let mut s = self.settings_mut();
         s.clock = clock;
         s.default_end_user_budget = default_end_user_budget.filter(|b| !b.is_empty());
         s.default_end_user_max_budget = default_end_user_max_budget;
+        s.lost_lease = lost_lease;
     }
 
     fn settings_mut(&self) -> std::sync::RwLockWriteGuard<'_, StoreSettings> {
@@ -491,6 +502,10 @@ impl Store {
 
     pub fn default_end_user_max_budget(&self) -> Option<f64> {
         self.settings().default_end_user_max_budget
+    }
+
+    pub fn lost_lease_policy(&self) -> crate::plugin_config::LostLeasePolicy {
+        self.settings().lost_lease
     }
 
     /// Records that every cached decision is stale (a reload changed what records carry).

@@ -12,7 +12,11 @@
 use super::sql::{args, Dialect, Exec, Row};
 use super::Tx;
 use crate::budgets::scope_name;
-use crate::leases::{is_rate_level, rate_window, renew, Lease, Others, Pool, Renewal, Report};
+use crate::leases::{
+    beyond_lost, is_rate_level, lost_charge, lost_target, rate_window, renew, Lease, Others, Pool,
+    Renewal, Report,
+};
+use crate::plugin_config::LostLeasePolicy;
 use crate::records::{BudgetState, LeaseAnswer, LeaseGrant, LeaseItem, LeaseRequest};
 use crate::time::parse_iso8601_utc;
 use anyhow::{anyhow, Result};
@@ -29,9 +33,32 @@ CREATE TABLE IF NOT EXISTS lease (
     want INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
+    lost_total INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (scope, period, envoy_id)
 );
 ";
+
+/// PostgreSQL migration 4: [`Lease::lost`], and the index that finds an Envoy's latest lease
+/// (is it silent?).
+pub(super) const PG_MIGRATION_LOST: &str = "
+ALTER TABLE lease ADD COLUMN lost_total BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX lease_envoy ON lease(envoy_id, expires_at);
+";
+
+/// The SQLite form of [`PG_MIGRATION_LOST`] on a database from before it (the lease table
+/// without `lost_total`); the index on any.
+pub(super) fn migrate_sqlite(conn: &rusqlite::Connection) -> Result<()> {
+    let has_lost: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('lease') WHERE name = 'lost_total'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_lost == 0 {
+        conn.execute_batch("ALTER TABLE lease ADD COLUMN lost_total INTEGER NOT NULL DEFAULT 0;")?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS lease_envoy ON lease(envoy_id, expires_at);")?;
+    Ok(())
+}
 
 /// PostgreSQL migration 3.
 pub(super) const PG_MIGRATION: &str = "
@@ -118,6 +145,7 @@ fn lease_of(r: &Row) -> Result<(String, Lease)> {
             want: r.int(5)?,
             seq: u64::try_from(r.int(6)?).unwrap_or(0),
             expires_at: r.int(7)?,
+            lost: r.int(8)?,
         },
     ))
 }
@@ -144,7 +172,7 @@ impl Tx<'_> {
         self.db
             .rows(
                 "SELECT envoy_id, grant_total, held, used_total, applied_total, want, seq,
-                        expires_at
+                        expires_at, lost_total
                  FROM lease WHERE scope = ?1 AND period = ?2",
                 args![scope, period],
             )?
@@ -253,7 +281,8 @@ impl Tx<'_> {
         let spend = self
             .db
             .row(
-                "SELECT CAST(COALESCE(SUM(applied_total), 0) AS BIGINT) FROM lease
+                "SELECT CAST(COALESCE(SUM(CASE WHEN lost_total > applied_total
+                     THEN lost_total ELSE applied_total END), 0) AS BIGINT) FROM lease
                  WHERE scope = ?1 AND period = ?2",
                 args![&scope, period],
             )?
@@ -399,6 +428,14 @@ impl Tx<'_> {
         let Some(max) = budget.max else {
             return Ok(tracked(budget.spend, budget.period));
         };
+        // A dead Envoy's lease is charged before its old-period row may go.
+        let ids: Vec<&str> = item.ids.iter().map(String::as_str).collect();
+        let charged =
+            self.charge_lost_leases(&item.level, &ids, &item.scope, budget.period, now)?;
+        let budget = Budget {
+            spend: budget.spend.saturating_add(charged),
+            ..budget
+        };
         // Old periods' rows are history once expired past the grace.
         self.db.exec(
             "DELETE FROM lease WHERE scope = ?1 AND period <> ?2 AND expires_at < ?3",
@@ -525,6 +562,8 @@ impl Tx<'_> {
         &self,
         charges: &std::collections::BTreeMap<(&str, &'static str, Vec<&str>), i64>,
     ) -> Result<()> {
+        let mut swept = std::collections::HashSet::new();
+        let mut now = None;
         for ((envoy_id, level, ids), nanos) in charges {
             let (scope, item) = if *level == "key_model" {
                 let (Some(token), Some(model)) = (ids.first(), ids.get(1)) else {
@@ -562,14 +601,208 @@ impl Tx<'_> {
                 None => held.iter().filter_map(|r| r.int(0).ok()).max(),
             };
             let Some(period) = period else { continue };
-            self.db.exec(
+            // Other Envoys' leases on the budget, found lost on spend too (a fleet that only
+            // settles calls and asks for no lease still charges a dead Envoy's).
+            if swept.insert(scope.clone()) {
+                now = match now {
+                    Some(n) => Some(n),
+                    None => Some(self.lease_clock()?),
+                };
+                self.charge_lost_leases(level, ids, &scope, period, now.unwrap_or(self.now))?;
+            }
+            let after = self.db.row(
                 "UPDATE lease SET applied_total = applied_total + ?1
-                 WHERE scope = ?2 AND period = ?3 AND envoy_id = ?4",
+                 WHERE scope = ?2 AND period = ?3 AND envoy_id = ?4
+                 RETURNING applied_total, lost_total",
                 args![*nanos, &scope, period, *envoy_id],
             )?;
+            let Some(after) = after else { continue };
+            // Spend from an Envoy charged as lost: what the estimate already charged is taken
+            // back from this charge (the budget was charged the whole of it above).
+            let before = Lease {
+                applied: after.int(0)?.saturating_sub(*nanos),
+                lost: after.int(1)?,
+                ..Default::default()
+            };
+            let netted = nanos.saturating_sub(beyond_lost(&before, *nanos));
+            if netted > 0 {
+                self.add_scope_spend(level, ids, netted.saturating_neg())?;
+                if *level == "key" {
+                    self.db.exec(
+                        "UPDATE spend_logs SET spend_nanos = spend_nanos - ?1 WHERE event_id = ?2",
+                        args![netted, lost_event_id(envoy_id, &scope, period)],
+                    )?;
+                }
+            }
         }
         Ok(())
     }
+
+    /// Charges the leases on `scope` whose Envoy is lost (returns what the current period was
+    /// charged), under `on_lost_lease`
+    /// ([`lost_charge`]): lapsed past the grace for late events, and the Envoy silent as long
+    /// (none of its leases renewed since; an Envoy still renewing others is alive and sends its
+    /// events, and its lapsed lease is a scope it stopped using, whose `used − applied` is only
+    /// the excess of its last reservations over their cost). Each is charged once: its
+    /// `lost_total` records how far, under the write lock. The budget is charged in its
+    /// current period only (an ended period's spend was reset); a key's lease also gets one
+    /// estimated spend-log row per Envoy, key and period ([`lost_event_id`]), the one
+    /// request-level record (a request has one key; the other budgets' charges are the same
+    /// requests, so logging them too would count them again in the log's totals).
+    fn charge_lost_leases(
+        &self,
+        level: &str,
+        ids: &[&str],
+        scope: &str,
+        current_period: i64,
+        now: i64,
+    ) -> Result<i64> {
+        let policy = self.lost_lease;
+        if policy == LostLeasePolicy::Release {
+            return Ok(0);
+        }
+        let mut charged = 0i64;
+        let cutoff = now.saturating_sub(crate::leases::EXPIRY_GRACE_MICROS);
+        let rows = self.db.rows(
+            "SELECT l.envoy_id, l.grant_total, l.held, l.used_total, l.applied_total, l.want,
+                    l.seq, l.expires_at, l.lost_total, l.period
+             FROM lease l
+             WHERE l.scope = ?1 AND l.expires_at <= ?2
+               AND (l.used_total > l.applied_total OR l.grant_total > l.applied_total)
+               AND (l.used_total > l.lost_total OR l.grant_total > l.lost_total)
+               AND NOT EXISTS (SELECT 1 FROM lease o
+                               WHERE o.envoy_id = l.envoy_id AND o.expires_at > ?2)",
+            args![scope, cutoff],
+        )?;
+        for r in &rows {
+            let (envoy_id, lease) = lease_of(r)?;
+            let period = r.int(9)?;
+            let charge = lost_charge(&lease, policy, now);
+            if charge <= 0 {
+                continue;
+            }
+            self.db.exec(
+                "UPDATE lease SET lost_total = ?1 WHERE scope = ?2 AND period = ?3 AND envoy_id = ?4",
+                args![lost_target(&lease, policy), scope, period, &envoy_id],
+            )?;
+            if period == current_period {
+                self.add_scope_spend(level, ids, charge)?;
+                charged = charged.saturating_add(charge);
+            }
+            if level == "key" {
+                self.log_lost(
+                    &envoy_id,
+                    scope,
+                    period,
+                    ids.first().copied(),
+                    &lease,
+                    charge,
+                )?;
+            }
+        }
+        Ok(charged)
+    }
+
+    /// The estimated spend-log row of a key's lost lease (added to, if the lease is lost again
+    /// after its Envoy came back).
+    fn log_lost(
+        &self,
+        envoy_id: &str,
+        scope: &str,
+        period: i64,
+        token: Option<&str>,
+        lease: &Lease,
+        nanos: i64,
+    ) -> Result<()> {
+        let key = match token {
+            Some(t) => super::get_key(&self.db, t)?,
+            None => None,
+        };
+        let id = lost_event_id(envoy_id, scope, period);
+        self.db.exec(
+            "INSERT INTO spend_logs (event_id, request_id, client_request_id, api_key, user_id,
+                 team_id, end_user, model, model_id, spend_nanos, prompt_tokens,
+                 completion_tokens, total_tokens, cached_tokens, estimated, status, call_type,
+                 start_time, end_time, doc)
+             VALUES (?1, ?1, NULL, ?2, ?3, ?4, NULL, '', '', ?5, 0, 0, 0, 0, 1, 'success',
+                 'lost_lease', ?6, ?6, '{}')
+             ON CONFLICT (event_id) DO UPDATE SET
+                 spend_nanos = spend_logs.spend_nanos + excluded.spend_nanos",
+            args![
+                &id,
+                token,
+                key.as_ref().and_then(|k| k.user_id.clone()),
+                key.as_ref().and_then(|k| k.team_id.clone()),
+                nanos,
+                lease.expires_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Adds `delta` (negative: takes back) to the spend of the budget a lease scope names, with
+    /// its due reset first, as the spend path charges it. A `key_model` budget's spend is its
+    /// leases' (nothing to write); a record gone charges nothing.
+    fn add_scope_spend(&self, level: &str, ids: &[&str], delta: i64) -> Result<()> {
+        use super::Budgeted;
+        let id = |i: usize| ids.get(i).copied().unwrap_or("");
+        match level {
+            "key" => {
+                if let Some(mut row) = super::get_key(&self.db, id(0))? {
+                    row.lazy_reset(&self.clock, self.now);
+                    row.add_spend(delta);
+                    super::put_key_doc(&self.db, &row)?;
+                }
+            }
+            "user" => {
+                if let Some(mut row) = super::get_user(&self.db, id(0))? {
+                    row.lazy_reset(&self.clock, self.now);
+                    row.add_spend(delta);
+                    super::put_user_doc(&self.db, &row)?;
+                }
+            }
+            "end_user" => {
+                if let Some(mut row) = super::get_end_user(&self.db, id(0))? {
+                    let budget = self.end_user_budget(&row)?;
+                    super::end_users::follow_period(&mut row, budget.as_ref());
+                    row.lazy_reset(&self.clock, self.now);
+                    row.add_spend(delta);
+                    super::put_end_user(&self.db, &row)?;
+                }
+            }
+            "team" => {
+                if let Some(mut row) = self.team(id(0))? {
+                    row.add_spend(delta);
+                    self.save_team(&row)?;
+                }
+            }
+            "team_member" => {
+                if let Some((mut row, _)) = self.membership(id(0), id(1))? {
+                    row.add_spend(delta);
+                    self.save_membership(&row)?;
+                }
+            }
+            "organization" => {
+                if let Some((mut row, _)) = self.organization(id(0))? {
+                    row.add_spend(delta);
+                    self.save_organization(&row)?;
+                }
+            }
+            "proxy" => {
+                let mut row = super::get_proxy(&self.db)?;
+                super::proxy_lazy_reset(&mut row, &self.clock, self.now);
+                row.spend_nanos = row.spend_nanos.saturating_add(delta);
+                super::put_proxy(&self.db, &row)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The spend-log id of a key's lost lease: one per Envoy, key and period (idempotent).
+pub fn lost_event_id(envoy_id: &str, scope: &str, period: i64) -> String {
+    format!("lost:{envoy_id}:{scope}:{period}")
 }
 
 impl super::Store {
@@ -755,7 +988,9 @@ mod tests {
 
     #[test]
     fn an_expired_lease_frees_its_grant_and_after_the_grace_its_unapplied_use() {
-        let store = store_with_key(Some(0.1));
+        // `on_lost_lease: release`: the unapplied use is forgiven (charge_reserved: see
+        // `a_dead_envoys_reported_use_is_charged_once_after_the_grace`).
+        let store = store_with_key(Some(0.1)).with_lost_lease_policy(LostLeasePolicy::Release);
         let m = 100_000_000;
         // One request of the whole budget: each answer lends all that is left (the floor).
         let greedy = |held: i64| LeaseItem {
@@ -945,5 +1180,212 @@ mod tests {
             ..item(0, 0, 0)
         };
         assert_eq!(item_error(&org), None, "organizations are a lease level");
+    }
+
+    const PROXY_SETTINGS: LeaseSettings = LeaseSettings {
+        proxy_max_budget: Some(1.0),
+        ..SETTINGS
+    };
+
+    fn proxy_item(used: i64, held: i64, want: i64) -> LeaseItem {
+        LeaseItem {
+            scope: "proxy:litellm-proxy-budget".into(),
+            level: "proxy".into(),
+            ids: vec![],
+            ..item(used, held, want)
+        }
+    }
+
+    /// One call on the key's and the proxy's budgets (the request-level scopes).
+    fn ask_both(store: &Store, envoy: &str, seq: u64, used: i64, held: i64, now: i64) {
+        let req = LeaseRequest {
+            envoy_id: envoy.into(),
+            seq,
+            items: vec![
+                item(used, held, 30_000_000),
+                proxy_item(used, held, 30_000_000),
+            ],
+        };
+        store.lease(&req, PROXY_SETTINGS, now).unwrap();
+    }
+
+    /// (event id, api key, spend) of the spend-log rows, by id.
+    fn logs(store: &Store) -> Vec<(String, Option<String>, i64)> {
+        store
+            .read(|db| {
+                db.rows(
+                    "SELECT event_id, api_key, spend_nanos FROM spend_logs ORDER BY event_id",
+                    &[],
+                )?
+                .iter()
+                .map(|r| Ok((r.text(0)?, r.opt_text(1)?, r.int(2)?)))
+                .collect()
+            })
+            .unwrap()
+    }
+
+    fn key_spend(store: &Store) -> i64 {
+        store.key("k1").unwrap().unwrap().spend_nanos
+    }
+
+    fn spend_of(store: &Store, envoy: &str, id: &str, nanos: i64, now: i64) {
+        let batch = SpendBatch {
+            events: vec![SpendEvent {
+                event_id: id.into(),
+                api_key: Some("k1".into()),
+                model: "m".into(),
+                spend_nanos: nanos,
+                envoy_id: Some(envoy.into()),
+                ..Default::default()
+            }],
+        };
+        store.apply_spend_batch(&batch, now).unwrap();
+    }
+
+    /// `on_lost_lease: charge_reserved` (the default): e1 reported 10 M used and died before
+    /// its events were sent. Not during the grace; then once, by the first call that finds
+    /// it: each budget (key, proxy) is charged 10 M, one spend-log row records it, and what
+    /// is lent to others counts it as spent.
+    #[test]
+    fn a_dead_envoys_reported_use_is_charged_once_after_the_grace() {
+        let store = store_with_key(Some(0.1));
+        assert_eq!(store.lost_lease_policy(), LostLeasePolicy::ChargeReserved);
+        ask_both(&store, "e1", 1, 0, 0, T0);
+        ask_both(&store, "e1", 2, 10_000_000, 30_000_000, T0 + 1);
+        let expiry = T0 + 1 + 10_000_000;
+        ask_both(
+            &store,
+            "e2",
+            1,
+            0,
+            0,
+            expiry + crate::leases::EXPIRY_GRACE_MICROS - 1,
+        );
+        assert_eq!(key_spend(&store), 0, "its events may still come");
+        assert!(logs(&store).is_empty());
+        let after_grace = expiry + crate::leases::EXPIRY_GRACE_MICROS;
+        for (seq, now) in [(2, after_grace), (3, after_grace + 5_000_000)] {
+            ask_both(&store, "e2", seq, 0, 0, now);
+            assert_eq!(key_spend(&store), 10_000_000, "charged once");
+            assert_eq!(store.proxy_budget_at(now).unwrap().spend_nanos, 10_000_000);
+            assert_eq!(
+                logs(&store),
+                vec![(
+                    "lost:e1:key:k1:0".to_string(),
+                    Some("k1".into()),
+                    10_000_000
+                )],
+                "one row for the request-level scope, not one per budget"
+            );
+        }
+        // The key's 100 M budget: 10 M charged, so e2 can never be lent more than 90 M.
+        let mut held = 0;
+        for seq in 4..100 {
+            held = ask(
+                &store,
+                "e2",
+                seq,
+                item(held, held, 100_000_000),
+                after_grace + 6,
+            )
+            .grant;
+        }
+        assert_eq!(held, 90_000_000);
+    }
+
+    /// Found on spend too: a fleet that only settles calls (no lease call) still charges it.
+    #[test]
+    fn a_lost_lease_is_found_when_spend_is_applied() {
+        let store = store_with_key(Some(0.1));
+        ask(&store, "e1", 1, item(0, 0, 30_000_000), T0);
+        ask(&store, "e1", 2, item(10_000_000, 30_000_000, 0), T0 + 1);
+        ask(&store, "e2", 1, item(0, 0, 30_000_000), T0 + 2);
+        let after_grace = T0 + 1 + 10_000_000 + crate::leases::EXPIRY_GRACE_MICROS;
+        // e2 renewed its lease a moment ago (it is alive): only e1's is lost.
+        ask(&store, "e2", 2, item(1_000, 30_000_000, 0), after_grace - 1);
+        spend_of(&store, "e2", "x1", 1_000, after_grace);
+        assert_eq!(key_spend(&store), 10_001_000);
+        assert_eq!(logs(&store).len(), 2);
+    }
+
+    /// An Envoy that was only cut off delivers its events late: they net the estimate first
+    /// (in the budget and in its spend-log row); only what passes it is charged again.
+    #[test]
+    fn late_events_of_an_envoy_charged_as_lost_are_netted() {
+        let store = store_with_key(Some(0.1));
+        ask(&store, "e1", 1, item(0, 0, 30_000_000), T0);
+        ask(&store, "e1", 2, item(10_000_000, 30_000_000, 0), T0 + 1);
+        let after_grace = T0 + 1 + 10_000_000 + crate::leases::EXPIRY_GRACE_MICROS;
+        ask(&store, "e2", 1, item(0, 0, 1_000), after_grace);
+        assert_eq!(key_spend(&store), 10_000_000);
+        spend_of(&store, "e1", "late1", 8_000_000, after_grace + 1);
+        assert_eq!(key_spend(&store), 10_000_000, "inside the estimate");
+        spend_of(&store, "e1", "late2", 5_000_000, after_grace + 2);
+        assert_eq!(key_spend(&store), 13_000_000, "3 M beyond it");
+        spend_of(&store, "e1", "late2", 5_000_000, after_grace + 3);
+        assert_eq!(key_spend(&store), 13_000_000, "a duplicate charges nothing");
+        let l = logs(&store);
+        assert_eq!(l[0], ("late1".to_string(), Some("k1".into()), 8_000_000));
+        assert_eq!(l[2], ("lost:e1:key:k1:0".to_string(), Some("k1".into()), 0));
+        // The log and the budget agree: every nano-dollar once.
+        assert_eq!(l.iter().map(|r| r.2).sum::<i64>(), 13_000_000);
+        // Back and reporting: its lease counts 13 M settled, nothing charged again.
+        ask(&store, "e1", 3, item(13_000_000, 0, 1_000), after_grace + 4);
+        ask(&store, "e2", 2, item(0, 0, 1_000), after_grace + 5);
+        assert_eq!(key_spend(&store), 13_000_000);
+    }
+
+    /// `charge_grant` writes off the unused grant too; `release` charges nothing; an Envoy
+    /// still renewing another budget is alive, and its lapsed lease is not lost.
+    #[test]
+    fn the_policy_decides_what_a_lost_lease_costs() {
+        let after_grace = T0 + 1 + 10_000_000 + crate::leases::EXPIRY_GRACE_MICROS;
+        for (policy, charged) in [
+            (LostLeasePolicy::ChargeGrant, 30_000_000),
+            (LostLeasePolicy::Release, 0),
+        ] {
+            let store = store_with_key(Some(0.1)).with_lost_lease_policy(policy);
+            ask(&store, "e1", 1, item(0, 0, 30_000_000), T0);
+            ask(&store, "e1", 2, item(10_000_000, 30_000_000, 0), T0 + 1);
+            ask(&store, "e2", 1, item(0, 0, 1_000), after_grace);
+            assert_eq!(key_spend(&store), charged, "{policy:?}");
+        }
+        let store = store_with_key(Some(0.1));
+        ask(&store, "e1", 1, item(0, 0, 30_000_000), T0);
+        ask(&store, "e1", 2, item(10_000_000, 30_000_000, 0), T0 + 1);
+        let req = LeaseRequest {
+            envoy_id: "e1".into(),
+            seq: 3,
+            items: vec![proxy_item(0, 0, 1_000)],
+        };
+        store.lease(&req, PROXY_SETTINGS, after_grace - 1).unwrap();
+        ask(&store, "e2", 1, item(0, 0, 1_000), after_grace);
+        assert_eq!(key_spend(&store), 0, "e1 is alive");
+    }
+
+    /// A lease table from before `lost_total` gets it (0 for every row), once.
+    #[test]
+    fn a_lease_table_without_lost_total_is_migrated() {
+        let dir = std::env::temp_dir().join(format!("tollgate-lost-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("leases-v3.db");
+        let _ = std::fs::remove_file(&path);
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(&SCHEMA.replace("    lost_total INTEGER NOT NULL DEFAULT 0,\n", ""))
+                .unwrap();
+            conn.execute_batch(
+                "INSERT INTO lease VALUES ('key:k1', 0, 'e1', 30, 30, 10, 0, 0, 1, 5);",
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            let store = Store::open(&path).unwrap();
+            let lost = store
+                .read(|db| db.row("SELECT lost_total FROM lease", &[])?.unwrap().int(0))
+                .unwrap();
+            assert_eq!(lost, 0);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -178,6 +178,8 @@ CREATE INDEX organization_memberships_user ON organization_memberships(user_id);
 ",
     // 3: fleet mode's lease rows.
     super::leases::PG_MIGRATION,
+    // 4: what a lost lease was charged up to (`on_lost_lease`).
+    super::leases::PG_MIGRATION_LOST,
 ];
 
 /// With its causes: "error performing TLS handshake" alone does not say the certificate was

@@ -59,6 +59,8 @@ pub struct Tx<'c> {
     pub(super) clock: ResetClock,
     pub(super) default_end_user_budget: Option<String>,
     pub(super) default_end_user_max_budget: Option<f64>,
+    /// `tollgate_fleet.on_lost_lease`.
+    pub(super) lost_lease: crate::plugin_config::LostLeasePolicy,
     pub(super) now: i64,
     entries: Vec<String>,
 }
@@ -77,6 +79,7 @@ impl<'c> Tx<'c> {
             clock: store.reset_clock(),
             default_end_user_budget: store.default_end_user_budget_id(),
             default_end_user_max_budget: store.default_end_user_max_budget(),
+            lost_lease: store.lost_lease_policy(),
             now: now_micros,
             entries: Vec::new(),
         }
