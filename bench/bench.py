@@ -992,10 +992,12 @@ def filter_counters(admin_port):
     """The filter's own counters in an Envoy's stats: lease calls made (borrows of every
     result, renewal reports) and calls refused, by outcome."""
     status, body = http("GET", f"http://127.0.0.1:{admin_port}/stats?filter=tollgate")
-    c = {"borrows": 0, "renewals": 0, "refused": {}}
+    c = {"borrows": 0, "renewals": 0, "borrows_failed": 0, "refused": {}}
     for line in body.decode(errors="replace").splitlines() if status == 200 else []:
         if m := re.match(r".*lease_(borrows|renewals)_total.*: (\d+)$", line):
             c[m.group(1)] += int(m.group(2))
+            if "result=.=failed;" in line and m.group(1) == "borrows":
+                c["borrows_failed"] += int(m.group(2))
         elif (m := re.match(r".*outcome=\.=(\w+);.*requests_total: (\d+)$", line)) and m.group(1) != "admitted":
             c["refused"][m.group(1)] = c["refused"].get(m.group(1), 0) + int(m.group(2))
     return c
@@ -1004,7 +1006,8 @@ def filter_counters(admin_port):
 def counters_delta(a, b):
     """What happened between two filter_counters readings (b after a)."""
     refused = {k: v - a["refused"].get(k, 0) for k, v in b["refused"].items() if v - a["refused"].get(k, 0)}
-    return {"borrows": b["borrows"] - a["borrows"], "renewals": b["renewals"] - a["renewals"], "refused": refused}
+    return {"borrows": b["borrows"] - a["borrows"], "renewals": b["renewals"] - a["renewals"],
+            "borrows_failed": b["borrows_failed"] - a["borrows_failed"], "refused": refused}
 
 
 def parallel(fns):
@@ -1034,6 +1037,7 @@ def fleet_steady(envoys, key, small, seconds, conns):
         d = counters_delta(b, a)
         rows.append({"envoy": e.name, "rps": r["rps"], "requests": r["requests"], "non2xx": r["non2xx"],
                      "errors": r["errors"], "wall": r["wall"], "refused": d["refused"],
+                     "borrows_failed": d["borrows_failed"],
                      "borrows_per_s": d["borrows"] / r["wall"], "renewals_per_s": d["renewals"] / r["wall"]})
     return rows
 
@@ -1137,7 +1141,11 @@ FLEET_KEY_KINDS = {
     "rpm": ("rpm only", {"rpm_limit": KEY_LIMITS["rpm_limit"]}),
     "tpm": ("tpm only", {"tpm_limit": KEY_LIMITS["tpm_limit"]}),
     "parallel": ("parallel only", {"max_parallel_requests": KEY_LIMITS["max_parallel_requests"]}),
+    "limits": ("rpm + tpm + parallel, no budget",
+               {k: KEY_LIMITS[k] for k in ("rpm_limit", "tpm_limit", "max_parallel_requests")}),
 }
+# BENCH_FLEET_MULTI=0: the request-path comparison only (no PostgreSQL, no fleet of Envoys).
+FLEET_MULTI = os.environ.get("BENCH_FLEET_MULTI", "1") == "1"
 FLEET_KEYS = [k.strip() for k in os.environ.get("BENCH_FLEET_KEYS", "all,budget").split(",") if k.strip()]
 for k in FLEET_KEYS:
     if k not in FLEET_KEY_KINDS:
@@ -1188,6 +1196,9 @@ def fleet_scaling(fake):
     log("fleet: request path on vs off; three Envoys and two replicas on PostgreSQL")
     small = body_file("small.json", SMALL_BODY)
     path = fleet_request_path(fake, small)
+    if not FLEET_MULTI:
+        fleet_report(path, None, None, None, 0)
+        return
     pg = PgServer()
     url = pg.database("bench_fleet")
     replicas = [Serve(fake, url, fake.fleet_config, LOAD_CPUS) for _ in range(FLEET_REPLICAS)]
@@ -1277,6 +1288,9 @@ def fleet_report(path, steady, exhaust, effect, conns):
         d = [on["cpu_us"] - off["cpu_us"] for on, off in zip(path[("on", kind)], path[("off", kind)])]
         out(f"| {label} | on − off | | {statistics.median(d):+.0f} ({span(d, '{:+.0f}')}) | | | |")
     out()
+    if steady is None:
+        RESULTS["fleet"] = {"request_path": {f"{k[1]}, fleet {k[0]}": v for k, v in path.items()}}
+        return
     out(f"{FLEET_ENVOYS} Envoys (1 worker each, CPU {ENVOY_CPUS}) and {FLEET_REPLICAS} `tollgate serve` replicas "
         f"on one PostgreSQL (CPU {LOAD_CPUS}), `tollgate_fleet: {{lease_ttl_seconds: 10}}`. Steady load: wrk on "
         f"every Envoy at once, {conns} connections each, {SCALING_SECONDS} s, one key with the main table's limits "
@@ -1285,13 +1299,13 @@ def fleet_report(path, steady, exhaust, effect, conns):
         f"demand); the request-path table above measures warm keys only.")
     out()
     out("| round | Envoy | rps | lease calls/s (borrows + renewals) | false refusals (non-2xx) / requests "
-        "| refused by outcome |")
+        "| refused by outcome; borrows without a usable answer |")
     out("|---|---|---|---|---|---|")
     for i, rows in enumerate(steady):
         for r in rows:
             out(f"| {i} | {r['envoy']} | {r['rps']:.0f} | {r['borrows_per_s'] + r['renewals_per_s']:.1f} "
                 f"({r['borrows_per_s']:.1f} + {r['renewals_per_s']:.1f}) | {r['non2xx'] + r['errors']} / {r['requests']} "
-                f"| {' '.join(f'{o}:{n}' for o, n in sorted(r['refused'].items()))} |")
+                f"| {' '.join(f'{o}:{n}' for o, n in sorted(r['refused'].items()))}; {r['borrows_failed']} |")
     out()
     out(f"Near exhaustion: a budget of {FLEET_BUDGET_CALLS} calls (${FLEET_BUDGET_CALLS * FLEET_CALL_USD:g}, each "
         f"call ${FLEET_CALL_USD} = its reservation), 6 clients spread over the Envoys until no call was admitted "
