@@ -1146,6 +1146,7 @@ FLEET_KEY_KINDS = {
 }
 # BENCH_FLEET_MULTI=0: the request-path comparison only (no PostgreSQL, no fleet of Envoys).
 FLEET_MULTI = os.environ.get("BENCH_FLEET_MULTI", "1") == "1"
+FLEET_MODES = ["off", "on"]  # "off", "on", then one per BENCH_COMPARE_WASM build
 FLEET_KEYS = [k.strip() for k in os.environ.get("BENCH_FLEET_KEYS", "all,budget").split(",") if k.strip()]
 for k in FLEET_KEYS:
     if k not in FLEET_KEY_KINDS:
@@ -1158,6 +1159,10 @@ def fleet_request_path(fake, small):
     (BENCH_FLEET_KEYS) on each, so the leased rate-limit slices' share shows."""
     setups = {"off": Tollgate(fake, name="fleet mode off"),
               "on": Tollgate(fake, name="fleet mode on", config=fake.fleet_config)}
+    # BENCH_COMPARE_WASM: other builds, fleet mode on, in the same rounds (A/B of a change).
+    for path in COMPARE_WASM:
+        mode = f"on, {os.path.basename(path)}"
+        setups[mode] = Tollgate(fake, name=f"fleet mode {mode}", wasm=path, config=fake.fleet_config)
     keys = {}
     for mode, tg in setups.items():
         tg.generate_key()  # waits until the filter serves
@@ -1167,6 +1172,7 @@ def fleet_request_path(fake, small):
                 raise SystemExit(f"bench: /key/generate answered {status}: {resp[:300]!r}")
             keys[(mode, kind)] = json.loads(resp)["key"]
     runs = {k: [] for k in keys}
+    FLEET_MODES[:] = list(setups)
     for rnd in range(ROUNDS):
         for kind in FLEET_KEYS:
             for mode, tg in setups.items():
@@ -1276,7 +1282,7 @@ def fleet_report(path, steady, exhaust, effect, conns):
     out("|---|---|---|---|---|---|---|")
     for kind in FLEET_KEYS:
         label = FLEET_KEY_KINDS[kind][0]
-        for mode in ("off", "on"):
+        for mode in FLEET_MODES:
             r = path[(mode, kind)]
             outcomes = {}
             for x in r:
@@ -1285,8 +1291,9 @@ def fleet_report(path, steady, exhaust, effect, conns):
             out(f"| {label} | {mode} | {m(r, 'rps'):.0f} | {m(r, 'cpu_us'):.0f} ({span([x['cpu_us'] for x in r])}) "
                 f"| {m(r, 'side_us'):.0f} | {m(r, 'borrows_per_s'):.1f} + {m(r, 'renewals_per_s'):.1f} "
                 f"| {sum(x['non2xx'] for x in r)} {' '.join(f'{o}:{n}' for o, n in sorted(outcomes.items()))} |")
-        d = [on["cpu_us"] - off["cpu_us"] for on, off in zip(path[("on", kind)], path[("off", kind)])]
-        out(f"| {label} | on − off | | {statistics.median(d):+.0f} ({span(d, '{:+.0f}')}) | | | |")
+        for mode in FLEET_MODES[1:]:
+            d = [on["cpu_us"] - off["cpu_us"] for on, off in zip(path[(mode, kind)], path[("off", kind)])]
+            out(f"| {label} | {mode} − off (per round) | | {statistics.median(d):+.0f} ({span(d, '{:+.0f}')}) | | | |")
     out()
     if steady is None:
         RESULTS["fleet"] = {"request_path": {f"{k[1]}, fleet {k[0]}": v for k, v in path.items()}}
