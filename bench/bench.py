@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Tollgate benchmarks: bare Envoy vs Envoy + tollgate.wasm (every check on) vs LiteLLM proxy,
-scaling curves over keys, request-body sizes and Envoy workers, and the store (SQLite vs a real
-PostgreSQL: spend ingest, admin operations, the request path). Run by bench/run.sh
+scaling curves over keys, request-body sizes and Envoy workers, the store (SQLite vs a real
+PostgreSQL: spend ingest, admin operations, the request path), and fleet mode (the request path
+on vs off; three Envoys and two replicas on PostgreSQL: lease calls, false refusals, admin changes). Run by bench/run.sh
 (`./build.sh bench`); BENCHMARKS.md explains the setup and every knob.
 
 Standard library only. Every server runs on 127.0.0.1, in its own process group, and is stopped
