@@ -6,8 +6,8 @@
 #   ./build.sh test            build, then unit tests and the integration tests against real Envoy
 #                              (and a real PostgreSQL, installed from Debian's packages if missing)
 #                              and chromium + chromium-driver for the admin UI's browser test
-#   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md; the store curve
-#                              starts a real PostgreSQL, installed as for `test` if missing)
+#   ./build.sh bench           build, then the benchmarks (see BENCHMARKS.md; the store and fleet parts
+#                              start a real PostgreSQL, installed as for `test` if missing)
 #   ./build.sh examples        regenerate envoy/tollgate.envoy.yaml and envoy/istio.yaml
 #   ./build.sh oci [DIR]       write tollgate.wasm as an OCI image layout (default target/oci/tollgate-wasm)
 #   ./build.sh validate-istio  check `tollgate render --format istio` against Istio's CRDs and k8s schemas

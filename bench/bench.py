@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Tollgate benchmarks: bare Envoy vs Envoy + tollgate.wasm (every check on) vs LiteLLM proxy,
-scaling curves over keys, request-body sizes and Envoy workers, and the store (SQLite vs a real
-PostgreSQL: spend ingest, admin operations, the request path). Run by bench/run.sh
+scaling curves over keys, request-body sizes and Envoy workers, the store (SQLite vs a real
+PostgreSQL: spend ingest, admin operations, the request path), and fleet mode (the request path
+on vs off; three Envoys and two replicas on PostgreSQL: lease calls, false refusals, admin changes). Run by bench/run.sh
 (`./build.sh bench`); BENCHMARKS.md explains the setup and every knob.
 
 Standard library only. Every server runs on 127.0.0.1, in its own process group, and is stopped
@@ -79,12 +80,12 @@ KEY_LIMITS = {
 if SCALING in ("", "none", "0"):
     SCALING_PARTS = []
 elif SCALING == "all":
-    SCALING_PARTS = ["keys", "bodies", "workers", "hostcall", "store"]
+    SCALING_PARTS = ["keys", "bodies", "workers", "hostcall", "store", "fleet"]
 else:
     SCALING_PARTS = [p.strip() for p in SCALING.split(",") if p.strip()]
 for p in SCALING_PARTS:
-    if p not in ("keys", "bodies", "workers", "hostcall", "store"):
-        sys.exit(f"bench: BENCH_SCALING: unknown part {p!r} (keys, bodies, workers, hostcall, store, all, none)")
+    if p not in ("keys", "bodies", "workers", "hostcall", "store", "fleet"):
+        sys.exit(f"bench: BENCH_SCALING: unknown part {p!r} (keys, bodies, workers, hostcall, store, fleet, all, none)")
 
 WORK = tempfile.mkdtemp(prefix="tollgate-bench-")
 PROCS = []  # Popen objects, each the leader of its own process group
@@ -230,9 +231,9 @@ def pin(pid, cpus):
 # ---------------------------------------------------------------- the setups
 
 
-def write_config(fake_port):
-    path = os.path.join(WORK, "config.yaml")
-    fleet = "  tollgate_fleet:\n    lease_ttl_seconds: 10\n" if FLEET else ""
+def write_config(fake_port, fleet_mode=FLEET, name="config.yaml"):
+    path = os.path.join(WORK, name)
+    fleet = "  tollgate_fleet:\n    lease_ttl_seconds: 10\n" if fleet_mode else ""
     with open(path, "w") as f:
         f.write(
             f"""model_list:
@@ -243,6 +244,15 @@ def write_config(fake_port):
       api_key: sk-bench-provider
       input_cost_per_token: 0.0000001
       output_cost_per_token: 0.0000002
+  # The fleet part's near-exhaustion load (as tests/fleet.rs): FLEET_CALL_BODY costs exactly
+  # its reservation, $0.018, so a budget is a whole number of calls.
+  - model_name: priced
+    litellm_params:
+      model: openai/priced-backend
+      api_base: http://127.0.0.1:{fake_port}/v1
+      api_key: sk-bench-provider
+      input_cost_per_token: 0.001
+      output_cost_per_token: 0.002
 general_settings:
   master_key: os.environ/LITELLM_MASTER_KEY
 {fleet}litellm_settings:
@@ -263,6 +273,7 @@ class Fake:
             proc=self.proc,
         )
         self.config = write_config(self.port)
+        self.fleet_config = write_config(self.port, True, "config-fleet.yaml")
 
 
 class Bare:
@@ -343,16 +354,16 @@ class Tollgate:
 
     name = "Envoy + tollgate.wasm"
 
-    def __init__(self, fake, workers=1, data_dir=None, wasm=WASM, name=None, store=None):
+    def __init__(self, fake, workers=1, data_dir=None, wasm=WASM, name=None, store=None, config=None):
         if name:
             self.name = name
-        self.port = free_port()
+        self.port, self.envoy_admin_port = free_port(), free_port()
         self.data_dir = data_dir or os.path.join(WORK, f"data-{self.port}")
         env = dict(os.environ, LITELLM_MASTER_KEY=MASTER_KEY, ENVOY_BIN=ENVOY)
         self.proc = spawn(
-            [BIN, "up", "--config", fake.config, "--port", str(self.port), "--host", "127.0.0.1",
+            [BIN, "up", "--config", config or fake.config, "--port", str(self.port), "--host", "127.0.0.1",
              "--concurrency", str(workers), "--data-dir", self.data_dir, "--wasm", wasm,
-             "--envoy-log-level", "error", "--envoy-admin-port", str(free_port())]
+             "--envoy-log-level", "error", "--envoy-admin-port", str(self.envoy_admin_port)]
             + (["--store", store] if store else []),
             f"up-{self.port}.log", ENVOY_CPUS, env=env,
         )
@@ -718,12 +729,12 @@ class Serve:
     """One `tollgate serve` replica (the sidecar alone, no Envoy) on a store: what the store curve
     posts spend batches and admin calls to. Pinned to the Envoy CPUs, which no Envoy uses then."""
 
-    def __init__(self, fake, store=None):
+    def __init__(self, fake, store=None, config=None, cpus=ENVOY_CPUS):
         self.port = free_port()
         self.data_dir = os.path.join(WORK, f"serve-{self.port}")
-        args = [BIN, "serve", "--config", fake.config, "--port", str(self.port), "--data-dir", self.data_dir]
+        args = [BIN, "serve", "--config", config or fake.config, "--port", str(self.port), "--data-dir", self.data_dir]
         env = dict(os.environ, LITELLM_MASTER_KEY=MASTER_KEY)
-        self.proc = spawn(args + (["--store", store] if store else []), f"serve-{self.port}.log", ENVOY_CPUS, env=env)
+        self.proc = spawn(args + (["--store", store] if store else []), f"serve-{self.port}.log", cpus, env=env)
         self.base = f"http://127.0.0.1:{self.port}"
         wait_until("tollgate serve", lambda: http("GET", self.base + "/health/liveliness")[0] == 200,
                    proc=self.proc)
@@ -941,6 +952,396 @@ def store_scaling(fake):
     out()
     RESULTS["store"] = {"postgres": pg_version, "ingest": ingest, "admin": admin, "request_path": path,
                         "posters": STORE_POSTERS, "batch": STORE_BATCH}
+
+
+# ---------------------------------------------------------------- fleet mode (three Envoys, one budget)
+
+FLEET_ENVOYS = 3
+FLEET_REPLICAS = 2
+FLEET_CALL_USD = 0.018  # one FLEET_CALL_BODY call, priced exactly at its reservation
+FLEET_CALL_BODY = {"model": "priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+FLEET_BUDGET_CALLS = env_int("BENCH_FLEET_BUDGET_CALLS", 1000)
+FLEET_TRIALS = env_int("BENCH_FLEET_TRIALS", 5)  # admin-change trials per kind of change
+
+
+class FleetEnvoy:
+    """One Envoy of the fleet (one worker), rendered with every replica in its sidecar cluster,
+    as tests/common/fleet.rs starts them."""
+
+    def __init__(self, config, replica_ports, index):
+        self.port, self.admin_port = free_port(), free_port()
+        self.name = f"Envoy {index}"
+        render = [BIN, "render", "--format", "envoy", "--config", config, "--port", str(self.port),
+                  "--envoy-admin-port", str(self.admin_port), "--wasm", WASM]
+        for p in replica_ports:
+            render += ["--sidecar-port", str(p)]
+        yaml = subprocess.run(render, check=True, capture_output=True, text=True,
+                              env=dict(os.environ, LITELLM_MASTER_KEY=MASTER_KEY)).stdout
+        path = os.path.join(WORK, f"fleet-envoy-{index}.yaml")
+        with open(path, "w") as f:
+            f.write(yaml.replace("address: 0.0.0.0", "address: 127.0.0.1"))
+        self.proc = spawn([ENVOY, "-c", path, "--concurrency", "1", "--disable-hot-restart", "--log-level", "error"],
+                          f"fleet-envoy-{index}.log", ENVOY_CPUS)
+        self.base = f"http://127.0.0.1:{self.port}"
+        wait_until(self.name, lambda: http("GET", self.base + "/health/liveliness")[0] == 200, proc=self.proc)
+
+    def counters(self):
+        return filter_counters(self.admin_port)
+
+
+def filter_counters(admin_port):
+    """The filter's own counters in an Envoy's stats: lease calls made (borrows of every
+    result, renewal reports) and calls refused, by outcome."""
+    status, body = http("GET", f"http://127.0.0.1:{admin_port}/stats?filter=tollgate")
+    c = {"borrows": 0, "renewals": 0, "borrows_failed": 0, "refused": {}}
+    for line in body.decode(errors="replace").splitlines() if status == 200 else []:
+        if m := re.match(r".*lease_(borrows|renewals)_total.*: (\d+)$", line):
+            c[m.group(1)] += int(m.group(2))
+            if "result=.=failed;" in line and m.group(1) == "borrows":
+                c["borrows_failed"] += int(m.group(2))
+        elif (m := re.match(r".*outcome=\.=(\w+);.*requests_total: (\d+)$", line)) and m.group(1) != "admitted":
+            c["refused"][m.group(1)] = c["refused"].get(m.group(1), 0) + int(m.group(2))
+    return c
+
+
+def counters_delta(a, b):
+    """What happened between two filter_counters readings (b after a)."""
+    refused = {k: v - a["refused"].get(k, 0) for k, v in b["refused"].items() if v - a["refused"].get(k, 0)}
+    return {"borrows": b["borrows"] - a["borrows"], "renewals": b["renewals"] - a["renewals"],
+            "borrows_failed": b["borrows_failed"] - a["borrows_failed"], "refused": refused}
+
+
+def parallel(fns):
+    """Runs the callables in threads; their results in order."""
+    import threading
+    results = [None] * len(fns)
+
+    def run(i):
+        results[i] = fns[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results
+
+
+def fleet_steady(envoys, key, small, seconds, conns):
+    """wrk on every Envoy at once (one key, limits far above the offered load): lease calls per
+    second per Envoy, and every non-2xx answer (all of them false refusals here)."""
+    before = [e.counters() for e in envoys]
+    runs = parallel([lambda e=e: wrk(e.port, conns, seconds, small, f"key:{key}") for e in envoys])
+    after = [e.counters() for e in envoys]
+    rows = []
+    for e, b, a, r in zip(envoys, before, after, runs):
+        d = counters_delta(b, a)
+        rows.append({"envoy": e.name, "rps": r["rps"], "requests": r["requests"], "non2xx": r["non2xx"],
+                     "errors": r["errors"], "wall": r["wall"], "refused": d["refused"],
+                     "borrows_failed": d["borrows_failed"],
+                     "borrows_per_s": d["borrows"] / r["wall"], "renewals_per_s": d["renewals"] / r["wall"]})
+    return rows
+
+
+def fleet_exhaust(envoys, key, clients, cap_s):
+    """Clients spread over the Envoys send FLEET_CALL_BODY until the key's budget refuses them all
+    (or cap_s): each answer's time and status. A 422 answered before the fleet's last admitted
+    call is a false refusal: the budget still had room (a later call got it)."""
+    import threading
+    body = json.dumps(FLEET_CALL_BODY)
+    answers = []
+    lock = threading.Lock()
+    stop_at = time.time() + cap_s
+    last_admit = [time.time()]
+
+    def client(c):
+        e = envoys[c % len(envoys)]
+        conn = HTTPConnection("127.0.0.1", e.port, timeout=30)
+        while time.time() < stop_at and time.time() - last_admit[0] < 1.0:
+            try:
+                status, _ = call(conn, "POST", "/v1/chat/completions", body, f"Bearer {key}")
+            except (OSError, HTTPException):
+                conn.close()
+                conn = HTTPConnection("127.0.0.1", e.port, timeout=30)
+                status = None
+            now = time.time()
+            with lock:
+                answers.append((now, c % len(envoys), status))
+                if status == 200:
+                    last_admit[0] = now
+        conn.close()
+
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpu_list(LOAD_CPUS))
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for th in threads:
+        th.start()
+    os.sched_setaffinity(0, mask)
+    for th in threads:
+        th.join()
+    admitted = [t for t, _, s in answers if s == 200]
+    last = max(admitted) if admitted else 0
+    refused = [t for t, _, s in answers if s == 422]
+    return {"admitted": len(admitted), "refused": len(refused),
+            "false_refusals": sum(1 for t in refused if t < last),
+            "other": sorted({str(s) for _, _, s in answers if s not in (200, 422)}),
+            "other_count": sum(1 for _, _, s in answers if s not in (200, 422))}
+
+
+def fleet_admin_effect(envoys, make_key, change, expect, cap_s=15):
+    """Time from an admin change answered by Envoy 0 (so by one replica) until Envoys 1.. enforce
+    it: each is polled with calls on its own keep-alive connection until one gets a status in
+    `expect` (the change's refusal; other answers, e.g. a false refusal, do not count).
+    Returns (seconds, the refusal's status) per Envoy ((None, None) if not within cap_s)."""
+    key = make_key()
+    body = json.dumps(FLEET_CALL_BODY)
+    # Warm: every Envoy has the key's record and its leases before the change.
+    for e in envoys:
+        st, _ = http("POST", e.base + "/v1/chat/completions", FLEET_CALL_BODY, {"Authorization": f"Bearer {key}"})
+        if st != 200:
+            raise SystemExit(f"bench: fleet: warm-up call through {e.name} answered {st}")
+    import threading
+    changed_at = [None]
+    ready = threading.Barrier(len(envoys))  # the pollers, plus the thread making the change
+
+    def poll(e):
+        conn = HTTPConnection("127.0.0.1", e.port, timeout=30)
+        ready.wait()
+        while changed_at[0] is None or time.time() < changed_at[0] + cap_s:
+            sent = time.time()
+            try:
+                status, _ = call(conn, "POST", "/v1/chat/completions", body, f"Bearer {key}")
+            except (OSError, HTTPException):
+                conn.close()
+                conn = HTTPConnection("127.0.0.1", e.port, timeout=30)
+                continue
+            # Only a call sent after the change started counts (one answered meanwhile may have
+            # been decided before it).
+            if changed_at[0] is not None and sent >= changed_at[0] and status in expect:
+                conn.close()
+                return time.time() - changed_at[0], status
+        conn.close()
+        return None, None
+
+    def changer():
+        ready.wait()
+        time.sleep(0.3)  # the pollers are calling
+        changed_at[0] = time.time()  # from the admin call's start: what an operator waits for
+        status, resp = change(envoys[0], key)
+        if status != 200:
+            raise SystemExit(f"bench: fleet: the admin change answered {status}: {resp[:200]!r}")
+        return None
+
+    return parallel([lambda e=e: poll(e) for e in envoys[1:]] + [changer])[:-1]
+
+
+# Keys of the request-path comparison: BENCH_FLEET_KEYS picks them (comma list).
+FLEET_KEY_KINDS = {
+    "all": ("all limits", KEY_LIMITS),
+    "budget": ("budget only", {"max_budget": KEY_LIMITS["max_budget"], "budget_duration": KEY_LIMITS["budget_duration"]}),
+    "rpm": ("rpm only", {"rpm_limit": KEY_LIMITS["rpm_limit"]}),
+    "tpm": ("tpm only", {"tpm_limit": KEY_LIMITS["tpm_limit"]}),
+    "parallel": ("parallel only", {"max_parallel_requests": KEY_LIMITS["max_parallel_requests"]}),
+    "limits": ("rpm + tpm + parallel, no budget",
+               {k: KEY_LIMITS[k] for k in ("rpm_limit", "tpm_limit", "max_parallel_requests")}),
+}
+# BENCH_FLEET_MULTI=0: the request-path comparison only (no PostgreSQL, no fleet of Envoys).
+FLEET_MULTI = os.environ.get("BENCH_FLEET_MULTI", "1") == "1"
+FLEET_MODES = ["off", "on"]  # "off", "on", then one per BENCH_COMPARE_WASM build
+FLEET_KEYS = [k.strip() for k in os.environ.get("BENCH_FLEET_KEYS", "all,budget").split(",") if k.strip()]
+for k in FLEET_KEYS:
+    if k not in FLEET_KEY_KINDS:
+        sys.exit(f"bench: BENCH_FLEET_KEYS: unknown key kind {k!r} ({', '.join(FLEET_KEY_KINDS)})")
+
+
+def fleet_request_path(fake, small):
+    """The request path's cost with fleet mode on vs off: two `tollgate up` (one Envoy worker,
+    SQLite) on the same config but for `tollgate_fleet`, alternating rounds; one key per kind
+    (BENCH_FLEET_KEYS) on each, so the leased rate-limit slices' share shows."""
+    setups = {"off": Tollgate(fake, name="fleet mode off"),
+              "on": Tollgate(fake, name="fleet mode on", config=fake.fleet_config)}
+    # BENCH_COMPARE_WASM: other builds, fleet mode on, in the same rounds (A/B of a change).
+    for path in COMPARE_WASM:
+        mode = f"on, {os.path.basename(path)}"
+        setups[mode] = Tollgate(fake, name=f"fleet mode {mode}", wasm=path, config=fake.fleet_config)
+    keys = {}
+    for mode, tg in setups.items():
+        tg.generate_key()  # waits until the filter serves
+        for kind in FLEET_KEYS:
+            status, resp = tg.admin("POST", "/key/generate", FLEET_KEY_KINDS[kind][1])
+            if status != 200:
+                raise SystemExit(f"bench: /key/generate answered {status}: {resp[:300]!r}")
+            keys[(mode, kind)] = json.loads(resp)["key"]
+    runs = {k: [] for k in keys}
+    FLEET_MODES[:] = list(setups)
+    for rnd in range(ROUNDS):
+        for kind in FLEET_KEYS:
+            for mode, tg in setups.items():
+                # A key idle for longer than the lease TTL (while the others are measured) starts
+                # cold again: slices sized from no known demand (the steady part's round 0). Only
+                # the warm cost counts here, so each run follows 2 s of the same load.
+                wrk(tg.port, CONNS, 2, small, f"key:{keys[(mode, kind)]}")
+                before = filter_counters(tg.envoy_admin_port)
+                t = wrk(tg.port, CONNS, SCALING_SECONDS, small, f"key:{keys[(mode, kind)]}", tg.all_pids(),
+                        tg.side_pids())
+                d = counters_delta(before, filter_counters(tg.envoy_admin_port))
+                runs[(mode, kind)].append({"rps": t["rps"], "cpu_us": t["cpu"] / max(t["requests"], 1) * 1e6,
+                                           "side_us": t["cpu_side"] / max(t["requests"], 1) * 1e6,
+                                           "non2xx": t["non2xx"] + t["errors"], "refused": d["refused"],
+                                           "borrows_per_s": d["borrows"] / t["wall"],
+                                           "renewals_per_s": d["renewals"] / t["wall"]})
+                r = runs[(mode, kind)][-1]
+                log(f"fleet request path round {rnd + 1} {kind}, fleet {mode}: {t['rps']:.0f} rps, "
+                    f"{r['cpu_us']:.0f} CPU µs/req ({r['side_us']:.0f} sidecar), borrows {r['borrows_per_s']:.1f}/s, "
+                    f"renewals {r['renewals_per_s']:.1f}/s, non-2xx {r['non2xx']} {r['refused']}")
+    for tg in setups.values():
+        stop(tg.proc)
+    return runs
+
+
+def fleet_scaling(fake):
+    log("fleet: request path on vs off; three Envoys and two replicas on PostgreSQL")
+    small = body_file("small.json", SMALL_BODY)
+    path = fleet_request_path(fake, small)
+    if not FLEET_MULTI:
+        fleet_report(path, None, None, None, 0)
+        return
+    pg = PgServer()
+    url = pg.database("bench_fleet")
+    replicas = [Serve(fake, url, fake.fleet_config, LOAD_CPUS) for _ in range(FLEET_REPLICAS)]
+    envoys = [FleetEnvoy(fake.fleet_config, [r.port for r in replicas], i) for i in range(FLEET_ENVOYS)]
+    master = {"Authorization": f"Bearer {MASTER_KEY}"}
+
+    def generate(body):
+        status, resp = http("POST", envoys[0].base + "/key/generate", body, master)
+        if status != 200:
+            raise SystemExit(f"bench: fleet: /key/generate answered {status}: {resp[:300]!r}")
+        return json.loads(resp)["key"]
+
+    # Steady load, far from every limit: lease calls per second, false refusals.
+    key = generate(dict(KEY_LIMITS))
+    for e in envoys:
+        wait_until(f"{e.name} serves the key", lambda e=e: http("POST", e.base + "/v1/chat/completions", SMALL_BODY,
+                   {"Authorization": f"Bearer {key}"})[0] == 200, timeout=30)
+    conns = max(CONNS // FLEET_ENVOYS, 1)
+    steady = []
+    # Round 0 is the key's cold start: its first slices are sized from no known demand.
+    for rnd in range(ROUNDS + 1):
+        steady.append(fleet_steady(envoys, key, small, SCALING_SECONDS, conns))
+        log(f"fleet steady round {rnd}: " + ", ".join(
+            f"{r['envoy']} {r['rps']:.0f} rps {r['borrows_per_s'] + r['renewals_per_s']:.1f} lease calls/s "
+            f"{r['non2xx']} non-2xx" for r in steady[-1]))
+    # Near exhaustion: a budget of FLEET_BUDGET_CALLS calls spent to the end.
+    exhaust = []
+    for rnd in range(ROUNDS):
+        k = generate({"max_budget": FLEET_BUDGET_CALLS * FLEET_CALL_USD})
+        before = [e.counters() for e in envoys]
+        t0 = time.time()
+        r = fleet_exhaust(envoys, k, 6, 60)
+        r["wall"] = time.time() - t0
+        deltas = [counters_delta(b, a) for a, b in zip([e.counters() for e in envoys], before)]
+        r["lease_calls"] = [d["borrows"] + d["renewals"] for d in deltas]
+        exhaust.append(r)
+        log(f"fleet exhaustion round {rnd + 1}: {r}")
+    # Admin change through Envoy 0 until Envoys 1 and 2 enforce it.
+    # A budget the pollers cannot spend meanwhile ($1 000 = 55 555 calls).
+    budget_key = lambda: generate({"max_budget": 1000})
+    changes = {
+        "`/key/block` (then 401)": (lambda e, k: http("POST", e.base + "/key/block", {"key": k}, master), {401}),
+        "`/key/update` `max_budget` $1 000 → $0.001 (then 422)":
+            (lambda e, k: http("POST", e.base + "/key/update", {"key": k, "max_budget": 0.001}, master), {422}),
+    }
+    effect = {name: [] for name in changes}
+    for trial in range(FLEET_TRIALS):
+        for name, (change, expect) in changes.items():
+            effect[name].append(fleet_admin_effect(envoys, budget_key, change, expect))
+            log(f"fleet admin change trial {trial + 1} {name}: {effect[name][-1]}")
+    for e in envoys:
+        stop(e.proc)
+    for r in replicas:
+        stop(r.proc)
+    pg.stop()
+    fleet_report(path, steady, exhaust, effect, conns)
+
+
+def fleet_report(path, steady, exhaust, effect, conns):
+    def m(rows, field):
+        return statistics.median(r[field] for r in rows)
+
+    def span(values, fmt="{:.0f}"):
+        values = sorted(values)
+        return fmt.format(values[0]) if len(values) == 1 or values[0] == values[-1] else \
+            f"{fmt.format(values[0])}–{fmt.format(values[-1])}"
+
+    out("## Fleet mode")
+    out()
+    out(f"The request path with fleet mode on vs off: `tollgate up` (1 Envoy worker, SQLite), one key, {CONNS} "
+        f"connections, median of {ROUNDS} alternating round(s) of {SCALING_SECONDS} s (range in brackets):")
+    out()
+    out("| key | fleet mode | rps | CPU µs/req (Envoy + sidecar) | of which sidecar | lease calls/s "
+        "(borrows + renewals) | non-2xx (outcomes) |")
+    out("|---|---|---|---|---|---|---|")
+    for kind in FLEET_KEYS:
+        label = FLEET_KEY_KINDS[kind][0]
+        for mode in FLEET_MODES:
+            r = path[(mode, kind)]
+            outcomes = {}
+            for x in r:
+                for o, n in x["refused"].items():
+                    outcomes[o] = outcomes.get(o, 0) + n
+            out(f"| {label} | {mode} | {m(r, 'rps'):.0f} | {m(r, 'cpu_us'):.0f} ({span([x['cpu_us'] for x in r])}) "
+                f"| {m(r, 'side_us'):.0f} | {m(r, 'borrows_per_s'):.1f} + {m(r, 'renewals_per_s'):.1f} "
+                f"| {sum(x['non2xx'] for x in r)} {' '.join(f'{o}:{n}' for o, n in sorted(outcomes.items()))} |")
+        for mode in FLEET_MODES[1:]:
+            d = [on["cpu_us"] - off["cpu_us"] for on, off in zip(path[(mode, kind)], path[("off", kind)])]
+            out(f"| {label} | {mode} − off (per round) | | {statistics.median(d):+.0f} ({span(d, '{:+.0f}')}) | | | |")
+    out()
+    if steady is None:
+        RESULTS["fleet"] = {"request_path": {f"{k[1]}, fleet {k[0]}": v for k, v in path.items()}}
+        return
+    out(f"{FLEET_ENVOYS} Envoys (1 worker each, CPU {ENVOY_CPUS}) and {FLEET_REPLICAS} `tollgate serve` replicas "
+        f"on one PostgreSQL (CPU {LOAD_CPUS}), `tollgate_fleet: {{lease_ttl_seconds: 10}}`. Steady load: wrk on "
+        f"every Envoy at once, {conns} connections each, {SCALING_SECONDS} s, one key with the main table's limits "
+        f"(budget $1 000 000, rpm 10⁹, tpm 10¹², 100 000 parallel): every non-2xx is a false refusal. Round 0 is "
+        f"the key's first {SCALING_SECONDS} s under load (cold start: its first slices are sized from no known "
+        f"demand); the request-path table above measures warm keys only.")
+    out()
+    out("| round | Envoy | rps | lease calls/s (borrows + renewals) | false refusals (non-2xx) / requests "
+        "| refused by outcome; borrows without a usable answer |")
+    out("|---|---|---|---|---|---|")
+    for i, rows in enumerate(steady):
+        for r in rows:
+            out(f"| {i} | {r['envoy']} | {r['rps']:.0f} | {r['borrows_per_s'] + r['renewals_per_s']:.1f} "
+                f"({r['borrows_per_s']:.1f} + {r['renewals_per_s']:.1f}) | {r['non2xx'] + r['errors']} / {r['requests']} "
+                f"| {' '.join(f'{o}:{n}' for o, n in sorted(r['refused'].items()))}; {r['borrows_failed']} |")
+    out()
+    out(f"Near exhaustion: a budget of {FLEET_BUDGET_CALLS} calls (${FLEET_BUDGET_CALLS * FLEET_CALL_USD:g}, each "
+        f"call ${FLEET_CALL_USD} = its reservation), 6 clients spread over the Envoys until no call was admitted "
+        f"for 1 s. A false refusal is a 422 answered before the fleet's last admitted call (the budget still had "
+        f"room: a later call got it).")
+    out()
+    out("| round | admitted | 422 | of which false | other answers | lease calls per Envoy (run) |")
+    out("|---|---|---|---|---|---|")
+    for i, r in enumerate(exhaust):
+        out(f"| {i + 1} | {r['admitted']} | {r['refused']} | {r['false_refusals']} | "
+            f"{r['other_count']} {' '.join(r['other'])} | {' / '.join(map(str, r['lease_calls']))} ({r['wall']:.1f} s) |")
+    out()
+    out(f"An admin change answered by Envoy 0 (so by one replica), until Envoys 1 and 2 refuse the key: each "
+        f"polled with calls on one connection; seconds from the admin call's start, {FLEET_TRIALS} trials "
+        f"(a fresh key each):")
+    out()
+    out("| change | min | median | max | not seen within 15 s |")
+    out("|---|---|---|---|---|")
+    for name, trials in effect.items():
+        seen = [s for t in trials for s, _ in t if s is not None]
+        missed = sum(1 for t in trials for s, _ in t if s is None)
+        if seen:
+            out(f"| {name} | {min(seen):.2f} | {statistics.median(seen):.2f} | {max(seen):.2f} | {missed} |")
+        else:
+            out(f"| {name} | | | | {missed} |")
+    out()
+    RESULTS["fleet"] = {"request_path": {f"{k[1]}, fleet {k[0]}": v for k, v in path.items()}, "steady": steady,
+                        "exhaust": exhaust, "admin_effect": effect}
 
 
 def seed_keys(data_dir, template_raw, first, last):
@@ -1211,7 +1612,7 @@ def main():
     parts = ([("main", main_comparison)] if MAIN else []) + [
         (p, {"keys": keys_scaling, "bodies": bodies_scaling, "workers": workers_scaling,
              "hostcall": hostcall_price,
-             "store": store_scaling}[p]) for p in SCALING_PARTS]
+             "store": store_scaling, "fleet": fleet_scaling}[p]) for p in SCALING_PARTS]
     for name, fn in parts:
         t0 = time.time()
         fn(fake)

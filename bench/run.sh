@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tollgate benchmarks (run by `./build.sh bench`): bare Envoy vs Envoy + tollgate.wasm (every check
 # on) vs LiteLLM proxy (BENCH_LITELLM=1), scaling curves over keys, body sizes and Envoy workers,
-# and the store (SQLite vs PostgreSQL, which `./build.sh bench` installs like `./build.sh test`).
+# the store (SQLite vs PostgreSQL, which `./build.sh bench` installs like `./build.sh test`) and fleet
+# mode (BENCH_SCALING=fleet: the request path on vs off, three Envoys + two replicas on PostgreSQL).
 # The measuring is bench/bench.py; this script makes sure its tools are there. Knobs: BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
