@@ -860,3 +860,52 @@ fn idle_slices_are_returned_to_the_fleet() {
         "only {rest} admitted after Envoy 0 went idle: its slice was not returned"
     );
 }
+
+/// FLEET.md §4.8: an Envoy stopped gracefully (`SIGTERM`) gives its slices back on the way
+/// out (Envoy calls the root context's `proxy_on_done` and waits for it to be done), so the
+/// others can use them at once, not when its slices would have been returned idle or the
+/// window ended. rpm 40 in a 60 s window: Envoy 0 takes 10 and is stopped; Envoys 1 and 2
+/// then get the 30 left within seconds.
+#[test]
+fn a_stopped_envoy_gives_its_slices_back() {
+    let mut fleet = Fleet::start("fleet-stop", IDLE_CONFIG, ENVOYS, 2);
+    let rpm = 40;
+    let key = fleet.generate_key(json!({"rpm_limit": rpm}));
+    let started = Instant::now();
+    let (first, refused) = calls_to(&fleet, 0, &key, 10, started + Duration::from_secs(20));
+    assert_eq!((first, refused), (10, 0));
+    fleet.stop_envoy(0);
+    let stopped = started.elapsed();
+    // Well before Envoy 0's slices would be idle for 30 s.
+    let until = started + Duration::from_secs(25);
+    let auth = format!("Bearer {key}");
+    let (mut rest, mut throttled, mut n) = (0, 0, 0);
+    while Instant::now() < until && throttled < 10 {
+        n += 1;
+        let r = fleet.post(1 + n % 2, "/v1/chat/completions", &auth, &hi());
+        match r.status {
+            200 => rest += 1,
+            429 => throttled += 1,
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    eprintln!(
+        "rpm {rpm}: 10 on Envoy 0 (stopped after {stopped:?}), then {rest} on Envoys 1 and 2 by {:?}",
+        started.elapsed()
+    );
+    assert!(
+        first + rest <= rpm,
+        "{} admitted for rpm {rpm}",
+        first + rest
+    );
+    let leases = shared().psql(
+        &fleet.db,
+        "SELECT string_agg(envoy_id || ':' || grant_total || '/' || used_total, ' ') \
+         FROM tollgate.lease",
+    );
+    assert!(
+        first + rest + ENVOYS >= rpm,
+        "only {rest} admitted after Envoy 0 stopped: its slices were not given back \
+         (lease rows grant/used: {leases})"
+    );
+}
