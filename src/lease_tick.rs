@@ -129,27 +129,6 @@ impl ActiveScopes {
         out
     }
 
-    /// The unused room of every tracked scope and of the `queued` renewals not reported yet
-    /// given back (the Envoy is stopping, or this configuration is going away), as
-    /// [`ActiveScopes::items`] does for an idle one; the set is emptied.
-    pub fn give_back_all<S: VersionedStore>(
-        &mut self,
-        store: &S,
-        queued: &[Vec<u8>],
-        now: i64,
-    ) -> Vec<LeaseItem> {
-        let mut all: BTreeMap<String, LeaseItem> = std::mem::take(&mut self.scopes)
-            .into_iter()
-            .map(|(scope, t)| (scope, t.item))
-            .collect();
-        for item in budgets::renewal_items(store, queued, now) {
-            all.entry(item.scope.clone()).or_insert(item);
-        }
-        all.values()
-            .filter_map(|item| give_back(store, item, now))
-            .collect()
-    }
-
     /// This tick's lease report ([`ActiveScopes::items`]), numbered by
     /// [`budgets::next_lease_seq`]; `None` when nothing is due.
     pub fn report<S: VersionedStore>(
@@ -377,84 +356,5 @@ mod tests {
         answer(&s, vec![grant("user:u1", 0, 5 * CENT)], NOW + IDLE);
         assert!(active.items(&s, &[], NOW + IDLE + 1, IDLE).is_empty());
         assert_eq!(active.len(), 1);
-    }
-    #[test]
-    fn an_idle_rate_slice_is_returned_while_its_window_runs_even_past_its_deadline() {
-        use crate::rate_leases::Slice;
-        let s = MemoryStore::default();
-        let window_end = NOW + 60_000_000;
-        let slice = |grant, deadline| Slice {
-            period: window_end,
-            used: 10,
-            grant,
-            deadline,
-            ..Slice::default()
-        };
-        let entry = "tollgate:v1:rl-lease:rpm:api_key:h";
-        assert!(entry.starts_with(crate::contract::RATE_LEASE_PREFIX));
-        s.set(entry, &slice(25, NOW + TTL).encode(), None).unwrap();
-        let item = LeaseItem {
-            scope: "rpm:api_key:h".into(),
-            level: "rpm".into(),
-            ids: vec!["api_key".into(), "h".into()],
-            limit: Some(40),
-            want: 5,
-            ..Default::default()
-        };
-        let mut active = ActiveScopes::default();
-        let queued = serde_json::to_vec(&item).unwrap();
-        assert_eq!(active.items(&s, &[queued], NOW, IDLE).len(), 1);
-        // Past its deadline the sidecar still counts the slice (until the window ends).
-        let items = active.items(&s, &[], NOW + IDLE, IDLE);
-        assert_eq!(items.len(), 1, "{items:?}");
-        let r = &items[0];
-        assert_eq!(
-            (r.returning, r.used, r.held, r.period, r.limit),
-            (true, 10, 10, window_end, Some(40))
-        );
-        let (bytes, _) = s.get(entry).unwrap();
-        assert_eq!(Slice::decode(&bytes), slice(10, 0));
-    }
-
-    #[test]
-    fn stopping_gives_back_every_tracked_slice() {
-        let s = MemoryStore::default();
-        let (u1, u2) = (
-            user(None),
-            Scope {
-                id: "u2".into(),
-                ..user(None)
-            },
-        );
-        let mut active = ActiveScopes::default();
-        let queued = leased(&s, &u1, 5 * CENT, 0, NOW);
-        active.items(&s, &[queued], NOW, IDLE);
-        // u2's renewal is still queued (no tick since); it used all of its slice, so only u1
-        // has room to give back.
-        let pending = leased(&s, &u2, CENT, 0, NOW);
-        let items = active.give_back_all(&s, &[pending], NOW + 1);
-        assert_eq!(
-            items
-                .iter()
-                .map(|i| (i.scope.as_str(), i.returning, i.held))
-                .collect::<Vec<_>>(),
-            [("user:u1", true, CENT)]
-        );
-        assert!(active.is_empty());
-        assert_eq!(read(&s, &u1).unwrap().deadline, 0);
-        // A queued renewal with room is given back as well.
-        let u3 = Scope {
-            id: "u3".into(),
-            ..user(None)
-        };
-        let pending = leased(&s, &u3, 5 * CENT, 0, NOW);
-        let items = active.give_back_all(&s, &[pending], NOW + 1);
-        assert_eq!(
-            items
-                .iter()
-                .map(|i| (i.scope.as_str(), i.returning))
-                .collect::<Vec<_>>(),
-            [("user:u3", true)]
-        );
     }
 }

@@ -401,15 +401,3 @@ pub fn count(ids: &crate::flow::MetricIds, metric: crate::metrics::Metric, n: u6
         );
     }
 }
-
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_done() -> u32;
-}
-
-/// Tells the host this root context, which deferred its end in `on_done`, is done now. The
-/// SDK's `done()` panics on an unexpected status (and would kill the VM); this ignores it.
-pub fn done() {
-    // SAFETY: proxy-wasm ABI call without arguments; the status is read as a plain integer.
-    let _ = unsafe { proxy_done() };
-}

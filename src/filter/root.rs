@@ -46,9 +46,6 @@ pub struct TollgateRoot {
     lease_calls: Vec<(u32, i64, Vec<String>)>,
     /// Fleet mode: the scopes this worker reports on (next periods ahead, idle returns).
     active: crate::lease_tick::ActiveScopes,
-    /// Fleet mode: the report giving every slice back as this configuration goes away; its
-    /// answer (or timeout) ends the root context.
-    giving_back: Option<u32>,
 }
 
 impl TollgateRoot {
@@ -233,58 +230,6 @@ impl TollgateRoot {
         }
     }
 
-    /// Fleet mode, as this configuration goes away (Envoy stopping, or a reload replacing
-    /// it): one report giving back every slice this worker tracks that holds unused room, so
-    /// the other Envoys can use it now rather than when it expires. Returns whether a report
-    /// was sent (then the root context is done when it is answered or times out).
-    fn give_back_leases(&mut self) -> bool {
-        let Some(shared) = &self.shared else {
-            return false;
-        };
-        let Some(envoy_id) = shared.envoy_id.as_deref() else {
-            return false;
-        };
-        // Renewals queued since the last tick name scopes this worker may not track yet.
-        let mut queued = Vec::new();
-        while let Some(item) = shared.lease_queue.and_then(host::dequeue) {
-            queued.push(item);
-            if queued.len() >= MAX_LEASE_ITEMS {
-                break;
-            }
-        }
-        let now = host::now_micros();
-        let items = self.active.give_back_all(&host::SharedData, &queued, now);
-        if items.is_empty() {
-            return false;
-        }
-        let Some(seq) = budgets::next_lease_seq(&host::SharedData, now) else {
-            return false;
-        };
-        let request = crate::records::LeaseRequest {
-            envoy_id: envoy_id.to_string(),
-            seq,
-            items,
-        };
-        let Ok(body) = serde_json::to_vec(&request) else {
-            return false;
-        };
-        let config = &shared.config;
-        match host::dispatch_post(
-            &config.sidecar_cluster,
-            &config.sidecar_authority,
-            contract::LEASES_PATH,
-            &format!("Bearer {}", config.internal_token),
-            &body,
-            Duration::from_millis(config.sidecar_timeout_ms.max(1000)),
-        ) {
-            Ok(token) => {
-                self.giving_back = Some(token);
-                true
-            }
-            Err(()) => false,
-        }
-    }
-
     fn flush(&mut self) {
         let Some(shared) = &self.shared else { return };
         let Some(queue) = shared.spend_queue else {
@@ -344,9 +289,7 @@ fn requeue(queue: u32, raw: &[Vec<u8>]) {
 impl Context for TollgateRoot {
     /// This configuration is going away (a reload replaced it, or Envoy is stopping): batches
     /// whose answer has not come back go back on the queue, which outlives this root context,
-    /// for the next configuration to send. The sidecar ignores events it already has. Fleet
-    /// mode gives its slices back first, and is done once that report is answered (Envoy
-    /// waits for a root context that is not done before it exits).
+    /// for the next configuration to send. The sidecar ignores events it already has.
     fn on_done(&mut self) -> bool {
         if let Some(queue) = self.shared.as_ref().and_then(|s| s.spend_queue) {
             let in_flight = std::mem::take(&mut self.in_flight);
@@ -355,7 +298,7 @@ impl Context for TollgateRoot {
                 requeue(queue, &raw);
             }
         }
-        !self.give_back_leases()
+        true
     }
 
     fn on_http_call_response(
@@ -375,17 +318,6 @@ impl Context for TollgateRoot {
         if self.keys_fetch == Some(token) {
             self.keys_fetch = None;
             self.apply_provider_keys(body_size);
-            return;
-        }
-        if self.giving_back == Some(token) {
-            self.giving_back = None;
-            let returned = host::call_response_status() == Some(200);
-            self.count(Metric::LeaseRenewals(if returned {
-                Renewal::Sent
-            } else {
-                Renewal::Failed
-            }));
-            host::done();
             return;
         }
         if let Some(i) = self.lease_calls.iter().position(|(t, _, _)| *t == token) {

@@ -120,25 +120,6 @@ impl Fleet {
         proc.child.wait().expect("reap Envoy");
     }
 
-    /// `SIGTERM` to Envoy `i` (a graceful stop), and its exit awaited (at most 30 s).
-    pub fn stop_envoy(&mut self, i: usize) {
-        let mut proc = self.envoys[i].proc.take().expect("Envoy is running");
-        let pid = proc.child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -TERM {pid}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while proc.child.try_wait().expect("poll Envoy").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "Envoy {i} did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     pub fn envoy_alive(&self, i: usize) -> bool {
         self.envoys[i].proc.is_some()
     }
