@@ -357,4 +357,42 @@ mod tests {
         assert!(active.items(&s, &[], NOW + IDLE + 1, IDLE).is_empty());
         assert_eq!(active.len(), 1);
     }
+
+    #[test]
+    fn an_idle_rate_slice_is_returned_while_its_window_runs_even_past_its_deadline() {
+        use crate::rate_leases::Slice;
+        let s = MemoryStore::default();
+        let window_end = NOW + 60_000_000;
+        let slice = |grant, deadline| Slice {
+            period: window_end,
+            used: 10,
+            grant,
+            deadline,
+            ..Slice::default()
+        };
+        let entry = "tollgate:v1:rl-lease:rpm:api_key:h";
+        assert!(entry.starts_with(crate::contract::RATE_LEASE_PREFIX));
+        s.set(entry, &slice(25, NOW + TTL).encode(), None).unwrap();
+        let item = LeaseItem {
+            scope: "rpm:api_key:h".into(),
+            level: "rpm".into(),
+            ids: vec!["api_key".into(), "h".into()],
+            limit: Some(40),
+            want: 5,
+            ..Default::default()
+        };
+        let mut active = ActiveScopes::default();
+        let queued = serde_json::to_vec(&item).unwrap();
+        assert_eq!(active.items(&s, &[queued], NOW, IDLE).len(), 1);
+        // Past its deadline the sidecar still counts the slice (until the window ends).
+        let items = active.items(&s, &[], NOW + IDLE, IDLE);
+        assert_eq!(items.len(), 1, "{items:?}");
+        let r = &items[0];
+        assert_eq!(
+            (r.returning, r.used, r.held, r.period, r.limit),
+            (true, 10, 10, window_end, Some(40))
+        );
+        let (bytes, _) = s.get(entry).unwrap();
+        assert_eq!(Slice::decode(&bytes), slice(10, 0));
+    }
 }
