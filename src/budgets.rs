@@ -21,7 +21,7 @@
 use crate::cost::{nanos_to_usd, py_float};
 use crate::errors::ApiError;
 use crate::plugin_config::NoLeasePolicy;
-use crate::records::{LeaseAnswer, LeaseItem, LeaseRequest};
+use crate::records::{LeaseAnswer, LeaseGrant, LeaseItem, LeaseRequest};
 use crate::shared_store::{update, Decision, StoreError, VersionedStore};
 use crate::time::{add_duration, next_reset_at_str, parse_duration, ZoneOffsets, UTC};
 
@@ -122,6 +122,12 @@ pub struct Counter {
     /// slice each send a borrow, the answers are taken by `max`, so an answer sized for one
     /// request would admit one of them and refuse the rest.
     pub waiting: i64,
+    /// Fleet mode: the next period's slice, issued ahead in the last seconds of this one
+    /// (FLEET.md §4.7): for the period ending at `next_period`, valid until `next_deadline`.
+    /// Installed as `grant` when the period rolls into it.
+    pub next_period: i64,
+    pub next_grant: i64,
+    pub next_deadline: i64,
 }
 
 /// The first `N` space-separated integers of a shared-data entry; a missing or malformed field
@@ -136,7 +142,7 @@ pub fn int_fields<const N: usize>(bytes: &[u8]) -> [i64; N] {
 
 impl Counter {
     pub fn decode(bytes: &[u8]) -> Counter {
-        let [reset_at, spend, reserved, grant, deadline, global, global_at, asked, asked_used, peak, waiting] =
+        let [reset_at, spend, reserved, grant, deadline, global, global_at, asked, asked_used, peak, waiting, next_period, next_grant, next_deadline] =
             int_fields(bytes);
         Counter {
             reset_at,
@@ -150,6 +156,9 @@ impl Counter {
             asked_used,
             peak,
             waiting,
+            next_period,
+            next_grant,
+            next_deadline,
         }
     }
 
@@ -164,6 +173,9 @@ impl Counter {
             self.asked_used,
             self.peak,
             self.waiting,
+            self.next_period,
+            self.next_grant,
+            self.next_deadline,
         ];
         let mut out = format!("{} {} {}", self.reset_at, self.spend, self.reserved);
         if lease.iter().any(|f| *f != 0) {
@@ -191,13 +203,28 @@ impl Counter {
         now < self.deadline && self.used() < self.grant
     }
 
-    /// A new period: nothing spent, no lease (reservations in flight stay until settled).
+    /// A new period: nothing spent (reservations in flight stay until settled), and no lease
+    /// unless the one issued ahead is for it. Fleet mode keeps the demand estimate going: the
+    /// use since the reset counts from the reset, and the largest reservation stays.
     fn roll(&mut self, reset_at: i64) {
+        let ahead = reset_at != 0 && self.next_period == reset_at;
+        let fleet = self.asked != 0;
         *self = Counter {
             reset_at,
             reserved: self.reserved,
+            grant: if ahead { self.next_grant } else { 0 },
+            deadline: if ahead { self.next_deadline } else { 0 },
+            asked: if fleet { self.reset_at } else { 0 },
+            asked_used: if fleet { self.reserved } else { 0 },
+            peak: if fleet { self.peak } else { 0 },
             ..Counter::default()
         };
+    }
+
+    /// Fleet mode: the last seconds of the period and no slice of the next one held past
+    /// the reset: a report now gets the next period's slice ahead.
+    pub fn next_due(&self, now: i64) -> bool {
+        crate::leases::pre_issue_due(self.reset_at, now, 0) && self.next_deadline <= self.reset_at
     }
 }
 
@@ -703,8 +730,8 @@ pub fn apply_lease_answer<S: VersionedStore>(
     now: i64,
 ) -> Vec<(String, i64)> {
     let mut applied: Vec<(String, i64)> = Vec::new();
-    for grant in &answer.items {
-        if !asked.contains(&grant.scope) || applied.iter().any(|(s, _)| *s == grant.scope) {
+    for (i, grant) in answer.items.iter().enumerate() {
+        if !asked.contains(&grant.scope) {
             continue;
         }
         let ttl = i64::try_from(grant.ttl_ms)
@@ -713,6 +740,16 @@ pub fn apply_lease_answer<S: VersionedStore>(
         let deadline = sent_at
             .saturating_add(ttl)
             .saturating_sub(LEASE_MARGIN_MICROS);
+        // A later grant of a scope already answered is its next period's, issued ahead.
+        if answer.items[..i].iter().any(|g| g.scope == grant.scope) {
+            if !crate::leases::is_rate_scope(&grant.scope) {
+                apply_next_grant(store, grant, deadline, now);
+            }
+            continue;
+        }
+        if applied.iter().any(|(s, _)| *s == grant.scope) {
+            continue;
+        }
         if crate::leases::is_rate_scope(&grant.scope) {
             if crate::rate_leases::apply_grant(store, grant, deadline, now) {
                 applied.push((grant.scope.clone(), grant.spend));
@@ -762,6 +799,31 @@ pub fn apply_lease_answer<S: VersionedStore>(
 
 /// A slice's deadline is this much before the sidecar's expiry (FLEET.md §4.5).
 const LEASE_MARGIN_MICROS: i64 = 500_000;
+
+/// Keeps a budget's next-period grant (issued ahead) in its entry, for the period roll to
+/// install: only one for a later period than the entry's, taken by `max` while one for the
+/// same period is still valid (grants only grow), as it is otherwise.
+fn apply_next_grant<S: VersionedStore>(store: &S, grant: &LeaseGrant, deadline: i64, now: i64) {
+    let key = format!("{PREFIX}{}", grant.scope);
+    let _ = update(store, &key, now, |v| {
+        let Some(bytes) = v else {
+            return Decision::Keep(());
+        };
+        let mut c = Counter::decode(bytes);
+        if c.reset_at == 0 || grant.period <= c.reset_at || now >= grant.period {
+            return Decision::Keep(());
+        }
+        if c.next_period == grant.period && now < c.next_deadline {
+            c.next_grant = c.next_grant.max(grant.grant);
+            c.next_deadline = c.next_deadline.max(deadline);
+        } else {
+            c.next_period = grant.period;
+            c.next_grant = grant.grant;
+            c.next_deadline = deadline;
+        }
+        write_if_changed(v, &c, ())
+    });
+}
 
 /// The root tick's renewal: the queued items (JSON [`LeaseItem`]s, [`Admission::Admitted`]'s
 /// `renew`) de-duplicated by scope (largest `want`), with `period`, `used` and `held` read
@@ -863,6 +925,66 @@ fn write_if_changed<T>(stored: Option<&[u8]>, next: &Counter, result: T) -> Deci
     } else {
         Decision::Write(encoded, result)
     }
+}
+
+/// What the root tick sees of a leased scope's entry ([`crate::lease_tick`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickView {
+    /// Changes whenever the entry is used (period, use, given back).
+    pub mark: [i64; 3],
+    /// Requests hold something of it right now (reservations, slots).
+    pub in_use: bool,
+    /// This Envoy holds lent room it has not used (that the sidecar still counts).
+    pub holds: bool,
+    /// A report now would get the next period's slice ahead.
+    pub next_due: bool,
+}
+
+/// A budget's entry as the root tick sees it (`scope` as in [`LeaseItem::scope`]).
+pub fn tick_view<S: VersionedStore>(store: &S, scope: &str, now: i64) -> Option<TickView> {
+    let (bytes, _) = store.get(&format!("{PREFIX}{scope}"))?;
+    let c = Counter::decode(&bytes);
+    Some(TickView {
+        mark: [c.reset_at, c.used(), 0],
+        in_use: c.reserved > 0,
+        holds: now < c.deadline && c.grant > c.used(),
+        next_due: c.next_due(now),
+    })
+}
+
+/// Gives an idle budget's slice back: the entry's grant drops to its use and the slice ends
+/// (the next request borrows again), and the report item says `returning` (the sidecar lowers
+/// its grant to the same). `None` when it holds nothing unused any more.
+pub fn give_back_item<S: VersionedStore>(
+    store: &S,
+    item: &LeaseItem,
+    now: i64,
+) -> Option<LeaseItem> {
+    update(store, &format!("{PREFIX}{}", item.scope), now, |v| {
+        let Some(bytes) = v else {
+            return Decision::Keep(None);
+        };
+        let mut c = Counter::decode(bytes);
+        if now >= c.deadline || c.grant <= c.used() {
+            return Decision::Keep(None);
+        }
+        c.grant = c.used();
+        c.deadline = 0;
+        c.next_period = 0;
+        c.next_grant = 0;
+        c.next_deadline = 0;
+        let returned = LeaseItem {
+            period: c.reset_at,
+            used: c.used(),
+            held: c.grant,
+            want: 0,
+            returning: true,
+            ..item.clone()
+        };
+        write_if_changed(v, &c, Some(returned))
+    })
+    .ok()
+    .flatten()
 }
 
 /// Reads a budget's counter without changing it (for headers and tests).
@@ -1182,7 +1304,6 @@ mod tests {
 
     mod fleet {
         use super::*;
-        use crate::records::LeaseGrant;
 
         const TTL: i64 = 10_000_000;
         const NOW: i64 = 1_700_000_003_000_000;
@@ -1239,8 +1360,11 @@ mod tests {
                 asked_used: 9,
                 peak: 10,
                 waiting: 11,
+                next_period: 12,
+                next_grant: 13,
+                next_deadline: 14,
             };
-            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10 11");
+            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10 11 12 13 14");
             assert_eq!(Counter::decode(&c.encode()), c);
             // No lease: the 3-field form, as outside fleet mode.
             let old = Counter {

@@ -338,6 +338,19 @@ pub fn rate_window(latest_end: Option<i64>, now: i64, window_micros: i64) -> i64
 const DEMAND_HORIZON_MICROS: i128 = 5_000_000;
 /// The filter enqueues a scope for renewal at most this often.
 pub const RENEW_EVERY_MICROS: i64 = 1_000_000;
+/// In the last `H` of a budget's period the next period's slice is issued ahead (FLEET.md
+/// §4.7), so the first request after the reset finds a slice and does not pause to borrow.
+pub const PRE_ISSUE_MICROS: i64 = DEMAND_HORIZON_MICROS as i64;
+
+/// Whether a budget whose period ends at `period_end` is in its last [`PRE_ISSUE_MICROS`] at
+/// `now` (with `slack` more, for the sidecar: the Envoy's clock may run ahead of it).
+pub fn pre_issue_due(period_end: i64, now: i64, slack: i64) -> bool {
+    period_end > now && period_end.saturating_sub(now) <= PRE_ISSUE_MICROS.saturating_add(slack)
+}
+
+/// An Envoy returns the slices of a scope it has not used for this long (FLEET.md §4.4; the
+/// default of `tollgate_fleet.idle_return_seconds`).
+pub const IDLE_RETURN_MICROS: i64 = 30_000_000;
 
 /// Use expected over the next [`DEMAND_HORIZON_MICROS`], from the use since the last ask (at
 /// `asked`, when the use was `asked_used`); 0 before any ask.

@@ -12,6 +12,7 @@ pub mod credential;
 pub mod errors;
 pub mod flow;
 pub mod key_format;
+pub mod lease_tick;
 pub mod leases;
 pub mod metrics;
 pub mod model_access;

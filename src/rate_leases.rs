@@ -514,6 +514,55 @@ pub fn refresh_item<S: VersionedStore>(
     Some(item)
 }
 
+/// A rate slice as the root tick sees it ([`crate::lease_tick`]). A window's lease keeps its
+/// claim on the sidecar past its deadline, so unused room counts as held until the window ends.
+pub fn tick_view<S: VersionedStore>(
+    store: &S,
+    scope: &str,
+    now: i64,
+) -> Option<crate::budgets::TickView> {
+    let (bytes, _) = store.get(&entry_key(scope))?;
+    let s = Slice::decode(&bytes);
+    let running = s.period == 0 || now < s.period;
+    Some(crate::budgets::TickView {
+        mark: [s.period, s.used, s.released],
+        in_use: scope.starts_with("parallel:") && s.holding() > 0,
+        holds: running && s.grant > s.used,
+        next_due: false,
+    })
+}
+
+/// Gives an idle rate slice back, as [`crate::budgets::give_back_item`].
+pub fn give_back_item<S: VersionedStore>(
+    store: &S,
+    item: &LeaseItem,
+    now: i64,
+) -> Option<LeaseItem> {
+    update(store, &entry_key(&item.scope), now, |v| {
+        let Some(bytes) = v else {
+            return Decision::Keep(None);
+        };
+        let mut s = Slice::decode(bytes);
+        if (s.period != 0 && now >= s.period) || s.grant <= s.used {
+            return Decision::Keep(None);
+        }
+        s.grant = s.used;
+        s.deadline = 0;
+        let returned = LeaseItem {
+            period: s.period,
+            used: s.used,
+            held: s.grant,
+            released: s.released,
+            want: 0,
+            returning: true,
+            ..item.clone()
+        };
+        Decision::Write(s.encode(), Some(returned))
+    })
+    .ok()
+    .flatten()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -288,7 +288,9 @@ fn is_zero(n: &i64) -> bool {
     *n == 0
 }
 
-/// The answer to a [`LeaseRequest`]: one grant per item, same order.
+/// The answer to a [`LeaseRequest`]: one grant per item, same order; then, for budgets in the
+/// last seconds of their period, a grant of the same scope for the next period (issued ahead,
+/// FLEET.md §4.7: the filter keeps it for when its clock crosses the reset).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct LeaseAnswer {

@@ -783,3 +783,156 @@ fn budget_resets_cross_the_fleet() {
         );
     }
 }
+
+/// Envoy `i`'s lease borrows so far (`tollgate_lease_borrows_total`, every result), from its
+/// admin port (in its rendered bootstrap).
+fn borrows(fleet: &Fleet, i: usize) -> f64 {
+    let bootstrap =
+        std::fs::read_to_string(fleet.scratch_dir().join(format!("envoy-{i}.yaml"))).unwrap();
+    let admin = &bootstrap[bootstrap.find("admin").expect("an admin section")..];
+    let at = &admin[admin.find("port_value").expect("an admin port") + "port_value".len()..];
+    let port: u16 = at
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let r = common::prometheus::envoy_stats(port);
+    r.assert_status(200);
+    common::prometheus::values(
+        &common::prometheus::parse(&r.body),
+        "tollgate_lease_borrows_total",
+        &[],
+    )
+    .iter()
+    .sum()
+}
+
+fn all_borrows(fleet: &Fleet) -> f64 {
+    (0..ENVOYS).map(|i| borrows(fleet, i)).sum()
+}
+
+/// FLEET.md §4.7: the next period's slice is issued in the last seconds before a reset, so
+/// steady traffic crosses `budget_duration: 10s` resets on three Envoys without pausing to
+/// borrow (without it each Envoy's first request after each reset borrows), and every call is
+/// admitted and booked once.
+#[test]
+fn resets_are_crossed_without_borrowing() {
+    let fleet = Fleet::start("fleet-ahead", CONFIG, ENVOYS, 2);
+    let key = fleet.generate_key(json!({
+        "max_budget": BUDGET_CALLS as f64 * CALL_USD,
+        "budget_duration": "10s",
+    }));
+    let period = 10_000_000i64;
+    let into = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64)
+        .rem_euclid(period);
+    // Start 1 s into a period; warm up for 3 s, then run across two resets.
+    std::thread::sleep(Duration::from_micros(
+        (period - into + 1_000_000).rem_euclid(period) as u64,
+    ));
+    let pace = [("x-fake-delay-ms", "200")];
+    let warm = drive_for(&fleet, &key, ENVOYS, Duration::from_secs(3), &pace);
+    let before = all_borrows(&fleet);
+    let run = drive_for(&fleet, &key, ENVOYS, Duration::from_secs(21), &pace);
+    let during = all_borrows(&fleet) - before;
+    eprintln!(
+        "{} + {} admitted; borrows: {before} warming up, {during} across two resets",
+        warm.admitted, run.admitted
+    );
+    for t in [&warm, &run] {
+        assert!(t.other.is_empty(), "unexpected answers: {:?}", t.other);
+        assert!(t.throttled.is_empty(), "refused: {:?}", t.throttled);
+    }
+    assert!(run.admitted >= 60, "only {} calls in 21 s", run.admitted);
+    assert!(
+        during < ENVOYS as f64,
+        "{during} borrows across two resets: the next periods' slices were not issued ahead"
+    );
+    let admitted = warm.admitted + run.admitted;
+    assert_eq!(fleet.provider_requests() as usize, admitted);
+    let (rows, distinct) = settled_logs(shared(), &fleet, &key);
+    assert_eq!((rows, distinct), (admitted, admitted));
+}
+
+const IDLE_CONFIG: &str = r#"
+model_list:
+  - model_name: priced
+    litellm_params:
+      model: openai/priced-backend
+      api_base: http://127.0.0.1:@FAKE_PORT@/v1
+      api_key: @PROVIDER_KEY@
+      input_cost_per_token: 0.001
+      output_cost_per_token: 0.002
+general_settings:
+  master_key: @MASTER_KEY@
+  database_connection_timeout: 2
+  rate_limit_window_size: 60
+  tollgate_fleet:
+    lease_ttl_seconds: 10
+"#;
+
+/// Calls from one client to Envoy `i` until `until`, or `calls` admitted: (admitted, 429s).
+fn calls_to(fleet: &Fleet, i: usize, key: &str, calls: usize, until: Instant) -> (usize, usize) {
+    let (mut admitted, mut throttled) = (0, 0);
+    let auth = format!("Bearer {key}");
+    while admitted < calls && Instant::now() < until {
+        let r = fleet.post(i, "/v1/chat/completions", &auth, &hi());
+        match r.status {
+            200 => admitted += 1,
+            429 => {
+                throttled += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    (admitted, throttled)
+}
+
+/// FLEET.md §4.4: an Envoy that stops using a scope returns its slice after the idle time
+/// (30 s), so the others can use the whole limit. rpm 40 in a 60 s window: Envoy 0 sends 10
+/// quick calls (its slices grow past what it uses), goes idle; after 33 s Envoys 1 and 2
+/// together get the 30 left, not what Envoy 0's unused slice would strand (a rate lease
+/// counts until its window ends, even expired).
+#[test]
+fn idle_slices_are_returned_to_the_fleet() {
+    let fleet = Fleet::start("fleet-idle", IDLE_CONFIG, ENVOYS, 2);
+    let rpm = 40;
+    let key = fleet.generate_key(json!({"rpm_limit": rpm}));
+    let started = Instant::now();
+    let far = started + Duration::from_secs(20);
+    let (first, refused) = calls_to(&fleet, 0, &key, 10, far);
+    assert_eq!((first, refused), (10, 0));
+    std::thread::sleep(Duration::from_secs(33));
+    // Envoys 1 and 2, in turn, until the window is used up (well inside its 60 s).
+    let until = started + Duration::from_secs(50);
+    let auth = format!("Bearer {key}");
+    let (mut rest, mut throttled, mut n) = (0, 0, 0);
+    while Instant::now() < until && throttled < 10 {
+        n += 1;
+        let r = fleet.post(1 + n % 2, "/v1/chat/completions", &auth, &hi());
+        match r.status {
+            200 => rest += 1,
+            429 => throttled += 1,
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    eprintln!("rpm {rpm}: 10 on Envoy 0, then {rest} on Envoys 1 and 2 after it went idle");
+    assert!(
+        started.elapsed() < Duration::from_secs(58),
+        "ran past the window"
+    );
+    assert!(
+        first + rest <= rpm,
+        "{} admitted for rpm {rpm}",
+        first + rest
+    );
+    assert!(
+        first + rest + ENVOYS >= rpm,
+        "only {rest} admitted after Envoy 0 went idle: its slice was not returned"
+    );
+}

@@ -44,6 +44,8 @@ pub struct TollgateRoot {
     keys_fetch: Option<u32>,
     /// Fleet mode: lease reports under way: token, when sent (µs), the scopes asked.
     lease_calls: Vec<(u32, i64, Vec<String>)>,
+    /// Fleet mode: the scopes this worker reports on (next periods ahead, idle returns).
+    active: crate::lease_tick::ActiveScopes,
 }
 
 impl TollgateRoot {
@@ -172,11 +174,17 @@ impl TollgateRoot {
                 None => break,
             }
         }
-        if raw.is_empty() {
+        if raw.is_empty() && self.active.is_empty() {
             return;
         }
         let now = host::now_micros();
-        let Some(request) = budgets::renewal_request(&host::SharedData, &raw, envoy_id, now) else {
+        let Some(request) = self.active.report(
+            &host::SharedData,
+            &raw,
+            envoy_id,
+            now,
+            crate::leases::IDLE_RETURN_MICROS,
+        ) else {
             return;
         };
         let Ok(body) = serde_json::to_vec(&request) else {

@@ -1307,11 +1307,15 @@ impl Flow {
 }
 
 /// The scopes an answer lent more of than their items had used (in the item's period; a grant
-/// for another period lends anything above zero).
+/// for another period lends anything above zero). A scope's later grants (its next period's,
+/// issued ahead) lend nothing now.
 fn lent_scopes(answer: &LeaseAnswer, items: &[LeaseItem]) -> Vec<String> {
     answer
         .items
         .iter()
+        .enumerate()
+        .filter(|(n, g)| !answer.items[..*n].iter().any(|e| e.scope == g.scope))
+        .map(|(_, g)| g)
         .filter(|g| {
             items.iter().any(|i| {
                 i.scope == g.scope && g.grant > if i.period == g.period { i.used } else { 0 }

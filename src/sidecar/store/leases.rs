@@ -132,6 +132,9 @@ struct Budget {
     spend: i64,
     /// The current period's end (µs), 0 = none.
     period: i64,
+    /// The next period's end (µs), 0 = none or not known ahead (a `key_model` window is
+    /// opened by its first lease call).
+    next: i64,
 }
 
 fn lease_of(r: &Row) -> Result<(String, Lease)> {
@@ -237,16 +240,20 @@ impl Tx<'_> {
     }
 
     fn budget_of(&self, state: &BudgetState) -> Budget {
+        let duration = state.budget_duration.as_deref().filter(|d| !d.is_empty());
+        let period = self.period_of(duration, state.budget_reset_at_micros);
         Budget {
             max: state
                 .max_budget
                 .filter(|m| !m.is_nan())
                 .map(crate::cost::usd_to_budget_nanos),
             spend: state.spend_nanos,
-            period: self.period_of(
-                state.budget_duration.as_deref(),
-                state.budget_reset_at_micros,
-            ),
+            period,
+            // The period after the one ending at `period` (a boundary gives the next one).
+            next: match duration {
+                Some(d) if period != 0 => self.clock.next_reset_micros(d, period),
+                _ => 0,
+            },
         }
     }
 
@@ -293,6 +300,7 @@ impl Tx<'_> {
             max: Some(crate::cost::usd_to_budget_nanos(b.max_budget)),
             spend,
             period,
+            next: 0,
         }))
     }
 
@@ -390,14 +398,82 @@ impl Tx<'_> {
         let mut order: Vec<usize> = (0..req.items.len()).collect();
         order.sort_by(|a, b| req.items[*a].scope.cmp(&req.items[*b].scope));
         let mut grants: Vec<Option<LeaseGrant>> = vec![None; req.items.len()];
+        let mut ahead = Vec::new();
         for i in order {
             let item = &req.items[i];
             let grant = self.lease_item(&req.envoy_id, req.seq, item, settings, now, ttl_micros)?;
             grants[i] = Some(grant);
+            ahead.extend(self.pre_issue(
+                &req.envoy_id,
+                req.seq,
+                item,
+                settings,
+                now,
+                ttl_micros,
+            )?);
         }
-        Ok(LeaseAnswer {
-            items: grants.into_iter().flatten().collect(),
-        })
+        let mut items: Vec<LeaseGrant> = grants.into_iter().flatten().collect();
+        items.extend(ahead);
+        Ok(LeaseAnswer { items })
+    }
+
+    /// In the last [`crate::leases::PRE_ISSUE_MICROS`] of a budget's period (on this sidecar's
+    /// clock, with a tick of slack for the Envoy's), the next period's slice for the same
+    /// Envoy, sized as a first report in it (nothing used, the item's `want`), from the next
+    /// period's leases only: its spend is 0 until it starts. Answered after the items' own
+    /// grants, under the same scope with the next period (a filter that knows no pre-issue
+    /// ignores a grant for another period). Budgets with a known next period only: not rate
+    /// windows (opened by the first call after the last one ended) nor `key_model` windows.
+    fn pre_issue(
+        &self,
+        envoy_id: &str,
+        seq: u64,
+        item: &LeaseItem,
+        settings: LeaseSettings,
+        now: i64,
+        ttl_micros: i64,
+    ) -> Result<Option<LeaseGrant>> {
+        let slack = crate::leases::RENEW_EVERY_MICROS;
+        if is_rate_level(&item.level)
+            || item.level == "key_model"
+            || item.returning
+            || !crate::leases::pre_issue_due(item.period, self.now, slack)
+        {
+            return Ok(None);
+        }
+        let Some(budget) = self.lease_budget(item, settings.proxy_max_budget)? else {
+            return Ok(None);
+        };
+        let Some(max) = budget.max else {
+            return Ok(None);
+        };
+        if budget.period != item.period || budget.next <= budget.period {
+            return Ok(None);
+        }
+        let rows = self.leases(&item.scope, budget.next)?;
+        let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
+        let others = Others::of(
+            rows.iter().filter(|(e, _)| e != envoy_id).map(|(_, l)| l),
+            now,
+        );
+        let report = Report {
+            seq,
+            want: item.want.max(0),
+            reservation: item.reservation.max(0),
+            ..Default::default()
+        };
+        let renewal = renew(max, 0, others, mine, &report, now, ttl_micros);
+        if let Renewal::Renewed(lease) = &renewal {
+            self.put_lease(&item.scope, budget.next, envoy_id, lease, Pool::Budget)?;
+        }
+        Ok(Some(LeaseGrant {
+            scope: item.scope.clone(),
+            period: budget.next,
+            grant: renewal.grant(),
+            ttl_ms: settings.ttl_ms,
+            spend: 0,
+            max_nanos: Some(max),
+        }))
     }
 
     fn lease_item(
@@ -1387,5 +1463,101 @@ mod tests {
             assert_eq!(lost, 0);
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn daily_key(max: f64) -> Store {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        store
+            .insert_key(&KeyRow {
+                token: "k1".into(),
+                max_budget: Some(max),
+                budget_duration: Some("1d".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        store
+    }
+
+    fn answer(store: &Store, envoy: &str, seq: u64, it: LeaseItem, now: i64) -> LeaseAnswer {
+        let req = LeaseRequest {
+            envoy_id: envoy.into(),
+            seq,
+            items: vec![it],
+        };
+        store.lease(&req, SETTINGS, now).unwrap()
+    }
+
+    #[test]
+    fn the_next_periods_slice_is_issued_in_the_last_seconds_before_a_reset() {
+        let store = daily_key(1.0);
+        let day_end = T0 + 86_400_000_000;
+        let next_end = day_end + 86_400_000_000;
+        let at = |used: i64| LeaseItem {
+            period: day_end,
+            ..item(used, 0, 10_000_000)
+        };
+        // Earlier in the period: the period's grant only.
+        let a = answer(&store, "e1", 1, at(0), day_end - 10_000_000);
+        assert_eq!(a.items.len(), 1);
+        // In the last 5 s: the period's grant, then the next period's after it, sized as a
+        // first report there (spend there is 0, whatever this period spent).
+        let a = answer(&store, "e1", 2, at(900_000_000), day_end - 4_000_000);
+        assert_eq!(a.items.len(), 2, "{a:?}");
+        assert_eq!(a.items[0].period, day_end);
+        let next = &a.items[1];
+        assert_eq!(
+            (next.scope.as_str(), next.period, next.grant, next.spend),
+            ("key:k1", next_end, 10_000_000, 0)
+        );
+        // After the reset the Envoy reports in the new period, holding the pre-issued grant:
+        // the same lease, renewed (never below it).
+        let g = ask(
+            &store,
+            "e1",
+            3,
+            LeaseItem {
+                period: next_end,
+                ..item(1_000_000, 10_000_000, 1_000_000)
+            },
+            day_end + 1_000_000,
+        );
+        assert_eq!(g.period, next_end);
+        assert!(g.grant >= 10_000_000, "{}", g.grant);
+        // Returning, rate limits and a period the sidecar is not in get nothing ahead.
+        let returning = LeaseItem {
+            returning: true,
+            ..at(0)
+        };
+        assert_eq!(
+            answer(&store, "e2", 1, returning, day_end - 1).items.len(),
+            1
+        );
+        let stale = LeaseItem {
+            period: T0,
+            ..item(0, 0, 10)
+        };
+        assert_eq!(
+            answer(&store, "e2", 2, stale, T0 - 1_000_000).items.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn pre_issued_slices_keep_the_escrow_invariant_of_the_next_period() {
+        let store = daily_key(0.1);
+        let m = 100_000_000;
+        let day_end = T0 + 86_400_000_000;
+        let mut total = 0;
+        for (seq, envoy) in ["a", "b", "c", "d"].iter().enumerate() {
+            let greedy = LeaseItem {
+                period: day_end,
+                reservation: m,
+                ..item(0, 0, m)
+            };
+            let a = answer(&store, envoy, seq as u64 + 1, greedy, day_end - 2_000_000);
+            total += a.items[1].grant;
+            assert!(total <= m, "{total} lent of {m} in the next period");
+        }
+        assert!(total > m / 2, "{total}");
     }
 }

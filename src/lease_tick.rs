@@ -1,0 +1,398 @@
+//! Fleet mode's lease report on each root tick (FLEET.md §4.4, §4.5, §4.7). proxy-wasm cannot
+//! list shared-data keys, so each root context keeps the scopes it has reported (from the
+//! renewal queue) with when they were last used, and each tick reports:
+//! - the queued renewals (their entries read now);
+//! - budgets in the last seconds of their period without the next period's slice: the answer
+//!   brings that slice ahead, so the first request after the reset does not borrow;
+//! - scopes unused for the idle time that still hold lent room: returned (`returning`, want 0;
+//!   the entry's grant drops to its use first, and the next request borrows again), so the
+//!   room is free for the other Envoys.
+//!
+//! A scope that holds nothing and has been idle that long is forgotten, so the set is the
+//! scopes used lately, capped at [`MAX_TRACKED`]. A scope only ever borrowed (never renewed)
+//! is not known here: its budget slice simply lapses at its deadline. With several workers
+//! each tracks the scopes it dequeued; a scope reported or returned by two is harmless
+//! (reports are cumulative and idempotent).
+
+use crate::budgets::{self, TickView};
+use crate::leases::is_rate_level;
+use crate::records::{LeaseItem, LeaseRequest};
+use crate::shared_store::VersionedStore;
+use std::collections::BTreeMap;
+
+/// Most scopes one root context keeps track of (one shared-data read each per tick).
+pub const MAX_TRACKED: usize = 10_000;
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    /// The last queued item (names the scope; its `want`, and a rate limit's `limit`).
+    item: LeaseItem,
+    /// The entry's use when last seen, and when it last changed (µs).
+    mark: [i64; 3],
+    last_use: i64,
+}
+
+/// The scopes this root context reports on ([`ActiveScopes::report`]).
+#[derive(Debug, Default)]
+pub struct ActiveScopes {
+    scopes: BTreeMap<String, Tracked>,
+}
+
+fn view<S: VersionedStore>(store: &S, item: &LeaseItem, now: i64) -> Option<TickView> {
+    if is_rate_level(&item.level) {
+        crate::rate_leases::tick_view(store, &item.scope, now)
+    } else {
+        budgets::tick_view(store, &item.scope, now)
+    }
+}
+
+fn refresh<S: VersionedStore>(store: &S, item: &LeaseItem, now: i64) -> Option<LeaseItem> {
+    if is_rate_level(&item.level) {
+        crate::rate_leases::refresh_item(store, item.clone(), now)
+    } else {
+        let raw = serde_json::to_vec(item).ok()?;
+        budgets::renewal_items(store, &[raw], now).pop()
+    }
+}
+
+fn give_back<S: VersionedStore>(store: &S, item: &LeaseItem, now: i64) -> Option<LeaseItem> {
+    if is_rate_level(&item.level) {
+        crate::rate_leases::give_back_item(store, item, now)
+    } else {
+        budgets::give_back_item(store, item, now)
+    }
+}
+
+impl ActiveScopes {
+    pub fn len(&self) -> usize {
+        self.scopes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.scopes.is_empty()
+    }
+
+    /// This tick's report items, sorted by scope: the queued renewals (raw JSON
+    /// [`LeaseItem`]s), next-period slices due, idle slices returned (`idle_micros` without
+    /// use).
+    pub fn items<S: VersionedStore>(
+        &mut self,
+        store: &S,
+        queued: &[Vec<u8>],
+        now: i64,
+        idle_micros: i64,
+    ) -> Vec<LeaseItem> {
+        let mut out = budgets::renewal_items(store, queued, now);
+        let due: Vec<String> = out.iter().map(|i| i.scope.clone()).collect();
+        for item in &out {
+            let mark = view(store, item, now).map_or([0; 3], |v| v.mark);
+            let tracked = Tracked {
+                item: item.clone(),
+                mark,
+                last_use: now,
+            };
+            if let Some(t) = self.scopes.get_mut(&item.scope) {
+                *t = tracked;
+            } else if self.scopes.len() < MAX_TRACKED {
+                self.scopes.insert(item.scope.clone(), tracked);
+            }
+        }
+        let mut forget = Vec::new();
+        let mut more = Vec::new();
+        for (scope, t) in self.scopes.iter_mut() {
+            if due.binary_search(scope).is_ok() {
+                continue;
+            }
+            let Some(v) = view(store, &t.item, now) else {
+                forget.push(scope.clone());
+                continue;
+            };
+            if v.mark != t.mark || v.in_use {
+                t.mark = v.mark;
+                t.last_use = now;
+            }
+            let idle = now.saturating_sub(t.last_use) >= idle_micros;
+            if idle {
+                if v.holds {
+                    more.extend(give_back(store, &t.item, now));
+                }
+                forget.push(scope.clone());
+            } else if v.next_due {
+                more.extend(refresh(store, &t.item, now));
+            }
+        }
+        for scope in forget {
+            self.scopes.remove(&scope);
+        }
+        out.extend(more);
+        out.sort_by(|a, b| a.scope.cmp(&b.scope));
+        out
+    }
+
+    /// This tick's lease report ([`ActiveScopes::items`]), numbered by
+    /// [`budgets::next_lease_seq`]; `None` when nothing is due.
+    pub fn report<S: VersionedStore>(
+        &mut self,
+        store: &S,
+        queued: &[Vec<u8>],
+        envoy_id: &str,
+        now: i64,
+        idle_micros: i64,
+    ) -> Option<LeaseRequest> {
+        let items = self.items(store, queued, now, idle_micros);
+        if items.is_empty() {
+            return None;
+        }
+        Some(LeaseRequest {
+            envoy_id: envoy_id.to_string(),
+            seq: budgets::next_lease_seq(store, now)?,
+            items,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budgets::{admit_in, read, Admission, Calendar, FleetCheck, Level, Scope};
+    use crate::records::{LeaseAnswer, LeaseGrant};
+    use crate::shared_store::MemoryStore;
+
+    const TTL: i64 = 10_000_000;
+    const IDLE: i64 = 30_000_000;
+    const CENT: i64 = 10_000_000;
+    /// 2023-11-14T22:13:23Z: a `10s` budget's period ends at :30.
+    const NOW: i64 = 1_700_000_003_000_000;
+    const PERIOD_END: i64 = 1_700_000_010_000_000;
+
+    fn user(duration: Option<&str>) -> Scope {
+        Scope {
+            level: Level::User,
+            id: "u1".into(),
+            max_budget_usd: Some(1.0),
+            duration: duration.map(str::to_string),
+            seed_spend_nanos: 0,
+            seed_reset_at_micros: None,
+        }
+    }
+
+    fn admit(s: &MemoryStore, scope: &Scope, now: i64) -> Admission {
+        let check = FleetCheck {
+            ttl_micros: TTL,
+            after_borrow: None,
+        };
+        admit_in(
+            s,
+            std::slice::from_ref(scope),
+            CENT,
+            now,
+            Calendar::default(),
+            422,
+            Some(check),
+        )
+        .unwrap()
+    }
+
+    fn grant(scope: &str, period: i64, amount: i64) -> LeaseGrant {
+        LeaseGrant {
+            scope: scope.into(),
+            period,
+            grant: amount,
+            ttl_ms: 10_000,
+            spend: 0,
+            max_nanos: Some(1_000_000_000),
+        }
+    }
+
+    fn answer(s: &MemoryStore, items: Vec<LeaseGrant>, sent_at: i64) {
+        let asked: Vec<String> = items.iter().map(|g| g.scope.clone()).collect();
+        let answer = LeaseAnswer { items };
+        budgets::apply_lease_answer(s, &answer, &asked, sent_at, sent_at + 1);
+    }
+
+    /// One request admitted at `now` and settled at its estimate.
+    fn spend(s: &MemoryStore, scope: &Scope, now: i64) {
+        let Admission::Admitted { ticket, .. } = admit(s, scope, now) else {
+            panic!("not admitted")
+        };
+        budgets::settle(s, &ticket, Some(CENT), now, Calendar::default());
+    }
+
+    /// A scope with a live slice of `amount`, borrowed at `now`, one request admitted and
+    /// settled, and its renewal queued (as the request path does).
+    fn leased(s: &MemoryStore, scope: &Scope, amount: i64, period: i64, now: i64) -> Vec<u8> {
+        let Admission::Borrow(items) = admit(s, scope, now) else {
+            panic!("a cold slice borrows")
+        };
+        answer(s, vec![grant(&items[0].scope, period, amount)], now);
+        spend(s, scope, now);
+        serde_json::to_vec(&items[0]).unwrap()
+    }
+
+    #[test]
+    fn the_next_periods_slice_is_asked_for_and_installed_at_the_reset() {
+        let s = MemoryStore::default();
+        let scope = user(Some("10s"));
+        let queued = leased(&s, &scope, 5 * CENT, PERIOD_END, NOW);
+        let mut active = ActiveScopes::default();
+        // Queued: reported, and tracked from now on.
+        let items = active.items(&s, &[queued], NOW, IDLE);
+        assert_eq!(items.len(), 1);
+        assert_eq!(active.len(), 1);
+        // More than 5 s before the reset nothing is due; in the last 5 s, the scope is
+        // reported (the answer brings the next period's slice), until that slice is held.
+        assert!(active.items(&s, &[], NOW + 1, IDLE).is_empty());
+        let late = PERIOD_END - 4_000_000;
+        let items = active.items(&s, &[], late, IDLE);
+        assert_eq!(items.len(), 1);
+        assert_eq!((items[0].period, items[0].used), (PERIOD_END, CENT));
+        let next_end = PERIOD_END + 10_000_000;
+        answer(
+            &s,
+            vec![
+                grant("user:u1", PERIOD_END, 5 * CENT),
+                grant("user:u1", next_end, 3 * CENT),
+            ],
+            late,
+        );
+        let c = read(&s, &scope).unwrap();
+        assert_eq!(
+            (c.grant, c.next_period, c.next_grant, c.next_deadline),
+            (5 * CENT, next_end, 3 * CENT, late + TTL - 500_000)
+        );
+        assert!(active.items(&s, &[], late + 1_000_000, IDLE).is_empty());
+        // Across the reset the first request is admitted from the slice issued ahead: no
+        // borrow; the entry is in the new period with that grant.
+        let after = PERIOD_END + 1_000;
+        assert!(matches!(
+            admit(&s, &scope, after),
+            Admission::Admitted { .. }
+        ));
+        let c = read(&s, &scope).unwrap();
+        assert_eq!(
+            (c.reset_at, c.grant, c.deadline, c.used()),
+            (next_end, 3 * CENT, late + TTL - 500_000, CENT)
+        );
+    }
+
+    #[test]
+    fn without_a_slice_ahead_the_first_request_after_a_reset_borrows() {
+        let s = MemoryStore::default();
+        let scope = user(Some("10s"));
+        leased(&s, &scope, 5 * CENT, PERIOD_END, NOW);
+        // An answer for a later period that is not the next one is not installed.
+        answer(
+            &s,
+            vec![
+                grant("user:u1", PERIOD_END, 5 * CENT),
+                grant("user:u1", PERIOD_END + 20_000_000, 3 * CENT),
+            ],
+            PERIOD_END - 1_000_000,
+        );
+        assert!(matches!(
+            admit(&s, &scope, PERIOD_END + 1),
+            Admission::Borrow(_)
+        ));
+    }
+
+    #[test]
+    fn an_idle_slice_is_returned_once_then_forgotten() {
+        let s = MemoryStore::default();
+        let scope = user(None);
+        let queued = leased(&s, &scope, 5 * CENT, 0, NOW);
+        let mut active = ActiveScopes::default();
+        active.items(&s, &[queued], NOW, IDLE);
+        // Used again 10 s later: the idle time counts from then.
+        let used_at = NOW + 10_000_000;
+        answer(&s, vec![grant("user:u1", 0, 5 * CENT)], used_at - 1);
+        spend(&s, &scope, used_at);
+        assert!(active.items(&s, &[], used_at + 500_000, IDLE).is_empty());
+        answer(
+            &s,
+            vec![grant("user:u1", 0, 5 * CENT)],
+            used_at + IDLE - 2_000_000,
+        );
+        assert!(active.items(&s, &[], used_at + IDLE - 1, IDLE).is_empty());
+        let idle_at = used_at + 500_000 + IDLE;
+        let items = active.items(&s, &[], idle_at, IDLE);
+        assert_eq!(items.len(), 1, "{items:?}");
+        let r = &items[0];
+        assert_eq!(
+            (r.returning, r.want, r.used, r.held),
+            (true, 0, 2 * CENT, 2 * CENT)
+        );
+        // The entry gave its room up first: the next request borrows again.
+        let c = read(&s, &scope).unwrap();
+        assert_eq!((c.grant, c.deadline), (2 * CENT, 0));
+        assert!(active.is_empty());
+        assert!(active.items(&s, &[], idle_at + 1_000_000, IDLE).is_empty());
+        assert!(matches!(
+            admit(&s, &scope, idle_at + 1),
+            Admission::Borrow(_)
+        ));
+    }
+
+    #[test]
+    fn an_idle_scope_holding_nothing_is_forgotten_without_a_report() {
+        let s = MemoryStore::default();
+        let scope = user(None);
+        let queued = leased(&s, &scope, 5 * CENT, 0, NOW);
+        let mut active = ActiveScopes::default();
+        active.items(&s, &[queued], NOW, IDLE);
+        // The slice lapsed long before the idle time: nothing to give back.
+        assert!(active.items(&s, &[], NOW + IDLE, IDLE).is_empty());
+        assert!(active.is_empty());
+    }
+
+    #[test]
+    fn a_request_in_flight_keeps_a_scope_in_use() {
+        let s = MemoryStore::default();
+        let scope = user(None);
+        let queued = leased(&s, &scope, 5 * CENT, 0, NOW);
+        let mut active = ActiveScopes::default();
+        active.items(&s, &[queued], NOW, IDLE);
+        // An admitted request not settled yet (reserved): not idle, however long it runs.
+        assert!(matches!(admit(&s, &scope, NOW), Admission::Admitted { .. }));
+        answer(&s, vec![grant("user:u1", 0, 5 * CENT)], NOW + IDLE);
+        assert!(active.items(&s, &[], NOW + IDLE + 1, IDLE).is_empty());
+        assert_eq!(active.len(), 1);
+    }
+
+    #[test]
+    fn an_idle_rate_slice_is_returned_while_its_window_runs_even_past_its_deadline() {
+        use crate::rate_leases::Slice;
+        let s = MemoryStore::default();
+        let window_end = NOW + 60_000_000;
+        let slice = |grant, deadline| Slice {
+            period: window_end,
+            used: 10,
+            grant,
+            deadline,
+            ..Slice::default()
+        };
+        let entry = "tollgate:v1:rl-lease:rpm:api_key:h";
+        assert!(entry.starts_with(crate::contract::RATE_LEASE_PREFIX));
+        s.set(entry, &slice(25, NOW + TTL).encode(), None).unwrap();
+        let item = LeaseItem {
+            scope: "rpm:api_key:h".into(),
+            level: "rpm".into(),
+            ids: vec!["api_key".into(), "h".into()],
+            limit: Some(40),
+            want: 5,
+            ..Default::default()
+        };
+        let mut active = ActiveScopes::default();
+        let queued = serde_json::to_vec(&item).unwrap();
+        assert_eq!(active.items(&s, &[queued], NOW, IDLE).len(), 1);
+        // Past its deadline the sidecar still counts the slice (until the window ends).
+        let items = active.items(&s, &[], NOW + IDLE, IDLE);
+        assert_eq!(items.len(), 1, "{items:?}");
+        let r = &items[0];
+        assert_eq!(
+            (r.returning, r.used, r.held, r.period, r.limit),
+            (true, 10, 10, window_end, Some(40))
+        );
+        let (bytes, _) = s.get(entry).unwrap();
+        assert_eq!(Slice::decode(&bytes), slice(10, 0));
+    }
+}
