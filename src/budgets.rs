@@ -21,7 +21,7 @@
 use crate::cost::{nanos_to_usd, py_float};
 use crate::errors::ApiError;
 use crate::plugin_config::NoLeasePolicy;
-use crate::records::{LeaseAnswer, LeaseGrant, LeaseItem, LeaseRequest};
+use crate::records::{LeaseAnswer, LeaseGrant, LeaseItem};
 use crate::shared_store::{update, Decision, StoreError, VersionedStore};
 use crate::time::{add_duration, next_reset_at_str, parse_duration, ZoneOffsets, UTC};
 
@@ -864,25 +864,6 @@ pub fn renewal_items<S: VersionedStore>(store: &S, queued: &[Vec<u8>], now: i64)
             Some(item)
         })
         .collect()
-}
-
-/// The root tick's lease report from the queued renewals ([`renewal_items`]), numbered by
-/// [`next_lease_seq`]; `None` when nothing is due (or the sequence cannot be advanced).
-pub fn renewal_request<S: VersionedStore>(
-    store: &S,
-    queued: &[Vec<u8>],
-    envoy_id: &str,
-    now: i64,
-) -> Option<LeaseRequest> {
-    let items = renewal_items(store, queued, now);
-    if items.is_empty() {
-        return None;
-    }
-    Some(LeaseRequest {
-        envoy_id: envoy_id.to_string(),
-        seq: next_lease_seq(store, now)?,
-        items,
-    })
 }
 
 /// This Envoy process's id ([`crate::contract::ENVOY_ID_KEY`]): the one in shared data, else
@@ -1735,19 +1716,19 @@ mod tests {
             let mut forged = items[0].clone();
             forged.scope = "key:other".into();
             queued.push(serde_json::to_vec(&forged).unwrap());
-            let r = renewal_request(&s, &queued, "e", NOW).unwrap();
-            assert_eq!(r.seq, 1);
+            let items = renewal_items(&s, &queued, NOW);
             assert_eq!(
-                r.items.iter().map(|i| i.scope.as_str()).collect::<Vec<_>>(),
+                items.iter().map(|i| i.scope.as_str()).collect::<Vec<_>>(),
                 ["key:tok", "user:u1"]
             );
-            let user_item = &r.items[1];
+            let user_item = &items[1];
             assert_eq!(
                 (user_item.used, user_item.held, user_item.want),
                 (CENT, 2 * CENT, CENT.max(7))
             );
-            assert_eq!(renewal_request(&s, &queued, "e", NOW).unwrap().seq, 2);
-            assert!(renewal_request(&s, &[], "e", NOW).is_none());
+            assert_eq!(next_lease_seq(&s, NOW), Some(1));
+            assert_eq!(next_lease_seq(&s, NOW), Some(2));
+            assert!(renewal_items(&s, &[], NOW).is_empty());
         }
 
         #[test]

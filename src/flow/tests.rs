@@ -1398,9 +1398,15 @@ mod fleet {
         assert_eq!(h.host.lease_queue.borrow().len(), 6);
         // The tick's report: one item per scope, sorted, with the entries' figures.
         let now = h.host.now.get();
-        let report =
-            budgets::renewal_request(&h.host.store, &h.host.lease_queue.borrow(), ENVOY, now)
-                .unwrap();
+        let report = crate::lease_tick::ActiveScopes::default()
+            .report(
+                &h.host.store,
+                &h.host.lease_queue.borrow(),
+                ENVOY,
+                now,
+                crate::leases::IDLE_RETURN_MICROS,
+            )
+            .unwrap();
         assert_eq!(report.items.len(), 3);
         assert_eq!(report.items[0].scope, key_scope_name());
         assert_eq!(report.items[0].held, 3 * want);
