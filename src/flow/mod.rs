@@ -7,8 +7,9 @@
 pub mod key_cache;
 mod request;
 
-#[cfg(test)]
-mod mock;
+/// A host for unit tests and the request profile (`examples/request_profile.rs`).
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mock;
 #[cfg(test)]
 mod tests;
 
