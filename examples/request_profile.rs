@@ -225,7 +225,7 @@ fn main() {
         "Host calls per request by kind (the mock's names): {}.\n",
         kinds
             .iter()
-            .map(|(k, c)| format!("{k} {}", c / n as usize))
+            .map(|(k, c)| format!("{k} {}", *c as f64 / f64::from(n)))
             .collect::<Vec<_>>()
             .join(", ")
     );
