@@ -290,7 +290,7 @@ impl Context for TollgateRoot {
     /// for the next configuration to send. The sidecar ignores events it already has.
     fn on_done(&mut self) -> bool {
         if let Some(shared) = &self.shared {
-            shared.flush_spend_events(&host::ProxyHost {
+            shared.stop_buffering_spend_events(&host::ProxyHost {
                 metric_ids: &shared.metric_ids,
             });
         }

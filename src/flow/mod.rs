@@ -90,6 +90,9 @@ pub struct Shared {
     /// items the same way), and how many. Flushed when full and on every root tick.
     spend_buffer: RefCell<Vec<u8>>,
     spend_buffered: Cell<u64>,
+    /// False once the root context is done (a reload replaced it): calls still in flight then
+    /// queue their events at once, since no tick will flush this buffer again.
+    spend_buffering: Cell<bool>,
     /// The provider keys from the sidecar (VM memory only); `None` until the first answer, and
     /// LLM calls are refused until then.
     pub provider_keys: RefCell<Option<Rc<ProviderKeys>>>,
@@ -117,6 +120,7 @@ impl Shared {
             calls: Cell::new(0),
             spend_buffer: RefCell::new(Vec::new()),
             spend_buffered: Cell::new(0),
+            spend_buffering: Cell::new(true),
             provider_keys: RefCell::new(None),
             metric_ids: [None; crate::metrics::METRIC_COUNT],
         }
@@ -134,9 +138,15 @@ impl Shared {
             buffer.extend_from_slice(event);
         }
         self.spend_buffered.set(self.spend_buffered.get() + 1);
-        if self.spend_buffered.get() >= SPEND_EVENTS_PER_ITEM {
+        if self.spend_buffered.get() >= SPEND_EVENTS_PER_ITEM || !self.spend_buffering.get() {
             self.flush_spend_events(host);
         }
+    }
+
+    /// The root context is going away: queues what is buffered, and every later event at once.
+    pub fn stop_buffering_spend_events(&self, host: &impl Host) {
+        self.spend_buffering.set(false);
+        self.flush_spend_events(host);
     }
 
     /// Puts the buffered spend events on the shared queue as one item (a failed enqueue loses

@@ -644,6 +644,15 @@ mod host_calls {
         // Nothing buffered: a flush enqueues nothing.
         h.shared.flush_spend_events(&h.host);
         assert_eq!(h.host.count_of("enqueue"), 2);
+
+        // The root is done (a reload): calls still in flight queue their events at once.
+        let mut in_flight = h.flow();
+        h.send(&mut in_flight, CHAT, &[]);
+        h.shared.stop_buffering_spend_events(&h.host);
+        assert_eq!(h.host.count_of("enqueue"), 2);
+        h.respond_json(&mut in_flight, 200, ANSWER);
+        assert_eq!(h.host.count_of("enqueue"), 3);
+        assert_eq!(h.counted(Metric::SpendEventsQueued), calls + 1);
     }
 
     /// The bench's request (`bench/bench.py`, profiled by `examples/request_profile.rs`): key
