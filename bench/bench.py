@@ -83,9 +83,10 @@ elif SCALING == "all":
     SCALING_PARTS = ["keys", "bodies", "workers", "hostcall", "store", "fleet"]
 else:
     SCALING_PARTS = [p.strip() for p in SCALING.split(",") if p.strip()]
+# `profile` (perf on Envoy, where available) is not part of `all`.
 for p in SCALING_PARTS:
-    if p not in ("keys", "bodies", "workers", "hostcall", "store", "fleet"):
-        sys.exit(f"bench: BENCH_SCALING: unknown part {p!r} (keys, bodies, workers, hostcall, store, fleet, all, none)")
+    if p not in ("keys", "bodies", "workers", "hostcall", "store", "fleet", "profile"):
+        sys.exit(f"bench: BENCH_SCALING: unknown part {p!r} (keys, bodies, workers, hostcall, store, fleet, profile, all, none)")
 
 WORK = tempfile.mkdtemp(prefix="tollgate-bench-")
 PROCS = []  # Popen objects, each the leader of its own process group
@@ -613,11 +614,25 @@ def main_comparison(fake):
     return table
 
 
+# Host call kinds the request path makes, priced one kind at a time: the floor filter's mode and
+# its label. FLOOR_CALLS of each are added to every request.
+HOSTCALL_KINDS = {
+    "reads": ("calls", "`proxy_get_shared_data` (16-byte value)"),
+    "sets": ("sets", "`proxy_get_shared_data` + `proxy_set_shared_data` with its cas (16 bytes)"),
+    "hdrs": ("hdrs", "`proxy_replace_header_map_value` (a request header)"),
+    "counts": ("counts", "`proxy_increment_metric`"),
+    "clock": ("clock", "`proxy_get_current_time_nanoseconds`"),
+    "enqueue": ("enqueue", "`proxy_enqueue_shared_queue` (16 bytes; Envoy then calls the root's "
+                "`on_queue_ready`, a 1 s tick dequeues)"),
+}
+
+
 def hostcall_price(fake):
-    """Prices host calls with the floor filter, alternating: FLOOR_CALLS extra shared-data reads
-    per request; and 8 response headers added one call each or by writing the map back once."""
-    modes = {"base": "buffer", "reads": f"buffer calls={FLOOR_CALLS}", "add": "buffer add=8",
-             "setmap": "buffer setmap=8"}
+    """Prices host calls with the floor filter, alternating: FLOOR_CALLS extra calls of one kind
+    per request, for each kind the request path makes; and 8 response headers added one call
+    each or by writing the map back once."""
+    modes = {"base": "buffer", **{tag: f"buffer {mode}={FLOOR_CALLS}" for tag, (mode, _) in HOSTCALL_KINDS.items()},
+             "add": "buffer add=8", "setmap": "buffer setmap=8"}
     log(f"host call price: floor filter in modes {list(modes.values())}")
     small = body_file("small.json", SMALL_BODY)
     setups = {tag: Floor(fake, mode) for tag, mode in modes.items()}
@@ -628,23 +643,112 @@ def hostcall_price(fake):
     for s in setups.values():
         stop(s.proc)
     cpu = {tag: statistics.median(r["cpu"] / max(r["requests"], 1) * 1e6 for r in rs) for tag, rs in runs.items()}
-    per_call = (cpu["reads"] - cpu["base"]) / FLOOR_CALLS
+    spread = {tag: (min(r["cpu"] / max(r["requests"], 1) * 1e6 for r in rs),
+                    max(r["cpu"] / max(r["requests"], 1) * 1e6 for r in rs)) for tag, rs in runs.items()}
+    per_call = {tag: (cpu[tag] - cpu["base"]) / FLOOR_CALLS for tag in HOSTCALL_KINDS}
     out("## Price of host calls")
     out()
     out(f"The floor Wasm filter (reads headers and both bodies) alone and with extra work per request; CPU µs "
-        f"per request, median of {ROUNDS} alternating {SCALING_SECONDS} s runs at {CONNS} connections:")
+        f"per request, median (min–max) of {ROUNDS} alternating {SCALING_SECONDS} s runs at {CONNS} connections:")
     out()
-    out("| floor filter | CPU µs/req | over the floor |")
-    out("|---|---|---|")
-    labels = {"base": "alone", "reads": f"+ {FLOOR_CALLS} `proxy_get_shared_data` (16-byte value)",
+    out("| floor filter | CPU µs/req | over the floor | µs per call |")
+    out("|---|---|---|---|")
+    labels = {"base": "alone", **{tag: f"+ {FLOOR_CALLS} × {label}" for tag, (_, label) in HOSTCALL_KINDS.items()},
               "add": "+ 8 response headers, one `proxy_add_header_map_value` each",
               "setmap": "+ 8 response headers, whole map written back (`proxy_set_header_map_pairs`)"}
     for tag in modes:
-        out(f"| {labels[tag]} | {cpu[tag]:.0f} | {cpu[tag] - cpu['base']:+.0f} |")
+        lo, hi = spread[tag]
+        price = f"{per_call[tag]:.2f}" if tag in per_call else ""
+        out(f"| {labels[tag]} | {cpu[tag]:.0f} ({lo:.0f}–{hi:.0f}) | {cpu[tag] - cpu['base']:+.0f} | {price} |")
     out()
-    out(f"**One shared-data read costs ≈ {per_call:.2f} µs** of Envoy CPU.")
+    out("**µs per host call**: " + ", ".join(f"{tag} {p:.2f}" for tag, p in per_call.items()) + ".")
     out()
     RESULTS["hostcall"] = {"calls": FLOOR_CALLS, "cpu_us_per_req": cpu, "us_per_call": per_call}
+
+
+PERF_PERIOD_US = 250  # one perf sample per 250 µs of CPU (cpu-clock: no hardware counters here)
+PROFILE_PARTS = [
+    ("jit", "wasm code (V8's JIT: the filter's own code)"),
+    ("from_wasm", "called from wasm (host calls, V8 runtime, kernel under them)"),
+    ("envoy", "Envoy outside the VM (HTTP, routing, V8 entry and exit)"),
+    ("kernel", "kernel outside the VM (sockets, epoll)"),
+]
+
+
+def perf_samples(data):
+    """Counts perf samples of `data` by PROFILE_PARTS: a sample is inside the VM when a JIT'd
+    frame (an anonymous mapping perf names `perf-PID.map` or `[JIT]`) is on its call stack."""
+    r = subprocess.run(["perf", "script", "-i", data, "-F", "ip,dso"], capture_output=True, text=True,
+                       timeout=600)
+    counts = {tag: 0 for tag, _ in PROFILE_PARTS}
+    for sample in r.stdout.split("\n\n"):
+        dsos = re.findall(r"\(([^)]*)\)\s*$", sample, re.M)
+        if not dsos:
+            continue
+        jit = ["perf-" in d or d.startswith("[JIT]") for d in dsos]
+        if jit[0]:
+            counts["jit"] += 1
+        elif any(jit):
+            counts["from_wasm"] += 1
+        elif "kernel" in dsos[0]:
+            counts["kernel"] += 1
+        else:
+            counts["envoy"] += 1
+    return counts
+
+
+def envoy_profile(fake):
+    """perf on Envoy's worker under load (wrk at CONNS connections), the floor filter and
+    Tollgate: where each one's CPU per request goes. Envoy's binary is stripped, so the split is
+    by where a sample was, not by symbol."""
+    out("## Envoy profile (perf)")
+    out()
+    if subprocess.run(["which", "perf"], capture_output=True).returncode != 0:
+        out("perf not found (Debian: `apt-get install linux-perf`): skipped.")
+        out()
+        return
+    log("profile: perf on Envoy under wrk, the floor filter and Tollgate")
+    small = body_file("small.json", SMALL_BODY)
+    setups = [Floor(fake, "buffer"), Tollgate(fake)]
+    setups[1].generate_key()
+    rows = {}
+    for s in setups:
+        data = os.path.join(WORK, f"perf-{s.port}.data")
+        load = subprocess.Popen(
+            ["taskset", "-c", LOAD_CPUS, "wrk", "-t1", f"-c{CONNS}", f"-d{SCALING_SECONDS + 3}s", "--timeout", "10s",
+             "-s", LUA, f"http://127.0.0.1:{s.port}/v1/chat/completions", "--", small, s.auth],
+            stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        rec = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-c", str(PERF_PERIOD_US * 1000), "-g",
+                              "-p", str(s.envoy_pids()[0]), "-o", data, "--", "sleep", str(SCALING_SECONDS)],
+                             capture_output=True, text=True, timeout=SCALING_SECONDS + 60)
+        o = load.communicate(timeout=SCALING_SECONDS + 60)[0]
+        m = re.search(r"Requests/sec:\s+([\d.]+)", o)
+        if rec.returncode != 0 or not m:
+            out(f"perf record or wrk failed for {s.name}: {rec.stderr.strip()[:300]}")
+            out()
+            return
+        # wrk's rate over its whole run, times the recorded window.
+        requests = float(m.group(1)) * SCALING_SECONDS
+        counts = perf_samples(data)
+        rows[s.name] = {tag: n * PERF_PERIOD_US / max(requests, 1) for tag, n in counts.items()}
+        rows[s.name]["samples"] = sum(counts.values())
+    for s in setups:
+        stop(s.proc)
+    names = [s.name for s in setups]
+    out(f"`perf record -e cpu-clock -c {PERF_PERIOD_US * 1000} -g` on the Envoy process for {SCALING_SECONDS} s "
+        f"under wrk ({CONNS} connections), CPU µs per request by where the sample was (perf's own overhead "
+        f"included, so totals run above the main table's):")
+    out()
+    out("| where | " + " | ".join(names) + " | difference |")
+    out("|---|" + "---|" * (len(names) + 1))
+    for tag, label in PROFILE_PARTS:
+        vals = [rows[n][tag] for n in names]
+        out(f"| {label} | " + " | ".join(f"{v:.0f}" for v in vals) + f" | {vals[-1] - vals[0]:+.0f} |")
+    totals = [sum(rows[n][t] for t, _ in PROFILE_PARTS) for n in names]
+    out("| **total** | " + " | ".join(f"**{v:.0f}**" for v in totals) + f" | **{totals[-1] - totals[0]:+.0f}** |")
+    out()
+    RESULTS["profile"] = rows
 
 
 # ---------------------------------------------------------------- the store (SQLite vs PostgreSQL)
@@ -1611,7 +1715,7 @@ def main():
     timings = {}
     parts = ([("main", main_comparison)] if MAIN else []) + [
         (p, {"keys": keys_scaling, "bodies": bodies_scaling, "workers": workers_scaling,
-             "hostcall": hostcall_price,
+             "hostcall": hostcall_price, "profile": envoy_profile,
              "store": store_scaling, "fleet": fleet_scaling}[p]) for p in SCALING_PARTS]
     for name, fn in parts:
         t0 = time.time()

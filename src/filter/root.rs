@@ -22,8 +22,10 @@ use proxy_wasm::types::{ContextType, LogLevel};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Most events sent in one batch.
+/// Most queue items sent in one batch (an item holds up to `SPEND_EVENTS_PER_ITEM` events),
+/// and about the most bytes (the sidecar takes up to 8 MiB).
 const MAX_BATCH: usize = 1000;
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Most renewals one lease report carries; the rest wait for the next tick.
 const MAX_LEASE_ITEMS: usize = 1000;
 /// Most lease reports one worker has in flight.
@@ -237,9 +239,13 @@ impl TollgateRoot {
         };
         while self.in_flight.len() < MAX_IN_FLIGHT {
             let mut raw = Vec::new();
-            while raw.len() < MAX_BATCH {
+            let mut bytes = 0;
+            while raw.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match host::dequeue(queue) {
-                    Some(item) => raw.push(item),
+                    Some(item) => {
+                        bytes += item.len();
+                        raw.push(item);
+                    }
                     None => break,
                 }
             }
@@ -291,6 +297,11 @@ impl Context for TollgateRoot {
     /// whose answer has not come back go back on the queue, which outlives this root context,
     /// for the next configuration to send. The sidecar ignores events it already has.
     fn on_done(&mut self) -> bool {
+        if let Some(shared) = &self.shared {
+            shared.stop_buffering_spend_events(&host::ProxyHost {
+                metric_ids: &shared.metric_ids,
+            });
+        }
         if let Some(queue) = self.shared.as_ref().and_then(|s| s.spend_queue) {
             let in_flight = std::mem::take(&mut self.in_flight);
             for (_, raw) in in_flight {
@@ -410,6 +421,12 @@ impl RootContext for TollgateRoot {
             self.fetch_provider_keys();
         }
         self.poll_changes();
+        // This worker's buffered spend events first, so they go out in this tick's batches.
+        if let Some(shared) = &self.shared {
+            shared.flush_spend_events(&host::ProxyHost {
+                metric_ids: &shared.metric_ids,
+            });
+        }
         self.flush();
         self.renew_leases();
     }

@@ -7,8 +7,9 @@
 pub mod key_cache;
 mod request;
 
-#[cfg(test)]
-mod mock;
+/// A host for unit tests and the request profile (`examples/request_profile.rs`).
+#[cfg(not(target_arch = "wasm32"))]
+pub mod mock;
 #[cfg(test)]
 mod tests;
 
@@ -84,12 +85,25 @@ pub struct Shared {
     /// ([`crate::records::event_id`]).
     pub instance_id: [u8; 16],
     pub calls: Cell<u64>,
+    /// Spend events of this worker not yet on the shared queue, comma-joined (a queue item
+    /// holds up to [`SPEND_EVENTS_PER_ITEM`] of them; [`contract::spend_batch_body`] joins
+    /// items the same way), and how many. Flushed when full and on every root tick.
+    spend_buffer: RefCell<Vec<u8>>,
+    spend_buffered: Cell<u64>,
+    /// False once the root context is done (a reload replaced it): calls still in flight then
+    /// queue their events at once, since no tick will flush this buffer again.
+    spend_buffering: Cell<bool>,
     /// The provider keys from the sidecar (VM memory only); `None` until the first answer, and
     /// LLM calls are refused until then.
     pub provider_keys: RefCell<Option<Rc<ProviderKeys>>>,
     /// The filter's metrics as this VM defined them, by [`Metric::index`] (`None`: not defined).
     pub metric_ids: MetricIds,
 }
+
+/// Most spend events one worker holds before putting them on the shared queue. A VM that dies
+/// (a trap) loses the ones it holds: at most this many, or one tick (1 s) of its calls
+/// (SECURITY.md, "Failure behaviour").
+pub const SPEND_EVENTS_PER_ITEM: u64 = 32;
 
 pub type MetricIds = [Option<u32>; crate::metrics::METRIC_COUNT];
 
@@ -104,8 +118,49 @@ impl Shared {
             decoded: key_cache::Decoded::default(),
             instance_id,
             calls: Cell::new(0),
+            spend_buffer: RefCell::new(Vec::new()),
+            spend_buffered: Cell::new(0),
+            spend_buffering: Cell::new(true),
             provider_keys: RefCell::new(None),
             metric_ids: [None; crate::metrics::METRIC_COUNT],
+        }
+    }
+
+    /// Keeps one settled call's spend event (JSON) for the shared queue: one enqueue per
+    /// [`SPEND_EVENTS_PER_ITEM`] events instead of one per call (each enqueue also makes Envoy
+    /// call the queue's root context). The root flushes the rest on every tick.
+    pub fn queue_spend_event(&self, host: &impl Host, event: &[u8]) {
+        {
+            let mut buffer = self.spend_buffer.borrow_mut();
+            if !buffer.is_empty() {
+                buffer.push(b',');
+            }
+            buffer.extend_from_slice(event);
+        }
+        self.spend_buffered.set(self.spend_buffered.get() + 1);
+        if self.spend_buffered.get() >= SPEND_EVENTS_PER_ITEM || !self.spend_buffering.get() {
+            self.flush_spend_events(host);
+        }
+    }
+
+    /// The root context is going away: queues what is buffered, and every later event at once.
+    pub fn stop_buffering_spend_events(&self, host: &impl Host) {
+        self.spend_buffering.set(false);
+        self.flush_spend_events(host);
+    }
+
+    /// Puts the buffered spend events on the shared queue as one item (a failed enqueue loses
+    /// them, as a failed per-event enqueue did: it only fails if the queue is gone).
+    pub fn flush_spend_events(&self, host: &impl Host) {
+        let n = self.spend_buffered.replace(0);
+        let item = std::mem::take(&mut *self.spend_buffer.borrow_mut());
+        if n == 0 {
+            return;
+        }
+        if let Some(queue) = self.spend_queue {
+            if host.enqueue(queue, &item) {
+                host.count(Metric::SpendEventsQueued, n);
+            }
         }
     }
 

@@ -1281,11 +1281,9 @@ impl Flow {
             .as_ref()
             .and_then(UsageReader::response_id)
             .map_or_else(|| event.event_id.clone(), str::to_string);
-        if let Some(queue) = self.shared.spend_queue {
+        if self.shared.spend_queue.is_some() {
             if let Ok(bytes) = serde_json::to_vec(event) {
-                if host.enqueue(queue, &bytes) {
-                    host.count(Metric::SpendEventsQueued, 1);
-                }
+                self.shared.queue_spend_event(host, &bytes);
             }
         }
         // One increment for the outcome, and one per non-zero usage figure.

@@ -7,7 +7,12 @@
 //!   passes, never held);
 //! - `calls=N` (with `buffer`): N more shared-data reads per request, to price one host call;
 //! - `add=N` / `setmap=N` (with `buffer`): add N response headers, one host call each, or by
-//!   writing the whole map back in one call (how to add headers cheaply).
+//!   writing the whole map back in one call (how to add headers cheaply);
+//! - `sets=N`, `hdrs=N`, `counts=N`, `clock=N`, `enqueue=N` (with `buffer`): N more of one host
+//!   call kind per request, to price it: a shared-data write (compare-and-set on the value just
+//!   read), a request-header replace, a counter increment, a clock read, a shared-queue enqueue
+//!   (Envoy then calls the root's `on_queue_ready`; the root dequeues all on a 1 s tick, as
+//!   tollgate.wasm does).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -21,6 +26,13 @@ struct Mode {
     calls: u32,
     add: u32,
     setmap: u32,
+    sets: u32,
+    hdrs: u32,
+    counts: u32,
+    clock: u32,
+    enqueue: u32,
+    counter: u32,
+    queue: u32,
 }
 
 proxy_wasm::main! {{
@@ -56,6 +68,11 @@ impl RootContext for FloorRoot {
                         "calls" => mode.calls = n,
                         "add" => mode.add = n,
                         "setmap" => mode.setmap = n,
+                        "sets" => mode.sets = n,
+                        "hdrs" => mode.hdrs = n,
+                        "counts" => mode.counts = n,
+                        "clock" => mode.clock = n,
+                        "enqueue" => mode.enqueue = n,
                         _ => return false,
                     }
                 }
@@ -63,6 +80,15 @@ impl RootContext for FloorRoot {
         }
         // One entry for the priced host calls to read.
         let _ = hostcalls::set_shared_data("floor", Some(b"0123456789abcdef"), None);
+        if mode.counts > 0 {
+            mode.counter =
+                hostcalls::define_metric(proxy_wasm::types::MetricType::Counter, "floor_calls")
+                    .unwrap_or(0);
+        }
+        if mode.enqueue > 0 {
+            mode.queue = hostcalls::register_shared_queue("floor").unwrap_or(0);
+            let _ = hostcalls::set_tick_period(std::time::Duration::from_secs(1));
+        }
         self.mode.set(mode);
         true
     }
@@ -76,6 +102,11 @@ impl RootContext for FloorRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+
+    fn on_tick(&mut self) {
+        let queue = self.mode.get().queue;
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue) {}
     }
 }
 
@@ -95,6 +126,27 @@ impl HttpContext for FloorHttp {
         let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, "content-length");
         for _ in 0..self.mode.calls {
             let _ = hostcalls::get_shared_data("floor");
+        }
+        for _ in 0..self.mode.sets {
+            if let Ok((Some(value), cas)) = hostcalls::get_shared_data("floor") {
+                let _ = hostcalls::set_shared_data("floor", Some(&value), cas);
+            }
+        }
+        for i in 0..self.mode.hdrs {
+            let _ = hostcalls::set_map_value(
+                MapType::HttpRequestHeaders,
+                "x-floor",
+                Some(if i % 2 == 0 { "12.5" } else { "13.5" }),
+            );
+        }
+        for _ in 0..self.mode.counts {
+            let _ = hostcalls::increment_metric(self.mode.counter, 1);
+        }
+        for _ in 0..self.mode.clock {
+            let _ = hostcalls::get_current_time();
+        }
+        for _ in 0..self.mode.enqueue {
+            let _ = hostcalls::enqueue_shared_queue(self.mode.queue, Some(b"0123456789abcdef"));
         }
         if end_of_stream {
             Action::Continue
