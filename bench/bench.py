@@ -704,9 +704,7 @@ def envoy_profile(fake):
     out("## Envoy profile (perf)")
     out()
     if subprocess.run(["which", "perf"], capture_output=True).returncode != 0:
-        out("perf not found (Debian: `apt-get install linux-perf`): skipped.")
-        out()
-        return
+        sys.exit("bench: BENCH_SCALING=profile needs perf (Debian: `apt-get install linux-perf`)")
     log("profile: perf on Envoy under wrk, the floor filter and Tollgate")
     small = body_file("small.json", SMALL_BODY)
     setups = [Floor(fake, "buffer"), Tollgate(fake)]
