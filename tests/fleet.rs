@@ -858,22 +858,13 @@ fn resets_are_crossed_without_borrowing() {
     assert_eq!((rows, distinct), (admitted, admitted));
 }
 
-const IDLE_CONFIG: &str = r#"
-model_list:
-  - model_name: priced
-    litellm_params:
-      model: openai/priced-backend
-      api_base: http://127.0.0.1:@FAKE_PORT@/v1
-      api_key: @PROVIDER_KEY@
-      input_cost_per_token: 0.001
-      output_cost_per_token: 0.002
-general_settings:
-  master_key: @MASTER_KEY@
-  database_connection_timeout: 2
-  rate_limit_window_size: 60
-  tollgate_fleet:
-    lease_ttl_seconds: 10
-"#;
+/// [`CONFIG`] with 60 s rate windows, long enough to outlast the idle time.
+fn idle_config() -> String {
+    CONFIG.replace(
+        "  tollgate_fleet:",
+        "  rate_limit_window_size: 60\n  tollgate_fleet:",
+    )
+}
 
 /// Calls from one client to Envoy `i` until `until`, or `calls` admitted: (admitted, 429s).
 fn calls_to(fleet: &Fleet, i: usize, key: &str, calls: usize, until: Instant) -> (usize, usize) {
@@ -900,7 +891,7 @@ fn calls_to(fleet: &Fleet, i: usize, key: &str, calls: usize, until: Instant) ->
 /// counts until its window ends, even expired).
 #[test]
 fn idle_slices_are_returned_to_the_fleet() {
-    let fleet = Fleet::start("fleet-idle", IDLE_CONFIG, ENVOYS, 2);
+    let fleet = Fleet::start("fleet-idle", &idle_config(), ENVOYS, 2);
     let rpm = 40;
     let key = fleet.generate_key(json!({"rpm_limit": rpm}));
     let started = Instant::now();
