@@ -30,6 +30,8 @@ struct Tracked {
     /// The entry's use when last seen, and when it last changed (µs).
     mark: [i64; 3],
     last_use: i64,
+    /// A budget's use as last reported (calls in flight counted at their reservation).
+    reported_used: i64,
 }
 
 /// The scopes this root context reports on ([`ActiveScopes::report`]).
@@ -63,6 +65,25 @@ fn give_back<S: VersionedStore>(store: &S, item: &LeaseItem, now: i64) -> Option
     }
 }
 
+/// An idle budget whose slice lapsed, with calls that were in flight at its last report since
+/// settled below their reservations: reported once more, `returning`, with what it finally
+/// used. Else the sidecar keeps the larger reported use, and `on_lost_lease: charge_reserved`
+/// would charge this live Envoy the difference once the lease is past its grace.
+fn settled_below_report(t: &Tracked, v: &TickView) -> Option<LeaseItem> {
+    let [period, used, _] = v.mark;
+    if is_rate_level(&t.item.level) || v.in_use || used >= t.reported_used {
+        return None;
+    }
+    Some(LeaseItem {
+        period,
+        used,
+        held: used,
+        want: 0,
+        returning: true,
+        ..t.item.clone()
+    })
+}
+
 impl ActiveScopes {
     pub fn len(&self) -> usize {
         self.scopes.len()
@@ -90,6 +111,7 @@ impl ActiveScopes {
                 item: item.clone(),
                 mark,
                 last_use: now,
+                reported_used: item.used,
             };
             if let Some(t) = self.scopes.get_mut(&item.scope) {
                 *t = tracked;
@@ -115,10 +137,16 @@ impl ActiveScopes {
             if idle {
                 if v.holds {
                     more.extend(give_back(store, &t.item, now));
+                } else {
+                    more.extend(settled_below_report(t, &v));
                 }
                 forget.push(scope.clone());
             } else if v.next_due {
-                more.extend(refresh(store, &t.item, now));
+                let refreshed = refresh(store, &t.item, now);
+                if let Some(item) = &refreshed {
+                    t.reported_used = item.used;
+                }
+                more.extend(refreshed);
             }
         }
         for scope in forget {
@@ -330,6 +358,36 @@ mod tests {
             admit(&s, &scope, idle_at + 1),
             Admission::Borrow(_)
         ));
+    }
+
+    /// A call in flight at the last report settles below its reservation; the slice lapses
+    /// and the scope goes idle: one more report, `returning`, with the use as settled (else the
+    /// sidecar keeps the reported figure and `charge_reserved` charges a live Envoy for it).
+    #[test]
+    fn an_idle_lapsed_slice_reports_use_settled_below_its_last_report() {
+        let s = MemoryStore::default();
+        let scope = user(None);
+        let queued = leased(&s, &scope, 5 * CENT, 0, NOW);
+        let Admission::Admitted { ticket, .. } = admit(&s, &scope, NOW + 1) else {
+            panic!("not admitted")
+        };
+        let mut active = ActiveScopes::default();
+        let items = active.items(&s, &[queued], NOW + 2, IDLE);
+        assert_eq!(
+            items[0].used,
+            2 * CENT,
+            "the call in flight at its reservation"
+        );
+        budgets::settle(&s, &ticket, Some(CENT / 2), NOW + 3, Calendar::default());
+        assert!(active.items(&s, &[], NOW + 1_000_000, IDLE).is_empty());
+        let items = active.items(&s, &[], NOW + 2_000_000 + IDLE, IDLE);
+        assert_eq!(items.len(), 1, "{items:?}");
+        let r = &items[0];
+        assert_eq!(
+            (r.returning, r.want, r.used, r.held, r.period),
+            (true, 0, CENT + CENT / 2, CENT + CENT / 2, 0)
+        );
+        assert!(active.is_empty());
     }
 
     #[test]
