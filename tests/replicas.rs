@@ -595,6 +595,17 @@ fn kill_9_of_one_replica_behind_one_envoy_loses_and_duplicates_nothing() {
             while !stop.load(Ordering::Relaxed) {
                 let after_kill = killed.load(Ordering::Relaxed);
                 let r = s.admin_post("/key/generate", &json!({"max_budget": 1000.0}));
+                if !after_kill && killed.load(Ordering::Relaxed) && r.status == 503 {
+                    // The one request in flight on the replica when it died: Envoy retries
+                    // only resets before the request was sent (a generate may have committed),
+                    // so this one fails, as it would behind any load balancer.
+                    assert!(
+                        r.body.contains("connection termination") || r.body.contains("reset"),
+                        "generate in flight at the kill: {}",
+                        r.body
+                    );
+                    continue;
+                }
                 assert_eq!(
                     r.status, 200,
                     "generate (after the kill: {after_kill}): {}",
@@ -607,8 +618,9 @@ fn kill_9_of_one_replica_behind_one_envoy_loses_and_duplicates_nothing() {
             made
         });
         std::thread::sleep(Duration::from_millis(1500));
-        s.replicas()[0].kill_by_pid();
+        // Flagged before the kill, so a request it interrupts sees the flag when it fails.
         killed.store(true, Ordering::Relaxed);
+        s.replicas()[0].kill_by_pid();
         std::thread::sleep(Duration::from_secs(4));
         stop.store(true, Ordering::Relaxed);
         let refused: Vec<(usize, Outcome)> = traffic
