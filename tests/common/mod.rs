@@ -883,6 +883,12 @@ pub fn sha256_hex(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Polling, spend and concurrency helpers (budgets and rate-limit suites)
 
+/// How long a test waits for something that happens on its own soon (the filter's spend flush,
+/// every second; a change poll; Envoy's stats flush, every 5 s): far above what it takes on an
+/// idle machine, so a loaded CI machine (2 cores, two suites' stacks side by side) never hits
+/// it, while something that never happens still fails the test.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Calls `f` every 50 ms until it returns `Ok`, failing the test after `timeout` with `what`
 /// and the last `Err` (a description of what was seen).
 pub fn poll_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
@@ -935,7 +941,7 @@ impl Stack {
     pub fn wait_spend_logs(&self, key: &str, count: usize) -> Vec<Value> {
         poll_until(
             &format!("{count} spend-log rows for the key"),
-            Duration::from_secs(10),
+            SETTLE_TIMEOUT,
             || {
                 let rows = self.spend_logs(key);
                 if rows.len() == count {
@@ -955,7 +961,7 @@ impl Stack {
     pub fn wait_key_spend(&self, key: &str, spend: f64) -> Value {
         poll_until(
             &format!("/key/info spend == {spend}"),
-            Duration::from_secs(10),
+            SETTLE_TIMEOUT,
             || {
                 let info = self.key_info(key);
                 if info["spend"].as_f64() == Some(spend) {
@@ -977,7 +983,19 @@ impl Stack {
         body: &str,
         hold: Duration,
     ) -> Vec<u8> {
-        use std::io::{Read, Write};
+        hang_up(self.open_request(path, headers, body), hold)
+    }
+
+    /// Sends `body` to `path` over a raw HTTP/1.1 connection and returns the connection: the
+    /// call stays in flight (for as long as the upstream is slow) until the client hangs up
+    /// ([`hang_up`], or a drop), whenever the test has seen what it wanted to see meanwhile.
+    pub fn open_request(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::net::TcpStream {
+        use std::io::Write;
         let mut stream =
             std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect to Envoy");
         let mut head = format!(
@@ -996,15 +1014,22 @@ impl Stack {
             .write_all(body.as_bytes())
             .expect("write request body");
         stream
-            .set_read_timeout(Some(hold))
-            .expect("set read timeout");
-        let mut got = vec![0u8; 4096];
-        let n = stream.read(&mut got).unwrap_or(0);
-        got.truncate(n);
-        let _ = stream.shutdown(std::net::Shutdown::Both);
-        drop(stream);
-        got
     }
+}
+
+/// Waits up to `hold` for an answer on a connection from [`Stack::open_request`] that is not
+/// expected to come, then closes it: a client abort. Returns the bytes that did arrive.
+pub fn hang_up(mut stream: std::net::TcpStream, hold: Duration) -> Vec<u8> {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(hold.max(Duration::from_millis(1))))
+        .expect("set read timeout");
+    let mut got = vec![0u8; 4096];
+    let n = stream.read(&mut got).unwrap_or(0);
+    got.truncate(n);
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    drop(stream);
+    got
 }
 
 /// Runs `f(i)` for `i in 0..n` on `n` threads at once (released together by a barrier) and
