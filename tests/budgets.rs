@@ -11,8 +11,8 @@
 
 mod common;
 
+use common::{hang_up, TempDir, MASTER_KEY, SETTLE_TIMEOUT};
 use common::{poll_until, run_concurrently, sha256_hex, unix_now, Resp, Stack, StackOptions};
-use common::{TempDir, MASTER_KEY};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -189,7 +189,7 @@ fn organization_budget_is_shared_by_its_teams_and_its_models_bind_them() {
     );
 
     // The sidecar charged the organization for both teams.
-    poll_until("organization spend 0.04", Duration::from_secs(10), || {
+    poll_until("organization spend 0.04", SETTLE_TIMEOUT, || {
         let info = s.get("/organization/info?organization_id=org-1", Some(MASTER_KEY));
         let spend = info.json()["spend"].as_f64();
         if spend.is_some_and(|v| (v - 0.04).abs() < 1e-12) {
@@ -238,7 +238,7 @@ fn user_budget_blocks_every_key_of_the_user() {
     // A key of nobody in particular is not affected.
     chat_ok(&s, &other, "priced");
 
-    poll_until("user spend settled", Duration::from_secs(10), || {
+    poll_until("user spend settled", SETTLE_TIMEOUT, || {
         let r = s.get("/user/info?user_id=budget-user", Some(MASTER_KEY));
         r.assert_status(200);
         let v = r.json();
@@ -277,7 +277,7 @@ fn proxy_budget_is_shared_by_every_caller() {
     let message = "Budget has been exceeded! Current cost: 0.04, Max budget: 0.04";
     assert_budget_exceeded(&chat(&s, &k2, "priced"), 422, message);
     assert_budget_exceeded(&chat(&s, MASTER_KEY, "priced"), 422, message);
-    poll_until("global spend settled", Duration::from_secs(10), || {
+    poll_until("global spend settled", SETTLE_TIMEOUT, || {
         let r = s.get("/global/spend", Some(MASTER_KEY));
         r.assert_status(200);
         let v = r.json();
@@ -603,36 +603,51 @@ fn two_second_budget_duration_resets_on_time() {
     // Fetch the key into the filter first (a free call checks no budget).
     chat_ok(&s, &key, "free");
 
-    // Start right after an even second, so a whole period lies ahead.
-    let start = poll_until("an even second", Duration::from_secs(5), || {
-        let t = unix_now();
-        let phase = t % 2.0;
-        if (0.02..0.25).contains(&phase) {
-            Ok(t)
-        } else {
-            Err(format!("phase {phase}"))
+    let exceeded = key_exceeded("key", &key, "0.02", "0.02");
+    // Each attempt needs its first two calls answered within 1.45 s, and its call 0.25 s
+    // before the boundary answered before it. A machine too slow for that (a loaded CI box)
+    // tries again in a period of its own instead of failing; a wrong answer fails at once.
+    let mut attempts = 0;
+    let boundary = loop {
+        attempts += 1;
+        assert!(
+            attempts <= 5,
+            "the machine was too slow for this test 5 times"
+        );
+        if attempts > 1 {
+            // The period of the last call may hold spend: start after it.
+            sleep_until((unix_now() / 2.0).floor() * 2.0 + 2.0);
         }
-    });
-    let boundary = (start / 2.0).floor() * 2.0 + 2.0;
-    chat_ok(&s, &key, "priced");
-    let refused = chat(&s, &key, "priced");
-    assert!(
-        unix_now() < boundary - 0.3,
-        "the machine is too slow for this test"
-    );
-    assert_budget_exceeded(&refused, 422, &key_exceeded("key", &key, "0.02", "0.02"));
+        // Start right after an even second, so a whole period lies ahead.
+        let start = poll_until("an even second", Duration::from_secs(5), || {
+            let t = unix_now();
+            let phase = t % 2.0;
+            if (0.02..0.25).contains(&phase) {
+                Ok(t)
+            } else {
+                Err(format!("phase {phase}"))
+            }
+        });
+        let boundary = (start / 2.0).floor() * 2.0 + 2.0;
+        chat_ok(&s, &key, "priced");
+        let refused = chat(&s, &key, "priced");
+        if unix_now() >= boundary - 0.3 {
+            eprintln!("attempt {attempts}: too slow before the boundary; again");
+            continue;
+        }
+        assert_budget_exceeded(&refused, 422, &exceeded);
 
-    // Still the same period a little before the boundary.
-    sleep_until(boundary - 0.25);
-    assert_budget_exceeded(
-        &chat(&s, &key, "priced"),
-        422,
-        &key_exceeded("key", &key, "0.02", "0.02"),
-    );
-    assert!(
-        unix_now() < boundary,
-        "the machine is too slow for this test"
-    );
+        // Still the same period a little before the boundary.
+        sleep_until(boundary - 0.25);
+        let r = chat(&s, &key, "priced");
+        if unix_now() >= boundary && r.status == 200 {
+            // Answered after the boundary: it may have been admitted in the next period.
+            eprintln!("attempt {attempts}: the call before the boundary came too late; again");
+            continue;
+        }
+        assert_budget_exceeded(&r, 422, &exceeded);
+        break boundary;
+    };
 
     // Just after it, the budget is whole again.
     sleep_until(boundary + 0.05);
@@ -651,12 +666,11 @@ fn two_second_budget_duration_resets_on_time() {
         "{:?}",
         r.headers
     );
-    if unix_now() < boundary + 1.7 {
-        assert_budget_exceeded(
-            &chat(&s, &key, "priced"),
-            422,
-            &key_exceeded("key", &key, "0.02", "0.02"),
-        );
+    // Spent again in this period: refused, if answered before the next boundary (a later
+    // answer may come from the period after).
+    let r = chat(&s, &key, "priced");
+    if unix_now() < boundary + 2.0 {
+        assert_budget_exceeded(&r, 422, &exceeded);
     }
 }
 
@@ -885,38 +899,33 @@ fn client_abort_releases_the_budget_reservation() {
     chat_ok(&s, &key, "free");
     s.clear_fake_requests();
     let bearer = format!("Bearer {key}");
-    let got = std::thread::scope(|scope| {
-        let abort = scope.spawn(|| {
-            s.abort_request(
-                "/v1/chat/completions",
-                &[("authorization", &bearer), ("x-fake-delay-ms", "5000")],
-                &body("priced"),
-                Duration::from_millis(1000),
-            )
-        });
-        poll_until(
-            "the call at the upstream",
-            Duration::from_secs(5),
-            || match s.fake_requests().len() {
-                0 => Err("none yet".into()),
-                _ => Ok(()),
-            },
-        );
-        // While it is in flight, its reservation holds the whole budget.
-        assert_budget_exceeded(
-            &chat(&s, &key, "priced"),
-            422,
-            &key_exceeded("key", &key, "0.02", "0.02"),
-        );
-        abort.join().unwrap()
+    // The client hangs up once the check below is done (not after a fixed time, which a loaded
+    // machine could outlast); the upstream would answer only after a minute.
+    let call = s.open_request(
+        "/v1/chat/completions",
+        &[("authorization", &bearer), ("x-fake-delay-ms", "60000")],
+        &body("priced"),
+    );
+    poll_until("the call at the upstream", SETTLE_TIMEOUT, || {
+        match s.fake_requests().len() {
+            0 => Err("none yet".into()),
+            _ => Ok(()),
+        }
     });
+    // While it is in flight, its reservation holds the whole budget.
+    assert_budget_exceeded(
+        &chat(&s, &key, "priced"),
+        422,
+        &key_exceeded("key", &key, "0.02", "0.02"),
+    );
+    let got = hang_up(call, Duration::from_millis(10));
     assert!(
         got.is_empty(),
         "the aborted call got an answer: {}",
         String::from_utf8_lossy(&got)
     );
     // Once Envoy has seen the hang-up, the reservation is released and nothing was charged.
-    let r = poll_until("the reservation released", Duration::from_secs(5), || {
+    let r = poll_until("the reservation released", SETTLE_TIMEOUT, || {
         let r = chat(&s, &key, "priced");
         match r.status {
             200 => Ok(r),
@@ -1016,18 +1025,14 @@ fn team_and_key_aliases_route_to_the_target_at_its_price() {
     )
     .assert_status(200);
     s.clear_fake_requests();
-    poll_until(
-        "the alias follows /team/update",
-        Duration::from_secs(10),
-        || {
-            chat_ok(&s, &key, "fast");
-            let seen = s.fake_requests();
-            match seen.last().map(|r| r["body"]["model"].clone()) {
-                Some(m) if m == "free-backend" => Ok(()),
-                other => Err(format!("upstream model {other:?}")),
-            }
-        },
-    );
+    poll_until("the alias follows /team/update", SETTLE_TIMEOUT, || {
+        chat_ok(&s, &key, "fast");
+        let seen = s.fake_requests();
+        match seen.last().map(|r| r["body"]["model"].clone()) {
+            Some(m) if m == "free-backend" => Ok(()),
+            other => Err(format!("upstream model {other:?}")),
+        }
+    });
 
     let (own, _) = s.generate_key(json!({
         "models": ["priced-b"],
