@@ -421,14 +421,17 @@ fn assert_expired(resp: &Resp, key: &str) {
 #[test]
 fn expired_key_is_401_but_model_access_is_checked_first() {
     let s = Stack::default_config();
-    let generated_at = Instant::now();
-    let (used, v) = s.generate_key(json!({"models": ["gpt-4o-mini"], "duration": "1s"}));
+    // Long enough for the call below to come before the expiry on a loaded machine.
+    let lifetime = Duration::from_secs(3);
+    let (used, v) = s.generate_key(json!({"models": ["gpt-4o-mini"], "duration": "3s"}));
     assert!(v["expires"].is_string(), "expires: {v}");
-    let (unused, _) = s.generate_key(json!({"models": ["gpt-4o-mini"], "duration": "1s"}));
     // Valid before it expires (this also caches it in the filter).
     assert_chat_ok(&s.chat(Some(&used), "gpt-4o-mini"));
+    let (unused, _) = s.generate_key(json!({"models": ["gpt-4o-mini"], "duration": "3s"}));
+    // Both keys' expiry is at most `lifetime` after this (each was made before its answer).
+    let both_made = Instant::now();
 
-    let wake = generated_at + Duration::from_millis(1600);
+    let wake = both_made + lifetime + Duration::from_millis(100);
     std::thread::sleep(wake.saturating_duration_since(Instant::now()));
 
     assert_expired(&s.chat(Some(&used), "gpt-4o-mini"), &used);
