@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{chat_body, poll_until, render_template, Resp, Stack};
+use common::{chat_body, poll_until, render_template, Resp, Stack, StackOptions, SETTLE_TIMEOUT};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,7 +64,13 @@ struct Outcome {
 
 #[test]
 fn config_edit_applies_under_20_rps_without_a_failed_request() {
-    let s = Arc::new(Stack::start(BEFORE));
+    let s = Arc::new(Stack::start_with(StackOptions {
+        config: BEFORE.to_string(),
+        // The rpm window checked at the end must span the whole test, however slow the
+        // machine (the default 60 s would not, on a loaded one).
+        env: vec![("LITELLM_RATE_LIMIT_WINDOW_SIZE".into(), "3600".into())],
+        ..Default::default()
+    }));
     let (key, _) = s.generate_key(json!({}));
     let (limited, _) = s.generate_key(json!({"rpm_limit": 4}));
     for _ in 0..2 {
@@ -106,7 +112,7 @@ fn config_edit_applies_under_20_rps_without_a_failed_request() {
     std::fs::rename(&staged, &config).unwrap();
     let edited = Instant::now();
 
-    let added = poll_until("the added model answers", Duration::from_secs(20), || {
+    let added = poll_until("the added model answers", SETTLE_TIMEOUT, || {
         let r = chat(&s, &key, "added");
         if r.status == 200 {
             Ok(r)
@@ -115,7 +121,7 @@ fn config_edit_applies_under_20_rps_without_a_failed_request() {
         }
     });
     charged += cost_nanos(&added).expect("the added model is priced");
-    let new_unit = poll_until("the new price applies", Duration::from_secs(10), || {
+    let new_unit = poll_until("the new price applies", SETTLE_TIMEOUT, || {
         let r = chat(&s, &key, "priced").assert_status(200).clone();
         let c = cost_nanos(&r).expect("cost header");
         charged += c;
@@ -132,6 +138,13 @@ fn config_edit_applies_under_20_rps_without_a_failed_request() {
         "ten times the prices, ten times the cost"
     );
     std::thread::sleep(Duration::from_secs(2));
+    // At least 60 calls in all (3 s at the nominal 20 per second), however slow the machine.
+    poll_until("60 calls of load", SETTLE_TIMEOUT, || {
+        match outcomes.lock().unwrap().len() {
+            n if n >= 60 || load.is_finished() => Ok(()),
+            n => Err(format!("{n} calls")),
+        }
+    });
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
 
@@ -164,7 +177,7 @@ fn config_edit_applies_under_20_rps_without_a_failed_request() {
     chat(&s, &limited, "priced").assert_error(429, "throttling_error");
 
     // Every call's spend reached the sidecar exactly once, across the switch.
-    poll_until("all spend settles", Duration::from_secs(15), || {
+    poll_until("all spend settles", SETTLE_TIMEOUT, || {
         let spend = s.key_info(&key)["spend"].as_f64().unwrap();
         match (spend * 1e9).round() as i64 {
             n if n == charged => Ok(()),
