@@ -15,7 +15,7 @@
 mod common;
 
 use common::prometheus::{one, parse, values};
-use common::{poll_until, sha256_hex, Stack, MASTER_KEY};
+use common::{poll_until, sha256_hex, Stack, MASTER_KEY, SETTLE_TIMEOUT};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -261,7 +261,7 @@ fn sidecar_and_envoy_metrics_count_a_known_sequence() {
         })
     };
     // Counted when each answer completes: poll for the last one.
-    let envoy = poll_until("Envoy's /stats/prometheus", Duration::from_secs(15), || {
+    let envoy = poll_until("Envoy's /stats/prometheus", SETTLE_TIMEOUT, || {
         let r = common::prometheus::envoy_stats(port);
         // A batch is counted when the sidecar's answer reaches the filter, after it applied it.
         let e = parse(&r.body);
@@ -422,8 +422,8 @@ fn fleet_lease_borrows_are_counted_by_result() {
     s.wait_key_spend(&tiny, 0.02);
     // The slice expires (a renewal of it, sent on the next tick, lasts 2 s from its sending),
     // so the next call asks the sidecar again instead of refusing on what a renewal answer
-    // told it.
-    std::thread::sleep(Duration::from_millis(3500));
+    // told it. 3 s would do on an idle machine; 2 s more for a tick late on a loaded one.
+    std::thread::sleep(Duration::from_millis(5000));
     let refused = s.post_with("/v1/chat/completions", &tiny, &[], &body());
     assert_eq!(refused.status / 100, 4, "{}", refused.body);
     // The master key has no budget to borrow for.
@@ -431,24 +431,20 @@ fn fleet_lease_borrows_are_counted_by_result() {
         .assert_status(200);
 
     let port = envoy_admin_port(&s);
-    let e = poll_until(
-        "the borrows on /stats/prometheus",
-        Duration::from_secs(10),
-        || {
-            let r = common::prometheus::envoy_stats(port);
-            let e = parse(&r.body);
-            let admitted = values(
-                &e,
-                "tollgate_requests_total",
-                &[("outcome", "admitted"), ("upstream", "2xx")],
-            );
-            if admitted == [3.0] {
-                Ok(e)
-            } else {
-                Err(format!("{}: {}", r.status, r.body))
-            }
-        },
-    );
+    let e = poll_until("the borrows on /stats/prometheus", SETTLE_TIMEOUT, || {
+        let r = common::prometheus::envoy_stats(port);
+        let e = parse(&r.body);
+        let admitted = values(
+            &e,
+            "tollgate_requests_total",
+            &[("outcome", "admitted"), ("upstream", "2xx")],
+        );
+        if admitted == [3.0] {
+            Ok(e)
+        } else {
+            Err(format!("{}: {}", r.status, r.body))
+        }
+    });
     let borrows = |result: &str| one(&e, "tollgate_lease_borrows_total", &[("result", result)]);
     assert_eq!(borrows("granted"), 2.0);
     assert_eq!(borrows("refused"), 1.0);
