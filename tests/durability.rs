@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{chat_body, poll_until, Resp, Stack};
+use common::{chat_body, poll_until, Resp, Stack, SETTLE_TIMEOUT};
 use serde_json::json;
 use std::time::Duration;
 
@@ -59,7 +59,7 @@ fn sidecar_kill_9_between_calls_loses_nothing() {
     assert!(unit > 0, "the priced model costs something");
     poll_until(
         "the first call's spend reaches the sidecar",
-        Duration::from_secs(10),
+        SETTLE_TIMEOUT,
         || match spend_nanos(&s, &known) {
             n if n == unit => Ok(()),
             n => Err(format!("spend {n}")),
@@ -97,7 +97,7 @@ fn sidecar_kill_9_between_calls_loses_nothing() {
     // The buffered events arrive, each once: 1 + 5 calls.
     poll_until(
         "buffered spend reaches the sidecar",
-        Duration::from_secs(15),
+        SETTLE_TIMEOUT,
         || match spend_nanos(&s, &known) {
             n if n == 6 * unit => Ok(()),
             n => Err(format!("spend {n}, want {}", 6 * unit)),

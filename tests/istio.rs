@@ -7,7 +7,7 @@
 mod common;
 
 use common::istio::{IstioStack, ISTIO_CONFIG};
-use common::{poll_until, Stack, MASTER_KEY, PROVIDER_KEY};
+use common::{poll_until, Stack, MASTER_KEY, PROVIDER_KEY, SETTLE_TIMEOUT};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -83,21 +83,17 @@ fn istio_shaped_gateway_serves_keys_budgets_limits_the_admin_api_and_metrics() {
     // config Istio builds from `render --format istio-gateway`: three calls admitted, one
     // refused per reason, each with its admission time.
     use common::prometheus::{envoy_stats, one, parse, values};
-    let stats = poll_until(
-        "the gateway's tollgate metrics",
-        Duration::from_secs(15),
-        || {
-            let r = envoy_stats(admin_port);
-            let e = parse(&r.body);
-            // Histograms are merged at Envoy's stats flush (5 s).
-            let timed = values(&e, "tollgate_admission_time_us_count", &[]);
-            if timed.iter().sum::<f64>() == 6.0 {
-                Ok(e)
-            } else {
-                Err(format!("{}: {}", r.status, r.body))
-            }
-        },
-    );
+    let stats = poll_until("the gateway's tollgate metrics", SETTLE_TIMEOUT, || {
+        let r = envoy_stats(admin_port);
+        let e = parse(&r.body);
+        // Histograms are merged at Envoy's stats flush (5 s).
+        let timed = values(&e, "tollgate_admission_time_us_count", &[]);
+        if timed.iter().sum::<f64>() == 6.0 {
+            Ok(e)
+        } else {
+            Err(format!("{}: {}", r.status, r.body))
+        }
+    });
     let requests = |outcome: &str, upstream: &str| {
         one(
             &stats,
@@ -157,18 +153,14 @@ fn istio_shaped_gateway_fails_closed_until_the_sidecar_hands_over_provider_keys(
         "nothing may reach the provider"
     );
     s.restart_sidecar();
-    poll_until(
-        "the filter has the provider keys",
-        Duration::from_secs(20),
-        || {
-            let r = chat(&s, MASTER_KEY);
-            if r.status == 200 {
-                Ok(())
-            } else {
-                Err(format!("{} {}", r.status, r.body))
-            }
-        },
-    );
+    poll_until("the filter has the provider keys", SETTLE_TIMEOUT, || {
+        let r = chat(&s, MASTER_KEY);
+        if r.status == 200 {
+            Ok(())
+        } else {
+            Err(format!("{} {}", r.status, r.body))
+        }
+    });
 }
 
 #[test]

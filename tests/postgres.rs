@@ -803,7 +803,7 @@ fn up_keeps_its_record_in_postgres(pg: &Postgres, db: &str, options: StackOption
     let token = sha256_hex(&key);
     poll_until(
         "the call's spend in PostgreSQL",
-        std::time::Duration::from_secs(20),
+        SETTLE_TIMEOUT,
         || match logged(pg, db, &token) {
             (1, 1, spend) if spend > 0 => Ok(()),
             other => Err(format!("{other:?}")),

@@ -79,7 +79,7 @@ fn unpriced_gpt_4o_mini_is_charged_litellm_cost_map_price() {
     let r2 = chat(&s, &key, "mini");
     r2.assert_status(200);
     let total = cost + gpt_4o_mini_cost(&r2);
-    common::poll_until("key spend", Duration::from_secs(10), || {
+    common::poll_until("key spend", common::SETTLE_TIMEOUT, || {
         let spend = s.key_info(&key)["spend"].as_f64().unwrap_or(0.0);
         if nanos(spend) == total {
             Ok(())
@@ -243,7 +243,7 @@ fn model_max_budget_as_the_docs_write_it_is_enforced() {
     }));
     let hash = v["token"].as_str().unwrap().to_string();
     chat(&s, &key, "mini").assert_status(200);
-    let r = common::poll_until("model budget refusal", Duration::from_secs(10), || {
+    let r = common::poll_until("model budget refusal", common::SETTLE_TIMEOUT, || {
         let r = chat(&s, &key, "mini");
         if r.status == 200 {
             Err("still admitted".to_string())
@@ -299,7 +299,7 @@ fn max_end_user_budget_is_the_default_customer_budget() {
     };
     // One call costs more than $0.000001: the next one is refused.
     as_customer("cust-1").assert_status(200);
-    let r = common::poll_until("customer budget refusal", Duration::from_secs(10), || {
+    let r = common::poll_until("customer budget refusal", common::SETTLE_TIMEOUT, || {
         let r = as_customer("cust-1");
         if r.status == 200 {
             Err("still admitted".to_string())
@@ -624,7 +624,7 @@ fn key_generate_defaults_and_upper_bounds_from_the_config() {
     assert_eq!(made["max_budget"].as_f64(), Some(0.000001), "{made}");
     assert_eq!(made["rpm_limit"].as_u64(), Some(50), "{made}");
     chat(&s, &key, "mini").assert_status(200);
-    common::poll_until("key spend", Duration::from_secs(10), || {
+    common::poll_until("key spend", common::SETTLE_TIMEOUT, || {
         match chat(&s, &key, "mini").status {
             422 => Ok(()),
             other => Err(format!("status {other}")),
