@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-const WAIT: Duration = Duration::from_secs(20);
+/// How long the browser may take to show something (a cold Chromium on a loaded machine).
+const WAIT: Duration = Duration::from_secs(30);
 
 fn tool(env: &str, default: &str, package: &str) -> PathBuf {
     let path = PathBuf::from(std::env::var(env).unwrap_or_else(|_| default.to_string()));
