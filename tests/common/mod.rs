@@ -261,10 +261,19 @@ impl Drop for TempDir {
     }
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, and never one this test process was given before: two
+/// ports taken before either is bound (Envoy's listener and admin port) could otherwise be the
+/// same, as the kernel picks a `bind(0)` port at random each time.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
