@@ -415,7 +415,9 @@ fn sweep(
     pending: &mut Vec<(usize, Outcome, Instant)>,
     subjects: &[Subject],
     caller: &Caller,
-    slowest: &mut Duration,
+    // (the latest a call that saw the old state was sent, the latest the new state was first
+    // seen), after the change.
+    slowest: &mut (Duration, Duration),
 ) {
     pending.retain(|(i, before, applied_at)| {
         let subject = &subjects[*i];
@@ -424,7 +426,7 @@ fn sweep(
         let sent_after = applied_at.elapsed();
         let seen = caller.call(&subject.key);
         if seen == subject.expected {
-            *slowest = (*slowest).max(applied_at.elapsed());
+            slowest.1 = slowest.1.max(applied_at.elapsed());
             return false;
         }
         assert_eq!(
@@ -432,6 +434,7 @@ fn sweep(
             "{:?} step {} made on a replica: neither the old nor the new state ({:?})",
             subject.kind, subject.step, subject.expected
         );
+        slowest.0 = slowest.0.max(sent_after);
         assert!(
             sent_after <= CHANGE_POLL_BOUND,
             "{:?} step {} made on a replica: still the old state in a call sent {sent_after:?} \
@@ -500,7 +503,7 @@ fn admin_changes_over_two_replicas_apply_on_the_next_request() {
 
     const OPERATIONS: usize = 1000;
     let stop = AtomicBool::new(false);
-    let (mut via_envoy, mut direct, mut slowest) = (0, 0, Duration::ZERO);
+    let (mut via_envoy, mut direct, mut slowest) = (0, 0, (Duration::ZERO, Duration::ZERO));
     let started = Instant::now();
     let refused = std::thread::scope(|scope| {
         let traffic = background_traffic(scope, &caller, &steady, &stop);
@@ -562,9 +565,11 @@ fn admin_changes_over_two_replicas_apply_on_the_next_request() {
     });
     eprintln!(
         "{OPERATIONS} admin operations ({via_envoy} through Envoy, {direct} on a replica) in {:?}; \
-         slowest change made on a replica seen through Envoy {slowest:?} after it; {} calls \
-         admitted",
+         changes made on a replica: the old state seen by a call sent up to {:?} after one, \
+         the new one first seen up to {:?} after it; {} calls admitted",
         started.elapsed(),
+        slowest.0,
+        slowest.1,
         admitted.load(Ordering::Relaxed)
     );
     assert!(refused.is_empty(), "steady keys refused: {refused:?}");
