@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn an_idle_rate_slice_is_returned_while_its_window_runs_even_past_its_deadline() {
-        use crate::rate_leases::Slice;
+        use crate::rate_leases::{Slice, Slices};
         let s = MemoryStore::default();
         let window_end = NOW + 60_000_000;
         let slice = |grant, deadline| Slice {
@@ -428,9 +428,12 @@ mod tests {
             deadline,
             ..Slice::default()
         };
-        let entry = "tollgate:v1:rl-lease:rpm:api_key:h";
-        assert!(entry.starts_with(crate::contract::RATE_LEASE_PREFIX));
-        s.set(entry, &slice(25, NOW + TTL).encode(), None).unwrap();
+        let entry = "tollgate:v1:rl-slices:api_key:h";
+        let (key, rpm) = crate::rate_leases::scope_entry("rpm:api_key:h").unwrap();
+        assert_eq!(key, entry);
+        let mut slices = Slices::default();
+        *slices.get_mut(rpm) = slice(25, NOW + TTL);
+        s.set(entry, &slices.encode(), None).unwrap();
         let item = LeaseItem {
             scope: "rpm:api_key:h".into(),
             level: "rpm".into(),
@@ -451,6 +454,6 @@ mod tests {
             (true, 10, 10, window_end, Some(40))
         );
         let (bytes, _) = s.get(entry).unwrap();
-        assert_eq!(Slice::decode(&bytes), slice(10, 0));
+        assert_eq!(*Slices::decode(&bytes).get(rpm), slice(10, 0));
     }
 }
