@@ -102,11 +102,17 @@ pub struct Slice {
     /// What requests paused to borrow for this slice since the last answer take: a borrow
     /// asks for all of it (as `budgets::Counter::waiting`).
     pub waiting: i64,
+    /// The next window's slice, issued ahead in the last seconds of this one (FLEET.md §4.9):
+    /// for the window ending at `next_period` (starting where this one ends), valid until
+    /// `next_deadline`. Installed when this window ends ([`Slice::current`]).
+    pub next_period: i64,
+    pub next_grant: i64,
+    pub next_deadline: i64,
 }
 
 impl Slice {
     pub fn decode(bytes: &[u8]) -> Slice {
-        let [period, used, released, grant, deadline, global, global_at, asked, asked_used, peak, waiting] =
+        let [period, used, released, grant, deadline, global, global_at, asked, asked_used, peak, waiting, next_period, next_grant, next_deadline] =
             crate::budgets::int_fields(bytes);
         Slice {
             period,
@@ -120,11 +126,15 @@ impl Slice {
             asked_used,
             peak,
             waiting,
+            next_period,
+            next_grant,
+            next_deadline,
         }
     }
 
+    /// The next window's fields only when one is held (entries stay short otherwise).
     pub fn encode(&self) -> Vec<u8> {
-        format!(
+        let mut out = format!(
             "{} {} {} {} {} {} {} {} {} {} {}",
             self.period,
             self.used,
@@ -137,8 +147,53 @@ impl Slice {
             self.asked_used,
             self.peak,
             self.waiting
-        )
-        .into_bytes()
+        );
+        if self.next_period != 0 {
+            out.push_str(&format!(
+                " {} {} {}",
+                self.next_period, self.next_grant, self.next_deadline
+            ));
+        }
+        out.into_bytes()
+    }
+
+    /// The slice in force at `now`: past its window's end, the next window's slice issued
+    /// ahead (if still valid), from nothing taken; the demand estimate goes on (use counted
+    /// from the window's start, the largest take), so its first renewal asks for the running
+    /// rate. Otherwise as it is (an ended window admits nothing: the next request borrows).
+    pub fn current(self, now: i64) -> Slice {
+        let ended = self.period != 0 && now >= self.period;
+        if !ended || self.next_period <= now || now >= self.next_deadline {
+            return self;
+        }
+        Slice {
+            period: self.next_period,
+            grant: self.next_grant,
+            deadline: self.next_deadline,
+            asked: self.period,
+            peak: self.peak,
+            ..Slice::default()
+        }
+    }
+
+    /// A grant for this slice's own period: taken by `max` while the slice is valid (grants
+    /// only grow within a window), as it is once expired (the sidecar no longer counts the old
+    /// one).
+    fn take_grant(&mut self, grant: i64, deadline: i64, now: i64) {
+        if now >= self.deadline {
+            self.grant = grant;
+            self.deadline = deadline;
+        } else {
+            self.grant = self.grant.max(grant);
+            self.deadline = self.deadline.max(deadline);
+        }
+    }
+
+    /// The last seconds of a window in use, and no slice of the next one held past its end:
+    /// a report now gets the next window's slice ahead.
+    fn next_due(&self, now: i64) -> bool {
+        crate::leases::window_pre_issue_due(self.period, self.used, now, 0)
+            && self.next_deadline <= self.period
     }
 
     /// Valid: before its deadline and, for a window, before the window's end.
@@ -196,6 +251,14 @@ impl Slices {
         out
     }
 
+    /// Every slice as in force at `now` ([`Slice::current`]).
+    pub fn current(mut self, now: i64) -> Slices {
+        for s in &mut self.0 {
+            *s = s.current(now);
+        }
+        self
+    }
+
     pub fn get(&self, lent: Lent) -> &Slice {
         &self.0[lent.index()]
     }
@@ -228,6 +291,11 @@ pub fn read_slice<S: VersionedStore>(store: &S, scope: &str) -> Option<Slice> {
     Some(*Slices::decode(&bytes).get(lent)).filter(|s| *s != Slice::default())
 }
 
+/// [`read_slice`] as in force at `now` ([`Slice::current`]).
+fn slice_at<S: VersionedStore>(store: &S, scope: &str, now: i64) -> Option<Slice> {
+    read_slice(store, scope).map(|s| s.current(now))
+}
+
 /// Changes one lease's slice in its entry (one compare-and-set): `decide` returns `None` to
 /// leave it as it is. A missing entry is created only if `create`.
 fn update_slice<S: VersionedStore, T>(
@@ -243,7 +311,9 @@ fn update_slice<S: VersionedStore, T>(
             return Decision::Keep(None);
         }
         let mut slices = v.map(Slices::decode).unwrap_or_default();
-        match decide(slices.get_mut(lent)) {
+        let s = slices.get_mut(lent);
+        *s = s.current(now);
+        match decide(s) {
             Some(t) => Decision::Write(slices.encode(), Some(t)),
             None => Decision::Keep(None),
         }
@@ -307,7 +377,7 @@ pub fn to_borrow<S: VersionedStore>(
         }
         let slices = store
             .get(&entry_key(d))
-            .map(|(v, _)| Slices::decode(&v))
+            .map(|(v, _)| Slices::decode(&v).current(now))
             .unwrap_or_default();
         for (lent, limit) in limits_of(d) {
             let s = slices.get(lent);
@@ -376,7 +446,9 @@ pub fn admit<S: VersionedStore>(
         let borrowing = !borrow.is_empty();
         let pending_at = pending.as_ref().map(|(lent, ..)| lent.index());
         let outcome = update(store, &key, now, |v| {
-            let mut slices = v.map(Slices::decode).unwrap_or_default();
+            let mut slices = v
+                .map(|b| Slices::decode(b).current(now))
+                .unwrap_or_default();
             let mut check = ScopeCheck {
                 took: [None; 3],
                 slices: Slices::default(),
@@ -668,19 +740,37 @@ pub fn apply_grant<S: VersionedStore>(
                 ..Slice::default()
             };
         }
-        if now >= s.deadline {
-            s.grant = grant.grant;
-            s.deadline = deadline;
-        } else {
-            s.grant = s.grant.max(grant.grant);
-            s.deadline = s.deadline.max(deadline);
-        }
+        s.take_grant(grant.grant, deadline, now);
         s.global = grant.spend;
         s.global_at = s.holding();
         s.waiting = 0;
         Some(())
     })
     .is_some()
+}
+
+/// Keeps the next window's grant of an rpm/tpm slice (issued ahead, the answer's second grant
+/// of the scope) in its entry, for [`Slice::current`] to install when the window ends: only
+/// one for a later window than the slice's (taken by `max` while one for the same window is
+/// still valid, as it is otherwise); one for the slice's own window (it rolled meanwhile) is
+/// applied as [`apply_grant`] does.
+pub fn apply_next_grant<S: VersionedStore>(store: &S, grant: &LeaseGrant, deadline: i64, now: i64) {
+    update_slice(store, &grant.scope, now, false, |s| {
+        if s.period == 0 || grant.period < s.period || now >= grant.period {
+            return None;
+        }
+        if grant.period == s.period {
+            s.take_grant(grant.grant, deadline, now);
+        } else if s.next_period == grant.period && now < s.next_deadline {
+            s.next_grant = s.next_grant.max(grant.grant);
+            s.next_deadline = s.next_deadline.max(deadline);
+        } else {
+            s.next_period = grant.period;
+            s.next_grant = grant.grant;
+            s.next_deadline = deadline;
+        }
+        Some(())
+    });
 }
 
 /// A queued renewal of a rate lease, refreshed from its slice now (`None`: no slice, or its
@@ -690,7 +780,7 @@ pub fn refresh_item<S: VersionedStore>(
     mut item: LeaseItem,
     now: i64,
 ) -> Option<LeaseItem> {
-    let s = read_slice(store, &item.scope)?;
+    let s = slice_at(store, &item.scope, now)?;
     if s.period != 0 && now >= s.period {
         return None;
     }
@@ -709,13 +799,13 @@ pub fn tick_view<S: VersionedStore>(
     scope: &str,
     now: i64,
 ) -> Option<crate::budgets::TickView> {
-    let s = read_slice(store, scope)?;
+    let s = slice_at(store, scope, now)?;
     let running = s.period == 0 || now < s.period;
     Some(crate::budgets::TickView {
         mark: [s.period, s.used, s.released],
         in_use: scope.starts_with("parallel:") && s.holding() > 0,
         holds: running && s.grant > s.used,
-        next_due: false,
+        next_due: s.next_due(now),
     })
 }
 
@@ -731,6 +821,9 @@ pub fn give_back_item<S: VersionedStore>(
         }
         s.grant = s.used;
         s.deadline = 0;
+        s.next_period = 0;
+        s.next_grant = 0;
+        s.next_deadline = 0;
         Some(LeaseItem {
             period: s.period,
             used: s.used,
@@ -820,8 +913,16 @@ mod tests {
             asked_used: 9,
             peak: 10,
             waiting: 11,
+            ..Slice::default()
         };
         assert_eq!(Slice::decode(&s.encode()), s);
+        let ahead = Slice {
+            next_period: 12,
+            next_grant: 13,
+            next_deadline: 14,
+            ..s
+        };
+        assert_eq!(Slice::decode(&ahead.encode()), ahead);
         assert_eq!(Slice::decode(b"garbage"), Slice::default());
         // A scope's entry: its slices in rpm, parallel, tpm order; one never leased is empty.
         let mut slices = Slices::default();
@@ -1167,6 +1268,132 @@ mod tests {
         assert_eq!(slice(&s, "rpm:user:alice").used, 3);
         assert_eq!(slice(&s, "tpm:api_key:hash").used, 5);
         crate::rate_limits::release(&s, &t, Some(5), NOW + 5);
+    }
+
+    /// FLEET.md §4.9: in a window's last seconds, with use in it, the root tick reports the
+    /// slice; the answer's second grant (the next window, back to back) is kept in the entry
+    /// and installed when the window ends: the first request after it does not borrow.
+    #[test]
+    fn the_next_window_issued_ahead_is_installed_when_the_window_ends() {
+        let s = MemoryStore::default();
+        let d = [key(Some(100), Some(1000), None)];
+        let next_end = WINDOW_END + 60_000_000;
+        let sent = WINDOW_END - 4_000_000;
+        let both = |grants: Vec<LeaseGrant>, at: i64| {
+            let asked: Vec<String> = grants.iter().map(|g| g.scope.clone()).collect();
+            crate::budgets::apply_lease_answer(&s, &LeaseAnswer { items: grants }, &asked, at, at)
+        };
+        both(
+            vec![
+                grant("rpm:api_key:hash", WINDOW_END, 10, 0),
+                grant("tpm:api_key:hash", WINDOW_END, 100, 0),
+            ],
+            NOW,
+        );
+        let due = |at| tick_view(&s, "rpm:api_key:hash", at).unwrap().next_due;
+        assert!(!due(sent), "no use in the window yet");
+        let t = admitted(admit(&s, &d, 30, NOW + 1, check(None)));
+        assert!(!due(NOW + 2), "not in the last seconds");
+        assert!(due(sent));
+        let applied = both(
+            vec![
+                grant("rpm:api_key:hash", WINDOW_END, 10, 1),
+                grant("rpm:api_key:hash", next_end, 7, 0),
+                grant("tpm:api_key:hash", WINDOW_END, 100, 30),
+                grant("tpm:api_key:hash", next_end, 70, 0),
+            ],
+            sent,
+        );
+        assert_eq!(
+            applied.len(),
+            2,
+            "the next windows' grants are kept, not applied"
+        );
+        let deadline = sent + TTL - 500_000;
+        let rpm = slice(&s, "rpm:api_key:hash");
+        assert_eq!(
+            (
+                rpm.period,
+                rpm.grant,
+                rpm.next_period,
+                rpm.next_grant,
+                rpm.next_deadline
+            ),
+            (WINDOW_END, 10, next_end, 7, deadline)
+        );
+        assert!(!due(sent + 1_000_000), "held");
+        // The call reserved in the old window settles after the roll: its real count lands in
+        // the new window (as with fleet mode off).
+        let after = WINDOW_END + 1;
+        let t2 = admitted(admit(&s, &d, 20, after, check(None)));
+        assert_eq!(t2.statuses[0].remaining, 99);
+        let (rpm, tpm) = (slice(&s, "rpm:api_key:hash"), slice(&s, "tpm:api_key:hash"));
+        assert_eq!(
+            (
+                rpm.period,
+                rpm.used,
+                rpm.grant,
+                rpm.deadline,
+                rpm.next_period
+            ),
+            (next_end, 1, 7, deadline, 0)
+        );
+        assert_eq!((tpm.period, tpm.used, tpm.grant), (next_end, 20, 70));
+        assert_eq!(
+            rpm.asked, WINDOW_END,
+            "the demand counts from the window's start"
+        );
+        crate::rate_limits::release(&s, &t, Some(6), after + 1);
+        assert_eq!(slice(&s, "tpm:api_key:hash").used, 26);
+        // A late answer for the old window changes nothing; one for the new window (its
+        // first renewal) is taken by `max`.
+        assert!(both(vec![grant("rpm:api_key:hash", WINDOW_END, 50, 0)], after).is_empty());
+        both(vec![grant("rpm:api_key:hash", next_end, 9, 0)], after);
+        assert_eq!(slice(&s, "rpm:api_key:hash").grant, 9);
+    }
+
+    #[test]
+    fn without_a_valid_slice_ahead_the_first_request_after_a_window_borrows() {
+        let s = MemoryStore::default();
+        let d = [key(Some(100), None, None)];
+        assert!(apply(&s, grant("rpm:api_key:hash", WINDOW_END, 10, 0)));
+        admitted(admit(&s, &d, 1, NOW + 1, check(None)));
+        assert!(matches!(
+            admit(&s, &d, 1, WINDOW_END, check(None)),
+            Ok(Leased::Borrow(_))
+        ));
+        // Issued ahead, but its deadline passed before the window ended: not installed.
+        let next_end = WINDOW_END + 60_000_000;
+        let sent = WINDOW_END - 4_000_000;
+        crate::budgets::apply_lease_answer(
+            &s,
+            &LeaseAnswer {
+                items: vec![
+                    grant("rpm:api_key:hash", WINDOW_END, 10, 0),
+                    LeaseGrant {
+                        ttl_ms: 1_000,
+                        ..grant("rpm:api_key:hash", next_end, 7, 0)
+                    },
+                ],
+            },
+            &["rpm:api_key:hash".into()],
+            sent,
+            sent,
+        );
+        assert_eq!(slice(&s, "rpm:api_key:hash").next_period, next_end);
+        assert!(matches!(
+            admit(&s, &d, 1, WINDOW_END + 1, check(None)),
+            Ok(Leased::Borrow(_))
+        ));
+        // Slots have no window: nothing is kept ahead for them.
+        assert!(apply(&s, grant("parallel:api_key:hash", 0, 2, 0)));
+        apply_next_grant(
+            &s,
+            &grant("parallel:api_key:hash", next_end, 2, 0),
+            NOW + TTL,
+            NOW,
+        );
+        assert_eq!(slice(&s, "parallel:api_key:hash").next_period, 0);
     }
 
     #[test]
