@@ -742,7 +742,9 @@ pub fn apply_lease_answer<S: VersionedStore>(
             .saturating_sub(LEASE_MARGIN_MICROS);
         // A later grant of a scope already answered is its next period's, issued ahead.
         if answer.items[..i].iter().any(|g| g.scope == grant.scope) {
-            if !crate::leases::is_rate_scope(&grant.scope) {
+            if crate::leases::is_rate_scope(&grant.scope) {
+                crate::rate_leases::apply_next_grant(store, grant, deadline, now);
+            } else {
                 apply_next_grant(store, grant, deadline, now);
             }
             continue;

@@ -61,9 +61,9 @@ pub const CREATE_LEASE_KEY: &str = "tollgate:v1:create-lease";
 pub const BUDGET_PREFIX: &str = "tollgate:v1:budget:";
 /// Rate-limit windows: `<prefix><kind>:<value>`.
 pub const RATE_LIMIT_PREFIX: &str = "tollgate:v1:rl:";
-/// Fleet mode: rate-limit slices: `<prefix><rpm|tpm|parallel>:<kind>:<value>`
-/// (`rate_leases`).
-pub const RATE_LEASE_PREFIX: &str = "tollgate:v1:rl-lease:";
+/// Fleet mode: rate-limit slices, one entry per scope holding its rpm, parallel and tpm
+/// slices: `<prefix><kind>:<value>` (`rate_leases`).
+pub const RATE_LEASE_PREFIX: &str = "tollgate:v1:rl-slices:";
 /// Fleet mode: this Envoy process's id (32 hex digits), written once by the first
 /// `on_configure`; it survives config reloads (the VM and its shared data stay) and a restarted
 /// process draws a new one, so it never inherits a dead process's leases.

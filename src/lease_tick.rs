@@ -416,9 +416,57 @@ mod tests {
         assert_eq!(active.len(), 1);
     }
 
+    /// A tracked rpm slice in its window's last seconds, with use in it, is reported (the
+    /// answer brings the next window's slice), until that slice is held.
+    #[test]
+    fn a_rate_window_in_use_is_reported_in_its_last_seconds_for_the_next_one() {
+        use crate::rate_leases::{scope_entry, Slice, Slices};
+        let s = MemoryStore::default();
+        let window_end = NOW + 20_000_000;
+        let (entry, rpm) = scope_entry("rpm:api_key:h").unwrap();
+        let mut slices = Slices::default();
+        *slices.get_mut(rpm) = Slice {
+            period: window_end,
+            used: 10,
+            grant: 1_000,
+            deadline: window_end + TTL,
+            ..Slice::default()
+        };
+        s.set(&entry, &slices.encode(), None).unwrap();
+        let item = LeaseItem {
+            scope: "rpm:api_key:h".into(),
+            level: "rpm".into(),
+            ids: vec!["api_key".into(), "h".into()],
+            limit: Some(1_000),
+            want: 5,
+            ..Default::default()
+        };
+        let mut active = ActiveScopes::default();
+        let queued = serde_json::to_vec(&item).unwrap();
+        assert_eq!(active.items(&s, &[queued], NOW, IDLE).len(), 1);
+        assert!(active.items(&s, &[], NOW + 1_000_000, IDLE).is_empty());
+        let late = window_end - 4_000_000;
+        let items = active.items(&s, &[], late, IDLE);
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(
+            (items[0].period, items[0].used, items[0].held),
+            (window_end, 10, 1_000)
+        );
+        let next = LeaseGrant {
+            max_nanos: Some(1_000),
+            ..grant("rpm:api_key:h", window_end + 60_000_000, 300)
+        };
+        let current = LeaseGrant {
+            max_nanos: Some(1_000),
+            ..grant("rpm:api_key:h", window_end, 1_000)
+        };
+        answer(&s, vec![current, next], late);
+        assert!(active.items(&s, &[], late + 1_000_000, IDLE).is_empty());
+    }
+
     #[test]
     fn an_idle_rate_slice_is_returned_while_its_window_runs_even_past_its_deadline() {
-        use crate::rate_leases::Slice;
+        use crate::rate_leases::{Slice, Slices};
         let s = MemoryStore::default();
         let window_end = NOW + 60_000_000;
         let slice = |grant, deadline| Slice {
@@ -428,9 +476,12 @@ mod tests {
             deadline,
             ..Slice::default()
         };
-        let entry = "tollgate:v1:rl-lease:rpm:api_key:h";
-        assert!(entry.starts_with(crate::contract::RATE_LEASE_PREFIX));
-        s.set(entry, &slice(25, NOW + TTL).encode(), None).unwrap();
+        let entry = "tollgate:v1:rl-slices:api_key:h";
+        let (key, rpm) = crate::rate_leases::scope_entry("rpm:api_key:h").unwrap();
+        assert_eq!(key, entry);
+        let mut slices = Slices::default();
+        *slices.get_mut(rpm) = slice(25, NOW + TTL);
+        s.set(entry, &slices.encode(), None).unwrap();
         let item = LeaseItem {
             scope: "rpm:api_key:h".into(),
             level: "rpm".into(),
@@ -451,6 +502,6 @@ mod tests {
             (true, 10, 10, window_end, Some(40))
         );
         let (bytes, _) = s.get(entry).unwrap();
-        assert_eq!(Slice::decode(&bytes), slice(10, 0));
+        assert_eq!(*Slices::decode(&bytes).get(rpm), slice(10, 0));
     }
 }

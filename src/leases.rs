@@ -324,14 +324,31 @@ pub fn renew(
     })
 }
 
-/// The end (µs) of the rpm/tpm window in force at `now`: the latest one a lease opened, while
-/// it runs; else a new one from `now` (the first lease call after a window ended opens the
-/// next, as LiteLLM's first request does). Windows follow one another and never overlap.
-pub fn rate_window(latest_end: Option<i64>, now: i64, window_micros: i64) -> i64 {
-    match latest_end {
+/// The end (µs) of the rpm/tpm window in force at `now`, from `running_end`, the earliest end
+/// after `now` among the scope's leases: that window while it runs (one issued ahead starts
+/// where the one before it ends, [`next_window`], so the earliest end after `now` is the
+/// window `now` is in); else a new one from `now` (the first lease call after a window ended
+/// opens the next, as LiteLLM's first request does). Windows follow one another and never
+/// overlap.
+pub fn rate_window(running_end: Option<i64>, now: i64, window_micros: i64) -> i64 {
+    match running_end {
         Some(end) if end > now => end,
         _ => now.saturating_add(window_micros.max(1)),
     }
+}
+
+/// The end of the window issued ahead after the one ending at `end` (FLEET.md §4.9): it
+/// starts exactly there, back to back, so continuous traffic crosses the end without a gap
+/// and without two windows overlapping.
+pub fn next_window(end: i64, window_micros: i64) -> i64 {
+    end.saturating_add(window_micros.max(1))
+}
+
+/// Whether a report on the rpm/tpm window ending at `window_end`, with `used` taken in it,
+/// gets the next window's slice ahead at `now` (`slack` as in [`pre_issue_due`]): only a
+/// window in use, so an idle Envoy is not lent the next window's room.
+pub fn window_pre_issue_due(window_end: i64, used: i64, now: i64, slack: i64) -> bool {
+    used > 0 && pre_issue_due(window_end, now, slack)
 }
 
 /// How far ahead a slice should last (FLEET.md §4.6, `H`).
@@ -723,6 +740,22 @@ mod tests {
         assert_eq!(rate_window(None, NOW, TTL), NOW + TTL);
         assert_eq!(rate_window(Some(NOW + 5), NOW, TTL), NOW + 5);
         assert_eq!(rate_window(Some(NOW), NOW, TTL), NOW + TTL);
+        // Issued ahead: the next window starts where the running one ends; before that end
+        // the running one is in force, from it on the next one, and no instant is in both.
+        let end = NOW + 5;
+        let next = next_window(end, TTL);
+        assert_eq!(next - TTL, end);
+        assert_eq!(rate_window(Some(end), end - 1, TTL), end);
+        assert_eq!(rate_window(Some(next), end, TTL), next);
+        assert_eq!(rate_window(Some(next), next - 1, TTL), next);
+        assert_eq!(rate_window(None, next, TTL), next + TTL);
+        // Ahead only in the last H of a window in use.
+        let h = PRE_ISSUE_MICROS;
+        assert!(window_pre_issue_due(end, 1, end - h, 0));
+        assert!(!window_pre_issue_due(end, 1, end - h - 1, 0));
+        assert!(window_pre_issue_due(end, 1, end - h - 1, 1));
+        assert!(!window_pre_issue_due(end, 0, end - 1, 0));
+        assert!(!window_pre_issue_due(end, 1, end, 0));
         assert!(is_rate_scope("rpm:api_key:abc") && is_rate_scope("parallel:user:u:x"));
         assert!(!is_rate_scope("key:abc") && !is_rate_scope("rpm"));
     }

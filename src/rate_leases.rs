@@ -2,9 +2,14 @@
 //! `max_parallel_requests` admitted against this Envoy's slices of them, leased from the
 //! sidecar over the budgets' lease call ([`crate::leases`] has the arithmetic).
 //!
-//! Each limit of a scope is one shared-data entry [`RATE_LEASE_PREFIX`]`<level>:<kind>:<value>`
-//! (`level` = `rpm`, `tpm`, `parallel`): `period used released grant deadline global global_at
-//! asked asked_used peak waiting` ([`Slice`]). `used` counts what this Envoy took (requests, tokens
+//! Each rate scope (`<kind>:<value>`, e.g. a key's `api_key:<hash>`) is one shared-data entry
+//! [`RATE_LEASE_PREFIX`]`<kind>:<value>` holding the slices of all its leased limits
+//! ([`Slices`]: rpm, parallel, tpm), as fleet mode off keeps a scope's window and in-flight
+//! gauge in one entry ([`crate::rate_limits`]): an admission, a release or a settlement reads
+//! and compare-and-sets it once, so fleet mode adds no host call to the request path. The
+//! lease wire stays one item per limit (`<level>:<kind>:<value>`, `level` = `rpm`, `tpm`,
+//! `parallel`); each slice is `period used released grant deadline global global_at asked
+//! asked_used peak waiting` ([`Slice`]). `used` counts what this Envoy took (requests, tokens
 //! reserved, slots acquired) and `released` what it gave back (tpm refunds, slots released),
 //! both cumulative in the period (the rpm/tpm window the sidecar opened; 0 for slots). A limit
 //! admits iff `now < deadline`, the window runs, and `used + take ≤ grant`: exact, since a
@@ -20,15 +25,18 @@ use crate::rate_limits::{store_error, too_many, Descriptor, Held, LimitStatus, L
 use crate::records::{LeaseGrant, LeaseItem};
 use crate::shared_store::{update, Decision, VersionedStore};
 
-/// What a rate lease lends.
+/// What a rate lease lends; also its slice's place in the scope's entry (LiteLLM's order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lent {
-    Rpm,
-    Slots,
-    Tpm,
+pub enum Lent {
+    Rpm = 0,
+    Slots = 1,
+    Tpm = 2,
 }
 
 impl Lent {
+    /// LiteLLM's order of checks: rpm, then parallel slots, then tpm.
+    const ALL: [Lent; 3] = [Lent::Rpm, Lent::Slots, Lent::Tpm];
+
     fn level(self) -> &'static str {
         match self {
             Lent::Rpm => "rpm",
@@ -37,12 +45,37 @@ impl Lent {
         }
     }
 
+    fn of_level(level: &str) -> Option<Lent> {
+        Lent::ALL.into_iter().find(|l| l.level() == level)
+    }
+
     fn limit_type(self) -> LimitType {
         match self {
             Lent::Rpm => LimitType::Requests,
             Lent::Slots => LimitType::MaxParallelRequests,
             Lent::Tpm => LimitType::Tokens,
         }
+    }
+
+    fn limit(self, d: &Descriptor) -> Option<u64> {
+        match self {
+            Lent::Rpm => d.rpm,
+            Lent::Slots => d.max_parallel,
+            Lent::Tpm => d.tpm,
+        }
+    }
+
+    /// What a request takes: 1 request, 1 slot, or its token estimate.
+    fn take(self, estimate: i64) -> i64 {
+        if self == Lent::Tpm {
+            estimate
+        } else {
+            1
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -69,11 +102,17 @@ pub struct Slice {
     /// What requests paused to borrow for this slice since the last answer take: a borrow
     /// asks for all of it (as `budgets::Counter::waiting`).
     pub waiting: i64,
+    /// The next window's slice, issued ahead in the last seconds of this one (FLEET.md §4.9):
+    /// for the window ending at `next_period` (starting where this one ends), valid until
+    /// `next_deadline`. Installed when this window ends ([`Slice::current`]).
+    pub next_period: i64,
+    pub next_grant: i64,
+    pub next_deadline: i64,
 }
 
 impl Slice {
     pub fn decode(bytes: &[u8]) -> Slice {
-        let [period, used, released, grant, deadline, global, global_at, asked, asked_used, peak, waiting] =
+        let [period, used, released, grant, deadline, global, global_at, asked, asked_used, peak, waiting, next_period, next_grant, next_deadline] =
             crate::budgets::int_fields(bytes);
         Slice {
             period,
@@ -87,11 +126,15 @@ impl Slice {
             asked_used,
             peak,
             waiting,
+            next_period,
+            next_grant,
+            next_deadline,
         }
     }
 
+    /// The next window's fields only when one is held (entries stay short otherwise).
     pub fn encode(&self) -> Vec<u8> {
-        format!(
+        let mut out = format!(
             "{} {} {} {} {} {} {} {} {} {} {}",
             self.period,
             self.used,
@@ -104,8 +147,53 @@ impl Slice {
             self.asked_used,
             self.peak,
             self.waiting
-        )
-        .into_bytes()
+        );
+        if self.next_period != 0 {
+            out.push_str(&format!(
+                " {} {} {}",
+                self.next_period, self.next_grant, self.next_deadline
+            ));
+        }
+        out.into_bytes()
+    }
+
+    /// The slice in force at `now`: past its window's end, the next window's slice issued
+    /// ahead (if still valid), from nothing taken; the demand estimate goes on (use counted
+    /// from the window's start, the largest take), so its first renewal asks for the running
+    /// rate. Otherwise as it is (an ended window admits nothing: the next request borrows).
+    pub fn current(self, now: i64) -> Slice {
+        let ended = self.period != 0 && now >= self.period;
+        if !ended || self.next_period <= now || now >= self.next_deadline {
+            return self;
+        }
+        Slice {
+            period: self.next_period,
+            grant: self.next_grant,
+            deadline: self.next_deadline,
+            asked: self.period,
+            peak: self.peak,
+            ..Slice::default()
+        }
+    }
+
+    /// A grant for this slice's own period: taken by `max` while the slice is valid (grants
+    /// only grow within a window), as it is once expired (the sidecar no longer counts the old
+    /// one).
+    fn take_grant(&mut self, grant: i64, deadline: i64, now: i64) {
+        if now >= self.deadline {
+            self.grant = grant;
+            self.deadline = deadline;
+        } else {
+            self.grant = self.grant.max(grant);
+            self.deadline = self.deadline.max(deadline);
+        }
+    }
+
+    /// The last seconds of a window in use, and no slice of the next one held past its end:
+    /// a report now gets the next window's slice ahead.
+    fn next_due(&self, now: i64) -> bool {
+        crate::leases::window_pre_issue_due(self.period, self.used, now, 0)
+            && self.next_deadline <= self.period
     }
 
     /// Valid: before its deadline and, for a window, before the window's end.
@@ -137,13 +225,101 @@ impl Slice {
     }
 }
 
+/// One rate scope's entry: the slices of its limits in [`Lent`] order, `;`-separated; a limit
+/// never leased here is an empty field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slices([Slice; 3]);
+
+impl Slices {
+    pub fn decode(bytes: &[u8]) -> Slices {
+        let mut fields = bytes.split(|b| *b == b';');
+        Slices(std::array::from_fn(|_| {
+            fields.next().map(Slice::decode).unwrap_or_default()
+        }))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(b';');
+            }
+            if *s != Slice::default() {
+                out.extend(s.encode());
+            }
+        }
+        out
+    }
+
+    /// Every slice as in force at `now` ([`Slice::current`]).
+    pub fn current(mut self, now: i64) -> Slices {
+        for s in &mut self.0 {
+            *s = s.current(now);
+        }
+        self
+    }
+
+    pub fn get(&self, lent: Lent) -> &Slice {
+        &self.0[lent.index()]
+    }
+
+    pub fn get_mut(&mut self, lent: Lent) -> &mut Slice {
+        &mut self.0[lent.index()]
+    }
+}
+
 /// A limit's lease name (`LeaseItem.scope`): `<level>:<kind>:<value>`.
 fn lease_scope(lent: Lent, d: &Descriptor) -> String {
     scope_name(lent.level(), &[d.kind, d.value.as_str()])
 }
 
-fn entry_key(scope: &str) -> String {
-    format!("{RATE_LEASE_PREFIX}{scope}")
+/// A rate scope's entry, holding all its slices.
+fn entry_key(d: &Descriptor) -> String {
+    format!("{RATE_LEASE_PREFIX}{}:{}", d.kind, d.value)
+}
+
+/// The entry holding a lease's slice (`scope` as in [`LeaseItem::scope`]), and which slice.
+pub fn scope_entry(scope: &str) -> Option<(String, Lent)> {
+    let (level, rest) = scope.split_once(':')?;
+    Some((format!("{RATE_LEASE_PREFIX}{rest}"), Lent::of_level(level)?))
+}
+
+/// A lease's slice as stored (`None`: never leased here).
+pub fn read_slice<S: VersionedStore>(store: &S, scope: &str) -> Option<Slice> {
+    let (key, lent) = scope_entry(scope)?;
+    let (bytes, _) = store.get(&key)?;
+    Some(*Slices::decode(&bytes).get(lent)).filter(|s| *s != Slice::default())
+}
+
+/// [`read_slice`] as in force at `now` ([`Slice::current`]).
+fn slice_at<S: VersionedStore>(store: &S, scope: &str, now: i64) -> Option<Slice> {
+    read_slice(store, scope).map(|s| s.current(now))
+}
+
+/// Changes one lease's slice in its entry (one compare-and-set): `decide` returns `None` to
+/// leave it as it is. A missing entry is created only if `create`.
+fn update_slice<S: VersionedStore, T>(
+    store: &S,
+    scope: &str,
+    now: i64,
+    create: bool,
+    mut decide: impl FnMut(&mut Slice) -> Option<T>,
+) -> Option<T> {
+    let (key, lent) = scope_entry(scope)?;
+    update(store, &key, now, |v| {
+        if v.is_none() && !create {
+            return Decision::Keep(None);
+        }
+        let mut slices = v.map(Slices::decode).unwrap_or_default();
+        let s = slices.get_mut(lent);
+        *s = s.current(now);
+        match decide(s) {
+            Some(t) => Decision::Write(slices.encode(), Some(t)),
+            None => Decision::Keep(None),
+        }
+    })
+    .ok()
+    .flatten()
 }
 
 fn lease_item(lent: Lent, d: &Descriptor, limit: u64, s: &Slice, want: i64) -> LeaseItem {
@@ -178,30 +354,15 @@ pub enum Leased {
     Local,
 }
 
-/// The leased limits of `descriptors` in LiteLLM's order: rpm of every scope, then parallel
-/// slots, then tpm.
-fn leases_of(descriptors: &[Descriptor]) -> Vec<(&Descriptor, Lent, u64)> {
-    let mut order: Vec<(&Descriptor, Lent, u64)> = Vec::new();
-    order.extend(
-        descriptors
-            .iter()
-            .filter_map(|d| Some((d, Lent::Rpm, d.rpm?))),
-    );
-    order.extend(
-        descriptors
-            .iter()
-            .filter_map(|d| Some((d, Lent::Slots, d.max_parallel?))),
-    );
-    order.extend(
-        descriptors
-            .iter()
-            .filter_map(|d| Some((d, Lent::Tpm, d.tpm?))),
-    );
-    order
+/// The leased limits of a scope, in [`Lent`] order.
+fn limits_of(d: &Descriptor) -> impl Iterator<Item = (Lent, u64)> + '_ {
+    Lent::ALL
+        .into_iter()
+        .filter_map(|lent| Some((lent, lent.limit(d)?)))
 }
 
-/// The limits whose slice could not admit this request now (read only): asked for in the same
-/// borrow as a budget's, so one hop serves both.
+/// The limits whose slice could not admit this request now (read only, one read per scope):
+/// asked for in the same borrow as a budget's, so one hop serves both.
 pub fn to_borrow<S: VersionedStore>(
     store: &S,
     descriptors: &[Descriptor],
@@ -209,39 +370,59 @@ pub fn to_borrow<S: VersionedStore>(
     now: i64,
 ) -> Vec<LeaseItem> {
     let estimate = i64::try_from(token_estimate).unwrap_or(i64::MAX);
-    leases_of(descriptors)
-        .into_iter()
-        .filter_map(|(d, lent, limit)| {
-            let take = if lent == Lent::Tpm { estimate } else { 1 };
-            let s = store
-                .get(&entry_key(&lease_scope(lent, d)))
-                .map(|(v, _)| Slice::decode(&v))
-                .unwrap_or_default();
-            (!s.admits(now, take)).then(|| lease_item(lent, d, limit, &s, s.want(take, now)))
-        })
-        .collect()
+    let mut items = Vec::new();
+    for d in descriptors {
+        if limits_of(d).next().is_none() {
+            continue;
+        }
+        let slices = store
+            .get(&entry_key(d))
+            .map(|(v, _)| Slices::decode(&v).current(now))
+            .unwrap_or_default();
+        for (lent, limit) in limits_of(d) {
+            let s = slices.get(lent);
+            let take = lent.take(estimate);
+            if !s.admits(now, take) {
+                items.push(lease_item(lent, d, limit, s, s.want(take, now)));
+            }
+        }
+    }
+    items
 }
 
-/// What one slice's check decided.
-enum Checked {
-    Took {
-        slice: Slice,
-        renew: Option<LeaseItem>,
-    },
-    /// Only checked (another limit is being borrowed for): it could admit.
-    Fine,
-    NoSlice(LeaseItem),
-    /// Refused: the slice, for the message.
+/// A limit that cannot admit, where no borrow (or no more) can help.
+enum Problem {
+    /// The slice, for the message.
     Refused(Slice),
     Unavailable,
     Local,
 }
 
-/// Fleet mode's [`crate::rate_limits::admit`]: the same order (rpm of every scope, then
-/// parallel slots, then tpm; the first refusal is the answer, and rpm counts of a refused
-/// request are kept, as LiteLLM counts refused requests), against this Envoy's slices.
-/// `Borrow` when a limit has no valid slice or its slice is used up, unless the fleet has used
-/// the whole rpm window already (a 429 with no hop).
+/// What one scope's compare-and-set decided.
+struct ScopeCheck {
+    /// What was taken from each slice.
+    took: [Option<i64>; 3],
+    /// The slices as written.
+    slices: Slices,
+    renew: Vec<LeaseItem>,
+    borrow: Vec<LeaseItem>,
+    problem: Option<(Lent, Problem)>,
+}
+
+/// What an admission took from one scope's entry, with each slice's period then.
+struct Taken {
+    key: String,
+    took: [Option<i64>; 3],
+    periods: [i64; 3],
+}
+
+/// Fleet mode's [`crate::rate_limits::admit`]: LiteLLM's order (rpm of every scope, then
+/// parallel slots, then tpm; the first refusal in that order is the answer, and rpm counts of
+/// a refused request are kept, as LiteLLM counts refused requests), against this Envoy's
+/// slices, one compare-and-set per scope as with fleet mode off. `Borrow` when a limit has no
+/// valid slice or its slice is used up, unless the fleet has used the whole rpm window already
+/// (a 429 with no hop). Once a limit must be borrowed nothing more is taken (a borrow gives
+/// everything back); once a slots or tpm refusal is known, later scopes take rpm only.
 pub fn admit<S: VersionedStore>(
     store: &S,
     descriptors: &[Descriptor],
@@ -250,137 +431,168 @@ pub fn admit<S: VersionedStore>(
     fleet: FleetCheck<'_>,
 ) -> Result<Leased, ApiError> {
     let estimate = i64::try_from(token_estimate).unwrap_or(i64::MAX);
-    let order = leases_of(descriptors);
-    let mut ticket = Ticket::default();
-    // Everything taken, to give back on a borrow or refusal: (entry, lent, take, period).
-    let mut taken: Vec<(String, Lent, i64, i64)> = Vec::new();
+    let mut statuses: [Vec<LimitStatus>; 3] = Default::default();
+    let mut held = Vec::new();
+    let mut taken: Vec<Taken> = Vec::new();
     let mut renew = Vec::new();
-    let mut borrow = Vec::new();
-    for (d, lent, limit) in order {
-        let take = if lent == Lent::Tpm { estimate } else { 1 };
-        let scope = lease_scope(lent, d);
-        let key = entry_key(&scope);
-        let checking_only = !borrow.is_empty();
+    let mut borrow: Vec<LeaseItem> = Vec::new();
+    // The first slots or tpm problem in LiteLLM's order so far (an rpm one is answered at once).
+    let mut pending: Option<(Lent, Problem, &Descriptor, u64)> = None;
+    for d in descriptors {
+        if limits_of(d).next().is_none() {
+            continue;
+        }
+        let key = entry_key(d);
+        let borrowing = !borrow.is_empty();
+        let pending_at = pending.as_ref().map(|(lent, ..)| lent.index());
         let outcome = update(store, &key, now, |v| {
-            let s = v.map(Slice::decode).unwrap_or_default();
-            if s.admits(now, take) {
-                if checking_only {
-                    return Decision::Keep(Checked::Fine);
+            let mut slices = v
+                .map(|b| Slices::decode(b).current(now))
+                .unwrap_or_default();
+            let mut check = ScopeCheck {
+                took: [None; 3],
+                slices: Slices::default(),
+                renew: Vec::new(),
+                borrow: Vec::new(),
+                problem: None,
+            };
+            let mut fits = [false; 3];
+            let mut changed = false;
+            for (lent, limit) in limits_of(d) {
+                let first_problem = check
+                    .problem
+                    .as_ref()
+                    .map(|(l, _)| l.index())
+                    .or(pending_at);
+                if first_problem.is_some_and(|at| at <= lent.index()) {
+                    break;
                 }
-                let mut next = Slice {
-                    used: s.used.saturating_add(take),
-                    peak: s.peak.max(take),
-                    ..s
-                };
-                let left = next.grant.saturating_sub(next.used);
-                let low = left < take.max(demand(next.asked, next.asked_used, next.used, now));
-                let half_gone = next.deadline.saturating_sub(now) < fleet.ttl_micros / 2;
-                let mut due = None;
-                if (low || half_gone) && now.saturating_sub(next.asked) >= RENEW_EVERY_MICROS {
-                    due = Some(lease_item(lent, d, limit, &next, next.want(take, now)));
-                    next.asked = now;
-                    next.asked_used = next.used;
-                    next.peak = take;
+                let take = lent.take(estimate);
+                let s = slices.get_mut(lent);
+                if s.admits(now, take) {
+                    fits[lent.index()] = true;
+                    continue;
                 }
-                return Decision::Write(
-                    next.encode(),
-                    Checked::Took {
-                        slice: next,
-                        renew: due,
-                    },
-                );
-            }
-            match fleet.after_borrow {
-                None => {
+                let scope = lease_scope(lent, d);
+                let spent = i64::try_from(limit).unwrap_or(i64::MAX);
+                let problem = match fleet.after_borrow {
                     // The fleet has used the whole window (requests are not given back): no
                     // hop can help until it ends.
-                    let spent = i64::try_from(limit).unwrap_or(i64::MAX);
-                    if lent == Lent::Rpm && s.valid(now) && s.fleet_holding() >= spent {
-                        return Decision::Keep(Checked::Refused(s));
+                    None if lent == Lent::Rpm && s.valid(now) && s.fleet_holding() >= spent => {
+                        Some(Problem::Refused(*s))
                     }
-                    let next = Slice {
-                        waiting: s.waiting.saturating_add(take),
-                        ..s
-                    };
-                    let want = next.want(take, now).max(next.waiting);
-                    Decision::Write(
-                        next.encode(),
-                        Checked::NoSlice(lease_item(lent, d, limit, &next, want)),
-                    )
+                    // Asked in that borrow and still short; one not asked ran out while the
+                    // request waited: another round.
+                    Some(borrowed) if borrowed.asked(&scope) => {
+                        Some(after_borrow(borrowed, &scope, *s))
+                    }
+                    _ => None,
+                };
+                match problem {
+                    Some(p) => check.problem = Some((lent, p)),
+                    None => {
+                        s.waiting = s.waiting.saturating_add(take);
+                        changed = true;
+                        let want = s.want(take, now).max(s.waiting);
+                        check.borrow.push(lease_item(lent, d, limit, s, want));
+                    }
                 }
-                // Not asked in that borrow (ran out while the request waited): another round.
-                Some(borrowed) if !borrowed.asked(&scope) => {
-                    let next = Slice {
-                        waiting: s.waiting.saturating_add(take),
-                        ..s
-                    };
-                    let want = next.want(take, now).max(next.waiting);
-                    Decision::Write(
-                        next.encode(),
-                        Checked::NoSlice(lease_item(lent, d, limit, &next, want)),
-                    )
+            }
+            if !borrowing && check.borrow.is_empty() {
+                let refusing = pending_at.is_some() || check.problem.is_some();
+                for (lent, limit) in limits_of(d) {
+                    if !fits[lent.index()] || (refusing && lent != Lent::Rpm) {
+                        continue;
+                    }
+                    let take = lent.take(estimate);
+                    let s = slices.get_mut(lent);
+                    s.used = s.used.saturating_add(take);
+                    s.peak = s.peak.max(take);
+                    let left = s.grant.saturating_sub(s.used);
+                    let low = left < take.max(demand(s.asked, s.asked_used, s.used, now));
+                    let half_gone = s.deadline.saturating_sub(now) < fleet.ttl_micros / 2;
+                    if (low || half_gone) && now.saturating_sub(s.asked) >= RENEW_EVERY_MICROS {
+                        check
+                            .renew
+                            .push(lease_item(lent, d, limit, s, s.want(take, now)));
+                        s.asked = now;
+                        s.asked_used = s.used;
+                        s.peak = take;
+                    }
+                    check.took[lent.index()] = Some(take);
+                    changed = true;
                 }
-                Some(borrowed) => Decision::Keep(after_borrow(borrowed, &scope, s)),
+            }
+            check.slices = slices.clone();
+            if changed {
+                Decision::Write(slices.encode(), check)
+            } else {
+                Decision::Keep(check)
             }
         });
-        let refused = match outcome {
-            Ok(Checked::Took { slice, renew: due }) => {
-                taken.push((key.clone(), lent, take, slice.period));
-                renew.extend(due);
-                ticket.statuses.push(LimitStatus {
+        let check = match outcome {
+            Ok(check) => check,
+            Err(e) => {
+                give_back(store, &taken, now, |lent| lent != Lent::Rpm);
+                return Err(store_error(e));
+            }
+        };
+        if check.took.iter().any(Option::is_some) {
+            for (lent, limit) in limits_of(d) {
+                if check.took[lent.index()].is_none() {
+                    continue;
+                }
+                let s = check.slices.get(lent);
+                statuses[lent.index()].push(LimitStatus {
                     kind: d.kind,
                     limit_type: lent.limit_type(),
                     limit,
-                    remaining: limit
-                        .saturating_sub(u64::try_from(slice.fleet_holding()).unwrap_or(0)),
+                    remaining: limit.saturating_sub(u64::try_from(s.fleet_holding()).unwrap_or(0)),
                 });
-                match lent {
-                    Lent::Rpm => {}
-                    Lent::Slots => ticket.held.push(Held {
-                        key,
-                        slot: true,
-                        tokens: None,
-                        leased: true,
-                    }),
-                    Lent::Tpm => ticket.held.push(Held {
-                        key,
-                        slot: false,
-                        tokens: Some((slice.period, token_estimate)),
-                        leased: true,
-                    }),
-                }
-                continue;
             }
-            Ok(Checked::Fine) => continue,
-            Ok(Checked::NoSlice(item)) => {
-                borrow.push(item);
-                continue;
+            let slot = check.took[Lent::Slots.index()].is_some();
+            let tokens = check.took[Lent::Tpm.index()]
+                .map(|_| (check.slices.get(Lent::Tpm).period, token_estimate));
+            if slot || tokens.is_some() {
+                held.push(Held {
+                    key: key.clone(),
+                    slot,
+                    tokens,
+                    leased: true,
+                });
             }
-            Ok(Checked::Refused(s)) => {
-                let reset = if lent == Lent::Slots || s.period == 0 {
-                    now.saturating_add(1_000_000)
-                } else {
-                    s.period
-                };
-                // rpm and slots: nothing more could be lent; tpm: what the fleet holds.
-                let current = match lent {
-                    Lent::Tpm => u64::try_from(s.fleet_holding()).unwrap_or(0),
-                    Lent::Rpm | Lent::Slots => limit,
-                };
-                too_many(d, lent.limit_type(), limit, current, reset, now)
+            taken.push(Taken {
+                key,
+                took: check.took,
+                periods: Lent::ALL.map(|lent| check.slices.get(lent).period),
+            });
+        }
+        renew.extend(check.renew);
+        borrow.extend(check.borrow);
+        if let Some((lent, problem)) = check.problem {
+            let limit = lent.limit(d).unwrap_or(0);
+            if lent == Lent::Rpm {
+                return answer_problem(store, &taken, now, (lent, problem, d, limit));
             }
-            Ok(Checked::Unavailable) => crate::budgets::no_lease(),
-            Ok(Checked::Local) => {
-                give_back(store, &taken, now, |_| true);
-                return Ok(Leased::Local);
+            if pending
+                .as_ref()
+                .is_none_or(|(first, ..)| lent.index() < first.index())
+            {
+                pending = Some((lent, problem, d, limit));
             }
-            Err(e) => store_error(e),
-        };
-        // LiteLLM counts a refused request against rpm: only slots and tokens go back.
-        give_back(store, &taken, now, |lent| lent != Lent::Rpm);
-        return Err(refused);
+        }
+    }
+    if let Some(first) = pending {
+        return answer_problem(store, &taken, now, first);
     }
     if borrow.is_empty() {
+        let [mut rpm, mut slots, mut tpm] = statuses;
+        rpm.append(&mut slots);
+        rpm.append(&mut tpm);
+        let ticket = Ticket {
+            held,
+            statuses: rpm,
+        };
         return Ok(Leased::Admitted { ticket, renew });
     }
     // Taken again after the borrow: everything goes back, rpm counts too.
@@ -389,56 +601,106 @@ pub fn admit<S: VersionedStore>(
     Ok(Leased::Borrow(borrow))
 }
 
-/// A limit that still cannot admit after a borrow: refused if the sidecar answered for it,
-/// else as `on_no_lease` says.
-fn after_borrow(borrowed: &Borrowed, scope: &str, s: Slice) -> Checked {
+/// The answer to the first problem in LiteLLM's order: a 429 for a refusal (the rpm counts
+/// taken stay, as LiteLLM counts refused requests; slots and tokens go back), else as
+/// `on_no_lease` says.
+fn answer_problem<S: VersionedStore>(
+    store: &S,
+    taken: &[Taken],
+    now: i64,
+    (lent, problem, d, limit): (Lent, Problem, &Descriptor, u64),
+) -> Result<Leased, ApiError> {
+    let e = match problem {
+        Problem::Refused(s) => {
+            let reset = if lent == Lent::Slots || s.period == 0 {
+                now.saturating_add(1_000_000)
+            } else {
+                s.period
+            };
+            // rpm and slots: nothing more could be lent; tpm: what the fleet holds.
+            let current = match lent {
+                Lent::Tpm => u64::try_from(s.fleet_holding()).unwrap_or(0),
+                Lent::Rpm | Lent::Slots => limit,
+            };
+            too_many(d, lent.limit_type(), limit, current, reset, now)
+        }
+        Problem::Unavailable => crate::budgets::no_lease(),
+        Problem::Local => {
+            give_back(store, taken, now, |_| true);
+            return Ok(Leased::Local);
+        }
+    };
+    give_back(store, taken, now, |lent| lent != Lent::Rpm);
+    Err(e)
+}
+
+/// A limit that still cannot admit after a borrow that asked for it: refused if the sidecar
+/// answered for it, else as `on_no_lease` says.
+fn after_borrow(borrowed: &Borrowed, scope: &str, s: Slice) -> Problem {
     if borrowed.answered.iter().any(|(name, _)| name == scope) {
-        return Checked::Refused(s);
+        return Problem::Refused(s);
     }
     match borrowed.policy {
-        NoLeasePolicy::Deny => Checked::Unavailable,
-        NoLeasePolicy::Local => Checked::Local,
+        NoLeasePolicy::Deny => Problem::Unavailable,
+        NoLeasePolicy::Local => Problem::Local,
     }
 }
 
-/// Undoes takes of this admission (`which` of them), in the period they were made in.
+/// Undoes takes of this admission (`which` of them), each in the period it was made in: one
+/// compare-and-set per scope.
 fn give_back<S: VersionedStore>(
     store: &S,
-    taken: &[(String, Lent, i64, i64)],
+    taken: &[Taken],
     now: i64,
     which: impl Fn(Lent) -> bool,
 ) {
-    for (key, lent, take, period) in taken {
-        if !which(*lent) {
+    for t in taken {
+        let undo: Vec<(Lent, i64)> = Lent::ALL
+            .into_iter()
+            .filter(|lent| which(*lent))
+            .filter_map(|lent| Some((lent, t.took[lent.index()]?)))
+            .collect();
+        if undo.is_empty() {
             continue;
         }
-        let _ = update(store, key, now, |v| {
+        let _ = update(store, &t.key, now, |v| {
             let Some(bytes) = v else {
                 return Decision::Keep(());
             };
-            let mut s = Slice::decode(bytes);
-            if s.period != *period {
-                return Decision::Keep(());
+            let mut slices = Slices::decode(bytes);
+            let mut changed = false;
+            for &(lent, take) in &undo {
+                let s = slices.get_mut(lent);
+                if s.period == t.periods[lent.index()] {
+                    s.used = s.used.saturating_sub(take).max(0);
+                    changed = true;
+                }
             }
-            s.used = s.used.saturating_sub(*take).max(0);
-            Decision::Write(s.encode(), ())
+            if changed {
+                Decision::Write(slices.encode(), ())
+            } else {
+                Decision::Keep(())
+            }
         });
     }
 }
 
-/// Ends a request's hold on a leased limit ([`crate::rate_limits::release`]): a slot is given
-/// back; a tpm reservation is settled to `actual_tokens` (`None`: refunded), the difference
-/// given back or added to `used`; in a later window only the real count is added.
+/// Ends a request's hold on a scope's leased limits ([`crate::rate_limits::release`]), in one
+/// compare-and-set: a slot is given back; a tpm reservation is settled to `actual_tokens`
+/// (`None`: refunded), the difference given back or added to `used`; in a later window only
+/// the real count is added.
 pub fn release<S: VersionedStore>(store: &S, held: &Held, actual_tokens: Option<u64>, now: i64) {
     let _ = update(store, &held.key, now, |v| {
         let Some(bytes) = v else {
             return Decision::Keep(());
         };
-        let mut s = Slice::decode(bytes);
+        let mut slices = Slices::decode(bytes);
         if held.slot {
+            let s = slices.get_mut(Lent::Slots);
             s.released = s.released.saturating_add(1).min(s.used);
         }
         if let Some((period, reserved)) = held.tokens {
+            let s = slices.get_mut(Lent::Tpm);
             let reserved = i64::try_from(reserved).unwrap_or(i64::MAX);
             let actual = i64::try_from(actual_tokens.unwrap_or(0)).unwrap_or(i64::MAX);
             if s.period == period {
@@ -451,7 +713,7 @@ pub fn release<S: VersionedStore>(store: &S, held: &Held, actual_tokens: Option<
                 s.used = s.used.saturating_add(actual);
             }
         }
-        Decision::Write(s.encode(), ())
+        Decision::Write(slices.encode(), ())
     });
 }
 
@@ -466,32 +728,49 @@ pub fn apply_grant<S: VersionedStore>(
     deadline: i64,
     now: i64,
 ) -> bool {
-    update(store, &entry_key(&grant.scope), now, |v| {
-        let mut s = v.map(Slice::decode).unwrap_or_default();
+    update_slice(store, &grant.scope, now, true, |s| {
         if grant.period != s.period {
             if grant.period < s.period || grant.period <= now {
-                return Decision::Keep(false);
+                return None;
             }
-            s = Slice {
+            *s = Slice {
                 period: grant.period,
                 asked: s.asked,
                 peak: s.peak,
                 ..Slice::default()
             };
         }
-        if now >= s.deadline {
-            s.grant = grant.grant;
-            s.deadline = deadline;
-        } else {
-            s.grant = s.grant.max(grant.grant);
-            s.deadline = s.deadline.max(deadline);
-        }
+        s.take_grant(grant.grant, deadline, now);
         s.global = grant.spend;
         s.global_at = s.holding();
         s.waiting = 0;
-        Decision::Write(s.encode(), true)
+        Some(())
     })
-    .unwrap_or(false)
+    .is_some()
+}
+
+/// Keeps the next window's grant of an rpm/tpm slice (issued ahead, the answer's second grant
+/// of the scope) in its entry, for [`Slice::current`] to install when the window ends: only
+/// one for a later window than the slice's (taken by `max` while one for the same window is
+/// still valid, as it is otherwise); one for the slice's own window (it rolled meanwhile) is
+/// applied as [`apply_grant`] does.
+pub fn apply_next_grant<S: VersionedStore>(store: &S, grant: &LeaseGrant, deadline: i64, now: i64) {
+    update_slice(store, &grant.scope, now, false, |s| {
+        if s.period == 0 || grant.period < s.period || now >= grant.period {
+            return None;
+        }
+        if grant.period == s.period {
+            s.take_grant(grant.grant, deadline, now);
+        } else if s.next_period == grant.period && now < s.next_deadline {
+            s.next_grant = s.next_grant.max(grant.grant);
+            s.next_deadline = s.next_deadline.max(deadline);
+        } else {
+            s.next_period = grant.period;
+            s.next_grant = grant.grant;
+            s.next_deadline = deadline;
+        }
+        Some(())
+    });
 }
 
 /// A queued renewal of a rate lease, refreshed from its slice now (`None`: no slice, or its
@@ -501,8 +780,7 @@ pub fn refresh_item<S: VersionedStore>(
     mut item: LeaseItem,
     now: i64,
 ) -> Option<LeaseItem> {
-    let (bytes, _) = store.get(&entry_key(&item.scope))?;
-    let s = Slice::decode(&bytes);
+    let s = slice_at(store, &item.scope, now)?;
     if s.period != 0 && now >= s.period {
         return None;
     }
@@ -521,14 +799,13 @@ pub fn tick_view<S: VersionedStore>(
     scope: &str,
     now: i64,
 ) -> Option<crate::budgets::TickView> {
-    let (bytes, _) = store.get(&entry_key(scope))?;
-    let s = Slice::decode(&bytes);
+    let s = slice_at(store, scope, now)?;
     let running = s.period == 0 || now < s.period;
     Some(crate::budgets::TickView {
         mark: [s.period, s.used, s.released],
         in_use: scope.starts_with("parallel:") && s.holding() > 0,
         holds: running && s.grant > s.used,
-        next_due: false,
+        next_due: s.next_due(now),
     })
 }
 
@@ -538,17 +815,16 @@ pub fn give_back_item<S: VersionedStore>(
     item: &LeaseItem,
     now: i64,
 ) -> Option<LeaseItem> {
-    update(store, &entry_key(&item.scope), now, |v| {
-        let Some(bytes) = v else {
-            return Decision::Keep(None);
-        };
-        let mut s = Slice::decode(bytes);
+    update_slice(store, &item.scope, now, false, |s| {
         if (s.period != 0 && now >= s.period) || s.grant <= s.used {
-            return Decision::Keep(None);
+            return None;
         }
         s.grant = s.used;
         s.deadline = 0;
-        let returned = LeaseItem {
+        s.next_period = 0;
+        s.next_grant = 0;
+        s.next_deadline = 0;
+        Some(LeaseItem {
             period: s.period,
             used: s.used,
             held: s.grant,
@@ -556,11 +832,8 @@ pub fn give_back_item<S: VersionedStore>(
             want: 0,
             returning: true,
             ..item.clone()
-        };
-        Decision::Write(s.encode(), Some(returned))
+        })
     })
-    .ok()
-    .flatten()
 }
 
 #[cfg(test)]
@@ -616,7 +889,7 @@ mod tests {
     }
 
     fn slice(s: &MemoryStore, scope: &str) -> Slice {
-        Slice::decode(&s.get(&entry_key(scope)).unwrap().0)
+        read_slice(s, scope).unwrap()
     }
 
     fn admitted(r: Result<Leased, ApiError>) -> Ticket {
@@ -640,9 +913,28 @@ mod tests {
             asked_used: 9,
             peak: 10,
             waiting: 11,
+            ..Slice::default()
         };
         assert_eq!(Slice::decode(&s.encode()), s);
+        let ahead = Slice {
+            next_period: 12,
+            next_grant: 13,
+            next_deadline: 14,
+            ..s
+        };
+        assert_eq!(Slice::decode(&ahead.encode()), ahead);
         assert_eq!(Slice::decode(b"garbage"), Slice::default());
+        // A scope's entry: its slices in rpm, parallel, tpm order; one never leased is empty.
+        let mut slices = Slices::default();
+        *slices.get_mut(Lent::Tpm) = s;
+        assert_eq!(slices.encode(), b";;1 2 3 4 5 6 7 8 9 10 11");
+        assert_eq!(Slices::decode(&slices.encode()), slices);
+        assert_eq!(Slices::decode(b""), Slices::default());
+        assert_eq!(
+            scope_entry("parallel:api_key:h"),
+            Some(("tollgate:v1:rl-slices:api_key:h".to_string(), Lent::Slots))
+        );
+        assert_eq!(scope_entry("key:h"), None);
     }
 
     #[test]
@@ -842,6 +1134,266 @@ mod tests {
         let scopes: Vec<&str> = items.iter().map(|i| i.scope.as_str()).collect();
         assert_eq!(scopes, ["tpm:api_key:hash"]);
         assert_eq!(slice(&s, "rpm:api_key:hash").used, 0, "read only");
+    }
+
+    /// Counts host calls, as the filter's shared data.
+    #[derive(Default)]
+    struct Counting {
+        store: MemoryStore,
+        gets: std::cell::Cell<usize>,
+        sets: std::cell::Cell<usize>,
+    }
+
+    impl VersionedStore for Counting {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.gets.set(self.gets.get() + 1);
+            self.store.get(key)
+        }
+
+        fn set(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), crate::shared_store::StoreError> {
+            self.sets.set(self.sets.get() + 1);
+            self.store.set(key, value, cas)
+        }
+    }
+
+    fn user(rpm: Option<u64>) -> Descriptor {
+        Descriptor {
+            kind: "user",
+            value: "alice".into(),
+            rpm,
+            tpm: None,
+            max_parallel: None,
+        }
+    }
+
+    /// As with fleet mode off, a scope costs one read and one compare-and-set at admission and
+    /// at release, however many of its limits are leased.
+    #[test]
+    fn each_scope_is_read_and_written_once_per_admission_and_release() {
+        let s = Counting::default();
+        let d = [key(Some(10), Some(1000), Some(2)), user(Some(10))];
+        for scope in [
+            "rpm:api_key:hash",
+            "parallel:api_key:hash",
+            "rpm:user:alice",
+        ] {
+            assert!(apply(&s.store, grant(scope, WINDOW_END, 5, 0)));
+        }
+        assert!(apply(
+            &s.store,
+            grant("tpm:api_key:hash", WINDOW_END, 500, 0)
+        ));
+        assert!(s.store.get("tollgate:v1:rl-slices:user:alice").is_some());
+        s.gets.set(0);
+        let t = admitted(admit(&s, &d, 7, NOW + 1, check(None)));
+        assert_eq!((s.gets.get(), s.sets.get()), (2, 2));
+        assert_eq!(
+            t.statuses
+                .iter()
+                .map(|st| (st.kind, st.limit_type, st.remaining))
+                .collect::<Vec<_>>(),
+            [
+                ("api_key", LimitType::Requests, 9),
+                ("user", LimitType::Requests, 9),
+                ("api_key", LimitType::MaxParallelRequests, 1),
+                ("api_key", LimitType::Tokens, 993),
+            ]
+        );
+        // One hold for the key's slot and tokens.
+        assert_eq!(t.held.len(), 1);
+        s.gets.set(0);
+        s.sets.set(0);
+        crate::rate_limits::release(&s, &t, Some(3), NOW + 2);
+        assert_eq!((s.gets.get(), s.sets.get()), (1, 1));
+        let (par, tpm) = (
+            slice(&s.store, "parallel:api_key:hash"),
+            slice(&s.store, "tpm:api_key:hash"),
+        );
+        assert_eq!(
+            (par.used, par.released, tpm.used, tpm.released),
+            (1, 1, 7, 4)
+        );
+        assert_eq!(slice(&s.store, "rpm:user:alice").used, 1);
+    }
+
+    fn answered(scopes: &[&str]) -> Borrowed {
+        Borrowed {
+            answered: scopes.iter().map(|s| (s.to_string(), 0)).collect(),
+            policy: NoLeasePolicy::Deny,
+            asked: scopes.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Scopes are checked one entry at a time, yet the answer is LiteLLM's: the first refusal
+    /// in the order rpm of every scope, slots, tpm.
+    #[test]
+    fn a_later_scopes_rpm_refusal_comes_before_an_earlier_scopes_tpm_or_slots_refusal() {
+        let s = MemoryStore::default();
+        let d = [key(Some(10), Some(100), Some(1)), user(Some(10))];
+        for (scope, amount) in [
+            ("rpm:api_key:hash", 5),
+            ("parallel:api_key:hash", 1),
+            ("tpm:api_key:hash", 10),
+            ("rpm:user:alice", 1),
+        ] {
+            assert!(apply(&s, grant(scope, WINDOW_END, amount, 0)));
+        }
+        admitted(admit(&s, &d[1..], 1, NOW + 1, check(None)));
+        let all = answered(&["tpm:api_key:hash", "rpm:user:alice"]);
+        let e = admit(&s, &d, 50, NOW + 2, check(Some(&all))).unwrap_err();
+        assert!(
+            e.message.contains("for user: alice. Limit type: requests"),
+            "{}",
+            e.message
+        );
+        // The key's rpm counts (LiteLLM counts refused requests); its slot went back.
+        assert_eq!(slice(&s, "rpm:api_key:hash").used, 1);
+        assert_eq!(slice(&s, "parallel:api_key:hash").used, 0);
+        // Slots before tpm: the key's slot is taken, so the next one is refused for slots,
+        // and the user's rpm (room again) still counts.
+        assert!(apply(&s, grant("rpm:user:alice", WINDOW_END, 5, 0)));
+        let t = admitted(admit(&s, &d, 5, NOW + 3, check(None)));
+        let slots = answered(&["parallel:api_key:hash", "tpm:api_key:hash"]);
+        let e = admit(&s, &d, 50, NOW + 4, check(Some(&slots))).unwrap_err();
+        assert!(
+            e.message.contains("Limit type: max_parallel_requests"),
+            "{}",
+            e.message
+        );
+        assert_eq!(slice(&s, "rpm:user:alice").used, 3);
+        assert_eq!(slice(&s, "tpm:api_key:hash").used, 5);
+        crate::rate_limits::release(&s, &t, Some(5), NOW + 5);
+    }
+
+    /// FLEET.md §4.9: in a window's last seconds, with use in it, the root tick reports the
+    /// slice; the answer's second grant (the next window, back to back) is kept in the entry
+    /// and installed when the window ends: the first request after it does not borrow.
+    #[test]
+    fn the_next_window_issued_ahead_is_installed_when_the_window_ends() {
+        let s = MemoryStore::default();
+        let d = [key(Some(100), Some(1000), None)];
+        let next_end = WINDOW_END + 60_000_000;
+        let sent = WINDOW_END - 4_000_000;
+        let both = |grants: Vec<LeaseGrant>, at: i64| {
+            let asked: Vec<String> = grants.iter().map(|g| g.scope.clone()).collect();
+            crate::budgets::apply_lease_answer(&s, &LeaseAnswer { items: grants }, &asked, at, at)
+        };
+        both(
+            vec![
+                grant("rpm:api_key:hash", WINDOW_END, 10, 0),
+                grant("tpm:api_key:hash", WINDOW_END, 100, 0),
+            ],
+            NOW,
+        );
+        let due = |at| tick_view(&s, "rpm:api_key:hash", at).unwrap().next_due;
+        assert!(!due(sent), "no use in the window yet");
+        let t = admitted(admit(&s, &d, 30, NOW + 1, check(None)));
+        assert!(!due(NOW + 2), "not in the last seconds");
+        assert!(due(sent));
+        let applied = both(
+            vec![
+                grant("rpm:api_key:hash", WINDOW_END, 10, 1),
+                grant("rpm:api_key:hash", next_end, 7, 0),
+                grant("tpm:api_key:hash", WINDOW_END, 100, 30),
+                grant("tpm:api_key:hash", next_end, 70, 0),
+            ],
+            sent,
+        );
+        assert_eq!(
+            applied.len(),
+            2,
+            "the next windows' grants are kept, not applied"
+        );
+        let deadline = sent + TTL - 500_000;
+        let rpm = slice(&s, "rpm:api_key:hash");
+        assert_eq!(
+            (
+                rpm.period,
+                rpm.grant,
+                rpm.next_period,
+                rpm.next_grant,
+                rpm.next_deadline
+            ),
+            (WINDOW_END, 10, next_end, 7, deadline)
+        );
+        assert!(!due(sent + 1_000_000), "held");
+        // The call reserved in the old window settles after the roll: its real count lands in
+        // the new window (as with fleet mode off).
+        let after = WINDOW_END + 1;
+        let t2 = admitted(admit(&s, &d, 20, after, check(None)));
+        assert_eq!(t2.statuses[0].remaining, 99);
+        let (rpm, tpm) = (slice(&s, "rpm:api_key:hash"), slice(&s, "tpm:api_key:hash"));
+        assert_eq!(
+            (
+                rpm.period,
+                rpm.used,
+                rpm.grant,
+                rpm.deadline,
+                rpm.next_period
+            ),
+            (next_end, 1, 7, deadline, 0)
+        );
+        assert_eq!((tpm.period, tpm.used, tpm.grant), (next_end, 20, 70));
+        assert_eq!(
+            rpm.asked, WINDOW_END,
+            "the demand counts from the window's start"
+        );
+        crate::rate_limits::release(&s, &t, Some(6), after + 1);
+        assert_eq!(slice(&s, "tpm:api_key:hash").used, 26);
+        // A late answer for the old window changes nothing; one for the new window (its
+        // first renewal) is taken by `max`.
+        assert!(both(vec![grant("rpm:api_key:hash", WINDOW_END, 50, 0)], after).is_empty());
+        both(vec![grant("rpm:api_key:hash", next_end, 9, 0)], after);
+        assert_eq!(slice(&s, "rpm:api_key:hash").grant, 9);
+    }
+
+    #[test]
+    fn without_a_valid_slice_ahead_the_first_request_after_a_window_borrows() {
+        let s = MemoryStore::default();
+        let d = [key(Some(100), None, None)];
+        assert!(apply(&s, grant("rpm:api_key:hash", WINDOW_END, 10, 0)));
+        admitted(admit(&s, &d, 1, NOW + 1, check(None)));
+        assert!(matches!(
+            admit(&s, &d, 1, WINDOW_END, check(None)),
+            Ok(Leased::Borrow(_))
+        ));
+        // Issued ahead, but its deadline passed before the window ended: not installed.
+        let next_end = WINDOW_END + 60_000_000;
+        let sent = WINDOW_END - 4_000_000;
+        crate::budgets::apply_lease_answer(
+            &s,
+            &LeaseAnswer {
+                items: vec![
+                    grant("rpm:api_key:hash", WINDOW_END, 10, 0),
+                    LeaseGrant {
+                        ttl_ms: 1_000,
+                        ..grant("rpm:api_key:hash", next_end, 7, 0)
+                    },
+                ],
+            },
+            &["rpm:api_key:hash".into()],
+            sent,
+            sent,
+        );
+        assert_eq!(slice(&s, "rpm:api_key:hash").next_period, next_end);
+        assert!(matches!(
+            admit(&s, &d, 1, WINDOW_END + 1, check(None)),
+            Ok(Leased::Borrow(_))
+        ));
+        // Slots have no window: nothing is kept ahead for them.
+        assert!(apply(&s, grant("parallel:api_key:hash", 0, 2, 0)));
+        apply_next_grant(
+            &s,
+            &grant("parallel:api_key:hash", next_end, 2, 0),
+            NOW + TTL,
+            NOW,
+        );
+        assert_eq!(slice(&s, "parallel:api_key:hash").next_period, 0);
     }
 
     #[test]

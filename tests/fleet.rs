@@ -858,6 +858,79 @@ fn resets_are_crossed_without_borrowing() {
     assert_eq!((rows, distinct), (admitted, admitted));
 }
 
+/// FLEET.md §4.9: under continuous traffic each rpm window's slices are issued ahead in the
+/// last seconds of the window before, back to back: the fleet crosses window ends without
+/// pausing to borrow (without it each Envoy's first request after each end borrows), the
+/// windows the sidecars open follow one another exactly `rate_limit_window_size` apart (one
+/// opened by a call after the end would start later), and no call is refused.
+/// `rate_limits_hold_across_the_fleet` checks that a window issued ahead still admits at most
+/// its rpm.
+#[test]
+fn rate_windows_are_crossed_without_borrowing() {
+    let fleet = Fleet::start("fleet-windows", RATE_CONFIG, ENVOYS, 2);
+    let key = fleet.generate_key(json!({"rpm_limit": 1000}));
+    let scope = format!("rpm:api_key:{}", sha256_hex(&key));
+    let pace = [("x-fake-delay-ms", "200")];
+    let warm = drive_for(&fleet, &key, ENVOYS, Duration::from_secs(3), &pace);
+    let before = all_borrows(&fleet);
+    // The windows' ends, as the lease rows show them while the load runs.
+    let ends = Mutex::new(std::collections::BTreeSet::new());
+    let done = AtomicBool::new(false);
+    let run = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                let periods = shared().psql(
+                    &fleet.db,
+                    &format!(
+                        "SELECT string_agg(DISTINCT period::text, ' ') FROM tollgate.lease \
+                         WHERE scope = '{scope}'"
+                    ),
+                );
+                let mut ends = ends.lock().unwrap();
+                ends.extend(
+                    periods
+                        .split_whitespace()
+                        .map(|p| p.parse::<i64>().unwrap()),
+                );
+                drop(ends);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        let run = drive_for(&fleet, &key, ENVOYS, Duration::from_secs(23), &pace);
+        done.store(true, Ordering::SeqCst);
+        run
+    });
+    let during = all_borrows(&fleet) - before;
+    let ends: Vec<i64> = ends.into_inner().unwrap().into_iter().collect();
+    eprintln!(
+        "{} + {} admitted; borrows: {before} warming up, {during} across the window ends; \
+         window ends {ends:?}",
+        warm.admitted, run.admitted
+    );
+    for t in [&warm, &run] {
+        assert!(t.other.is_empty(), "unexpected answers: {:?}", t.other);
+        assert!(t.throttled.is_empty(), "refused: {:?}", t.throttled);
+    }
+    assert!(run.admitted >= 60, "only {} calls in 23 s", run.admitted);
+    assert!(ends.len() >= 3, "two window ends not crossed: {ends:?}");
+    let window = RATE_WINDOW.as_micros() as i64;
+    for pair in ends.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            window,
+            "windows not back to back: {ends:?}"
+        );
+    }
+    assert!(
+        during < ENVOYS as f64,
+        "{during} borrows across two window ends: the next windows' slices were not issued ahead"
+    );
+    assert_eq!(
+        fleet.provider_requests() as usize,
+        warm.admitted + run.admitted
+    );
+}
+
 /// [`CONFIG`] with 60 s rate windows, long enough to outlast the idle time.
 fn idle_config() -> String {
     CONFIG.replace(

@@ -1104,14 +1104,13 @@ mod fleet {
         assert_eq!(posted(&h)[1].items.len(), 1);
         // Meanwhile the key's rpm slice runs out.
         let rpm_scope = format!("rpm:api_key:{}", hash_key(KEY));
-        set(
-            &format!("{}{rpm_scope}", crate::contract::RATE_LEASE_PREFIX),
-            &|b| {
-                let mut s = crate::rate_leases::Slice::decode(b);
-                s.grant = s.used;
-                s.encode()
-            },
-        );
+        let (entry, rpm) = crate::rate_leases::scope_entry(&rpm_scope).unwrap();
+        set(&entry, &|b| {
+            let mut slices = crate::rate_leases::Slices::decode(b);
+            let s = slices.get_mut(rpm);
+            s.grant = s.used;
+            slices.encode()
+        });
         let budget_only = LeaseAnswer {
             items: vec![LeaseGrant {
                 scope: key_scope_name(),
@@ -1150,10 +1149,11 @@ mod fleet {
         let mut flow = h.flow();
         assert_eq!(h.send(&mut flow, CHAT, &[]), (Step::Pause, Step::Pause));
         // Others take 2 more (their answers came first) before this one lends up to 3.
-        let entry = format!("{}{rpm_scope}", crate::contract::RATE_LEASE_PREFIX);
-        let mut slice = crate::rate_leases::Slice::decode(&h.host.store.get(&entry).unwrap().0);
+        let (entry, rpm) = crate::rate_leases::scope_entry(&rpm_scope).unwrap();
+        let mut slices = crate::rate_leases::Slices::decode(&h.host.store.get(&entry).unwrap().0);
+        let slice = slices.get_mut(rpm);
         (slice.used, slice.grant) = (3, 3);
-        h.host.store.set(&entry, &slice.encode(), None).unwrap();
+        h.host.store.set(&entry, &slices.encode(), None).unwrap();
         let more = LeaseAnswer {
             items: vec![LeaseGrant {
                 scope: rpm_scope.clone(),
@@ -1242,12 +1242,36 @@ mod fleet {
         assert_eq!(h.events()[0].envoy_id, None);
     }
 
-    /// With a live slice a request makes no hop, and the host calls of fleet mode off
-    /// (`host_calls::known_key_non_streamed_every_check_on`) but one compare-and-set per leased
-    /// rate limit instead of one per scope: the key's rpm, tpm and slots are three slices (4
-    /// entries here, 2 windows with fleet mode off).
+    /// With a live slice a request makes no hop and exactly the host calls of fleet mode off,
+    /// at admission and at settlement: the key's rpm, tpm and slots slices share one entry, as
+    /// its window and in-flight gauge do with fleet mode off (one read and one compare-and-set
+    /// per rate scope: the key's and the user's).
     #[test]
     fn live_slice_no_hop_same_host_calls_as_fleet_off() {
+        let key = full_key();
+        assert!(key.rpm_limit.is_some() && key.tpm_limit.is_some());
+        assert!(key.max_parallel_requests.is_some() && key.user_rpm_limit.is_some());
+        // Fleet mode off, a warm worker.
+        let off = Harness::new(config()).with_key(&key);
+        let mut warm_flow = off.flow();
+        off.send(&mut warm_flow, CHAT, &[]);
+        off.respond_json(&mut warm_flow, 200, ANSWER);
+        off.host.clear_calls();
+        let mut flow = off.flow();
+        assert_eq!(
+            off.send(&mut flow, CHAT, &[]),
+            (Step::Pause, Step::Continue)
+        );
+        let off_admission = host_calls_of(&off);
+        off.host.clear_calls();
+        off.respond_json(&mut flow, 200, ANSWER);
+        let off_settlement = host_calls_of(&off);
+        assert_eq!(
+            off_admission,
+            "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
+             set_request_header=5 shared_get=6 shared_set=5"
+        );
+        // Fleet mode on, slices live.
         let h = fleet_harness(NoLeasePolicy::Deny);
         warm(&h, USD);
         h.host.clear_calls();
@@ -1258,18 +1282,10 @@ mod fleet {
             1,
             "only the cold start's borrow"
         );
-        assert_eq!(
-            host_calls_of(&h),
-            "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
-             set_request_header=5 shared_get=8 shared_set=7"
-        );
+        assert_eq!(host_calls_of(&h), off_admission);
         h.host.clear_calls();
         h.respond_json(&mut flow, 200, ANSWER);
-        assert_eq!(
-            host_calls_of(&h),
-            "count=4 now=1 response_body=1 response_headers=1 set_response_headers=1 \
-             shared_get=5 shared_set=5"
-        );
+        assert_eq!(host_calls_of(&h), off_settlement);
         assert!(h.host.lease_queue.borrow().is_empty());
     }
 
@@ -1291,20 +1307,21 @@ mod fleet {
         let h = fleet_harness(NoLeasePolicy::Deny);
         let mut flow = h.flow();
         h.send(&mut flow, CHAT, &[]);
-        // Three budget entries read and created (each under the creation lease), four rate
-        // slices read, the lease sequence, the POST.
+        // Three budget entries read and created (each under the creation lease), two rate
+        // scopes' slices read, the lease sequence, the POST.
         assert_eq!(
             host_calls_of(&h),
-            "count=1 dispatch_post=1 now=2 request_body=1 request_headers=1 shared_get=21 shared_set=12"
+            "count=1 dispatch_post=1 now=2 request_body=1 request_headers=1 shared_get=19 shared_set=12"
         );
         h.host.clear_calls();
         h.answer(&mut flow, 200, &answer_body(USD, 0, 0));
-        // Seven grants applied (the four rate slices created under the creation lease), then
-        // the admission as usual.
+        // Seven grants applied (the two rate scopes' entries created under the creation lease
+        // by their first grant, the key's two others one compare-and-set each), then the
+        // admission as usual.
         assert_eq!(
             host_calls_of(&h),
             "call_response_body=1 call_response_status=1 count=1 now=1 record=1 replace_request_body=1 \
-             set_request_header=5 shared_get=26 shared_set=22"
+             set_request_header=5 shared_get=18 shared_set=16"
         );
         assert_eq!(
             h.host.counted.borrow().last(),

@@ -422,8 +422,9 @@ impl Tx<'_> {
     /// Envoy, sized as a first report in it (nothing used, the item's `want`), from the next
     /// period's leases only: its spend is 0 until it starts. Answered after the items' own
     /// grants, under the same scope with the next period (a filter that knows no pre-issue
-    /// ignores a grant for another period). Budgets with a known next period only: not rate
-    /// windows (opened by the first call after the last one ended) nor `key_model` windows.
+    /// ignores a grant for another period). Budgets with a known next period, and rate windows
+    /// ([`Tx::pre_issue_window`]); not `key_model` windows (opened by the first lease call after
+    /// the last one ended, their length is the key's).
     fn pre_issue(
         &self,
         envoy_id: &str,
@@ -434,8 +435,10 @@ impl Tx<'_> {
         ttl_micros: i64,
     ) -> Result<Option<LeaseGrant>> {
         let slack = crate::leases::RENEW_EVERY_MICROS;
-        if is_rate_level(&item.level)
-            || item.level == "key_model"
+        if is_rate_level(&item.level) {
+            return self.pre_issue_window(envoy_id, seq, item, settings, now, ttl_micros);
+        }
+        if item.level == "key_model"
             || item.returning
             || !crate::leases::pre_issue_due(item.period, self.now, slack)
         {
@@ -474,6 +477,44 @@ impl Tx<'_> {
             spend: 0,
             max_nanos: Some(max),
         }))
+    }
+
+    /// The next rpm/tpm window's slice ahead (FLEET.md §4.7, §4.9): a report on the window in
+    /// force, in its last [`crate::leases::PRE_ISSUE_MICROS`] (on the lease clock, with a tick
+    /// of slack) with use in it, also gets a slice of the window starting exactly where this
+    /// one ends ([`crate::leases::next_window`]), sized as a first report there (nothing used,
+    /// the item's `want`) against that window's leases only, and stored as its lease row; the
+    /// filter installs it when the window rolls, so continuous traffic does not pause to
+    /// borrow at every window's end. Answered after the items' own grants, as a budget's.
+    fn pre_issue_window(
+        &self,
+        envoy_id: &str,
+        seq: u64,
+        item: &LeaseItem,
+        settings: LeaseSettings,
+        now: i64,
+        ttl_micros: i64,
+    ) -> Result<Option<LeaseGrant>> {
+        let slack = crate::leases::RENEW_EVERY_MICROS;
+        if item.level == "parallel"
+            || item.returning
+            || !crate::leases::window_pre_issue_due(item.period, item.used, now, slack)
+            || self.running_window(&item.scope, now)? != Some(item.period)
+        {
+            return Ok(None);
+        }
+        let next = crate::leases::next_window(item.period, settings.rate_window_micros);
+        let grant = self.rate_lease_in(
+            envoy_id,
+            seq,
+            item,
+            settings,
+            Pool::Window,
+            next,
+            now,
+            ttl_micros,
+        )?;
+        Ok(Some(grant))
     }
 
     fn lease_item(
@@ -555,7 +596,8 @@ impl Tx<'_> {
     /// A rate limit's lease (FLEET.md §4.3): the limit is the item's, nothing is ever settled
     /// (`S = 0`), and what the Envoy gave back comes in its report. rpm/tpm leases are keyed by
     /// the window in force (opened by the first lease call after the last one ended, on
-    /// PostgreSQL's clock); slot leases by period 0.
+    /// PostgreSQL's clock, or issued ahead where the one before it ended); slot leases by
+    /// period 0.
     fn rate_lease_item(
         &self,
         envoy_id: &str,
@@ -565,7 +607,6 @@ impl Tx<'_> {
         now: i64,
         ttl_micros: i64,
     ) -> Result<LeaseGrant> {
-        let limit = item.limit.unwrap_or(0).max(0);
         let pool = if item.level == "parallel" {
             Pool::Slots
         } else {
@@ -574,20 +615,48 @@ impl Tx<'_> {
         let period = if pool == Pool::Slots {
             0
         } else {
-            let latest = self
-                .db
-                .row(
-                    "SELECT MAX(period) FROM lease WHERE scope = ?1",
-                    args![&item.scope],
-                )?
-                .and_then(|r| r.opt_int(0).ok().flatten());
-            rate_window(latest, now, settings.rate_window_micros)
+            rate_window(
+                self.running_window(&item.scope, now)?,
+                now,
+                settings.rate_window_micros,
+            )
         };
-        // Past windows are history; a slot pool's rows stay (cumulative per Envoy).
+        // Past windows are history (one issued ahead is not); a slot pool's rows stay
+        // (cumulative per Envoy).
         self.db.exec(
-            "DELETE FROM lease WHERE scope = ?1 AND period <> ?2",
+            "DELETE FROM lease WHERE scope = ?1 AND period < ?2",
             args![&item.scope, period],
         )?;
+        self.rate_lease_in(envoy_id, seq, item, settings, pool, period, now, ttl_micros)
+    }
+
+    /// The earliest end after `now` among a rate scope's leases: the window in force
+    /// ([`rate_window`]; one issued ahead ends later).
+    fn running_window(&self, scope: &str, now: i64) -> Result<Option<i64>> {
+        Ok(self
+            .db
+            .row(
+                "SELECT MIN(period) FROM lease WHERE scope = ?1 AND period > ?2",
+                args![scope, now],
+            )?
+            .and_then(|r| r.opt_int(0).ok().flatten()))
+    }
+
+    /// [`Tx::rate_lease_item`] in the window ending at `period` (0: a slot pool). An item of
+    /// another window has used nothing of this one.
+    #[allow(clippy::too_many_arguments)]
+    fn rate_lease_in(
+        &self,
+        envoy_id: &str,
+        seq: u64,
+        item: &LeaseItem,
+        settings: LeaseSettings,
+        pool: Pool,
+        period: i64,
+        now: i64,
+        ttl_micros: i64,
+    ) -> Result<LeaseGrant> {
+        let limit = item.limit.unwrap_or(0).max(0);
         let rows = self.leases(&item.scope, period)?;
         let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
         let others = Others::of_in(
@@ -1215,6 +1284,86 @@ mod tests {
         assert_eq!(g.period, later + SETTINGS.rate_window_micros);
         assert!(g.grant > 0 && g.grant <= 3, "{}", g.grant);
         assert_eq!(rows(&store).len(), 1);
+    }
+
+    /// FLEET.md §4.9: a window lease reported in its last H with use in it also gets a slice of
+    /// the next window, which starts exactly where this one ends; the next window's grants
+    /// keep `Σ ≤ limit`; the first lease call after the end (from any Envoy) is in that window,
+    /// not in one opened from its own time.
+    #[test]
+    fn the_next_rate_window_is_issued_ahead_back_to_back() {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        let w = SETTINGS.rate_window_micros;
+        let lease = |envoy: &str, seq: u64, it: LeaseItem, now: i64| {
+            let req = LeaseRequest {
+                envoy_id: envoy.into(),
+                seq,
+                items: vec![it],
+            };
+            store.lease(&req, SETTINGS, now).unwrap().items
+        };
+        let first = lease("a", 1, rate_item("rpm", 0, 0, 0, 0), T0);
+        let end = T0 + w;
+        assert_eq!((first.len(), first[0].period), (1, end));
+        let held = first[0].grant;
+        let h = crate::leases::PRE_ISSUE_MICROS;
+        let slack = crate::leases::RENEW_EVERY_MICROS;
+        // Before the last H (and its slack): no window ahead.
+        let early = end - h - slack - 1;
+        assert_eq!(
+            lease("a", 2, rate_item("rpm", 1, held, 0, end), early).len(),
+            1
+        );
+        // In it, with use: the next window too, back to back.
+        let late = end - h + 1;
+        let a = lease("a", 3, rate_item("rpm", 1, held, 0, end), late);
+        assert_eq!(a.len(), 2);
+        assert_eq!(
+            (a[0].period, a[1].scope.as_str(), a[1].period),
+            (end, "rpm:api_key:k1", end + w)
+        );
+        assert!(a[1].grant > 0);
+        // Not for a window without use, a returning report, or slots.
+        assert_eq!(lease("b", 1, rate_item("rpm", 0, 0, 0, end), late).len(), 1);
+        let returning = LeaseItem {
+            returning: true,
+            ..rate_item("rpm", 1, held, 0, end)
+        };
+        assert_eq!(lease("a", 4, returning, late).len(), 1);
+        assert_eq!(
+            lease("a", 5, rate_item("parallel", 1, 1, 0, 0), late).len(),
+            1
+        );
+        // Every Envoy asking ahead: the next window is never lent beyond the limit.
+        let mut ahead = a[1].grant;
+        for (seq, envoy) in ["b", "c", "d", "e"].iter().enumerate() {
+            let got = lease(
+                envoy,
+                seq as u64 + 2,
+                rate_item("rpm", 1, 1, 0, end),
+                late + 1,
+            );
+            if let Some(next) = got.get(1) {
+                assert_eq!(next.period, end + w);
+                ahead += next.grant;
+            }
+            assert!(ahead <= 6, "{ahead} of the next window lent, limit 6");
+        }
+        // Past the end, a lease call is in the window issued ahead; the old window's rows go.
+        let after = lease("f", 1, rate_item("rpm", 0, 0, 0, 0), end + 1);
+        assert_eq!(after[0].period, end + w);
+        let periods = store
+            .read(|db| {
+                db.rows(
+                    "SELECT DISTINCT period FROM lease WHERE scope = 'rpm:api_key:k1'",
+                    &[],
+                )?
+                .iter()
+                .map(|r| r.int(0))
+                .collect::<Result<Vec<i64>>>()
+            })
+            .unwrap();
+        assert_eq!(periods, [end + w]);
     }
 
     #[test]
