@@ -235,7 +235,7 @@ mod tests {
     fn answer(s: &MemoryStore, items: Vec<LeaseGrant>, sent_at: i64) {
         let asked: Vec<String> = items.iter().map(|g| g.scope.clone()).collect();
         let answer = LeaseAnswer { items };
-        budgets::apply_lease_answer(s, &answer, &asked, sent_at, sent_at + 1);
+        budgets::apply_lease_answer(s, &answer, &asked, sent_at as u64, sent_at, sent_at + 1);
     }
 
     /// One request admitted at `now` and settled at its estimate.

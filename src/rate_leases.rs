@@ -159,6 +159,7 @@ fn lease_item(lent: Lent, d: &Descriptor, limit: u64, s: &Slice, want: i64) -> L
         limit: Some(i64::try_from(limit).unwrap_or(i64::MAX)),
         released: s.released,
         returning: false,
+        held_seq: 0,
     }
 }
 
@@ -608,6 +609,7 @@ mod tests {
                 items: vec![g.clone()],
             },
             &[g.scope],
+            1,
             NOW,
             NOW,
         )
@@ -718,6 +720,7 @@ mod tests {
                     items: vec![grant("rpm:api_key:hash", next, 2, 0)]
                 },
                 &["rpm:api_key:hash".into()],
+                1,
                 later,
                 later,
             )
@@ -733,6 +736,7 @@ mod tests {
                 items: vec![grant("rpm:api_key:hash", WINDOW_END, 9, 0)]
             },
             &["rpm:api_key:hash".into()],
+            2,
             later,
             later,
         )

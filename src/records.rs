@@ -264,6 +264,11 @@ pub struct LeaseItem {
     pub used: i64,
     /// The grant this Envoy enforces now (0 = none).
     pub held: i64,
+    /// Budgets: the seq of the lease call whose answer `held` came from; the entry applies no
+    /// answer to a call numbered at or below it (0 = not said). It tells the sidecar when a
+    /// shrink is acknowledged.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub held_seq: u64,
     /// How much beyond `used` it expects to need over the sizing horizon (at least its largest
     /// reservation).
     pub want: i64,
@@ -285,6 +290,10 @@ pub struct LeaseItem {
 }
 
 fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u64(n: &u64) -> bool {
     *n == 0
 }
 
