@@ -1573,13 +1573,13 @@ mod tests {
         }
 
         #[test]
-        fn grants_apply_with_max_and_only_in_their_period() {
+        fn grants_apply_in_seq_order_and_only_in_their_period() {
             let s = MemoryStore::default();
             let scopes = [key_scope(Some(1.0), Some("10s"))];
             borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
             let period = read(&s, &scopes[0]).unwrap().reset_at;
             assert_eq!(period, 1_700_000_010_000_000);
-            // The later-sent answer first, then an older one with less: max of both.
+            // The later-sent answer first, then an older one: the older changes nothing.
             apply(&s, vec![grant(&scopes[0], period, 8 * CENT, 0)], NOW + 2);
             apply(&s, vec![grant(&scopes[0], period, 5 * CENT, 0)], NOW + 1);
             let c = read(&s, &scopes[0]).unwrap();
@@ -1602,6 +1602,108 @@ mod tests {
             let next = grant(&scopes[0], period + 10_000_000, 5 * CENT, 0);
             assert_eq!(apply(&s, vec![next], period + 1).len(), 1);
             admitted(admit_in(&s, &scopes, CENT, period + 2, CAL, 422, check(None)).unwrap());
+        }
+
+        /// Answers in seq order (FLEET.md §4.10): a later call's answer replaces the grant, a
+        /// shrink too, even below the use (the slice then admits nothing more); an earlier
+        /// call's answer arriving late, or the same answer twice, changes nothing; the entry
+        /// reports the seq it applied as `held_seq`.
+        #[test]
+        fn a_later_answer_replaces_the_grant_and_an_earlier_one_is_ignored() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            let asked = vec![grant(&scopes[0], 0, 0, 0).scope];
+            let answer = |amount: i64| LeaseAnswer {
+                items: vec![grant(&scopes[0], 0, amount, 0)],
+            };
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            apply_lease_answer(&s, &answer(8 * CENT), &asked, 5, NOW, NOW + 1);
+            admitted(admit_in(&s, &scopes, 3 * CENT, NOW + 2, CAL, 422, check(None)).unwrap());
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!((c.grant, c.seq, c.used()), (8 * CENT, 5, 3 * CENT));
+            // A shrink from a later call (an admin decrease): applied at once, below the use.
+            let shrunk = apply_lease_answer(&s, &answer(2 * CENT), &asked, 7, NOW + 3, NOW + 4);
+            assert_eq!(shrunk.len(), 1);
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!(
+                (c.grant, c.seq, c.deadline),
+                (2 * CENT, 7, NOW + 3 + TTL - 500_000)
+            );
+            // The slice admits nothing more: the request borrows.
+            borrowed(admit_in(&s, &scopes, CENT, NOW + 5, CAL, 422, check(None)).unwrap());
+            // The answer to call 6 (sent before 7) arrives late with more: ignored.
+            apply_lease_answer(&s, &answer(9 * CENT), &asked, 6, NOW + 2, NOW + 6);
+            assert_eq!(read(&s, &scopes[0]).unwrap().grant, 2 * CENT);
+            // The same answer again: nothing changes.
+            let before = read(&s, &scopes[0]).unwrap();
+            apply_lease_answer(&s, &answer(9 * CENT), &asked, 7, NOW + 3, NOW + 7);
+            assert_eq!(read(&s, &scopes[0]).unwrap(), before);
+            // Its next report says which answer it holds.
+            let queued = serde_json::to_vec(&lease_item(&scopes[0], &before, 0)).unwrap();
+            let items = renewal_items(&s, &[queued], NOW + 8);
+            assert_eq!((items[0].held, items[0].held_seq), (2 * CENT, 7));
+        }
+
+        /// A next period's slice issued ahead is kept in seq order as well, and the period
+        /// roll installs it with its seq.
+        #[test]
+        fn a_next_period_grant_applies_in_seq_order() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), Some("10s"))];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            let period = read(&s, &scopes[0]).unwrap().reset_at;
+            let next = period + 10_000_000;
+            let asked = vec![grant(&scopes[0], 0, 0, 0).scope];
+            let answer = |ahead: i64| LeaseAnswer {
+                items: vec![
+                    grant(&scopes[0], period, 5 * CENT, 0),
+                    grant(&scopes[0], next, ahead, 0),
+                ],
+            };
+            let sent = period - 2_000_000;
+            apply_lease_answer(&s, &answer(4 * CENT), &asked, 3, sent, sent + 1);
+            apply_lease_answer(&s, &answer(6 * CENT), &asked, 2, sent, sent + 2);
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!(
+                (c.next_grant, c.next_seq),
+                (4 * CENT, 3),
+                "the older is ignored"
+            );
+            apply_lease_answer(&s, &answer(CENT), &asked, 4, sent, sent + 3);
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!(
+                (c.next_grant, c.next_seq),
+                (CENT, 4),
+                "a later shrink applies"
+            );
+            admitted(admit_in(&s, &scopes, CENT / 2, period + 1, CAL, 422, check(None)).unwrap());
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!((c.reset_at, c.grant, c.seq), (next, CENT, 4));
+        }
+
+        /// A slice given back ignores the answers to every call sent before it (one of them
+        /// could raise it again), and says so in its `held_seq`.
+        #[test]
+        fn a_given_back_slice_ignores_the_answers_already_on_their_way() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            let asked = vec![grant(&scopes[0], 0, 0, 0).scope];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            let seq = next_lease_seq(&s, NOW).unwrap();
+            let answer = LeaseAnswer {
+                items: vec![grant(&scopes[0], 0, 8 * CENT, 0)],
+            };
+            apply_lease_answer(&s, &answer, &asked, seq, NOW, NOW + 1);
+            // Two more calls sent (their answers still on the way), then the slice goes back.
+            next_lease_seq(&s, NOW + 2).unwrap();
+            let last = next_lease_seq(&s, NOW + 2).unwrap();
+            let c = read(&s, &scopes[0]).unwrap();
+            let item = lease_item(&scopes[0], &c, 0);
+            let back = give_back_item(&s, &item, NOW + 3).unwrap();
+            assert!(back.returning);
+            assert_eq!((back.held, back.held_seq), (0, last));
+            apply_lease_answer(&s, &answer, &asked, last, NOW + 2, NOW + 4);
+            assert_eq!(read(&s, &scopes[0]).unwrap().grant, 0);
         }
 
         #[test]

@@ -48,6 +48,9 @@ pub struct TollgateRoot {
     lease_calls: Vec<(u32, u64, i64, Vec<String>)>,
     /// Fleet mode: the scopes this worker reports on (next periods ahead, idle returns).
     active: crate::lease_tick::ActiveScopes,
+    /// Fleet mode: the change log listed an admin change; report the slices without waiting
+    /// for the tick.
+    renew_now: bool,
 }
 
 impl TollgateRoot {
@@ -146,6 +149,12 @@ impl TollgateRoot {
                 now,
                 Some(changes.seq),
             );
+            if shared.config.fleet.is_some() {
+                // An admin change: the budget slices are reported now, here, and at the next
+                // tick of the other workers (a lowered budget shrinks them, FLEET.md §4.10).
+                crate::lease_tick::renew_all_soon(&host::SharedData, now);
+                self.renew_now = true;
+            }
         }
         let _ = update(&host::SharedData, CHANGES_SEQ_KEY, now, |v| {
             let current = v
@@ -323,6 +332,9 @@ impl Context for TollgateRoot {
             self.changes_poll = None;
             if self.apply_changes(body_size) {
                 self.fetch_provider_keys();
+            }
+            if std::mem::take(&mut self.renew_now) {
+                self.renew_leases();
             }
             return;
         }

@@ -1072,6 +1072,10 @@ impl Flow {
                         host.now_micros(),
                         None,
                     );
+                    if self.shared.config.fleet.is_some() {
+                        // Budget slices are reported at the next tick (FLEET.md §4.10).
+                        crate::lease_tick::renew_all_soon(host, host.now_micros());
+                    }
                     host.set_response_header(INVALIDATE_HEADER, None);
                 }
                 return Step::Continue;
