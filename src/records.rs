@@ -314,11 +314,11 @@ pub struct LeaseGrant {
     /// The period the grant is for: the budget's current period on the sidecar (µs; 0 = none).
     /// The filter applies a grant only to an entry in the same period.
     pub period: i64,
-    /// Cumulative for this Envoy in `period`: never below the `used` it reported, and never
-    /// below an earlier answer's grant for the same period (grants only grow, so answers that
-    /// arrive out of order are applied with `max`). Two exceptions: `returning` (the grant
-    /// drops to `used`), and a lease that expired (no renewal within `ttl_ms`): its old grant
-    /// is void on both sides, so an entry past its deadline takes the next answer as it is.
+    /// Cumulative for this Envoy in `period`: never below the `used` it reported. Budgets:
+    /// below an earlier answer's grant after an admin decrease (a shrink) or `returning`, so
+    /// the filter applies answers in the order of the calls' seq; rate limits: never below an
+    /// earlier answer's grant while the lease lives (applied with `max`). A lease that expired
+    /// (no renewal within `ttl_ms`) is void on both sides.
     pub grant: i64,
     /// Valid for this long from when the request was sent: the filter's deadline is
     /// `sent + ttl_ms − 500 ms`, before the sidecar's own expiry (`now() + ttl` at commit).

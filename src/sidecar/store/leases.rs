@@ -1007,6 +1007,50 @@ mod tests {
         assert_eq!(rows(&store), before);
     }
 
+    /// A budget lowered below what is lent (FLEET.md §4.10): the next report's answer shrinks
+    /// the live grant to the use, and the row keeps counting the old grant until a report
+    /// shows the Envoy applied the shrink (`held_seq`), stored and read back.
+    #[test]
+    fn a_lowered_budget_shrinks_a_live_grant_counted_until_acknowledged() {
+        let store = store_with_key(Some(1.0));
+        let lent = ask(&store, "e1", 1, item(0, 0, 20_000_000), T0).grant;
+        assert_eq!(lent, 20_000_000);
+        ask(&store, "e2", 1, item(0, 0, 20_000_000), T0);
+        store
+            .write(T0, |tx| {
+                let mut key = tx.key("k1")?.unwrap();
+                key.max_budget = Some(0.01);
+                tx.save_key(&key)
+            })
+            .unwrap();
+        let shrunk = |store: &Store| {
+            store
+                .read(|db| {
+                    let r = db
+                        .row(
+                            "SELECT grant_total, shrunk_from, shrunk_seq FROM lease
+                             WHERE envoy_id = 'e1'",
+                            &[],
+                        )?
+                        .unwrap();
+                    Ok((r.int(0)?, r.int(1)?, r.int(2)?))
+                })
+                .unwrap()
+        };
+        let holding = LeaseItem {
+            held_seq: 1,
+            ..item(5_000_000, lent, 20_000_000)
+        };
+        assert_eq!(ask(&store, "e1", 2, holding, T0 + 1).grant, 5_000_000);
+        assert_eq!(shrunk(&store), (5_000_000, lent, 2));
+        let applied = LeaseItem {
+            held_seq: 2,
+            ..item(5_000_000, 5_000_000, 20_000_000)
+        };
+        assert_eq!(ask(&store, "e1", 3, applied, T0 + 2).grant, 5_000_000);
+        assert_eq!(shrunk(&store), (5_000_000, 0, 0));
+    }
+
     #[test]
     fn grants_only_grow_within_a_period_except_when_returned() {
         let store = store_with_key(Some(1.0));
