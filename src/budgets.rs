@@ -128,6 +128,11 @@ pub struct Counter {
     pub next_period: i64,
     pub next_grant: i64,
     pub next_deadline: i64,
+    /// Fleet mode: the seq of the lease call whose answer set `grant` (and `next_grant`):
+    /// answers are applied in seq order, so a shrink takes effect and a late, older answer
+    /// changes nothing. `seq` is also what the entry reports as `held_seq`.
+    pub seq: i64,
+    pub next_seq: i64,
 }
 
 /// The first `N` space-separated integers of a shared-data entry; a missing or malformed field
@@ -142,7 +147,7 @@ pub fn int_fields<const N: usize>(bytes: &[u8]) -> [i64; N] {
 
 impl Counter {
     pub fn decode(bytes: &[u8]) -> Counter {
-        let [reset_at, spend, reserved, grant, deadline, global, global_at, asked, asked_used, peak, waiting, next_period, next_grant, next_deadline] =
+        let [reset_at, spend, reserved, grant, deadline, global, global_at, asked, asked_used, peak, waiting, next_period, next_grant, next_deadline, seq, next_seq] =
             int_fields(bytes);
         Counter {
             reset_at,
@@ -159,6 +164,8 @@ impl Counter {
             next_period,
             next_grant,
             next_deadline,
+            seq,
+            next_seq,
         }
     }
 
@@ -176,6 +183,8 @@ impl Counter {
             self.next_period,
             self.next_grant,
             self.next_deadline,
+            self.seq,
+            self.next_seq,
         ];
         let mut out = format!("{} {} {}", self.reset_at, self.spend, self.reserved);
         if lease.iter().any(|f| *f != 0) {
@@ -214,6 +223,7 @@ impl Counter {
             reserved: self.reserved,
             grant: if ahead { self.next_grant } else { 0 },
             deadline: if ahead { self.next_deadline } else { 0 },
+            seq: if ahead { self.next_seq } else { 0 },
             asked: if fleet { self.reset_at } else { 0 },
             asked_used: if fleet { self.reserved } else { 0 },
             peak: if fleet { self.peak } else { 0 },
@@ -296,6 +306,7 @@ fn lease_item(scope: &Scope, c: &Counter, want: i64) -> LeaseItem {
         period: c.reset_at,
         used: c.used(),
         held: c.grant,
+        held_seq: u64::try_from(c.seq).unwrap_or(0),
         want: want.max(0),
         returning: false,
         reservation: c.peak.max(0),
@@ -717,18 +728,24 @@ pub fn settle<S: VersionedStore>(
     key_spend
 }
 
-/// Applies a lease answer to the entries of `asked` (scope names) it names, for a request
-/// sent at `sent_at` (µs): a grant counts only for an entry in the same period, and answers
-/// arriving out of order are applied with `max` (grants only grow within a period). The
-/// deadline is `sent_at + ttl − 500 ms`, before the sidecar's own expiry. Returns the scopes
-/// whose grant was applied, with the fleet's settled spend.
+/// Applies a lease answer to the entries of `asked` (scope names) it names, for the lease call
+/// numbered `seq` sent at `sent_at` (µs): a grant counts only for an entry in the same period.
+/// Budgets take answers in seq order: one to a later call than the entry's replaces its grant
+/// and deadline, a shrink included (the sidecar keeps counting the larger grant until a report
+/// shows this one applied); one to an earlier call (or the same) is out of date and changes
+/// nothing. A grant below the entry's use is taken as it is: the slice admits nothing more
+/// (`spend + reserved < grant`), and what is in flight settles as usual. The deadline is
+/// `sent_at + ttl − 500 ms`, before the sidecar's own expiry. Returns the scopes whose grant
+/// was applied (or was already, by a later answer), with the fleet's settled spend.
 pub fn apply_lease_answer<S: VersionedStore>(
     store: &S,
     answer: &LeaseAnswer,
     asked: &[String],
+    seq: u64,
     sent_at: i64,
     now: i64,
 ) -> Vec<(String, i64)> {
+    let seq = i64::try_from(seq).unwrap_or(i64::MAX);
     let mut applied: Vec<(String, i64)> = Vec::new();
     for (i, grant) in answer.items.iter().enumerate() {
         if !asked.contains(&grant.scope) {
@@ -745,7 +762,7 @@ pub fn apply_lease_answer<S: VersionedStore>(
             if crate::leases::is_rate_scope(&grant.scope) {
                 crate::rate_leases::apply_next_grant(store, grant, deadline, now);
             } else {
-                apply_next_grant(store, grant, deadline, now);
+                apply_next_grant(store, grant, seq, deadline, now);
             }
             continue;
         }
@@ -774,16 +791,15 @@ pub fn apply_lease_answer<S: VersionedStore>(
                 c.reset_at = grant.period;
                 c.grant = 0;
                 c.deadline = 0;
+                c.seq = 0;
             }
-            if now >= c.deadline {
-                // Expired (or never lent): the sidecar no longer counts the old grant, so the
-                // answer's stands as it is.
+            // A later call's answer stands as it is, live slice or expired; an earlier call's
+            // is older than what the entry holds (its deadline too: calls are numbered as
+            // they are sent).
+            if seq > c.seq {
                 c.grant = grant.grant;
                 c.deadline = deadline;
-            } else {
-                // Live: grants only grow, so answers arriving out of order are taken by `max`.
-                c.grant = c.grant.max(grant.grant);
-                c.deadline = c.deadline.max(deadline);
+                c.seq = seq;
             }
             if grant.spend > c.global {
                 c.global = grant.spend;
@@ -803,9 +819,15 @@ pub fn apply_lease_answer<S: VersionedStore>(
 const LEASE_MARGIN_MICROS: i64 = 500_000;
 
 /// Keeps a budget's next-period grant (issued ahead) in its entry, for the period roll to
-/// install: only one for a later period than the entry's, taken by `max` while one for the
-/// same period is still valid (grants only grow), as it is otherwise.
-fn apply_next_grant<S: VersionedStore>(store: &S, grant: &LeaseGrant, deadline: i64, now: i64) {
+/// install: only one for a later period than the entry's; for the same period as the one
+/// held, only a later call's answer (in seq order, as [`apply_lease_answer`]).
+fn apply_next_grant<S: VersionedStore>(
+    store: &S,
+    grant: &LeaseGrant,
+    seq: i64,
+    deadline: i64,
+    now: i64,
+) {
     let key = format!("{PREFIX}{}", grant.scope);
     let _ = update(store, &key, now, |v| {
         let Some(bytes) = v else {
@@ -815,14 +837,13 @@ fn apply_next_grant<S: VersionedStore>(store: &S, grant: &LeaseGrant, deadline: 
         if c.reset_at == 0 || grant.period <= c.reset_at || now >= grant.period {
             return Decision::Keep(());
         }
-        if c.next_period == grant.period && now < c.next_deadline {
-            c.next_grant = c.next_grant.max(grant.grant);
-            c.next_deadline = c.next_deadline.max(deadline);
-        } else {
-            c.next_period = grant.period;
-            c.next_grant = grant.grant;
-            c.next_deadline = deadline;
+        if c.next_period == grant.period && seq <= c.next_seq {
+            return Decision::Keep(());
         }
+        c.next_period = grant.period;
+        c.next_grant = grant.grant;
+        c.next_deadline = deadline;
+        c.next_seq = seq;
         write_if_changed(v, &c, ())
     });
 }
@@ -862,6 +883,7 @@ pub fn renewal_items<S: VersionedStore>(store: &S, queued: &[Vec<u8>], now: i64)
             item.period = c.reset_at;
             item.used = c.used();
             item.held = c.grant;
+            item.held_seq = u64::try_from(c.seq).unwrap_or(0);
             item.returning = false;
             Some(item)
         })
@@ -937,12 +959,19 @@ pub fn tick_view<S: VersionedStore>(store: &S, scope: &str, now: i64) -> Option<
 
 /// Gives an idle budget's slice back: the entry's grant drops to its use and the slice ends
 /// (the next request borrows again), and the report item says `returning` (the sidecar lowers
-/// its grant to the same). `None` when it holds nothing unused any more.
+/// its grant to the same). The entry then ignores the answers to every lease call sent so far
+/// (its seq becomes the last one numbered, reported as `held_seq`), so none of them raises the
+/// grant again and the sidecar may take the return as it is. `None` when it holds nothing
+/// unused any more.
 pub fn give_back_item<S: VersionedStore>(
     store: &S,
     item: &LeaseItem,
     now: i64,
 ) -> Option<LeaseItem> {
+    let last_seq = store
+        .get(crate::contract::LEASE_SEQ_KEY)
+        .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
+        .unwrap_or(0);
     update(store, &format!("{PREFIX}{}", item.scope), now, |v| {
         let Some(bytes) = v else {
             return Decision::Keep(None);
@@ -956,10 +985,13 @@ pub fn give_back_item<S: VersionedStore>(
         c.next_period = 0;
         c.next_grant = 0;
         c.next_deadline = 0;
+        c.seq = c.seq.max(last_seq);
+        c.next_seq = 0;
         let returned = LeaseItem {
             period: c.reset_at,
             used: c.used(),
             held: c.grant,
+            held_seq: u64::try_from(c.seq).unwrap_or(0),
             want: 0,
             returning: true,
             ..item.clone()
@@ -1326,7 +1358,7 @@ mod tests {
         fn apply(s: &MemoryStore, grants: Vec<LeaseGrant>, sent_at: i64) -> Vec<(String, i64)> {
             let asked: Vec<String> = grants.iter().map(|g| g.scope.clone()).collect();
             let answer = LeaseAnswer { items: grants };
-            apply_lease_answer(s, &answer, &asked, sent_at, sent_at + 1)
+            apply_lease_answer(s, &answer, &asked, sent_at as u64, sent_at, sent_at + 1)
         }
 
         #[test]
@@ -1346,8 +1378,10 @@ mod tests {
                 next_period: 12,
                 next_grant: 13,
                 next_deadline: 14,
+                seq: 15,
+                next_seq: 16,
             };
-            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10 11 12 13 14");
+            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16");
             assert_eq!(Counter::decode(&c.encode()), c);
             // No lease: the 3-field form, as outside fleet mode.
             let old = Counter {
@@ -1541,13 +1575,13 @@ mod tests {
         }
 
         #[test]
-        fn grants_apply_with_max_and_only_in_their_period() {
+        fn grants_apply_in_seq_order_and_only_in_their_period() {
             let s = MemoryStore::default();
             let scopes = [key_scope(Some(1.0), Some("10s"))];
             borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
             let period = read(&s, &scopes[0]).unwrap().reset_at;
             assert_eq!(period, 1_700_000_010_000_000);
-            // The later-sent answer first, then an older one with less: max of both.
+            // The later-sent answer first, then an older one: the older changes nothing.
             apply(&s, vec![grant(&scopes[0], period, 8 * CENT, 0)], NOW + 2);
             apply(&s, vec![grant(&scopes[0], period, 5 * CENT, 0)], NOW + 1);
             let c = read(&s, &scopes[0]).unwrap();
@@ -1572,6 +1606,108 @@ mod tests {
             admitted(admit_in(&s, &scopes, CENT, period + 2, CAL, 422, check(None)).unwrap());
         }
 
+        /// Answers in seq order (FLEET.md §4.10): a later call's answer replaces the grant, a
+        /// shrink too, even below the use (the slice then admits nothing more); an earlier
+        /// call's answer arriving late, or the same answer twice, changes nothing; the entry
+        /// reports the seq it applied as `held_seq`.
+        #[test]
+        fn a_later_answer_replaces_the_grant_and_an_earlier_one_is_ignored() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            let asked = vec![grant(&scopes[0], 0, 0, 0).scope];
+            let answer = |amount: i64| LeaseAnswer {
+                items: vec![grant(&scopes[0], 0, amount, 0)],
+            };
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            apply_lease_answer(&s, &answer(8 * CENT), &asked, 5, NOW, NOW + 1);
+            admitted(admit_in(&s, &scopes, 3 * CENT, NOW + 2, CAL, 422, check(None)).unwrap());
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!((c.grant, c.seq, c.used()), (8 * CENT, 5, 3 * CENT));
+            // A shrink from a later call (an admin decrease): applied at once, below the use.
+            let shrunk = apply_lease_answer(&s, &answer(2 * CENT), &asked, 7, NOW + 3, NOW + 4);
+            assert_eq!(shrunk.len(), 1);
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!(
+                (c.grant, c.seq, c.deadline),
+                (2 * CENT, 7, NOW + 3 + TTL - 500_000)
+            );
+            // The slice admits nothing more: the request borrows.
+            borrowed(admit_in(&s, &scopes, CENT, NOW + 5, CAL, 422, check(None)).unwrap());
+            // The answer to call 6 (sent before 7) arrives late with more: ignored.
+            apply_lease_answer(&s, &answer(9 * CENT), &asked, 6, NOW + 2, NOW + 6);
+            assert_eq!(read(&s, &scopes[0]).unwrap().grant, 2 * CENT);
+            // The same answer again: nothing changes.
+            let before = read(&s, &scopes[0]).unwrap();
+            apply_lease_answer(&s, &answer(9 * CENT), &asked, 7, NOW + 3, NOW + 7);
+            assert_eq!(read(&s, &scopes[0]).unwrap(), before);
+            // Its next report says which answer it holds.
+            let queued = serde_json::to_vec(&lease_item(&scopes[0], &before, 0)).unwrap();
+            let items = renewal_items(&s, &[queued], NOW + 8);
+            assert_eq!((items[0].held, items[0].held_seq), (2 * CENT, 7));
+        }
+
+        /// A next period's slice issued ahead is kept in seq order as well, and the period
+        /// roll installs it with its seq.
+        #[test]
+        fn a_next_period_grant_applies_in_seq_order() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), Some("10s"))];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            let period = read(&s, &scopes[0]).unwrap().reset_at;
+            let next = period + 10_000_000;
+            let asked = vec![grant(&scopes[0], 0, 0, 0).scope];
+            let answer = |ahead: i64| LeaseAnswer {
+                items: vec![
+                    grant(&scopes[0], period, 5 * CENT, 0),
+                    grant(&scopes[0], next, ahead, 0),
+                ],
+            };
+            let sent = period - 2_000_000;
+            apply_lease_answer(&s, &answer(4 * CENT), &asked, 3, sent, sent + 1);
+            apply_lease_answer(&s, &answer(6 * CENT), &asked, 2, sent, sent + 2);
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!(
+                (c.next_grant, c.next_seq),
+                (4 * CENT, 3),
+                "the older is ignored"
+            );
+            apply_lease_answer(&s, &answer(CENT), &asked, 4, sent, sent + 3);
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!(
+                (c.next_grant, c.next_seq),
+                (CENT, 4),
+                "a later shrink applies"
+            );
+            admitted(admit_in(&s, &scopes, CENT / 2, period + 1, CAL, 422, check(None)).unwrap());
+            let c = read(&s, &scopes[0]).unwrap();
+            assert_eq!((c.reset_at, c.grant, c.seq), (next, CENT, 4));
+        }
+
+        /// A slice given back ignores the answers to every call sent before it (one of them
+        /// could raise it again), and says so in its `held_seq`.
+        #[test]
+        fn a_given_back_slice_ignores_the_answers_already_on_their_way() {
+            let s = MemoryStore::default();
+            let scopes = [key_scope(Some(1.0), None)];
+            let asked = vec![grant(&scopes[0], 0, 0, 0).scope];
+            borrowed(admit_in(&s, &scopes, CENT, NOW, CAL, 422, check(None)).unwrap());
+            let seq = next_lease_seq(&s, NOW).unwrap();
+            let answer = LeaseAnswer {
+                items: vec![grant(&scopes[0], 0, 8 * CENT, 0)],
+            };
+            apply_lease_answer(&s, &answer, &asked, seq, NOW, NOW + 1);
+            // Two more calls sent (their answers still on the way), then the slice goes back.
+            next_lease_seq(&s, NOW + 2).unwrap();
+            let last = next_lease_seq(&s, NOW + 2).unwrap();
+            let c = read(&s, &scopes[0]).unwrap();
+            let item = lease_item(&scopes[0], &c, 0);
+            let back = give_back_item(&s, &item, NOW + 3).unwrap();
+            assert!(back.returning);
+            assert_eq!((back.held, back.held_seq), (0, last));
+            apply_lease_answer(&s, &answer, &asked, last, NOW + 2, NOW + 4);
+            assert_eq!(read(&s, &scopes[0]).unwrap().grant, 0);
+        }
+
         #[test]
         fn an_expired_slice_takes_the_answer_as_it_is() {
             let s = MemoryStore::default();
@@ -1585,7 +1721,7 @@ mod tests {
                 items: vec![grant(&scopes[0], 0, 3 * CENT, 0)],
             };
             let asked = vec![answer.items[0].scope.clone()];
-            apply_lease_answer(&s, &answer, &asked, later, later + 1);
+            apply_lease_answer(&s, &answer, &asked, later as u64, later, later + 1);
             let c = read(&s, &scopes[0]).unwrap();
             assert_eq!((c.grant, c.deadline), (3 * CENT, later + TTL - 500_000));
         }

@@ -70,6 +70,9 @@ pub const RATE_LEASE_PREFIX: &str = "tollgate:v1:rl-slices:";
 pub const ENVOY_ID_KEY: &str = "tollgate:v1:envoy-id";
 /// Fleet mode: the sequence number of this Envoy's last lease report.
 pub const LEASE_SEQ_KEY: &str = "tollgate:v1:lease-seq";
+/// Fleet mode: counts the invalidations (admin changes) this Envoy heard of; each root context
+/// reports its budget slices at its next tick when it moves (`lease_tick`).
+pub const LEASE_RENEW_ALL_KEY: &str = "tollgate:v1:lease-renew-all";
 
 /// The key lookup's path.
 pub fn key_path(hash: &str) -> String {
@@ -158,6 +161,7 @@ mod tests {
             RATE_LEASE_PREFIX,
             ENVOY_ID_KEY,
             LEASE_SEQ_KEY,
+            LEASE_RENEW_ALL_KEY,
         ] {
             assert!(key.starts_with("tollgate:v1:"), "{key}");
         }

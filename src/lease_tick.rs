@@ -8,6 +8,10 @@
 //!   the entry's grant drops to its use first, and the next request borrows again), so the
 //!   room is free for the other Envoys.
 //!
+//! - after an admin change (an invalidation heard through an admin answer or the change log,
+//!   [`renew_all_soon`]): every budget slice still holding lent room, so a lowered budget
+//!   shrinks it at once (FLEET.md §4.10) and a raised one grows it.
+//!
 //! A scope that holds nothing and has been idle that long is forgotten, so the set is the
 //! scopes used lately, capped at [`MAX_TRACKED`]. A scope only ever borrowed (never renewed)
 //! is not known here: its budget slice simply lapses at its deadline. With several workers
@@ -15,9 +19,10 @@
 //! (reports are cumulative and idempotent).
 
 use crate::budgets::{self, TickView};
+use crate::contract::LEASE_RENEW_ALL_KEY;
 use crate::leases::is_rate_level;
 use crate::records::{LeaseItem, LeaseRequest};
-use crate::shared_store::VersionedStore;
+use crate::shared_store::{update, Decision, VersionedStore};
 use std::collections::BTreeMap;
 
 /// Most scopes one root context keeps track of (one shared-data read each per tick).
@@ -38,6 +43,30 @@ struct Tracked {
 #[derive(Debug, Default)]
 pub struct ActiveScopes {
     scopes: BTreeMap<String, Tracked>,
+    /// [`LEASE_RENEW_ALL_KEY`] as this root context last acted on it.
+    renew_all_seen: i64,
+}
+
+fn renew_all_count<S: VersionedStore>(store: &S) -> i64 {
+    store
+        .get(LEASE_RENEW_ALL_KEY)
+        .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
+        .unwrap_or(0)
+}
+
+/// An admin change was heard of (an invalidation): every root context of this Envoy reports
+/// its budget slices at its next tick instead of at half their TTL. Any change does, not only
+/// those of the keys, teams or users whose budgets it touched: an invalidation names key
+/// hashes (a team's or user's change lists its keys), which do not name the budgets the slices
+/// are of, and admin changes are rare.
+pub fn renew_all_soon<S: VersionedStore>(store: &S, now: i64) {
+    let _ = update(store, LEASE_RENEW_ALL_KEY, now, |v| {
+        let n = v
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
+            .unwrap_or(0)
+            .saturating_add(1);
+        Decision::Write(n.to_string().into_bytes(), ())
+    });
 }
 
 fn view<S: VersionedStore>(store: &S, item: &LeaseItem, now: i64) -> Option<TickView> {
@@ -95,7 +124,7 @@ impl ActiveScopes {
 
     /// This tick's report items, sorted by scope: the queued renewals (raw JSON
     /// [`LeaseItem`]s), next-period slices due, idle slices returned (`idle_micros` without
-    /// use).
+    /// use), and after an admin change ([`renew_all_soon`]) every budget slice holding room.
     pub fn items<S: VersionedStore>(
         &mut self,
         store: &S,
@@ -104,6 +133,9 @@ impl ActiveScopes {
         idle_micros: i64,
     ) -> Vec<LeaseItem> {
         let mut out = budgets::renewal_items(store, queued, now);
+        let renew_all = renew_all_count(store);
+        let changed = renew_all != self.renew_all_seen;
+        self.renew_all_seen = renew_all;
         let due: Vec<String> = out.iter().map(|i| i.scope.clone()).collect();
         for item in &out {
             let mark = view(store, item, now).map_or([0; 3], |v| v.mark);
@@ -141,7 +173,7 @@ impl ActiveScopes {
                     more.extend(settled_below_report(t, &v));
                 }
                 forget.push(scope.clone());
-            } else if v.next_due {
+            } else if v.next_due || (changed && v.holds && !is_rate_level(&t.item.level)) {
                 let refreshed = refresh(store, &t.item, now);
                 if let Some(item) = &refreshed {
                     t.reported_used = item.used;
@@ -235,7 +267,7 @@ mod tests {
     fn answer(s: &MemoryStore, items: Vec<LeaseGrant>, sent_at: i64) {
         let asked: Vec<String> = items.iter().map(|g| g.scope.clone()).collect();
         let answer = LeaseAnswer { items };
-        budgets::apply_lease_answer(s, &answer, &asked, sent_at, sent_at + 1);
+        budgets::apply_lease_answer(s, &answer, &asked, sent_at as u64, sent_at, sent_at + 1);
     }
 
     /// One request admitted at `now` and settled at its estimate.
@@ -255,6 +287,29 @@ mod tests {
         answer(s, vec![grant(&items[0].scope, period, amount)], now);
         spend(s, scope, now);
         serde_json::to_vec(&items[0]).unwrap()
+    }
+
+    /// After an admin change every budget slice holding room is reported at the next tick
+    /// (not at half its TTL), once; a slice used up or given back is not.
+    #[test]
+    fn an_admin_change_reports_every_slice_at_the_next_tick() {
+        let s = MemoryStore::default();
+        let scope = user(None);
+        let queued = leased(&s, &scope, 5 * CENT, 0, NOW);
+        let mut active = ActiveScopes::default();
+        assert_eq!(active.items(&s, &[queued], NOW, IDLE).len(), 1);
+        assert!(active.items(&s, &[], NOW + 1_000_000, IDLE).is_empty());
+        renew_all_soon(&s, NOW + 1_500_000);
+        let items = active.items(&s, &[], NOW + 2_000_000, IDLE);
+        assert_eq!(items.len(), 1);
+        assert_eq!((items[0].scope.as_str(), items[0].used), ("user:u1", CENT));
+        assert_eq!(items[0].held, 5 * CENT);
+        // Once per change.
+        assert!(active.items(&s, &[], NOW + 3_000_000, IDLE).is_empty());
+        // A slice holding nothing unused is not reported.
+        answer(&s, vec![grant("user:u1", 0, CENT)], NOW + 3_500_000);
+        renew_all_soon(&s, NOW + 3_600_000);
+        assert!(active.items(&s, &[], NOW + 4_000_000, IDLE).is_empty());
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub struct Lease {
     /// ([`lost_charge`]: its applied spend plus the estimate); 0 = never. Spend applied later
     /// is charged only beyond it ([`beyond_lost`]).
     pub lost: i64,
+    /// An acknowledged shrink (FLEET.md §4.5): a renewal answered below what the Envoy may
+    /// still enforce (an earlier answer's grant, in flight or applied), so the lease keeps
+    /// counting that larger grant, `shrunk_from`, until the Envoy can no longer enforce it: a
+    /// report saying its entry applied the shrinking answer (seq `shrunk_seq`) or a later one,
+    /// or `shrunk_until`, when every answer given before the shrink has lapsed. 0 = none.
+    pub shrunk_from: i64,
+    pub shrunk_seq: u64,
+    pub shrunk_until: i64,
 }
 
 impl Lease {
@@ -75,6 +83,7 @@ impl Lease {
             .held
             .max(self.grant)
             .max(self.used)
+            .max(self.shrunk(now))
             .saturating_sub(settled)
             .max(0);
         let graced = now < self.expires_at.saturating_add(EXPIRY_GRACE_MICROS);
@@ -84,6 +93,16 @@ impl Lease {
             Pool::Slots if graced => whole,
             Pool::Budget if graced => self.used.saturating_sub(settled).max(0),
             Pool::Budget | Pool::Slots => 0,
+        }
+    }
+
+    /// The grant a shrink was made from while the Envoy may still enforce it (its answers
+    /// have not all lapsed), else 0. [`renew`] drops it once a report acknowledges the shrink.
+    pub fn shrunk(&self, now: i64) -> i64 {
+        if now < self.shrunk_until {
+            self.shrunk_from
+        } else {
+            0
         }
     }
 
@@ -103,7 +122,11 @@ impl Lease {
 pub fn lost_target(lease: &Lease, policy: LostLeasePolicy) -> i64 {
     match policy {
         LostLeasePolicy::ChargeReserved => lease.used,
-        LostLeasePolicy::ChargeGrant => lease.held.max(lease.grant).max(lease.used),
+        LostLeasePolicy::ChargeGrant => lease
+            .held
+            .max(lease.grant)
+            .max(lease.used)
+            .max(lease.shrunk_from),
         LostLeasePolicy::Release => 0,
     }
 }
@@ -190,6 +213,9 @@ pub struct Report {
     pub seq: u64,
     pub used: i64,
     pub held: i64,
+    /// Budgets: the seq of the answer `held` came from; the Envoy's entry applies no answer
+    /// to a call numbered at or below it (a slice given back: the last seq sent before).
+    pub held_seq: u64,
     pub want: i64,
     /// `ĉ`: its largest recent reservation; 0 = not said, then `want` stands for it.
     pub reservation: i64,
@@ -258,13 +284,24 @@ pub fn size_in(
 /// Renews one Envoy's lease on a budget with limit `max` and settled spend `spend`, given the
 /// other Envoys' leases, its current lease (`None`: none in this period) and its report.
 ///
-/// - A report whose `seq` is not above the lease's is stale: the current grant, unchanged.
+/// - A report whose `seq` is not above the lease's is stale: the current grant, unchanged
+///   (budgets: while it fits `M`; else nothing beyond the reported use).
 /// - `returning`: the grant drops to what it used (the Envoy lowered its own entry first);
 ///   for a budget that use is taken as reported, even below an earlier report's.
-/// - Otherwise the grant is `used + size(..)`, but never below `used` nor below the grant of a
-///   lease still live (grants only grow within a period, so the filter may apply answers with
-///   `max`). An expired lease's grant is void on both sides (the Envoy's deadline passes
-///   before the sidecar's expiry), so a renewal after expiry starts again from `used`.
+/// - Otherwise the grant is `used + size(..)`, never below `used`, and not below what the
+///   Envoy may enforce of a live lease while that still fits `M` (I1).
+/// - Budgets, a shrink (FLEET.md §4.10): when what the Envoy may enforce no longer fits (an
+///   admin decrease, or other Envoys' use past their grants), the grant drops to what fits,
+///   `used + avail`, never below `used`. The filter applies answers in seq order, so the
+///   shrink takes effect on the Envoy when this answer lands; until it is sure of that, the
+///   lease keeps counting what the Envoy may enforce ([`Lease::shrunk_from`]). Rate pools
+///   never shrink (their filter side takes answers with `max`).
+/// - What the Envoy may enforce of the answers given so far: nothing once the lease expired
+///   (the Envoy's deadlines pass before the sidecar's expiry); only `held` once its entry
+///   ignores every one of them (`held_seq ≥` the lease's seq: it applied the latest answer, or
+///   gave its slice back); else also the lease's grant, and a shrink's `shrunk_from` not yet
+///   acknowledged (`held_seq <` its seq) nor lapsed (every answer after a shrink is at most
+///   the lease's grant, or it is a shrink again).
 /// - `expires_at = max(old, now + ttl)`.
 /// - Rate pools: `spend` is 0 and the lease's `applied` is the largest `released` reported.
 pub fn renew(
@@ -278,7 +315,25 @@ pub fn renew(
 ) -> Renewal {
     let old = current.copied().unwrap_or_default();
     if current.is_some() && report.seq <= old.seq {
-        return Renewal::Stale { grant: old.grant };
+        // The Envoy gets (or lost) the later call's answer; this one repeats its grant while
+        // it fits the limit. After a decrease it does not: the answer gives nothing beyond
+        // the use reported (its Envoy may have lost the later answer, and the grant that
+        // answer brought was lent when the limit was higher).
+        let fits = report.pool != Pool::Budget
+            || avail(
+                max,
+                spend,
+                others.claims,
+                old.grant,
+                old.settled(Pool::Budget),
+            ) >= 0;
+        return Renewal::Stale {
+            grant: if fits {
+                old.grant
+            } else {
+                old.grant.min(report.used.max(0))
+            },
+        };
     }
     // A budget lease given back says what the Envoy finally used (its reservations settled
     // since lower reports): its events will bring that much, so a later lost charge is 0.
@@ -294,7 +349,19 @@ pub fn renew(
         // Given back can never exceed taken.
         Pool::Window | Pool::Slots => report.released.max(old.applied).clamp(0, used),
     };
-    let live_grant = if old.live(now) { old.grant } else { 0 };
+    let live = current.is_some() && old.live(now);
+    let live_grant = if live { old.grant } else { 0 };
+    let unacked = if live && report.held_seq < old.shrunk_seq {
+        old.shrunk(now)
+    } else {
+        0
+    };
+    let enforceable = match report.pool {
+        _ if !live => 0,
+        Pool::Budget if report.held_seq >= old.seq => report.held.max(0),
+        Pool::Budget => report.held.max(old.grant).max(unacked),
+        Pool::Window | Pool::Slots => live_grant,
+    };
     let grant = if report.returning {
         used
     } else {
@@ -307,8 +374,25 @@ pub fn renew(
             report.reservation,
             others.wants.saturating_add(want),
         );
-        used.saturating_add(add).max(live_grant)
+        let kept = match report.pool {
+            // What fits I1: `used + avail`, never below `used`.
+            Pool::Budget => enforceable.min(used.saturating_add(room).max(used)),
+            Pool::Window | Pool::Slots => live_grant,
+        };
+        used.saturating_add(add).max(kept)
     };
+    // Below what the Envoy may enforce: counted until acknowledged or lapsed (every answer
+    // given so far lapses by the lease's expiry before this renewal). A shrink not yet
+    // acknowledged that this answer does not lower further stays as it was, so the Envoy's
+    // applying that shrink's answer acknowledges it.
+    let (shrunk_from, shrunk_seq, shrunk_until) =
+        if report.pool != Pool::Budget || grant >= enforceable {
+            (0, 0, 0)
+        } else if unacked > 0 && enforceable <= unacked && grant >= old.grant {
+            (old.shrunk_from, old.shrunk_seq, old.shrunk_until)
+        } else {
+            (enforceable, report.seq, old.expires_at)
+        };
     Renewal::Renewed(Lease {
         grant,
         held: report.held.max(0),
@@ -321,6 +405,9 @@ pub fn renew(
         seq: report.seq,
         expires_at: old.expires_at.max(now.saturating_add(ttl_micros)),
         lost: old.lost,
+        shrunk_from,
+        shrunk_seq,
+        shrunk_until,
     })
 }
 
@@ -411,7 +498,7 @@ mod tests {
             want: 10,
             seq: 1,
             expires_at: NOW + TTL,
-            lost: 0,
+            ..Default::default()
         }
     }
 
@@ -537,18 +624,119 @@ mod tests {
     }
 
     #[test]
-    fn grants_never_drop_below_a_live_grant_nor_used() {
+    fn grants_never_drop_below_a_live_grant_that_fits_nor_used() {
         let cur = lease(40, 40, 20, 0);
-        // Others now claim everything: no room, but the grant stays.
-        let full = Others {
-            claims: 1000,
+        // Little room left, but the live grant fits: it stays.
+        let tight = Others {
+            claims: 960,
             wants: 0,
         };
-        let r = renew(1000, 0, full, Some(&cur), &report(2, 25, 40, 10), NOW, TTL);
+        let r = renew(1000, 0, tight, Some(&cur), &report(2, 25, 40, 10), NOW, TTL);
         assert_eq!(r.grant(), 40);
         // Used beyond the grant (one request over): the grant follows used.
-        let r = renew(1000, 0, full, Some(&cur), &report(2, 45, 40, 10), NOW, TTL);
+        let r = renew(1000, 0, tight, Some(&cur), &report(2, 45, 40, 10), NOW, TTL);
         assert_eq!(r.grant(), 45);
+    }
+
+    /// An admin decrease (FLEET.md §4.10): the live grant no longer fits, so the answer shrinks
+    /// it to what fits (`used + avail`, never below `used`), and the lease keeps counting the
+    /// old grant until a report says the Envoy applied the shrink (or the old answers lapse).
+    #[test]
+    fn a_decrease_shrinks_a_live_grant_and_counts_the_old_one_until_acknowledged() {
+        let mut cur = lease(40, 40, 20, 0);
+        cur.expires_at = NOW + TTL / 2;
+        let others = Others {
+            claims: 50,
+            wants: 10,
+        };
+        // M lowered to 80: 80 − 50 others − 20 used leaves 10: grant 30, shrunk from 40.
+        let Renewal::Renewed(l) =
+            renew(80, 0, others, Some(&cur), &report(2, 20, 40, 10), NOW, TTL)
+        else {
+            panic!("renewed")
+        };
+        assert_eq!((l.grant, l.shrunk_from, l.shrunk_seq), (30, 40, 2));
+        assert_eq!(l.shrunk_until, cur.expires_at);
+        assert_eq!(l.claim(NOW), 40, "the old grant still counts");
+        assert_eq!(l.shrunk(cur.expires_at), 0, "its answers have lapsed");
+        // Lowered below what is spent and lent: the grant drops to used, not below.
+        let r = renew(60, 0, others, Some(&cur), &report(2, 20, 40, 10), NOW, TTL);
+        assert_eq!(r.grant(), 20);
+        // A later report whose entry still holds an answer from before the shrink (seq 1):
+        // the shrink is not acknowledged, the old grant still counts.
+        let Renewal::Renewed(l2) = renew(80, 0, others, Some(&l), &report(3, 20, 40, 10), NOW, TTL)
+        else {
+            panic!("renewed")
+        };
+        assert_eq!((l2.grant, l2.shrunk_from), (30, 40));
+        assert_eq!(l2.claim(NOW), 40);
+        // The entry applied the shrinking answer (seq 2): acknowledged, only 30 counts.
+        let acked = Report {
+            held_seq: 2,
+            ..report(4, 20, 30, 10)
+        };
+        let Renewal::Renewed(l3) = renew(80, 0, others, Some(&l2), &acked, NOW, TTL) else {
+            panic!("renewed")
+        };
+        assert_eq!((l3.grant, l3.shrunk_from, l3.claim(NOW)), (30, 0, 30));
+        // Rate pools never shrink (their filter takes answers with `max`).
+        let rate_report = Report {
+            pool: Pool::Window,
+            ..report(2, 20, 40, 10)
+        };
+        assert_eq!(
+            renew(60, 0, others, Some(&cur), &rate_report, NOW, TTL).grant(),
+            40
+        );
+    }
+
+    /// Two calls in flight (seq 2 and 3): the later answered first. The earlier one, stale,
+    /// repeats the grant while it fits the limit, and gives nothing beyond the use reported
+    /// once a decrease left no room (its Envoy may have lost the later answer).
+    #[test]
+    fn a_stale_report_after_a_decrease_gets_nothing_new() {
+        let mut cur = lease(40, 40, 20, 0);
+        cur.seq = 3;
+        let others = Others {
+            claims: 50,
+            wants: 10,
+        };
+        let stale = report(2, 15, 30, 10);
+        assert_eq!(
+            renew(1000, 0, others, Some(&cur), &stale, NOW, TTL),
+            Renewal::Stale { grant: 40 }
+        );
+        assert_eq!(
+            renew(80, 0, others, Some(&cur), &stale, NOW, TTL),
+            Renewal::Stale { grant: 15 }
+        );
+    }
+
+    /// A slice given back whose entry ignores every answer sent before (`held_seq` at the
+    /// lease's seq) is taken as it is; one whose entry might still apply an earlier answer is
+    /// an unacknowledged shrink.
+    #[test]
+    fn a_return_is_taken_as_it_is_when_no_earlier_answer_can_apply() {
+        let cur = lease(40, 40, 20, 0);
+        let back = Report {
+            returning: true,
+            held_seq: 1,
+            ..report(2, 22, 22, 0)
+        };
+        let Renewal::Renewed(l) = renew(1000, 0, Others::default(), Some(&cur), &back, NOW, TTL)
+        else {
+            panic!("renewed")
+        };
+        assert_eq!((l.grant, l.shrunk_from, l.claim(NOW)), (22, 0, 22));
+        let early = Report {
+            held_seq: 0,
+            ..back
+        };
+        let Renewal::Renewed(l) = renew(1000, 0, Others::default(), Some(&cur), &early, NOW, TTL)
+        else {
+            panic!("renewed")
+        };
+        assert_eq!((l.grant, l.shrunk_from, l.claim(NOW)), (22, 40, 40));
     }
 
     #[test]
@@ -776,33 +964,86 @@ mod tests {
         }
     }
 
-    /// One simulated Envoy: its local entry (grant it enforces, deadline), its spend events not
-    /// applied yet, and the lease row the sidecar keeps for it.
+    /// A lease call of a simulated Envoy: sent (its report), answered by the sidecar (the
+    /// grant), then delivered to the Envoy or lost.
+    #[derive(Clone, Copy)]
+    struct Call {
+        report: Report,
+        sent_at: i64,
+        answer: Option<i64>,
+    }
+
+    /// One simulated Envoy: its local entry (the grant it enforces, its deadline, the seq of
+    /// the answer it applied), its spend events not applied yet, its calls in flight, and the
+    /// lease row the sidecar keeps for it.
     #[derive(Default)]
     struct Envoy {
         grant: i64,
         deadline: i64,
-        used: i64,
         seq: u64,
+        used: i64,
         unapplied: Vec<i64>,
+        calls: Vec<Call>,
         row: Option<Lease>,
         reservation: i64,
+        /// Its lease was live at the last step.
+        was_live: bool,
+    }
+
+    impl Envoy {
+        /// The grants this Envoy may enforce from `now` on: its entry's while live, and every
+        /// answer on its way that the entry would still apply (a later seq) before its deadline.
+        fn enforceable(&self, now: i64) -> i64 {
+            let entry = if now < self.deadline { self.grant } else { 0 };
+            self.calls
+                .iter()
+                .filter(|c| c.report.seq > self.seq && now < c.sent_at + TTL - 500_000)
+                .filter_map(|c| c.answer)
+                .fold(entry, i64::max)
+        }
+
+        /// What this Envoy may still spend, or spent and the sidecar knows of but has not had
+        /// applied: its claim as it truly is. Use it has not reported is left out (past a
+        /// grant it is the `N·ĉ` of the overshoot bound; after its last report before a
+        /// lapse it is the gap `on_lost_lease` deals with, and events here may be late
+        /// without bound).
+        fn exposure(&self, now: i64) -> i64 {
+            let Some(row) = self.row else { return 0 };
+            let known = if row.live(now) {
+                self.enforceable(now).max(row.used)
+            } else if now < row.expires_at + EXPIRY_GRACE_MICROS {
+                row.used
+            } else {
+                0
+            };
+            known.saturating_sub(row.applied).max(0)
+        }
     }
 
     /// Many random interleavings of 3–5 Envoys on one budget: admissions reserving `ĉ` while
-    /// `used < grant` and the lease is valid, renewals through [`renew`], spend applied late and
-    /// in batches, expiries (an Envoy going silent), an admin decrease. I1 holds after every
-    /// grant (unless `M` was lowered under it, when a grant never raises the total claim), and at
-    /// the end total spend ≤ M + N·ĉ (with the decrease, ≤ the old M + N·ĉ).
+    /// `used < grant` and the slice is live; lease calls from two sources sharing the Envoy's
+    /// seq (several in flight), answered by [`renew`] in any order (an earlier call answered
+    /// after a later one is stale), delivered in any order or lost, and applied in seq order as
+    /// the filter does; idle slices given back; spend applied late and in batches; admin
+    /// decreases (and an increase) of `M` at any time. At every step:
+    /// - the sidecar counts what each Envoy may enforce: its lease's claim covers every grant
+    ///   the Envoy holds or may still apply (acknowledged shrinks);
+    /// - I1: a grant never lifts the fleet's true exposure (settled spend plus what each Envoy
+    ///   may enforce or used, not applied) above `M`, nor raises it while above (a decrease);
+    ///
+    /// and at the end total spend ≤ `M + N·ĉ`, or, after a decrease, ≤ the exposure when `M`
+    /// last changed (at most what was spent and lent then) + `N·ĉ`; plus, in both, the use an
+    /// Envoy made after its last report before its lease lapsed (the known gap of
+    /// `on_lost_lease`, here with events late without bound).
     #[test]
     fn random_fleets_keep_the_escrow_invariant_and_the_overshoot_bound() {
         let mut exhausted = 0;
+        let mut shrinks = 0;
         for seed in 1..=400u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
             let n = 3 + rng.below(3) as usize;
             let c_hat = 1 + rng.below(50) as i64;
             let mut max = 100 + rng.below(5_000) as i64;
-            let initial_max = max;
             let mut envoys: Vec<Envoy> = (0..n)
                 .map(|_| Envoy {
                     reservation: c_hat,
@@ -811,13 +1052,19 @@ mod tests {
                 .collect();
             let mut spend = 0i64; // S: applied
             let mut now = NOW;
-            let mut decreased = false;
-            for _ in 0..3_000 {
-                now += rng.below(400_000) as i64;
+            let mut changes = 0;
+            let mut unreported = 0i64;
+            // The fleet's exposure when `M` last changed.
+            let mut exposure_at_change = 0i64;
+            let exposure = |envoys: &[Envoy], spend: i64, now: i64| -> i64 {
+                spend + envoys.iter().map(|e| e.exposure(now)).sum::<i64>()
+            };
+            for _ in 0..4_000 {
+                now += rng.below(300_000) as i64;
                 let i = rng.below(n as u64) as usize;
-                match rng.below(10) {
+                match rng.below(20) {
                     // Admit one request: reserves ĉ, settles later at a cost ≤ ĉ.
-                    0..=4 => {
+                    0..=7 => {
                         let e = &mut envoys[i];
                         if now < e.deadline && e.used < e.grant {
                             let cost = 1 + rng.below(c_hat as u64) as i64;
@@ -825,14 +1072,50 @@ mod tests {
                             e.unapplied.push(cost);
                         }
                     }
-                    // Report and renew (sometimes returning).
-                    5..=6 => {
-                        let returning = rng.below(8) == 0;
+                    // A lease call is sent (the root tick's report or a borrow: one seq
+                    // counter); sometimes the idle slice is given back first.
+                    8..=9 => {
                         let e = &mut envoys[i];
+                        let last_seq = e.calls.iter().map(|c| c.report.seq).max();
+                        let next_seq = last_seq
+                            .unwrap_or(0)
+                            .max(e.seq)
+                            .max(e.row.map_or(0, |r| r.seq))
+                            + 1;
+                        let returning = rng.below(10) == 0 && now < e.deadline;
                         if returning {
+                            // `budgets::give_back_item`: the entry ignores every answer to a
+                            // call already sent.
                             e.grant = e.used;
+                            e.deadline = 0;
+                            e.seq = e.seq.max(next_seq - 1);
                         }
-                        e.seq += 1;
+                        let want = c_hat * (1 + rng.below(20) as i64);
+                        e.calls.push(Call {
+                            report: Report {
+                                seq: next_seq,
+                                used: e.used,
+                                held: e.grant,
+                                held_seq: e.seq,
+                                want: if returning { 0 } else { want },
+                                reservation: e.reservation,
+                                returning,
+                                ..Default::default()
+                            },
+                            sent_at: now,
+                            answer: None,
+                        });
+                    }
+                    // The sidecar answers one of the Envoy's calls (any of them first).
+                    10..=12 => {
+                        let waiting: Vec<usize> = (0..envoys[i].calls.len())
+                            .filter(|k| envoys[i].calls[*k].answer.is_none())
+                            .collect();
+                        if waiting.is_empty() {
+                            continue;
+                        }
+                        let k = waiting[rng.below(waiting.len() as u64) as usize];
+                        let before = exposure(&envoys, spend, now);
                         let others = Others::of(
                             envoys
                                 .iter()
@@ -842,61 +1125,44 @@ mod tests {
                             now,
                         );
                         let e = &mut envoys[i];
-                        // What the Envoy keeps without any new room: its use, and a grant
-                        // still live.
-                        let kept = e
-                            .row
-                            .filter(|r| r.live(now))
-                            .map_or(0, |r| r.grant)
-                            .max(e.used);
-                        let want = c_hat * (1 + rng.below(20) as i64);
-                        let r = renew(
-                            max,
-                            spend,
-                            others,
-                            e.row.as_ref(),
-                            &Report {
-                                seq: e.seq,
-                                used: e.used,
-                                // An entry past its deadline enforces nothing.
-                                held: if now < e.deadline || returning {
-                                    e.grant
-                                } else {
-                                    0
-                                },
-                                want: if returning { 0 } else { want },
-                                reservation: e.reservation,
-                                returning,
-                                ..Default::default()
-                            },
-                            now,
-                            TTL,
-                        );
-                        let Renewal::Renewed(row) = r else {
-                            panic!("fresh seq answered stale")
-                        };
-                        assert!(row.grant >= e.used, "seed {seed}: grant below used");
-                        let after = spend + others.claims + row.claim(now);
-                        // I1 at this grant: within M, or nothing new lent (claims count use
-                        // past a grant, < ĉ per Envoy by I2, and a lowered M; then the grant
-                        // only keeps what the Envoy had).
+                        let report = e.calls[k].report;
+                        let r = renew(max, spend, others, e.row.as_ref(), &report, now, TTL);
+                        if let Renewal::Renewed(row) = r {
+                            assert!(row.grant >= row.used, "seed {seed}: grant below used");
+                            if row.shrunk_from > 0 {
+                                shrinks += 1;
+                            }
+                            e.row = Some(row);
+                        }
+                        e.calls[k].answer = Some(r.grant());
+                        let after = exposure(&envoys, spend, now);
                         assert!(
-                            after <= max || row.grant <= kept,
-                            "seed {seed}: I1 broken: {after} > {max}, grant {} kept {kept}",
-                            row.grant
+                            after <= max || after <= before || r.grant() <= report.used,
+                            "seed {seed}: I1 broken: exposure {before} -> {after} > M {max}: \
+                             {r:?} for {report:?}"
                         );
-                        e.row = Some(row);
-                        // The filter applies the answer with max (a live entry) and its
-                        // deadline precedes the sidecar's expiry.
-                        e.grant = if now < e.deadline && !returning {
-                            e.grant.max(row.grant)
-                        } else {
-                            row.grant
-                        };
-                        e.deadline = now + TTL - 500_000;
+                    }
+                    // An answer reaches the Envoy (any of them first), or is lost.
+                    13..=15 => {
+                        let e = &mut envoys[i];
+                        let answered: Vec<usize> = (0..e.calls.len())
+                            .filter(|k| e.calls[*k].answer.is_some())
+                            .collect();
+                        if answered.is_empty() {
+                            continue;
+                        }
+                        let k = answered[rng.below(answered.len() as u64) as usize];
+                        let call = e.calls.remove(k);
+                        let lost = rng.below(8) == 0;
+                        // `budgets::apply_lease_answer`: in seq order.
+                        if !lost && call.report.seq > e.seq {
+                            e.grant = call.answer.unwrap_or(0);
+                            e.deadline = call.sent_at + TTL - 500_000;
+                            e.seq = call.report.seq;
+                        }
                     }
                     // Spend applied late, in a batch.
-                    7..=8 => {
+                    16..=17 => {
                         let e = &mut envoys[i];
                         let k = rng.below(e.unapplied.len() as u64 + 1) as usize;
                         let batch: i64 = e.unapplied.drain(..k).sum();
@@ -905,32 +1171,64 @@ mod tests {
                             row.applied += batch;
                         }
                     }
-                    // An admin decrease, once.
+                    // An admin change: mostly decreases, a few times.
                     _ => {
-                        if !decreased && rng.below(20) == 0 {
-                            max = max * (1 + rng.below(9) as i64) / 10;
-                            decreased = true;
+                        if changes < 3 && rng.below(15) == 0 {
+                            max = if rng.below(4) == 0 {
+                                max * 12 / 10
+                            } else {
+                                max * (1 + rng.below(9) as i64) / 10
+                            };
+                            changes += 1;
+                            exposure_at_change = exposure(&envoys, spend, now);
+                        }
+                    }
+                }
+                // Acknowledged shrinks: each live lease counts every grant its Envoy may
+                // enforce (a lapsed lease's Envoy enforces nothing).
+                for (j, e) in envoys.iter_mut().enumerate() {
+                    let enforceable = e.enforceable(now);
+                    let live = e.row.is_some_and(|r| r.live(now));
+                    if let (Some(row), true, false) = (e.row, e.was_live, live) {
+                        // Use after its last report, not known when the lease lapsed.
+                        unreported += (e.used - row.used).max(0);
+                    }
+                    e.was_live = live;
+                    match e.row {
+                        Some(row) if row.live(now) => {
+                            let counted = row.claim(now) + row.settled(Pool::Budget);
+                            assert!(
+                                enforceable <= counted.max(row.used),
+                                "seed {seed}: Envoy {j} may enforce {enforceable}, the \
+                                 sidecar counts {counted}: {row:?}"
+                            );
+                        }
+                        _ => {
+                            assert_eq!(enforceable, 0, "seed {seed}: Envoy {j} outlives its lease")
                         }
                     }
                 }
             }
             // Everything is applied in the end: total spend is what the Envoys used.
             let total: i64 = envoys.iter().map(|e| e.used).sum();
-            let bound = initial_max.max(max) + n as i64 * c_hat;
+            let bound = max.max(exposure_at_change) + n as i64 * c_hat + unreported;
             assert!(
                 total <= bound,
-                "seed {seed}: spent {total} > M {max} (was {initial_max}) + {n}·{c_hat}"
+                "seed {seed}: spent {total} > M {max} (exposure at the change \
+                 {exposure_at_change}) + {n}·{c_hat} + unreported {unreported}"
             );
-            if !decreased {
+            if changes == 0 {
                 assert!(total <= max + n as i64 * c_hat, "seed {seed}");
             }
             if total >= max - n as i64 * c_hat {
                 exhausted += 1;
             }
         }
-        // The fleets did run their budgets out (so the bound was tested at the edge), and
-        // leases did not strand what was left (one request's worth is always lent).
+        // The fleets did run their budgets out (so the bound was tested at the edge), leases
+        // did not strand what was left (one request's worth is always lent), and shrinks
+        // happened.
         assert!(exhausted > 300, "only {exhausted} of 400 budgets ran out");
+        assert!(shrinks > 100, "only {shrinks} shrinks");
     }
 
     /// Rate leases over random interleavings of 3–5 Envoys on one limit: rpm (take 1, nothing
@@ -1016,6 +1314,7 @@ mod tests {
                                 released: e.released,
                                 pool,
                                 returning: false,
+                                held_seq: 0,
                             },
                             now,
                             TTL,

@@ -335,6 +335,7 @@ fn lease_item(lent: Lent, d: &Descriptor, limit: u64, s: &Slice, want: i64) -> L
         limit: Some(i64::try_from(limit).unwrap_or(i64::MAX)),
         released: s.released,
         returning: false,
+        held_seq: 0,
     }
 }
 
@@ -881,6 +882,7 @@ mod tests {
                 items: vec![g.clone()],
             },
             &[g.scope],
+            1,
             NOW,
             NOW,
         )
@@ -1010,6 +1012,7 @@ mod tests {
                     items: vec![grant("rpm:api_key:hash", next, 2, 0)]
                 },
                 &["rpm:api_key:hash".into()],
+                1,
                 later,
                 later,
             )
@@ -1025,6 +1028,7 @@ mod tests {
                 items: vec![grant("rpm:api_key:hash", WINDOW_END, 9, 0)]
             },
             &["rpm:api_key:hash".into()],
+            2,
             later,
             later,
         )
@@ -1281,7 +1285,14 @@ mod tests {
         let sent = WINDOW_END - 4_000_000;
         let both = |grants: Vec<LeaseGrant>, at: i64| {
             let asked: Vec<String> = grants.iter().map(|g| g.scope.clone()).collect();
-            crate::budgets::apply_lease_answer(&s, &LeaseAnswer { items: grants }, &asked, at, at)
+            crate::budgets::apply_lease_answer(
+                &s,
+                &LeaseAnswer { items: grants },
+                &asked,
+                1,
+                at,
+                at,
+            )
         };
         both(
             vec![
@@ -1377,6 +1388,7 @@ mod tests {
                 ],
             },
             &["rpm:api_key:hash".into()],
+            1,
             sent,
             sent,
         );

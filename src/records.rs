@@ -264,6 +264,11 @@ pub struct LeaseItem {
     pub used: i64,
     /// The grant this Envoy enforces now (0 = none).
     pub held: i64,
+    /// Budgets: the seq of the lease call whose answer `held` came from; the entry applies no
+    /// answer to a call numbered at or below it (0 = not said). It tells the sidecar when a
+    /// shrink is acknowledged.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub held_seq: u64,
     /// How much beyond `used` it expects to need over the sizing horizon (at least its largest
     /// reservation).
     pub want: i64,
@@ -288,6 +293,10 @@ fn is_zero(n: &i64) -> bool {
     *n == 0
 }
 
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The answer to a [`LeaseRequest`]: one grant per item, same order; then, for budgets in the
 /// last seconds of their period, a grant of the same scope for the next period (issued ahead,
 /// FLEET.md §4.7: the filter keeps it for when its clock crosses the reset).
@@ -305,11 +314,11 @@ pub struct LeaseGrant {
     /// The period the grant is for: the budget's current period on the sidecar (µs; 0 = none).
     /// The filter applies a grant only to an entry in the same period.
     pub period: i64,
-    /// Cumulative for this Envoy in `period`: never below the `used` it reported, and never
-    /// below an earlier answer's grant for the same period (grants only grow, so answers that
-    /// arrive out of order are applied with `max`). Two exceptions: `returning` (the grant
-    /// drops to `used`), and a lease that expired (no renewal within `ttl_ms`): its old grant
-    /// is void on both sides, so an entry past its deadline takes the next answer as it is.
+    /// Cumulative for this Envoy in `period`: never below the `used` it reported. Budgets:
+    /// below an earlier answer's grant after an admin decrease (a shrink) or `returning`, so
+    /// the filter applies answers in the order of the calls' seq; rate limits: never below an
+    /// earlier answer's grant while the lease lives (applied with `max`). A lease that expired
+    /// (no renewal within `ttl_ms`) is void on both sides.
     pub grant: i64,
     /// Valid for this long from when the request was sent: the filter's deadline is
     /// `sent + ttl_ms − 500 ms`, before the sidecar's own expiry (`now() + ttl` at commit).

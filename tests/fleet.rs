@@ -430,21 +430,40 @@ fn kill_9_of_a_replica_under_load() {
     assert_bound_and_books(shared(), &fleet, &key, &t, BUDGET_CALLS);
 }
 
-/// A budget lowered through Envoy 0 mid-run is enforced by every Envoy: at most the new budget
-/// plus one slice per Envoy (the unused slices lent before the change, FLEET.md §4.10).
+/// A budget lowered through Envoy 0 mid-run, below what the fleet has spent, is enforced by
+/// every Envoy within about a second (FLEET.md §4.10): Envoy 0 hears of it in the admin answer,
+/// the others from the change log (polled each second); each then reports its slice at once and
+/// the answer shrinks it. Admitted after the change: at most the calls in flight, the unused
+/// slices (≤ L_cap each) and one call per Envoy. The load slows down 3 s before the change (a
+/// call per client every 600 ms), so each Envoy's slice, sized for that rate, holds seconds of
+/// calls when the budget is lowered: not shrunk (as before), they would be admitted.
 #[test]
 fn a_lowered_budget_holds_across_the_fleet() {
     let mut fleet = Fleet::start("fleet-lower", CONFIG, ENVOYS, 2);
     let key = budget_key(&fleet, BUDGET_CALLS);
-    let lowered = BUDGET_CALLS / 2;
-    let mut changed = false;
+    let lowered = BUDGET_CALLS / 4;
+    let clients = 6;
+    let mut changed_at = None;
+    let slow = AtomicBool::new(false);
+    let mut slow_since = None;
     let t = drive(
         &mut fleet,
         &key,
-        6,
-        |c, _| c % ENVOYS,
-        |fleet, admitted, _| {
-            if !changed && admitted >= BUDGET_CALLS / 4 {
+        clients,
+        |c, _| {
+            if slow.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(600));
+            }
+            c % ENVOYS
+        },
+        |fleet, admitted, elapsed| {
+            if slow_since.is_none() && admitted >= lowered {
+                slow.store(true, Ordering::Relaxed);
+                slow_since = Some(elapsed);
+            }
+            let slowed_enough = slow_since.is_some_and(|t| elapsed > t + Duration::from_secs(3));
+            if changed_at.is_none() && slowed_enough {
+                let call = Instant::now();
                 let r = fleet.post(
                     0,
                     "/key/update",
@@ -452,17 +471,42 @@ fn a_lowered_budget_holds_across_the_fleet() {
                     &json!({"key": key, "max_budget": lowered as f64 * CALL_USD}).to_string(),
                 );
                 r.assert_status(200);
-                changed = true;
+                // When the admin answer came back, on the load's clock.
+                changed_at = Some(elapsed + call.elapsed());
             }
         },
         when_spent,
     );
+    let changed_at = changed_at.expect("the budget was lowered");
     let l_cap = (BUDGET_CALLS / 50).max(1);
-    eprintln!("lowered budget: {} admitted for {lowered}", t.admitted);
+    let before = t
+        .admitted_at
+        .iter()
+        .filter(|(_, at)| *at <= changed_at)
+        .count();
+    let last_after = |others_only: bool| {
+        t.admitted_at
+            .iter()
+            .filter(|(i, at)| *at > changed_at && (!others_only || *i != 0))
+            .map(|(_, at)| at.saturating_sub(changed_at))
+            .max()
+            .unwrap_or_default()
+    };
+    let (effect_others, effect_all) = (last_after(true), last_after(false));
+    eprintln!(
+        "lowered budget: {} admitted ({before} before the change) for {lowered}; last admission \
+         after the change: {effect_others:?} on the other Envoys, {effect_all:?} on any",
+        t.admitted
+    );
     assert!(t.other.is_empty(), "unexpected answers: {:?}", t.other);
     assert!(
-        t.admitted <= lowered + ENVOYS + ENVOYS * l_cap,
-        "overshoot beyond M' + N·ĉ + N·L_cap: {}",
+        effect_others <= Duration::from_millis(2500),
+        "the other Envoys still admitted {effect_others:?} after the change"
+    );
+    assert!(
+        t.admitted <= before.max(lowered) + clients + ENVOYS * (l_cap + 1),
+        "overshoot beyond the calls in flight + N·(L_cap + ĉ): {} admitted, {before} before \
+         the change",
         t.admitted
     );
     let (rows, distinct) = settled_logs(shared(), &fleet, &key);

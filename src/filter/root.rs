@@ -44,10 +44,13 @@ pub struct TollgateRoot {
     changes_poll: Option<u32>,
     /// The provider-keys request under way, if any.
     keys_fetch: Option<u32>,
-    /// Fleet mode: lease reports under way: token, when sent (µs), the scopes asked.
-    lease_calls: Vec<(u32, i64, Vec<String>)>,
+    /// Fleet mode: lease reports under way: token, seq, when sent (µs), the scopes asked.
+    lease_calls: Vec<(u32, u64, i64, Vec<String>)>,
     /// Fleet mode: the scopes this worker reports on (next periods ahead, idle returns).
     active: crate::lease_tick::ActiveScopes,
+    /// Fleet mode: the change log listed an admin change; report the slices without waiting
+    /// for the tick.
+    renew_now: bool,
 }
 
 impl TollgateRoot {
@@ -146,6 +149,12 @@ impl TollgateRoot {
                 now,
                 Some(changes.seq),
             );
+            if shared.config.fleet.is_some() {
+                // An admin change: the budget slices are reported now, here, and at the next
+                // tick of the other workers (a lowered budget shrinks them, FLEET.md §4.10).
+                crate::lease_tick::renew_all_soon(&host::SharedData, now);
+                self.renew_now = true;
+            }
         }
         let _ = update(&host::SharedData, CHANGES_SEQ_KEY, now, |v| {
             let current = v
@@ -205,13 +214,13 @@ impl TollgateRoot {
         ) {
             Ok(token) => {
                 let asked = request.items.into_iter().map(|i| i.scope).collect();
-                self.lease_calls.push((token, now, asked));
+                self.lease_calls.push((token, request.seq, now, asked));
             }
             Err(()) => self.count(Metric::LeaseRenewals(Renewal::Failed)),
         }
     }
 
-    fn apply_lease_answer(&self, sent_at: i64, asked: &[String], body_size: usize) {
+    fn apply_lease_answer(&self, seq: u64, sent_at: i64, asked: &[String], body_size: usize) {
         let answer = (host::call_response_status() == Some(200))
             .then(|| host::call_response_body(body_size))
             .flatten()
@@ -220,7 +229,7 @@ impl TollgateRoot {
             Some(answer) => {
                 self.count(Metric::LeaseRenewals(Renewal::Sent));
                 let now = host::now_micros();
-                budgets::apply_lease_answer(&host::SharedData, &answer, asked, sent_at, now);
+                budgets::apply_lease_answer(&host::SharedData, &answer, asked, seq, sent_at, now);
             }
             None => {
                 self.count(Metric::LeaseRenewals(Renewal::Failed));
@@ -324,6 +333,9 @@ impl Context for TollgateRoot {
             if self.apply_changes(body_size) {
                 self.fetch_provider_keys();
             }
+            if std::mem::take(&mut self.renew_now) {
+                self.renew_leases();
+            }
             return;
         }
         if self.keys_fetch == Some(token) {
@@ -331,9 +343,9 @@ impl Context for TollgateRoot {
             self.apply_provider_keys(body_size);
             return;
         }
-        if let Some(i) = self.lease_calls.iter().position(|(t, _, _)| *t == token) {
-            let (_, sent_at, asked) = self.lease_calls.swap_remove(i);
-            self.apply_lease_answer(sent_at, &asked, body_size);
+        if let Some(i) = self.lease_calls.iter().position(|(t, _, _, _)| *t == token) {
+            let (_, seq, sent_at, asked) = self.lease_calls.swap_remove(i);
+            self.apply_lease_answer(seq, sent_at, &asked, body_size);
             return;
         }
         let Some(i) = self.in_flight.iter().position(|(t, _)| *t == token) else {

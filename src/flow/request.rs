@@ -63,6 +63,8 @@ enum Phase {
     /// absence) runs the admission once more.
     AwaitLease {
         token: u32,
+        /// The call's seq (answers are applied in seq order) and when it was sent.
+        seq: u64,
         sent_at: i64,
         asked: Vec<String>,
         prepared: Box<Prepared<'static>>,
@@ -79,6 +81,7 @@ enum Phase {
 
 /// A borrow under way ([`Phase::AwaitLease`] without its token).
 struct LeaseWait {
+    seq: u64,
     sent_at: i64,
     asked: Vec<String>,
     prepared: Prepared<'static>,
@@ -356,6 +359,7 @@ impl Flow {
             } if expected == token => self.on_customer_lookup(host, &id, *prepared, body_size),
             Phase::AwaitLease {
                 token: expected,
+                seq,
                 sent_at,
                 asked,
                 prepared,
@@ -364,6 +368,7 @@ impl Flow {
             } if expected == token => self.on_lease_answer(
                 host,
                 LeaseWait {
+                    seq,
                     sent_at,
                     asked,
                     prepared: *prepared,
@@ -527,6 +532,7 @@ impl Flow {
         };
         let now = self.now(host);
         let LeaseWait {
+            seq,
             sent_at,
             asked,
             prepared,
@@ -540,7 +546,8 @@ impl Flow {
                 // A slice the sidecar lent more of, but that requests admitted meanwhile used
                 // up again (answers are applied with `max`, and others resumed first), is not
                 // refused: it counts as not asked, so it gets another round.
-                let answered = budgets::apply_lease_answer(host, &answer, &asked, sent_at, now);
+                let answered =
+                    budgets::apply_lease_answer(host, &answer, &asked, seq, sent_at, now);
                 // On the last round the slice's own refusal stands (near exhaustion the
                 // answers lend slivers that others keep taking).
                 if self.borrows < MAX_BORROWS {
@@ -558,9 +565,10 @@ impl Flow {
                 let (items, left) = retry;
                 if left > 0 {
                     // A replica that died or restarted: ask again before `on_no_lease`.
-                    if let Some(token) = self.send_lease_request(host, items.clone(), now) {
+                    if let Some((token, seq)) = self.send_lease_request(host, items.clone(), now) {
                         self.phase = Phase::AwaitLease {
                             token,
+                            seq,
                             sent_at: now,
                             asked,
                             prepared: Box::new(prepared),
@@ -607,12 +615,13 @@ impl Flow {
         let retry = items.clone();
         self.borrows = self.borrows.saturating_add(1);
         let token = self.send_lease_request(host, items, now);
-        let Some(token) = token else {
+        let Some((token, seq)) = token else {
             let borrowed = self.borrowed(Vec::new(), asked);
             return self.finish_admission(host, prepared, customer, now, Some((&borrowed, false)));
         };
         self.phase = Phase::AwaitLease {
             token,
+            seq,
             sent_at: now,
             asked,
             prepared: Box::new(prepared.into_owned()),
@@ -622,8 +631,14 @@ impl Flow {
         Step::Pause
     }
 
-    /// `None` when it cannot be sent (no Envoy id, no sequence number, no dispatch).
-    fn send_lease_request(&self, host: &impl Host, items: Vec<LeaseItem>, now: i64) -> Option<u32> {
+    /// The call's token and seq; `None` when it cannot be sent (no Envoy id, no sequence
+    /// number, no dispatch).
+    fn send_lease_request(
+        &self,
+        host: &impl Host,
+        items: Vec<LeaseItem>,
+        now: i64,
+    ) -> Option<(u32, u64)> {
         let shared = &self.shared;
         let envoy_id = shared.envoy_id.clone()?;
         let seq = budgets::next_lease_seq(host, now)?;
@@ -644,6 +659,7 @@ impl Flow {
             },
             &body,
         )
+        .map(|token| (token, seq))
     }
 
     /// Runs once the caller is known and the whole body is buffered.
@@ -1056,6 +1072,10 @@ impl Flow {
                         host.now_micros(),
                         None,
                     );
+                    if self.shared.config.fleet.is_some() {
+                        // Budget slices are reported at the next tick (FLEET.md §4.10).
+                        crate::lease_tick::renew_all_soon(host, host.now_micros());
+                    }
                     host.set_response_header(INVALIDATE_HEADER, None);
                 }
                 return Step::Continue;

@@ -951,6 +951,33 @@ mod fleet {
         format!("key:{}", hash_key(KEY))
     }
 
+    /// An admin answer passing through with its invalidation list makes every root context
+    /// report its budget slices at its next tick (FLEET.md §4.10): the shared count moves.
+    #[test]
+    fn an_admin_answer_passing_through_asks_for_the_slices_at_the_next_tick() {
+        let h = fleet_harness(NoLeasePolicy::Deny);
+        let count = |h: &Harness| {
+            h.host
+                .store
+                .get(crate::contract::LEASE_RENEW_ALL_KEY)
+                .map(|(v, _)| String::from_utf8(v).unwrap())
+        };
+        assert_eq!(count(&h), None);
+        let mut flow = h.flow();
+        *h.host.request_headers.borrow_mut() = vec![
+            (":method".into(), "POST".into()),
+            (":path".into(), "/key/update".into()),
+        ];
+        assert_eq!(flow.on_request_headers(&h.host, false), Step::Continue);
+        assert_eq!(flow.on_request_body(&h.host, 10, true), Step::Continue);
+        *h.host.response_headers.borrow_mut() = vec![
+            (":status".into(), "200".into()),
+            (crate::contract::INVALIDATE_HEADER.into(), hash_key(KEY)),
+        ];
+        assert_eq!(flow.on_response_headers(&h.host, false), Step::Continue);
+        assert_eq!(count(&h).as_deref(), Some("1"));
+    }
+
     /// The three budgets of `full_key`, in scope order.
     fn scope_names() -> Vec<String> {
         vec![

@@ -34,6 +34,9 @@ CREATE TABLE IF NOT EXISTS lease (
     seq INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
     lost_total INTEGER NOT NULL DEFAULT 0,
+    shrunk_from INTEGER NOT NULL DEFAULT 0,
+    shrunk_seq INTEGER NOT NULL DEFAULT 0,
+    shrunk_until INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (scope, period, envoy_id)
 );
 ";
@@ -45,16 +48,27 @@ ALTER TABLE lease ADD COLUMN lost_total BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX lease_envoy ON lease(envoy_id, expires_at);
 ";
 
-/// The SQLite form of [`PG_MIGRATION_LOST`] on a database from before it (the lease table
-/// without `lost_total`); the index on any.
+/// PostgreSQL migration 5: an acknowledged shrink ([`Lease::shrunk_from`]).
+pub(super) const PG_MIGRATION_SHRUNK: &str = "
+ALTER TABLE lease ADD COLUMN shrunk_from BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE lease ADD COLUMN shrunk_seq BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE lease ADD COLUMN shrunk_until BIGINT NOT NULL DEFAULT 0;
+";
+
+/// The SQLite form of [`PG_MIGRATION_LOST`] and [`PG_MIGRATION_SHRUNK`] on a database from
+/// before them (the lease table without `lost_total`, `shrunk_*`); the index on any.
 pub(super) fn migrate_sqlite(conn: &rusqlite::Connection) -> Result<()> {
-    let has_lost: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('lease') WHERE name = 'lost_total'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_lost == 0 {
-        conn.execute_batch("ALTER TABLE lease ADD COLUMN lost_total INTEGER NOT NULL DEFAULT 0;")?;
+    for column in ["lost_total", "shrunk_from", "shrunk_seq", "shrunk_until"] {
+        let has: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('lease') WHERE name = ?1",
+            [column],
+            |r| r.get(0),
+        )?;
+        if has == 0 {
+            conn.execute_batch(&format!(
+                "ALTER TABLE lease ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0;"
+            ))?;
+        }
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS lease_envoy ON lease(envoy_id, expires_at);")?;
     Ok(())
@@ -149,6 +163,9 @@ fn lease_of(r: &Row) -> Result<(String, Lease)> {
             seq: u64::try_from(r.int(6)?).unwrap_or(0),
             expires_at: r.int(7)?,
             lost: r.int(8)?,
+            shrunk_from: r.int(9)?,
+            shrunk_seq: u64::try_from(r.int(10)?).unwrap_or(0),
+            shrunk_until: r.int(11)?,
         },
     ))
 }
@@ -175,7 +192,7 @@ impl Tx<'_> {
         self.db
             .rows(
                 "SELECT envoy_id, grant_total, held, used_total, applied_total, want, seq,
-                        expires_at, lost_total
+                        expires_at, lost_total, shrunk_from, shrunk_seq, shrunk_until
                  FROM lease WHERE scope = ?1 AND period = ?2",
                 args![scope, period],
             )?
@@ -196,20 +213,23 @@ impl Tx<'_> {
     ) -> Result<()> {
         let sql = if pool == Pool::Budget {
             "INSERT INTO lease (scope, period, envoy_id, grant_total, held, used_total,
-                 applied_total, want, seq, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 applied_total, want, seq, expires_at, shrunk_from, shrunk_seq, shrunk_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (scope, period, envoy_id) DO UPDATE SET
                  grant_total = excluded.grant_total, held = excluded.held,
                  used_total = excluded.used_total, want = excluded.want, seq = excluded.seq,
-                 expires_at = excluded.expires_at"
+                 expires_at = excluded.expires_at, shrunk_from = excluded.shrunk_from,
+                 shrunk_seq = excluded.shrunk_seq, shrunk_until = excluded.shrunk_until"
         } else {
             "INSERT INTO lease (scope, period, envoy_id, grant_total, held, used_total,
-                 applied_total, want, seq, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 applied_total, want, seq, expires_at, shrunk_from, shrunk_seq, shrunk_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (scope, period, envoy_id) DO UPDATE SET
                  grant_total = excluded.grant_total, held = excluded.held,
                  used_total = excluded.used_total, applied_total = excluded.applied_total,
-                 want = excluded.want, seq = excluded.seq, expires_at = excluded.expires_at"
+                 want = excluded.want, seq = excluded.seq, expires_at = excluded.expires_at,
+                 shrunk_from = excluded.shrunk_from, shrunk_seq = excluded.shrunk_seq,
+                 shrunk_until = excluded.shrunk_until"
         };
         self.db.exec(
             sql,
@@ -223,7 +243,10 @@ impl Tx<'_> {
                 l.applied,
                 l.want,
                 i64::try_from(l.seq).unwrap_or(i64::MAX),
-                l.expires_at
+                l.expires_at,
+                l.shrunk_from,
+                i64::try_from(l.shrunk_seq).unwrap_or(i64::MAX),
+                l.shrunk_until
             ],
         )?;
         Ok(())
@@ -574,6 +597,7 @@ impl Tx<'_> {
             seq,
             used: if same_period { item.used.max(0) } else { 0 },
             held: if same_period { item.held.max(0) } else { 0 },
+            held_seq: if same_period { item.held_seq } else { 0 },
             want: item.want.max(0),
             reservation: item.reservation.max(0),
             returning: item.returning,
@@ -674,6 +698,7 @@ impl Tx<'_> {
             returning: item.returning,
             released: if same_period { item.released.max(0) } else { 0 },
             pool,
+            ..Default::default()
         };
         let renewal = renew(limit, 0, others, mine, &report, now, ttl_micros);
         let held_by_me = match &renewal {
@@ -810,18 +835,20 @@ impl Tx<'_> {
         let cutoff = now.saturating_sub(crate::leases::EXPIRY_GRACE_MICROS);
         let rows = self.db.rows(
             "SELECT l.envoy_id, l.grant_total, l.held, l.used_total, l.applied_total, l.want,
-                    l.seq, l.expires_at, l.lost_total, l.period
+                    l.seq, l.expires_at, l.lost_total, l.shrunk_from, l.shrunk_seq,
+                    l.shrunk_until, l.period
              FROM lease l
              WHERE l.scope = ?1 AND l.expires_at <= ?2
                AND (l.used_total > l.applied_total OR l.grant_total > l.applied_total)
-               AND (l.used_total > l.lost_total OR l.grant_total > l.lost_total)
+               AND (l.used_total > l.lost_total OR l.grant_total > l.lost_total
+                    OR l.shrunk_from > l.lost_total)
                AND NOT EXISTS (SELECT 1 FROM lease o
                                WHERE o.envoy_id = l.envoy_id AND o.expires_at > ?2)",
             args![scope, cutoff],
         )?;
         for r in &rows {
             let (envoy_id, lease) = lease_of(r)?;
-            let period = r.int(9)?;
+            let period = r.int(12)?;
             let charge = lost_charge(&lease, policy, now);
             if charge <= 0 {
                 continue;
@@ -1049,6 +1076,50 @@ mod tests {
         assert_eq!(rows(&store), before);
     }
 
+    /// A budget lowered below what is lent (FLEET.md §4.10): the next report's answer shrinks
+    /// the live grant to the use, and the row keeps counting the old grant until a report
+    /// shows the Envoy applied the shrink (`held_seq`), stored and read back.
+    #[test]
+    fn a_lowered_budget_shrinks_a_live_grant_counted_until_acknowledged() {
+        let store = store_with_key(Some(1.0));
+        let lent = ask(&store, "e1", 1, item(0, 0, 20_000_000), T0).grant;
+        assert_eq!(lent, 20_000_000);
+        ask(&store, "e2", 1, item(0, 0, 20_000_000), T0);
+        store
+            .write(T0, |tx| {
+                let mut key = tx.key("k1")?.unwrap();
+                key.max_budget = Some(0.01);
+                tx.save_key(&key)
+            })
+            .unwrap();
+        let shrunk = |store: &Store| {
+            store
+                .read(|db| {
+                    let r = db
+                        .row(
+                            "SELECT grant_total, shrunk_from, shrunk_seq FROM lease
+                             WHERE envoy_id = 'e1'",
+                            &[],
+                        )?
+                        .unwrap();
+                    Ok((r.int(0)?, r.int(1)?, r.int(2)?))
+                })
+                .unwrap()
+        };
+        let holding = LeaseItem {
+            held_seq: 1,
+            ..item(5_000_000, lent, 20_000_000)
+        };
+        assert_eq!(ask(&store, "e1", 2, holding, T0 + 1).grant, 5_000_000);
+        assert_eq!(shrunk(&store), (5_000_000, lent, 2));
+        let applied = LeaseItem {
+            held_seq: 2,
+            ..item(5_000_000, 5_000_000, 20_000_000)
+        };
+        assert_eq!(ask(&store, "e1", 3, applied, T0 + 2).grant, 5_000_000);
+        assert_eq!(shrunk(&store), (5_000_000, 0, 0));
+    }
+
     #[test]
     fn grants_only_grow_within_a_period_except_when_returned() {
         let store = store_with_key(Some(1.0));
@@ -1246,6 +1317,7 @@ mod tests {
             limit: Some(6),
             released,
             returning: false,
+            held_seq: 0,
         }
     }
 
@@ -1588,7 +1660,7 @@ mod tests {
         assert_eq!(key_spend(&store), 0, "e1 is alive");
     }
 
-    /// A lease table from before `lost_total` gets it (0 for every row), once.
+    /// A lease table from before `lost_total` and `shrunk_*` gets them (0 for every row), once.
     #[test]
     fn a_lease_table_without_lost_total_is_migrated() {
         let dir = std::env::temp_dir().join(format!("tollgate-lost-{}", std::process::id()));
@@ -1597,8 +1669,12 @@ mod tests {
         let _ = std::fs::remove_file(&path);
         {
             let conn = rusqlite::Connection::open(&path).unwrap();
-            conn.execute_batch(&SCHEMA.replace("    lost_total INTEGER NOT NULL DEFAULT 0,\n", ""))
-                .unwrap();
+            let old_schema = ["lost_total", "shrunk_from", "shrunk_seq", "shrunk_until"]
+                .iter()
+                .fold(SCHEMA.to_string(), |schema, column| {
+                    schema.replace(&format!("    {column} INTEGER NOT NULL DEFAULT 0,\n"), "")
+                });
+            conn.execute_batch(&old_schema).unwrap();
             conn.execute_batch(
                 "INSERT INTO lease VALUES ('key:k1', 0, 'e1', 30, 30, 10, 0, 0, 1, 5);",
             )
@@ -1606,10 +1682,19 @@ mod tests {
         }
         for _ in 0..2 {
             let store = Store::open(&path).unwrap();
-            let lost = store
-                .read(|db| db.row("SELECT lost_total FROM lease", &[])?.unwrap().int(0))
+            let added = store
+                .read(|db| {
+                    let r = db
+                        .row(
+                            "SELECT lost_total + shrunk_from + shrunk_seq + shrunk_until \
+                             FROM lease",
+                            &[],
+                        )?
+                        .unwrap();
+                    r.int(0)
+                })
                 .unwrap();
-            assert_eq!(lost, 0);
+            assert_eq!(added, 0);
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
