@@ -180,6 +180,8 @@ CREATE INDEX organization_memberships_user ON organization_memberships(user_id);
     super::leases::PG_MIGRATION,
     // 4: what a lost lease was charged up to (`on_lost_lease`).
     super::leases::PG_MIGRATION_LOST,
+    // 5: the sweep for lost leases finds lapsed rows by expiry.
+    super::leases::PG_MIGRATION_EXPIRY,
 ];
 
 /// With its causes: "error performing TLS handshake" alone does not say the certificate was
