@@ -132,6 +132,14 @@ pub struct LeaseSettings {
     pub rate_window_micros: i64,
 }
 
+impl LeaseSettings {
+    fn ttl_micros(&self) -> i64 {
+        i64::try_from(self.ttl_ms)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000)
+    }
+}
+
 /// A budget as the sidecar sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Budget {
@@ -144,6 +152,14 @@ struct Budget {
     /// The next period's end (µs), 0 = none or not known ahead (a `key_model` window is
     /// opened by its first lease call).
     next: i64,
+}
+
+/// What a budget lease is renewed against: the limit, the settled spend, and the period.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    max: i64,
+    spend: i64,
+    period: i64,
 }
 
 fn lease_of(r: &Row) -> Result<(String, Lease)> {
@@ -404,9 +420,7 @@ impl Tx<'_> {
     /// replicas). Answers in the request's order.
     pub fn lease(&self, req: &LeaseRequest, settings: LeaseSettings) -> Result<LeaseAnswer> {
         let now = self.lease_clock()?;
-        let ttl_micros = i64::try_from(settings.ttl_ms)
-            .unwrap_or(i64::MAX / 1000)
-            .saturating_mul(1000);
+        let ttl_micros = settings.ttl_micros();
         let mut order: Vec<usize> = (0..req.items.len()).collect();
         order.sort_by(|a, b| req.items[*a].scope.cmp(&req.items[*b].scope));
         let mut grants: Vec<Option<LeaseGrant>> = vec![None; req.items.len()];
@@ -415,14 +429,7 @@ impl Tx<'_> {
             let item = &req.items[i];
             let grant = self.lease_item(&req.envoy_id, req.seq, item, settings, now, ttl_micros)?;
             grants[i] = Some(grant);
-            ahead.extend(self.pre_issue(
-                &req.envoy_id,
-                req.seq,
-                item,
-                settings,
-                now,
-                ttl_micros,
-            )?);
+            ahead.extend(self.pre_issue(&req.envoy_id, req.seq, item, settings, now)?);
         }
         let mut items: Vec<LeaseGrant> = grants.into_iter().flatten().collect();
         items.extend(ahead);
@@ -443,7 +450,6 @@ impl Tx<'_> {
         item: &LeaseItem,
         settings: LeaseSettings,
         now: i64,
-        ttl_micros: i64,
     ) -> Result<Option<LeaseGrant>> {
         let slack = crate::leases::RENEW_EVERY_MICROS;
         if is_rate_level(&item.level)
@@ -462,30 +468,58 @@ impl Tx<'_> {
         if budget.period != item.period || budget.next <= budget.period {
             return Ok(None);
         }
-        let rows = self.leases(&item.scope, budget.next)?;
-        let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
-        let others = Others::of(
-            rows.iter().filter(|(e, _)| e != envoy_id).map(|(_, l)| l),
-            now,
-        );
         let report = Report {
             seq,
             want: item.want.max(0),
             reservation: item.reservation.max(0),
             ..Default::default()
         };
-        let renewal = renew(max, 0, others, mine, &report, now, ttl_micros);
-        if let Renewal::Renewed(lease) = &renewal {
-            self.put_lease(&item.scope, budget.next, envoy_id, lease, Pool::Budget)?;
-        }
-        Ok(Some(LeaseGrant {
-            scope: item.scope.clone(),
+        let next = Limit {
+            max,
+            spend: 0,
             period: budget.next,
+        };
+        self.renew_budget_lease(envoy_id, &item.scope, next, &report, now, settings)
+            .map(Some)
+    }
+
+    /// Renews `envoy_id`'s lease on a budget's `scope` in `limit.period` against the other
+    /// Envoys' leases there, stores it, and answers its grant.
+    fn renew_budget_lease(
+        &self,
+        envoy_id: &str,
+        scope: &str,
+        limit: Limit,
+        report: &Report,
+        now: i64,
+        settings: LeaseSettings,
+    ) -> Result<LeaseGrant> {
+        let rows = self.leases(scope, limit.period)?;
+        let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
+        let others = Others::of(
+            rows.iter().filter(|(e, _)| e != envoy_id).map(|(_, l)| l),
+            now,
+        );
+        let renewal = renew(
+            limit.max,
+            limit.spend,
+            others,
+            mine,
+            report,
+            now,
+            settings.ttl_micros(),
+        );
+        if let Renewal::Renewed(lease) = &renewal {
+            self.put_lease(scope, limit.period, envoy_id, lease, Pool::Budget)?;
+        }
+        Ok(LeaseGrant {
+            scope: scope.to_string(),
+            period: limit.period,
             grant: renewal.grant(),
             ttl_ms: settings.ttl_ms,
-            spend: 0,
-            max_nanos: Some(max),
-        }))
+            spend: limit.spend,
+            max_nanos: Some(limit.max),
+        })
     }
 
     fn lease_item(
@@ -533,12 +567,6 @@ impl Tx<'_> {
                 now.saturating_sub(crate::leases::EXPIRY_GRACE_MICROS)
             ],
         )?;
-        let rows = self.leases(&item.scope, budget.period)?;
-        let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
-        let others = Others::of(
-            rows.iter().filter(|(e, _)| e != envoy_id).map(|(_, l)| l),
-            now,
-        );
         // An item from another period has used nothing of this one yet.
         let same_period = item.period == budget.period;
         let report = Report {
@@ -550,18 +578,12 @@ impl Tx<'_> {
             returning: item.returning,
             ..Default::default()
         };
-        let renewal = renew(max, budget.spend, others, mine, &report, now, ttl_micros);
-        if let Renewal::Renewed(lease) = &renewal {
-            self.put_lease(&item.scope, budget.period, envoy_id, lease, Pool::Budget)?;
-        }
-        Ok(LeaseGrant {
-            scope: item.scope.clone(),
-            period: budget.period,
-            grant: renewal.grant(),
-            ttl_ms: settings.ttl_ms,
+        let limit = Limit {
+            max,
             spend: budget.spend,
-            max_nanos: Some(max),
-        })
+            period: budget.period,
+        };
+        self.renew_budget_lease(envoy_id, &item.scope, limit, &report, now, settings)
     }
 
     /// A rate limit's lease (FLEET.md §4.3): the limit is the item's, nothing is ever settled
