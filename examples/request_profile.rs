@@ -14,10 +14,9 @@ use std::rc::Rc;
 use std::time::Instant;
 use tollgate::admission::{self, Caller};
 use tollgate::budgets::{self, Calendar};
-use tollgate::flow::{key_cache, mock::MockHost, Flow, Shared};
+use tollgate::flow::{key_cache, mock, mock::MockHost, Flow, Shared};
 use tollgate::key_format::hash_key;
-use tollgate::plugin_config::{BudgetSettings, Deployment, PluginConfig, Pricing};
-use tollgate::provider_keys::ProviderKeys;
+use tollgate::plugin_config::{Deployment, PluginConfig, Pricing};
 use tollgate::rate_limits;
 use tollgate::records::{CustomerLookup, KeyRecord, SpendEvent};
 use tollgate::response_headers::{merge, success_headers};
@@ -32,35 +31,25 @@ const ANSWER: &str = r#"{"id":"chatcmpl-fake-1","object":"chat.completion","crea
 const START_MICROS: i64 = 1_764_500_000_000_000;
 
 fn config() -> PluginConfig {
-    PluginConfig {
-        sidecar_cluster: "tollgate_sidecar".into(),
-        sidecar_authority: "sidecar".into(),
-        internal_token: "internal".into(),
-        sidecar_timeout_ms: 1000,
-        negative_cache_seconds: 60,
-        max_request_body_bytes: 8 << 20,
-        rate_limit_window_seconds: 60,
-        deployments: vec![Deployment {
-            model_name: "bench-model".into(),
-            id: "bench-model-id".into(),
-            provider: "openai".into(),
-            backend_model: "bench-model".into(),
-            cluster: "upstream_bench".into(),
-            authority: "127.0.0.1:8089".into(),
-            base_path: "/v1".into(),
-            api_key: Some("sk-bench-provider".into()),
-            pricing: Pricing {
-                input_cost_per_token: Some(0.000_000_1),
-                output_cost_per_token: Some(0.000_000_2),
-                ..Default::default()
-            },
-            ..Default::default()
-        }],
-        budgets: BudgetSettings {
-            proxy_max_budget: Some(1_000_000.0),
+    let deployments = vec![Deployment {
+        model_name: "bench-model".into(),
+        id: "bench-model-id".into(),
+        provider: "openai".into(),
+        backend_model: "bench-model".into(),
+        cluster: "upstream_bench".into(),
+        authority: "127.0.0.1:8089".into(),
+        base_path: "/v1".into(),
+        api_key: Some("sk-bench-provider".into()),
+        pricing: Pricing {
+            input_cost_per_token: Some(0.000_000_1),
+            output_cost_per_token: Some(0.000_000_2),
             ..Default::default()
         },
         ..Default::default()
+    }];
+    PluginConfig {
+        max_request_body_bytes: 8 << 20,
+        ..mock::plugin_config(deployments, 1_000_000.0)
     }
 }
 
@@ -90,12 +79,8 @@ struct Bench {
 
 impl Bench {
     fn new() -> Bench {
-        let config = config();
-        let keys = ProviderKeys::of(&config.deployments);
-        let shared = Rc::new(Shared::new(config, Some(1), [7; 16]));
-        *shared.provider_keys.borrow_mut() = Some(Rc::new(keys));
-        let host = MockHost::default();
-        host.now.set(START_MICROS);
+        let (host, shared) = mock::configured(config(), START_MICROS);
+        let shared = Rc::new(shared);
         key_cache::put(&host, &shared.decoded, &hash_key(KEY), &key_record(), 0);
         let no_record = CustomerLookup::NotFound {
             default_budget: None,

@@ -514,6 +514,20 @@ mod tests {
         }
     }
 
+    /// [`renew`] at `NOW` with a fresh `seq`: the renewed lease.
+    fn renewed(
+        max: i64,
+        spend: i64,
+        others: Others,
+        mine: Option<&Lease>,
+        report: &Report,
+    ) -> Lease {
+        match renew(max, spend, others, mine, report, NOW, TTL) {
+            Renewal::Renewed(l) => l,
+            stale => panic!("{stale:?}"),
+        }
+    }
+
     #[test]
     fn a_live_claim_is_the_largest_of_held_grant_and_used_less_applied() {
         assert_eq!(lease(50, 30, 20, 5).claim(NOW), 45);
@@ -585,18 +599,7 @@ mod tests {
 
     #[test]
     fn a_first_report_is_granted_used_plus_the_size() {
-        let r = renew(
-            1000,
-            100,
-            Others::default(),
-            None,
-            &report(1, 0, 0, 10),
-            NOW,
-            TTL,
-        );
-        let Renewal::Renewed(l) = r else {
-            panic!("{r:?}")
-        };
+        let l = renewed(1000, 100, Others::default(), None, &report(1, 0, 0, 10));
         assert_eq!(
             (l.grant, l.used, l.seq, l.expires_at),
             (10, 0, 1, NOW + TTL)
@@ -754,7 +757,7 @@ mod tests {
     #[test]
     fn returning_lowers_the_grant_to_used() {
         let cur = lease(40, 40, 20, 0);
-        let r = renew(
+        let l = renewed(
             1000,
             0,
             Others::default(),
@@ -763,12 +766,7 @@ mod tests {
                 returning: true,
                 ..report(2, 22, 22, 0)
             },
-            NOW,
-            TTL,
         );
-        let Renewal::Renewed(l) = r else {
-            panic!("{r:?}")
-        };
         assert_eq!((l.grant, l.held, l.want), (22, 22, 0));
     }
 
@@ -776,18 +774,13 @@ mod tests {
     fn expiry_only_moves_forward() {
         let mut cur = lease(40, 40, 20, 0);
         cur.expires_at = NOW + 3 * TTL;
-        let r = renew(
+        let l = renewed(
             1000,
             0,
             Others::default(),
             Some(&cur),
             &report(2, 20, 40, 10),
-            NOW,
-            TTL,
         );
-        let Renewal::Renewed(l) = r else {
-            panic!("{r:?}")
-        };
         assert_eq!(l.expires_at, NOW + 3 * TTL);
     }
 
@@ -835,48 +828,15 @@ mod tests {
     #[test]
     fn a_rate_lease_takes_what_was_given_back_from_the_report() {
         // 4 slots, this Envoy took 3 and gave 2 back: 1 in flight, 3 free.
-        let r = renew(
-            4,
-            0,
-            Others::default(),
-            None,
-            &rate(1, 3, 3, 10, 2),
-            NOW,
-            TTL,
-        );
-        let Renewal::Renewed(l) = r else {
-            panic!("{r:?}")
-        };
+        let l = renewed(4, 0, Others::default(), None, &rate(1, 3, 3, 10, 2));
         assert_eq!(l.applied, 2);
         // used 3 + half of the 3 free (the one-request floor is 1).
         assert_eq!(l.grant, 3 + 1);
         assert_eq!(l.claim(NOW), 2);
         // A stale `released` never lowers what was given back; more than taken is clamped.
-        let next = renew(
-            4,
-            0,
-            Others::default(),
-            Some(&l),
-            &rate(2, 3, 4, 1, 1),
-            NOW,
-            TTL,
-        );
-        let Renewal::Renewed(n) = next else {
-            panic!("{next:?}")
-        };
+        let n = renewed(4, 0, Others::default(), Some(&l), &rate(2, 3, 4, 1, 1));
         assert_eq!(n.applied, 2);
-        let over = renew(
-            4,
-            0,
-            Others::default(),
-            Some(&n),
-            &rate(3, 3, 4, 1, 9),
-            NOW,
-            TTL,
-        );
-        let Renewal::Renewed(o) = over else {
-            panic!("{over:?}")
-        };
+        let o = renewed(4, 0, Others::default(), Some(&n), &rate(3, 3, 4, 1, 9));
         assert_eq!(o.applied, 3);
     }
 
@@ -890,18 +850,13 @@ mod tests {
                 let others = Others::of(rows[1 - i].iter(), NOW);
                 let held = rows[i].map_or(0, |l| l.grant);
                 used[i] = held;
-                let r = renew(
+                let l = renewed(
                     5,
                     0,
                     others,
                     rows[i].as_ref(),
                     &rate(seq, used[i], held, 10, 0),
-                    NOW,
-                    TTL,
                 );
-                let Renewal::Renewed(l) = r else {
-                    panic!("{r:?}")
-                };
                 rows[i] = Some(l);
                 let lent: i64 = rows.iter().flatten().map(|l| l.claim(NOW)).sum();
                 assert!(lent <= 5, "{lent}");
@@ -1403,18 +1358,13 @@ mod tests {
             expires_at: NOW - EXPIRY_GRACE_MICROS - 1,
             ..lease(50, 40, 30, 10)
         };
-        let r = renew(
+        let l = renewed(
             100,
             30,
             Others::default(),
             Some(&lost),
             &report(2, 35, 0, 10),
-            NOW,
-            TTL,
         );
-        let Renewal::Renewed(l) = r else {
-            panic!("{r:?}")
-        };
         // avail = 100 − 30 − 5 = 65: want 10 fits under the 2 % cap (2)? no: one request (10).
         assert_eq!((l.used, l.applied, l.lost), (35, 10, 30));
         assert_eq!(l.claim(NOW), l.grant - 30);
@@ -1496,7 +1446,7 @@ mod tests {
     fn a_returned_budget_lease_keeps_its_final_use_so_nothing_is_charged_as_lost() {
         // Reported 30 with calls in flight; they settled at 22 and the lease is given back.
         let old = lease(50, 50, 30, 22);
-        let r = renew(
+        let l = renewed(
             1000,
             22,
             Others::default(),
@@ -1505,12 +1455,7 @@ mod tests {
                 returning: true,
                 ..report(2, 22, 22, 0)
             },
-            NOW,
-            TTL,
         );
-        let Renewal::Renewed(l) = r else {
-            panic!("{r:?}")
-        };
         assert_eq!((l.grant, l.used), (22, 22));
         let later = l.expires_at + EXPIRY_GRACE_MICROS;
         assert_eq!(lost_charge(&l, LostLeasePolicy::ChargeReserved, later), 0);

@@ -591,6 +591,95 @@ fn two_replicas_lend_one_budget_without_passing_it() {
     assert_eq!(second.items[0].spend, 700, "applied from the event");
 }
 
+/// Fleet mode's sweep for lost leases on two stores (replicas) of one database: dead Envoys'
+/// leases, lapsed past the grace on PostgreSQL's clock and touched by no lease call or spend,
+/// are charged by the sweep; both replicas sweeping at once, from several threads, while a live
+/// Envoy's lease calls on the same budgets find them too, charge each lease exactly once (its
+/// budget and its one `lost:` log row).
+#[test]
+fn lost_leases_are_swept_once_across_replicas_on_postgres() {
+    let pg = shared();
+    let url = pg.database("lost_sweep");
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let stores: Vec<Store> = (0..2)
+        .map(|_| Store::open_postgres(&url, &PgOptions::default()).unwrap())
+        .collect();
+    let keys = ["k1", "k2", "k3", "k4"];
+    stores[0]
+        .transact(T0, |tx| {
+            for k in keys {
+                tx.insert_key(&KeyRow {
+                    token: k.into(),
+                    max_budget: Some(10.0),
+                    ..Default::default()
+                })?;
+            }
+            anyhow::Ok(())
+        })
+        .unwrap();
+    let settings = tollgate::sidecar::store::leases::LeaseSettings {
+        ttl_ms: 10_000,
+        proxy_max_budget: None,
+        rate_window_micros: 60_000_000,
+    };
+    let mut expected = 0i64;
+    for round in 0..4 {
+        // Three dead Envoys per key, each having reported `used` with nothing applied; their
+        // leases lapsed 2 minutes ago (past TTL and grace) on the database's clock.
+        pg.psql(
+            &db,
+            &format!(
+                "INSERT INTO tollgate.lease (scope, period, envoy_id, grant_total, held, \
+                 used_total, applied_total, want, seq, expires_at) \
+                 SELECT 'key:' || k, 0, 'r{round}-' || k || '-' || i, 30000000, 30000000, \
+                 1000 * i + 7, 0, 0, 1, \
+                 (extract(epoch FROM clock_timestamp()) * 1000000)::bigint - 120000000 \
+                 FROM unnest(ARRAY['k1','k2','k3','k4']) k, generate_series(1, 3) i"
+            ),
+        );
+        expected += 4 * (1007 + 2007 + 3007);
+        std::thread::scope(|s| {
+            for (t, store) in stores.iter().chain(stores.iter()).enumerate() {
+                s.spawn(move || store.sweep_lost_leases(None, T0).unwrap());
+                s.spawn(move || {
+                    for (n, k) in keys.iter().enumerate() {
+                        let req = LeaseRequest {
+                            envoy_id: format!("live-{t}"),
+                            seq: (round * 10 + n + 1) as u64,
+                            items: vec![LeaseItem {
+                                scope: format!("key:{k}"),
+                                level: "key".into(),
+                                ids: vec![(*k).into()],
+                                want: 1_000,
+                                reservation: 1_000,
+                                ..Default::default()
+                            }],
+                        };
+                        store.lease(&req, settings, T0).unwrap();
+                    }
+                });
+            }
+        });
+        let swept = stores[1].sweep_lost_leases(None, T0).unwrap();
+        assert_eq!((swept.budgets, swept.nanos), (0, 0), "round {round}");
+        let spend: i64 = keys
+            .iter()
+            .map(|k| stores[0].key(k).unwrap().unwrap().spend_nanos)
+            .sum();
+        assert_eq!(spend, expected, "round {round}: each lease charged once");
+        let logged = pg.psql(
+            &db,
+            "SELECT count(*) || ' ' || sum(spend_nanos) FROM tollgate.spend_logs \
+             WHERE event_id LIKE 'lost:%'",
+        );
+        assert_eq!(
+            logged,
+            format!("{} {expected}", 12 * (round + 1)),
+            "round {round}"
+        );
+    }
+}
+
 /// A database that is down: the sidecar answers 503 in LiteLLM's envelope, and serves again
 /// once the database is back.
 #[test]

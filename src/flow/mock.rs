@@ -1,10 +1,13 @@
 //! A host for unit tests: in-memory shared data and spend queue, scripted headers and bodies,
 //! and a log of every host call made (so tests can count them).
 
-use super::{Host, SidecarCall};
+use super::{Host, Shared, SidecarCall};
 use crate::metrics::Metric;
+use crate::plugin_config::{BudgetSettings, Deployment, PluginConfig};
+use crate::provider_keys::ProviderKeys;
 use crate::shared_store::{MemoryStore, StoreError, VersionedStore};
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 /// A local reply the flow sent.
 #[derive(Debug, Clone)]
@@ -16,6 +19,38 @@ pub struct Reply {
 
 /// The queue id tests give the lease queue (the spend queue is 1).
 pub const LEASE_QUEUE_ID: u32 = 2;
+
+/// A plugin configuration for driving whole requests on this host (the flow's tests, the
+/// request profile): the sidecar's settings filled in, `deployments` served under a proxy-wide
+/// budget of `proxy_max_budget` dollars.
+pub fn plugin_config(deployments: Vec<Deployment>, proxy_max_budget: f64) -> PluginConfig {
+    PluginConfig {
+        sidecar_cluster: "tollgate_sidecar".into(),
+        sidecar_authority: "sidecar".into(),
+        internal_token: "internal".into(),
+        sidecar_timeout_ms: 1000,
+        negative_cache_seconds: 60,
+        max_request_body_bytes: 1 << 20,
+        rate_limit_window_seconds: 60,
+        deployments,
+        budgets: BudgetSettings {
+            proxy_max_budget: Some(proxy_max_budget),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A host at `now_micros` and the flow's state on `config` as a configured worker has it
+/// (spend queue 1, provider keys loaded).
+pub fn configured(config: PluginConfig, now_micros: i64) -> (MockHost, Shared) {
+    let keys = ProviderKeys::of(&config.deployments);
+    let shared = Shared::new(config, Some(1), [7; 16]);
+    *shared.provider_keys.borrow_mut() = Some(Rc::new(keys));
+    let host = MockHost::default();
+    host.now.set(now_micros);
+    (host, shared)
+}
 
 #[derive(Default)]
 pub struct MockHost {

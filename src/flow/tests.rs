@@ -12,15 +12,8 @@ const CHAT: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"he
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
 
 fn config() -> PluginConfig {
-    PluginConfig {
-        sidecar_cluster: "tollgate_sidecar".into(),
-        sidecar_authority: "sidecar".into(),
-        internal_token: "internal".into(),
-        sidecar_timeout_ms: 1000,
-        negative_cache_seconds: 60,
-        max_request_body_bytes: 1 << 20,
-        rate_limit_window_seconds: 60,
-        deployments: vec![Deployment {
+    super::mock::plugin_config(
+        vec![Deployment {
             model_name: "gpt-4o".into(),
             id: "gpt-4o-id".into(),
             provider: "openai".into(),
@@ -36,12 +29,8 @@ fn config() -> PluginConfig {
             },
             ..Default::default()
         }],
-        budgets: crate::plugin_config::BudgetSettings {
-            proxy_max_budget: Some(1000.0),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
+        1000.0,
+    )
 }
 
 /// A key with every check on: budgets (key, user, proxy) and limits (rpm, tpm, parallel).
@@ -74,13 +63,12 @@ struct Harness {
 
 impl Harness {
     fn new(config: PluginConfig) -> Self {
-        let keys = ProviderKeys::of(&config.deployments);
-        let shared = Rc::new(Shared::new(config, Some(1), [7; 16]));
-        *shared.provider_keys.borrow_mut() = Some(Rc::new(keys));
-        let host = MockHost::default();
-        host.now.set(1_700_000_000_000_000);
+        let (host, shared) = super::mock::configured(config, 1_700_000_000_000_000);
         crate::shared_store::ensure_lease(&host.store).unwrap();
-        Harness { host, shared }
+        Harness {
+            host,
+            shared: Rc::new(shared),
+        }
     }
 
     /// The key cached as a lookup would leave it.
@@ -932,13 +920,9 @@ mod fleet {
             on_no_lease: policy,
             ..Default::default()
         });
-        let keys = ProviderKeys::of(&config.deployments);
-        let mut shared = Shared::new(config, Some(1), [7; 16]);
+        let (host, mut shared) = super::mock::configured(config, 1_700_000_000_000_000);
         shared.lease_queue = Some(LEASE_QUEUE_ID);
         shared.envoy_id = Some(ENVOY.into());
-        *shared.provider_keys.borrow_mut() = Some(Rc::new(keys));
-        let host = MockHost::default();
-        host.now.set(1_700_000_000_000_000);
         crate::shared_store::ensure_lease(&host.store).unwrap();
         Harness {
             host,

@@ -5,6 +5,7 @@ pub mod admin_api;
 pub mod cost_map;
 mod envoy_admin;
 pub mod istio;
+pub mod lease_sweep;
 pub mod litellm_config;
 pub mod metrics;
 pub mod oci;
@@ -515,6 +516,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 .run(),
             );
+            let sweeping = tokio::spawn(lease_sweep::run(state.clone()));
             println!("tollgate sidecar listening on http://{host}:{port}");
             let mut app = admin_api::router(state);
             if let Some(module) = &module {
@@ -524,6 +526,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .with_graceful_shutdown(up::stop_requested(exit_on_stdin_eof))
                 .await?;
             reloading.abort();
+            sweeping.abort();
             Ok(())
         }
         Command::Render {

@@ -172,6 +172,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         clusters: rendered.upstreams.clone(),
     };
 
+    let sweeping = tokio::spawn(super::lease_sweep::run(state.clone()));
     let mut server =
         tokio::spawn(async move { axum::serve(sidecar, admin_api::router(state)).await });
     let server_abort = server.abort_handle();
@@ -274,6 +275,7 @@ pub async fn up(opts: UpOptions) -> Result<()> {
         }
         _ = stop_requested(opts.exit_on_stdin_eof) => {
             reloading_abort.abort();
+            sweeping.abort();
             let _ = envoy.kill().await;
             server_abort.abort();
             eprintln!("tollgate: stopped");

@@ -55,8 +55,14 @@ ALTER TABLE lease ADD COLUMN shrunk_seq BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE lease ADD COLUMN shrunk_until BIGINT NOT NULL DEFAULT 0;
 ";
 
+/// PostgreSQL migration 6: the index the sweep for lost leases finds the Envoys that went
+/// silent since its last run by ([`super::Store::sweep_lost_leases`]).
+pub(super) const PG_MIGRATION_EXPIRY: &str = "
+CREATE INDEX lease_expiry ON lease(expires_at);
+";
+
 /// The SQLite form of [`PG_MIGRATION_LOST`] and [`PG_MIGRATION_SHRUNK`] on a database from
-/// before them (the lease table without `lost_total`, `shrunk_*`); the index on any.
+/// before them (the lease table without `lost_total`, `shrunk_*`); the indexes on any.
 pub(super) fn migrate_sqlite(conn: &rusqlite::Connection) -> Result<()> {
     for column in ["lost_total", "shrunk_from", "shrunk_seq", "shrunk_until"] {
         let has: i64 = conn.query_row(
@@ -70,7 +76,10 @@ pub(super) fn migrate_sqlite(conn: &rusqlite::Connection) -> Result<()> {
             ))?;
         }
     }
-    conn.execute_batch("CREATE INDEX IF NOT EXISTS lease_envoy ON lease(envoy_id, expires_at);")?;
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS lease_envoy ON lease(envoy_id, expires_at);
+         CREATE INDEX IF NOT EXISTS lease_expiry ON lease(expires_at);",
+    )?;
     Ok(())
 }
 
@@ -137,6 +146,14 @@ pub struct LeaseSettings {
     pub rate_window_micros: i64,
 }
 
+impl LeaseSettings {
+    fn ttl_micros(&self) -> i64 {
+        i64::try_from(self.ttl_ms)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000)
+    }
+}
+
 /// A budget as the sidecar sees it now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Budget {
@@ -149,6 +166,14 @@ struct Budget {
     /// The next period's end (µs), 0 = none or not known ahead (a `key_model` window is
     /// opened by its first lease call).
     next: i64,
+}
+
+/// What a budget lease is renewed against: the limit, the settled spend, and the period.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    max: i64,
+    spend: i64,
+    period: i64,
 }
 
 fn lease_of(r: &Row) -> Result<(String, Lease)> {
@@ -170,21 +195,24 @@ fn lease_of(r: &Row) -> Result<(String, Lease)> {
     ))
 }
 
+/// The clock lease rows expire by: PostgreSQL's (shared by all replicas), else `now` (the
+/// sidecar's, as the transaction was given it).
+fn lease_clock(db: &dyn Exec, now: i64) -> Result<i64> {
+    match db.dialect() {
+        Dialect::Sqlite => Ok(now),
+        Dialect::Postgres => db
+            .row(
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+                &[],
+            )?
+            .ok_or_else(|| anyhow!("no clock"))?
+            .int(0),
+    }
+}
+
 impl Tx<'_> {
-    /// The clock lease rows expire by: PostgreSQL's (shared by all replicas), else this
-    /// transaction's.
     fn lease_clock(&self) -> Result<i64> {
-        match self.db.dialect() {
-            Dialect::Sqlite => Ok(self.now),
-            Dialect::Postgres => self
-                .db
-                .row(
-                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
-                    &[],
-                )?
-                .ok_or_else(|| anyhow!("no clock"))?
-                .int(0),
-        }
+        lease_clock(&self.db, self.now)
     }
 
     /// Every Envoy's lease on `scope` in `period`.
@@ -415,9 +443,7 @@ impl Tx<'_> {
     /// replicas). Answers in the request's order.
     pub fn lease(&self, req: &LeaseRequest, settings: LeaseSettings) -> Result<LeaseAnswer> {
         let now = self.lease_clock()?;
-        let ttl_micros = i64::try_from(settings.ttl_ms)
-            .unwrap_or(i64::MAX / 1000)
-            .saturating_mul(1000);
+        let ttl_micros = settings.ttl_micros();
         let mut order: Vec<usize> = (0..req.items.len()).collect();
         order.sort_by(|a, b| req.items[*a].scope.cmp(&req.items[*b].scope));
         let mut grants: Vec<Option<LeaseGrant>> = vec![None; req.items.len()];
@@ -426,14 +452,7 @@ impl Tx<'_> {
             let item = &req.items[i];
             let grant = self.lease_item(&req.envoy_id, req.seq, item, settings, now, ttl_micros)?;
             grants[i] = Some(grant);
-            ahead.extend(self.pre_issue(
-                &req.envoy_id,
-                req.seq,
-                item,
-                settings,
-                now,
-                ttl_micros,
-            )?);
+            ahead.extend(self.pre_issue(&req.envoy_id, req.seq, item, settings, now)?);
         }
         let mut items: Vec<LeaseGrant> = grants.into_iter().flatten().collect();
         items.extend(ahead);
@@ -455,11 +474,17 @@ impl Tx<'_> {
         item: &LeaseItem,
         settings: LeaseSettings,
         now: i64,
-        ttl_micros: i64,
     ) -> Result<Option<LeaseGrant>> {
         let slack = crate::leases::RENEW_EVERY_MICROS;
         if is_rate_level(&item.level) {
-            return self.pre_issue_window(envoy_id, seq, item, settings, now, ttl_micros);
+            return self.pre_issue_window(
+                envoy_id,
+                seq,
+                item,
+                settings,
+                now,
+                settings.ttl_micros(),
+            );
         }
         if item.level == "key_model"
             || item.returning
@@ -476,30 +501,58 @@ impl Tx<'_> {
         if budget.period != item.period || budget.next <= budget.period {
             return Ok(None);
         }
-        let rows = self.leases(&item.scope, budget.next)?;
-        let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
-        let others = Others::of(
-            rows.iter().filter(|(e, _)| e != envoy_id).map(|(_, l)| l),
-            now,
-        );
         let report = Report {
             seq,
             want: item.want.max(0),
             reservation: item.reservation.max(0),
             ..Default::default()
         };
-        let renewal = renew(max, 0, others, mine, &report, now, ttl_micros);
-        if let Renewal::Renewed(lease) = &renewal {
-            self.put_lease(&item.scope, budget.next, envoy_id, lease, Pool::Budget)?;
-        }
-        Ok(Some(LeaseGrant {
-            scope: item.scope.clone(),
+        let next = Limit {
+            max,
+            spend: 0,
             period: budget.next,
+        };
+        self.renew_budget_lease(envoy_id, &item.scope, next, &report, now, settings)
+            .map(Some)
+    }
+
+    /// Renews `envoy_id`'s lease on a budget's `scope` in `limit.period` against the other
+    /// Envoys' leases there, stores it, and answers its grant.
+    fn renew_budget_lease(
+        &self,
+        envoy_id: &str,
+        scope: &str,
+        limit: Limit,
+        report: &Report,
+        now: i64,
+        settings: LeaseSettings,
+    ) -> Result<LeaseGrant> {
+        let rows = self.leases(scope, limit.period)?;
+        let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
+        let others = Others::of(
+            rows.iter().filter(|(e, _)| e != envoy_id).map(|(_, l)| l),
+            now,
+        );
+        let renewal = renew(
+            limit.max,
+            limit.spend,
+            others,
+            mine,
+            report,
+            now,
+            settings.ttl_micros(),
+        );
+        if let Renewal::Renewed(lease) = &renewal {
+            self.put_lease(scope, limit.period, envoy_id, lease, Pool::Budget)?;
+        }
+        Ok(LeaseGrant {
+            scope: scope.to_string(),
+            period: limit.period,
             grant: renewal.grant(),
             ttl_ms: settings.ttl_ms,
-            spend: 0,
-            max_nanos: Some(max),
-        }))
+            spend: limit.spend,
+            max_nanos: Some(limit.max),
+        })
     }
 
     /// The next rpm/tpm window's slice ahead (FLEET.md §4.7, §4.9): a report on the window in
@@ -585,12 +638,6 @@ impl Tx<'_> {
                 now.saturating_sub(crate::leases::EXPIRY_GRACE_MICROS)
             ],
         )?;
-        let rows = self.leases(&item.scope, budget.period)?;
-        let mine = rows.iter().find(|(e, _)| e == envoy_id).map(|(_, l)| l);
-        let others = Others::of(
-            rows.iter().filter(|(e, _)| e != envoy_id).map(|(_, l)| l),
-            now,
-        );
         // An item from another period has used nothing of this one yet.
         let same_period = item.period == budget.period;
         let report = Report {
@@ -603,18 +650,12 @@ impl Tx<'_> {
             returning: item.returning,
             ..Default::default()
         };
-        let renewal = renew(max, budget.spend, others, mine, &report, now, ttl_micros);
-        if let Renewal::Renewed(lease) = &renewal {
-            self.put_lease(&item.scope, budget.period, envoy_id, lease, Pool::Budget)?;
-        }
-        Ok(LeaseGrant {
-            scope: item.scope.clone(),
-            period: budget.period,
-            grant: renewal.grant(),
-            ttl_ms: settings.ttl_ms,
+        let limit = Limit {
+            max,
             spend: budget.spend,
-            max_nanos: Some(max),
-        })
+            period: budget.period,
+        };
+        self.renew_budget_lease(envoy_id, &item.scope, limit, &report, now, settings)
     }
 
     /// A rate limit's lease (FLEET.md §4.3): the limit is the item's, nothing is ever settled
@@ -875,6 +916,46 @@ impl Tx<'_> {
         Ok(charged)
     }
 
+    /// The budget a lease row's scope names, as a lease item with its level and ids, and the
+    /// budget's current period; `None` for a rate limit's scope or a budget whose record is
+    /// gone. [`scope_name`] joins ids with `:`, which ids may contain too: of a two-id scope's
+    /// readings the first whose budget exists is taken (a `key_model` token is a hash, so it
+    /// has one).
+    fn lease_scope(&self, scope: &str) -> Result<Option<(LeaseItem, i64)>> {
+        let Some((level, rest)) = scope.split_once(':') else {
+            return Ok(None);
+        };
+        let Some((_, n)) = LEVELS.iter().find(|(l, _)| *l == level) else {
+            return Ok(None);
+        };
+        if is_rate_level(level) {
+            return Ok(None);
+        }
+        let readings: Vec<Vec<String>> = match n {
+            0 => vec![Vec::new()],
+            1 => vec![vec![rest.to_string()]],
+            _ => rest
+                .match_indices(':')
+                .map(|(i, _)| vec![rest[..i].to_string(), rest[i + 1..].to_string()])
+                .collect(),
+        };
+        for ids in readings {
+            let item = LeaseItem {
+                scope: scope.to_string(),
+                level: level.to_string(),
+                ids,
+                ..Default::default()
+            };
+            if item_error(&item).is_some() {
+                continue;
+            }
+            if let Some(budget) = self.lease_budget(&item, None)? {
+                return Ok(Some((item, budget.period)));
+            }
+        }
+        Ok(None)
+    }
+
     /// The estimated spend-log row of a key's lost lease (added to, if the lease is lost again
     /// after its Envoy came back).
     fn log_lost(
@@ -977,7 +1058,78 @@ pub fn lost_event_id(envoy_id: &str, scope: &str, period: i64) -> String {
     format!("lost:{envoy_id}:{scope}:{period}")
 }
 
+/// What one sweep for lost leases did ([`super::Store::sweep_lost_leases`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LostSweep {
+    /// The Envoys silent up to here (lease clock, µs) were looked at: the next sweep's `since`.
+    pub until: i64,
+    /// Budgets whose current period was charged, and the nano-dollars charged in all.
+    pub budgets: usize,
+    pub nanos: i64,
+}
+
+/// The lease rows of the Envoys whose latest lease lapsed in `(?1, ?2]` (`?2`: now less the
+/// grace): the Envoys that went silent since the last sweep, every row of theirs. The first
+/// step is a range on `lease_expiry`, the rest on `lease_envoy`.
+const NEWLY_SILENT: &str = "
+SELECT l.envoy_id, l.grant_total, l.held, l.used_total, l.applied_total, l.want, l.seq,
+       l.expires_at, l.lost_total, l.shrunk_from, l.shrunk_seq, l.shrunk_until, l.scope
+FROM lease l
+WHERE l.envoy_id IN (
+    SELECT n.envoy_id FROM lease n
+    WHERE n.expires_at > ?1 AND n.expires_at <= ?2
+      AND NOT EXISTS (SELECT 1 FROM lease o
+                      WHERE o.envoy_id = n.envoy_id AND o.expires_at > ?2))";
+
 impl super::Store {
+    /// Fleet mode's periodic sweep (`on_lost_lease`, FLEET.md §4.8): charges the lost leases of
+    /// the Envoys that went silent after `since` (the previous sweep's
+    /// [`LostSweep::until`]; `None`: any time), so a budget no lease call or spend batch
+    /// touches any more is charged all the same. The search is a read (no write lock): only
+    /// when it finds something to charge does one write transaction charge those budgets
+    /// through [`Tx::charge_lost_leases`], in scope order as a lease call locks them, finding
+    /// the rows again under the lock, so a sweep racing another replica's sweep, a lease call
+    /// or a spend batch charges each lease once (its `lost_total`).
+    pub fn sweep_lost_leases(&self, since: Option<i64>, now_micros: i64) -> Result<LostSweep> {
+        let policy = self.lost_lease_policy();
+        let (until, scopes) = self.read(|db| {
+            let now = lease_clock(db, now_micros)?;
+            let until = now.saturating_sub(crate::leases::EXPIRY_GRACE_MICROS);
+            let mut scopes = std::collections::BTreeSet::new();
+            for r in &db.rows(NEWLY_SILENT, args![since.unwrap_or(i64::MIN), until])? {
+                let (_, lease) = lease_of(r)?;
+                let scope = r.text(12)?;
+                let rate = scope.split(':').next().is_some_and(is_rate_level);
+                if !rate && lost_charge(&lease, policy, now) > 0 {
+                    scopes.insert(scope);
+                }
+            }
+            Ok((until, scopes))
+        })?;
+        let mut sweep = LostSweep {
+            until,
+            ..Default::default()
+        };
+        if scopes.is_empty() {
+            return Ok(sweep);
+        }
+        self.write(now_micros, |tx| {
+            let now = tx.lease_clock()?;
+            for scope in &scopes {
+                let Some((item, period)) = tx.lease_scope(scope)? else {
+                    continue;
+                };
+                let ids: Vec<&str> = item.ids.iter().map(String::as_str).collect();
+                let charged = tx.charge_lost_leases(&item.level, &ids, scope, period, now)?;
+                if charged > 0 {
+                    sweep.budgets += 1;
+                    sweep.nanos = sweep.nanos.saturating_add(charged);
+                }
+            }
+            Ok(sweep)
+        })
+    }
+
     /// [`Tx::lease`] in its own write transaction at `now_micros` (the sidecar's clock, for
     /// budget periods).
     pub fn lease(
@@ -1658,6 +1810,120 @@ mod tests {
         store.lease(&req, PROXY_SETTINGS, after_grace - 1).unwrap();
         ask(&store, "e2", 1, item(0, 0, 1_000), after_grace);
         assert_eq!(key_spend(&store), 0, "e1 is alive");
+    }
+
+    /// The sweep (fleet mode's timer, no lease call and no spend): e1 reported 10 M used on
+    /// the key and proxy budgets and an rpm slice, then died. Nothing while its events may
+    /// come; then each budget once (one log row), the rate slice never; a second sweep, one
+    /// looking at every silent Envoy (a replica just started), sweeps racing on threads and a
+    /// lease call finding the lease after them charge nothing more.
+    #[test]
+    fn the_sweep_charges_a_lost_lease_no_call_touches_once() {
+        let store = store_with_key(Some(0.1));
+        ask_both(&store, "e1", 1, 0, 0, T0);
+        ask_both(&store, "e1", 2, 10_000_000, 30_000_000, T0 + 1);
+        ask(&store, "e1", 3, rate_item("rpm", 4, 6, 0, 0), T0 + 1);
+        let ripe = T0 + 1 + 10_000_000 + crate::leases::EXPIRY_GRACE_MICROS;
+        let early = store.sweep_lost_leases(None, ripe - 1).unwrap();
+        assert_eq!((early.budgets, early.nanos), (0, 0));
+        assert_eq!(early.until, ripe - 1 - crate::leases::EXPIRY_GRACE_MICROS);
+        assert_eq!(key_spend(&store), 0, "its events may still come");
+        let swept = store.sweep_lost_leases(Some(early.until), ripe).unwrap();
+        assert_eq!(
+            (swept.budgets, swept.nanos),
+            (2, 20_000_000),
+            "key and proxy"
+        );
+        let once = |store: &Store, now: i64| {
+            assert_eq!(key_spend(store), 10_000_000);
+            assert_eq!(store.proxy_budget_at(now).unwrap().spend_nanos, 10_000_000);
+            assert_eq!(
+                logs(store),
+                vec![(
+                    "lost:e1:key:k1:0".to_string(),
+                    Some("k1".into()),
+                    10_000_000
+                )]
+            );
+        };
+        once(&store, ripe);
+        for (since, now) in [(Some(swept.until), ripe + 15_000_000), (None, ripe + 1)] {
+            let again = store.sweep_lost_leases(since, now).unwrap();
+            assert_eq!((again.budgets, again.nanos), (0, 0));
+        }
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| store.sweep_lost_leases(None, ripe + 2).unwrap());
+            }
+        });
+        ask_both(&store, "e2", 1, 0, 0, ripe + 3);
+        once(&store, ripe + 3);
+    }
+
+    /// An Envoy still renewing another budget is alive: its lapsed key lease is left. Once it
+    /// goes silent, the next sweep charges that lease too, though it lapsed before the last
+    /// sweep (it looks at every lease of an Envoy gone silent since).
+    #[test]
+    fn the_sweep_charges_an_envoy_once_it_is_silent_everywhere() {
+        let store = store_with_key(Some(0.1));
+        ask(&store, "e1", 1, item(0, 0, 30_000_000), T0);
+        ask(&store, "e1", 2, item(10_000_000, 30_000_000, 0), T0 + 1);
+        let grace = crate::leases::EXPIRY_GRACE_MICROS;
+        let last_call = T0 + 100_000_000;
+        let req = LeaseRequest {
+            envoy_id: "e1".into(),
+            seq: 3,
+            items: vec![proxy_item(0, 0, 1_000)],
+        };
+        store.lease(&req, PROXY_SETTINGS, last_call).unwrap();
+        let alive = store.sweep_lost_leases(None, last_call + 1).unwrap();
+        assert_eq!((alive.budgets, key_spend(&store)), (0, 0), "e1 is alive");
+        let silent = last_call + 10_000_000 + grace;
+        let mut since = alive.until;
+        for now in [silent - 1, silent] {
+            let sweep = store.sweep_lost_leases(Some(since), now).unwrap();
+            since = sweep.until;
+        }
+        assert_eq!(key_spend(&store), 10_000_000);
+    }
+
+    /// A scope joins its ids with `:`, which a team id may hold too: the sweep takes the
+    /// reading whose membership exists.
+    #[test]
+    fn the_sweep_reads_a_team_member_scope_whose_ids_hold_colons() {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        store
+            .write(0, |tx| {
+                tx.save_budget(&crate::sidecar::store::BudgetRow {
+                    budget_id: "b1".into(),
+                    max_budget: Some(0.1),
+                    ..Default::default()
+                })?;
+                tx.save_membership(&crate::sidecar::store::MembershipRow {
+                    team_id: "t:1".into(),
+                    user_id: "u:1".into(),
+                    budget_id: Some("b1".into()),
+                    ..Default::default()
+                })
+            })
+            .unwrap();
+        let member = |used: i64, held: i64, want: i64| LeaseItem {
+            scope: "team_member:t:1:u:1".into(),
+            level: "team_member".into(),
+            ids: vec!["t:1".into(), "u:1".into()],
+            ..item(used, held, want)
+        };
+        ask(&store, "e1", 1, member(0, 0, 30_000_000), T0);
+        ask(&store, "e1", 2, member(7_000, 30_000_000, 0), T0 + 1);
+        let ripe = T0 + 1 + 10_000_000 + crate::leases::EXPIRY_GRACE_MICROS;
+        let sweep = store.sweep_lost_leases(None, ripe).unwrap();
+        assert_eq!((sweep.budgets, sweep.nanos), (1, 7_000));
+        let spend = store
+            .write(ripe, |tx| {
+                Ok(tx.membership("t:1", "u:1")?.unwrap().0.spend_nanos)
+            })
+            .unwrap();
+        assert_eq!(spend, 7_000);
     }
 
     /// A lease table from before `lost_total` and `shrunk_*` gets them (0 for every row), once.

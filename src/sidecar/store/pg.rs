@@ -182,6 +182,8 @@ CREATE INDEX organization_memberships_user ON organization_memberships(user_id);
     super::leases::PG_MIGRATION_LOST,
     // 5: an acknowledged shrink of a lease (an admin decrease applied to live slices).
     super::leases::PG_MIGRATION_SHRUNK,
+    // 6: the sweep for lost leases finds lapsed rows by expiry.
+    super::leases::PG_MIGRATION_EXPIRY,
 ];
 
 /// With its causes: "error performing TLS handshake" alone does not say the certificate was
