@@ -170,14 +170,16 @@ fn drive(
     t
 }
 
-/// Stop once nothing has been admitted for 2 s.
+/// Stop once nothing has been admitted for 4 s (a stall of a loaded machine, e.g. a lease call
+/// waiting for a busy sidecar, is not a spent budget).
 fn when_spent(_: &Tally, _: Duration, quiet: Duration) -> bool {
-    quiet > Duration::from_secs(2)
+    quiet > Duration::from_secs(4)
 }
 
 /// Spend logs of `key` in the database once every Envoy has flushed: `(rows, distinct event
-/// ids)`, waiting until the count stops moving.
-fn settled_logs(pg: &Postgres, fleet: &Fleet, key: &str) -> (usize, usize) {
+/// ids)`, waiting until there are `expected` rows and the count stops moving (3 s), or, with
+/// fewer (a killed Envoy's unflushed calls), until it has not moved for 10 s.
+fn settled_logs(pg: &Postgres, fleet: &Fleet, key: &str, expected: usize) -> (usize, usize) {
     let token = sha256_hex(key);
     let query = format!(
         "SELECT count(*) || ' ' || count(DISTINCT event_id) FROM tollgate.spend_logs \
@@ -185,13 +187,19 @@ fn settled_logs(pg: &Postgres, fleet: &Fleet, key: &str) -> (usize, usize) {
     );
     let mut last = String::new();
     let mut stable_since = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = pg.psql(&fleet.db, &query);
+        let rows: usize = now
+            .split(' ')
+            .next()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        let enough = if rows >= expected { 3 } else { 10 };
         if now != last {
             last = now;
             stable_since = Instant::now();
-        } else if stable_since.elapsed() > Duration::from_secs(3) {
+        } else if stable_since.elapsed() > Duration::from_secs(enough) {
             break;
         }
         assert!(Instant::now() < deadline, "spend logs keep moving: {last}");
@@ -228,7 +236,7 @@ fn assert_bound_and_books(pg: &Postgres, fleet: &Fleet, key: &str, t: &Tally, bu
         t.admitted,
         "the provider saw exactly the admitted calls"
     );
-    let (rows, distinct) = settled_logs(pg, fleet, key);
+    let (rows, distinct) = settled_logs(pg, fleet, key, t.admitted);
     assert_eq!(rows, distinct, "no event counted twice");
     assert_eq!(rows, t.admitted, "every admitted call is in the spend logs");
 }
@@ -301,18 +309,18 @@ fn kill_9_of_an_envoy_at_half_the_budget() {
         served <= BUDGET_CALLS + ENVOYS + l_cap,
         "overshoot beyond M + N·ĉ + the dead Envoy's slice: {served} served"
     );
-    let (rows, distinct) = settled_logs(shared(), &fleet, &key);
+    let (rows, distinct) = settled_logs(shared(), &fleet, &key, t.admitted);
     assert_eq!(rows, distinct, "no event counted twice");
     // What the killed Envoy answered in its last flush period (1 s tick, plus a batch in
-    // flight: 1.5 s) may be lost with it, as in single-Envoy mode; everything else must be
-    // logged.
+    // flight, up to the 2 s sidecar timeout: 3 s) may be lost with it, as in single-Envoy
+    // mode; everything else must be logged.
     let killed_at = killed_at.get().expect("the load reached half the budget");
     let unflushed = t
         .admitted_at
         .iter()
-        .filter(|(envoy, at)| *envoy == 2 && *at + Duration::from_millis(1500) > killed_at)
+        .filter(|(envoy, at)| *envoy == 2 && *at + Duration::from_millis(3000) > killed_at)
         .count();
-    eprintln!("kill -9 of an Envoy: {rows} logged, {unflushed} answered by it in its last 1.5 s");
+    eprintln!("kill -9 of an Envoy: {rows} logged, {unflushed} answered by it in its last 3 s");
     for ms in [250u64, 500, 1000, 2000, 4000] {
         let n = t
             .admitted_at
@@ -554,7 +562,7 @@ fn a_lowered_budget_holds_across_the_fleet() {
          the change",
         t.admitted
     );
-    let (rows, distinct) = settled_logs(shared(), &fleet, &key);
+    let (rows, distinct) = settled_logs(shared(), &fleet, &key, t.admitted);
     assert_eq!((rows, distinct), (t.admitted, t.admitted));
 }
 
@@ -599,7 +607,7 @@ fn a_database_restart_under_load() {
         "overshoot: {}",
         t.admitted
     );
-    let (rows, distinct) = settled_logs(&pg, &fleet, &key);
+    let (rows, distinct) = settled_logs(&pg, &fleet, &key, t.admitted);
     assert_eq!((rows, distinct), (t.admitted, t.admitted));
 }
 
@@ -801,8 +809,8 @@ fn rate_limits_hold_across_the_fleet() {
 /// shortest period worth a test) crossing resets under load on three Envoys: in every period
 /// at most M + N·ĉ is admitted, and each new period's slices are lent (the budget is used
 /// again after each reset). Calls are put in the period their start falls in (the spend logs'
-/// `start_time`, Envoy's clock); a call started within 100 ms before a reset may have been
-/// admitted after it, and is counted in both periods.
+/// `start_time`, Envoy's clock); a call started within 1 s before a reset may have been
+/// admitted after it (a loaded machine, a pause to borrow), and is counted in both periods.
 #[test]
 fn budget_resets_cross_the_fleet() {
     let mut fleet = Fleet::start("fleet-resets", CONFIG, ENVOYS, 2);
@@ -838,7 +846,7 @@ fn budget_resets_cross_the_fleet() {
         t.other.len(),
         &t.other[..t.other.len().min(3)]
     );
-    let (rows, distinct) = settled_logs(shared(), &fleet, &key);
+    let (rows, distinct) = settled_logs(shared(), &fleet, &key, t.admitted);
     assert_eq!((rows, distinct), (t.admitted, t.admitted));
     let starts = shared().psql(
         &fleet.db,
@@ -854,7 +862,7 @@ fn budget_resets_cross_the_fleet() {
         let certain = starts.iter().filter(|s| (begin..end).contains(*s)).count();
         let straddling = starts
             .iter()
-            .filter(|s| (begin - 100_000..begin).contains(*s))
+            .filter(|s| (begin - 1_000_000..begin).contains(*s))
             .count();
         eprintln!(
             "period {}: {certain} admitted (+{straddling} started just before its reset) of {calls}",
@@ -943,7 +951,7 @@ fn resets_are_crossed_without_borrowing() {
     );
     let admitted = warm.admitted + run.admitted;
     assert_eq!(fleet.provider_requests() as usize, admitted);
-    let (rows, distinct) = settled_logs(shared(), &fleet, &key);
+    let (rows, distinct) = settled_logs(shared(), &fleet, &key, admitted);
     assert_eq!((rows, distinct), (admitted, admitted));
 }
 
