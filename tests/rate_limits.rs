@@ -10,8 +10,8 @@
 mod common;
 
 use common::{
-    hang_up, poll_until, run_concurrently, unix_now, Resp, Stack, StackOptions, MASTER_KEY,
-    SETTLE_TIMEOUT,
+    hang_up, poll_until, run_concurrently, unix_now, within_attempts, Resp, Stack, StackOptions,
+    MASTER_KEY, SETTLE_TIMEOUT,
 };
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -167,13 +167,7 @@ fn rpm_limit_admits_n_then_429_and_recovers_when_the_window_ends() {
     // The three calls and two refusals below must all fall in one 2 s window. A machine too
     // slow for that (a loaded CI box) tries again with a new key, whose window is its own,
     // instead of failing; a wrong answer inside the window fails at once.
-    let mut attempts = 0;
-    let (key, hash, t0, t429, retry) = loop {
-        attempts += 1;
-        assert!(
-            attempts <= 5,
-            "the machine was too slow for this test 5 times"
-        );
+    let (key, hash, t0, t429, retry) = within_attempts(|_| {
         let (key, v) = s.generate_key(json!({"rpm_limit": 3}));
         let hash = v["token"].as_str().unwrap().to_string();
         // Fetch the key into the filter first: rpm windows start at the first counted call.
@@ -188,8 +182,7 @@ fn rpm_limit_admits_n_then_429_and_recovers_when_the_window_ends() {
         // A refused call does not count, and the window end does not move.
         let again = chat(&s, &key, "gpt-4o");
         if unix_now() - t0 >= window {
-            eprintln!("attempt {attempts}: the calls outlasted the window; again");
-            continue;
+            return None;
         }
         for (r, remaining) in admitted.iter().zip([2, 1, 0]) {
             r.assert_status(200);
@@ -212,8 +205,8 @@ fn rpm_limit_admits_n_then_429_and_recovers_when_the_window_ends() {
             first_reset
         );
         assert_eq!(s.fake_requests().len(), 3);
-        break (key, hash, t0, t429, retry);
-    };
+        Some((key, hash, t0, t429, retry))
+    });
 
     let (r, t_ok) = poll_until("the rpm window to end", SETTLE_TIMEOUT, || {
         let sent = unix_now();
@@ -431,13 +424,7 @@ fn tpm_limit_refuses_once_usage_fills_the_window_and_recovers() {
     // The five calls below must all fall in one 3 s window. A machine too slow for that (a
     // loaded CI box) tries again with a new key, whose window is its own, instead of failing;
     // a wrong answer inside the window fails at once.
-    let mut attempts = 0;
-    let (key, hash, t0, t429, retry) = loop {
-        attempts += 1;
-        assert!(
-            attempts <= 5,
-            "the machine was too slow for this test 5 times"
-        );
+    let (key, hash, t0, t429, retry) = within_attempts(|_| {
         let (key, v) = s.generate_key(json!({"tpm_limit": 100}));
         let hash = v["token"].as_str().unwrap().to_string();
         s.post_with("/v1/chat/completions", &key, &[], "{}")
@@ -458,8 +445,7 @@ fn tpm_limit_refuses_once_usage_fills_the_window_and_recovers() {
         let refused = s.post_with("/v1/chat/completions", &key, &[], &tiny);
         let t429 = unix_now();
         if t429 - t0 >= window {
-            eprintln!("attempt {attempts}: the calls outlasted the window; again");
-            continue;
+            return None;
         }
         first.assert_status(200);
         assert_eq!(first.json()["usage"]["total_tokens"], 50, "{}", first.body);
@@ -495,8 +481,8 @@ fn tpm_limit_refuses_once_usage_fills_the_window_and_recovers() {
             retry <= window,
             "retry-after {retry} is longer than the window"
         );
-        break (key, hash, t0, t429, retry);
-    };
+        Some((key, hash, t0, t429, retry))
+    });
 
     // Recovery, with a call that sets no max_tokens: estimate 3 + 25.
     s.clear_fake_requests();

@@ -443,14 +443,13 @@ impl Tx<'_> {
     /// replicas). Answers in the request's order.
     pub fn lease(&self, req: &LeaseRequest, settings: LeaseSettings) -> Result<LeaseAnswer> {
         let now = self.lease_clock()?;
-        let ttl_micros = settings.ttl_micros();
         let mut order: Vec<usize> = (0..req.items.len()).collect();
         order.sort_by(|a, b| req.items[*a].scope.cmp(&req.items[*b].scope));
         let mut grants: Vec<Option<LeaseGrant>> = vec![None; req.items.len()];
         let mut ahead = Vec::new();
         for i in order {
             let item = &req.items[i];
-            let grant = self.lease_item(&req.envoy_id, req.seq, item, settings, now, ttl_micros)?;
+            let grant = self.lease_item(&req.envoy_id, req.seq, item, settings, now)?;
             grants[i] = Some(grant);
             ahead.extend(self.pre_issue(&req.envoy_id, req.seq, item, settings, now)?);
         }
@@ -477,14 +476,7 @@ impl Tx<'_> {
     ) -> Result<Option<LeaseGrant>> {
         let slack = crate::leases::RENEW_EVERY_MICROS;
         if is_rate_level(&item.level) {
-            return self.pre_issue_window(
-                envoy_id,
-                seq,
-                item,
-                settings,
-                now,
-                settings.ttl_micros(),
-            );
+            return self.pre_issue_window(envoy_id, seq, item, settings, now);
         }
         if item.level == "key_model"
             || item.returning
@@ -569,7 +561,6 @@ impl Tx<'_> {
         item: &LeaseItem,
         settings: LeaseSettings,
         now: i64,
-        ttl_micros: i64,
     ) -> Result<Option<LeaseGrant>> {
         let slack = crate::leases::RENEW_EVERY_MICROS;
         if item.level == "parallel"
@@ -580,16 +571,7 @@ impl Tx<'_> {
             return Ok(None);
         }
         let next = crate::leases::next_window(item.period, settings.rate_window_micros);
-        let grant = self.rate_lease_in(
-            envoy_id,
-            seq,
-            item,
-            settings,
-            Pool::Window,
-            next,
-            now,
-            ttl_micros,
-        )?;
+        let grant = self.rate_lease_in(envoy_id, seq, item, settings, Pool::Window, next, now)?;
         Ok(Some(grant))
     }
 
@@ -600,10 +582,9 @@ impl Tx<'_> {
         item: &LeaseItem,
         settings: LeaseSettings,
         now: i64,
-        ttl_micros: i64,
     ) -> Result<LeaseGrant> {
         if is_rate_level(&item.level) {
-            return self.rate_lease_item(envoy_id, seq, item, settings, now, ttl_micros);
+            return self.rate_lease_item(envoy_id, seq, item, settings, now);
         }
         let budget = self.lease_budget(item, settings.proxy_max_budget)?;
         let tracked = |spend: i64, period: i64| LeaseGrant {
@@ -670,7 +651,6 @@ impl Tx<'_> {
         item: &LeaseItem,
         settings: LeaseSettings,
         now: i64,
-        ttl_micros: i64,
     ) -> Result<LeaseGrant> {
         let pool = if item.level == "parallel" {
             Pool::Slots
@@ -692,7 +672,7 @@ impl Tx<'_> {
             "DELETE FROM lease WHERE scope = ?1 AND period < ?2",
             args![&item.scope, period],
         )?;
-        self.rate_lease_in(envoy_id, seq, item, settings, pool, period, now, ttl_micros)
+        self.rate_lease_in(envoy_id, seq, item, settings, pool, period, now)
     }
 
     /// The earliest end after `now` among a rate scope's leases: the window in force
@@ -719,7 +699,6 @@ impl Tx<'_> {
         pool: Pool,
         period: i64,
         now: i64,
-        ttl_micros: i64,
     ) -> Result<LeaseGrant> {
         let limit = item.limit.unwrap_or(0).max(0);
         let rows = self.leases(&item.scope, period)?;
@@ -741,7 +720,7 @@ impl Tx<'_> {
             pool,
             ..Default::default()
         };
-        let renewal = renew(limit, 0, others, mine, &report, now, ttl_micros);
+        let renewal = renew(limit, 0, others, mine, &report, now, settings.ttl_micros());
         let held_by_me = match &renewal {
             Renewal::Renewed(lease) => {
                 self.put_lease(&item.scope, period, envoy_id, lease, pool)?;
