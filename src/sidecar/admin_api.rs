@@ -162,9 +162,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
 /// Most bytes of an over-limit body read (and dropped) before the 413 is sent.
 const MAX_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Refuses an admin body over the limit with 413 in LiteLLM's envelope. The body is drained
-/// first (up to [`MAX_DRAIN_BYTES`]): answering and closing while the client is still sending
-/// resets the connection, and Envoy would then turn the 413 into a 503.
+/// Reads every admin body before the route sees it, and refuses one over the limit with 413
+/// in LiteLLM's envelope (drained first, up to [`MAX_DRAIN_BYTES`]: answering and closing while
+/// the client is still sending resets the connection, and Envoy would turn the 413 into a
+/// 503). Read first, too, within the limit: a route that answers without reading its body (a
+/// 401 from the auth extractor) would leave it unread if it arrives after the headers, and
+/// hyper then closes the connection after answering; Envoy, reusing that connection for its
+/// next call, answers that call 503 "connection termination".
 async fn bounded_body(
     axum::extract::State((limit, spend_limit)): axum::extract::State<(usize, usize)>,
     req: axum::extract::Request,
@@ -182,7 +186,7 @@ async fn bounded_body(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|l| l <= limit) {
+    if declared == Some(0) {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();

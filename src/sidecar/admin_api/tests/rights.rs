@@ -633,3 +633,51 @@ fn children_do_not_multiply_a_budget() {
     let a = api.with_key(&free, "POST", "/key/generate", Some(json!({})));
     assert_eq!(a.status, 200, "{}", a.body);
 }
+
+/// A refused admin call whose body arrives after its headers (as Envoy may send it) leaves
+/// the connection usable: the 401 waits for the body, so hyper does not close the connection
+/// after answering, and the next call on it (Envoy reuses its upstream connections) is
+/// answered rather than reset (Envoy would turn that reset into a 503).
+#[test]
+fn a_refused_call_with_a_late_body_keeps_the_connection() {
+    use std::io::{Read, Write};
+    let api = Api::start(BudgetSettings::default());
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let body = r#"{"user_id":"x"}"#;
+    let head = |n: usize| {
+        format!(
+            "POST /customer/block HTTP/1.1\r\nhost: sidecar\r\nauthorization: Bearer sk-wrong\r\n\
+             content-type: application/json\r\ncontent-length: {n}\r\n\r\n"
+        )
+    };
+    let mut answers = String::new();
+    for _ in 0..2 {
+        conn.write_all(head(body.len()).as_bytes()).unwrap();
+        conn.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        conn.write_all(body.as_bytes()).unwrap();
+        // One whole answer: headers, then its content-length of body.
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            assert_eq!(conn.read(&mut byte).unwrap(), 1, "closed: {answers}");
+            buf.push(byte[0]);
+        }
+        let text = String::from_utf8(buf).unwrap().to_ascii_lowercase();
+        let length: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut rest = vec![0u8; length];
+        conn.read_exact(&mut rest).unwrap();
+        assert!(text.starts_with("http/1.1 401"), "{text}");
+        assert!(!text.contains("connection: close"), "{text}");
+        answers.push_str(&text);
+    }
+}
