@@ -7,18 +7,29 @@
 //! `cargo run --release --example request_profile [ITERATIONS]` (default 100 000). x86_64 native
 //! code, not V8: read the figures as proportions. The mock host's own work (copying headers and
 //! bodies, logging each call) is inside the callback figures, as Envoy's is in production.
+//!
+//! The callbacks are timed with fleet mode off, then on (`tollgate_fleet`, one Envoy, slices
+//! warm: the first request borrows, and the renewals the requests enqueue are answered between
+//! requests as the root tick would, untimed), so the difference is fleet mode's request-path
+//! cost; the shared-data entries' coding is timed last.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::rc::Rc;
 use std::time::Instant;
 use tollgate::admission::{self, Caller};
 use tollgate::budgets::{self, Calendar};
-use tollgate::flow::{key_cache, mock, mock::MockHost, Flow, Shared};
+use tollgate::entry::Fields;
+use tollgate::flow::{key_cache, mock, mock::MockHost, Flow, Shared, Step};
 use tollgate::key_format::hash_key;
+use tollgate::plugin_config::FleetSettings;
 use tollgate::plugin_config::{Deployment, PluginConfig, Pricing};
+use tollgate::rate_leases::{Slice, Slices};
 use tollgate::rate_limits;
-use tollgate::records::{CustomerLookup, KeyRecord, SpendEvent};
+use tollgate::records::{
+    CustomerLookup, KeyRecord, LeaseAnswer, LeaseGrant, LeaseItem, LeaseRequest, SpendEvent,
+};
 use tollgate::response_headers::{merge, success_headers};
 use tollgate::routes::LlmRoute;
 use tollgate::usage::{BodyKind, UsageReader};
@@ -75,11 +86,26 @@ fn key_record() -> KeyRecord {
 struct Bench {
     host: MockHost,
     shared: Rc<Shared>,
+    /// Fleet mode: lease calls answered so far (borrows, renewal reports).
+    borrows: Cell<usize>,
+    renewals: Cell<usize>,
 }
 
 impl Bench {
-    fn new() -> Bench {
-        let (host, shared) = mock::configured(config(), START_MICROS);
+    fn new(fleet: bool) -> Bench {
+        let mut config = config();
+        if fleet {
+            config.fleet = Some(FleetSettings::default());
+        }
+        let (host, mut shared) = mock::configured(config, START_MICROS);
+        if fleet {
+            shared.lease_queue = Some(mock::LEASE_QUEUE_ID);
+            shared.envoy_id = Some("0123456789abcdef0123456789abcdef".into());
+            if tollgate::shared_store::ensure_lease(&host.store).is_err() {
+                eprintln!("request_profile: no creation lease");
+                std::process::exit(1);
+            }
+        }
         let shared = Rc::new(shared);
         key_cache::put(&host, &shared.decoded, &hash_key(KEY), &key_record(), 0);
         let no_record = CustomerLookup::NotFound {
@@ -100,7 +126,65 @@ impl Bench {
                 "5f8f1c3e-2b1a-4c1e-9d5e-0123456789ab".into(),
             ),
         ];
-        Bench { host, shared }
+        Bench {
+            host,
+            shared,
+            borrows: Cell::new(0),
+            renewals: Cell::new(0),
+        }
+    }
+
+    /// The sidecar's answer to `items`: plenty lent to each (an rpm/tpm window of 60 s opened
+    /// when none runs), as a warm key far from its limits gets.
+    fn answer(&self, items: &[LeaseItem]) -> LeaseAnswer {
+        let now = self.host.now.get();
+        let grants = items.iter().map(|item| LeaseGrant {
+            scope: item.scope.clone(),
+            period: match item.level.as_str() {
+                "rpm" | "tpm" if item.period <= now => now + 60_000_000,
+                _ => item.period,
+            },
+            grant: item.used.saturating_add(1_000_000_000_000),
+            ttl_ms: 10_000,
+            spend: 0,
+            max_nanos: None,
+        });
+        LeaseAnswer {
+            items: grants.collect(),
+        }
+    }
+
+    /// Fleet mode: a request paused on a borrow gets the sidecar's answer.
+    fn answer_borrow(&self, flow: &mut Flow) -> Step {
+        let Some((_, body)) = self.host.posted.borrow().last().cloned() else {
+            eprintln!("request_profile: paused with no lease call");
+            std::process::exit(1);
+        };
+        let Ok(request) = serde_json::from_slice::<LeaseRequest>(&body) else {
+            eprintln!("request_profile: the lease call is not a LeaseRequest");
+            std::process::exit(1);
+        };
+        let answer = serde_json::to_vec(&self.answer(&request.items)).unwrap_or_default();
+        let token = u32::try_from(self.host.dispatched.borrow().len()).unwrap_or(0);
+        *self.host.call_answer.borrow_mut() = Some((200, answer.clone()));
+        self.borrows.set(self.borrows.get() + 1);
+        flow.on_call_response(&self.host, token, answer.len())
+    }
+
+    /// Fleet mode: the root tick's renewal report, answered (the queued renewals).
+    fn tick(&self) {
+        let queued: Vec<Vec<u8>> = self.host.lease_queue.borrow_mut().drain(..).collect();
+        if queued.is_empty() {
+            return;
+        }
+        let now = self.host.now.get();
+        let items = budgets::renewal_items(&self.host, &queued, now);
+        let Some(seq) = budgets::next_lease_seq(&self.host, now) else {
+            return;
+        };
+        let asked: Vec<String> = items.iter().map(|i| i.scope.clone()).collect();
+        budgets::apply_lease_answer(&self.host, &self.answer(&items), &asked, seq, now, now);
+        self.renewals.set(self.renewals.get() + 1);
     }
 }
 
@@ -142,9 +226,14 @@ fn one_request(
     stage(0, &mut || {
         black_box(flow.on_request_headers(&b.host, false));
     });
+    let mut paused = false;
     stage(1, &mut || {
-        black_box(flow.on_request_body(&b.host, BODY.len(), true));
+        paused = flow.on_request_body(&b.host, BODY.len(), true) == Step::Pause;
     });
+    if paused && b.answer_borrow(&mut flow) == Step::Pause {
+        eprintln!("request_profile: still paused after a borrow");
+        std::process::exit(1);
+    }
     stage(2, &mut || {
         black_box(flow.on_response_headers(&b.host, false));
     });
@@ -157,6 +246,8 @@ fn one_request(
     b.host.queue.borrow_mut().clear();
     b.host.counted.borrow_mut().clear();
     b.host.recorded.borrow_mut().clear();
+    b.host.posted.borrow_mut().clear();
+    b.tick();
 }
 
 /// Mean ns of `f` over `n` runs.
@@ -177,11 +268,48 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let b = Bench::new();
+    let benches = [Bench::new(false), Bench::new(true)];
+    for b in &benches {
+        callbacks(b, n);
+    }
+    functions(&benches[0], n);
+    // Whole requests again, off and on alternating, so a busy machine weighs on both alike.
+    let mut diffs: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let [off, on] = benches.each_ref().map(|b| callbacks_quiet(b, n));
+            on - off
+        })
+        .collect();
+    diffs.sort_by(f64::total_cmp);
+    println!(
+        "Fleet mode on − off, whole request, median of {ROUNDS} alternating rounds: {:+.2} µs \
+         ({:+.2} to {:+.2}).\n",
+        diffs[ROUNDS / 2],
+        diffs[0],
+        diffs[ROUNDS - 1]
+    );
+    entries(n);
+}
+
+/// Alternating rounds of the on − off comparison.
+const ROUNDS: usize = 5;
+
+/// µs per request of `n` requests, nothing printed.
+fn callbacks_quiet(b: &Bench, n: u32) -> f64 {
     let (mut ns, mut calls, mut kinds) = ([0u128; 5], [0usize; 5], BTreeMap::new());
-    // Warm-up: the worker's decoded record, allocator, caches.
+    for _ in 0..n {
+        one_request(b, &mut ns, &mut calls, &mut kinds);
+    }
+    ns.iter().sum::<u128>() as f64 / f64::from(n) / 1000.0
+}
+
+/// The callbacks of `n` requests, timed and printed.
+fn callbacks(b: &Bench, n: u32) {
+    let fleet = b.shared.config.fleet.is_some();
+    let (mut ns, mut calls, mut kinds) = ([0u128; 5], [0usize; 5], BTreeMap::new());
+    // Warm-up: the worker's decoded record, allocator, caches (fleet mode: the slices).
     for _ in 0..1000 {
-        one_request(&b, &mut [0; 5], &mut [0; 5], &mut BTreeMap::new());
+        one_request(b, &mut [0; 5], &mut [0; 5], &mut BTreeMap::new());
     }
     if b.host.reply.borrow().is_some() {
         eprintln!(
@@ -190,10 +318,12 @@ fn main() {
         );
         std::process::exit(1);
     }
+    let (borrows, renewals) = (b.borrows.get(), b.renewals.get());
     for _ in 0..n {
-        one_request(&b, &mut ns, &mut calls, &mut kinds);
+        one_request(b, &mut ns, &mut calls, &mut kinds);
     }
-    println!("## Per callback ({n} requests through Flow on the mock host)\n");
+    let mode = if fleet { "on" } else { "off" };
+    println!("## Per callback, fleet mode {mode} ({n} requests through Flow on the mock host)\n");
     println!("| callback | µs per request | host calls |");
     println!("|---|---|---|");
     let total: u128 = ns.iter().sum();
@@ -214,8 +344,86 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if fleet {
+        println!(
+            "Lease calls while measured: {} borrows, {} renewal reports (answered untimed).\n",
+            b.borrows.get() - borrows,
+            b.renewals.get() - renewals
+        );
+    }
+}
 
-    functions(&b, n);
+/// The shared-data entries' coding: decoded and encoded again, as every update does.
+fn entries(n: u32) {
+    let fleet_off = budgets::Counter {
+        reset_at: START_MICROS,
+        spend: 123_456_789,
+        reserved: 2_400,
+        ..Default::default()
+    };
+    let leased = budgets::Counter {
+        grant: 1_000_000_000_000,
+        deadline: START_MICROS + 10_000_000,
+        global: 98_765_432_100,
+        global_at: 123_000_000,
+        asked: START_MICROS - 400_000,
+        asked_used: 120_000_000,
+        peak: 2_400,
+        seq: 42,
+        ..fleet_off
+    };
+    let slice = Slice {
+        period: START_MICROS + 60_000_000,
+        used: 123_456,
+        released: 120_000,
+        grant: 1_000_000_000,
+        deadline: START_MICROS + 10_000_000,
+        global: 234_567,
+        global_at: 3_456,
+        asked: START_MICROS - 400_000,
+        asked_used: 120_000,
+        peak: 36,
+        ..Default::default()
+    };
+    let mut slices = Slices::default();
+    for lent in [
+        tollgate::rate_leases::Lent::Rpm,
+        tollgate::rate_leases::Lent::Slots,
+        tollgate::rate_leases::Lent::Tpm,
+    ] {
+        *slices.get_mut(lent) = slice;
+    }
+    let counter_bytes = [fleet_off.encode(), leased.encode()];
+    let slices_bytes = slices.encode();
+    let rows: [(&str, usize, f64); 3] = [
+        (
+            "budget entry, fleet off (no lease fields)",
+            counter_bytes[0].len(),
+            time(n, || {
+                black_box(budgets::Counter::decode(black_box(&counter_bytes[0])).encode());
+            }),
+        ),
+        (
+            "budget entry, fleet on (leased)",
+            counter_bytes[1].len(),
+            time(n, || {
+                black_box(budgets::Counter::decode(black_box(&counter_bytes[1])).encode());
+            }),
+        ),
+        (
+            "rate scope's slices, fleet on (rpm, parallel, tpm)",
+            slices_bytes.len(),
+            time(n, || {
+                black_box(Slices::decode(black_box(&slices_bytes)).encode());
+            }),
+        ),
+    ];
+    println!("## Shared-data entries: decode + encode ({n} runs each)\n");
+    println!("| entry | bytes | µs |");
+    println!("|---|---|---|");
+    for (name, bytes, ns) in rows {
+        println!("| {name} | {bytes} | {:.3} |", ns / 1000.0);
+    }
 }
 
 /// The pure functions the callbacks run, each timed alone on the bench request's inputs.

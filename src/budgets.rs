@@ -1,6 +1,7 @@
 //! Budgets at every level (litellm-compat.md §2), over a `VersionedStore`.
 //!
-//! Each budget is one shared-data entry `reset_at spend reserved` (µs, nano-dollars). Checks
+//! Each budget is one shared-data entry `reset_at spend reserved` (µs, nano-dollars; binary,
+//! [`crate::entry`]). Checks
 //! run in LiteLLM's order; every level blocks at `spend + reserved >= max_budget` (Tollgate's
 //! one deliberate difference: LiteLLM is strict `>` for teams, customers and the proxy).
 //! Admission reserves the request's maximum cost against every budget (all or nothing), so
@@ -16,9 +17,10 @@
 //! answer and `global_at` this Envoy's `spend` when it came (headers show
 //! `global + spend − global_at`); `asked`, `asked_used` and `peak` drive renewals (when the slice was last asked for,
 //! the use then, and the largest reservation since). Entries written outside fleet mode keep
-//! the 3-field form, and a 3-field entry reads as one without a lease.
+//! their lease fields zero (left out: 3 fields), and a 3-field entry reads as one without a lease.
 
 use crate::cost::{nanos_to_usd, py_float};
+use crate::entry::Fields;
 use crate::errors::ApiError;
 use crate::plugin_config::NoLeasePolicy;
 use crate::records::{LeaseAnswer, LeaseGrant, LeaseItem};
@@ -135,66 +137,28 @@ pub struct Counter {
     pub next_seq: i64,
 }
 
-/// The first `N` space-separated integers of a shared-data entry; a missing or malformed field
-/// reads 0 (older, shorter entries decode with their lease fields unset).
-pub fn int_fields<const N: usize>(bytes: &[u8]) -> [i64; N] {
-    let mut parts = std::str::from_utf8(bytes)
-        .unwrap_or("")
-        .split(' ')
-        .map(|p| p.parse::<i64>().unwrap_or(0));
-    std::array::from_fn(|_| parts.next().unwrap_or(0))
-}
+// The entry, in this order ([`crate::entry`]): outside fleet mode only the first three are
+// ever non-zero, so the entry is 24 bytes.
+crate::entry::i64_fields!(Counter {
+    reset_at,
+    spend,
+    reserved,
+    grant,
+    deadline,
+    global,
+    global_at,
+    asked,
+    asked_used,
+    peak,
+    waiting,
+    next_period,
+    next_grant,
+    next_deadline,
+    seq,
+    next_seq,
+});
 
 impl Counter {
-    pub fn decode(bytes: &[u8]) -> Counter {
-        let [reset_at, spend, reserved, grant, deadline, global, global_at, asked, asked_used, peak, waiting, next_period, next_grant, next_deadline, seq, next_seq] =
-            int_fields(bytes);
-        Counter {
-            reset_at,
-            spend,
-            reserved,
-            grant,
-            deadline,
-            global,
-            global_at,
-            asked,
-            asked_used,
-            peak,
-            waiting,
-            next_period,
-            next_grant,
-            next_deadline,
-            seq,
-            next_seq,
-        }
-    }
-
-    /// The 3-field form while no lease field is set (always outside fleet mode).
-    pub fn encode(&self) -> Vec<u8> {
-        let lease = [
-            self.grant,
-            self.deadline,
-            self.global,
-            self.global_at,
-            self.asked,
-            self.asked_used,
-            self.peak,
-            self.waiting,
-            self.next_period,
-            self.next_grant,
-            self.next_deadline,
-            self.seq,
-            self.next_seq,
-        ];
-        let mut out = format!("{} {} {}", self.reset_at, self.spend, self.reserved);
-        if lease.iter().any(|f| *f != 0) {
-            for f in lease {
-                out.push_str(&format!(" {f}"));
-            }
-        }
-        out.into_bytes()
-    }
-
     /// This Envoy's use in the period: settled spend plus reservations in flight.
     pub fn used(&self) -> i64 {
         self.spend.saturating_add(self.reserved)
@@ -1091,12 +1055,18 @@ mod tests {
         let s = MemoryStore::default();
         let scopes = [key_scope(Some(1.0), None)];
         let key = storage_key(&scopes[0]);
-        s.set(&key, format!("0 {} 0", i64::MIN).as_bytes(), None)
-            .unwrap();
+        let stored = |spend, reserved| {
+            Counter {
+                spend,
+                reserved,
+                ..Counter::default()
+            }
+            .encode()
+        };
+        s.set(&key, &stored(i64::MIN, 0), None).unwrap();
         let t = admit(&s, &scopes, CENT, 1, CAL, 422).unwrap();
         assert_eq!(t.charges[0].reserved, CENT);
-        s.set(&key, format!("0 0 {}", i64::MAX - 1).as_bytes(), None)
-            .unwrap();
+        s.set(&key, &stored(0, i64::MAX - 1), None).unwrap();
         assert_eq!(
             admit(&s, &scopes, CENT, 2, CAL, 422).unwrap_err().status,
             422
@@ -1362,7 +1332,7 @@ mod tests {
         }
 
         #[test]
-        fn entry_round_trips_and_reads_the_old_form() {
+        fn entry_round_trips_and_leaves_out_the_lease_fields_outside_fleet_mode() {
             let c = Counter {
                 reset_at: 1,
                 spend: 2,
@@ -1381,17 +1351,18 @@ mod tests {
                 seq: 15,
                 next_seq: 16,
             };
-            assert_eq!(c.encode(), b"1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16");
+            let fields: Vec<u8> = (1..=16i64).flat_map(i64::to_le_bytes).collect();
+            assert_eq!(c.encode(), fields);
             assert_eq!(Counter::decode(&c.encode()), c);
-            // No lease: the 3-field form, as outside fleet mode.
-            let old = Counter {
+            // No lease: 3 fields, as outside fleet mode.
+            let off = Counter {
                 reset_at: 1,
                 spend: 2,
                 reserved: 3,
                 ..Counter::default()
             };
-            assert_eq!(old.encode(), b"1 2 3");
-            assert_eq!(Counter::decode(b"1 2 3"), old);
+            assert_eq!(off.encode(), fields[..24]);
+            assert_eq!(Counter::decode(&fields[..24]), off);
             assert_eq!(Counter::decode(b"garbage"), Counter::default());
         }
 

@@ -57,13 +57,25 @@ pub const CUSTOMER_PREFIX: &str = "tollgate:v1:customer:";
 pub const CHANGES_SEQ_KEY: &str = "tollgate:v1:changes-seq";
 /// The lease guarding creation of shared-data entries (`shared_store`).
 pub const CREATE_LEASE_KEY: &str = "tollgate:v1:create-lease";
+// The counter entries are binary (`entry`: little-endian i64 fields), under prefixes no older
+// module wrote text under ([`TEXT_ENTRY_PREFIXES`]): a new module never reads an old text
+// entry as binary, nor an old one, still draining beside it in the same Envoy, a binary one as
+// text (and writes it back). An upgrade starts these counters afresh, as a restart does.
 /// Budget counters: `<prefix><level>:<id>`.
-pub const BUDGET_PREFIX: &str = "tollgate:v1:budget:";
+pub const BUDGET_PREFIX: &str = "tollgate:v1:budget-i64:";
 /// Rate-limit windows: `<prefix><kind>:<value>`.
-pub const RATE_LIMIT_PREFIX: &str = "tollgate:v1:rl:";
+pub const RATE_LIMIT_PREFIX: &str = "tollgate:v1:rl-i64:";
 /// Fleet mode: rate-limit slices, one entry per scope holding its rpm, parallel and tpm
 /// slices: `<prefix><kind>:<value>` (`rate_leases`).
-pub const RATE_LEASE_PREFIX: &str = "tollgate:v1:rl-slices:";
+pub const RATE_LEASE_PREFIX: &str = "tollgate:v1:rl-slices-i64:";
+/// Where older modules kept the same counters as text (`reset_at spend ...`; per-limit rate
+/// slices under `rl-lease:` before they shared one entry per scope): never read or written now.
+pub const TEXT_ENTRY_PREFIXES: [&str; 4] = [
+    "tollgate:v1:budget:",
+    "tollgate:v1:rl:",
+    "tollgate:v1:rl-slices:",
+    "tollgate:v1:rl-lease:",
+];
 /// Fleet mode: this Envoy process's id (32 hex digits), written once by the first
 /// `on_configure`; it survives config reloads (the VM and its shared data stay) and a restarted
 /// process draws a new one, so it never inherits a dead process's leases.
@@ -164,6 +176,20 @@ mod tests {
             LEASE_RENEW_ALL_KEY,
         ] {
             assert!(key.starts_with("tollgate:v1:"), "{key}");
+        }
+    }
+
+    /// No binary entry's key can be an older module's text entry's: neither prefix starts the
+    /// other (then no key is under both).
+    #[test]
+    fn binary_entries_share_no_key_with_text_ones() {
+        for binary in [BUDGET_PREFIX, RATE_LIMIT_PREFIX, RATE_LEASE_PREFIX] {
+            for text in TEXT_ENTRY_PREFIXES {
+                assert!(
+                    !binary.starts_with(text) && !text.starts_with(binary),
+                    "{binary} {text}"
+                );
+            }
         }
     }
 }

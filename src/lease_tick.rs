@@ -531,9 +531,9 @@ mod tests {
             deadline,
             ..Slice::default()
         };
-        let entry = "tollgate:v1:rl-slices:api_key:h";
+        let entry = &format!("{}api_key:h", crate::contract::RATE_LEASE_PREFIX);
         let (key, rpm) = crate::rate_leases::scope_entry("rpm:api_key:h").unwrap();
-        assert_eq!(key, entry);
+        assert_eq!(key, *entry);
         let mut slices = Slices::default();
         *slices.get_mut(rpm) = slice(25, NOW + TTL);
         s.set(entry, &slices.encode(), None).unwrap();

@@ -9,6 +9,7 @@ pub mod budgets;
 pub mod contract;
 pub mod cost;
 pub mod credential;
+pub mod entry;
 pub mod errors;
 pub mod flow;
 pub mod key_format;

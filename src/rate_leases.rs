@@ -9,7 +9,8 @@
 //! and compare-and-sets it once, so fleet mode adds no host call to the request path. The
 //! lease wire stays one item per limit (`<level>:<kind>:<value>`, `level` = `rpm`, `tpm`,
 //! `parallel`); each slice is `period used released grant deadline global global_at asked
-//! asked_used peak waiting` ([`Slice`]). `used` counts what this Envoy took (requests, tokens
+//! asked_used peak waiting next_period next_grant next_deadline` ([`Slice`], binary:
+//! [`crate::entry`]). `used` counts what this Envoy took (requests, tokens
 //! reserved, slots acquired) and `released` what it gave back (tpm refunds, slots released),
 //! both cumulative in the period (the rpm/tpm window the sidecar opened; 0 for slots). A limit
 //! admits iff `now < deadline`, the window runs, and `used + take ≤ grant`: exact, since a
@@ -18,6 +19,7 @@
 
 use crate::budgets::{scope_name, Borrowed, FleetCheck};
 use crate::contract::RATE_LEASE_PREFIX;
+use crate::entry::Fields;
 use crate::errors::ApiError;
 use crate::leases::{demand, RENEW_EVERY_MICROS};
 use crate::plugin_config::NoLeasePolicy;
@@ -110,53 +112,25 @@ pub struct Slice {
     pub next_deadline: i64,
 }
 
+// A slice's fields, in this order ([`crate::entry`]).
+crate::entry::i64_fields!(Slice {
+    period,
+    used,
+    released,
+    grant,
+    deadline,
+    global,
+    global_at,
+    asked,
+    asked_used,
+    peak,
+    waiting,
+    next_period,
+    next_grant,
+    next_deadline,
+});
+
 impl Slice {
-    pub fn decode(bytes: &[u8]) -> Slice {
-        let [period, used, released, grant, deadline, global, global_at, asked, asked_used, peak, waiting, next_period, next_grant, next_deadline] =
-            crate::budgets::int_fields(bytes);
-        Slice {
-            period,
-            used,
-            released,
-            grant,
-            deadline,
-            global,
-            global_at,
-            asked,
-            asked_used,
-            peak,
-            waiting,
-            next_period,
-            next_grant,
-            next_deadline,
-        }
-    }
-
-    /// The next window's fields only when one is held (entries stay short otherwise).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = format!(
-            "{} {} {} {} {} {} {} {} {} {} {}",
-            self.period,
-            self.used,
-            self.released,
-            self.grant,
-            self.deadline,
-            self.global,
-            self.global_at,
-            self.asked,
-            self.asked_used,
-            self.peak,
-            self.waiting
-        );
-        if self.next_period != 0 {
-            out.push_str(&format!(
-                " {} {} {}",
-                self.next_period, self.next_grant, self.next_deadline
-            ));
-        }
-        out.into_bytes()
-    }
-
     /// The slice in force at `now`: past its window's end, the next window's slice issued
     /// ahead (if still valid), from nothing taken; the demand estimate goes on (use counted
     /// from the window's start, the largest take), so its first renewal asks for the running
@@ -225,28 +199,33 @@ impl Slice {
     }
 }
 
-/// One rate scope's entry: the slices of its limits in [`Lent`] order, `;`-separated; a limit
-/// never leased here is an empty field.
+/// One rate scope's entry: the slices of its limits in [`Lent`] order, each a count of its
+/// fields (one byte) and those fields ([`crate::entry`]); a limit never leased here has none.
+/// The count lets a slice with more or fewer fields (another version) be read without
+/// shifting the next one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Slices([Slice; 3]);
 
 impl Slices {
     pub fn decode(bytes: &[u8]) -> Slices {
-        let mut fields = bytes.split(|b| *b == b';');
+        let mut rest = bytes;
         Slices(std::array::from_fn(|_| {
-            fields.next().map(Slice::decode).unwrap_or_default()
+            let Some((&count, fields)) = rest.split_first() else {
+                return Slice::default();
+            };
+            let (slice, after) = fields.split_at((usize::from(count) * 8).min(fields.len()));
+            rest = after;
+            Slice::decode(slice)
         }))
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (i, s) in self.0.iter().enumerate() {
-            if i > 0 {
-                out.push(b';');
-            }
-            if *s != Slice::default() {
-                out.extend(s.encode());
-            }
+        let mut out = Vec::with_capacity(3 * (1 + std::mem::size_of::<Slice>()));
+        for s in &self.0 {
+            let at = out.len();
+            out.push(0);
+            let count = crate::entry::put(&mut out, &s.to_fields());
+            out[at] = u8::try_from(count).unwrap_or(u8::MAX);
         }
         out
     }
@@ -926,15 +905,37 @@ mod tests {
         };
         assert_eq!(Slice::decode(&ahead.encode()), ahead);
         assert_eq!(Slice::decode(b"garbage"), Slice::default());
-        // A scope's entry: its slices in rpm, parallel, tpm order; one never leased is empty.
+        // A scope's entry: its slices in rpm, parallel, tpm order, each its count of fields
+        // and those; one never leased has none.
         let mut slices = Slices::default();
         *slices.get_mut(Lent::Tpm) = s;
-        assert_eq!(slices.encode(), b";;1 2 3 4 5 6 7 8 9 10 11");
+        let mut expected = vec![0, 0, 11];
+        expected.extend((1..=11i64).flat_map(i64::to_le_bytes));
+        assert_eq!(slices.encode(), expected);
         assert_eq!(Slices::decode(&slices.encode()), slices);
         assert_eq!(Slices::decode(b""), Slices::default());
+        *slices.get_mut(Lent::Rpm) = ahead;
+        assert_eq!(Slices::decode(&slices.encode()), slices);
+        // A slice of another version (more fields, or fewer) does not shift the next one.
+        let mut other = vec![16];
+        other.extend((1..=16i64).flat_map(i64::to_le_bytes));
+        other.push(0);
+        other.push(2);
+        other.extend([7i64, 8].into_iter().flat_map(i64::to_le_bytes));
+        let read = Slices::decode(&other);
+        assert_eq!(read.get(Lent::Rpm).next_deadline, 14);
+        assert_eq!(*read.get(Lent::Slots), Slice::default());
+        assert_eq!(
+            *read.get(Lent::Tpm),
+            Slice {
+                period: 7,
+                used: 8,
+                ..Slice::default()
+            }
+        );
         assert_eq!(
             scope_entry("parallel:api_key:h"),
-            Some(("tollgate:v1:rl-slices:api_key:h".to_string(), Lent::Slots))
+            Some((format!("{RATE_LEASE_PREFIX}api_key:h"), Lent::Slots))
         );
         assert_eq!(scope_entry("key:h"), None);
     }
@@ -1192,7 +1193,10 @@ mod tests {
             &s.store,
             grant("tpm:api_key:hash", WINDOW_END, 500, 0)
         ));
-        assert!(s.store.get("tollgate:v1:rl-slices:user:alice").is_some());
+        assert!(s
+            .store
+            .get(&format!("{RATE_LEASE_PREFIX}user:alice"))
+            .is_some());
         s.gets.set(0);
         let t = admitted(admit(&s, &d, 7, NOW + 1, check(None)));
         assert_eq!((s.gets.get(), s.sets.get()), (2, 2));

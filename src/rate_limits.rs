@@ -11,6 +11,7 @@
 //! Tollgate does better than LiteLLM in one place: `retry-after` and `reset_at` give the real
 //! end of the window, not a full window from now.
 
+use crate::entry::Fields;
 use crate::errors::ApiError;
 use crate::shared_store::{update, Decision, StoreError, VersionedStore};
 use crate::time::civil_from_unix;
@@ -84,7 +85,7 @@ pub struct Ticket {
 }
 
 /// One scope's entry: a fixed window (start µs, requests and tokens counted in it) and the
-/// in-flight gauge (which windows do not reset).
+/// in-flight gauge (which windows do not reset); binary ([`crate::entry`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Window {
     start: i64,
@@ -93,10 +94,20 @@ struct Window {
     in_flight: u64,
 }
 
-impl Window {
-    fn decode(bytes: Option<&[u8]>) -> Window {
-        let [start, requests, tokens, in_flight] =
-            crate::budgets::int_fields(bytes.unwrap_or_default());
+/// The entry's fields, in this order ([`crate::entry`]); a negative count (never written)
+/// reads 0.
+impl Fields<4> for Window {
+    fn to_fields(&self) -> [i64; 4] {
+        let field = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        [
+            self.start,
+            field(self.requests),
+            field(self.tokens),
+            field(self.in_flight),
+        ]
+    }
+
+    fn from_fields([start, requests, tokens, in_flight]: [i64; 4]) -> Window {
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         Window {
             start,
@@ -105,15 +116,9 @@ impl Window {
             in_flight: count(in_flight),
         }
     }
+}
 
-    fn encode(&self) -> Vec<u8> {
-        format!(
-            "{} {} {} {}",
-            self.start, self.requests, self.tokens, self.in_flight
-        )
-        .into_bytes()
-    }
-
+impl Window {
     /// The window in force at `now`: a new one if this one has ended. A `now` earlier than the
     /// window's start (another worker opened it after this request read the clock) counts in
     /// it; resetting there would hand out a fresh window and admit too many requests.
@@ -203,7 +208,7 @@ pub fn admit<S: VersionedStore>(
         let check_parallel = !matches!(pending, Some((0, _)));
         let key = window_key(d);
         let outcome = update(store, &key, now, |v| {
-            let w = Window::decode(v).current(now, window_micros);
+            let w = Window::decode(v.unwrap_or_default()).current(now, window_micros);
             let mut next = w;
             if let Some(limit) = d.rpm {
                 if w.requests + 1 > limit {
@@ -379,7 +384,7 @@ pub fn release<S: VersionedStore>(
             let Some(bytes) = v else {
                 return Decision::Keep(());
             };
-            let mut w = Window::decode(Some(bytes));
+            let mut w = Window::decode(bytes);
             if h.slot {
                 w.in_flight = w.in_flight.saturating_sub(1);
             }
@@ -502,12 +507,13 @@ mod tests {
         let e = admit(&s, &[key(None, None, Some(0))], 1, i64::MAX - 7, W).unwrap_err();
         assert!(!reset_at(e).starts_with('-'));
         let d = key(Some(1), Some(1), None);
-        s.set(
-            &window_key(&d),
-            format!("{} 5 5", i64::MAX - 1).as_bytes(),
-            None,
-        )
-        .unwrap();
+        let stored = Window {
+            start: i64::MAX - 1,
+            requests: 5,
+            tokens: 5,
+            in_flight: 0,
+        };
+        s.set(&window_key(&d), &stored.encode(), None).unwrap();
         let e = admit(&s, &[d], 1, i64::MAX - 2, W).unwrap_err();
         assert!(!reset_at(e).starts_with('-'));
     }
@@ -553,7 +559,7 @@ mod tests {
         let c = admit(&s, &d, 1, 5, W).unwrap();
         release(&s, &b, None, 6);
         release(&s, &c, None, 7);
-        let w = Window::decode(s.get(&window_key(&d[0])).map(|v| v.0).as_deref());
+        let w = Window::decode(&s.get(&window_key(&d[0])).map(|v| v.0).unwrap_or_default());
         assert_eq!(w.in_flight, 0);
     }
 
@@ -568,7 +574,7 @@ mod tests {
         let t2 = admit(&s, &d, 60, 4, W).unwrap();
         assert_eq!(t2.statuses[0].remaining, 20);
         release(&s, &t2, None, 5);
-        let w = Window::decode(s.get(&window_key(&d[0])).map(|v| v.0).as_deref());
+        let w = Window::decode(&s.get(&window_key(&d[0])).map(|v| v.0).unwrap_or_default());
         assert_eq!(w.tokens, 20, "refund leaves only the settled 20");
     }
 
@@ -587,7 +593,7 @@ mod tests {
         ];
         let e = admit(&s, &d, 50, 1, W).unwrap_err();
         assert!(e.message.contains("for user: u. Limit type: tokens"));
-        let w = Window::decode(s.get(&window_key(&d[0])).map(|v| v.0).as_deref());
+        let w = Window::decode(&s.get(&window_key(&d[0])).map(|v| v.0).unwrap_or_default());
         assert_eq!((w.tokens, w.in_flight), (0, 0));
     }
 
@@ -607,7 +613,7 @@ mod tests {
     }
 
     fn entry(s: &MemoryStore, d: &Descriptor) -> Window {
-        Window::decode(s.get(&window_key(d)).map(|v| v.0).as_deref())
+        Window::decode(&s.get(&window_key(d)).map(|v| v.0).unwrap_or_default())
     }
 
     /// Counts reads and writes, to hold the filter to one compare-and-set per scope.

@@ -1,5 +1,5 @@
 //! The shared-data counter decoders of `budgets` (`reset_at spend reserved`) and `rate_limits`
-//! (`start requests tokens`, parallel gauges), reached through admission and settlement over a
+//! (`start requests tokens in_flight`; both little-endian i64 fields, `tollgate::entry`), reached through admission and settlement over a
 //! store whose entries hold arbitrary bytes (shared data outlives VM restarts and versions).
 //!
 //! Input: `[flags][field: budget entry][field: window entry][field: gauge entry][8: now]
@@ -19,24 +19,16 @@ use tollgate::time::ZoneOffsets;
 use tollgate::rate_limits::{self, Descriptor};
 use tollgate::shared_store::{MemoryStore, VersionedStore};
 
-/// Same formats as `rate_limits::window_key` / `parallel_key` (private there).
-const WINDOW_KEY: &str = "tollgate:v1:rl:api_key:k";
-
-/// The `n`th space-separated number of a stored entry (0 when absent or malformed).
-fn nth_number(store: &MemoryStore, key: &str, n: usize) -> i64 {
-    store
-        .get(key)
-        .and_then(|(v, _)| {
-            std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.split(' ').nth(n).and_then(|p| p.parse::<i64>().ok()))
-        })
-        .unwrap_or(0)
+/// Same format as `rate_limits::window_key` (private there).
+fn window_key() -> String {
+    format!("{}api_key:k", tollgate::contract::RATE_LIMIT_PREFIX)
 }
 
-/// The in-flight gauge: the 4th number of a scope's entry (`start requests tokens in_flight`).
+/// The in-flight gauge: the 4th field of a scope's entry (`start requests tokens in_flight`).
 fn gauge(store: &MemoryStore) -> i64 {
-    nth_number(store, WINDOW_KEY, 3)
+    store
+        .get(&window_key())
+        .map_or(0, |(v, _)| tollgate::entry::read::<4>(&v)[3])
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -81,7 +73,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = store.set(&budget_key, budget_entry, None);
     }
     if flags & 64 != 0 {
-        let _ = store.set(WINDOW_KEY, window_entry, None);
+        let _ = store.set(&window_key(), window_entry, None);
     }
     let zone = ZoneOffsets::fixed((actual % 86_400) as i32);
     let cal = Calendar {

@@ -905,6 +905,7 @@ mod host_calls {
 /// Fleet mode: budgets admitted against this Envoy's slices (FLEET.md §4.4–4.7).
 mod fleet {
     use super::*;
+    use crate::entry::Fields;
     use crate::flow::mock::LEASE_QUEUE_ID;
     use crate::metrics::{Borrow, Metric};
     use crate::plugin_config::{FleetSettings, NoLeasePolicy};
