@@ -514,12 +514,13 @@ fn fleet_rule(
             peak: c.peak.max(take),
             ..c
         };
-        let left = next.grant.saturating_sub(next.used());
-        let low = left < take.max(demand(&next, now));
-        let half_gone = next.deadline.saturating_sub(now) < fleet.ttl_micros / 2;
+        // Due at most once a second, when half the TTL is gone or what is left is low; the
+        // cheap tests first (the demand is a 128-bit division, on every request otherwise).
+        let due = now.saturating_sub(next.asked) >= crate::leases::RENEW_EVERY_MICROS
+            && (next.deadline.saturating_sub(now) < fleet.ttl_micros / 2
+                || next.grant.saturating_sub(next.used()) < take.max(demand(&next, now)));
         let mut renew = None;
-        if (low || half_gone) && now.saturating_sub(next.asked) >= crate::leases::RENEW_EVERY_MICROS
-        {
+        if due {
             renew = Some(lease_item(scope, &next, want(&next, take, now)));
             next.asked = now;
             next.asked_used = next.used();

@@ -488,10 +488,12 @@ pub fn admit<S: VersionedStore>(
                     let s = slices.get_mut(lent);
                     s.used = s.used.saturating_add(take);
                     s.peak = s.peak.max(take);
-                    let left = s.grant.saturating_sub(s.used);
-                    let low = left < take.max(demand(s.asked, s.asked_used, s.used, now));
-                    let half_gone = s.deadline.saturating_sub(now) < fleet.ttl_micros / 2;
-                    if (low || half_gone) && now.saturating_sub(s.asked) >= RENEW_EVERY_MICROS {
+                    // As a budget's (`budgets::fleet_rule`): the cheap tests first.
+                    let due = now.saturating_sub(s.asked) >= RENEW_EVERY_MICROS
+                        && (s.deadline.saturating_sub(now) < fleet.ttl_micros / 2
+                            || s.grant.saturating_sub(s.used)
+                                < take.max(demand(s.asked, s.asked_used, s.used, now)));
+                    if due {
                         check
                             .renew
                             .push(lease_item(lent, d, limit, s, s.want(take, now)));
