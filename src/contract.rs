@@ -45,22 +45,27 @@ pub const LEASE_QUEUE: &str = "tollgate_lease_v1";
 
 // Shared data, process-wide for one `vm_id`: every key is prefixed `tollgate:v1:`, since Istio
 // plugins without a `vm_id` share one namespace.
-/// A cached key record by token hash (`records::cached_record_header` + JSON).
-pub const KEY_RECORD_PREFIX: &str = "tollgate:v1:key:";
+/// A cached key record by token hash (`records::cached_record_header` + JSON). Its spend
+/// figures seed missing counters, so it moves with them (see [`RETIRED_PREFIXES`]).
+pub const KEY_RECORD_PREFIX: &str = "tollgate:v1:key-record:";
 /// The negative cache: a fixed set of slots (first 3 hex digits of the hash).
 pub const UNKNOWN_KEY_PREFIX: &str = "tollgate:v1:unknown:";
 /// The invalidate-everything generation.
 pub const KEY_EPOCH_KEY: &str = "tollgate:v1:key-epoch";
-/// A cached customer lookup by customer id.
-pub const CUSTOMER_PREFIX: &str = "tollgate:v1:customer:";
+/// A cached customer lookup by customer id (its spend seeds the end user's counter, as
+/// [`KEY_RECORD_PREFIX`]).
+pub const CUSTOMER_PREFIX: &str = "tollgate:v1:customer-record:";
 /// The change-log position this Envoy has applied.
 pub const CHANGES_SEQ_KEY: &str = "tollgate:v1:changes-seq";
 /// The lease guarding creation of shared-data entries (`shared_store`).
 pub const CREATE_LEASE_KEY: &str = "tollgate:v1:create-lease";
 // The counter entries are binary (`entry`: little-endian i64 fields), under prefixes no older
-// module wrote text under ([`TEXT_ENTRY_PREFIXES`]): a new module never reads an old text
-// entry as binary, nor an old one, still draining beside it in the same Envoy, a binary one as
-// text (and writes it back). An upgrade starts these counters afresh, as a restart does.
+// module used ([`RETIRED_PREFIXES`]): a new module never reads an old text entry as binary,
+// nor an old one, still draining beside it in the same Envoy (an Istio `WasmPlugin` update),
+// a binary one as text (and writes it back). Such an upgrade starts the counters afresh from
+// the sidecar's totals, as a restart does: the cached key and customer records, whose spend
+// seeds a missing counter, moved too, so they are looked up again rather than seeding it
+// with a figure as old as the cache. A later change of an entry's format moves them again.
 /// Budget counters: `<prefix><level>:<id>`.
 pub const BUDGET_PREFIX: &str = "tollgate:v1:budget-i64:";
 /// Rate-limit windows: `<prefix><kind>:<value>`.
@@ -69,12 +74,15 @@ pub const RATE_LIMIT_PREFIX: &str = "tollgate:v1:rl-i64:";
 /// slices: `<prefix><kind>:<value>` (`rate_leases`).
 pub const RATE_LEASE_PREFIX: &str = "tollgate:v1:rl-slices-i64:";
 /// Where older modules kept the same counters as text (`reset_at spend ...`; per-limit rate
-/// slices under `rl-lease:` before they shared one entry per scope): never read or written now.
-pub const TEXT_ENTRY_PREFIXES: [&str; 4] = [
+/// slices under `rl-lease:` before they shared one entry per scope) and the records seeding
+/// them: never read or written now.
+pub const RETIRED_PREFIXES: [&str; 6] = [
     "tollgate:v1:budget:",
     "tollgate:v1:rl:",
     "tollgate:v1:rl-slices:",
     "tollgate:v1:rl-lease:",
+    "tollgate:v1:key:",
+    "tollgate:v1:customer:",
 ];
 /// Fleet mode: this Envoy process's id (32 hex digits), written once by the first
 /// `on_configure`; it survives config reloads (the VM and its shared data stay) and a restarted
@@ -179,15 +187,21 @@ mod tests {
         }
     }
 
-    /// No binary entry's key can be an older module's text entry's: neither prefix starts the
-    /// other (then no key is under both).
+    /// No key of the binary counters or of the records seeding them can be one an older
+    /// module wrote: neither prefix starts the other (then no key is under both).
     #[test]
-    fn binary_entries_share_no_key_with_text_ones() {
-        for binary in [BUDGET_PREFIX, RATE_LIMIT_PREFIX, RATE_LEASE_PREFIX] {
-            for text in TEXT_ENTRY_PREFIXES {
+    fn counters_and_their_seeds_share_no_key_with_older_modules() {
+        for now in [
+            BUDGET_PREFIX,
+            RATE_LIMIT_PREFIX,
+            RATE_LEASE_PREFIX,
+            KEY_RECORD_PREFIX,
+            CUSTOMER_PREFIX,
+        ] {
+            for old in RETIRED_PREFIXES {
                 assert!(
-                    !binary.starts_with(text) && !text.starts_with(binary),
-                    "{binary} {text}"
+                    !now.starts_with(old) && !old.starts_with(now),
+                    "{now} {old}"
                 );
             }
         }
