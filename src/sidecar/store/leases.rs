@@ -719,7 +719,6 @@ impl Tx<'_> {
             returning: item.returning,
             released: if same_period { item.released.max(0) } else { 0 },
             pool,
-            ..Default::default()
         };
         let renewal = renew(limit, 0, others, mine, &report, now, settings.ttl_micros());
         let held_by_me = match &renewal {
