@@ -695,7 +695,7 @@ pub fn settle<S: VersionedStore>(
 
 /// Applies a lease answer to the entries of `asked` (scope names) it names, for the lease call
 /// numbered `seq` sent at `sent_at` (µs): a grant counts only for an entry in the same period.
-/// Budgets take answers in seq order: one to a later call than the entry's replaces its grant
+/// Budgets (and rate slices, [`crate::rate_leases::apply_grant`]) take answers in seq order: one to a later call than the entry's replaces its grant
 /// and deadline, a shrink included (the sidecar keeps counting the larger grant until a report
 /// shows this one applied); one to an earlier call (or the same) is out of date and changes
 /// nothing. A grant below the entry's use is taken as it is: the slice admits nothing more
@@ -725,7 +725,7 @@ pub fn apply_lease_answer<S: VersionedStore>(
         // A later grant of a scope already answered is its next period's, issued ahead.
         if answer.items[..i].iter().any(|g| g.scope == grant.scope) {
             if crate::leases::is_rate_scope(&grant.scope) {
-                crate::rate_leases::apply_next_grant(store, grant, deadline, now);
+                crate::rate_leases::apply_next_grant(store, grant, seq, deadline, now);
             } else {
                 apply_next_grant(store, grant, seq, deadline, now);
             }
@@ -735,7 +735,7 @@ pub fn apply_lease_answer<S: VersionedStore>(
             continue;
         }
         if crate::leases::is_rate_scope(&grant.scope) {
-            if crate::rate_leases::apply_grant(store, grant, deadline, now) {
+            if crate::rate_leases::apply_grant(store, grant, seq, deadline, now) {
                 applied.push((grant.scope.clone(), grant.spend));
             }
             continue;
@@ -874,6 +874,14 @@ pub fn ensure_envoy_id<S: VersionedStore>(store: &S, fresh: &[u8; 16], now: i64)
     .ok()
 }
 
+/// The last lease report's sequence number numbered so far (0: none).
+pub fn last_lease_seq<S: VersionedStore>(store: &S) -> i64 {
+    store
+        .get(crate::contract::LEASE_SEQ_KEY)
+        .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
+        .unwrap_or(0)
+}
+
 /// The next lease report's sequence number (CAS increment of `LEASE_SEQ_KEY`).
 pub fn next_lease_seq<S: VersionedStore>(store: &S, now: i64) -> Option<u64> {
     update(store, crate::contract::LEASE_SEQ_KEY, now, |v| {
@@ -933,10 +941,7 @@ pub fn give_back_item<S: VersionedStore>(
     item: &LeaseItem,
     now: i64,
 ) -> Option<LeaseItem> {
-    let last_seq = store
-        .get(crate::contract::LEASE_SEQ_KEY)
-        .and_then(|(v, _)| std::str::from_utf8(&v).ok()?.parse::<i64>().ok())
-        .unwrap_or(0);
+    let last_seq = last_lease_seq(store);
     update(store, &format!("{PREFIX}{}", item.scope), now, |v| {
         let Some(bytes) = v else {
             return Decision::Keep(None);

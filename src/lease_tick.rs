@@ -10,7 +10,10 @@
 //!
 //! - after an admin change (an invalidation heard through an admin answer or the change log,
 //!   [`renew_all_soon`]): every budget slice still holding lent room, so a lowered budget
-//!   shrinks it at once (FLEET.md §4.10) and a raised one grows it.
+//!   shrinks it at once (FLEET.md §4.10) and a raised one grows it. Not rate slices: their
+//!   limit comes in the report, from the key record, which the change has just dropped; the
+//!   first request with the record fetched again borrows under the new limit instead
+//!   ([`crate::rate_leases::admit`]).
 //!
 //! A scope that holds nothing and has been idle that long is forgotten, so the set is the
 //! scopes used lately, capped at [`MAX_TRACKED`]. A scope only ever borrowed (never renewed)
@@ -174,6 +177,8 @@ impl ActiveScopes {
                 }
                 forget.push(scope.clone());
             } else if v.next_due || (changed && v.holds && !is_rate_level(&t.item.level)) {
+                // (A rate slice reported now would carry the limit it was lent under: see
+                // the module's doc.)
                 let refreshed = refresh(store, &t.item, now);
                 if let Some(item) = &refreshed {
                     t.reported_used = item.used;

@@ -9,13 +9,15 @@
 //! and compare-and-sets it once, so fleet mode adds no host call to the request path. The
 //! lease wire stays one item per limit (`<level>:<kind>:<value>`, `level` = `rpm`, `tpm`,
 //! `parallel`); each slice is `period used released grant deadline global global_at asked
-//! asked_used peak waiting next_period next_grant next_deadline` ([`Slice`], binary:
+//! asked_used peak waiting next_period next_grant next_deadline seq next_seq limit` ([`Slice`], binary:
 //! [`crate::entry`]). `used` counts what this Envoy took (requests, tokens
 //! reserved, slots acquired) and `released` what it gave back (tpm refunds, slots released),
 //! both cumulative in the period (the rpm/tpm window the sidecar opened; 0 for slots). A limit
-//! admits iff `now < deadline`, the window runs, and `used + take ≤ grant`: exact, since a
-//! request takes 1 request / 1 slot / its token estimate, and the sidecar never lends more than
-//! the limit in all. Outside fleet mode none of this runs ([`crate::rate_limits::admit`]).
+//! admits iff `now < deadline`, the window runs, the slice was lent under the limit the
+//! request's record says, and `used + take ≤ grant`: exact, since a request takes 1 request /
+//! 1 slot / its token estimate, and the sidecar never lends more than the limit in all.
+//! Answers are applied in seq order, so a lowered limit's shrink takes effect when it lands
+//! (FLEET.md §4.10). Outside fleet mode none of this runs ([`crate::rate_limits::admit`]).
 
 use crate::budgets::{scope_name, Borrowed, FleetCheck};
 use crate::contract::RATE_LEASE_PREFIX;
@@ -110,6 +112,14 @@ pub struct Slice {
     pub next_period: i64,
     pub next_grant: i64,
     pub next_deadline: i64,
+    /// The seq of the lease call whose answer set `grant` (`next_grant`): answers are applied
+    /// in seq order, as a budget's (`budgets::Counter::seq`); reported as `held_seq`.
+    pub seq: i64,
+    pub next_seq: i64,
+    /// The limit the sidecar lent `grant` under (the answer's `max_nanos`; 0 = not known): a
+    /// request whose record says another limit (an admin change) borrows under its own
+    /// before the slice admits again.
+    pub limit: i64,
 }
 
 // A slice's fields, in this order ([`crate::entry`]).
@@ -128,6 +138,9 @@ crate::entry::i64_fields!(Slice {
     next_period,
     next_grant,
     next_deadline,
+    seq,
+    next_seq,
+    limit,
 });
 
 impl Slice {
@@ -144,23 +157,33 @@ impl Slice {
             period: self.next_period,
             grant: self.next_grant,
             deadline: self.next_deadline,
+            seq: self.next_seq,
+            limit: self.limit,
             asked: self.period,
             peak: self.peak,
             ..Slice::default()
         }
     }
 
-    /// A grant for this slice's own period: taken by `max` while the slice is valid (grants
-    /// only grow within a window), as it is once expired (the sidecar no longer counts the old
-    /// one).
-    fn take_grant(&mut self, grant: i64, deadline: i64, now: i64) {
-        if now >= self.deadline {
-            self.grant = grant;
-            self.deadline = deadline;
-        } else {
-            self.grant = self.grant.max(grant);
-            self.deadline = self.deadline.max(deadline);
+    /// A grant for this slice's own period, from the answer to lease call `seq`: a later
+    /// call's answer replaces the grant and deadline, a shrink included (the sidecar keeps
+    /// counting the larger grant until a report's `held_seq` shows this one applied; below the
+    /// use the slice admits nothing more); an earlier call's (or the same) is out of date and
+    /// changes nothing. Whether it was applied.
+    fn take_answer(&mut self, grant: &LeaseGrant, seq: i64, deadline: i64) -> bool {
+        if seq <= self.seq {
+            return false;
         }
+        self.grant = grant.grant;
+        self.deadline = deadline;
+        self.seq = seq;
+        self.limit = grant.max_nanos.unwrap_or(self.limit);
+        true
+    }
+
+    /// Whether the slice was lent under `limit` (the request's record's), or not known.
+    fn lent_under(&self, limit: u64) -> bool {
+        self.limit == 0 || u64::try_from(self.limit).is_ok_and(|l| l == limit)
     }
 
     /// The last seconds of a window in use, and no slice of the next one held past its end:
@@ -175,8 +198,9 @@ impl Slice {
         now < self.deadline && (self.period == 0 || now < self.period)
     }
 
-    fn admits(&self, now: i64, take: i64) -> bool {
-        self.valid(now) && self.used.saturating_add(take) <= self.grant
+    /// Admits `take` for a request whose record says `limit`.
+    fn admits(&self, now: i64, take: i64, limit: u64) -> bool {
+        self.valid(now) && self.lent_under(limit) && self.used.saturating_add(take) <= self.grant
     }
 
     /// Held here now: taken and not given back.
@@ -314,7 +338,7 @@ fn lease_item(lent: Lent, d: &Descriptor, limit: u64, s: &Slice, want: i64) -> L
         limit: Some(i64::try_from(limit).unwrap_or(i64::MAX)),
         released: s.released,
         returning: false,
-        held_seq: 0,
+        held_seq: u64::try_from(s.seq).unwrap_or(0),
     }
 }
 
@@ -362,7 +386,7 @@ pub fn to_borrow<S: VersionedStore>(
         for (lent, limit) in limits_of(d) {
             let s = slices.get(lent);
             let take = lent.take(estimate);
-            if !s.admits(now, take) {
+            if !s.admits(now, take, limit) {
                 items.push(lease_item(lent, d, limit, s, s.want(take, now)));
             }
         }
@@ -400,7 +424,8 @@ struct Taken {
 /// parallel slots, then tpm; the first refusal in that order is the answer, and rpm counts of
 /// a refused request are kept, as LiteLLM counts refused requests), against this Envoy's
 /// slices, one compare-and-set per scope as with fleet mode off. `Borrow` when a limit has no
-/// valid slice or its slice is used up, unless the fleet has used the whole rpm window already
+/// valid slice, its slice is used up or was lent under another limit than the request's
+/// record says (an admin change: the sidecar answers under the new one), unless the fleet has used the whole rpm window already
 /// (a 429 with no hop). Once a limit must be borrowed nothing more is taken (a borrow gives
 /// everything back); once a slots or tpm refusal is known, later scopes take rpm only.
 pub fn admit<S: VersionedStore>(
@@ -449,7 +474,7 @@ pub fn admit<S: VersionedStore>(
                 }
                 let take = lent.take(estimate);
                 let s = slices.get_mut(lent);
-                if s.admits(now, take) {
+                if s.admits(now, take, limit) {
                     fits[lent.index()] = true;
                     continue;
                 }
@@ -699,14 +724,16 @@ pub fn release<S: VersionedStore>(store: &S, held: &Held, actual_tokens: Option<
     });
 }
 
-/// Applies one grant of a lease answer to its slice (created if missing), for a request whose
-/// slice deadline is `deadline`: a grant for the slice's period is taken by `max` while the
-/// slice is valid (grants only grow), as it is once expired; a grant for a later window
-/// (the sidecar opened it) starts that window from nothing; an answer for an earlier window is
-/// ignored. Returns whether it was applied.
+/// Applies one grant of the answer to lease call `seq` to its slice (created if missing), with
+/// the slice deadline `deadline`: a grant for the slice's period in seq order
+/// ([`Slice::take_answer`]: a later shrink at once, an earlier answer ignored); a grant for a
+/// later window (the sidecar opened it) starts that window from nothing; an answer for an
+/// earlier window is ignored. Returns whether it was for the slice's window (applied, or
+/// already by a later answer).
 pub fn apply_grant<S: VersionedStore>(
     store: &S,
     grant: &LeaseGrant,
+    seq: i64,
     deadline: i64,
     now: i64,
 ) -> bool {
@@ -722,9 +749,10 @@ pub fn apply_grant<S: VersionedStore>(
                 ..Slice::default()
             };
         }
-        s.take_grant(grant.grant, deadline, now);
-        s.global = grant.spend;
-        s.global_at = s.holding();
+        if s.take_answer(grant, seq, deadline) {
+            s.global = grant.spend;
+            s.global_at = s.holding();
+        }
         s.waiting = 0;
         Some(())
     })
@@ -732,25 +760,31 @@ pub fn apply_grant<S: VersionedStore>(
 }
 
 /// Keeps the next window's grant of an rpm/tpm slice (issued ahead, the answer's second grant
-/// of the scope) in its entry, for [`Slice::current`] to install when the window ends: only
-/// one for a later window than the slice's (taken by `max` while one for the same window is
-/// still valid, as it is otherwise); one for the slice's own window (it rolled meanwhile) is
-/// applied as [`apply_grant`] does.
-pub fn apply_next_grant<S: VersionedStore>(store: &S, grant: &LeaseGrant, deadline: i64, now: i64) {
+/// of the scope, to lease call `seq`) in its entry, for [`Slice::current`] to install when
+/// the window ends: only one for a later window than the slice's (for the same window as the
+/// one held, only a later call's answer, in seq order); one for the slice's own window (it
+/// rolled meanwhile) is applied as [`apply_grant`] does.
+pub fn apply_next_grant<S: VersionedStore>(
+    store: &S,
+    grant: &LeaseGrant,
+    seq: i64,
+    deadline: i64,
+    now: i64,
+) {
     update_slice(store, &grant.scope, now, false, |s| {
         if s.period == 0 || grant.period < s.period || now >= grant.period {
             return None;
         }
         if grant.period == s.period {
-            s.take_grant(grant.grant, deadline, now);
-        } else if s.next_period == grant.period && now < s.next_deadline {
-            s.next_grant = s.next_grant.max(grant.grant);
-            s.next_deadline = s.next_deadline.max(deadline);
-        } else {
-            s.next_period = grant.period;
-            s.next_grant = grant.grant;
-            s.next_deadline = deadline;
+            return s.take_answer(grant, seq, deadline).then_some(());
         }
+        if s.next_period == grant.period && seq <= s.next_seq {
+            return None;
+        }
+        s.next_period = grant.period;
+        s.next_grant = grant.grant;
+        s.next_deadline = deadline;
+        s.next_seq = seq;
         Some(())
     });
 }
@@ -769,8 +803,14 @@ pub fn refresh_item<S: VersionedStore>(
     item.period = s.period;
     item.used = s.used;
     item.held = s.grant;
+    item.held_seq = u64::try_from(s.seq).unwrap_or(0);
     item.released = s.released;
     item.returning = false;
+    // The limit of the slice's last answer: at least as recent as the queued item's (a
+    // request whose record says another limit borrows under it first).
+    if s.limit > 0 {
+        item.limit = Some(s.limit);
+    }
     Some(item)
 }
 
@@ -791,12 +831,15 @@ pub fn tick_view<S: VersionedStore>(
     })
 }
 
-/// Gives an idle rate slice back, as [`crate::budgets::give_back_item`].
+/// Gives an idle rate slice back, as [`crate::budgets::give_back_item`]: the slice ignores
+/// the answers to every lease call sent so far (its seq becomes the last one numbered,
+/// reported as `held_seq`).
 pub fn give_back_item<S: VersionedStore>(
     store: &S,
     item: &LeaseItem,
     now: i64,
 ) -> Option<LeaseItem> {
+    let last_seq = crate::budgets::last_lease_seq(store);
     update_slice(store, &item.scope, now, false, |s| {
         if (s.period != 0 && now >= s.period) || s.grant <= s.used {
             return None;
@@ -806,10 +849,13 @@ pub fn give_back_item<S: VersionedStore>(
         s.next_period = 0;
         s.next_grant = 0;
         s.next_deadline = 0;
+        s.seq = s.seq.max(last_seq);
+        s.next_seq = 0;
         Some(LeaseItem {
             period: s.period,
             used: s.used,
             held: s.grant,
+            held_seq: u64::try_from(s.seq).unwrap_or(0),
             released: s.released,
             want: 0,
             returning: true,
@@ -856,6 +902,12 @@ mod tests {
         }
     }
 
+    /// A lease call's seq: each answer applied here is to a later call than the last.
+    fn next_seq() -> u64 {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn apply(s: &MemoryStore, g: LeaseGrant) -> bool {
         crate::budgets::apply_lease_answer(
             s,
@@ -863,7 +915,7 @@ mod tests {
                 items: vec![g.clone()],
             },
             &[g.scope],
-            1,
+            next_seq(),
             NOW,
             NOW,
         )
@@ -906,6 +958,15 @@ mod tests {
             ..s
         };
         assert_eq!(Slice::decode(&ahead.encode()), ahead);
+        let answered = Slice {
+            seq: 15,
+            next_seq: 16,
+            limit: 17,
+            ..ahead
+        };
+        assert_eq!(Slice::decode(&answered.encode()), answered);
+        let no_next = Slice { seq: 15, ..s };
+        assert_eq!(Slice::decode(&no_next.encode()), no_next);
         assert_eq!(Slice::decode(b"garbage"), Slice::default());
         // A scope's entry: its slices in rpm, parallel, tpm order, each its count of fields
         // and those; one never leased has none.
@@ -1295,7 +1356,7 @@ mod tests {
                 &s,
                 &LeaseAnswer { items: grants },
                 &asked,
-                1,
+                next_seq(),
                 at,
                 at,
             )
@@ -1363,7 +1424,7 @@ mod tests {
         crate::rate_limits::release(&s, &t, Some(6), after + 1);
         assert_eq!(slice(&s, "tpm:api_key:hash").used, 26);
         // A late answer for the old window changes nothing; one for the new window (its
-        // first renewal) is taken by `max`.
+        // first renewal, a later call) is applied.
         assert!(both(vec![grant("rpm:api_key:hash", WINDOW_END, 50, 0)], after).is_empty());
         both(vec![grant("rpm:api_key:hash", next_end, 9, 0)], after);
         assert_eq!(slice(&s, "rpm:api_key:hash").grant, 9);
@@ -1408,10 +1469,119 @@ mod tests {
         apply_next_grant(
             &s,
             &grant("parallel:api_key:hash", next_end, 2, 0),
+            next_seq() as i64,
             NOW + TTL,
             NOW,
         );
         assert_eq!(slice(&s, "parallel:api_key:hash").next_period, 0);
+    }
+
+    fn lent(scope: &str, amount: i64, limit: i64) -> LeaseGrant {
+        LeaseGrant {
+            max_nanos: Some(limit),
+            ..grant(scope, WINDOW_END, amount, 0)
+        }
+    }
+
+    fn answer_call(s: &MemoryStore, g: LeaseGrant, seq: u64) {
+        crate::budgets::apply_lease_answer(
+            s,
+            &LeaseAnswer {
+                items: vec![g.clone()],
+            },
+            &[g.scope],
+            seq,
+            NOW,
+            NOW,
+        );
+    }
+
+    /// FLEET.md §4.10: answers are applied in seq order: a later call's shrink at once (below
+    /// the use: nothing more is admitted), an earlier call's answer arriving late changes
+    /// nothing; a report says which answer the slice holds (`held_seq`).
+    #[test]
+    fn rate_answers_apply_in_seq_order_and_a_shrink_at_once() {
+        let s = MemoryStore::default();
+        let d = [key(Some(100), None, None)];
+        let scope = "rpm:api_key:hash";
+        answer_call(&s, lent(scope, 10, 100), 5);
+        for _ in 0..4 {
+            admitted(admit(&s, &d, 1, NOW + 1, check(None)));
+        }
+        // An earlier call's larger answer, late: ignored.
+        answer_call(&s, lent(scope, 40, 100), 4);
+        assert_eq!((slice(&s, scope).grant, slice(&s, scope).seq), (10, 5));
+        // A later call's shrink (the limit lowered, same record here): applied at once.
+        answer_call(&s, lent(scope, 4, 100), 7);
+        assert_eq!((slice(&s, scope).grant, slice(&s, scope).seq), (4, 7));
+        let answered = answered(&[scope]);
+        let e = admit(&s, &d, 1, NOW + 2, check(Some(&answered))).unwrap_err();
+        assert_eq!(e.status, 429);
+        let queued = LeaseItem {
+            scope: scope.into(),
+            limit: Some(100),
+            ..Default::default()
+        };
+        let item = refresh_item(&s, queued.clone(), NOW + 3).unwrap();
+        assert_eq!((item.held, item.held_seq, item.used), (4, 7, 4));
+        // A slice given back ignores every answer to a call already sent (numbered up to
+        // `seq`).
+        answer_call(&s, lent(scope, 9, 100), 8);
+        for _ in 0..10 {
+            crate::budgets::next_lease_seq(&s, NOW);
+        }
+        let seq = crate::budgets::next_lease_seq(&s, NOW).unwrap();
+        let back = give_back_item(&s, &queued, NOW + 4).unwrap();
+        assert_eq!((back.held, back.held_seq, back.returning), (4, seq, true));
+        answer_call(&s, lent(scope, 9, 100), seq);
+        assert_eq!(slice(&s, scope).grant, 4);
+    }
+
+    /// A request whose record says another limit than the slice was lent under (an admin
+    /// change the Envoy heard of) does not take from the slice: it borrows under its own
+    /// limit, and the answer (a shrink for a lowered limit) stands.
+    #[test]
+    fn a_slice_lent_under_another_limit_borrows_under_the_records() {
+        let s = MemoryStore::default();
+        let scope = "rpm:api_key:hash";
+        answer_call(&s, lent(scope, 30, 100), 1);
+        admitted(admit(
+            &s,
+            &[key(Some(100), None, None)],
+            1,
+            NOW + 1,
+            check(None),
+        ));
+        let lowered = [key(Some(10), None, None)];
+        let Ok(Leased::Borrow(items)) = admit(&s, &lowered, 1, NOW + 2, check(None)) else {
+            panic!("borrows under the new limit")
+        };
+        assert_eq!(
+            (
+                items[0].limit,
+                items[0].used,
+                items[0].held,
+                items[0].held_seq
+            ),
+            (Some(10), 1, 30, 1)
+        );
+        assert_eq!(slice(&s, scope).used, 1, "nothing taken");
+        // The sidecar shrinks the slice to what fits the new limit: 3 more.
+        answer_call(&s, lent(scope, 4, 10), 2);
+        for _ in 0..3 {
+            admitted(admit(&s, &lowered, 1, NOW + 3, check(None)));
+        }
+        let answered = answered(&[scope]);
+        assert_eq!(
+            admit(&s, &lowered, 1, NOW + 4, check(Some(&answered)))
+                .unwrap_err()
+                .status,
+            429
+        );
+        // A slice whose limit is not known (an entry from before) admits as it is.
+        let old = MemoryStore::default();
+        answer_call(&old, grant(scope, WINDOW_END, 3, 0), 1);
+        admitted(admit(&old, &lowered, 1, NOW + 1, check(None)));
     }
 
     #[test]

@@ -264,9 +264,9 @@ pub struct LeaseItem {
     pub used: i64,
     /// The grant this Envoy enforces now (0 = none).
     pub held: i64,
-    /// Budgets: the seq of the lease call whose answer `held` came from; the entry applies no
-    /// answer to a call numbered at or below it (0 = not said). It tells the sidecar when a
-    /// shrink is acknowledged.
+    /// The seq of the lease call whose answer `held` came from; the entry (a budget's or a rate
+    /// slice) applies no answer to a call numbered at or below it (0 = not said). It tells
+    /// the sidecar when a shrink is acknowledged.
     #[serde(skip_serializing_if = "is_zero_u64")]
     pub held_seq: u64,
     /// How much beyond `used` it expects to need over the sizing horizon (at least its largest
@@ -281,7 +281,7 @@ pub struct LeaseItem {
     #[serde(skip_serializing_if = "is_zero")]
     pub reservation: i64,
     /// Rate limits: the limit (requests, tokens, slots) this Envoy enforces; the sidecar lends
-    /// at most this much in all (a lowered limit counts from the next lease call).
+    /// at most this much in all (a lowered limit shrinks this Envoy's grant to what fits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
     /// Rate limits: given back in total in `period` (tpm refunds, slots released).
@@ -314,18 +314,18 @@ pub struct LeaseGrant {
     /// The period the grant is for: the budget's current period on the sidecar (µs; 0 = none).
     /// The filter applies a grant only to an entry in the same period.
     pub period: i64,
-    /// Cumulative for this Envoy in `period`: never below the `used` it reported. Budgets:
-    /// below an earlier answer's grant after an admin decrease (a shrink) or `returning`, so
-    /// the filter applies answers in the order of the calls' seq; rate limits: never below an
-    /// earlier answer's grant while the lease lives (applied with `max`). A lease that expired
-    /// (no renewal within `ttl_ms`) is void on both sides.
+    /// Cumulative for this Envoy in `period`: never below the `used` it reported; below an
+    /// earlier answer's grant after an admin decrease (a shrink) or `returning`, so the filter
+    /// applies answers in the order of the calls' seq (budgets and rate limits). A lease that
+    /// expired (no renewal within `ttl_ms`) is void on both sides.
     pub grant: i64,
     /// Valid for this long from when the request was sent: the filter's deadline is
     /// `sent + ttl_ms − 500 ms`, before the sidecar's own expiry (`now() + ttl` at commit).
     pub ttl_ms: u64,
     /// The budget's settled spend across the fleet, and its limit (`None`: tracked only), for
     /// response headers and refusal messages. Rate limits: what the fleet holds of the limit
-    /// (taken and not given back, as last reported), and the limit.
+    /// (taken and not given back, as last reported), and the limit the grant was computed
+    /// under (the item's), which the filter keeps with the slice.
     pub spend: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_nanos: Option<i64>,

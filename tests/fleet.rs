@@ -566,6 +566,93 @@ fn a_lowered_budget_holds_across_the_fleet() {
     assert_eq!((rows, distinct), (t.admitted, t.admitted));
 }
 
+/// An rpm lowered through Envoy 0 mid-window, below what the fleet has used in it, is enforced
+/// by every Envoy within about a second (FLEET.md §4.10): Envoy 0 drops the key's record at the
+/// admin answer, the others at their change-log poll (each second); the first request with the
+/// record fetched again finds its slice lent under the old limit and borrows under the new
+/// one, and the answer shrinks the slice to its use. The load (a call per client every 300 ms)
+/// runs 8 s first, so each Envoy's slice, sized for seconds of its demand, holds seconds of
+/// calls when the rpm is lowered: not shrunk (as before), they would be admitted.
+#[test]
+fn a_lowered_rpm_holds_across_the_fleet() {
+    let mut fleet = Fleet::start("fleet-lower-rpm", &idle_config(), ENVOYS, 2);
+    let key = fleet.generate_key(json!({"rpm_limit": 1000}));
+    let lowered = 10;
+    let clients = 6;
+    let pace = Duration::from_millis(300);
+    let changed_at = std::cell::Cell::new(None::<Duration>);
+    let t = drive(
+        &mut fleet,
+        &key,
+        clients,
+        |c, _| {
+            std::thread::sleep(pace);
+            c % ENVOYS
+        },
+        |fleet, _, elapsed| {
+            if changed_at.get().is_none() && elapsed > Duration::from_secs(8) {
+                let call = Instant::now();
+                let r = fleet.post(
+                    0,
+                    "/key/update",
+                    &format!("Bearer {MASTER_KEY}"),
+                    &json!({"key": key, "rpm_limit": lowered}).to_string(),
+                );
+                r.assert_status(200);
+                changed_at.set(Some(elapsed + call.elapsed()));
+            }
+        },
+        |_, elapsed, _| {
+            changed_at
+                .get()
+                .is_some_and(|at| elapsed > at + Duration::from_secs(6))
+        },
+    );
+    let changed_at = changed_at.get().expect("the rpm was lowered");
+    let before = t
+        .admitted_at
+        .iter()
+        .filter(|(_, at)| *at <= changed_at)
+        .count();
+    let after = t.admitted - before;
+    let last_after = |envoys: &[usize]| {
+        t.admitted_at
+            .iter()
+            .filter(|(i, at)| *at > changed_at && envoys.contains(i))
+            .map(|(_, at)| at.saturating_sub(changed_at))
+            .max()
+            .unwrap_or_default()
+    };
+    let (effect_0, effect_others) = (last_after(&[0]), last_after(&[1, 2]));
+    eprintln!(
+        "lowered rpm: {before} admitted in the window before the change to rpm {lowered}, \
+         {after} after; last admission after the change: {effect_0:?} on Envoy 0, \
+         {effect_others:?} on the others"
+    );
+    let unexpected: Vec<&String> = t
+        .other
+        .iter()
+        .filter(|o| !(o.starts_with("429") && o.contains("Limit type: requests")))
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected answers: {unexpected:?}");
+    assert!(
+        before > lowered,
+        "the load used only {before} of the window before the change"
+    );
+    assert!(
+        effect_others <= Duration::from_millis(2500),
+        "the other Envoys still admitted {effect_others:?} after the change"
+    );
+    // The calls in flight at the change, and what each client could send in those 2.5 s.
+    let in_time = clients * (2500 / pace.as_millis() as usize + 1);
+    assert!(
+        after <= in_time,
+        "{after} admitted after the change (at most {in_time} in 2.5 s at this pace)"
+    );
+    let (rows, distinct) = settled_logs(shared(), &fleet, &key, t.admitted);
+    assert_eq!((rows, distinct), (t.admitted, t.admitted));
+}
+
 /// `pg_ctl restart -m immediate` under load: Envoys keep admitting inside their slices, lease
 /// calls and spend batches fail and are retried; afterwards nothing is lost or counted twice
 /// and the bound holds.

@@ -713,12 +713,12 @@ impl Tx<'_> {
             seq,
             used: if same_period { item.used.max(0) } else { 0 },
             held: if same_period { item.held.max(0) } else { 0 },
+            held_seq: if same_period { item.held_seq } else { 0 },
             want: item.want.max(0),
             reservation: item.reservation.max(0),
             returning: item.returning,
             released: if same_period { item.released.max(0) } else { 0 },
             pool,
-            ..Default::default()
         };
         let renewal = renew(limit, 0, others, mine, &report, now, settings.ttl_micros());
         let held_by_me = match &renewal {
@@ -1591,6 +1591,46 @@ mod tests {
         );
         let g = ask(&store, "e2", 2, rate_item("parallel", 0, 0, 0, 0), T0);
         assert_eq!((g.period, g.grant, g.spend), (0, 1, 2));
+    }
+
+    /// A lowered `max_parallel_requests` (FLEET.md §4.10; an Envoy's item says the new
+    /// limit): the live slot grant shrinks to what fits (never below the slots held), and the
+    /// row counts the old grant until a report shows the shrinking answer applied.
+    #[test]
+    fn a_lowered_rate_limit_shrinks_a_live_grant_counted_until_acknowledged() {
+        let store = Store::open(Path::new(":memory:")).unwrap();
+        let held = ask(&store, "e1", 1, rate_item("parallel", 0, 0, 0, 0), T0).grant;
+        assert_eq!(held, 3, "half of the 6 slots");
+        let row = |store: &Store| {
+            store
+                .read(|db| {
+                    let r = db
+                        .row(
+                            "SELECT grant_total, shrunk_from, shrunk_seq FROM lease
+                             WHERE envoy_id = 'e1'",
+                            &[],
+                        )?
+                        .unwrap();
+                    Ok((r.int(0)?, r.int(1)?, r.int(2)?))
+                })
+                .unwrap()
+        };
+        let e2 = ask(&store, "e2", 1, rate_item("parallel", 0, 0, 0, 0), T0).grant;
+        assert_eq!(e2, 1);
+        let lowered = |used, held, released, held_seq| LeaseItem {
+            limit: Some(2),
+            held_seq,
+            ..rate_item("parallel", used, held, released, 0)
+        };
+        // Lowered to 2 while each holds a slot: e1's grant drops to its use.
+        let g = ask(&store, "e1", 2, lowered(1, held, 0, 1), T0 + 1);
+        assert_eq!(g.grant, 1);
+        assert_eq!(row(&store), (1, held, 2));
+        // Until e1 says it applied that answer, its old grant counts: nothing more for e2.
+        assert_eq!(ask(&store, "e2", 2, lowered(1, 1, 0, 1), T0 + 2).grant, 1);
+        // e1 applied it (held_seq 2) and its call ended: the free slot is lent again.
+        let g = ask(&store, "e1", 3, lowered(1, 1, 1, 2), T0 + 3);
+        assert_eq!((g.grant, row(&store).1), (2, 0));
     }
 
     #[test]
