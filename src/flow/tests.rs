@@ -532,6 +532,65 @@ fn streamed_response_passes_through_with_the_usage_chunk_hidden() {
     assert_eq!(events[0].spend_nanos, 12_000);
 }
 
+/// Tollgate's headers replace every value of a name the provider already sent (OpenAI sends
+/// its own `x-ratelimit-*`), leave the provider's other headers alone, and a stream whose usage
+/// chunk is hidden loses its `content-length`.
+#[test]
+fn success_headers_replace_the_providers_and_keep_the_rest() {
+    let h = Harness::new(config()).with_key(&full_key());
+    let ours = "x-ratelimit-api_key-remaining-requests";
+    let provider_headers = |content_type: &str| -> Vec<(String, String)> {
+        vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), content_type.into()),
+            (ours.into(), "provider-1".into()),
+            ("x-request-id".into(), "r1".into()),
+            (ours.into(), "provider-2".into()),
+        ]
+    };
+    let values = |name: &str| -> Vec<String> {
+        let headers = h.host.response_headers.borrow();
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+
+    let mut held = h.flow();
+    h.send(&mut held, CHAT, &[]);
+    let mut headers = provider_headers("application/json");
+    headers.push(("content-length".into(), ANSWER.len().to_string()));
+    *h.host.response_headers.borrow_mut() = headers;
+    *h.host.response_chunk.borrow_mut() = ANSWER.as_bytes().to_vec();
+    assert_eq!(held.on_response_headers(&h.host, false), Step::Pause);
+    assert_eq!(
+        held.on_response_body(&h.host, ANSWER.len(), true),
+        Step::Continue
+    );
+    held.on_log(&h.host);
+    let remaining = values(ours);
+    assert_eq!(remaining.len(), 1, "{remaining:?}");
+    assert!(remaining[0].parse::<u64>().is_ok(), "{remaining:?}");
+    assert_eq!(values("x-request-id"), ["r1"]);
+    assert_eq!(values("content-length"), [ANSWER.len().to_string()]);
+    assert_eq!(values("x-litellm-response-cost"), ["2e-05"]);
+
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut streamed = h.flow();
+    h.send(&mut streamed, body, &[]);
+    let mut headers = provider_headers("text/event-stream");
+    headers.push(("content-length".into(), "1000".into()));
+    *h.host.response_headers.borrow_mut() = headers;
+    assert_eq!(streamed.on_response_headers(&h.host, false), Step::Continue);
+    assert!(values("content-length").is_empty());
+    let remaining = values(ours);
+    assert_eq!(remaining.len(), 1, "{remaining:?}");
+    assert!(remaining[0].parse::<u64>().is_ok(), "{remaining:?}");
+    assert_eq!(values("x-request-id"), ["r1"]);
+    assert_eq!(values("x-litellm-key-max-budget").len(), 1);
+}
+
 #[test]
 fn requests_not_ours_pass_untouched() {
     let h = Harness::new(config());
@@ -588,7 +647,7 @@ mod host_calls {
         // waits in the worker's buffer (no enqueue: `spend_events_share_one_enqueue`).
         assert_eq!(
             counts(&h),
-            "count=4 now=1 response_body=1 response_headers=1 set_response_headers=1 \
+            "add_response_header=12 count=4 now=1 response_body=1 response_headers=1 \
              shared_get=4 shared_set=4"
         );
         let counted = h.host.counted.borrow();
@@ -673,7 +732,7 @@ mod host_calls {
         h.respond_json(&mut flow, 200, ANSWER);
         assert_eq!(
             counts(&h),
-            "count=4 now=1 response_body=1 response_headers=1 set_response_headers=1 \
+            "add_response_header=10 count=4 now=1 response_body=1 response_headers=1 \
              shared_get=3 shared_set=3"
         );
     }
@@ -724,8 +783,8 @@ mod host_calls {
         flow.on_log(&h.host);
         assert_eq!(
             counts(&h),
-            "count=4 now=1 replace_response_body=1 response_body=2 response_headers=1 \
-             set_response_headers=1 shared_get=4 shared_set=4"
+            "add_response_header=11 count=4 now=1 replace_response_body=1 response_body=2 \
+             response_headers=1 shared_get=4 shared_set=4"
         );
     }
 
