@@ -47,6 +47,9 @@ pub fn success_headers(
 /// `/` and `:` turned into `-` (as LiteLLM does for h11), and any other character a header name
 /// cannot hold too, lowercased.
 pub fn model_limit_headers(limits: &[LimitStatus], model: &str) -> Vec<(String, String)> {
+    if !limits.iter().any(|s| s.kind == "model_per_key") {
+        return Vec::new();
+    }
     let name: String = model
         .chars()
         .map(|c| {

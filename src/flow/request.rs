@@ -1040,8 +1040,15 @@ impl Flow {
             None => {}
         }
         host.set_request_header(CLUSTER_HEADER, Some(&deployment.cluster));
-        host.set_request_header(":path", Some(&admitted.path));
-        host.set_request_header(":authority", Some(&deployment.authority));
+        // Usually the client's path already is the deployment's (`/v1/chat/completions`).
+        for (name, value) in [
+            (":path", admitted.path.as_str()),
+            (":authority", deployment.authority.as_str()),
+        ] {
+            if self.headers.get(name) != Some(value) {
+                host.set_request_header(name, Some(value));
+            }
+        }
         if self.headers.has("accept-encoding") {
             host.set_request_header("accept-encoding", None);
         }

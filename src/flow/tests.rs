@@ -327,6 +327,47 @@ fn unknown_key_is_looked_up_once_then_cached() {
     assert_eq!(h.reply_status(), None);
 }
 
+/// `:path` and `:authority` are written only when the deployment's differ from the client's
+/// (each write is a host call); a differing path is still rewritten.
+#[test]
+fn path_and_authority_written_only_when_they_change() {
+    let h = Harness::new(config()).with_key(&full_key());
+    let send = |path: &str, authority: &str| {
+        h.host.clear_calls();
+        *h.host.request_headers.borrow_mut() = vec![
+            (":method".into(), "POST".into()),
+            (":path".into(), path.into()),
+            (":authority".into(), authority.into()),
+            ("authorization".into(), format!("Bearer {KEY}")),
+            ("content-length".into(), CHAT.len().to_string()),
+        ];
+        *h.host.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
+        let mut flow = h.flow();
+        assert_eq!(flow.on_request_headers(&h.host, false), Step::Pause);
+        assert_eq!(
+            flow.on_request_body(&h.host, CHAT.len(), true),
+            Step::Continue
+        );
+        h.host.count_of("set_request_header")
+    };
+    // The deployment's own path and authority: neither is written.
+    let unchanged = send("/v1/chat/completions", "api.openai.test");
+    assert_eq!(
+        h.host.request_header(":path").as_deref(),
+        Some("/v1/chat/completions")
+    );
+    // Another spelling of the route from another host: both are written.
+    assert_eq!(send("/openai/chat/completions", "localhost"), unchanged + 2);
+    assert_eq!(
+        h.host.request_header(":path").as_deref(),
+        Some("/v1/chat/completions")
+    );
+    assert_eq!(
+        h.host.request_header(":authority").as_deref(),
+        Some("api.openai.test")
+    );
+}
+
 #[test]
 fn key_lookup_answered_before_the_body_waits_for_it() {
     let h = Harness::new(config());
@@ -639,7 +680,7 @@ mod host_calls {
         assert_eq!(
             counts(&h),
             "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
-             set_request_header=5 shared_get=6 shared_set=5"
+             set_request_header=4 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
         h.respond_json(&mut flow, 200, ANSWER);
@@ -725,7 +766,7 @@ mod host_calls {
         let mut flow = known_key_request(body, &h);
         assert_eq!(
             counts(&h),
-            "count=1 now=2 record=1 request_body=1 request_headers=1 set_request_header=4 \
+            "count=1 now=2 record=1 request_body=1 request_headers=1 set_request_header=3 \
              shared_get=5 shared_set=3"
         );
         h.host.clear_calls();
@@ -764,7 +805,7 @@ mod host_calls {
         assert_eq!(
             counts(&h),
             "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
-             set_request_header=5 shared_get=6 shared_set=5"
+             set_request_header=4 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
         *h.host.response_headers.borrow_mut() = vec![
@@ -956,7 +997,7 @@ mod host_calls {
         assert_eq!(
             counts(&h),
             "call_response_body=1 call_response_status=1 now=1 record=1 replace_request_body=1 \
-             set_request_header=5 shared_get=5 shared_set=6"
+             set_request_header=4 shared_get=5 shared_set=6"
         );
     }
 }
@@ -1339,7 +1380,7 @@ mod fleet {
         assert_eq!(
             off_admission,
             "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
-             set_request_header=5 shared_get=6 shared_set=5"
+             set_request_header=4 shared_get=6 shared_set=5"
         );
         // Fleet mode on, slices live.
         let h = fleet_harness(NoLeasePolicy::Deny);
@@ -1391,7 +1432,7 @@ mod fleet {
         assert_eq!(
             host_calls_of(&h),
             "call_response_body=1 call_response_status=1 count=1 now=1 record=1 replace_request_body=1 \
-             set_request_header=5 shared_get=18 shared_set=16"
+             set_request_header=4 shared_get=18 shared_set=16"
         );
         assert_eq!(
             h.host.counted.borrow().last(),
