@@ -123,26 +123,53 @@ pub fn py_float(v: f64) -> String {
             "0.0".into()
         };
     }
-    let exp = v.abs().log10().floor() as i32;
+    // One shortest round-trip formatting (`d.ddde-N`, as Python's repr picks its digits); its
+    // exponent chooses the form as Python does: positional for 1e-4 <= |v| < 1e16.
+    let sci = format!("{:e}", v.abs());
+    let Some((mantissa, exp)) = sci.split_once('e') else {
+        return sci;
+    };
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let mut out = String::with_capacity(sci.len() + 20);
+    if v.is_sign_negative() {
+        out.push('-');
+    }
     if (-4..16).contains(&exp) {
-        let s = format!("{v}");
-        if s.contains('.') {
-            s
+        let (lead, rest) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let int_len = usize::try_from(exp).map_or(0, |e| e + 1);
+        if int_len == 0 {
+            // 0.000ddd
+            out.push_str("0.");
+            for _ in exp..-1 {
+                out.push('0');
+            }
+            out.push_str(lead);
+            out.push_str(rest);
+        } else if rest.len() < int_len {
+            // An integer: ddd000.0
+            out.push_str(lead);
+            out.push_str(rest);
+            for _ in rest.len() + 1..int_len {
+                out.push('0');
+            }
+            out.push_str(".0");
         } else {
-            format!("{s}.0")
+            let (int_rest, frac) = rest.split_at(int_len - 1);
+            out.push_str(lead);
+            out.push_str(int_rest);
+            out.push('.');
+            out.push_str(if frac.is_empty() { "0" } else { frac });
         }
     } else {
-        // Shortest round-trip digits in scientific form, Python style (`1e-05`, `1.5e+16`).
-        let s = format!("{v:e}");
-        match s.split_once('e') {
-            Some((mantissa, e)) => {
-                let n: i32 = e.parse().unwrap_or(0);
-                let sign = if n < 0 { '-' } else { '+' };
-                format!("{mantissa}e{sign}{:02}", n.abs())
-            }
-            None => s,
+        // Python style: `1e-05`, `1.5e+16`.
+        out.push_str(mantissa);
+        out.push_str(if exp < 0 { "e-" } else { "e+" });
+        if exp.unsigned_abs() < 10 {
+            out.push('0');
         }
+        out.push_str(&exp.unsigned_abs().to_string());
     }
+    out
 }
 
 #[cfg(test)]
@@ -220,6 +247,23 @@ mod tests {
         assert_eq!(py_float(0.00019999999999999998), "0.00019999999999999998");
         assert_eq!(py_float(1.5e16), "1.5e+16");
         assert_eq!(py_float(2.5e-7), "2.5e-07");
+        // Python's `repr` for each (the form follows the shortest digits' exponent).
+        for (v, python) in [
+            (9.999999999999999e-05, "9.999999999999999e-05"),
+            (9999999999999998.0, "9999999999999998.0"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (123456789012345680.0, "1.2345678901234568e+17"),
+            (0.00012, "0.00012"),
+            (1234.5678, "1234.5678"),
+            (-0.5, "-0.5"),
+            (-1e-300, "-1e-300"),
+            (1e100, "1e+100"),
+            (999999.9999966, "999999.9999966"),
+            (5e-324, "5e-324"),
+        ] {
+            assert_eq!(py_float(v), python, "{v:e}");
+        }
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub fn success_headers(
 /// `/` and `:` turned into `-` (as LiteLLM does for h11), and any other character a header name
 /// cannot hold too, lowercased.
 pub fn model_limit_headers(limits: &[LimitStatus], model: &str) -> Vec<(String, String)> {
+    if !limits.iter().any(|s| s.kind == "model_per_key") {
+        return Vec::new();
+    }
     let name: String = model
         .chars()
         .map(|c| {
@@ -72,22 +75,6 @@ pub fn model_limit_headers(limits: &[LimitStatus], model: &str) -> Vec<(String, 
             ))
         })
         .collect()
-}
-
-/// `existing` with `added` applied (same names replaced) and `removed` names dropped, for
-/// writing a whole header map back in one host call.
-pub fn merge(
-    existing: &[(String, String)],
-    added: &[(String, String)],
-    removed: &[&str],
-) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = existing
-        .iter()
-        .filter(|(k, _)| !removed.contains(&k.as_str()) && !added.iter().any(|(a, _)| a == k))
-        .cloned()
-        .collect();
-    out.extend(added.iter().cloned());
-    out
 }
 
 /// Headers and body sent instead of an answer over `max_response_size_mb`.
@@ -245,23 +232,5 @@ mod tests {
             Some("4")
         );
         assert!(model_limit_headers(&limits[..1], "m").is_empty());
-    }
-
-    #[test]
-    fn merge_replaces_and_removes() {
-        let existing = vec![
-            (":status".to_string(), "200".to_string()),
-            ("content-length".to_string(), "5".to_string()),
-            ("x-a".to_string(), "old".to_string()),
-        ];
-        let added = vec![("x-a".to_string(), "new".to_string())];
-        let m = merge(&existing, &added, &["content-length"]);
-        assert_eq!(
-            m,
-            vec![
-                (":status".to_string(), "200".to_string()),
-                ("x-a".to_string(), "new".to_string())
-            ]
-        );
     }
 }

@@ -123,6 +123,10 @@ pub fn set_response_header(name: &str, value: Option<&str>) {
     let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
 }
 
+pub fn add_response_header(name: &str, value: &str) {
+    let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+}
+
 pub fn response_body(size: usize) -> Vec<u8> {
     hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
         .ok()
@@ -318,6 +322,10 @@ impl Host for ProxyHost<'_> {
 
     fn set_response_header(&self, name: &str, value: Option<&str>) {
         set_response_header(name, value);
+    }
+
+    fn add_response_header(&self, name: &str, value: &str) {
+        add_response_header(name, value);
     }
 
     fn set_response_headers(&self, headers: &[(String, String)]) {

@@ -181,6 +181,13 @@ impl Host for MockHost {
         set_in(&self.response_headers, name, value);
     }
 
+    fn add_response_header(&self, name: &str, value: &str) {
+        self.log_call("add_response_header");
+        self.response_headers
+            .borrow_mut()
+            .push((name.to_string(), value.to_string()));
+    }
+
     fn set_response_headers(&self, headers: &[(String, String)]) {
         self.log_call("set_response_headers");
         *self.response_headers.borrow_mut() = headers.to_vec();

@@ -39,7 +39,12 @@ pub trait Host: VersionedStore {
     /// All response headers, one host call.
     fn response_headers(&self) -> Vec<(String, String)>;
     fn response_header(&self, name: &str) -> Option<String>;
+    /// Sets (`Some`: every value of `name` replaced by this one) or removes (`None`) one
+    /// response header.
     fn set_response_header(&self, name: &str, value: Option<&str>);
+    /// Adds a value of `name` (kept beside any other): for a name the response lacks, cheaper
+    /// in Envoy than a replace, which looks the name up first.
+    fn add_response_header(&self, name: &str, value: &str);
     /// Replaces the whole response header map, one host call.
     fn set_response_headers(&self, headers: &[(String, String)]);
     fn response_body(&self, size: usize) -> Vec<u8>;

@@ -327,6 +327,47 @@ fn unknown_key_is_looked_up_once_then_cached() {
     assert_eq!(h.reply_status(), None);
 }
 
+/// `:path` and `:authority` are written only when the deployment's differ from the client's
+/// (each write is a host call); a differing path is still rewritten.
+#[test]
+fn path_and_authority_written_only_when_they_change() {
+    let h = Harness::new(config()).with_key(&full_key());
+    let send = |path: &str, authority: &str| {
+        h.host.clear_calls();
+        *h.host.request_headers.borrow_mut() = vec![
+            (":method".into(), "POST".into()),
+            (":path".into(), path.into()),
+            (":authority".into(), authority.into()),
+            ("authorization".into(), format!("Bearer {KEY}")),
+            ("content-length".into(), CHAT.len().to_string()),
+        ];
+        *h.host.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
+        let mut flow = h.flow();
+        assert_eq!(flow.on_request_headers(&h.host, false), Step::Pause);
+        assert_eq!(
+            flow.on_request_body(&h.host, CHAT.len(), true),
+            Step::Continue
+        );
+        h.host.count_of("set_request_header")
+    };
+    // The deployment's own path and authority: neither is written.
+    let unchanged = send("/v1/chat/completions", "api.openai.test");
+    assert_eq!(
+        h.host.request_header(":path").as_deref(),
+        Some("/v1/chat/completions")
+    );
+    // Another spelling of the route from another host: both are written.
+    assert_eq!(send("/openai/chat/completions", "localhost"), unchanged + 2);
+    assert_eq!(
+        h.host.request_header(":path").as_deref(),
+        Some("/v1/chat/completions")
+    );
+    assert_eq!(
+        h.host.request_header(":authority").as_deref(),
+        Some("api.openai.test")
+    );
+}
+
 #[test]
 fn key_lookup_answered_before_the_body_waits_for_it() {
     let h = Harness::new(config());
@@ -532,6 +573,65 @@ fn streamed_response_passes_through_with_the_usage_chunk_hidden() {
     assert_eq!(events[0].spend_nanos, 12_000);
 }
 
+/// Tollgate's headers replace every value of a name the provider already sent (OpenAI sends
+/// its own `x-ratelimit-*`), leave the provider's other headers alone, and a stream whose usage
+/// chunk is hidden loses its `content-length`.
+#[test]
+fn success_headers_replace_the_providers_and_keep_the_rest() {
+    let h = Harness::new(config()).with_key(&full_key());
+    let ours = "x-ratelimit-api_key-remaining-requests";
+    let provider_headers = |content_type: &str| -> Vec<(String, String)> {
+        vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), content_type.into()),
+            (ours.into(), "provider-1".into()),
+            ("x-request-id".into(), "r1".into()),
+            (ours.into(), "provider-2".into()),
+        ]
+    };
+    let values = |name: &str| -> Vec<String> {
+        let headers = h.host.response_headers.borrow();
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+
+    let mut held = h.flow();
+    h.send(&mut held, CHAT, &[]);
+    let mut headers = provider_headers("application/json");
+    headers.push(("content-length".into(), ANSWER.len().to_string()));
+    *h.host.response_headers.borrow_mut() = headers;
+    *h.host.response_chunk.borrow_mut() = ANSWER.as_bytes().to_vec();
+    assert_eq!(held.on_response_headers(&h.host, false), Step::Pause);
+    assert_eq!(
+        held.on_response_body(&h.host, ANSWER.len(), true),
+        Step::Continue
+    );
+    held.on_log(&h.host);
+    let remaining = values(ours);
+    assert_eq!(remaining.len(), 1, "{remaining:?}");
+    assert!(remaining[0].parse::<u64>().is_ok(), "{remaining:?}");
+    assert_eq!(values("x-request-id"), ["r1"]);
+    assert_eq!(values("content-length"), [ANSWER.len().to_string()]);
+    assert_eq!(values("x-litellm-response-cost"), ["2e-05"]);
+
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let mut streamed = h.flow();
+    h.send(&mut streamed, body, &[]);
+    let mut headers = provider_headers("text/event-stream");
+    headers.push(("content-length".into(), "1000".into()));
+    *h.host.response_headers.borrow_mut() = headers;
+    assert_eq!(streamed.on_response_headers(&h.host, false), Step::Continue);
+    assert!(values("content-length").is_empty());
+    let remaining = values(ours);
+    assert_eq!(remaining.len(), 1, "{remaining:?}");
+    assert!(remaining[0].parse::<u64>().is_ok(), "{remaining:?}");
+    assert_eq!(values("x-request-id"), ["r1"]);
+    assert_eq!(values("x-litellm-key-max-budget").len(), 1);
+}
+
 #[test]
 fn requests_not_ours_pass_untouched() {
     let h = Harness::new(config());
@@ -580,7 +680,7 @@ mod host_calls {
         assert_eq!(
             counts(&h),
             "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
-             set_request_header=5 shared_get=6 shared_set=5"
+             set_request_header=4 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
         h.respond_json(&mut flow, 200, ANSWER);
@@ -588,7 +688,7 @@ mod host_calls {
         // waits in the worker's buffer (no enqueue: `spend_events_share_one_enqueue`).
         assert_eq!(
             counts(&h),
-            "count=4 now=1 response_body=1 response_headers=1 set_response_headers=1 \
+            "add_response_header=12 count=4 now=1 response_body=1 response_headers=1 \
              shared_get=4 shared_set=4"
         );
         let counted = h.host.counted.borrow();
@@ -666,14 +766,14 @@ mod host_calls {
         let mut flow = known_key_request(body, &h);
         assert_eq!(
             counts(&h),
-            "count=1 now=2 record=1 request_body=1 request_headers=1 set_request_header=4 \
+            "count=1 now=2 record=1 request_body=1 request_headers=1 set_request_header=3 \
              shared_get=5 shared_set=3"
         );
         h.host.clear_calls();
         h.respond_json(&mut flow, 200, ANSWER);
         assert_eq!(
             counts(&h),
-            "count=4 now=1 response_body=1 response_headers=1 set_response_headers=1 \
+            "add_response_header=10 count=4 now=1 response_body=1 response_headers=1 \
              shared_get=3 shared_set=3"
         );
     }
@@ -705,7 +805,7 @@ mod host_calls {
         assert_eq!(
             counts(&h),
             "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
-             set_request_header=5 shared_get=6 shared_set=5"
+             set_request_header=4 shared_get=6 shared_set=5"
         );
         h.host.clear_calls();
         *h.host.response_headers.borrow_mut() = vec![
@@ -724,8 +824,8 @@ mod host_calls {
         flow.on_log(&h.host);
         assert_eq!(
             counts(&h),
-            "count=4 now=1 replace_response_body=1 response_body=2 response_headers=1 \
-             set_response_headers=1 shared_get=4 shared_set=4"
+            "add_response_header=11 count=4 now=1 replace_response_body=1 response_body=2 \
+             response_headers=1 shared_get=4 shared_set=4"
         );
     }
 
@@ -897,7 +997,7 @@ mod host_calls {
         assert_eq!(
             counts(&h),
             "call_response_body=1 call_response_status=1 now=1 record=1 replace_request_body=1 \
-             set_request_header=5 shared_get=5 shared_set=6"
+             set_request_header=4 shared_get=5 shared_set=6"
         );
     }
 }
@@ -1281,7 +1381,7 @@ mod fleet {
         assert_eq!(
             off_admission,
             "count=1 now=2 record=1 replace_request_body=1 request_body=1 request_headers=1 \
-             set_request_header=5 shared_get=6 shared_set=5"
+             set_request_header=4 shared_get=6 shared_set=5"
         );
         // Fleet mode on, slices live.
         let h = fleet_harness(NoLeasePolicy::Deny);
@@ -1333,7 +1433,7 @@ mod fleet {
         assert_eq!(
             host_calls_of(&h),
             "call_response_body=1 call_response_status=1 count=1 now=1 record=1 replace_request_body=1 \
-             set_request_header=5 shared_get=18 shared_set=16"
+             set_request_header=4 shared_get=18 shared_set=16"
         );
         assert_eq!(
             h.host.counted.borrow().last(),
