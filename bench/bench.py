@@ -59,6 +59,9 @@ FLEET = os.environ.get("BENCH_FLEET", "0") == "1"
 STORE_POSTERS = env_int("BENCH_STORE_POSTERS", 4)
 STORE_BATCH = env_int("BENCH_STORE_BATCH", 100)
 COMPARE_WASM = [p.strip() for p in os.environ.get("BENCH_COMPARE_WASM", "").split(",") if p.strip()]
+# BENCH_COMPARE_FLEET_OFF=1: in the fleet request-path part, the BENCH_COMPARE_WASM builds run with
+# fleet mode off too (an A/B of a change to both).
+COMPARE_FLEET_OFF = os.environ.get("BENCH_COMPARE_FLEET_OFF", "0") == "1"
 FLOOR_CALLS = env_int("BENCH_FLOOR_CALLS", 200)  # extra host calls per request when pricing one
 LITELLM = os.environ.get("BENCH_LITELLM", "0") == "1"
 SCALING = os.environ.get("BENCH_SCALING", "all")
@@ -1264,6 +1267,9 @@ def fleet_request_path(fake, small):
               "on": Tollgate(fake, name="fleet mode on", config=fake.fleet_config)}
     # BENCH_COMPARE_WASM: other builds, fleet mode on, in the same rounds (A/B of a change).
     for path in COMPARE_WASM:
+        if COMPARE_FLEET_OFF:
+            mode = f"off, {os.path.basename(path)}"
+            setups[mode] = Tollgate(fake, name=f"fleet mode {mode}", wasm=path)
         mode = f"on, {os.path.basename(path)}"
         setups[mode] = Tollgate(fake, name=f"fleet mode {mode}", wasm=path, config=fake.fleet_config)
     keys = {}
@@ -1395,8 +1401,10 @@ def fleet_report(path, steady, exhaust, effect, conns):
                 f"| {m(r, 'side_us'):.0f} | {m(r, 'borrows_per_s'):.1f} + {m(r, 'renewals_per_s'):.1f} "
                 f"| {sum(x['non2xx'] for x in r)} {' '.join(f'{o}:{n}' for o, n in sorted(outcomes.items()))} |")
         for mode in FLEET_MODES[1:]:
-            d = [on["cpu_us"] - off["cpu_us"] for on, off in zip(path[(mode, kind)], path[("off", kind)])]
-            out(f"| {label} | {mode} − off (per round) | | {statistics.median(d):+.0f} ({span(d, '{:+.0f}')}) | | | |")
+            # A compared build with fleet mode on against its own fleet-off run, when there is one.
+            ref = "off" + mode[2:] if mode.startswith("on, ") and "off" + mode[2:] in FLEET_MODES else "off"
+            d = [on["cpu_us"] - off["cpu_us"] for on, off in zip(path[(mode, kind)], path[(ref, kind)])]
+            out(f"| {label} | {mode} − {ref} (per round) | | {statistics.median(d):+.0f} ({span(d, '{:+.0f}')}) | | | |")
     out()
     if steady is None:
         RESULTS["fleet"] = {"request_path": {f"{k[1]}, fleet {k[0]}": v for k, v in path.items()}}
