@@ -397,8 +397,16 @@ pub fn renew(
     // acknowledged that this answer does not lower further stays as it was, so the Envoy's
     // applying that shrink's answer acknowledges it.
     // A rate pool keeps counting a shrink not acknowledged even once lapsed
-    // ([`Lease::shrunk_in`]).
-    let counted = enforceable.max(unacked);
+    // ([`Lease::shrunk_in`]); and a lapsed lease's grant, renewed by a report that may have
+    // been sent before the Envoy applied it and took from it: until a later report says the
+    // Envoy applied this answer (it has all the use made under the old one), as a shrink.
+    let lapsed_grant = match report.pool {
+        Pool::Window | Pool::Slots if current.is_some() && !live && report.held_seq < old.seq => {
+            old.grant
+        }
+        _ => 0,
+    };
+    let counted = enforceable.max(unacked).max(lapsed_grant);
     let (shrunk_from, shrunk_seq, shrunk_until) = if grant >= counted {
         (0, 0, 0)
     } else if unacked > 0 && counted <= unacked && grant >= old.grant {
@@ -1455,6 +1463,17 @@ mod tests {
                     }
                 }
                 for (j, e) in envoys.iter().enumerate() {
+                    // What it took and did not give back is counted, reported or not: nothing
+                    // settles a rate lease.
+                    if let Some(row) = e.row {
+                        let holding = e.used - e.released;
+                        assert!(
+                            holding <= row.claim_in(pool, now),
+                            "seed {seed} mode {mode}: Envoy {j} holds {holding}, the sidecar \
+                             counts {}: {row:?}",
+                            row.claim_in(pool, now)
+                        );
+                    }
                     let enforceable = e.enforceable(now);
                     match e.row {
                         Some(row) if row.live(now) => {
