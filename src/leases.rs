@@ -1261,7 +1261,8 @@ mod tests {
     /// [`renew`] in any order, delivered in any order or lost, and applied in seq order as the
     /// filter does; idle slices are given back; in half of the runs the limit is changed up to
     /// three times (mostly decreases, FLEET.md §4.10). At every step:
-    /// - each live lease counts every grant its Envoy may enforce (acknowledged shrinks);
+    /// - each live lease counts every grant its Envoy may enforce (acknowledged shrinks), and
+    ///   each lease what its Envoy took and did not give back, reported or not;
     /// - no grant lifts the fleet's exposure (what each Envoy may enforce or took, less what it
     ///   gave back) above the limit, nor raises it while above (after a decrease);
     /// - what the fleet took and did not give back (rpm and tpm: in the window; slots: in
