@@ -995,6 +995,28 @@ mod tests {
         answer: Option<i64>,
     }
 
+    /// One answered call of `calls` (any of them first) taken off them, and whether it is lost
+    /// on its way (1 in 8); `None` while no call has an answer.
+    fn take_answered(calls: &mut Vec<Call>, rng: &mut Rng) -> Option<(Call, bool)> {
+        let answered: Vec<usize> = (0..calls.len())
+            .filter(|k| calls[*k].answer.is_some())
+            .collect();
+        if answered.is_empty() {
+            return None;
+        }
+        let k = answered[rng.below(answered.len() as u64) as usize];
+        Some((calls.remove(k), rng.below(8) == 0))
+    }
+
+    /// An answer applied as the filter does: only a later call's than the one held.
+    fn apply_in_seq_order(call: &Call, grant: &mut i64, deadline: &mut i64, seq: &mut u64) {
+        if call.report.seq > *seq {
+            *grant = call.answer.unwrap_or(0);
+            *deadline = call.sent_at + TTL - 500_000;
+            *seq = call.report.seq;
+        }
+    }
+
     /// One simulated Envoy: its local entry (the grant it enforces, its deadline, the seq of
     /// the answer it applied), its spend events not applied yet, its calls in flight, and the
     /// lease row the sidecar keeps for it.
@@ -1167,20 +1189,12 @@ mod tests {
                     // An answer reaches the Envoy (any of them first), or is lost.
                     13..=15 => {
                         let e = &mut envoys[i];
-                        let answered: Vec<usize> = (0..e.calls.len())
-                            .filter(|k| e.calls[*k].answer.is_some())
-                            .collect();
-                        if answered.is_empty() {
+                        let Some((call, lost)) = take_answered(&mut e.calls, &mut rng) else {
                             continue;
-                        }
-                        let k = answered[rng.below(answered.len() as u64) as usize];
-                        let call = e.calls.remove(k);
-                        let lost = rng.below(8) == 0;
+                        };
                         // `budgets::apply_lease_answer`: in seq order.
-                        if !lost && call.report.seq > e.seq {
-                            e.grant = call.answer.unwrap_or(0);
-                            e.deadline = call.sent_at + TTL - 500_000;
-                            e.seq = call.report.seq;
+                        if !lost {
+                            apply_in_seq_order(&call, &mut e.grant, &mut e.deadline, &mut e.seq);
                         }
                     }
                     // Spend applied late, in a batch.
@@ -1272,13 +1286,6 @@ mod tests {
     /// and without a change the limit is lent out to the end.
     #[test]
     fn random_fleets_never_pass_a_rate_limit() {
-        /// A lease call: its report, when it was sent, the sidecar's answer.
-        #[derive(Clone, Copy)]
-        struct RateCall {
-            report: Report,
-            sent_at: i64,
-            answer: Option<i64>,
-        }
         #[derive(Default, Clone)]
         struct RateEnvoy {
             grant: i64,
@@ -1290,7 +1297,7 @@ mod tests {
             row: Option<Lease>,
             /// Calls in flight: (tokens or slots to give back, when the call ends).
             calls: Vec<(i64, i64)>,
-            lease_calls: Vec<RateCall>,
+            lease_calls: Vec<Call>,
         }
         impl RateEnvoy {
             /// The grants it may enforce from `now` on: its slice's while valid, and every
@@ -1374,7 +1381,7 @@ mod tests {
                             e.deadline = 0;
                             e.seq = e.seq.max(next_seq - 1);
                         }
-                        e.lease_calls.push(RateCall {
+                        e.lease_calls.push(Call {
                             report: Report {
                                 seq: next_seq,
                                 used: e.used,
@@ -1435,19 +1442,11 @@ mod tests {
                     // seq order (`rate_leases::apply_grant`).
                     11..=13 => {
                         let e = &mut envoys[i];
-                        let answered: Vec<usize> = (0..e.lease_calls.len())
-                            .filter(|k| e.lease_calls[*k].answer.is_some())
-                            .collect();
-                        if answered.is_empty() {
+                        let Some((call, lost)) = take_answered(&mut e.lease_calls, &mut rng) else {
                             continue;
-                        }
-                        let k = answered[rng.below(answered.len() as u64) as usize];
-                        let call = e.lease_calls.remove(k);
-                        let lost = rng.below(8) == 0;
-                        if !lost && call.report.seq > e.seq {
-                            e.grant = call.answer.unwrap_or(0);
-                            e.deadline = call.sent_at + TTL - 500_000;
-                            e.seq = call.report.seq;
+                        };
+                        if !lost {
+                            apply_in_seq_order(&call, &mut e.grant, &mut e.deadline, &mut e.seq);
                         }
                     }
                     // An admin change of the limit: mostly decreases.

@@ -1210,6 +1210,22 @@ mod tests {
     /// A budget lowered below what is lent (FLEET.md §4.10): the next report's answer shrinks
     /// the live grant to the use, and the row keeps counting the old grant until a report
     /// shows the Envoy applied the shrink (`held_seq`), stored and read back.
+    /// e1's lease row: its grant, and the shrink counted until acknowledged (from, seq).
+    fn e1_grant_and_shrink(store: &Store) -> (i64, i64, i64) {
+        store
+            .read(|db| {
+                let r = db
+                    .row(
+                        "SELECT grant_total, shrunk_from, shrunk_seq FROM lease
+                         WHERE envoy_id = 'e1'",
+                        &[],
+                    )?
+                    .unwrap();
+                Ok((r.int(0)?, r.int(1)?, r.int(2)?))
+            })
+            .unwrap()
+    }
+
     #[test]
     fn a_lowered_budget_shrinks_a_live_grant_counted_until_acknowledged() {
         let store = store_with_key(Some(1.0));
@@ -1223,32 +1239,18 @@ mod tests {
                 tx.save_key(&key)
             })
             .unwrap();
-        let shrunk = |store: &Store| {
-            store
-                .read(|db| {
-                    let r = db
-                        .row(
-                            "SELECT grant_total, shrunk_from, shrunk_seq FROM lease
-                             WHERE envoy_id = 'e1'",
-                            &[],
-                        )?
-                        .unwrap();
-                    Ok((r.int(0)?, r.int(1)?, r.int(2)?))
-                })
-                .unwrap()
-        };
         let holding = LeaseItem {
             held_seq: 1,
             ..item(5_000_000, lent, 20_000_000)
         };
         assert_eq!(ask(&store, "e1", 2, holding, T0 + 1).grant, 5_000_000);
-        assert_eq!(shrunk(&store), (5_000_000, lent, 2));
+        assert_eq!(e1_grant_and_shrink(&store), (5_000_000, lent, 2));
         let applied = LeaseItem {
             held_seq: 2,
             ..item(5_000_000, 5_000_000, 20_000_000)
         };
         assert_eq!(ask(&store, "e1", 3, applied, T0 + 2).grant, 5_000_000);
-        assert_eq!(shrunk(&store), (5_000_000, 0, 0));
+        assert_eq!(e1_grant_and_shrink(&store), (5_000_000, 0, 0));
     }
 
     #[test]
@@ -1601,20 +1603,6 @@ mod tests {
         let store = Store::open(Path::new(":memory:")).unwrap();
         let held = ask(&store, "e1", 1, rate_item("parallel", 0, 0, 0, 0), T0).grant;
         assert_eq!(held, 3, "half of the 6 slots");
-        let row = |store: &Store| {
-            store
-                .read(|db| {
-                    let r = db
-                        .row(
-                            "SELECT grant_total, shrunk_from, shrunk_seq FROM lease
-                             WHERE envoy_id = 'e1'",
-                            &[],
-                        )?
-                        .unwrap();
-                    Ok((r.int(0)?, r.int(1)?, r.int(2)?))
-                })
-                .unwrap()
-        };
         let e2 = ask(&store, "e2", 1, rate_item("parallel", 0, 0, 0, 0), T0).grant;
         assert_eq!(e2, 1);
         let lowered = |used, held, released, held_seq| LeaseItem {
@@ -1625,12 +1613,12 @@ mod tests {
         // Lowered to 2 while each holds a slot: e1's grant drops to its use.
         let g = ask(&store, "e1", 2, lowered(1, held, 0, 1), T0 + 1);
         assert_eq!(g.grant, 1);
-        assert_eq!(row(&store), (1, held, 2));
+        assert_eq!(e1_grant_and_shrink(&store), (1, held, 2));
         // Until e1 says it applied that answer, its old grant counts: nothing more for e2.
         assert_eq!(ask(&store, "e2", 2, lowered(1, 1, 0, 1), T0 + 2).grant, 1);
         // e1 applied it (held_seq 2) and its call ended: the free slot is lent again.
         let g = ask(&store, "e1", 3, lowered(1, 1, 1, 2), T0 + 3);
-        assert_eq!((g.grant, row(&store).1), (2, 0));
+        assert_eq!((g.grant, e1_grant_and_shrink(&store).1), (2, 0));
     }
 
     #[test]
