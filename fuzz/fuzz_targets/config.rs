@@ -11,7 +11,7 @@
 use libfuzzer_sys::fuzz_target;
 use tollgate::key_format::hash_key;
 use tollgate::plugin_config::PluginConfig;
-use tollgate::sidecar::{litellm_config, render};
+use tollgate::sidecar::{istio, litellm_config, render};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -59,5 +59,18 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = render::envoy_bootstrap(&rendered, &opts);
     let _ = render::envoy_bare_bootstrap(&rendered, &opts);
-    let _ = render::istio_manifests(&rendered, &opts);
+    let istio_opts = istio::IstioOptions {
+        namespace: "tollgate".into(),
+        gateway_namespace: "istio-system".into(),
+        gateway_selector: ("istio".into(), "ingressgateway".into()),
+        gateway_service_account: "istio-ingressgateway-service-account".into(),
+        image: "tollgate:fuzz".into(),
+        wasm_url: None,
+        wasm_sha256: "0".repeat(64),
+        config_yaml: String::new(),
+        replicas: 1,
+    };
+    if let Some(master) = loaded.config.general_settings.master_key.as_deref() {
+        let _ = istio::manifests(&rendered, &opts, &istio_opts, master);
+    }
 });

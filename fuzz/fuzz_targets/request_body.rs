@@ -141,7 +141,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Err(e) => assert!((400..500).contains(&e.status), "{e:?}"),
             }
-            let plan = admission::limit_plan(cfg, &caller, &r, route);
+            let plan = admission::limit_plan_for(cfg, &caller, &r, route, None);
             if let Some(m) = plan.implicit_max_tokens {
                 assert!(r.max_tokens.is_none());
                 assert!(m > 0);
