@@ -1008,6 +1008,18 @@ mod tests {
         Some((calls.remove(k), rng.below(8) == 0))
     }
 
+    /// The grants an Envoy may enforce from `now` on: the one it holds (`grant` until
+    /// `deadline`, from call `seq`) and every answer on its way to a later call, before that
+    /// answer's deadline.
+    fn enforceable(grant: i64, deadline: i64, seq: u64, calls: &[Call], now: i64) -> i64 {
+        let held = if now < deadline { grant } else { 0 };
+        calls
+            .iter()
+            .filter(|c| c.report.seq > seq && now < c.sent_at + TTL - 500_000)
+            .filter_map(|c| c.answer)
+            .fold(held, i64::max)
+    }
+
     /// An answer applied as the filter does: only a later call's than the one held.
     fn apply_in_seq_order(call: &Call, grant: &mut i64, deadline: &mut i64, seq: &mut u64) {
         if call.report.seq > *seq {
@@ -1038,12 +1050,7 @@ mod tests {
         /// The grants this Envoy may enforce from `now` on: its entry's while live, and every
         /// answer on its way that the entry would still apply (a later seq) before its deadline.
         fn enforceable(&self, now: i64) -> i64 {
-            let entry = if now < self.deadline { self.grant } else { 0 };
-            self.calls
-                .iter()
-                .filter(|c| c.report.seq > self.seq && now < c.sent_at + TTL - 500_000)
-                .filter_map(|c| c.answer)
-                .fold(entry, i64::max)
+            enforceable(self.grant, self.deadline, self.seq, &self.calls, now)
         }
 
         /// What this Envoy may still spend, or spent and the sidecar knows of but has not had
@@ -1303,12 +1310,7 @@ mod tests {
             /// The grants it may enforce from `now` on: its slice's while valid, and every
             /// answer on its way to a later call than the slice's, before that answer's deadline.
             fn enforceable(&self, now: i64) -> i64 {
-                let slice = if now < self.deadline { self.grant } else { 0 };
-                self.lease_calls
-                    .iter()
-                    .filter(|c| c.report.seq > self.seq && now < c.sent_at + TTL - 500_000)
-                    .filter_map(|c| c.answer)
-                    .fold(slice, i64::max)
+                enforceable(self.grant, self.deadline, self.seq, &self.lease_calls, now)
             }
 
             /// What it may take or has taken, less what it gave back.
